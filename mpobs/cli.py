@@ -1,0 +1,174 @@
+"""The ``mpobs`` command line: process, validate, dashboard, generate."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import tempfile
+from typing import Any
+
+import click
+
+from mpobs.errors import EXIT_OK, MpobsError
+
+SAMPLE_LINES = 200_000
+
+
+def _fail(err: MpobsError) -> None:
+    click.echo(f"mpobs: error: {err}", err=True)
+    sys.exit(err.exit_code)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="mpobs")
+def main() -> None:
+    """mpobs: run a DAG of line processors over a log on every core, and watch every step."""
+
+
+@main.command()
+@click.argument("input_file", required=False, type=click.Path(dir_okay=True, path_type=str))
+@click.option("-c", "--config", "config_path", type=click.Path(dir_okay=True, path_type=str),
+              help="Pipeline config (JSON). Default: the log-level pipeline.")
+@click.option("-w", "--workers", type=click.IntRange(1, 1024), default=None,
+              help="Worker processes. Default: the CPU count.")
+@click.option("-o", "--output", type=click.Path(path_type=str), help="Output file. Default: stdout.")
+@click.option("--save-metrics", type=click.Path(path_type=str), help="Write the final stats as JSON here.")
+@click.option("--trace", is_flag=True, help="Trace sampled lines through the DAG.")
+@click.option("--trace-sample", type=click.FloatRange(0, 1, min_open=True), default=0.01, show_default=True,
+              help="Share of lines traced (by line number, so the same with any worker count).")
+@click.option("--save-traces", type=click.Path(path_type=str),
+              help="Write every traced line as JSON Lines (nothing dropped; workers wait). Implies --trace.")
+@click.option("--max-errors", type=click.IntRange(1), help="Stop (exit 3) after this many processor errors.")
+@click.option("--task-size", type=click.IntRange(1024), default=1 << 20, show_default=True, hidden=True,
+              help="Bytes per task.")
+@click.option("--batch-lines", type=click.IntRange(1), default=2000, show_default=True, hidden=True)
+@click.option("-q", "--quiet", is_flag=True, help="No progress line and no summary on stderr.")
+@click.option("--dashboard", is_flag=True, help="Serve the live dashboard while running.")
+@click.option("--dashboard-host", default="127.0.0.1", show_default=True)
+@click.option("--dashboard-port", type=click.IntRange(0, 65535), default=8000, show_default=True)
+@click.option("--dashboard-token", envvar="MPOBS_DASHBOARD_TOKEN", help="Bearer token the dashboard requires.")
+@click.option("--linger", type=click.FloatRange(0), default=None,
+              help="Keep the dashboard up this many seconds after the run (default: until Ctrl-C; 0: exit).")
+def process(input_file: str | None, config_path: str | None, workers: int | None, output: str | None,
+            save_metrics: str | None, trace: bool, trace_sample: float, save_traces: str | None,
+            max_errors: int | None, task_size: int, batch_lines: int, quiet: bool, dashboard: bool,
+            dashboard_host: str, dashboard_port: int, dashboard_token: str | None,
+            linger: float | None) -> None:  # fmt: skip
+    """Run the pipeline over INPUT_FILE (default: a generated sample log)."""
+    from mpobs.config import load_config
+    from mpobs.coordinator import Coordinator, RunOptions, check_paths
+
+    sample_dir = None
+    try:
+        pipeline = load_config(config_path)
+        if input_file is None:
+            sample_dir = tempfile.mkdtemp(prefix="mpobs-sample-")
+            input_file = _make_sample(sample_dir)
+        check_paths(input_file, output)
+        if save_metrics:
+            from mpobs.coordinator import _check_writable
+
+            _check_writable(save_metrics, "--save-metrics file")
+        dash = None
+        if dashboard:
+            from mpobs.dashboard import DashboardOptions
+
+            dash = DashboardOptions.checked(dashboard_host, dashboard_port, dashboard_token, linger)
+        from mpobs.report import Progress, summary
+
+        progress = Progress(enabled=False if quiet else None)
+        opts = RunOptions(
+            input_file, output, workers or os.cpu_count() or 1, task_size, batch_lines,
+            trace=trace or bool(save_traces), trace_sample=trace_sample, save_traces=save_traces,
+            max_errors=max_errors, dashboard=dash, on_tick=progress.tick,
+        )  # fmt: skip
+        try:
+            outcome = Coordinator(pipeline, opts).run()
+        finally:
+            progress.close()
+        if outcome.exit_code == EXIT_OK and outcome.stats["system"]["state"] == "interrupted":
+            _quiet_stdout()  # the reader of stdout went away: not an error
+        if save_metrics:
+            doc = dict(outcome.stats, recent_errors=outcome.recent_errors, recent_traces=outcome.recent_traces)
+            with open(save_metrics, "w", encoding="utf-8") as f:
+                json.dump(doc, f, indent=2)
+                f.write("\n")
+        if not quiet:
+            click.echo(summary(outcome.stats, outcome.error_types), err=True)
+        if outcome.message:
+            click.echo(f"mpobs: {outcome.message}", err=True)
+        sys.exit(outcome.exit_code)
+    except MpobsError as err:
+        _fail(err)
+    finally:
+        if sample_dir:
+            import shutil
+
+            shutil.rmtree(sample_dir, ignore_errors=True)
+
+
+def _make_sample(folder: str) -> str:
+    from mpobs.loggen import generate_file
+
+    path = os.path.join(folder, "sample.log")
+    generate_file(path, SAMPLE_LINES, seed=7, awkward=0.001)
+    click.echo(f"mpobs: no input given; running on a generated sample log ({SAMPLE_LINES:,} lines)", err=True)
+    return path
+
+
+def _quiet_stdout() -> None:
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except OSError:
+        pass
+
+
+@main.command()
+@click.argument("config_path", type=click.Path(path_type=str))
+def validate(config_path: str) -> None:
+    """Check a pipeline config and print its DAG."""
+    from mpobs.config import load_config
+
+    try:
+        pipeline = load_config(config_path)
+    except MpobsError as err:
+        _fail(err)
+        return
+    click.echo(f"{config_path}: valid, {len(pipeline.nodes)} processors")
+    click.echo(pipeline.describe())
+
+
+@main.command()
+@click.argument("path", type=click.Path(path_type=str))
+@click.option("--lines", type=click.IntRange(0), default=100_000, show_default=True)
+@click.option("--seed", type=int, default=42, show_default=True)
+@click.option("--awkward", type=click.FloatRange(0, 1), default=0.0, help="Share of awkward lines.")
+def generate(path: str, lines: int, seed: int, awkward: float) -> None:
+    """Write a generated log file (for trying mpobs and for benchmarks)."""
+    from mpobs.loggen import generate_file
+
+    n = generate_file(path, lines, seed=seed, awkward=awkward)
+    click.echo(f"{path}: {lines:,} lines, {n:,} bytes", err=True)
+
+
+def _register_dashboard_command() -> None:
+    from mpobs.dashboard import dashboard_command
+
+    main.add_command(dashboard_command)
+
+
+try:
+    _register_dashboard_command()
+except ImportError:  # pragma: no cover - the dashboard module comes with the package
+    pass
+
+
+def run() -> Any:
+    return main()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,314 @@
+"""The coordinator: plans tasks, runs them on an executor, joins output parts, owns the segment."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import shutil
+import signal
+import stat
+import tempfile
+import time
+from collections import Counter, deque
+from dataclasses import dataclass, field
+from typing import IO, Any, Callable
+
+import numpy as np
+
+from mpobs.dag import Pipeline
+from mpobs.errors import EXIT_FAILED, EXIT_MAX_ERRORS, EXIT_OK, EXIT_SIGINT, EXIT_SIGTERM, InputError
+from mpobs.events import QUEUE_MESSAGES, EventCollector
+from mpobs.output import OutputClosed, OutputJoiner
+from mpobs.pool import LocalPool
+from mpobs.segment import Layout, StatsSegment
+from mpobs.stats import RunMeta, build_stats
+from mpobs.task import BATCH_LINES, TASK_BYTES, Task, TaskResult, TaskSettings, plan_tasks
+
+MAX_TASK_ATTEMPTS = 3
+
+
+@dataclass
+class RunOptions:
+    """Everything ``mpobs process`` can be told."""
+
+    input_path: str
+    output_path: str | None = None
+    workers: int = field(default_factory=lambda: os.cpu_count() or 1)
+    task_bytes: int = TASK_BYTES
+    batch_lines: int = BATCH_LINES
+    trace: bool = False
+    trace_sample: float = 0.01
+    save_traces: str | None = None
+    max_errors: int | None = None
+    dashboard: Any = None  # mpobs.dashboard.DashboardOptions
+    on_tick: Callable[[Coordinator], None] | None = None  # progress display
+
+
+@dataclass
+class RunOutcome:
+    stats: dict[str, Any]
+    exit_code: int
+    message: str | None
+    error_types: dict[tuple[str, str], int]
+    recent_errors: list[dict[str, Any]]
+    recent_traces: list[dict[str, Any]]
+
+
+class _Stop(Exception):
+    def __init__(self, state: str, code: int, message: str | None = None) -> None:
+        super().__init__(message)
+        self.state, self.code, self.message = state, code, message
+
+
+def check_paths(input_path: str, output_path: str | None) -> int:
+    """Input and output must be usable before any work starts; returns the input's size."""
+    try:
+        st = os.stat(input_path)
+    except FileNotFoundError as err:
+        raise InputError(f"input {input_path!r}: no such file") from err
+    except OSError as err:
+        raise InputError(f"input {input_path!r}: {err.strerror}") from err
+    if stat.S_ISDIR(st.st_mode):
+        raise InputError(f"input {input_path!r} is a directory, not a file")
+    if not stat.S_ISREG(st.st_mode):
+        raise InputError(f"input {input_path!r} is not a regular file (streaming input is not supported yet)")
+    if not os.access(input_path, os.R_OK):
+        raise InputError(f"input {input_path!r}: permission denied")
+    try:
+        with open(input_path, "rb"):
+            pass
+    except OSError as err:
+        raise InputError(f"input {input_path!r}: {err.strerror}") from err
+    if output_path is not None:
+        _check_writable(output_path, "output")
+    return st.st_size
+
+
+def _check_writable(path: str, what: str) -> None:
+    folder = os.path.dirname(os.path.abspath(path))
+    if os.path.isdir(path):
+        raise InputError(f"{what} {path!r} is a directory")
+    if not os.path.isdir(folder):
+        raise InputError(f"{what} {path!r}: folder {folder!r} does not exist")
+    if not os.access(folder, os.W_OK) or (os.path.exists(path) and not os.access(path, os.W_OK)):
+        raise InputError(f"{what} {path!r}: permission denied")
+
+
+class Coordinator:
+    """Runs one pipeline over one file. ``run`` always cleans up what it made."""
+
+    def __init__(self, pipeline: Pipeline, opts: RunOptions, collector: EventCollector | None = None) -> None:
+        self.pipeline = pipeline
+        self.opts = opts
+        self.ctx = multiprocessing.get_context("fork")
+        self.collector = collector or EventCollector()
+        self.counters: dict[str, Counter[str]] = {n.id: Counter() for n in pipeline.nodes if n.proc.counts_keys}
+        self.error_types: Counter[tuple[str, str]] = Counter()
+        self.seg: StatsSegment | None = None
+        self.meta: RunMeta | None = None
+        self.dashboard: Any = None
+        self._signal: int | None = None
+
+    # -- public --------------------------------------------------------------
+    def run(self) -> RunOutcome:
+        opts = self.opts
+        size = check_paths(opts.input_path, opts.output_path)
+        if opts.save_traces:
+            _check_writable(opts.save_traces, "--save-traces file")
+        workers = max(1, opts.workers)
+        self.meta = RunMeta.of(
+            self.pipeline, opts.input_path, workers, trace=opts.trace,
+            trace_sample=opts.trace_sample if opts.trace else 0.0, output=opts.output_path,
+        )  # fmt: skip
+        layout = Layout(tuple(self.pipeline.ids), tuple(self.pipeline.tags), workers)
+        lock = self.ctx.Lock()
+        self.part_dir = part_dir = tempfile.mkdtemp(prefix="mpobs-parts-")
+        traces_file: IO[str] | None = None
+        self.events_q = events_q = self.ctx.Queue(QUEUE_MESSAGES)
+        pool: LocalPool | None = None
+        joiner: OutputJoiner | None = None
+        old_handlers = self._install_signals()
+        self.seg = seg = StatsSegment.create(layout, lock)
+        state, code, message = "failed", EXIT_FAILED, None
+        try:
+            seg.set_system(bytes_total=size, workers=workers)
+            if opts.save_traces:
+                traces_file = open(opts.save_traces, "w", encoding="utf-8")  # noqa: SIM115
+                self.collector.traces_file = traces_file
+            if opts.dashboard is not None:
+                from mpobs.dashboard import start_dashboard
+
+                self.dashboard = start_dashboard(self, opts.dashboard, events_q=None)
+                self.collector.forward = self.dashboard.queue
+            joiner = OutputJoiner(opts.output_path)
+            settings = TaskSettings(
+                opts.input_path, self.meta.input_name, batch_lines=opts.batch_lines,
+                trace_rate=opts.trace_sample if opts.trace else 0.0,
+            )  # fmt: skip
+            pool = LocalPool(
+                self.ctx, workers, seg, self.pipeline, settings, events_q,
+                wait_traces=bool(opts.save_traces), part_dir=part_dir,
+            )  # fmt: skip
+            seg.set_state("running")
+            pool.start()
+            self._loop(pool, joiner, plan_tasks(opts.input_path, size, opts.task_bytes))
+            state, code = "done", EXIT_OK
+        except _Stop as stop:
+            state, code, message = stop.state, stop.code, stop.message
+        except OutputClosed:
+            state, code = "interrupted", EXIT_OK
+        finally:
+            if pool is not None:
+                pool.shutdown(graceful=state == "done", drain=lambda: self.collector.drain(events_q))
+                seg.set_system(workers_restarted=pool.restarted)
+            self.collector.drain(events_q)
+            seg.set_system(
+                ended_at_ms=int(time.time() * 1000),
+                traces_delivered=self.collector.traces_delivered,
+                errors_delivered=self.collector.errors_delivered,
+            )  # fmt: skip
+            seg.set_state(state)
+            if joiner is not None:
+                joiner.close()
+            if traces_file is not None:
+                traces_file.close()
+            final = self.final_stats()
+            if self.dashboard is not None:
+                self.dashboard.finish(final)
+            events_q.close()
+            events_q.join_thread()
+            seg.close()
+            shutil.rmtree(part_dir, ignore_errors=True)
+            self._restore_signals(old_handlers)
+        return RunOutcome(
+            final, code, message, dict(self.error_types),
+            self.collector.recent_errors(100), self.collector.recent_traces(100),
+        )  # fmt: skip
+
+    def live_stats(self) -> dict[str, Any]:
+        assert self.seg is not None and self.meta is not None
+        return build_stats(self.seg.snapshot(), self.meta, self._counters(), live=True)
+
+    def final_stats(self) -> dict[str, Any]:
+        assert self.seg is not None and self.meta is not None
+        stats = build_stats(self.seg.snapshot(), self.meta, self._counters(), live=False)
+        stats["system"]["traces_delivered"] = self.collector.traces_delivered
+        stats["system"]["errors_delivered"] = self.collector.errors_delivered
+        stats["errors_by_type"] = [
+            {"processor": p, "error_type": t, "count": n} for (p, t), n in sorted(self.error_types.items())
+        ]
+        return stats
+
+    # -- the loop ------------------------------------------------------------
+    def _loop(self, pool: LocalPool, joiner: OutputJoiner, plan: Any) -> None:
+        seg = self.seg
+        assert seg is not None
+        retry: deque[Task] = deque()
+        attempts: Counter[int] = Counter()
+        done: dict[int, tuple[np.ndarray, TaskResult]] = {}
+        next_join = 0
+        planned = 0  # tasks taken from the plan so far
+        exhausted = False
+        last_tick = 0.0
+
+        def next_task() -> Task | None:
+            nonlocal exhausted, planned
+            if retry:
+                return retry.popleft()
+            if exhausted:
+                return None
+            task = next(plan, None)
+            if task is None:
+                exhausted = True
+                seg.set_system(tasks_total=planned, lines_total=self._lines_total)
+                return None
+            planned += 1
+            self._lines_total = task.last_line
+            return task
+
+        self._lines_total = 0
+        while True:
+            pool.fill(next_task)
+            if exhausted and not retry and pool.idle() and next_join == planned:
+                return
+            for ev in pool.wait([self.events_q._reader], timeout=0.1):
+                if ev.kind == "done":
+                    done[ev.task.index] = (ev.vec, ev.result)
+                elif ev.kind == "died":
+                    # The first lost task is the one the worker was running; the rest only waited.
+                    running = ev.lost[0] if ev.lost else None
+                    if running is not None:
+                        attempts[running.index] += 1
+                        if attempts[running.index] >= MAX_TASK_ATTEMPTS:
+                            self._join_ready(done, joiner, next_join)
+                            msg = f"{running.describe()} killed its worker {MAX_TASK_ATTEMPTS} times; giving up"
+                            raise _Stop("failed", EXIT_FAILED, msg)
+                    retry.extendleft(reversed(ev.lost))
+                elif ev.kind == "fatal":
+                    raise _Stop("failed", EXIT_FAILED, f"worker {ev.slot} failed: {ev.detail}")
+            next_join = self._join_ready(done, joiner, next_join)
+            self.collector.drain(self.events_q)
+            self._check_stop()
+            now = time.monotonic()
+            if self.opts.on_tick is not None and now - last_tick >= 0.2:
+                last_tick = now
+                self.opts.on_tick(self)
+
+    def _join_ready(self, done: dict[int, tuple[np.ndarray, TaskResult]], joiner: OutputJoiner, next_join: int) -> int:
+        """Append every part that is next in order; its counts become committed."""
+        assert self.seg is not None
+        while next_join in done:
+            vec, result = done.pop(next_join)
+            part = self._part_path(next_join)
+            joiner.append(part)
+            os.unlink(part)
+            self.seg.commit(vec)
+            for pid, counts in result.key_counts.items():
+                self.counters[pid].update(counts)
+            self.error_types.update(result.error_types)
+            next_join += 1
+        return next_join
+
+    def _part_path(self, index: int) -> str:
+        return os.path.join(self.part_dir, f"part-{index:09d}")
+
+    def _check_stop(self) -> None:
+        if self._signal is not None:
+            if self._signal == signal.SIGTERM:
+                raise _Stop("interrupted", EXIT_SIGTERM, "terminated (SIGTERM)")
+            raise _Stop("interrupted", EXIT_SIGINT, "interrupted (Ctrl-C)")
+        max_errors = self.opts.max_errors
+        if max_errors is not None and self.seg is not None:
+            snap = self.seg.snapshot()
+            total = sum(snap.proc(p, "errors") for p in range(len(self.pipeline.nodes)))
+            if total >= max_errors:
+                self.collector.drain(self.events_q)
+                last = self.collector.last_error
+                what = (
+                    f"; last: {last['processor']} on {last['line_id']}: {last['error_type']}: {last['message']}"
+                    if last
+                    else ""
+                )
+                raise _Stop("failed", EXIT_MAX_ERRORS, f"stopped after {total} errors (--max-errors {max_errors}){what}")
+
+    def _counters(self) -> dict[str, dict[str, int]]:
+        return {pid: dict(c.most_common()) for pid, c in self.counters.items()}
+
+    # -- signals -------------------------------------------------------------
+    def _install_signals(self) -> dict[int, Any]:
+        old: dict[int, Any] = {}
+
+        def handler(signum: int, frame: Any) -> None:
+            self._signal = signum
+
+        try:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                old[sig] = signal.signal(sig, handler)
+        except ValueError:
+            pass  # not the main thread: the caller handles signals
+        return old
+
+    def _restore_signals(self, old: dict[int, Any]) -> None:
+        for sig, h in old.items():
+            signal.signal(sig, h)
+

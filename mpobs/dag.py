@@ -1,0 +1,181 @@
+"""The compiled DAG: processors in topological order, their edges, and running one batch."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Protocol
+
+from mpobs.batch import EMPTY, Batch, merge
+from mpobs.errors import ConfigError
+from mpobs.processors import ErrorList, Processor
+
+#: The name of the input file as an edge source ("inputs": ["input"]).
+INPUT = "input"
+
+#: Values kept per processor, in this order, by :meth:`Pipeline.run_batch`.
+PROC_FIELDS = ("lines_in", "lines_out", "errors", "time_ns", "batches")
+NF = len(PROC_FIELDS)
+
+#: (processor position, line number, text, exception)
+NodeErrors = list[tuple[int, int, str, BaseException]]
+
+
+@dataclass
+class Node:
+    """One processor and where its lines come from: (processor id or INPUT, route or None)."""
+
+    index: int  # position in the config list: the processor's row in every per-processor table
+    proc: Processor
+    inputs: list[tuple[str, str | None]]
+    consumers: list[str] = field(default_factory=list)
+
+    @property
+    def id(self) -> str:
+        return self.proc.id
+
+
+class StepObserver(Protocol):
+    """Told about every step of a batch (tracing); see mpobs.tracing."""
+
+    def step(self, node: Node, inp: Batch, out: Batch | dict[str, Batch], errors: ErrorList) -> None: ...
+
+
+class Pipeline:
+    """Processors wired into a DAG, runnable one batch at a time.
+
+    Output order: the sinks' lines merged by input line number; for one input
+    line, sinks follow their order in the config.
+    """
+
+    def __init__(self, nodes: list[Node], source: str) -> None:
+        self.nodes = nodes  # config order
+        self.source = source
+        self.by_id = {n.id: n for n in nodes}
+        for n in nodes:
+            for src, _ in n.inputs:
+                if src != INPUT:
+                    self.by_id[src].consumers.append(n.id)
+        self.order = _toposort(nodes, self.by_id)
+        self.sinks = [n for n in nodes if not n.consumers]
+        self.tags = list(dict.fromkeys(t for n in nodes for t in n.proc.tags_added))
+
+    @property
+    def ids(self) -> list[str]:
+        return [n.id for n in self.nodes]
+
+    def edges(self) -> list[dict[str, Any]]:
+        """Every edge as {"from", "to", "route"}; "from" is "input" for the file."""
+        return [{"from": src, "to": n.id, "route": route} for n in self.nodes for src, route in n.inputs]
+
+    def describe(self) -> str:
+        """The DAG as text, one processor a line, in run order (mpobs validate)."""
+        lines = []
+        for n in self.order:
+            ins = ", ".join(src + (f".{r}" if r else "") for src, r in n.inputs)
+            extra = f"  routes: {', '.join(n.proc.routes)}" if n.proc.routes else ""
+            sink = "  [sink]" if not n.consumers else ""
+            lines.append(f"{n.id} ({n.proc.type_name}) <- {ins}{extra}{sink}")
+        return "\n".join(lines)
+
+    def run_batch(
+        self,
+        batch: Batch,
+        acc: list[int],
+        errors: NodeErrors,
+        observer: StepObserver | None = None,
+        clock: Callable[[], int] = time.perf_counter_ns,
+    ) -> Batch:
+        """Run one batch through every processor; return what the sinks emit.
+
+        Adds to ``acc`` (``len(nodes) * NF`` ints, PROC_FIELDS per node in config
+        order) once per processor, and appends each failed line to ``errors``.
+        """
+        outs: dict[str, Batch | dict[str, Batch]] = {INPUT: batch}
+        for node in self.order:
+            inp = _gather(node, outs)
+            if not inp.texts:
+                outs[node.id] = {} if node.proc.routes else EMPTY
+                continue
+            errs: ErrorList = []
+            t0 = clock()
+            try:
+                res = node.proc.process(inp, errs)
+            except Exception:
+                errs = []
+                res = _per_line(node.proc, inp, errs)
+            t1 = clock()
+            outs[node.id] = res
+            base = node.index * NF
+            acc[base] += len(inp)
+            acc[base + 1] += sum(map(len, res.values())) if isinstance(res, dict) else len(res)
+            acc[base + 2] += len(errs)
+            acc[base + 3] += t1 - t0
+            acc[base + 4] += 1
+            if errs:
+                errors.extend((node.index, n, t, e) for n, t, e in errs)
+            if observer is not None:
+                observer.step(node, inp, res, errs)
+        sinks = self.sinks
+        if len(sinks) == 1:
+            return _as_batch(outs[sinks[0].id])
+        return merge([_as_batch(outs[s.id]) for s in sinks])
+
+
+def _as_batch(res: Batch | dict[str, Batch]) -> Batch:
+    return merge(list(res.values())) if isinstance(res, dict) else res
+
+
+def _gather(node: Node, outs: dict[str, Batch | dict[str, Batch]]) -> Batch:
+    parts = []
+    for src, route in node.inputs:
+        res = outs[src]
+        if isinstance(res, dict):
+            parts.append(_as_batch(res) if route is None else res.get(route, EMPTY))
+        else:
+            parts.append(res)
+    return parts[0] if len(parts) == 1 else merge(parts)
+
+
+def _per_line(proc: Processor, batch: Batch, errs: ErrorList) -> Batch | dict[str, Batch]:
+    """Run a batch that raised again line by line: only the failing lines are lost."""
+    done: list[Batch | dict[str, Batch]] = []
+    for i in range(len(batch)):
+        one = batch.take([i])
+        try:
+            done.append(proc.process(one, errs))
+        except Exception as exc:
+            errs.append((batch.nums[i], batch.texts[i], exc))
+    if proc.routes:
+        return {r: merge([d[r] for d in done if isinstance(d, dict) and r in d]) for r in proc.routes}
+    return merge([d for d in done if isinstance(d, Batch)])
+
+
+def _toposort(nodes: list[Node], by_id: dict[str, Node]) -> list[Node]:
+    """Kahn's algorithm, config order among the ready; a cycle is a config error."""
+    indeg = {n.id: sum(1 for src, _ in n.inputs if src != INPUT) for n in nodes}
+    ready = [n for n in nodes if indeg[n.id] == 0]
+    order: list[Node] = []
+    while ready:
+        node = ready.pop(0)
+        order.append(node)
+        for cid in node.consumers:
+            indeg[cid] -= 1
+            if indeg[cid] == 0:
+                ready.append(by_id[cid])
+                ready.sort(key=lambda n: n.index)
+    if len(order) < len(nodes):
+        raise ConfigError(f"the DAG has a cycle: {' -> '.join(_find_cycle(nodes, by_id, indeg))}")
+    return order
+
+
+def _find_cycle(nodes: list[Node], by_id: dict[str, Node], indeg: dict[str, int]) -> list[str]:
+    # Walk inputs backwards among the nodes Kahn could not order until one repeats.
+    stuck = {n.id for n in nodes if indeg[n.id] > 0}
+    path: list[str] = []
+    cur = next(n.id for n in nodes if n.id in stuck)
+    while cur not in path:
+        path.append(cur)
+        cur = next(src for src, _ in by_id[cur].inputs if src in stuck)
+    cycle = path[path.index(cur):] + [cur]
+    return cycle[::-1]

@@ -1,0 +1,47 @@
+"""The exceptions mpobs raises where it meets the outside world, and their exit codes."""
+
+from __future__ import annotations
+
+# Exit codes, documented in the README's CLI reference.
+EXIT_OK = 0
+EXIT_FAILED = 1  # the run failed (a task kept killing its worker, an internal error)
+EXIT_USAGE = 2  # bad config, bad input, bad option, dashboard cannot bind
+EXIT_MAX_ERRORS = 3  # --max-errors reached
+EXIT_SIGINT = 130
+EXIT_SIGTERM = 143
+
+
+class MpobsError(Exception):
+    """Base of every error mpobs reports to a user as a message, not a traceback."""
+
+    exit_code = EXIT_FAILED
+
+
+class ConfigError(MpobsError, ValueError):
+    """The pipeline configuration is invalid."""
+
+    exit_code = EXIT_USAGE
+
+
+class InputError(MpobsError, OSError):
+    """An input or output path cannot be used."""
+
+    exit_code = EXIT_USAGE
+
+
+class DashboardError(MpobsError):
+    """The dashboard cannot start (port in use, host cannot be bound, no token)."""
+
+    exit_code = EXIT_USAGE
+
+
+class RunFailed(MpobsError):
+    """The run could not finish (e.g. a task killed its worker too often)."""
+
+    exit_code = EXIT_FAILED
+
+
+class MaxErrorsReached(MpobsError):
+    """--max-errors was reached; the run stopped cleanly."""
+
+    exit_code = EXIT_MAX_ERRORS

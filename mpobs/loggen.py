@@ -1,0 +1,66 @@
+"""A log generator: realistic lines with a level mix, a seed, and optionally awkward lines."""
+
+from __future__ import annotations
+
+import random
+from typing import BinaryIO
+
+LEVELS = ("INFO", "WARN", "ERROR", "DEBUG", "WARNING")
+DEFAULT_MIX = (0.70, 0.12, 0.05, 0.10, 0.03)
+SERVICES = ("api", "auth", "billing", "search", "worker", "db", "cache", "gateway")
+MESSAGES = (
+    "request handled path=/v1/items/{n} status=200 ms={ms}",
+    "user {n} logged in from 10.0.{a}.{b}",
+    "cache miss key=item:{n}",
+    "slow query took {ms} ms table=orders",
+    "connection reset by peer after {ms} ms",
+    "retrying job {n} attempt {a}",
+    "payment {n} declined code={a}",
+    "disk usage at {a}% on /var",
+    "queue depth {n} exceeds soft limit",
+    "config reloaded version={a}.{b}",
+)
+#: Lines that have broken line-oriented tools before; each is one line of input.
+AWKWARD = (
+    b"",
+    b"2026-01-01T00:00:00Z ERROR [api] crlf line\r",
+    b"2026-01-01T00:00:00Z WARN [api] invalid utf-8 \xff\xfe\xc3\x28 here",
+    b"2026-01-01T00:00:00Z INFO [api] braces {count} {line} {0} %s %d %%",
+    b"2026-01-01T00:00:00Z ERROR [web] <img src=x onerror=alert(1)> <script>alert(2)</script>",
+    "2026-01-01T00:00:00Z INFO [api] unicode \u2028 separator \u00e9\u4e2d\U0001f600".encode(),
+    b"2026-01-01T00:00:00Z DEBUG [api] nul \x00 byte and \x0b vertical tab \x1c fs",
+    b"ERRORS and WARNINGS are not levels; xINFO neither",
+)
+
+
+def generate(out: BinaryIO, lines: int, seed: int = 42, mix: tuple[float, ...] = DEFAULT_MIX,
+             awkward: float = 0.0) -> int:  # fmt: skip
+    """Write ``lines`` lines to ``out``; ``awkward`` is the share of AWKWARD lines. Returns bytes written."""
+    rng = random.Random(seed)
+    levels = rng.choices(LEVELS, weights=mix, k=lines)
+    written = 0
+    buf: list[bytes] = []
+    for i in range(lines):
+        if awkward and rng.random() < awkward:
+            line = rng.choice(AWKWARD)
+        else:
+            msg = rng.choice(MESSAGES).format(n=rng.randrange(100000), ms=rng.randrange(2000),
+                                              a=rng.randrange(256), b=rng.randrange(256))  # fmt: skip
+            ts = f"2026-11-{1 + i // 3_000_000 % 28:02d}T{i // 360000 % 24:02d}:{i // 6000 % 60:02d}:{i // 100 % 60:02d}.{i % 100:02d}0Z"
+            line = f"{ts} {levels[i]} [{rng.choice(SERVICES)}] {msg}".encode()
+        buf.append(line)
+        if len(buf) >= 10000:
+            chunk = b"\n".join(buf) + b"\n"
+            out.write(chunk)
+            written += len(chunk)
+            buf.clear()
+    if buf:
+        chunk = b"\n".join(buf) + b"\n"
+        out.write(chunk)
+        written += len(chunk)
+    return written
+
+
+def generate_file(path: str, lines: int, seed: int = 42, awkward: float = 0.0) -> int:
+    with open(path, "wb") as f:
+        return generate(f, lines, seed=seed, awkward=awkward)

@@ -1,0 +1,177 @@
+"""The local executor: one worker process per slot, a pipe each, restarted when one dies."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from multiprocessing.connection import wait as mp_wait
+from typing import Any, Callable
+
+import numpy as np
+
+from mpobs.dag import Pipeline
+from mpobs.segment import StatsSegment
+from mpobs.task import Task, TaskResult, TaskSettings
+from mpobs.worker import worker_main
+
+#: Tasks handed to a worker ahead, so it never waits for the coordinator.
+PREFETCH = 2  # the segment gives each worker two in-flight rows: one per handed-out task
+
+
+@dataclass
+class PoolEvent:
+    """Something a worker did: finished a task, died (with the tasks it lost), or failed."""
+
+    kind: str  # "done" | "died" | "fatal"
+    slot: int
+    task: Task | None = None
+    vec: np.ndarray | None = None
+    result: TaskResult | None = None
+    lost: list[Task] = field(default_factory=list)
+    detail: str = ""
+
+
+class _Slot:
+    def __init__(self, proc: Any, conn: Any) -> None:
+        self.proc = proc
+        self.conn = conn
+        self.inflight: deque[tuple[Task, int]] = deque()
+        self.seq = 0
+        self.alive = True
+
+
+class LocalPool:
+    """Worker processes on this machine; each counts into its own in-flight rows of ``seg``."""
+
+    def __init__(self, ctx: Any, workers: int, seg: StatsSegment, pipeline: Pipeline, settings: TaskSettings,
+                 events_q: Any, wait_traces: bool, part_dir: str) -> None:  # fmt: skip
+        self.ctx = ctx
+        self.n = workers
+        self.seg = seg
+        self.pipeline = pipeline
+        self.settings = settings
+        self.events_q = events_q
+        self.wait_traces = wait_traces
+        self.part_dir = part_dir
+        self.stop_event = ctx.Event()
+        self.slots: list[_Slot] = []
+        self.restarted = 0
+        self.stopping = False
+
+    def start(self) -> None:
+        self.slots = [self._spawn(s) for s in range(self.n)]
+
+    def _spawn(self, slot: int) -> _Slot:
+        parent_conn, child_conn = self.ctx.Pipe()
+        proc = self.ctx.Process(
+            target=worker_main,
+            name=f"mpobs-worker-{slot}",
+            args=(slot, child_conn, self.seg.name, self.seg.layout, self.seg.lock, self.pipeline, self.settings,
+                  self.events_q, self.wait_traces, self.stop_event, os.getpid(), self.part_dir),  # fmt: skip
+            daemon=True,
+        )
+        proc.start()
+        child_conn.close()
+        return _Slot(proc, parent_conn)
+
+    def fill(self, next_task: Callable[[], Task | None]) -> None:
+        """Give every live worker tasks until it holds PREFETCH."""
+        for s in self.slots:
+            while s.alive and len(s.inflight) < PREFETCH:
+                task = next_task()
+                if task is None:
+                    return
+                seq = s.seq
+                s.seq += 1
+                s.inflight.append((task, seq))
+                try:
+                    s.conn.send((task, seq))
+                except OSError:
+                    break  # it died; wait() reports the lost tasks
+
+    def idle(self) -> bool:
+        return all(not s.inflight for s in self.slots)
+
+    def wait(self, extra: list[Any], timeout: float) -> list[PoolEvent]:
+        """Wait for messages, deaths or ``extra`` handles; return what the workers did."""
+        handles = [s.conn for s in self.slots if s.alive] + [s.proc.sentinel for s in self.slots if s.alive]
+        ready = set(mp_wait(handles + extra, timeout))
+        events: list[PoolEvent] = []
+        for i, s in enumerate(self.slots):
+            if not s.alive:
+                continue
+            if s.conn in ready:
+                events += self._read(i, s)
+            if s.proc.sentinel in ready:
+                events += self._read(i, s)  # what it said before dying still counts
+                events.append(self._died(i, s))
+        return events
+
+    def _read(self, i: int, s: _Slot) -> list[PoolEvent]:
+        events = []
+        try:
+            while s.conn.poll():
+                msg = s.conn.recv()
+                if msg[0] == "done":
+                    _, seq, result = msg
+                    task, expected = s.inflight.popleft()
+                    assert seq == expected, (seq, expected)
+                    vec = self.seg.complete(self.seg.layout.inflight_row(i, seq), i)
+                    events.append(PoolEvent("done", i, task, vec, result))
+                elif msg[0] == "fatal":
+                    events.append(PoolEvent("fatal", i, detail=msg[1].strip().splitlines()[-1]))
+        except (EOFError, OSError):
+            pass
+        return events
+
+    def _died(self, i: int, s: _Slot) -> PoolEvent:
+        s.proc.join()
+        s.alive = False
+        lost = [t for t, _ in s.inflight]
+        s.inflight.clear()
+        s.conn.close()
+        self._recover_lock()
+        self.seg.drop(i)
+        self.seg.set_worker(i, alive=0)
+        ev = PoolEvent("died", i, lost=lost, detail=f"exit code {s.proc.exitcode}")
+        if not self.stopping:
+            self.slots[i] = self._spawn(i)
+            self.restarted += 1
+            self.seg.set_system(workers_restarted=self.restarted)
+        return ev
+
+    def _recover_lock(self) -> None:
+        """A worker killed while holding the stats lock would block everyone: release it for it."""
+        lock = self.seg.lock
+        if lock.acquire(timeout=1.0):
+            lock.release()
+        else:  # nobody live holds it for a second: the dead worker did
+            lock.release()
+
+    def shutdown(self, graceful: bool, drain: Callable[[], Any], timeout: float = 5.0) -> None:
+        """Stop every worker: after its tasks (graceful) or at the next batch; kill what lingers."""
+        self.stopping = True
+        if not graceful:
+            self.stop_event.set()
+        for s in self.slots:
+            if s.alive:
+                try:
+                    s.conn.send(None)
+                except OSError:
+                    pass
+        deadline = time.monotonic() + timeout
+        while any(s.proc.is_alive() for s in self.slots) and time.monotonic() < deadline:
+            drain()  # a worker's queue thread flushes at exit: keep the queue moving
+            mp_wait([s.proc.sentinel for s in self.slots if s.proc.is_alive()], 0.05)
+        for s in self.slots:
+            if s.proc.is_alive():
+                s.proc.kill()
+            s.proc.join(timeout=2)
+            s.alive = False
+            s.conn.close()
+        self._recover_lock()
+        for i in range(len(self.slots)):
+            self.seg.drop(i)
+            self.seg.set_worker(i, alive=0)

@@ -1,0 +1,96 @@
+"""The ``python`` processor: a user function, per line or per batch."""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any, Callable
+
+from mpobs.batch import Batch
+from mpobs.processors.base import ErrorList, Processor, Spec, register
+
+
+def import_function(ref: str, spec: Spec) -> Callable[..., Any]:
+    """``"package.module:name"`` -> the callable. The config file's folder is on sys.path."""
+    module_name, sep, attr = ref.partition(":")
+    if not sep or not module_name or not attr:
+        raise spec.error(f"function must look like \"module:name\", got {ref!r}")
+    try:
+        module = importlib.import_module(module_name)
+    except Exception as err:  # an ImportError, or whatever the module raised while importing
+        msg = f"cannot import module {module_name!r} for function {ref!r}: {type(err).__name__}: {err}"
+        raise spec.error(msg) from err
+    obj: Any = module
+    for part in attr.split("."):
+        try:
+            obj = getattr(obj, part)
+        except AttributeError as err:
+            raise spec.error(f"module {module_name!r} has no attribute {attr!r}") from err
+    if not callable(obj):
+        raise spec.error(f"{ref!r} is not callable")
+    return obj
+
+
+def _results(result: Any) -> list[str] | None:
+    """A function's answer for one line as a list of output texts; None means drop."""
+    if isinstance(result, str):
+        return [result]
+    if result is None:
+        return None
+    if isinstance(result, list) and all(isinstance(r, str) for r in result):
+        return result
+    msg = f"function must return a str, None or a list of str, got {type(result).__name__}"
+    raise TypeError(msg)
+
+
+@register("python")
+class PythonFunction(Processor):
+    """Calls ``function`` ("module:name").
+
+    Per line (default): ``f(line: str) -> str | None | list[str]`` (replace, drop,
+    or emit several). With ``"batch": true``: ``f(lines: list[str]) -> list`` of
+    one such answer per line, called once per batch; if it raises, the batch is
+    retried line by line (``f([line])``) so the failing lines are found.
+    """
+
+    keys = frozenset({"function", "batch"})
+
+    def __init__(self, pid: str, spec: Spec) -> None:
+        super().__init__(pid, spec)
+        self.batch = spec.get("batch", bool, False)
+        self.func = import_function(spec.get("function", str), spec)
+
+    def process(self, batch: Batch, errors: ErrorList) -> Batch:
+        func = self.func
+        answers: list[Any]
+        if self.batch:
+            try:
+                answers = func(batch.texts)
+                if not isinstance(answers, list) or len(answers) != len(batch.texts):
+                    got = len(answers) if isinstance(answers, list) else type(answers).__name__
+                    msg = f"batch function must return a list with one answer per line ({len(batch.texts)}), got {got}"
+                    raise TypeError(msg)
+                answers = [_results(a) for a in answers]
+            except Exception:
+                answers = [self._one(lambda t: func([t])[0], n, t, errors) for n, t in zip(batch.nums, batch.texts)]
+        else:
+            answers = [self._one(func, n, t, errors) for n, t in zip(batch.nums, batch.texts)]
+        if all(type(a) is list and len(a) == 1 for a in answers):
+            return Batch(batch.nums, [a[0] for a in answers], batch.tags)
+        nums: list[int] = []
+        texts: list[str] = []
+        tags: list[tuple[str, ...]] | None = None if batch.tags is None else []
+        for i, out in enumerate(answers):
+            if out:
+                nums += [batch.nums[i]] * len(out)
+                texts += out
+                if tags is not None:
+                    tags += [batch.tags[i]] * len(out)  # type: ignore[index]
+        return Batch(nums, texts, tags)
+
+    @staticmethod
+    def _one(func: Callable[[str], Any], num: int, text: str, errors: ErrorList) -> list[str] | None:
+        try:
+            return _results(func(text))
+        except Exception as exc:
+            errors.append((num, text, exc))
+            return None

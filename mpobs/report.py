@@ -1,0 +1,69 @@
+"""What a person sees on stderr: the progress line while running, the summary table after."""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import click
+
+
+class Progress:
+    """click's progress bar over bytes done, with lines/s; only on a terminal."""
+
+    def __init__(self, enabled: bool | None = None) -> None:
+        self.enabled = sys.stderr.isatty() if enabled is None else enabled
+        self.bar: Any = None
+        self.shown = 0
+        self.rate = 0.0
+
+    def tick(self, coord: Any) -> None:
+        if not self.enabled:
+            return
+        stats = coord.live_stats()["system"]
+        if self.bar is None:
+            self.bar = click.progressbar(
+                length=max(stats["bytes_total"], 1), label="mpobs", file=sys.stderr, show_eta=True,
+                show_percent=True, item_show_func=lambda _: f"{self.rate:,.0f} lines/s",
+            )  # fmt: skip
+            self.bar.__enter__()
+        self.rate = stats["lines_per_second"]
+        step = stats["bytes_done"] - self.shown
+        self.shown = stats["bytes_done"]
+        self.bar.update(step, current_item=True)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.__exit__(None, None, None)
+            self.bar = None
+
+
+def summary(stats: dict[str, Any], error_types: dict[tuple[str, str], int]) -> str:
+    """The end-of-run table: one row per processor, then totals and errors by type."""
+    rows = [("processor", "type", "in", "out", "errors", "ms", "share")]
+    for pid, p in stats["processors"].items():
+        rows.append((
+            pid, p["type"], f"{p['lines_in']:,}", f"{p['lines_out']:,}", f"{p['errors']:,}",
+            f"{p['processing_time_ms']:,.1f}", f"{p['share_of_time'] * 100:.1f}%",
+        ))  # fmt: skip
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = []
+    for n, r in enumerate(rows):
+        cells = [c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))]
+        lines.append("  ".join(cells).rstrip())
+        if n == 0:
+            lines.append("  ".join("-" * w for w in widths))
+    s = stats["system"]
+    lines.append(
+        f"{s['state']}: {s['total_lines']:,} lines in {s['elapsed_s']:.2f} s "
+        f"({s['lines_per_second']:,.0f} lines/s) on {s['workers']} worker(s), {s['total_errors']:,} errors"
+    )
+    if s.get("workers_restarted"):
+        lines.append(f"workers restarted: {s['workers_restarted']}")
+    if s.get("trace"):
+        lines.append(f"traces: {s['traces_sent']:,} sent, {s['traces_dropped']:,} dropped (queue full)")
+    if error_types:
+        lines.append("errors by processor and type:")
+        for (pid, etype), n in sorted(error_types.items(), key=lambda kv: -kv[1]):
+            lines.append(f"  {pid}  {etype}  {n:,}")
+    return "\n".join(lines)

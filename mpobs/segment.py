@@ -1,0 +1,219 @@
+"""The stats segment: exact run counters in one numpy array on multiprocessing.shared_memory.
+
+This module alone knows the layout. One int64 block of ``Layout.size`` values:
+
+``counts``  shape (2 + 2 * slots, ncols). Row 0 holds the committed totals: the
+            tasks whose output parts are joined into the output. Row 1 holds
+            tasks that are complete but wait for an earlier task before they
+            can be joined. Each worker slot ``s`` owns two in-flight rows
+            ``2 + 2*s`` and ``3 + 2*s`` and uses them by turns, one per task
+            (``Layout.inflight_row``). A worker adds a task's counts to its row
+            once per batch; when the task is complete the coordinator moves the
+            row to row 1 (``complete``), and from there to row 0 when the part
+            is joined (``commit``); when a worker dies its rows are zeroed
+            (``drop``) and its tasks run again. Live totals are the sum of all
+            rows; the committed row always matches the output. Columns:
+            ``[p*5 + f]`` for processor ``p`` (config order) and field ``f`` in
+            lines_in, lines_out, errors, time_ns, batches (``dag.PROC_FIELDS``);
+            then one column per tag (``Layout.tags``); then RUN_FIELDS.
+``workers`` shape (slots, len(WORKER_FIELDS)): per worker slot, never rolled back.
+``system``  shape (len(SYSTEM_FIELDS),): run-wide values set by the coordinator.
+
+Every read-modify-write and every snapshot holds ``lock`` (one process-shared
+multiprocessing.Lock); a flush costs about a microsecond, so workers take it
+once per batch and readers never stop them for longer.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from multiprocessing import shared_memory
+from typing import Any
+
+import numpy as np
+
+from mpobs.dag import NF, PROC_FIELDS
+
+RUN_FIELDS = ("lines_done", "bytes_done", "tasks_done")
+WORKER_FIELDS = (
+    "pid", "tasks", "lines", "bytes", "alive",
+    "traces_sent", "traces_dropped", "errors_sent", "errors_dropped",
+)  # fmt: skip
+SYSTEM_FIELDS = (
+    "state", "started_at_ms", "ended_at_ms", "bytes_total", "workers", "workers_restarted",
+    "tasks_total", "lines_total", "traces_delivered", "errors_delivered",
+)  # fmt: skip
+STATES = ("starting", "running", "done", "failed", "interrupted")
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where each value lives; picklable, so children rebuild views from the name."""
+
+    processors: tuple[str, ...]
+    tags: tuple[str, ...]
+    slots: int
+
+    @property
+    def ncols(self) -> int:
+        return len(self.processors) * NF + len(self.tags) + len(RUN_FIELDS)
+
+    @property
+    def nrows(self) -> int:
+        return 2 + 2 * self.slots
+
+    @property
+    def size(self) -> int:
+        return self.nrows * self.ncols + self.slots * len(WORKER_FIELDS) + len(SYSTEM_FIELDS)
+
+    def proc_col(self, p: int, fname: str) -> int:
+        return p * NF + PROC_FIELDS.index(fname)
+
+    def tag_col(self, tag: str) -> int:
+        return len(self.processors) * NF + self.tags.index(tag)
+
+    def run_col(self, fname: str) -> int:
+        return len(self.processors) * NF + len(self.tags) + RUN_FIELDS.index(fname)
+
+    @staticmethod
+    def inflight_row(slot: int, task_seq: int) -> int:
+        return 2 + 2 * slot + (task_seq & 1)
+
+
+class StatsSegment:
+    """Views over the shared block. The creator unlinks it; everyone else only closes."""
+
+    def __init__(self, layout: Layout, shm: shared_memory.SharedMemory, lock: Any, owner: bool) -> None:
+        self.layout = layout
+        self.shm = shm
+        self.lock = lock
+        self.owner = owner
+        flat = np.ndarray((layout.size,), dtype=np.int64, buffer=shm.buf)
+        n = layout.nrows * layout.ncols
+        w = layout.slots * len(WORKER_FIELDS)
+        self.counts = flat[:n].reshape(layout.nrows, layout.ncols)
+        self.workers = flat[n : n + w].reshape(layout.slots, len(WORKER_FIELDS))
+        self.system = flat[n + w :]
+
+    @classmethod
+    def create(cls, layout: Layout, lock: Any) -> StatsSegment:
+        shm = shared_memory.SharedMemory(create=True, size=layout.size * 8)
+        seg = cls(layout, shm, lock, owner=True)
+        seg.counts[:] = 0
+        seg.workers[:] = 0
+        seg.system[:] = 0
+        seg.set_system(started_at_ms=int(time.time() * 1000))
+        return seg
+
+    @classmethod
+    def attach(cls, name: str, layout: Layout, lock: Any) -> StatsSegment:
+        return cls(layout, shared_memory.SharedMemory(name=name), lock, owner=False)
+
+    @property
+    def name(self) -> str:
+        return self.shm.name
+
+    def close(self) -> None:
+        # Views must go before the mapping can close.
+        self.counts = self.workers = self.system = None  # type: ignore[assignment]
+        try:
+            self.shm.close()
+        except BufferError:
+            pass  # a caller still holds a view; the mapping goes with the process
+        if self.owner:
+            try:
+                self.shm.unlink()
+            except FileNotFoundError:
+                pass
+
+    # -- workers ---------------------------------------------------------
+    def flush(self, row: int, delta: np.ndarray, slot: int, wdelta: np.ndarray | None = None) -> None:
+        """Add a batch's counts to an in-flight row (and per-worker values)."""
+        with self.lock:
+            self.counts[row] += delta
+            if wdelta is not None:
+                self.workers[slot] += wdelta
+
+    def add_worker(self, slot: int, **values: int) -> None:
+        with self.lock:
+            for k, v in values.items():
+                self.workers[slot, WORKER_FIELDS.index(k)] += v
+
+    # -- coordinator -----------------------------------------------------
+    def complete(self, row: int, slot: int) -> np.ndarray:
+        """A task's part is written: move its in-flight row to the pending row; return its counts."""
+        c = self.counts
+        with self.lock:
+            vec = c[row].copy()
+            c[1] += vec
+            c[row] = 0
+            w = self.workers[slot]
+            w[WORKER_FIELDS.index("tasks")] += 1
+            w[WORKER_FIELDS.index("lines")] += vec[self.layout.run_col("lines_done")]
+            w[WORKER_FIELDS.index("bytes")] += vec[self.layout.run_col("bytes_done")]
+        return vec
+
+    def commit(self, vec: np.ndarray) -> None:
+        """A completed task's part is joined into the output: its counts become committed."""
+        with self.lock:
+            self.counts[1] -= vec
+            self.counts[0] += vec
+
+    def drop(self, slot: int) -> None:
+        """A worker died: forget its uncommitted counts (its tasks run again)."""
+        with self.lock:
+            self.counts[2 + 2 * slot] = 0
+            self.counts[3 + 2 * slot] = 0
+
+    def set_worker(self, slot: int, **values: int) -> None:
+        with self.lock:
+            for k, v in values.items():
+                self.workers[slot, WORKER_FIELDS.index(k)] = v
+
+    def set_system(self, **values: int) -> None:
+        with self.lock:
+            for k, v in values.items():
+                self.system[SYSTEM_FIELDS.index(k)] = v
+
+    def set_state(self, state: str) -> None:
+        self.set_system(state=STATES.index(state))
+
+    # -- readers ---------------------------------------------------------
+    def snapshot(self) -> Snapshot:
+        """A consistent copy: committed totals, live totals (committed + in flight), the rest."""
+        with self.lock:
+            counts = self.counts.copy()
+            workers = self.workers.copy()
+            system = self.system.copy()
+        return Snapshot(self.layout, counts[0], counts.sum(axis=0), workers, system)
+
+
+@dataclass
+class Snapshot:
+    """A copy of the segment, with names for its values."""
+
+    layout: Layout
+    committed: np.ndarray
+    live: np.ndarray
+    workers: np.ndarray
+    system: np.ndarray
+
+    def proc(self, p: int, fname: str, live: bool = True) -> int:
+        return int((self.live if live else self.committed)[self.layout.proc_col(p, fname)])
+
+    def tag(self, tag: str, live: bool = True) -> int:
+        return int((self.live if live else self.committed)[self.layout.tag_col(tag)])
+
+    def run(self, fname: str, live: bool = True) -> int:
+        return int((self.live if live else self.committed)[self.layout.run_col(fname)])
+
+    def sys(self, fname: str) -> int:
+        return int(self.system[SYSTEM_FIELDS.index(fname)])
+
+    @property
+    def state(self) -> str:
+        return STATES[self.sys("state")]
+
+    def worker(self, slot: int) -> dict[str, int]:
+        return {k: int(v) for k, v in zip(WORKER_FIELDS, self.workers[slot])}

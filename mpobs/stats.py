@@ -1,0 +1,122 @@
+"""The stats document (``--save-metrics``, ``/stats``) built from a segment snapshot."""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+from mpobs.dag import Pipeline
+from mpobs.segment import Snapshot
+
+
+@dataclass
+class RunMeta:
+    """What a reader of the segment needs to know about the run besides the numbers."""
+
+    input_name: str
+    input_path: str
+    processors: list[dict[str, Any]]  # {"id", "type", "inputs", "routes", "sink", "settings"}
+    edges: list[dict[str, Any]]
+    tags: list[str]
+    workers: int
+    trace: bool = False
+    trace_sample: float = 0.0
+    output: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, pipeline: Pipeline, input_path: str, workers: int, **kw: Any) -> RunMeta:
+        procs = [
+            {
+                "id": n.id,
+                "type": n.proc.type_name,
+                "inputs": [s + (f".{r}" if r else "") for s, r in n.inputs],
+                "routes": list(n.proc.routes),
+                "sink": not n.consumers,
+                "settings": n.proc.describe(),
+            }
+            for n in pipeline.nodes
+        ]
+        return cls(os.path.basename(input_path), input_path, procs, pipeline.edges(), list(pipeline.tags), workers, **kw)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def build_stats(
+    snap: Snapshot,
+    meta: RunMeta,
+    counters: dict[str, dict[str, int]] | None = None,
+    live: bool = True,
+    now: float | None = None,
+) -> dict[str, Any]:
+    """The stats shape of the README. ``live``: committed + in flight; else committed only."""
+    now = time.time() if now is None else now
+    started = snap.sys("started_at_ms") / 1000
+    ended = snap.sys("ended_at_ms") / 1000
+    elapsed = max((ended or now) - started, 0.0) if started else 0.0
+    procs: dict[str, Any] = {}
+    total_ns = 0
+    total_errors = 0
+    for p, pm in enumerate(meta.processors):
+        ns = snap.proc(p, "time_ns", live)
+        errors = snap.proc(p, "errors", live)
+        total_ns += ns
+        total_errors += errors
+        procs[pm["id"]] = {
+            "type": pm["type"],
+            "lines_in": snap.proc(p, "lines_in", live),
+            "lines_out": snap.proc(p, "lines_out", live),
+            "errors": errors,
+            "processing_time_ms": round(ns / 1e6, 3),
+            "batches": snap.proc(p, "batches", live),
+        }
+    for row in procs.values():
+        row["share_of_time"] = round(row["processing_time_ms"] * 1e6 / total_ns, 4) if total_ns else 0.0
+    lines = snap.run("lines_done", live)
+    bytes_total = snap.sys("bytes_total")
+    bytes_done = snap.run("bytes_done", live)
+    rate = lines / elapsed if elapsed > 0 else 0.0
+    byte_rate = bytes_done / elapsed if elapsed > 0 else 0.0
+    workers = [snap.worker(s) for s in range(snap.layout.slots)]
+    system = {
+        "total_lines": lines,
+        "total_processing_time_ms": round(total_ns / 1e6, 3),
+        "lines_per_second": round(rate, 1),
+        "total_errors": total_errors,
+        "workers": meta.workers,
+        "bytes_total": bytes_total,
+        "bytes_done": bytes_done,
+        "state": snap.state,
+        "started_at": _iso(started),
+        "elapsed_s": round(elapsed, 3),
+        "progress": round(bytes_done / bytes_total, 4) if bytes_total else (1.0 if snap.state == "done" else 0.0),
+        "eta_s": round((bytes_total - bytes_done) / byte_rate, 1) if byte_rate > 0 and snap.state == "running" else None,
+        "tasks_done": snap.run("tasks_done", live),
+        "tasks_total": snap.sys("tasks_total") or None,
+        "lines_total": snap.sys("lines_total") or None,
+        "workers_restarted": snap.sys("workers_restarted"),
+        "workers_alive": sum(w["alive"] for w in workers),
+        "traces_sent": sum(w["traces_sent"] for w in workers),
+        "traces_dropped": sum(w["traces_dropped"] for w in workers),
+        "errors_recorded": sum(w["errors_sent"] for w in workers),
+        "errors_dropped": sum(w["errors_dropped"] for w in workers),
+        "input": meta.input_name,
+        "trace": meta.trace,
+        "trace_sample": meta.trace_sample if meta.trace else None,
+    }
+    if ended:
+        system["ended_at"] = _iso(ended)
+    return {
+        "processors": procs,
+        "tags": {t: snap.tag(t, live) for t in meta.tags},
+        "counters": counters or {},
+        "system": system,
+    }
+
+
+def _iso(ts: float) -> str | None:
+    return datetime.fromtimestamp(ts, tz=timezone.utc).isoformat(timespec="milliseconds") if ts else None
