@@ -138,7 +138,8 @@ class Coordinator:
             if opts.dashboard is not None:
                 from mpobs.dashboard import start_dashboard
 
-                self.dashboard = start_dashboard(self, opts.dashboard, events_q=None)
+                # Before the workers, so a port in use fails the run before any work.
+                self.dashboard = start_dashboard(self, opts.dashboard)
                 self.collector.forward = self.dashboard.queue
             joiner = OutputJoiner(opts.output_path)
             settings = TaskSettings(
@@ -174,7 +175,7 @@ class Coordinator:
                 traces_file.close()
             final = self.final_stats()
             if self.dashboard is not None:
-                self.dashboard.finish(final)
+                self.dashboard.finish(final, lambda: self._signal is not None)
             events_q.close()
             events_q.join_thread()
             seg.close()
@@ -249,6 +250,8 @@ class Coordinator:
             next_join = self._join_ready(done, joiner, next_join)
             self.collector.drain(self.events_q)
             self._check_stop()
+            if self.dashboard is not None:
+                self.dashboard.poll()  # warns once if it died; the run goes on
             now = time.monotonic()
             if self.opts.on_tick is not None and now - last_tick >= 0.2:
                 last_tick = now
@@ -266,6 +269,8 @@ class Coordinator:
             for pid, counts in result.key_counts.items():
                 self.counters[pid].update(counts)
             self.error_types.update(result.error_types)
+            if self.dashboard is not None and result.key_counts:
+                self.dashboard.publish_counters(self._counters())
             next_join += 1
         return next_join
 

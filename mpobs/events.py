@@ -76,7 +76,7 @@ class EventCollector:
                 self.traces_file.write(json.dumps(t) + "\n")
         if self.forward is not None:
             try:
-                self.forward.put_nowait((traces, errors))
+                self.forward.put_nowait(("events", traces, errors))
             except queue_mod.Full:
                 self.forward_dropped += len(traces) + len(errors)
             except (ValueError, OSError):

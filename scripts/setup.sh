@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Install mpobs (editable) into the current Python, with what the tests need when given --test.
+# Debian packages for the real-parts tests (chromium for the page, prometheus for /metrics)
+# are installed with apt-get when missing and when we are root (CI, a fresh dev machine).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+
+extras=""
+if [ "${1:-}" = "--test" ]; then
+  extras="[test]"
+  need=()
+  command -v chromium >/dev/null 2>&1 || need+=(chromium)
+  command -v prometheus >/dev/null 2>&1 || need+=(prometheus)
+  command -v promtool >/dev/null 2>&1 || need+=(prometheus)
+  if [ ${#need[@]} -gt 0 ]; then
+    if [ "$(id -u)" = 0 ]; then
+      echo "setup: apt-get install ${need[*]}" >&2
+      apt-get update -qq
+      DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+    else
+      echo "setup: missing Debian packages ${need[*]}; install them (sudo apt-get install ${need[*]}) or the browser/Prometheus tests will fail" >&2
+    fi
+  fi
+fi
+"$PY" -m pip install -q --disable-pip-version-check -e ".${extras}"
