@@ -1,0 +1,69 @@
+"""Shared fixtures: worker counts, running the real CLI, and checks that nothing is left behind."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def shm_segments() -> set[str]:
+    """Shared-memory segments in /dev/shm made by multiprocessing.shared_memory."""
+    try:
+        return {n for n in os.listdir("/dev/shm") if n.startswith("psm_")}
+    except FileNotFoundError:
+        return set()
+
+
+@pytest.fixture(autouse=True)
+def no_leftovers() -> Any:
+    """Every test must leave no shared-memory segment and no child process behind."""
+    import psutil
+
+    before = shm_segments()
+    yield
+    me = psutil.Process()
+    children = [c for c in me.children(recursive=True) if c.is_running() and c.status() != psutil.STATUS_ZOMBIE]
+    leaked = shm_segments() - before
+    assert not children, f"processes left running: {[(c.pid, c.name()) for c in children]}"
+    assert not leaked, f"shared memory left in /dev/shm: {sorted(leaked)}"
+
+
+@pytest.fixture(params=[1, 2, 3], ids=lambda w: f"workers{w}")
+def workers(request: pytest.FixtureRequest) -> int:
+    """Every pipeline test runs with 1, 2 and 3 workers and must give the same answer."""
+    return request.param
+
+
+def run_cli(*args: str, cwd: str | os.PathLike[str] | None = None, timeout: float = 120,
+            env: dict[str, str] | None = None) -> subprocess.CompletedProcess[bytes]:  # fmt: skip
+    """Run ``python -m mpobs ARGS`` as a user would; returns the finished process (bytes out/err)."""
+    full_env = {**os.environ, **(env or {})}
+    return subprocess.run(
+        [sys.executable, "-m", "mpobs", *args], cwd=cwd, capture_output=True, timeout=timeout, env=full_env
+    )
+
+
+@pytest.fixture
+def cli() -> Any:
+    """``cli("process", "in.log", ...)`` runs the real command line in a subprocess."""
+    return run_cli
+
+
+@pytest.fixture
+def make_log(tmp_path: Path) -> Any:
+    """``make_log(lines, seed=1, awkward=0.0)`` writes a generated log and returns its path."""
+    from mpobs.loggen import generate_file
+
+    def make(lines: int, seed: int = 1, awkward: float = 0.0, name: str = "in.log") -> Path:
+        path = tmp_path / name
+        generate_file(str(path), lines, seed=seed, awkward=awkward)
+        return path
+
+    return make

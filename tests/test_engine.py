@@ -1,0 +1,186 @@
+"""The engine end to end: the same bytes and counts as one plain process, for any worker count."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.reference import default_pipeline, split_lines
+
+SMALL_TASKS = ("--task-size", "1024", "--batch-lines", "7")  # many tasks and batches on small inputs
+
+AWKWARD_INPUTS = {
+    "no-multiple-of-task-size": b"".join(b"2026 INFO line %d padding %s\n" % (i, b"x" * (i % 37)) for i in range(700)),
+    "last-line-without-newline": b"a ERROR one\nb WARN two\nc INFO three",
+    "empty-lines": b"\n\nERROR a\n\n\nINFO b\n\n",
+    "invalid-utf8": b"ERROR \xff\xfe bad\nINFO \xc3\x28 also\nWARN ok \xe2\x82\xac\n" * 50,
+    "crlf": b"ERROR one\r\nINFO two\r\nDEBUG three\r\n" * 100,
+    "line-longer-than-a-task": b"INFO short\n" + b"ERROR " + b"y" * 5000 + b"\nWARN after\n" + b"z" * 3000,
+    "empty-file": b"",
+    "one-byte": b"x",
+    "only-newlines": b"\n" * 3000,
+    "odd-characters": "INFO a\x0bb\x1cc\u2028d\x00e\rf\nERROR \u00e9\U0001f600\n".encode() * 40,
+}
+
+
+@pytest.mark.parametrize("name", list(AWKWARD_INPUTS))
+def test_default_pipeline_matches_one_plain_process(tmp_path: Path, cli: Any, workers: int, name: str) -> None:
+    data = AWKWARD_INPUTS[name]
+    log = tmp_path / "in.log"
+    log.write_bytes(data)
+    out, metrics = tmp_path / "out.txt", tmp_path / "m.json"
+    res = cli("process", str(log), "-w", str(workers), "-o", str(out), "--save-metrics", str(metrics), *SMALL_TASKS)
+    assert res.returncode == 0, res.stderr.decode()
+    expected, tags = default_pipeline(data)
+    assert out.read_bytes() == expected
+    stats = json.loads(metrics.read_text())
+    n = len(split_lines(data))
+    assert stats["system"]["total_lines"] == n
+    assert stats["system"]["bytes_done"] == stats["system"]["bytes_total"] == len(data)
+    assert stats["system"]["state"] == "done"
+    assert stats["tags"] == tags
+    procs = stats["processors"]
+    assert procs["line_counter"]["lines_in"] == procs["line_counter"]["lines_out"] == n
+    assert procs["tag_extractor"]["lines_out"] == n
+    assert procs["error_filter"]["lines_out"] == tags["error"]
+    assert procs["warn_filter"]["lines_out"] == tags["warn"]
+    assert procs["info_filter"]["lines_out"] == tags["info"]
+    assert sum(p["errors"] for p in procs.values()) == 0
+
+
+def test_generated_log_same_with_1_2_3_workers(tmp_path: Path, cli: Any, make_log: Any) -> None:
+    log = make_log(30_000, awkward=0.02)
+    results = []
+    for w in (1, 2, 3):
+        out, m = tmp_path / f"out{w}.txt", tmp_path / f"m{w}.json"
+        res = cli("process", str(log), "-w", str(w), "-o", str(out), "--save-metrics", str(m), "--task-size", "65536")
+        assert res.returncode == 0, res.stderr.decode()
+        stats = json.loads(m.read_text())
+        counts = {pid: {k: v for k, v in p.items() if k in ("lines_in", "lines_out", "errors")}
+                  for pid, p in stats["processors"].items()}  # fmt: skip
+        results.append((out.read_bytes(), counts, stats["tags"], stats["system"]["total_lines"]))
+    assert results[0] == results[1] == results[2]
+    assert results[0][0] == default_pipeline(log.read_bytes())[0]
+
+
+def write_dag(tmp_path: Path) -> Path:
+    (tmp_path / "dagfns.py").write_text(
+        "def annotate(line):\n"
+        "    if 'explode' in line:\n"
+        "        raise RuntimeError('cannot annotate')\n"
+        "    return [line + ' [a]', line + ' [b]'] if 'dup' in line else line + ' [a]'\n"
+    )
+    config = {"processors": [
+        {"type": "tag_extractor", "id": "tags"},
+        {"type": "router", "id": "route", "routes": {"err": {"tag": "error"}, "warn": {"tag": "warn"}},
+         "default": "rest"},
+        {"type": "uppercase", "id": "up", "inputs": ["route.err"]},
+        {"type": "python", "id": "annotate", "function": "dagfns:annotate", "inputs": ["route.warn"]},
+        {"type": "counter", "id": "services", "by": r"\[(\w+)\]", "inputs": ["route.rest"]},
+        {"type": "filter", "id": "no_debug", "tag": "debug", "invert": True, "inputs": ["services"]},
+        {"type": "line_counter", "id": "number", "format": "{count}|{line}", "inputs": ["up", "annotate", "no_debug"]},
+        {"type": "filter", "id": "audit", "pattern": "login", "inputs": ["tags"]},
+    ]}  # fmt: skip
+    path = tmp_path / "dag.json"
+    path.write_text(json.dumps(config))
+    return path
+
+
+def expected_dag(lines: list[str]) -> tuple[list[str], dict[str, int], int]:
+    """The DAG of write_dag, computed line by line by hand."""
+    import re
+
+    level = re.compile(r"\b(ERROR|WARN|WARNING|INFO|DEBUG)\b")
+    tag_of = {"ERROR": "error", "WARN": "warn", "WARNING": "warn", "INFO": "info", "DEBUG": "debug"}
+    out: list[str] = []
+    services: dict[str, int] = {}
+    errors = 0
+    for n, line in enumerate(lines, 1):
+        m = level.search(line)
+        tag = tag_of[m.group(1)] if m else None
+        here: list[str] = []
+        if tag == "error":
+            here.append(f"{n}|{line.upper()}")
+        elif tag == "warn":
+            if "explode" in line:
+                errors += 1
+            else:
+                here += [f"{n}|{line} [a]", f"{n}|{line} [b]"] if "dup" in line else [f"{n}|{line} [a]"]
+        else:
+            s = re.search(r"\[(\w+)\]", line)
+            if s:
+                services[s.group(1)] = services.get(s.group(1), 0) + 1
+            if tag != "debug":
+                here.append(f"{n}|{line}")
+        out += here  # sink "number"
+        if "login" in line:
+            out.append(line)  # sink "audit", after "number" (config order)
+    return out, services, errors
+
+
+def test_dag_with_fan_out_router_fan_in_and_python(tmp_path: Path, cli: Any, workers: int, make_log: Any) -> None:
+    log = make_log(4000, awkward=0.01)
+    extra = b"x WARN explode\nx WARN dup me\nERROR [api] user login failed\n[db] no level\n"
+    log.write_bytes(log.read_bytes() + extra)
+    config = write_dag(tmp_path)
+    out, m = tmp_path / "out.txt", tmp_path / "m.json"
+    res = cli("process", str(log), "-c", str(config), "-w", str(workers), "-o", str(out), "--save-metrics", str(m),
+              *SMALL_TASKS)  # fmt: skip
+    assert res.returncode == 0, res.stderr.decode()
+    lines = split_lines(log.read_bytes())
+    want, services, errors = expected_dag(lines)
+    assert out.read_bytes() == "".join(x + "\n" for x in want).encode("utf-8", "surrogateescape")
+    stats = json.loads(m.read_text())
+    assert stats["counters"]["services"] == services
+    assert stats["processors"]["annotate"]["errors"] == errors >= 1
+    assert stats["processors"]["number"]["lines_out"] == len(want) - stats["processors"]["audit"]["lines_out"]
+    assert stats["processors"]["route"]["lines_in"] == len(lines)
+
+
+def test_results_go_to_stdout_and_nothing_else_does(tmp_path: Path, cli: Any) -> None:
+    log = tmp_path / "in.log"
+    log.write_bytes(b"a ERROR\nb DEBUG\nc INFO\n")
+    res = cli("process", str(log), "-w", "2")
+    assert res.returncode == 0
+    assert res.stdout == b"Line 1: a ERROR\nLine 3: c INFO\n"
+    assert b"error_filter" in res.stderr  # the summary table goes to stderr
+
+
+def test_closed_stdout_pipe_ends_quietly(tmp_path: Path, make_log: Any) -> None:
+    log = make_log(300_000)
+    proc = subprocess.Popen([sys.executable, "-m", "mpobs", "process", str(log), "-w", "2"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
+    assert proc.stdout is not None and proc.stderr is not None
+    first = proc.stdout.readline()
+    proc.stdout.close()  # like `| head -1`
+    err = proc.stderr.read()
+    proc.stderr.close()
+    assert proc.wait(timeout=60) == 0, err.decode()
+    assert first.startswith(b"Line 1: ")
+    assert b"Traceback" not in err
+    assert b"BrokenPipe" not in err
+    assert b"interrupted" in err
+
+
+def test_no_shared_memory_left_after_runs(tmp_path: Path, cli: Any) -> None:
+    from tests.conftest import shm_segments
+
+    before = shm_segments()
+    log = tmp_path / "in.log"
+    log.write_bytes(b"ERROR x\n" * 1000)
+    assert cli("process", str(log), "-w", "2", "-o", str(tmp_path / "o")).returncode == 0
+    assert cli("process", str(tmp_path / "missing"), "-w", "2").returncode == 2
+    assert shm_segments() == before
+
+
+def test_sample_log_when_no_input_given(tmp_path: Path, cli: Any) -> None:
+    out = tmp_path / "out.txt"
+    res = cli("process", "-w", "2", "-o", str(out))
+    assert res.returncode == 0, res.stderr.decode()
+    assert b"running on a generated sample log" in res.stderr
+    assert out.read_bytes().startswith(b"Line 1: ")
