@@ -21,6 +21,18 @@ def shm_segments() -> set[str]:
         return set()
 
 
+def _is_ours(proc: Any) -> bool:
+    """A live child that is not multiprocessing's resource tracker (it lives as long as pytest)."""
+    import psutil
+
+    try:
+        if not proc.is_running() or proc.status() == psutil.STATUS_ZOMBIE:
+            return False
+        return not any("resource_tracker" in part for part in proc.cmdline())
+    except psutil.NoSuchProcess:
+        return False
+
+
 @pytest.fixture(autouse=True)
 def no_leftovers() -> Any:
     """Every test must leave no shared-memory segment and no child process behind."""
@@ -29,7 +41,7 @@ def no_leftovers() -> Any:
     before = shm_segments()
     yield
     me = psutil.Process()
-    children = [c for c in me.children(recursive=True) if c.is_running() and c.status() != psutil.STATUS_ZOMBIE]
+    children = [c for c in me.children(recursive=True) if _is_ours(c)]
     leaked = shm_segments() - before
     assert not children, f"processes left running: {[(c.pid, c.name()) for c in children]}"
     assert not leaked, f"shared memory left in /dev/shm: {sorted(leaked)}"

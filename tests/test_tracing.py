@@ -1,0 +1,212 @@
+"""Traces follow lines through the DAG; errors are counted exactly and recorded with their context."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from mpobs.config import compile_config
+from mpobs.coordinator import Coordinator, RunOptions
+from mpobs.events import EventCollector
+from mpobs.tracing import is_sampled
+from tests.reference import split_lines
+
+ROUTER_DAG = {"processors": [
+    {"type": "tag_extractor", "id": "tags"},
+    {"type": "router", "id": "route", "routes": {"err": {"tag": "error"}, "db": r"\[db\]"}},
+    {"type": "uppercase", "id": "up", "inputs": ["route.err"]},
+    {"type": "filter", "id": "slow", "pattern": r"slow", "inputs": ["route.db"]},
+]}  # fmt: skip
+
+
+def read_traces(path: Path) -> dict[int, dict[str, Any]]:
+    traces = {}
+    for line in path.read_text().splitlines():
+        t = json.loads(line)
+        for step in t["path"]:
+            assert isinstance(step.pop("timestamp"), float)
+        traces[t["line_number"]] = t
+    return traces
+
+
+def test_router_traces_follow_each_branch_and_match_across_workers(tmp_path: Path, cli: Any, make_log: Any) -> None:
+    log = make_log(3000, awkward=0.01)
+    config = tmp_path / "dag.json"
+    config.write_text(json.dumps(ROUTER_DAG))
+    runs = []
+    for w in (1, 2):
+        saved = tmp_path / f"traces{w}.jsonl"
+        res = cli("process", str(log), "-c", str(config), "-w", str(w), "-o", str(tmp_path / "out"),
+                  "--trace-sample", "1", "--save-traces", str(saved), "--task-size", "4096", "--batch-lines", "50")
+        assert res.returncode == 0, res.stderr.decode()
+        runs.append(read_traces(saved))
+    assert runs[0] == runs[1]
+    lines = split_lines(log.read_bytes())
+    traces = runs[0]
+    assert sorted(traces) == list(range(1, len(lines) + 1))
+    import re
+
+    level = re.compile(r"\b(ERROR|WARN|WARNING|INFO|DEBUG)\b")
+    for n, line in enumerate(lines, 1):
+        t = traces[n]
+        assert t["line_id"] == f"in.log:{n}"
+        assert t["original_content"] == line
+        steps = [(s["processor"], s["status"]) for s in t["path"]]
+        m = level.search(line)
+        if m and m.group(1) == "ERROR":
+            assert steps == [("tags", "emit"), ("route", "route:err"), ("up", "emit")]
+            assert t["path"][2].get("text", line) == line.upper()
+            assert t["outputs"] == [line.upper()]
+        elif "[db]" in line:
+            kept = "slow" in line
+            assert steps == [("tags", "emit"), ("route", "route:db"), ("slow", "emit" if kept else "drop")]
+            assert t["outputs"] == ([line] if kept else [])
+        else:
+            assert steps == [("tags", "emit"), ("route", "drop")]
+            assert t["outputs"] == []
+
+
+def test_default_sample_is_a_function_of_the_line_number(tmp_path: Path, cli: Any, make_log: Any) -> None:
+    log = make_log(20_000)
+    seen = []
+    for w in (1, 2):
+        saved = tmp_path / f"t{w}.jsonl"
+        res = cli("process", str(log), "-w", str(w), "-o", str(tmp_path / "o"), "--trace", "--save-traces", str(saved),
+                  "--task-size", "65536")  # fmt: skip
+        assert res.returncode == 0, res.stderr.decode()
+        seen.append(sorted(read_traces(saved)))
+    assert seen[0] == seen[1] == [n for n in range(1, 20_001) if is_sampled(n, 0.01)]
+    assert 120 < len(seen[0]) < 280  # about 1 %
+
+
+def write_failing_fn(tmp_path: Path) -> Path:
+    (tmp_path / "failfns.py").write_text(
+        "def check(line):\n"
+        "    if 'ERROR' in line:\n"
+        "        raise ValueError('refusing ' + line[:10])\n"
+        "    if 'WARN' in line:\n"
+        "        return {}['missing']\n"
+        "    return line\n"
+    )
+    config = tmp_path / "fail.json"
+    config.write_text(json.dumps({"processors": [
+        {"type": "line_counter", "id": "num"},
+        {"type": "python", "id": "check", "function": "failfns:check"},
+    ]}))  # fmt: skip
+    return config
+
+
+def test_processor_errors_are_counted_exactly_and_recorded(tmp_path: Path, cli: Any, workers: int,
+                                                           make_log: Any) -> None:  # fmt: skip
+    log = make_log(5000)
+    lines = split_lines(log.read_bytes())
+    config = write_failing_fn(tmp_path)
+    m = tmp_path / "m.json"
+    res = cli("process", str(log), "-c", str(config), "-w", str(workers), "-o", str(tmp_path / "o"),
+              "--save-metrics", str(m), "--task-size", "8192")  # fmt: skip
+    assert res.returncode == 0, res.stderr.decode()
+    value_errors = [n for n, x in enumerate(lines, 1) if "ERROR" in x]
+    key_errors = [n for n, x in enumerate(lines, 1) if "WARN" in x and "ERROR" not in x]
+    stats = json.loads(m.read_text())
+    assert stats["processors"]["check"]["errors"] == len(value_errors) + len(key_errors)
+    assert stats["processors"]["check"]["lines_out"] == len(lines) - len(value_errors) - len(key_errors)
+    assert stats["system"]["total_errors"] == len(value_errors) + len(key_errors)
+    by_type = {(e["processor"], e["error_type"]): e["count"] for e in stats["errors_by_type"]}
+    assert by_type == {("check", "ValueError"): len(value_errors), ("check", "KeyError"): len(key_errors)}
+    recent = stats["recent_errors"]
+    assert len(recent) == 100
+    for rec in recent:
+        n = rec["line_number"]
+        assert rec["line_id"] == f"in.log:{n}"
+        assert rec["processor"] == "check"
+        assert rec["line"] == f"Line {n}: {lines[n - 1]}"[:200]
+        assert rec["error_type"] == ("ValueError" if n in value_errors else "KeyError")
+        assert set(rec) >= {"message", "timestamp", "worker"}
+    err = res.stderr.decode()
+    assert "errors by processor and type:" in err and "check  ValueError" in err
+
+
+def test_max_errors_stops_the_run_with_exit_3(tmp_path: Path, cli: Any, make_log: Any) -> None:
+    log = make_log(200_000)
+    config = write_failing_fn(tmp_path)
+    m = tmp_path / "m.json"
+    out = tmp_path / "o"
+    res = cli("process", str(log), "-c", str(config), "-w", "2", "-o", str(out), "--max-errors", "50",
+              "--save-metrics", str(m))  # fmt: skip
+    err = res.stderr.decode()
+    assert res.returncode == 3, err
+    assert "Traceback" not in err
+    assert "--max-errors 50" in err and "last: check on in.log:" in err
+    stats = json.loads(m.read_text())
+    assert stats["system"]["state"] == "failed"
+    assert stats["system"]["total_lines"] < 200_000
+    # the output holds whole tasks, in order, matching the committed counts
+    assert out.read_bytes().count(b"\n") == stats["processors"]["check"]["lines_out"]
+
+
+def test_without_max_errors_errors_never_stop_a_run(tmp_path: Path, cli: Any, make_log: Any) -> None:
+    log = make_log(20_000)
+    res = cli("process", str(log), "-c", str(write_failing_fn(tmp_path)), "-w", "2", "-o", str(tmp_path / "o"))
+    assert res.returncode == 0
+
+
+class SlowCollector(EventCollector):
+    """A consumer that cannot keep up."""
+
+    def add(self, traces: list[dict[str, Any]], errors: list[dict[str, Any]]) -> None:
+        time.sleep(0.01)
+        super().add(traces, errors)
+
+
+def test_flood_of_traces_drops_and_counts_but_never_blocks_workers(tmp_path: Path, make_log: Any) -> None:
+    log = make_log(120_000)
+    pipeline = compile_config({"processors": [{"type": "line_counter", "id": "n"}]})
+    # 1,200 messages of 100 traces against a queue of 256 and a consumer at 100 messages/s
+    opts = RunOptions(str(log), str(tmp_path / "out"), workers=2, batch_lines=100, trace=True, trace_sample=1.0)
+    outcome = Coordinator(pipeline, opts, collector=SlowCollector()).run()
+    s = outcome.stats["system"]
+    assert s["state"] == "done"
+    assert s["traces_dropped"] > 0  # the workers went on instead of waiting
+    assert s["traces_sent"] + s["traces_dropped"] == 120_000  # every line was traced once
+    assert s["traces_delivered"] == s["traces_sent"]  # what was sent arrived, to the record
+    assert (tmp_path / "out").read_bytes().count(b"\n") == 120_000
+
+
+def test_save_traces_waits_instead_of_dropping(tmp_path: Path, make_log: Any) -> None:
+    log = make_log(20_000)
+    pipeline = compile_config({"processors": [{"type": "line_counter", "id": "n"}]})
+    saved = tmp_path / "t.jsonl"
+    opts = RunOptions(str(log), str(tmp_path / "out"), workers=2, batch_lines=500, trace=True, trace_sample=1.0,
+                      save_traces=str(saved))  # fmt: skip
+    outcome = Coordinator(pipeline, opts, collector=SlowCollector()).run()
+    s = outcome.stats["system"]
+    assert s["traces_dropped"] == 0
+    assert s["traces_sent"] == s["traces_delivered"] == 20_000
+    assert len(saved.read_text().splitlines()) == 20_000
+
+
+def test_metrics_hold_recent_traces_and_errors(tmp_path: Path, cli: Any, make_log: Any) -> None:
+    log = make_log(5000)
+    m = tmp_path / "m.json"
+    res = cli("process", str(log), "-w", "2", "-o", str(tmp_path / "o"), "--trace", "--trace-sample", "0.5",
+              "--save-metrics", str(m))  # fmt: skip
+    assert res.returncode == 0
+    stats = json.loads(m.read_text())
+    assert len(stats["recent_traces"]) == 100
+    assert stats["recent_errors"] == []
+    assert stats["system"]["trace"] is True
+    t = stats["recent_traces"][0]
+    assert [s["processor"] for s in t["path"]][:2] == ["line_counter", "tag_extractor"]
+
+
+@pytest.mark.parametrize("rate", [0.01, 0.3])
+def test_sampling_rate_is_about_right(rate: float) -> None:
+    from mpobs.tracing import sampled
+
+    picked = sampled(1, 100_000, rate)
+    assert abs(len(picked) / 100_000 - rate) < 0.2 * rate
+    assert picked == [n for n in range(1, 100_001) if is_sampled(n, rate)]
