@@ -1,0 +1,171 @@
+"""``python -m bench``: time mpobs against a plain loop, a naive instrumented loop and a Pool script; check targets."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from bench import BENCH_DIR, SEED
+from bench import checks, data, report
+from bench.rows import Row, build_rows, command, free_port, mpobs_command, run_row
+from bench.rss import measure_tree
+
+EXTRAS = ("startup", "stats", "rss")
+
+
+def parse(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    p.add_argument("--lines", type=int, help="log size in lines (default 2,000,000; 100,000 with --quick)")
+    p.add_argument("--quick", action="store_true", help="CI smoke run: 100k lines, 1 round, no RSS check")
+    p.add_argument("--rounds", type=int, help="rounds, each running every row once (default 3; 1 with --quick)")
+    p.add_argument("--only", help=f"comma-separated row keys to run: rows as listed by --list, or {', '.join(EXTRAS)}")
+    p.add_argument("--rss", action=argparse.BooleanOptionalAction, default=None,
+                   help="peak RSS of the process tree at --lines and 3x --lines (default: on, off with --quick)")
+    p.add_argument("--out", type=Path, default=BENCH_DIR / "results",
+                   help="results folder (default bench/results): latest.*, or quick.* / partial.* for --quick / --only")
+    p.add_argument("--data", type=Path, default=BENCH_DIR / "data", help="generated logs (default bench/data)")
+    p.add_argument("--list", action="store_true", help="list the row keys and exit")
+    a = p.parse_args(argv)
+    a.lines = a.lines if a.lines is not None else 100_000 if a.quick else 2_000_000
+    a.rounds = a.rounds if a.rounds is not None else 1 if a.quick else 3
+    a.rss = a.rss if a.rss is not None else not a.quick
+    if a.lines < 1 or a.rounds < 1:
+        p.error("--lines and --rounds must be at least 1")
+    return a
+
+
+def say(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def first_difference(ref: Path, got: Path) -> str:
+    with open(ref, "rb") as a, open(got, "rb") as b:
+        for n, (x, y) in enumerate(zip(a, b), 1):
+            if x != y:
+                return f"output line {n}: expected {x[:160]!r}, got {y[:160]!r}"
+        rest_a, rest_b = a.readline(), b.readline()
+    return f"one output is a prefix of the other; next expected {rest_a[:160]!r}, got {rest_b[:160]!r}"
+
+
+def run_rounds(rows: list[Row], log: Path, work: Path, rounds: int, timeout: float) -> dict[str, dict[str, Any]]:
+    """Every row once per round, in order; each output checked byte for byte against the plain loop's."""
+    ref = work / "reference.out"
+    ref.unlink(missing_ok=True)  # left by an earlier run, perhaps on another log
+    if not any(r.key == "plain" for r in rows):
+        plain = build_rows(1)[0]
+        got = run_row(plain, log, ref, timeout)
+        if got.seconds is None:
+            sys.exit(f"bench: the plain loop failed: {got.error}")
+    raw = {r.key: {"label": r.label, "runs": [], "errors": [], "extra": []} for r in rows}
+    ref_sha: str | None = data.sha256_file(ref) if ref.exists() else None
+    for rnd in range(1, rounds + 1):
+        for row in rows:
+            out = work / f"{row.key}.out"
+            out.unlink(missing_ok=True)
+            got = run_row(row, log, out, timeout)
+            raw[row.key]["runs"].append(round(got.seconds, 4) if got.seconds is not None else None)
+            raw[row.key]["errors"].append(got.error)
+            raw[row.key]["extra"].append(got.extra)
+            shown = f"{got.seconds:.3f} s" if got.seconds is not None else f"n/a ({got.error})"
+            say(f"  round {rnd}/{rounds}  {row.label:<40} {shown}")
+            if got.seconds is None:
+                continue
+            if ref_sha is None:  # the plain loop runs first: its output is the reference
+                shutil.copyfile(out, ref)
+                ref_sha = data.sha256_file(ref)
+            elif data.sha256_file(out) != ref_sha:
+                sys.exit(f"bench: OUTPUT MISMATCH: '{row.label}' differs from the plain loop's output "
+                         f"(sha256) on {log}\n  {first_difference(ref, out)}\n  command: "
+                         + " ".join(command(row, log, out, 0)))  # fmt: skip
+    return raw
+
+
+def run_rss(data_dir: Path, work: Path, lines: int, timeout: float) -> dict[str, Any]:
+    """Peak memory of the tree at ``lines`` and 3x ``lines``, --workers 2, with the dashboard when it works."""
+    out: dict[str, Any] = {"small_lines": lines, "big_lines": 3 * lines}
+    with_dash = True
+    for size, n in (("small", lines), ("big", 3 * lines)):
+        log = data.ensure_log(data_dir, n, SEED, say)
+        data.warm(log)
+        base = [*mpobs_command(), "process", str(log), "--workers", "2", "-q", "-o", str(work / "rss.out")]
+        dash = ["--dashboard", "--dashboard-port", str(free_port()), "--linger", "0"]
+        try:
+            out[size] = measure_tree(base + dash if with_dash else base, timeout)
+        except RuntimeError as err:
+            if not with_dash:
+                out["error"] = f"n/a ({err})"
+                return out
+            say(f"  RSS run with --dashboard failed ({err}); measuring without it")
+            out["dashboard_error"] = str(err)
+            with_dash = False
+            try:
+                out[size] = measure_tree(base, timeout)
+            except RuntimeError as err2:
+                out["error"] = f"n/a ({err2})"
+                return out
+        say(f"  RSS {n:>10,} lines: {out[size]}")
+    out["config"] = "--workers 2" + (" --dashboard" if with_dash else ", no dashboard (it failed)")
+    (work / "rss.out").unlink(missing_ok=True)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    a = parse(argv)
+    cpus = os.cpu_count() or 1
+    rows = build_rows(cpus)
+    if a.list:
+        print("\n".join([f"{r.key:<14}{r.label}" for r in rows] + [f"{e:<14}(check)" for e in EXTRAS]))
+        return 0
+    wanted = {w.strip() for w in a.only.split(",")} if a.only else None
+    if wanted is not None:
+        unknown = wanted - {r.key for r in rows} - set(EXTRAS)
+        if unknown:
+            sys.exit(f"bench: unknown row {sorted(unknown)[0]!r}; try --list")
+        rows = [r for r in rows if r.key in wanted]
+
+    def extra(name: str) -> bool:
+        return wanted is None or name in wanted
+
+    started = time.perf_counter()
+    doc: dict[str, Any] = {"machine": report.machine()}
+    log = data.ensure_log(a.data, a.lines, SEED, say)
+    data.warm(log)
+    work = a.data / "work"
+    work.mkdir(parents=True, exist_ok=True)
+    timeout = max(120.0, a.lines / 20_000)  # generous: even the naive loop does ~200k lines/s
+    doc["config"] = {"lines": a.lines, "bytes": log.stat().st_size, "seed": SEED, "rounds": a.rounds, "quick": a.quick,
+                     "only": sorted(wanted) if wanted else None, "mpobs": mpobs_command()}  # fmt: skip
+    say(f"bench: {a.lines:,} lines, {a.rounds} round(s), {len(rows)} rows")
+    doc["rows"] = run_rounds(rows, log, work, a.rounds, timeout)
+    report.summarize_rows(doc["rows"], a.lines)
+    doc["output_check"] = "every successful run's output is byte-identical (sha256) to the plain loop's"
+    if extra("startup"):
+        say("  start-up on a 10-line file, 5 runs ...")
+        doc["startup"] = checks.startup(data.ensure_log(a.data, 10, SEED, say), work / "tiny.out")
+    doc.setdefault("startup", {"error": "not run"})
+    if extra("stats"):
+        say("  /stats under 50 pollers (bench/stats_load.py) ...")
+        doc["stats_load"] = checks.stats_load(log, timeout=60.0 if a.quick else 600.0)
+    doc.setdefault("stats_load", {"error": "not run"})
+    if a.rss and extra("rss"):
+        doc["rss"] = run_rss(a.data, work, a.lines, timeout * 3)
+    else:
+        doc["rss"] = {"error": "not run", "small_lines": a.lines, "big_lines": 3 * a.lines}
+    doc["ratios"] = report.ratios(doc["rows"], doc["rss"])
+    doc["targets"] = report.targets(doc["ratios"], doc["rss"], doc["startup"], doc["stats_load"], doc["rows"])
+    doc["machine"]["loadavg_end"] = os.getloadavg()
+    doc["harness_seconds"] = round(time.perf_counter() - started, 1)
+    print(report.render_text(doc))
+    # Only a full run may replace latest.* (what the README shows); smoke and partial runs go beside it.
+    js, md = report.write(doc, a.out, "quick" if a.quick else "partial" if wanted else "latest")
+    say(f"bench: wrote {js} and {md} ({doc['harness_seconds']} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

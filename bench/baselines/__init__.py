@@ -1,0 +1,1 @@
+"""Baseline scripts a user would write instead of mpobs; each is run as its own process."""

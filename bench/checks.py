@@ -1,0 +1,85 @@
+"""Checks that are not throughput rows: start-up time, and /stats latency under load (bench/stats_load.py)."""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from bench import BENCH_DIR, REPO_DIR
+from bench.rows import last_line, mpobs_command
+
+STATS_LOAD = BENCH_DIR / "stats_load.py"
+
+
+def startup(tiny: Path, out: Path, runs: int = 5) -> dict[str, Any]:
+    """Wall clock of ``mpobs process TINY -q -o OUT`` on a 10-line file, ``runs`` times."""
+    argv = [*mpobs_command(), "process", str(tiny), "-q", "-o", str(out)]
+    times: list[float] = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        proc = subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        took = time.perf_counter() - t0
+        if proc.returncode != 0:
+            return {"error": f"exit {proc.returncode}: {last_line(proc.stderr.decode('utf-8', 'replace'))}"}
+        times.append(took)
+    return {"runs": [round(t, 4) for t in times], "median_s": round(statistics.median(times), 4)}
+
+
+def _find(doc: Any, word: str) -> float | None:
+    """The first number under a key containing ``word`` (p50_ms, p50, latency.p50 ...), depth first."""
+    if isinstance(doc, dict):
+        for key, val in doc.items():
+            if word in str(key).lower() and isinstance(val, (int, float)) and not isinstance(val, bool):
+                return float(val)
+        for val in doc.values():
+            found = _find(val, word)
+            if found is not None:
+                return found
+    return None
+
+
+def _last_json(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except ValueError:
+        pass
+    for line in reversed(text.splitlines()):
+        if line.strip().startswith("{"):
+            try:
+                return json.loads(line)
+            except ValueError:
+                continue
+    raise ValueError("no JSON object on its stdout")
+
+
+def stats_load(log: Path, timeout: float) -> dict[str, Any]:
+    """Run ``python -m bench.stats_load`` (the dashboard's load test) if it exists; its p50/p99 in ms.
+
+    Contract: run from the repo root, it prints one JSON object holding p50 and p99 in
+    milliseconds (keys containing "p50" and "p99", e.g. p50_ms / p99_ms) and exits 0.
+    MPOBS_BENCH_LOG names the benchmark's log, should it want a real input to process.
+    """
+    if not STATS_LOAD.is_file():
+        return {"error": "bench/stats_load.py not present"}
+    env = dict(os.environ, MPOBS_BENCH_LOG=str(log))
+    try:
+        proc = subprocess.run([sys.executable, "-m", "bench.stats_load"], cwd=REPO_DIR, env=env,
+                              stdin=subprocess.DEVNULL, capture_output=True, timeout=timeout)  # fmt: skip
+    except subprocess.TimeoutExpired:
+        return {"error": f"timed out after {timeout:.0f} s"}
+    if proc.returncode != 0:
+        return {"error": f"exit {proc.returncode}: {last_line(proc.stderr.decode('utf-8', 'replace'))}"}
+    try:
+        doc = _last_json(proc.stdout.decode("utf-8", "replace"))
+    except ValueError as err:
+        return {"error": str(err)}
+    p50, p99 = _find(doc, "p50"), _find(doc, "p99")
+    if p99 is None:
+        return {"error": "no p99 figure in its JSON", "raw": doc}
+    return {"p50_ms": p50, "p99_ms": p99, "raw": doc}

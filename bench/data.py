@@ -1,0 +1,57 @@
+"""The benchmark's input logs: generated once per (lines, seed, generator), reused, kept in page cache."""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import json
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+
+def _generator_digest() -> str:
+    """A short hash of mpobs.loggen's source: a changed generator means a new log."""
+    from mpobs import loggen
+
+    return hashlib.sha256(inspect.getsource(loggen).encode()).hexdigest()[:12]
+
+
+def ensure_log(data_dir: Path, lines: int, seed: int, say: Callable[[str], object] = print) -> Path:
+    """The path of a ``lines``-line log from ``mpobs.loggen.generate_file(path, lines, seed=seed)``.
+
+    Reused when its metadata (lines, seed, generator hash, byte size) still matches the file.
+    """
+    from mpobs.loggen import generate_file
+
+    data_dir.mkdir(parents=True, exist_ok=True)
+    path = data_dir / f"log-{lines}-seed{seed}.log"
+    meta_path = path.with_suffix(".json")
+    want = {"lines": lines, "seed": seed, "generator": _generator_digest()}
+    try:
+        meta = json.loads(meta_path.read_text())
+        if {k: meta.get(k) for k in want} == want and path.stat().st_size == meta.get("bytes"):
+            return path
+    except (OSError, ValueError):
+        pass
+    say(f"generating {path} ({lines:,} lines, seed {seed}) ...")
+    tmp = path.with_suffix(".tmp")
+    size = generate_file(str(tmp), lines, seed=seed)
+    os.replace(tmp, path)
+    meta_path.write_text(json.dumps(dict(want, bytes=size)) + "\n")
+    return path
+
+
+def warm(path: Path) -> None:
+    """Read the file once so every row starts with it in the page cache, as the design's figures do."""
+    with open(path, "rb", buffering=0) as f:
+        while f.read(1 << 24):
+            pass
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb", buffering=0) as f:
+        while chunk := f.read(1 << 22):
+            h.update(chunk)
+    return h.hexdigest()

@@ -1,0 +1,190 @@
+"""Turning raw timings into medians, ratios and PASS/MISS targets; the printed table, latest.json and latest.md."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import platform
+import statistics
+import subprocess
+from pathlib import Path
+from typing import Any
+
+from bench import REPO_DIR
+
+
+def machine() -> dict[str, Any]:
+    model = "unknown"
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            model = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), model)
+    except OSError:
+        pass
+
+    def git(*args: str) -> str:
+        try:
+            done = subprocess.run(["git", *args], cwd=REPO_DIR, capture_output=True, text=True, timeout=10)
+            return done.stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            return ""
+
+    return {
+        "cores": os.cpu_count(),
+        "cpu_model": model,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "git_commit": git("rev-parse", "HEAD"),
+        # Uncommitted engine changes change the figures: say so.
+        "engine_dirty": bool(git("status", "--porcelain", "--", "mpobs", "dashboard_app")),
+        "loadavg_start": os.getloadavg(),
+    }
+
+
+def machine_line(m: dict[str, Any]) -> str:
+    commit = (m.get("git_commit") or "?")[:10] + (" (engine uncommitted changes)" if m.get("engine_dirty") else "")
+    return f"{m['cores']} cores, {m['cpu_model']}, Python {m['python']}, {m['date']}, commit {commit}"
+
+
+def summarize_rows(raw: dict[str, dict[str, Any]], lines: int) -> None:
+    """Adds median_s, lines_per_s and status to each row of ``raw`` in place."""
+    for row in raw.values():
+        ok = [t for t in row["runs"] if t is not None]
+        row["median_s"] = round(statistics.median(ok), 4) if ok else None
+        row["lines_per_s"] = round(lines / row["median_s"]) if ok else None
+        errors = [e for e in row["errors"] if e]
+        row["status"] = "ok" if ok and not errors else f"n/a ({errors[0]})" if errors else "n/a (not run)"
+
+
+def _med(rows: dict[str, Any], key: str) -> float | None:
+    row = rows.get(key)
+    return row["median_s"] if row and row.get("status") == "ok" else None
+
+
+def ratios(rows: dict[str, Any], rss: dict[str, Any]) -> dict[str, float | None]:
+    """Speed-ups are time ratios (>1 is faster); overheads are time ratios minus 1."""
+
+    def speed(base: str, other: str) -> float | None:
+        a, b = _med(rows, base), _med(rows, other)
+        return round(a / b, 3) if a and b else None
+
+    def over(base: str, other: str) -> float | None:
+        a, b = _med(rows, base), _med(rows, other)
+        return round(b / a - 1, 4) if a and b else None
+
+    small, big = rss.get("small", {}), rss.get("big", {})
+    growth = None
+    if small.get("hwm_sum_mb") and big.get("hwm_sum_mb"):
+        growth = round(big["hwm_sum_mb"] / small["hwm_sum_mb"], 3)
+    return {
+        "w2_vs_plain": speed("plain", "w2"),
+        "w1_vs_plain": speed("plain", "w1"),
+        "wN_vs_plain": speed("plain", "wN"),
+        "pool_vs_plain": speed("plain", "pool"),
+        "instrumented_vs_plain": speed("plain", "instrumented"),
+        "w2_vs_instrumented": speed("instrumented", "w2"),
+        "scaling_w1_w2": speed("w1", "w2"),
+        "trace_overhead": over("w2", "trace"),
+        "trace1_overhead": over("w2", "trace1"),
+        "dashboard_overhead": over("w2", "dashboard"),
+        "rss_big_vs_small": growth,
+    }
+
+
+def _target(name: str, figure: float | None, ok: bool | None, shown: str, why: str = "") -> dict[str, Any]:
+    status = "n/a" if figure is None else "PASS" if ok else "MISS"
+    return {"target": name, "figure": figure, "shown": shown if figure is not None else why or "not measured",
+            "status": status}  # fmt: skip
+
+
+def targets(r: dict[str, Any], rss: dict[str, Any], startup: dict[str, Any], stats: dict[str, Any],
+            rows: dict[str, Any]) -> list[dict[str, Any]]:  # fmt: skip
+    """Each target of issues 2 and 5 with its figure: PASS, MISS, or n/a with the reason."""
+
+    def x(v: float | None) -> str:
+        return f"{v:.2f}x" if v is not None else ""
+
+    def pct(v: float | None) -> str:
+        return f"{v * 100:+.1f}%" if v is not None else ""
+
+    def why(key: str) -> str:
+        row = rows.get(key)
+        return row["status"] if row and row.get("status") != "ok" else "not measured"
+
+    mb = rss.get("big", {}).get("hwm_sum_mb")
+    p99, su = stats.get("p99_ms"), startup.get("median_s")
+    w2, w1, sc = r["w2_vs_plain"], r["w1_vs_plain"], r["scaling_w1_w2"]
+    tr, da, gr = r["trace_overhead"], r["dashboard_overhead"], r["rss_big_vs_small"]
+    return [
+        _target("mpobs w2 >= 1.6x plain loop (issue 5)", w2, (w2 or 0) >= 1.6, x(w2)),
+        _target("mpobs w2 >= 1.4x plain loop (issue 2)", w2, (w2 or 0) >= 1.4, x(w2)),
+        _target("mpobs w1 within 10% of plain loop (speed >= 0.90x)", w1, (w1 or 0) >= 0.9, x(w1)),
+        _target("scaling w1 -> w2 >= 1.7x", sc, (sc or 0) >= 1.7, x(sc)),
+        _target("tracing (sample 0.01) overhead <= 10%", tr, (tr or 0) <= 0.10, pct(tr), why("trace")),
+        _target("dashboard + /stats at 10 Hz overhead <= 5%", da, (da or 0) <= 0.05, pct(da), why("dashboard")),
+        _target(f"peak RSS of the tree <= 300 MB at {rss.get('big_lines', 0):,} lines", mb, (mb or 0) <= 300,
+                f"{mb} MB" if mb else "", rss.get("error", "")),
+        _target("peak RSS at 3x the lines within 20% of 1x", gr, (gr or 0) <= 1.2, x(gr), rss.get("error", "")),
+        _target("/stats p99 <= 20 ms under 50 pollers", p99, (p99 or 0) <= 20,
+                f"{p99:.1f} ms" if p99 is not None else "", stats.get("error", "")),
+        _target("start-up on a 10-line file < 0.5 s (median of 5)", su, (su or 0) < 0.5,
+                f"{su:.3f} s" if su is not None else "", startup.get("error", "")),
+    ]
+
+
+def table_rows(doc: dict[str, Any]) -> list[list[str]]:
+    plain = _med(doc["rows"], "plain")
+    out = []
+    for row in doc["rows"].values():
+        med = row["median_s"]
+        if row["status"] != "ok":
+            out.append([row["label"], row["status"], "", "", ""])
+            continue
+        runs = " ".join(f"{t:.2f}" if t is not None else "err" for t in row["runs"])
+        vs = f"{plain / med:.2f}x" if plain else ""
+        out.append([row["label"], f"{med:.3f}", f"{row['lines_per_s'] / 1e6:.2f} M", vs, runs])
+    return out
+
+
+HEAD = ["row", "median s", "lines/s", "speed vs plain", "rounds (s)"]
+
+
+def render_text(doc: dict[str, Any]) -> str:
+    rows = table_rows(doc)
+    widths = [max(len(HEAD[i]), *(len(r[i]) for r in rows)) for i in range(len(HEAD))]
+    fmt = "  ".join(f"{{:{'<' if i == 0 else '>'}{w}}}" for i, w in enumerate(widths))
+    cfg = doc["config"]
+    out = [f"{cfg['lines']:,} lines ({cfg['bytes'] / 1e6:.0f} MB), {cfg['rounds']} round(s), median; "
+           + machine_line(doc["machine"]), "", fmt.format(*HEAD), fmt.format(*("-" * w for w in widths))]  # fmt: skip
+    out += [fmt.format(*r) for r in rows]
+    out += ["", "targets:"]
+    w = max(len(t["target"]) for t in doc["targets"])
+    out += [f"  {t['status']:<4}  {t['target']:<{w}}  {t['shown']}" for t in doc["targets"]]
+    rss = doc.get("rss", {})
+    for size in ("small", "big"):
+        if size in rss:
+            m = rss[size]
+            out.append(f"  RSS at {rss[size + '_lines']:,} lines ({rss['config']}): sum of per-process peaks "
+                       f"{m['hwm_sum_mb']} MB, sampled tree RSS {m['rss_peak_mb']} MB, PSS {m['pss_peak_mb']} MB")
+    return "\n".join(out)
+
+
+def render_markdown(doc: dict[str, Any]) -> str:
+    cfg = doc["config"]
+    md = [f"Benchmark: `python -m bench` on a generated {cfg['lines']:,}-line log ({cfg['bytes'] / 1e6:.0f} MB), "
+          f"median of {cfg['rounds']} round(s), wall clock end to end.", "",
+          f"Machine: {machine_line(doc['machine'])}.", "",
+          "| " + " | ".join(HEAD) + " |", "| " + " | ".join(["---"] + ["---:"] * (len(HEAD) - 1)) + " |"]  # fmt: skip
+    md += ["| " + " | ".join(c.replace("|", "\\|") for c in r) + " |" for r in table_rows(doc)]
+    md += ["", "| target | figure | result |", "| --- | ---: | --- |"]
+    md += [f"| {t['target']} | {t['shown']} | {t['status']} |" for t in doc["targets"]]
+    return "\n".join(md) + "\n"
+
+
+def write(doc: dict[str, Any], out_dir: Path, stem: str = "latest") -> tuple[Path, Path]:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    js, md = out_dir / f"{stem}.json", out_dir / f"{stem}.md"
+    js.write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
+    md.write_text(render_markdown(doc), encoding="utf-8")
+    return js, md

@@ -1,0 +1,150 @@
+"""The timed rows: what each one runs, and timing one run end to end as a user would (a subprocess's wall clock)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from bench import BASELINES_DIR
+
+
+@dataclass(frozen=True)
+class Row:
+    """One line of the table: ``key`` for --only and the JSON, ``label`` for people."""
+
+    key: str
+    label: str
+    kind: str  # "script" (a baseline in bench/baselines) or "mpobs"
+    args: tuple[str, ...] = ()
+    dashboard: bool = False
+
+
+@dataclass
+class RunResult:
+    seconds: float | None  # None when the run failed
+    error: str | None = None
+    extra: dict[str, object] = field(default_factory=dict)
+
+
+def mpobs_command() -> list[str]:
+    """The ``mpobs`` console script of this interpreter (what a user types), not a pyenv-style shim."""
+    local = Path(sys.executable).parent / "mpobs"
+    if local.is_file() and os.access(local, os.X_OK):
+        return [str(local)]
+    found = shutil.which("mpobs")
+    if found:
+        return [found]
+    return [sys.executable, "-c", "import sys; from mpobs.cli import main; sys.exit(main())"]
+
+
+def build_rows(cpus: int) -> list[Row]:
+    """Every timed row, in the order each round runs them."""
+    rows = [
+        Row("plain", "plain loop", "script", ("plain.py",)),
+        Row("instrumented", "per-line instrumented", "script", ("instrumented.py",)),
+        Row("pool", "multiprocessing.Pool script (2 procs)", "script", ("pool.py",)),
+        Row("w1", "mpobs --workers 1" + (" (= cpu count)" if cpus == 1 else ""), "mpobs", ("--workers", "1")),
+        Row("w2", "mpobs --workers 2" + (" (= cpu count)" if cpus == 2 else ""), "mpobs", ("--workers", "2")),
+    ]
+    if cpus not in (1, 2):
+        rows.append(Row("wN", f"mpobs --workers {cpus} (cpu count)", "mpobs", ("--workers", str(cpus))))
+    rows += [
+        Row("trace", "mpobs w2 --trace (sample 0.01)", "mpobs", ("--workers", "2", "--trace")),
+        Row("trace1", "mpobs w2 --trace --trace-sample 1", "mpobs",
+            ("--workers", "2", "--trace", "--trace-sample", "1")),
+        Row("dashboard", "mpobs w2 --dashboard, /stats at 10 Hz", "mpobs", ("--workers", "2"), dashboard=True),
+    ]
+    return rows
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def command(row: Row, src: Path, out: Path, port: int | None = None) -> list[str]:
+    if row.kind == "script":
+        return [sys.executable, str(BASELINES_DIR / row.args[0]), str(src), str(out), *row.args[1:]]
+    argv = [*mpobs_command(), "process", str(src), *row.args, "-q", "-o", str(out)]
+    if row.dashboard:
+        argv += ["--dashboard", "--dashboard-port", str(port), "--linger", "0"]
+    return argv
+
+
+class StatsPoller(threading.Thread):
+    """Polls the dashboard's /stats at ``hz`` until stopped, like an open dashboard page would."""
+
+    def __init__(self, url: str, hz: float = 10.0) -> None:
+        super().__init__(daemon=True)
+        self.url = url
+        self.period = 1.0 / hz
+        self.stop = threading.Event()
+        self.ok_ms: list[float] = []
+        self.failed = 0
+
+    def run(self) -> None:
+        due = time.perf_counter()
+        while not self.stop.is_set():
+            t0 = time.perf_counter()
+            try:
+                with urllib.request.urlopen(self.url, timeout=1.0) as resp:
+                    resp.read()
+                self.ok_ms.append((time.perf_counter() - t0) * 1000)
+            except OSError:
+                self.failed += 1  # not up yet, or already gone
+            due += self.period
+            self.stop.wait(max(0.0, due - time.perf_counter()))
+
+    def summary(self) -> dict[str, object]:
+        ms = sorted(self.ok_ms)
+        return {
+            "polls_ok": len(ms),
+            "polls_failed": self.failed,
+            "poll_p50_ms": round(statistics.median(ms), 2) if ms else None,
+            "poll_max_ms": round(ms[-1], 2) if ms else None,
+        }
+
+
+def last_line(text: str) -> str:
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    return lines[-1][:200] if lines else "no message"
+
+
+def run_row(row: Row, src: Path, out: Path, timeout: float) -> RunResult:
+    """Run ``row`` once on ``src`` writing ``out``; the time is Popen to exit, interpreter start-up included."""
+    port = free_port() if row.dashboard else None
+    argv = command(row, src, out, port)
+    poller = StatsPoller(f"http://127.0.0.1:{port}/stats") if row.dashboard else None
+    with open(out.with_suffix(".stderr"), "w+b") as err:
+        t0 = time.perf_counter()
+        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err)
+        if poller is not None:
+            poller.start()
+        try:
+            rc = proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+            rc = None
+        seconds = time.perf_counter() - t0
+        if poller is not None:
+            poller.stop.set()
+            poller.join()
+        err.seek(0)
+        stderr = err.read().decode("utf-8", "replace")
+    extra: dict[str, object] = poller.summary() if poller is not None else {}
+    if rc is None:
+        return RunResult(None, f"timed out after {timeout:.0f} s", extra)
+    if rc != 0:
+        return RunResult(None, f"exit {rc}: {last_line(stderr)}", extra)
+    return RunResult(seconds, None, extra)
