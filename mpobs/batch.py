@@ -26,11 +26,12 @@ class Batch:
 
     def take(self, idx: list[int]) -> Batch:
         """The items at positions ``idx`` (ascending), as a new batch."""
-        nums, texts, tags = self.nums, self.texts, self.tags
+        tags = self.tags
+        # map over __getitem__ runs the loop in C: about twice a comprehension's speed.
         return Batch(
-            [nums[i] for i in idx],
-            [texts[i] for i in idx],
-            None if tags is None else [tags[i] for i in idx],
+            list(map(self.nums.__getitem__, idx)),
+            list(map(self.texts.__getitem__, idx)),
+            None if tags is None else list(map(tags.__getitem__, idx)),
         )
 
     def tags_or_empty(self) -> list[tuple[str, ...]]:
@@ -62,7 +63,7 @@ def merge(batches: list[Batch]) -> Batch:
     # sorted() is stable and finds the already sorted runs, so this is ~linear.
     order = sorted(range(len(nums)), key=nums.__getitem__)
     return Batch(
-        [nums[i] for i in order],
-        [texts[i] for i in order],
-        [tags[i] for i in order] if any_tags else None,
+        list(map(nums.__getitem__, order)),
+        list(map(texts.__getitem__, order)),
+        list(map(tags.__getitem__, order)) if any_tags else None,
     )

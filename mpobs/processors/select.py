@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from itertools import compress
 from typing import Any, Callable
 
 from mpobs.batch import Batch
@@ -57,12 +58,11 @@ class Filter(Processor):
             else:
                 idx = [i for i, t in enumerate(texts) if search(t)]
         else:
-            tag = self.tag
             tags = batch.tags_or_empty()
-            if self.invert:
-                idx = [i for i, tg in enumerate(tags) if tag not in tg]
-            else:
-                idx = [i for i, tg in enumerate(tags) if tag in tg]
+            # Lines share a few tag tuples: decide once per distinct tuple, then
+            # select in C with compress().
+            keep = {tg: (self.tag in tg) != self.invert for tg in set(tags)}
+            idx = list(compress(range(len(tags)), map(keep.__getitem__, tags)))
         if len(idx) == len(texts):
             return batch
         return batch.take(idx)
