@@ -1,0 +1,310 @@
+"""Running the dashboard: options, binding its socket, its own process, and ``mpobs dashboard``.
+
+Imports nothing heavy at module level: ``mpobs process`` imports this module for
+its options, and flask, waitress and psutil are only loaded by the process that
+serves.
+"""
+
+from __future__ import annotations
+
+import errno
+import ipaddress
+import os
+import queue as queue_mod
+import signal
+import socket
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import click
+
+from mpobs.errors import DashboardError
+
+#: Messages the coordinator may have waiting for the dashboard (each is one batch of records).
+QUEUE_MESSAGES = 512
+#: Server threads; /stats answers in well under a millisecond, so a few are plenty.
+THREADS = 6
+
+
+@dataclass(frozen=True)
+class DashboardOptions:
+    """Where and how to serve; build with ``checked`` so a bad combination never starts a run."""
+
+    host: str = "127.0.0.1"
+    port: int = 8000
+    token: str | None = None
+    linger: float | None = None  # None: until Ctrl-C; 0: stop with the run
+
+    @classmethod
+    def checked(cls, host: str, port: int, token: str | None, linger: float | None) -> DashboardOptions:
+        host = (host or "").strip()
+        if not host:
+            raise DashboardError("--dashboard-host must not be empty")
+        if token is not None and not token.strip():
+            token = None
+        if not is_loopback(host) and not token:
+            msg = (
+                f"--dashboard-host {host!r} is not a loopback address; anyone who can reach it could read the run. "
+                "Give a token (--dashboard-token or MPOBS_DASHBOARD_TOKEN) or bind to 127.0.0.1"
+            )
+            raise DashboardError(msg)
+        if not 0 <= port <= 65535:
+            raise DashboardError(f"--dashboard-port must be 0-65535, got {port}")
+        if linger is not None and linger < 0:
+            raise DashboardError(f"--linger must be >= 0, got {linger}")
+        return cls(host, port, token, linger)
+
+
+def is_loopback(host: str) -> bool:
+    """True for 127.0.0.0/8, ::1 and "localhost"; every other name may reach other machines."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def bind_socket(host: str, port: int) -> socket.socket:
+    """A listening socket, or a DashboardError that says why not (before any work starts)."""
+    try:
+        infos = socket.getaddrinfo(host.strip("[]"), port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as err:
+        raise DashboardError(f"dashboard: cannot bind host {host!r}: {err.strerror}") from err
+    last: OSError | None = None
+    for family, socktype, proto, _, addr in infos:
+        sock = socket.socket(family, socktype, proto)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind(addr)
+            sock.listen(1024)
+            sock.set_inheritable(True)
+            return sock
+        except OSError as err:
+            sock.close()
+            last = err
+    assert last is not None
+    if last.errno == errno.EADDRINUSE:
+        msg = f"dashboard: port {port} on {host} is in use; choose another with --dashboard-port (0: any free port)"
+    elif last.errno == errno.EACCES:
+        msg = f"dashboard: permission denied binding {host}:{port} (ports below 1024 need privileges)"
+    else:
+        msg = f"dashboard: cannot bind host {host!r} port {port}: {last.strerror}"
+    raise DashboardError(msg) from last
+
+
+def url_of(sock: socket.socket, host: str) -> str:
+    port = sock.getsockname()[1]
+    shown = f"[{host.strip('[]')}]" if ":" in host else host
+    return f"http://{shown}:{port}/"
+
+
+def _say(text: str) -> None:
+    click.echo(f"mpobs: {text}", err=True)
+
+
+class DashboardHandle:
+    """The coordinator's side of the dashboard process (see ``start_dashboard``)."""
+
+    def __init__(self, coord: Any, opts: DashboardOptions, proc: Any, q: Any, url: str) -> None:
+        self.coord, self.opts, self.proc, self.queue, self.url = coord, opts, proc, q, url
+        self.dead = False
+
+    def publish_counters(self, counters: dict[str, dict[str, int]]) -> None:
+        """Counter-processor keys live in the coordinator only; never blocks (the next commit sends them again)."""
+        if self.dead:
+            return
+        try:
+            self.queue.put_nowait(("counters", counters))
+        except (queue_mod.Full, ValueError, OSError):
+            pass
+
+    def poll(self) -> None:
+        """Warn once if the dashboard process died; the run goes on without it."""
+        if self.dead or self.proc.is_alive():
+            return
+        self.dead = True
+        self.coord.collector.forward = None
+        _say(f"warning: the dashboard process exited (code {self.proc.exitcode}); the run goes on without it")
+
+    def finish(self, final_stats: dict[str, Any], stop_requested: Callable[[], bool]) -> None:
+        """Serve the final state for ``linger`` seconds (None: until Ctrl-C), then stop the process."""
+        try:
+            self.poll()
+            if not self.dead:
+                try:
+                    self.queue.put(("final", final_stats), timeout=2)
+                except (queue_mod.Full, ValueError, OSError):
+                    pass
+                self._linger(stop_requested)
+        finally:
+            self.stop()
+
+    def _linger(self, stop_requested: Callable[[], bool]) -> None:
+        linger = self.opts.linger
+        if linger == 0 or stop_requested():
+            return
+        if linger is None:
+            _say(f"dashboard still serving the final state at {self.url}; press Ctrl-C to stop")
+            deadline = float("inf")
+        else:
+            _say(f"dashboard serving the final state at {self.url} for {linger:g} s more (Ctrl-C stops it)")
+            deadline = time.monotonic() + linger
+        while time.monotonic() < deadline and not stop_requested() and self.proc.is_alive():
+            time.sleep(0.1)
+
+    def stop(self) -> None:
+        """Terminate and join the process; never leaves it behind."""
+        self.coord.collector.forward = None
+        if self.proc.is_alive():
+            self.proc.terminate()
+            self.proc.join(3)
+        if self.proc.is_alive():
+            self.proc.kill()
+        self.proc.join(3)
+        self.queue.cancel_join_thread()  # anything still buffered is for a reader that is gone
+        self.queue.close()
+
+
+def start_dashboard(coord: Any, opts: DashboardOptions) -> DashboardHandle:
+    """Bind (DashboardError here means exit 2 before any work), then serve in a child process."""
+    sock = bind_socket(opts.host, opts.port)
+    url = url_of(sock, opts.host)
+    q = coord.ctx.Queue(QUEUE_MESSAGES)
+    seg = coord.seg
+    proc = coord.ctx.Process(
+        target=_child_main, name="mpobs-dashboard", daemon=True,
+        args=(sock, seg.name, seg.layout, seg.lock, coord.meta, q, opts, os.getpid()),
+    )  # fmt: skip
+    try:
+        proc.start()
+    finally:
+        sock.close()  # the child holds its own copy; the port goes with the child
+    hint = " (open it once with ?token=<your token>)" if opts.token else ""
+    _say(f"dashboard at {url}{hint}")
+    return DashboardHandle(coord, opts, proc, q, url)
+
+
+def _watch_parent(parent_pid: int) -> None:
+    from mpobs.worker import die_with_parent
+
+    die_with_parent(parent_pid)
+
+    def check() -> None:
+        while True:
+            time.sleep(0.5)
+            if os.getppid() != parent_pid:
+                os._exit(0)
+
+    threading.Thread(target=check, name="mpobs-parent-watch", daemon=True).start()
+
+
+def _child_main(sock: socket.socket, seg_name: str, layout: Any, lock: Any, meta: Any, q: Any,
+                opts: DashboardOptions, parent_pid: int) -> None:  # fmt: skip
+    """The dashboard process: attach the segment, pump the queue, serve until terminated."""
+    _watch_parent(parent_pid)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the coordinator decides when we stop
+
+    def on_term(signum: int, frame: Any) -> None:
+        raise SystemExit(0)
+
+    signal.signal(signal.SIGTERM, on_term)
+    from dashboard_app.sources import LiveSource
+    from mpobs.segment import StatsSegment
+
+    seg = StatsSegment.attach(seg_name, layout, lock)
+    source = LiveSource(seg, meta)
+    try:
+        source.start(q)
+        serve(source, sock, opts)
+    except SystemExit:
+        pass
+    finally:
+        source.close()
+    os._exit(0)  # skip the fork-inherited atexit handlers of the coordinator
+
+
+def serve(source: Any, sock: socket.socket, opts: DashboardOptions) -> None:
+    """Serve ``source`` with waitress on the already listening ``sock`` until interrupted."""
+    import logging
+
+    import waitress
+
+    from dashboard_app.app import create_app
+
+    logging.getLogger("waitress").setLevel(logging.ERROR)
+    loopback_only = is_loopback(opts.host) and not opts.token
+    app = create_app(source, token=opts.token, loopback_hosts_only=loopback_only)
+    server = waitress.create_server(
+        app, sockets=[sock], threads=THREADS, ident="mpobs", max_request_body_size=64 * 1024,
+        channel_timeout=30, connection_limit=200,
+    )  # fmt: skip
+    server.run()
+
+
+# -- mpobs dashboard -------------------------------------------------------------------------------
+@click.command("dashboard")
+@click.option("--metrics", "metrics_path", type=click.Path(dir_okay=False, path_type=str),
+              help="Serve a saved run (the JSON that --save-metrics writes). Default: run a demo.")
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True)
+@click.option("--token", envvar="MPOBS_DASHBOARD_TOKEN", help="Bearer token the dashboard requires.")
+@click.option("--lines", type=click.IntRange(1000), default=3_000_000, show_default=True,
+              help="Demo: lines of the generated log.")
+@click.option("--workers", type=click.IntRange(1, 1024), default=None, help="Demo: worker processes.")
+def dashboard_command(metrics_path: str | None, host: str, port: int, token: str | None, lines: int,
+                      workers: int | None) -> None:  # fmt: skip
+    """Serve the dashboard for a saved run, or (no --metrics) watch a demo run on a generated log."""
+    from mpobs.errors import MpobsError
+
+    try:
+        opts = DashboardOptions.checked(host, port, token, None)
+        if metrics_path:
+            _serve_saved(metrics_path, opts)
+        else:
+            _demo(opts, lines, workers or os.cpu_count() or 1)
+    except MpobsError as err:
+        click.echo(f"mpobs: error: {err}", err=True)
+        sys.exit(err.exit_code)
+
+
+def _serve_saved(path: str, opts: DashboardOptions) -> None:
+    from dashboard_app.sources import SavedSource
+
+    try:
+        source = SavedSource.load(path)
+    except ValueError as err:
+        raise DashboardError(str(err)) from err
+    sock = bind_socket(opts.host, opts.port)
+    _say(f"dashboard for {path} at {url_of(sock, opts.host)}; press Ctrl-C to stop")
+    try:
+        serve(source, sock, opts)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        sock.close()
+
+
+def _demo(opts: DashboardOptions, lines: int, workers: int) -> None:
+    import shutil
+    import tempfile
+
+    from mpobs.config import load_config
+    from mpobs.coordinator import Coordinator, RunOptions
+    from mpobs.loggen import generate_file
+
+    folder = tempfile.mkdtemp(prefix="mpobs-demo-")
+    try:
+        path = os.path.join(folder, "demo.log")
+        _say(f"demo: generating a {lines:,}-line log")
+        generate_file(path, lines, seed=11, awkward=0.001)
+        run = RunOptions(path, os.path.join(folder, "out.log"), workers, trace=True, trace_sample=0.002,
+                         dashboard=opts)  # fmt: skip
+        outcome = Coordinator(load_config(None), run).run()
+        s = outcome.stats["system"]
+        _say(f"demo: {s['state']}, {s['total_lines']:,} lines in {s['elapsed_s']:.2f} s")
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)

@@ -1,0 +1,134 @@
+"""Dashboard test helpers: a real stats segment from a small real run, the app over it, free ports.
+
+Import what a test needs (``from conftest_dashboard import ...``); fixtures are plain
+functions here and wrapped by each test module, so tests/conftest.py stays the lead's.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+XSS_LINE = '2026-01-01T00:00:00Z ERROR [web] <img src=x onerror="window.__xss=1"> declined'
+
+#: tags -> router (errors / rest) -> filter; tags -> python (raises on "declined"); tags -> counter.
+TEST_CONFIG: dict[str, Any] = {
+    "processors": [
+        {"type": "tag_extractor", "id": "tags"},
+        {"type": "router", "id": "route", "inputs": ["tags"], "routes": {"errors": {"tag": "error"}}, "default": "rest"},
+        {"type": "filter", "id": "db_errors", "inputs": ["route.errors"], "pattern": r"\[db\]"},
+        {"type": "python", "id": "check", "inputs": ["tags"], "function": "conftest_dashboard:explode"},
+        {"type": "counter", "id": "levels", "inputs": ["tags"]},
+    ]
+}
+
+
+def explode(line: str) -> str:
+    """A user function that fails on some lines, so the run has errors to show."""
+    if "declined" in line:
+        raise ValueError("payment declined, cannot settle")
+    return line
+
+
+class ListEvents:
+    """An EventSink that keeps every record (the test plays the coordinator)."""
+
+    def __init__(self) -> None:
+        self.traces: list[dict[str, Any]] = []
+        self.errors: list[dict[str, Any]] = []
+
+    def send(self, traces: list[dict[str, Any]], errors: list[dict[str, Any]]) -> tuple[int, int, int, int]:
+        self.traces.extend(traces)
+        self.errors.extend(errors)
+        return len(traces), 0, len(errors), 0
+
+
+@dataclass
+class SmallRun:
+    """A finished small run whose segment is still open (the test owns and unlinks it)."""
+
+    seg: Any
+    meta: Any
+    events: ListEvents
+    counters: dict[str, dict[str, int]] = field(default_factory=dict)
+    lines: int = 0
+
+
+def small_run(folder: Path, lines: int = 3000, trace_rate: float = 1.0) -> SmallRun:
+    """Run TEST_CONFIG over a generated log (plus XSS_LINE) in this process, into a new segment."""
+    import multiprocessing
+
+    from mpobs.config import compile_config
+    from mpobs.loggen import generate_file
+    from mpobs.segment import Layout, StatsSegment
+    from mpobs.stats import RunMeta
+    from mpobs.task import TaskSettings, plan_tasks, run_task
+    from mpobs.worker import RowSink
+
+    path = folder / "small.log"
+    generate_file(str(path), lines - 1, seed=3)
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(XSS_LINE + "\n")
+    pipeline = compile_config(TEST_CONFIG, source="test config", base_dir=str(Path(__file__).parent))
+    layout = Layout(tuple(pipeline.ids), tuple(pipeline.tags), 1)
+    seg = StatsSegment.create(layout, multiprocessing.get_context("fork").Lock())
+    meta = RunMeta.of(pipeline, str(path), 1, trace=True, trace_sample=trace_rate)
+    size = os.path.getsize(path)
+    seg.set_system(bytes_total=size, workers=1)
+    seg.set_worker(0, pid=os.getpid(), alive=1)
+    seg.set_state("running")
+    events = ListEvents()
+    counters: dict[str, dict[str, int]] = {}
+    settings = TaskSettings(str(path), meta.input_name, trace_rate=trace_rate)
+    for seq, task in enumerate(plan_tasks(str(path), size, 64 * 1024)):
+        row = layout.inflight_row(0, seq)
+        part = folder / f"part-{task.index}"
+        result = run_task(task, pipeline, layout, settings, str(part), RowSink(seg, row, 0), events)
+        assert result is not None
+        seg.commit(seg.complete(row, 0))
+        for pid, counts in result.key_counts.items():
+            c = counters.setdefault(pid, {})
+            for k, v in counts.items():
+                c[k] = c.get(k, 0) + v
+        part.unlink()
+    return SmallRun(seg, meta, events, counters, lines)
+
+
+def free_port() -> int:
+    """A port nobody listens on right now (127.0.0.1)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def get_json(url: str, timeout: float = 5, headers: dict[str, str] | None = None) -> tuple[int, Any]:
+    """GET ``url``; (status, parsed JSON body). Never raises on HTTP errors."""
+    req = urllib.request.Request(url, headers=headers or {})
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as err:
+        with err:
+            return err.code, json.loads(err.read() or b"null")
+
+
+def wait_for(predicate: Any, timeout: float, interval: float = 0.1, what: str = "condition") -> Any:
+    """Poll ``predicate`` until it returns something truthy; fail with ``what`` after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    last_err: Exception | None = None
+    while time.monotonic() < deadline:
+        try:
+            got = predicate()
+            if got:
+                return got
+        except (OSError, ValueError) as err:  # not up yet
+            last_err = err
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what} (last error: {last_err})")
