@@ -26,6 +26,8 @@ once per batch and readers never stop them for longer.
 
 from __future__ import annotations
 
+import os
+import secrets
 import time
 from dataclasses import dataclass
 from multiprocessing import shared_memory
@@ -44,6 +46,7 @@ SYSTEM_FIELDS = (
     "state", "started_at_ms", "ended_at_ms", "bytes_total", "workers", "workers_restarted",
     "tasks_total", "lines_total", "traces_delivered", "errors_delivered",
 )  # fmt: skip
+SEGMENT_PREFIX = "mpobs_"
 STATES = ("starting", "running", "done", "failed", "interrupted")
 
 
@@ -98,7 +101,9 @@ class StatsSegment:
 
     @classmethod
     def create(cls, layout: Layout, lock: Any) -> StatsSegment:
-        shm = shared_memory.SharedMemory(create=True, size=layout.size * 8)
+        # A recognizable name with the owner's pid: a leftover can be traced to its run.
+        name = f"{SEGMENT_PREFIX}{os.getpid()}_{secrets.token_hex(4)}"
+        shm = shared_memory.SharedMemory(name=name, create=True, size=layout.size * 8)
         seg = cls(layout, shm, lock, owner=True)
         seg.counts[:] = 0
         seg.workers[:] = 0

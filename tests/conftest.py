@@ -14,11 +14,18 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def shm_segments() -> set[str]:
-    """Shared-memory segments in /dev/shm made by multiprocessing.shared_memory."""
+    """mpobs stats segments in /dev/shm (named mpobs_<owner pid>_<random>)."""
     try:
-        return {n for n in os.listdir("/dev/shm") if n.startswith("psm_")}
+        return {n for n in os.listdir("/dev/shm") if n.startswith("mpobs_")}
     except FileNotFoundError:
         return set()
+
+
+def orphaned_segments() -> set[str]:
+    """Segments whose owner process is gone: leaked. (A live owner may be another run in progress.)"""
+    import psutil
+
+    return {n for n in shm_segments() if not psutil.pid_exists(int(n.split("_")[1]))}
 
 
 def _is_ours(proc: Any) -> bool:
@@ -38,11 +45,11 @@ def no_leftovers() -> Any:
     """Every test must leave no shared-memory segment and no child process behind."""
     import psutil
 
-    before = shm_segments()
+    before = orphaned_segments()
     yield
     me = psutil.Process()
     children = [c for c in me.children(recursive=True) if _is_ours(c)]
-    leaked = shm_segments() - before
+    leaked = orphaned_segments() - before
     assert not children, f"processes left running: {[(c.pid, c.name()) for c in children]}"
     assert not leaked, f"shared memory left in /dev/shm: {sorted(leaked)}"
 

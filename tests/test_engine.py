@@ -170,12 +170,13 @@ def test_closed_stdout_pipe_ends_quietly(tmp_path: Path, make_log: Any) -> None:
 def test_no_shared_memory_left_after_runs(tmp_path: Path, cli: Any) -> None:
     from tests.conftest import shm_segments
 
-    before = shm_segments()
     log = tmp_path / "in.log"
     log.write_bytes(b"ERROR x\n" * 1000)
-    assert cli("process", str(log), "-w", "2", "-o", str(tmp_path / "o")).returncode == 0
-    assert cli("process", str(tmp_path / "missing"), "-w", "2").returncode == 2
-    assert shm_segments() == before
+    for args, code in ((["-w", "2", "-o", str(tmp_path / "o")], 0), (["-w", "2", "--max-errors", "0"], 2)):
+        proc = subprocess.Popen([sys.executable, "-m", "mpobs", "process", str(log), *args],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+        assert proc.wait(timeout=60) == code
+        assert not [n for n in shm_segments() if n.startswith(f"mpobs_{proc.pid}_")]
 
 
 def test_sample_log_when_no_input_given(tmp_path: Path, cli: Any) -> None:
