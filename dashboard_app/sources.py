@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import os
 import queue as queue_mod
 import threading
 import time
@@ -184,7 +185,7 @@ class LiveSource(Source):
                          "traces_sent": w["traces_sent"], "traces_dropped": w["traces_dropped"],
                          "errors_sent": w["errors_sent"], "errors_dropped": w["errors_dropped"]})  # fmt: skip
         doc["workers"] = rows
-        doc["dashboard"] = dict(kept, source=self.kind, final=final is not None)
+        doc["dashboard"] = dict(kept, source=self.kind, final=final is not None, pid=os.getpid())
         self._cache = (now, doc)
         return doc
 

@@ -132,3 +132,43 @@ def wait_for(predicate: Any, timeout: float, interval: float = 0.1, what: str = 
             last_err = err
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout} s waiting for {what} (last error: {last_err})")
+
+
+def big_log(path: Path, lines: int = 3_000_000, block: int = 200_000) -> Path:
+    """A log of ``lines`` lines fast: one generated block (with an XSS line) written over and over."""
+    from mpobs.loggen import generate_file
+
+    first = path.with_suffix(".block")
+    generate_file(str(first), block - 1, seed=5, awkward=0.0005)
+    data = first.read_bytes() + (XSS_LINE + "\n").encode()
+    first.unlink()
+    with open(path, "wb") as f:
+        for _ in range(lines // block):
+            f.write(data)
+    return path
+
+
+def start_cli(*args: str, cwd: Path) -> Any:
+    """``python -m mpobs.cli ARGS`` as a subprocess (stdout and stderr to files in ``cwd``)."""
+    import subprocess
+    import sys
+
+    out = open(cwd / "cli.stdout", "wb")  # noqa: SIM115 - closed by stop_cli
+    err = open(cwd / "cli.stderr", "wb")  # noqa: SIM115
+    proc = subprocess.Popen([sys.executable, "-m", "mpobs.cli", *args], cwd=cwd, stdout=out, stderr=err)
+    proc.files = (out, err)  # type: ignore[attr-defined]
+    return proc
+
+
+def stop_cli(proc: Any, timeout: float = 30) -> str:
+    """Wait for (or, after ``timeout``, kill) a ``start_cli`` process; returns its stderr text."""
+    import subprocess
+
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+    for f in proc.files:
+        f.close()
+    return Path(proc.files[1].name).read_text(errors="replace")

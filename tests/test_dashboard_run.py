@@ -1,0 +1,177 @@
+"""The dashboard in real runs: live numbers rise, the final state equals the saved metrics, failures are clean."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+from pathlib import Path
+
+from conftest_dashboard import big_log, free_port, get_json, start_cli, stop_cli, wait_for
+
+COMPARE = ("lines_in", "lines_out", "errors", "processing_time_ms", "batches", "share_of_time")
+
+
+def test_live_stats_rise_and_final_state_equals_saved_metrics(tmp_path: Path) -> None:
+    log = big_log(tmp_path / "big.log", 3_000_000)
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    proc = start_cli("process", str(log), "--workers", "2", "--dashboard", "--dashboard-port", str(port),
+                     "--linger", "60", "--trace", "--save-metrics", "m.json", "-o", "out.log", "-q", cwd=tmp_path)  # fmt: skip
+    try:
+        seen: list[int] = []
+
+        def done() -> dict | None:
+            status, doc = get_json(f"{url}/stats")
+            assert status == 200
+            if doc["system"]["state"] == "running":
+                seen.append(doc["system"]["total_lines"])
+            return doc if doc["system"]["state"] == "done" else None
+
+        final = wait_for(done, 60, interval=0.05, what="the run to finish")
+        running = [n for n in seen if n > 0]
+        assert len(set(running)) >= 3, f"too few distinct live values while running: {seen}"
+        assert running == sorted(running), "live total_lines went down"
+        assert running[-1] < 3_000_000
+        # While lingering: still served, healthy, with the final numbers.
+        assert get_json(f"{url}/healthz") == (200, {"status": "ok", "reason": "done"})
+        traces = get_json(f"{url}/trace?limit=5")[1]["traces"]
+        assert traces and traces[0]["line_number"] > traces[-1]["line_number"]
+        proc.send_signal(signal.SIGINT)  # ends the lingering
+        err = stop_cli(proc)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            stop_cli(proc)
+    assert proc.returncode == 0, err
+    assert f"dashboard at http://127.0.0.1:{port}/" in err
+    assert "serving the final state" in err
+    saved = json.loads((tmp_path / "m.json").read_text())
+    assert final["system"]["total_lines"] == saved["system"]["total_lines"] == 3_000_000
+    assert final["system"]["total_errors"] == saved["system"]["total_errors"]
+    assert final["tags"] == saved["tags"]
+    assert final["counters"] == saved["counters"]
+    for pid, row in saved["processors"].items():
+        assert {k: final["processors"][pid][k] for k in COMPARE} == {k: row[k] for k in COMPARE}
+    assert final["dashboard"]["final"] is True
+    # The dashboard process is gone with the run.
+    assert not _listening(port)
+
+
+def test_linger_zero_exits_with_the_run(tmp_path: Path) -> None:
+    log = big_log(tmp_path / "in.log", 200_000)
+    port = free_port()
+    proc = start_cli("process", str(log), "--workers", "2", "--dashboard", "--dashboard-port", str(port),
+                     "--linger", "0", "-o", "out.log", "-q", cwd=tmp_path)  # fmt: skip
+    err = stop_cli(proc, timeout=60)
+    assert proc.returncode == 0, err
+    assert not _listening(port)
+
+
+def test_a_dead_dashboard_does_not_stop_the_run(tmp_path: Path) -> None:
+    log = big_log(tmp_path / "big.log", 1_400_000)
+    port = free_port()
+    proc = start_cli("process", str(log), "--workers", "2", "--dashboard", "--dashboard-port", str(port),
+                     "--linger", "0", "--save-metrics", "m.json", "-o", "out.log", "-q", cwd=tmp_path)  # fmt: skip
+    try:
+        doc = wait_for(lambda: get_json(f"http://127.0.0.1:{port}/stats")[1], 30, what="the dashboard")
+        os.kill(doc["dashboard"]["pid"], signal.SIGKILL)
+        err = stop_cli(proc, timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            stop_cli(proc)
+    assert proc.returncode == 0, err
+    assert err.count("the dashboard process exited") == 1
+    assert json.loads((tmp_path / "m.json").read_text())["system"]["total_lines"] == 1_400_000
+
+
+def test_port_in_use_fails_before_any_work(tmp_path: Path) -> None:
+    log = big_log(tmp_path / "in.log", 200_000)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen(1)
+        port = s.getsockname()[1]
+        proc = start_cli("process", str(log), "--dashboard", "--dashboard-port", str(port), "-o", "out.log",
+                         cwd=tmp_path)  # fmt: skip
+        err = stop_cli(proc)
+    assert proc.returncode == 2
+    assert f"port {port} on 127.0.0.1 is in use" in err and "Traceback" not in err
+    assert not (tmp_path / "out.log").exists() or (tmp_path / "out.log").stat().st_size == 0
+
+
+def test_bad_host_and_public_host_without_token_exit_2(tmp_path: Path) -> None:
+    log = big_log(tmp_path / "in.log", 200_000)
+    proc = start_cli("process", str(log), "--dashboard", "--dashboard-host", "0.0.0.0", "-o", "out.log", cwd=tmp_path)
+    err = stop_cli(proc)
+    assert proc.returncode == 2 and "token" in err and "Traceback" not in err
+    proc = start_cli("process", str(log), "--dashboard", "--dashboard-host", "192.0.2.1", "--dashboard-token", "t",
+                     "-o", "out.log", cwd=tmp_path)  # fmt: skip
+    err = stop_cli(proc)
+    assert proc.returncode == 2 and "cannot bind host '192.0.2.1'" in err and "Traceback" not in err
+
+
+def test_token_on_a_real_server(tmp_path: Path) -> None:
+    log = big_log(tmp_path / "in.log", 200_000)
+    port = free_port()
+    env_token = "tok-" + os.urandom(4).hex()
+    os.environ["MPOBS_DASHBOARD_TOKEN"] = env_token
+    try:
+        proc = start_cli("process", str(log), "--dashboard", "--dashboard-port", str(port), "--linger", "30",
+                         "-o", "out.log", "-q", cwd=tmp_path)  # fmt: skip
+    finally:
+        del os.environ["MPOBS_DASHBOARD_TOKEN"]
+    try:
+        url = f"http://127.0.0.1:{port}"
+        wait_for(lambda: get_json(f"{url}/healthz")[0] == 200, 30, what="the dashboard")
+        assert get_json(f"{url}/stats")[0] == 401
+        status, doc = get_json(f"{url}/stats", headers={"Authorization": f"Bearer {env_token}"})
+        assert status == 200 and doc["system"]["input"] == "in.log"
+        proc.send_signal(signal.SIGINT)
+        stop_cli(proc)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            stop_cli(proc)
+
+
+def test_dashboard_command_serves_saved_metrics(tmp_path: Path) -> None:
+    log = big_log(tmp_path / "in.log", 200_000)
+    proc = start_cli("process", str(log), "--trace", "--save-metrics", "m.json", "-o", "out.log", "-q", cwd=tmp_path)
+    assert stop_cli(proc) is not None and proc.returncode == 0
+    saved = json.loads((tmp_path / "m.json").read_text())
+    port = free_port()
+    proc = start_cli("dashboard", "--metrics", "m.json", "--port", str(port), cwd=tmp_path)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        status, doc = wait_for(lambda: get_json(f"{url}/stats"), 30, what="the saved dashboard")
+        assert status == 200
+        assert doc["processors"]["line_counter"]["lines_in"] == saved["processors"]["line_counter"]["lines_in"]
+        assert doc["dashboard"]["source"] == "saved"
+        assert get_json(f"{url}/trace?limit=2")[1]["traces"] == saved["recent_traces"][:2]
+        proc.send_signal(signal.SIGINT)
+        err = stop_cli(proc, timeout=10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            stop_cli(proc)
+    assert proc.returncode == 0, err
+    bad = start_cli("dashboard", "--metrics", "missing.json", "--port", str(port), cwd=tmp_path)
+    err = stop_cli(bad)
+    assert bad.returncode == 2 and "cannot read it" in err
+
+
+def _listening(port: int) -> bool:
+    with socket.socket() as s:
+        s.settimeout(0.5)
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def test_dashboard_module_imports_cheaply() -> None:
+    import subprocess
+    import sys
+
+    code = "import sys, mpobs.cli; print(sorted(m for m in ('flask', 'waitress', 'psutil', 'prometheus_client') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
