@@ -10,7 +10,7 @@ from typing import Any
 
 import click
 
-from mpobs.errors import EXIT_OK, MpobsError
+from mpobs.errors import EXIT_FAILED, EXIT_MAX_ERRORS, EXIT_OK, MpobsError
 
 SAMPLE_LINES = 200_000
 
@@ -97,7 +97,8 @@ def process(input_file: str | None, config_path: str | None, workers: int | None
         if not quiet:
             click.echo(summary(outcome.stats, outcome.error_types), err=True)
         if outcome.message:
-            click.echo(f"mpobs: {outcome.message}", err=True)
+            kind = "error: " if outcome.exit_code in (EXIT_FAILED, EXIT_MAX_ERRORS) else ""
+            click.echo(f"mpobs: {kind}{outcome.message}", err=True)
         sys.exit(outcome.exit_code)
     except MpobsError as err:
         _fail(err)

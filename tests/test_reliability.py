@@ -1,0 +1,247 @@
+"""Faults: killed workers, signals, a killed coordinator. Nothing lost, nothing left behind."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+
+from tests.conftest import shm_segments
+from tests.reference import default_pipeline
+
+KILL_FNS = """
+import os, signal
+def maybe_die(line):
+    # SIGKILL our own worker the first KILL_TIMES times line KILL_AT is seen: a task that crashes its worker.
+    if line.startswith(os.environ["KILL_AT"]):
+        mark = os.environ["KILL_MARK"]
+        n = int(open(mark).read()) if os.path.exists(mark) else 0
+        if n < int(os.environ["KILL_TIMES"]):
+            open(mark, "w").write(str(n + 1))
+            os.kill(os.getpid(), signal.SIGKILL)
+    return line
+
+def slow(lines):
+    import time
+    time.sleep(0.01)
+    return lines
+"""
+
+
+def kill_config(tmp_path: Path) -> Path:
+    (tmp_path / "killfns.py").write_text(KILL_FNS)
+    config = tmp_path / "kill.json"
+    config.write_text(json.dumps({"processors": [
+        {"type": "line_counter", "id": "num"},
+        {"type": "tag_extractor", "id": "tags"},
+        {"type": "python", "id": "die", "function": "killfns:maybe_die"},
+        {"type": "filter", "id": "errors", "tag": "error"},
+    ]}))  # fmt: skip
+    return config
+
+
+def slow_config(tmp_path: Path) -> Path:
+    (tmp_path / "killfns.py").write_text(KILL_FNS)
+    config = tmp_path / "slow.json"
+    config.write_text(json.dumps({"processors": [
+        {"type": "line_counter", "id": "line_counter"},
+        {"type": "python", "id": "slow", "function": "killfns:slow", "batch": True},
+        {"type": "tag_extractor", "id": "tag_extractor"},
+        {"type": "filter", "id": "error_filter", "tag": "error", "inputs": ["tag_extractor"]},
+        {"type": "filter", "id": "warn_filter", "tag": "warn", "inputs": ["tag_extractor"]},
+        {"type": "filter", "id": "info_filter", "tag": "info", "inputs": ["tag_extractor"]},
+    ]}))  # fmt: skip
+    return config
+
+
+def processes_using(path: Path) -> list[psutil.Process]:
+    """Live processes whose command line names ``path`` (our runs and their workers)."""
+    found = []
+    for p in psutil.process_iter(["cmdline", "status"]):
+        try:
+            if p.info["status"] != psutil.STATUS_ZOMBIE and any(str(path) in a for a in p.info["cmdline"] or []):
+                found.append(p)
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            pass
+    return found
+
+
+def workers_of(proc: subprocess.Popen[bytes]) -> list[psutil.Process]:
+    kids = psutil.Process(proc.pid).children()
+    return [k for k in kids if not any("resource_tracker" in a for a in k.cmdline())]
+
+
+def wait_for(cond: Any, timeout: float = 20.0) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = cond()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError("condition not met in time")
+
+
+def test_task_that_kills_its_worker_runs_again(tmp_path: Path, cli: Any, make_log: Any) -> None:
+    log = make_log(40_000)
+    env = {"KILL_AT": "Line 20000:", "KILL_MARK": str(tmp_path / "mark"), "KILL_TIMES": "1"}
+    out, m = tmp_path / "out", tmp_path / "m.json"
+    res = cli("process", str(log), "-c", str(kill_config(tmp_path)), "-w", "2", "-o", str(out),
+              "--save-metrics", str(m), "--task-size", "65536", env=env)  # fmt: skip
+    assert res.returncode == 0, res.stderr.decode()
+    clean = tmp_path / "clean"
+    env["KILL_TIMES"] = "0"
+    assert cli("process", str(log), "-c", str(kill_config(tmp_path)), "-w", "2", "-o", str(clean),
+               "--save-metrics", str(tmp_path / "clean.json"), env=env).returncode == 0  # fmt: skip
+    assert out.read_bytes() == clean.read_bytes()
+    stats, want = json.loads(m.read_text()), json.loads((tmp_path / "clean.json").read_text())
+    assert stats["system"]["workers_restarted"] == 1
+    for pid in ("num", "tags", "die", "errors"):
+        for k in ("lines_in", "lines_out", "errors"):
+            assert stats["processors"][pid][k] == want["processors"][pid][k]
+    assert stats["tags"] == want["tags"]
+    assert stats["system"]["total_lines"] == 40_000
+
+
+def test_task_that_kills_its_worker_three_times_fails_the_run(tmp_path: Path, cli: Any, make_log: Any) -> None:
+    log = make_log(40_000)
+    env = {"KILL_AT": "Line 20000:", "KILL_MARK": str(tmp_path / "mark"), "KILL_TIMES": "99"}
+    out, m = tmp_path / "out", tmp_path / "m.json"
+    res = cli("process", str(log), "-c", str(kill_config(tmp_path)), "-w", "2", "-o", str(out),
+              "--save-metrics", str(m), "--task-size", "65536", env=env)  # fmt: skip
+    err = res.stderr.decode()
+    assert res.returncode == 1, err
+    assert "Traceback" not in err
+    import re
+
+    found = re.search(r"mpobs: error: task (\d+) \(lines (\d+)-(\d+), bytes \d+-\d+\) killed its worker 3 times", err)
+    assert found, err
+    first, last = int(found[2]), int(found[3])
+    assert first <= 20_000 <= last
+    stats = json.loads(m.read_text())
+    assert stats["system"]["state"] == "failed"
+    # what finished before the bad task is written, in order, and counted
+    expected = b"".join(l + b"\n" for l in out.read_bytes().split(b"\n")[:-1])
+    assert out.read_bytes() == expected
+    written = out.read_bytes().count(b"\n")
+    assert written == stats["processors"]["errors"]["lines_out"]
+    assert stats["system"]["total_lines"] == first - 1
+
+
+def test_worker_killed_from_outside_is_replaced(tmp_path: Path, make_log: Any) -> None:
+    log = make_log(200_000)
+    out, m = tmp_path / "out", tmp_path / "m.json"
+    proc = subprocess.Popen([sys.executable, "-m", "mpobs", "process", str(log), "-c", str(slow_config(tmp_path)),
+                             "-w", "2", "-o", str(out), "--save-metrics", str(m), "--batch-lines", "500"],
+                            stderr=subprocess.PIPE)  # fmt: skip
+    victims = wait_for(lambda: len(workers_of(proc)) == 2 and workers_of(proc))
+    time.sleep(0.5)  # mid-run
+    victims[0].kill()  # like the OOM killer
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err.decode()
+    assert out.read_bytes() == default_pipeline(log.read_bytes())[0]
+    stats = json.loads(m.read_text())
+    assert stats["system"]["workers_restarted"] == 1
+    assert stats["system"]["total_lines"] == 200_000
+    assert stats["processors"]["line_counter"]["lines_in"] == 200_000
+
+
+@pytest.mark.parametrize(("sig", "code", "word"), [(signal.SIGINT, 130, "interrupted"), (signal.SIGTERM, 143, "terminated")])
+def test_signal_stops_cleanly_with_a_complete_prefix(tmp_path: Path, make_log: Any, sig: int, code: int,
+                                                     word: str) -> None:  # fmt: skip
+    log = make_log(200_000)
+    out, m = tmp_path / "out", tmp_path / "m.json"
+    proc = subprocess.Popen([sys.executable, "-m", "mpobs", "process", str(log), "-c", str(slow_config(tmp_path)),
+                             "-w", "2", "-o", str(out), "--save-metrics", str(m), "--batch-lines", "500",
+                             "--task-size", "65536"],
+                            stderr=subprocess.PIPE, start_new_session=True)  # fmt: skip
+    wait_for(lambda: out.exists() and out.stat().st_size > 0)
+    if sig == signal.SIGINT:
+        os.killpg(proc.pid, sig)  # Ctrl-C reaches the whole process group
+    else:
+        proc.send_signal(sig)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == code, err.decode()
+    assert b"Traceback" not in err
+    assert f"mpobs: {word}".encode() in err
+    stats = json.loads(m.read_text())
+    assert stats["system"]["state"] == "interrupted"
+    full = default_pipeline(log.read_bytes())[0]
+    got = out.read_bytes()
+    assert 0 < len(got) < len(full)
+    assert full.startswith(got) and got.endswith(b"\n")  # a complete prefix, no torn line
+    sinks = ("error_filter", "warn_filter", "info_filter")
+    assert got.count(b"\n") == sum(stats["processors"][s]["lines_out"] for s in sinks)
+    assert not processes_using(log)
+    assert not [n for n in shm_segments() if n.startswith(f"mpobs_{proc.pid}_")]
+
+
+def test_coordinator_killed_outright_leaves_nothing_behind(tmp_path: Path, cli: Any, make_log: Any) -> None:
+    log = make_log(200_000)
+    proc = subprocess.Popen([sys.executable, "-m", "mpobs", "process", str(log), "-c", str(slow_config(tmp_path)),
+                             "-w", "2", "-o", str(tmp_path / "out"), "--batch-lines", "500"],
+                            stderr=subprocess.PIPE)  # fmt: skip
+    wait_for(lambda: len(workers_of(proc)) == 2)
+    wait_for(lambda: [n for n in shm_segments() if n.startswith(f"mpobs_{proc.pid}_")])
+    proc.kill()
+    proc.communicate(timeout=30)
+    wait_for(lambda: not processes_using(log), timeout=10)  # workers exit by themselves
+    wait_for(lambda: not [n for n in shm_segments() if n.startswith(f"mpobs_{proc.pid}_")], timeout=10)
+    res = cli("process", str(log), "-w", "2", "-o", str(tmp_path / "again"))  # the next run is not hindered
+    assert res.returncode == 0, res.stderr.decode()
+    assert (tmp_path / "again").read_bytes() == default_pipeline(log.read_bytes())[0]
+
+
+BAD_BYTES = {
+    "binary": bytes(range(256)) * 300,
+    "nul-bytes": b"ERROR \x00\x00 nul\n\x00\n" * 500,
+    "one-byte": b"\n",
+    "crlf-only": b"\r\n" * 5000,
+}
+
+
+@pytest.mark.parametrize("name", list(BAD_BYTES))
+def test_bad_bytes_lose_no_line(tmp_path: Path, cli: Any, name: str) -> None:
+    data = BAD_BYTES[name]
+    log = tmp_path / "in.log"
+    log.write_bytes(data)
+    config = tmp_path / "all.json"
+    config.write_text(json.dumps({"processors": [{"type": "line_counter", "id": "n", "format": "{line}"}]}))
+    out, m = tmp_path / "out", tmp_path / "m.json"
+    res = cli("process", str(log), "-c", str(config), "-w", "2", "-o", str(out), "--save-metrics", str(m),
+              "--task-size", "1024")  # fmt: skip
+    assert res.returncode == 0, res.stderr.decode()
+    # every input line comes out unchanged: the same bytes, plus a final "\n" if missing
+    assert out.read_bytes() == (data if data.endswith(b"\n") else data + b"\n")
+    assert json.loads(m.read_text())["system"]["total_lines"] == out.read_bytes().count(b"\n")
+
+
+def test_a_100_mb_line_without_newline(tmp_path: Path, cli: Any) -> None:
+    log = tmp_path / "huge.log"
+    with open(log, "wb") as f:
+        f.write(b"INFO first\n")
+        f.write(b"ERROR " + b"x" * (100 * 1024 * 1024))
+    out, m = tmp_path / "out", tmp_path / "m.json"
+    res = cli("process", str(log), "-w", "2", "-o", str(out), "--save-metrics", str(m), timeout=300)
+    assert res.returncode == 0, res.stderr.decode()
+    assert out.stat().st_size == len("Line 1: INFO first\n") + len("Line 2: ERROR ") + 100 * 1024 * 1024 + 1
+    with open(out, "rb") as f:
+        assert f.read(40) == b"Line 1: INFO first\nLine 2: ERROR xxxxxxx"
+    stats = json.loads(m.read_text())
+    assert stats["system"]["total_lines"] == 2
+    assert stats["tags"]["error"] == 1
+
+
+def test_output_folder_not_writable(tmp_path: Path, cli: Any) -> None:
+    log = tmp_path / "in.log"
+    log.write_text("ERROR\n")
+    res = cli("process", str(log), "-o", "/proc/mpobs-out.txt")
+    assert res.returncode == 2
+    assert b"Traceback" not in res.stderr
