@@ -150,6 +150,11 @@ def table_rows(doc: dict[str, Any]) -> list[list[str]]:
 HEAD = ["row", "median s", "lines/s", "speed vs plain", "rounds (s)"]
 
 
+def _largest(m: dict[str, Any]) -> str:
+    procs = sorted(m.get("per_process_hwm_mb", []), key=lambda p: -p["hwm_mb"])
+    return f"{procs[0]['process']} {procs[0]['hwm_mb']} MB" if procs else "?"
+
+
 def render_text(doc: dict[str, Any]) -> str:
     rows = table_rows(doc)
     widths = [max(len(HEAD[i]), *(len(r[i]) for r in rows)) for i in range(len(HEAD))]
@@ -166,7 +171,8 @@ def render_text(doc: dict[str, Any]) -> str:
         if size in rss:
             m = rss[size]
             out.append(f"  RSS at {rss[size + '_lines']:,} lines ({rss['config']}): sum of per-process peaks "
-                       f"{m['hwm_sum_mb']} MB, sampled tree RSS {m['rss_peak_mb']} MB, PSS {m['pss_peak_mb']} MB")
+                       f"{m['hwm_sum_mb']} MB, sampled tree RSS {m['rss_peak_mb']} MB, PSS {m['pss_peak_mb']} MB, "
+                       f"anon {m['anon_peak_mb']} MB; largest: {_largest(m)}")
     return "\n".join(out)
 
 

@@ -13,6 +13,8 @@ Pss from /proc/<pid>/smaps_rollup. It reports three figures:
   adding up ``ps`` columns gives; may miss a spike shorter than the interval).
 - ``pss_peak_mb``: the largest sum of Pss at one sample: shared pages split
   between the processes sharing them, the closest to the memory the run really uses.
+- ``anon_peak_mb``: the largest sum of RssAnon at one sample: heap and stacks only,
+  without file-backed pages (an mmap of the input counts in RSS and PSS, not here).
 """
 
 from __future__ import annotations
@@ -30,8 +32,9 @@ def _status_kb(pid: int) -> dict[str, int]:
     try:
         with open(f"/proc/{pid}/status", encoding="ascii", errors="replace") as f:
             for line in f:
-                if line.startswith(("VmRSS:", "VmHWM:")):
-                    out[line[:5]] = int(line.split()[1])
+                if line.startswith(("VmRSS:", "VmHWM:", "RssAnon:")):
+                    key, val = line.split()[:2]
+                    out[key.rstrip(":")] = int(val)
     except (OSError, ValueError):
         pass
     return out
@@ -55,26 +58,37 @@ class TreeMemory:
     pid: int
     interval: float = 0.05
     hwm_kb: dict[int, int] = field(default_factory=dict)
+    names: dict[int, str] = field(default_factory=dict)
     rss_peak_kb: int = 0
     pss_peak_kb: int = 0
+    anon_peak_kb: int = 0
     samples: int = 0
     max_procs: int = 0
 
     def sample(self) -> None:
         try:
             root = psutil.Process(self.pid)
-            pids = [self.pid] + [c.pid for c in root.children(recursive=True)]
+            kids = root.children(recursive=True)
         except psutil.Error:
             return
-        rss = pss = 0
+        pids = [self.pid] + [c.pid for c in kids]
+        for kid in kids:
+            if kid.pid not in self.names:
+                try:
+                    self.names[kid.pid] = f"child of {kid.ppid()}: {kid.name()}"
+                except psutil.Error:
+                    pass
+        rss = pss = anon = 0
         for pid in pids:
             st = _status_kb(pid)
             if "VmHWM" in st:  # a zombie has none: keep its last reading
                 self.hwm_kb[pid] = max(self.hwm_kb.get(pid, 0), st["VmHWM"])
             rss += st.get("VmRSS", 0)
+            anon += st.get("RssAnon", 0)
             pss += _pss_kb(pid)
         self.rss_peak_kb = max(self.rss_peak_kb, rss)
         self.pss_peak_kb = max(self.pss_peak_kb, pss)
+        self.anon_peak_kb = max(self.anon_peak_kb, anon)
         self.samples += 1
         self.max_procs = max(self.max_procs, len(pids))
 
@@ -89,7 +103,14 @@ class TreeMemory:
             "hwm_sum_mb": round(sum(self.hwm_kb.values()) / mb, 1),
             "rss_peak_mb": round(self.rss_peak_kb / mb, 1),
             "pss_peak_mb": round(self.pss_peak_kb / mb, 1),
+            "anon_peak_mb": round(self.anon_peak_kb / mb, 1),
             "processes_seen": len(self.hwm_kb),
+            # Which process holds the memory: the first entry is the run's own process.
+            "per_process_hwm_mb": [
+                {"pid": pid, "process": "root" if pid == self.pid else self.names.get(pid, "child"),
+                 "hwm_mb": round(kb / mb, 1)}
+                for pid, kb in self.hwm_kb.items()
+            ],  # fmt: skip
             "max_processes_at_once": self.max_procs,
             "samples": self.samples,
         }
