@@ -119,7 +119,8 @@ def healthz() -> tuple[dict[str, Any], int]:
 
 @_route("/metrics")
 def metrics() -> Response:
-    from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+    from prometheus_client.exposition import choose_encoder
 
-    body = generate_latest(current_app.extensions["mpobs"]["registry"])
-    return Response(body, content_type=CONTENT_TYPE_LATEST)
+    # The client library negotiates: OpenMetrics for a Prometheus server that asks, else text 0.0.4.
+    encoder, content_type = choose_encoder(request.headers.get("Accept", ""))
+    return Response(encoder(current_app.extensions["mpobs"]["registry"]), content_type=content_type)

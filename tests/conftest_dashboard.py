@@ -172,3 +172,38 @@ def stop_cli(proc: Any, timeout: float = 30) -> str:
     for f in proc.files:
         f.close()
     return Path(proc.files[1].name).read_text(errors="replace")
+
+
+def serve_in_child(source: Any, port: int) -> Any:
+    """Serve ``source`` with waitress in a forked process on 127.0.0.1:``port`` (as mpobs does); returns it."""
+    import multiprocessing
+
+    from mpobs.dashboard import DashboardOptions, bind_socket, serve
+
+    sock = bind_socket("127.0.0.1", port)
+    opts = DashboardOptions("127.0.0.1", port)
+    proc = multiprocessing.get_context("fork").Process(target=serve, args=(source, sock, opts), daemon=True)
+    proc.start()
+    sock.close()
+    return proc
+
+
+def stop_child(proc: Any) -> None:
+    proc.terminate()
+    proc.join(5)
+    if proc.is_alive():
+        proc.kill()
+        proc.join()
+
+
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                 "--no-first-run", "--disable-sync"]  # fmt: skip
+
+
+def launch_chromium(pw: Any) -> Any:
+    """Debian's chromium through Playwright; never a downloaded browser."""
+    import shutil
+
+    exe = shutil.which("chromium")
+    assert exe, "Debian chromium is not installed (scripts/setup.sh --test installs it)"
+    return pw.chromium.launch(executable_path=exe, args=CHROMIUM_ARGS)

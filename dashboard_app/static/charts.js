@@ -3,7 +3,7 @@
 "use strict";
 (function () {
   const SVG = "http://www.w3.org/2000/svg";
-  const NODE_W = 178, NODE_H = 74, COL_GAP = 96, ROW_GAP = 20, PAD = 12;
+  const NODE_W = 168, NODE_H = 84, COL_GAP = 64, ROW_GAP = 16, PAD = 8;
   const num = new Intl.NumberFormat("en-US");
   const compact = new Intl.NumberFormat("en-US", { notation: "compact", maximumFractionDigits: 1 });
 
@@ -82,11 +82,11 @@
         transform: "translate(" + p.x + "," + p.y + ")" }, gNodes);
       const tip = s("title", {}, g);
       s("rect", { width: NODE_W, height: NODE_H, rx: 9, class: "node-box" }, g);
-      text(g, 12, 20, "node-id", n.id === "input" ? (n.name || "input") : n.id);
-      text(g, NODE_W - 10, 20, "node-type", n.type || "");
-      const l1 = text(g, 12, 40, "node-in", "");
-      const l2 = text(g, 12, 57, "node-out", "");
-      const err = text(g, NODE_W - 10, 57, "node-err", "");
+      text(g, 12, 21, "node-id", n.id === "input" ? (n.name || "input") : n.id);
+      text(g, 12, 37, "node-type", n.type || "");
+      const l1 = text(g, 12, 55, "node-in", "");
+      const l2 = text(g, 12, 71, "node-out", "");
+      const err = text(g, NODE_W - 10, 37, "node-err", "");
       s("rect", { x: 0, y: NODE_H - 4, width: NODE_W, height: 4, rx: 2, class: "node-share-bg" }, g);
       const share = s("rect", { x: 0, y: NODE_H - 4, width: 0, height: 4, rx: 2, class: "node-share" }, g);
       dagState.nodes.set(n.id, { tip: tip, l1: l1, l2: l2, err: err, share: share });

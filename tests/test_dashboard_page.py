@@ -1,0 +1,113 @@
+"""The page in headless Chromium: it shows the run's numbers, renders log text as text, runs no injected code."""
+
+from __future__ import annotations
+
+import signal
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
+from conftest_dashboard import (
+    XSS_LINE, big_log, free_port, get_json, launch_chromium, serve_in_child, small_run, start_cli, stop_child,
+    stop_cli, wait_for,
+)  # fmt: skip
+
+from dashboard_app.sources import LiveSource
+
+pytestmark = pytest.mark.browser
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+def browser_page() -> Iterator[tuple[Any, list[str]]]:
+    """A fresh Chromium page (1440x1000) and the list its console errors and page errors go to."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        browser = launch_chromium(pw)
+        try:
+            page = browser.new_page(viewport={"width": 1440, "height": 1000})
+            problems: list[str] = []
+            page.on("console", lambda m: problems.append(m.text) if m.type == "error" else None)
+            page.on("pageerror", lambda e: problems.append(str(e)))
+            yield page, problems
+        finally:
+            browser.close()
+
+
+def test_page_shows_numbers_and_log_text_as_text(tmp_path: Path, browser_page: tuple[Any, list[str]]) -> None:
+    page, problems = browser_page
+    run = small_run(tmp_path)
+    source = LiveSource(run.seg, run.meta, cache_s=0.0)
+    source.handle(("events", run.events.traces, run.events.errors))
+    source.handle(("counters", run.counters))
+    source.sample()
+    port = free_port()
+    server = serve_in_child(source, port)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        wait_for(lambda: get_json(f"{url}/healthz")[0] == 200, 20, what="the server")
+        stats = get_json(f"{url}/stats")[1]
+        page.goto(url + "/")
+        page.wait_for_selector("body[data-ready='1']", timeout=15000)
+        for pid, row in stats["processors"].items():
+            tr = page.locator(f"#proc-table tr[data-processor='{pid}']")
+            assert tr.locator("td[data-field='lines_in']").text_content() == f"{row['lines_in']:,}"
+            assert tr.locator("td[data-field='lines_out']").text_content() == f"{row['lines_out']:,}"
+            node = page.locator(f"#dag g.node[data-id='{pid}']")
+            assert node.locator(".node-in").text_content().split() == ["in", f"{row['lines_in']:,}"]
+            assert node.locator(".node-out").text_content().split() == ["out", f"{row['lines_out']:,}"]
+        assert page.locator("#k-lines").text_content() == f"{run.lines:,}"
+        assert page.locator("#dag path.edge-line").count() == len(run.meta.edges)
+        # The injected line: visible as text, in the traces and in the errors; nothing ran, no <img> made.
+        page.wait_for_selector("#traces li.trace", timeout=10000)
+        newest = page.locator(f"#traces li[data-line='small.log:{run.lines}'] .trace-text")
+        assert newest.text_content() == XSS_LINE
+        assert page.locator("#errors pre.logline", has_text="onerror").first.text_content() == XSS_LINE
+        assert page.locator("img").count() == 0
+        page.locator(f"#traces li[data-line='small.log:{run.lines}']").click()
+        assert page.locator("#trace-title").text_content() == f"small.log:{run.lines}"
+        trace = next(t for t in run.events.traces if t["line_number"] == run.lines)
+        assert page.locator("#trace-detail li.step").count() == len(trace["path"])
+        assert page.locator("#trace-detail pre.logline").first.text_content() == XSS_LINE
+        assert page.locator("#trace-detail .chip.st-error").count() == 1
+        page.wait_for_timeout(1200)  # a few more polls
+        assert page.evaluate("typeof window.__xss") == "undefined"
+        assert problems == []
+    finally:
+        stop_child(server)
+        source.stop()
+        run.seg.close()
+
+
+def test_page_during_a_real_run_and_screenshot(tmp_path: Path, browser_page: tuple[Any, list[str]]) -> None:
+    page, problems = browser_page
+    log = big_log(tmp_path / "access.log", 4_000_000)
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    proc = start_cli("process", str(log), "--workers", "2", "--dashboard", "--dashboard-port", str(port),
+                     "--linger", "60", "--trace", "--trace-sample", "0.001", "-o", "out.log", "-q", cwd=tmp_path)  # fmt: skip
+    try:
+        wait_for(lambda: get_json(f"{url}/healthz")[0] == 200, 30, what="the dashboard")
+        page.goto(url + "/")
+        page.wait_for_selector("#run-state.state-running", timeout=15000)
+        page.wait_for_selector("#run-state.state-done", timeout=60000)
+        page.wait_for_timeout(3500)  # the page polls slower once final; let it catch up on every list
+        stats = get_json(f"{url}/stats")[1]
+        for pid, row in stats["processors"].items():
+            cell = page.locator(f"#proc-table tr[data-processor='{pid}'] td[data-field='lines_out']")
+            assert cell.text_content() == f"{row['lines_out']:,}"
+        assert page.locator("#k-lines").text_content() == "4,000,000"
+        assert page.locator("#dag g.node[data-id='input'] .node-in").text_content() == "read 4,000,000"
+        assert page.locator("#traces li.trace").count() > 0
+        assert problems == []
+        docs = ROOT / "docs"
+        docs.mkdir(exist_ok=True)
+        page.screenshot(path=str(docs / "dashboard.png"), full_page=True)
+        proc.send_signal(signal.SIGINT)
+        stop_cli(proc)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            stop_cli(proc)
+    assert proc.returncode == 0
