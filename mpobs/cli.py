@@ -102,6 +102,9 @@ def process(input_file: str | None, config_path: str | None, workers: int | None
         sys.exit(outcome.exit_code)
     except MpobsError as err:
         _fail(err)
+    except KeyboardInterrupt:  # before the run took over the signals (e.g. while writing the sample)
+        click.echo("mpobs: interrupted", err=True)
+        sys.exit(130)
     finally:
         if sample_dir:
             import shutil

@@ -165,6 +165,8 @@ class Coordinator:
             state, code, message = stop.state, stop.code, stop.message
         except OutputClosed:
             state, code = "interrupted", EXIT_OK
+        except OSError as err:  # e.g. the disk filled up while joining the output
+            state, code, message = "failed", EXIT_FAILED, f"I/O error: {err}"
         finally:
             if pool is not None:
                 pool.shutdown(graceful=state == "done", drain=lambda: self.collector.drain(events_q))
