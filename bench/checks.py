@@ -72,7 +72,7 @@ def stats_load(log: Path, timeout: float) -> dict[str, Any]:
         proc = subprocess.run([sys.executable, "-m", "bench.stats_load"], cwd=REPO_DIR, env=env,
                               stdin=subprocess.DEVNULL, capture_output=True, timeout=timeout)  # fmt: skip
     except subprocess.TimeoutExpired:
-        return {"error": f"timed out after {timeout:.0f} s"}
+        return {"error": f"timed out after {timeout:g} s"}
     if proc.returncode != 0:
         return {"error": f"exit {proc.returncode}: {last_line(proc.stderr.decode('utf-8', 'replace'))}"}
     try:

@@ -54,7 +54,8 @@ def summarize_rows(raw: dict[str, dict[str, Any]], lines: int) -> None:
         row["median_s"] = round(statistics.median(ok), 4) if ok else None
         row["lines_per_s"] = round(lines / row["median_s"]) if ok else None
         errors = [e for e in row["errors"] if e]
-        row["status"] = "ok" if ok and not errors else f"n/a ({errors[0]})" if errors else "n/a (not run)"
+        # A row with some failed rounds keeps the median of the rest; the failures show in its rounds.
+        row["status"] = "ok" if ok else f"n/a ({errors[0]})" if errors else "n/a (not run)"
 
 
 def _med(rows: dict[str, Any], key: str) -> float | None:
@@ -139,9 +140,9 @@ def table_rows(doc: dict[str, Any]) -> list[list[str]]:
     for row in doc["rows"].values():
         med = row["median_s"]
         if row["status"] != "ok":
-            out.append([row["label"], row["status"], "", "", ""])
+            out.append([row["label"], "n/a", "", "", row["status"][5:-1]])
             continue
-        runs = " ".join(f"{t:.2f}" if t is not None else "err" for t in row["runs"])
+        runs = " ".join(f"{t:.2f}" if t is not None else "failed" for t in row["runs"])
         vs = f"{plain / med:.2f}x" if plain else ""
         out.append([row["label"], f"{med:.3f}", f"{row['lines_per_s'] / 1e6:.2f} M", vs, runs])
     return out

@@ -120,6 +120,24 @@ def last_line(text: str) -> str:
     return lines[-1][:200] if lines else "no message"
 
 
+def kill_tree(proc: subprocess.Popen[bytes]) -> None:
+    """SIGKILL a stuck run and everything it started (its segment is left to its resource tracker)."""
+    import psutil
+
+    try:
+        kids = psutil.Process(proc.pid).children(recursive=True)
+    except psutil.Error:
+        kids = []
+    proc.kill()
+    for kid in kids:
+        try:
+            if "resource_tracker" not in " ".join(kid.cmdline()):  # it unlinks the leaked segment
+                kid.kill()
+        except psutil.Error:
+            pass
+    proc.wait()
+
+
 def run_row(row: Row, src: Path, out: Path, timeout: float) -> RunResult:
     """Run ``row`` once on ``src`` writing ``out``; the time is Popen to exit, interpreter start-up included."""
     port = free_port() if row.dashboard else None
@@ -133,8 +151,7 @@ def run_row(row: Row, src: Path, out: Path, timeout: float) -> RunResult:
         try:
             rc = proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+            kill_tree(proc)
             rc = None
         seconds = time.perf_counter() - t0
         if poller is not None:
@@ -144,7 +161,7 @@ def run_row(row: Row, src: Path, out: Path, timeout: float) -> RunResult:
         stderr = err.read().decode("utf-8", "replace")
     extra: dict[str, object] = poller.summary() if poller is not None else {}
     if rc is None:
-        return RunResult(None, f"timed out after {timeout:.0f} s", extra)
+        return RunResult(None, f"timed out after {timeout:g} s", extra)
     if rc != 0:
         return RunResult(None, f"exit {rc}: {last_line(stderr)}", extra)
     return RunResult(seconds, None, extra)

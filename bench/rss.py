@@ -127,9 +127,11 @@ def measure_tree(argv: list[str], timeout: float) -> dict[str, object]:
     try:
         _, stderr = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
-        proc.kill()
+        from bench.rows import kill_tree
+
+        kill_tree(proc)  # type: ignore[arg-type]
         proc.communicate()
-        raise RuntimeError(f"timed out after {timeout:.0f} s") from None
+        raise RuntimeError(f"timed out after {timeout:g} s") from None
     finally:
         stop.set()
         watcher.join()
