@@ -17,7 +17,7 @@ import numpy as np
 
 from mpobs.dag import Pipeline
 from mpobs.errors import EXIT_FAILED, EXIT_MAX_ERRORS, EXIT_OK, EXIT_SIGINT, EXIT_SIGTERM, InputError
-from mpobs.events import QUEUE_MESSAGES, EventCollector
+from mpobs.events import QUEUE_MESSAGES, EventCollector, QueueReader
 from mpobs.output import OutputClosed, OutputJoiner
 from mpobs.pool import LocalPool
 from mpobs.segment import Layout, StatsSegment
@@ -115,6 +115,7 @@ class Coordinator:
         self.meta: RunMeta | None = None
         self.dashboard: Any = None
         self._signal: int | None = None
+        self._last_messages = 0
 
     # -- public --------------------------------------------------------------
     def run(self) -> RunOutcome:
@@ -131,7 +132,8 @@ class Coordinator:
         lock = self.ctx.Lock()
         self.part_dir = part_dir = tempfile.mkdtemp(prefix="mpobs-parts-")
         traces_file: IO[str] | None = None
-        self.events_q = events_q = self.ctx.Queue(QUEUE_MESSAGES)
+        events_q: Any = None
+        reader: QueueReader | None = None
         pool: LocalPool | None = None
         joiner: OutputJoiner | None = None
         old_handlers = self._install_signals()
@@ -145,9 +147,11 @@ class Coordinator:
             if opts.dashboard is not None:
                 from mpobs.dashboard import start_dashboard
 
-                # Before the workers, so a port in use fails the run before any work.
+                # Before the workers, so a port in use fails the run before any work;
+                # and before the events queue, so the dashboard holds none of its ends.
                 self.dashboard = start_dashboard(self, opts.dashboard)
                 self.collector.forward = self.dashboard.queue
+            self.events_q = events_q = self.ctx.Queue(QUEUE_MESSAGES)
             joiner = OutputJoiner(opts.output_path)
             settings = TaskSettings(
                 opts.input_path, self.meta.input_name, batch_lines=opts.batch_lines,
@@ -159,6 +163,8 @@ class Coordinator:
             )  # fmt: skip
             seg.set_state("running")
             pool.start()
+            reader = QueueReader(events_q, self.collector)
+            reader.start()  # after the first fork: workers are forked from one thread
             self._loop(pool, joiner, plan_tasks(opts.input_path, size, opts.task_bytes))
             state, code = "done", EXIT_OK
         except _Stop as stop:
@@ -169,9 +175,16 @@ class Coordinator:
             state, code, message = "failed", EXIT_FAILED, f"I/O error: {err}"
         finally:
             if pool is not None:
-                pool.shutdown(graceful=state == "done", drain=lambda: self.collector.drain(events_q))
+                pool.shutdown(graceful=state == "done", progress=self._records_arrived)
                 seg.set_system(workers_restarted=pool.restarted)
-            self.collector.drain(events_q)
+            if events_q is not None:
+                # The workers are gone: close our copy of the write end too, so that a
+                # message a killed worker left half-written reads as end-of-file, not a hang.
+                events_q._writer.close()
+                if reader is not None:
+                    reader.finish()
+                else:
+                    self.collector.drain(events_q)
             seg.set_system(
                 ended_at_ms=int(time.time() * 1000),
                 traces_delivered=self.collector.traces_delivered,
@@ -185,8 +198,9 @@ class Coordinator:
             final = self.final_stats()
             if self.dashboard is not None:
                 self.dashboard.finish(final, lambda: self._signal is not None)
-            events_q.close()
-            events_q.join_thread()
+            if events_q is not None:
+                events_q.close()
+                events_q.join_thread()
             seg.close()
             shutil.rmtree(part_dir, ignore_errors=True)
             self._restore_signals(old_handlers)
@@ -241,7 +255,7 @@ class Coordinator:
             pool.fill(next_task)
             if exhausted and not retry and pool.idle() and next_join == planned:
                 return
-            for ev in pool.wait([self.events_q._reader], timeout=0.1):
+            for ev in pool.wait([], timeout=0.1):
                 if ev.kind == "done":
                     done[ev.task.index] = (ev.vec, ev.result)
                 elif ev.kind == "died":
@@ -257,7 +271,6 @@ class Coordinator:
                 elif ev.kind == "fatal":
                     raise _Stop("failed", EXIT_FAILED, f"worker {ev.slot} failed: {ev.detail}")
             next_join = self._join_ready(done, joiner, next_join)
-            self.collector.drain(self.events_q)
             self._check_stop()
             if self.dashboard is not None:
                 self.dashboard.poll()  # warns once if it died; the run goes on
@@ -296,7 +309,9 @@ class Coordinator:
             snap = self.seg.snapshot()
             total = sum(snap.proc(p, "errors") for p in range(len(self.pipeline.nodes)))
             if total >= max_errors:
-                self.collector.drain(self.events_q)
+                deadline = time.monotonic() + 1.0  # its record may still be on the way
+                while self.collector.last_error is None and time.monotonic() < deadline:
+                    time.sleep(0.01)
                 last = self.collector.last_error
                 what = (
                     f"; last: {last['processor']} on {last['line_id']}: {last['error_type']}: {last['message']}"
@@ -304,6 +319,12 @@ class Coordinator:
                     else ""
                 )
                 raise _Stop("failed", EXIT_MAX_ERRORS, f"stopped after {total} errors (--max-errors {max_errors}){what}")
+
+    def _records_arrived(self) -> int:
+        """How many record messages arrived since the last call (shutdown waits while they do)."""
+        now = self.collector.messages
+        new, self._last_messages = now - self._last_messages, now
+        return new
 
     def _counters(self) -> dict[str, dict[str, int]]:
         return {pid: dict(c.most_common()) for pid, c in self.counters.items()}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import queue as queue_mod
+import threading
 from collections import Counter, deque
 from typing import IO, Any
 
@@ -42,6 +43,7 @@ class EventCollector:
     def __init__(self, keep: int = KEEP, traces_file: IO[str] | None = None, forward: Any = None) -> None:
         self.traces: deque[dict[str, Any]] = deque(maxlen=keep)
         self.errors: deque[dict[str, Any]] = deque(maxlen=keep)
+        self.messages = 0
         self.traces_delivered = 0
         self.errors_delivered = 0
         self.forward_dropped = 0
@@ -65,6 +67,7 @@ class EventCollector:
         return n
 
     def add(self, traces: list[dict[str, Any]], errors: list[dict[str, Any]]) -> None:
+        self.messages += 1
         self.traces.extend(traces)
         self.errors.extend(errors)
         self.traces_delivered += len(traces)
@@ -87,3 +90,40 @@ class EventCollector:
 
     def recent_errors(self, n: int = 100) -> list[dict[str, Any]]:
         return list(self.errors)[-n:][::-1]
+
+
+class QueueReader:
+    """Feeds a collector from the workers' queue on a thread of its own.
+
+    Reading a message blocks until all of it has arrived; a worker killed while
+    writing one would leave the reader waiting. On its own thread that delays
+    only the records, never the run; once the workers are gone the coordinator
+    closes the queue's last write end and the half message ends as EOF.
+    """
+
+    def __init__(self, q: Any, collector: EventCollector) -> None:
+        self.q = q
+        self.collector = collector
+        self.closing = False
+        self.thread = threading.Thread(target=self._run, name="mpobs-events", daemon=True)
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def _run(self) -> None:
+        while True:
+            try:
+                traces, errors = self.q.get(timeout=0.05)
+            except queue_mod.Empty:
+                if self.closing:
+                    return
+                continue
+            except (EOFError, OSError, ValueError):
+                return  # the queue ended (a cut-off message after a killed worker, or closed)
+            self.collector.add(traces, errors)
+
+    def finish(self, timeout: float = 30.0) -> None:
+        """Read what is left, then stop (call after the writers are gone)."""
+        self.closing = True
+        if self.thread.is_alive():
+            self.thread.join(timeout)

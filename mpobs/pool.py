@@ -150,8 +150,13 @@ class LocalPool:
         else:  # nobody live holds it for a second: the dead worker did
             lock.release()
 
-    def shutdown(self, graceful: bool, drain: Callable[[], Any], timeout: float = 5.0) -> None:
-        """Stop every worker: after its tasks (graceful) or at the next batch; kill what lingers."""
+    def shutdown(self, graceful: bool, progress: Callable[[], int], timeout: float = 5.0) -> None:
+        """Stop every worker: after its tasks (graceful) or at the next batch; kill what lingers.
+
+        A worker that exits first flushes the records its queue thread still holds
+        (at --trace-sample 1 that can be many MB), so it is given time for as long
+        as records keep arriving: killing it mid-write would cut a message in two.
+        """
         self.stopping = True
         if not graceful:
             self.stop_event.set()
@@ -163,7 +168,8 @@ class LocalPool:
                     pass
         deadline = time.monotonic() + timeout
         while any(s.proc.is_alive() for s in self.slots) and time.monotonic() < deadline:
-            drain()  # a worker's queue thread flushes at exit: keep the queue moving
+            if progress():  # records still arriving: wait as long as they do
+                deadline = max(deadline, time.monotonic() + timeout)
             mp_wait([s.proc.sentinel for s in self.slots if s.proc.is_alive()], 0.05)
         for s in self.slots:
             if s.proc.is_alive():

@@ -58,35 +58,47 @@ class BatchTrace:
 
     def step(self, node: Node, inp: Batch, out: Batch | dict[str, Batch], errors: ErrorList) -> None:
         now = self.clock()
-        failed = {n: e for n, _, e in errors} if errors else {}
+        pid = node.proc.id
+        failed = {n: e for n, _, e in errors} if errors else None
+        in_nums = inp.nums
+        size = len(in_nums)
+        routed = out if isinstance(out, dict) else None
+        # Steps that keep every line in place (line_counter, tag_extractor, ...)
+        # return the same nums list: output positions are input positions.
+        same = routed is None and out.nums is in_nums  # type: ignore[union-attr]
+        traces = self.traces
         for n in self.nums:
-            lo, hi = bisect_left(inp.nums, n), bisect_right(inp.nums, n)
-            if lo == hi:
+            lo = bisect_left(in_nums, n)
+            if lo == size or in_nums[lo] != n:
                 continue
-            entry: dict[str, Any] = {"processor": node.id, "status": "drop", "timestamp": now}
+            hi = lo + 1 if lo + 1 == size or in_nums[lo + 1] != n else bisect_right(in_nums, n, lo)
+            entry: dict[str, Any] = {"processor": pid, "status": "drop", "timestamp": now}
             if hi - lo > 1:
                 entry["copies"] = hi - lo
-            if isinstance(out, dict):
-                routes = [r for r, b in out.items() if _span(b, n)[0] < _span(b, n)[1]]
-                if routes:
-                    entry["status"] = "route:" + routes[0]
+            if routed is not None:
+                for route, b in routed.items():
+                    i = bisect_left(b.nums, n)
+                    if i < len(b.nums) and b.nums[i] == n:
+                        entry["status"] = "route:" + route
+                        break
             else:
-                olo, ohi = _span(out, n)
+                olo, ohi = (lo, hi) if same else _span(out, n)  # type: ignore[arg-type]
                 if olo < ohi:
                     entry["status"] = "emit"
-                    before, after = inp.texts[lo:hi], out.texts[olo:ohi]
-                    if after != before:
+                    after = out.texts[olo:ohi]  # type: ignore[union-attr]
+                    if after != inp.texts[lo:hi]:
                         if len(after) == 1:
                             entry["text"] = after[0]
                         else:
                             entry["texts"] = after
-                    if out.tags is not None and (inp.tags is None or out.tags[olo] != inp.tags[lo]):
-                        entry["tags"] = list(out.tags[olo])
-            if n in failed:
+                    out_tags = out.tags  # type: ignore[union-attr]
+                    if out_tags is not None and (inp.tags is None or out_tags[olo] != inp.tags[lo]):
+                        entry["tags"] = list(out_tags[olo])
+            if failed is not None and n in failed:
                 exc = failed[n]
                 entry["status"] = "error"
                 entry["error"] = f"{type(exc).__name__}: {exc}"
-            self.traces[n]["path"].append(entry)
+            traces[n]["path"].append(entry)
 
     def finish(self, out: Batch) -> list[dict[str, Any]]:
         for n in self.nums:
