@@ -95,14 +95,15 @@ class LiveSource(Source):
     def drain(self, q: Any, timeout: float) -> None:
         """Handle messages for up to ``timeout`` seconds."""
         deadline = time.monotonic() + timeout
-        while True:
+        while not self._stop.is_set():
             left = deadline - time.monotonic()
             if left <= 0:
                 return
             try:
-                msg = q.get(timeout=left)
+                # Short waits, so that stop() is seen at once and the process exits quickly.
+                msg = q.get(timeout=min(left, 0.05))
             except queue_mod.Empty:
-                return
+                continue
             except (EOFError, OSError, ValueError):
                 self._stop.wait(left)  # the coordinator closed the queue: keep sampling
                 return

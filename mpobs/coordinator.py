@@ -218,6 +218,8 @@ class Coordinator:
         stats = build_stats(self.seg.snapshot(), self.meta, self._counters(), live=False)
         stats["system"]["traces_delivered"] = self.collector.traces_delivered
         stats["system"]["errors_delivered"] = self.collector.errors_delivered
+        stats["edges"] = self.meta.edges  # so `mpobs dashboard --metrics` can draw the DAG
+        stats["meta"] = {"processors": self.meta.processors, "input": self.meta.input_name}
         stats["errors_by_type"] = [
             {"processor": p, "error_type": t, "count": n} for (p, t), n in sorted(self.error_types.items())
         ]

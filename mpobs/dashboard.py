@@ -205,13 +205,11 @@ def _watch_parent(parent_pid: int) -> None:
 def _child_main(sock: socket.socket, seg_name: str, layout: Any, lock: Any, meta: Any, q: Any,
                 opts: DashboardOptions, parent_pid: int) -> None:  # fmt: skip
     """The dashboard process: attach the segment, pump the queue, serve until terminated."""
-    _watch_parent(parent_pid)
+    # Nothing here needs flushing (the segment is the coordinator's; the rest is
+    # in memory), so SIGTERM ends the process at once, whatever its threads hold.
+    signal.signal(signal.SIGTERM, lambda signum, frame: os._exit(0))
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the coordinator decides when we stop
-
-    def on_term(signum: int, frame: Any) -> None:
-        raise SystemExit(0)
-
-    signal.signal(signal.SIGTERM, on_term)
+    _watch_parent(parent_pid)
     from dashboard_app.sources import LiveSource
     from mpobs.segment import StatsSegment
 
