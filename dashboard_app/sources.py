@@ -12,6 +12,7 @@ from typing import Any, Callable
 
 from dashboard_app.dagview import build_dag
 from dashboard_app.history import History, Sample
+from mpobs.tracing import expand as expand_trace
 
 #: Records kept of each kind (traces, errors).
 KEEP = 1000
@@ -60,7 +61,8 @@ class LiveSource(Source):
         self.clock = clock
         self.grace_s = grace_s
         self.cache_s = cache_s
-        self._traces: deque[dict[str, Any]] = deque(maxlen=keep)
+        self._traces: deque[Any] = deque(maxlen=keep)  # compact: mpobs.tracing.CompactTrace
+        self._ids = [p["id"] for p in meta.processors]
         self._errors: deque[dict[str, Any]] = deque(maxlen=keep)
         self.received = {"traces": 0, "errors": 0}
         self.counters: dict[str, dict[str, int]] = {}
@@ -191,8 +193,11 @@ class LiveSource(Source):
         return doc
 
     def traces(self) -> list[dict[str, Any]]:
+        # Kept compact as they came (cheap to receive); expanded here, at most `keep` of them.
         with self._lock:
-            return list(reversed(self._traces))
+            kept = list(reversed(self._traces))
+        name, ids = self.meta.input_name, self._ids
+        return [expand_trace(t, name, ids) for t in kept]
 
     def errors(self) -> list[dict[str, Any]]:
         with self._lock:

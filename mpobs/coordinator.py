@@ -22,7 +22,8 @@ from mpobs.output import OutputClosed, OutputJoiner
 from mpobs.pool import LocalPool
 from mpobs.segment import Layout, StatsSegment
 from mpobs.stats import RunMeta, build_stats
-from mpobs.task import BATCH_LINES, TASK_BYTES, Task, TaskResult, TaskSettings, plan_tasks
+from mpobs.task import BATCH_LINES, EVENT_BATCH, TASK_BYTES, Task, TaskResult, TaskSettings, plan_tasks
+from mpobs.tracing import expand as expand_trace
 
 MAX_TASK_ATTEMPTS = 3
 
@@ -40,6 +41,7 @@ class RunOptions:
     trace_sample: float = 0.01
     save_traces: str | None = None
     max_errors: int | None = None
+    event_batch: int = EVENT_BATCH  # records per queue message
     dashboard: Any = None  # mpobs.dashboard.DashboardOptions
     on_tick: Callable[[Coordinator], None] | None = None  # progress display
 
@@ -109,6 +111,8 @@ class Coordinator:
         self.opts = opts
         self.ctx = multiprocessing.get_context("fork")
         self.collector = collector or EventCollector()
+        ids, name = pipeline.ids, os.path.basename(opts.input_path)
+        self.collector.expand = lambda t: expand_trace(t, name, ids)
         self.counters: dict[str, Counter[str]] = {n.id: Counter() for n in pipeline.nodes if n.proc.counts_keys}
         self.error_types: Counter[tuple[str, str]] = Counter()
         self.seg: StatsSegment | None = None
@@ -155,7 +159,7 @@ class Coordinator:
             joiner = OutputJoiner(opts.output_path)
             settings = TaskSettings(
                 opts.input_path, self.meta.input_name, batch_lines=opts.batch_lines,
-                trace_rate=opts.trace_sample if opts.trace else 0.0,
+                trace_rate=opts.trace_sample if opts.trace else 0.0, event_batch=opts.event_batch,
             )  # fmt: skip
             pool = LocalPool(
                 self.ctx, workers, seg, self.pipeline, settings, events_q,

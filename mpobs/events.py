@@ -6,7 +6,7 @@ import json
 import queue as queue_mod
 import threading
 from collections import Counter, deque
-from typing import IO, Any
+from typing import IO, Any, Callable
 
 #: How many records of each kind a consumer keeps (traces, errors).
 KEEP = 1000
@@ -40,8 +40,11 @@ class QueueEvents:
 class EventCollector:
     """The consumer's side: the last KEEP traces and errors, a JSON Lines file, a forward queue."""
 
-    def __init__(self, keep: int = KEEP, traces_file: IO[str] | None = None, forward: Any = None) -> None:
-        self.traces: deque[dict[str, Any]] = deque(maxlen=keep)
+    def __init__(self, keep: int = KEEP, traces_file: IO[str] | None = None, forward: Any = None,
+                 expand: Callable[[Any], dict[str, Any]] = lambda t: t) -> None:  # fmt: skip
+        # Traces arrive compact (mpobs.tracing); they are expanded only when read or saved.
+        self.expand = expand
+        self.traces: deque[Any] = deque(maxlen=keep)
         self.errors: deque[dict[str, Any]] = deque(maxlen=keep)
         self.messages = 0
         self.traces_delivered = 0
@@ -75,8 +78,8 @@ class EventCollector:
         if errors:
             self.last_error = errors[-1]
         if self.traces_file is not None:
-            for t in traces:
-                self.traces_file.write(json.dumps(t) + "\n")
+            expand = self.expand
+            self.traces_file.writelines(json.dumps(expand(t)) + "\n" for t in traces)
         if self.forward is not None:
             try:
                 self.forward.put_nowait(("events", traces, errors))
@@ -86,7 +89,7 @@ class EventCollector:
                 self.forward = None  # the dashboard is gone; the run goes on
 
     def recent_traces(self, n: int = 100) -> list[dict[str, Any]]:
-        return list(self.traces)[-n:][::-1]
+        return [self.expand(t) for t in list(self.traces)[-n:][::-1]]
 
     def recent_errors(self, n: int = 100) -> list[dict[str, Any]]:
         return list(self.errors)[-n:][::-1]

@@ -18,6 +18,8 @@ from mpobs.tracing import BatchTrace, sampled
 TASK_BYTES = 1 << 20
 BATCH_LINES = 2000
 ERROR_LINE_CHARS = 200
+#: Trace and error records a worker gathers before it sends them as one queue message.
+EVENT_BATCH = 500
 
 
 @dataclass(frozen=True)
@@ -110,6 +112,7 @@ class TaskSettings:
     worker: str = "0"
     batch_lines: int = BATCH_LINES
     trace_rate: float = 0.0  # 0: tracing off
+    event_batch: int = EVENT_BATCH
     clock: Callable[[], int] = time.perf_counter_ns
 
 
@@ -158,6 +161,8 @@ def run_task(
     error_types: Counter[tuple[str, str]] = Counter()
     tag_procs = [n.proc for n in pipeline.nodes if n.proc.tags_added]
     out_lines = 0
+    pending_traces: list[Any] = []  # compact traces (mpobs.tracing.expand)
+    pending_errors: list[dict[str, Any]] = []
     step = settings.batch_lines
     with open(part_path, "wb") as part:
         for lo in range(0, n_total, step):
@@ -171,7 +176,7 @@ def run_task(
             tracer = None
             if settings.trace_rate > 0:
                 traced = sampled(first, len(chunk), settings.trace_rate)
-                tracer = BatchTrace(traced, batch, settings.input_name) if traced else None
+                tracer = BatchTrace(traced, batch) if traced else None
             out = pipeline.run_batch(batch, acc, errs, tracer, settings.clock)
             if out.texts:
                 part.write(_encode(out.texts))
@@ -193,11 +198,19 @@ def run_task(
                     key_counts[node.id].update(node.proc.key_counts)
                     node.proc.key_counts.clear()
             ev = (0, 0, 0, 0)
-            err_records = [_error_record(pipeline, settings, *e) for e in errs]
             for e in errs:
                 error_types[(pipeline.nodes[e[0]].id, type(e[3]).__name__)] += 1
-            if events is not None and (err_records or tracer is not None):
-                ev = events.send(tracer.finish(out) if tracer is not None else [], err_records)
+            if events is not None:
+                if errs:
+                    pending_errors += [_error_record(pipeline, settings, *e) for e in errs]
+                if tracer is not None:
+                    pending_traces += tracer.finish(out)
+                # One message per EVENT_BATCH records or per task: each message costs the
+                # worker a wake-up of its queue thread and a pickling, whatever its size.
+                if len(pending_traces) + len(pending_errors) >= settings.event_batch or (hi >= n_total and
+                                                                              (pending_traces or pending_errors)):
+                    ev = events.send(pending_traces, pending_errors)
+                    pending_traces, pending_errors = [], []
             counts.flush(delta, *ev)
     return TaskResult(
         task.index,

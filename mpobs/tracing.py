@@ -34,77 +34,92 @@ def is_sampled(num: int, rate: float) -> bool:
     return rate >= 1.0 or ((num * 2654435761) & 0xFFFFFFFF) < int(rate * 2**32)
 
 
+#: One step on the wire: (processor position, status, timestamp, extra fields or None).
+Step = tuple[int, str, float, "dict[str, Any] | None"]
+#: One trace on the wire: (line number, original text, steps, outputs). Tuples pickle
+#: several times faster than the dicts a reader wants; ``expand`` makes those.
+CompactTrace = tuple[int, str, list[Step], list[str]]
+
+
+def expand(trace: CompactTrace, input_name: str, ids: list[str]) -> dict[str, Any]:
+    """The trace as readers see it (``--save-traces``, ``/trace``, saved metrics)."""
+    n, original, steps, outputs = trace
+    path = []
+    for p, status, ts, extra in steps:
+        entry = {"processor": ids[p], "status": status, "timestamp": ts}
+        if extra:
+            entry.update(extra)
+        path.append(entry)
+    return {"line_id": f"{input_name}:{n}", "line_number": n, "original_content": original, "path": path,
+            "outputs": outputs}  # fmt: skip
+
+
 class BatchTrace:
     """Collects the path of the sampled lines of one batch as the DAG runs it.
 
     Work is proportional to the traced lines (binary search in the sorted line
-    numbers), not to the batch.
+    numbers), not to the batch; records are compact tuples (see ``expand``).
     """
 
-    def __init__(self, nums: list[int], batch: Batch, input_name: str, clock: Any = time.time) -> None:
+    def __init__(self, nums: list[int], batch: Batch, clock: Any = time.time) -> None:
         self.clock = clock
         first = batch.nums[0] if batch.nums else 0
-        self.traces: dict[int, dict[str, Any]] = {
-            n: {
-                "line_id": f"{input_name}:{n}",
-                "line_number": n,
-                "original_content": batch.texts[n - first],
-                "path": [],
-                "outputs": [],
-            }
-            for n in nums
-        }
+        texts = batch.texts
         self.nums = nums
+        self.original = [texts[n - first] for n in nums]
+        self.paths: list[list[Step]] = [[] for _ in nums]
 
     def step(self, node: Node, inp: Batch, out: Batch | dict[str, Batch], errors: ErrorList) -> None:
         now = self.clock()
-        pid = node.proc.id
+        p = node.index
         failed = {n: e for n, _, e in errors} if errors else None
-        in_nums = inp.nums
+        in_nums, in_texts, in_tags = inp.nums, inp.texts, inp.tags
         size = len(in_nums)
         routed = out if isinstance(out, dict) else None
         # Steps that keep every line in place (line_counter, tag_extractor, ...)
         # return the same nums list: output positions are input positions.
         same = routed is None and out.nums is in_nums  # type: ignore[union-attr]
-        traces = self.traces
-        for n in self.nums:
+        for k, n in enumerate(self.nums):
             lo = bisect_left(in_nums, n)
             if lo == size or in_nums[lo] != n:
                 continue
             hi = lo + 1 if lo + 1 == size or in_nums[lo + 1] != n else bisect_right(in_nums, n, lo)
-            entry: dict[str, Any] = {"processor": pid, "status": "drop", "timestamp": now}
-            if hi - lo > 1:
-                entry["copies"] = hi - lo
+            status = "drop"
+            extra: dict[str, Any] | None = None
             if routed is not None:
                 for route, b in routed.items():
                     i = bisect_left(b.nums, n)
                     if i < len(b.nums) and b.nums[i] == n:
-                        entry["status"] = "route:" + route
+                        status = "route:" + route
                         break
             else:
                 olo, ohi = (lo, hi) if same else _span(out, n)  # type: ignore[arg-type]
                 if olo < ohi:
-                    entry["status"] = "emit"
-                    after = out.texts[olo:ohi]  # type: ignore[union-attr]
-                    if after != inp.texts[lo:hi]:
-                        if len(after) == 1:
-                            entry["text"] = after[0]
-                        else:
-                            entry["texts"] = after
-                    out_tags = out.tags  # type: ignore[union-attr]
-                    if out_tags is not None and (inp.tags is None or out_tags[olo] != inp.tags[lo]):
-                        entry["tags"] = list(out_tags[olo])
+                    status = "emit"
+                    out_texts, out_tags = out.texts, out.tags  # type: ignore[union-attr]
+                    if ohi - olo == 1 and hi - lo == 1:
+                        if out_texts[olo] is not in_texts[lo] and out_texts[olo] != in_texts[lo]:
+                            extra = {"text": out_texts[olo]}
+                    elif out_texts[olo:ohi] != in_texts[lo:hi]:
+                        extra = {"texts": out_texts[olo:ohi]}
+                    if out_tags is not None:
+                        tg = out_tags[olo]
+                        if in_tags is None or (tg is not in_tags[lo] and tg != in_tags[lo]):
+                            extra = dict(extra or {}, tags=list(tg))
+            if hi - lo > 1:
+                extra = dict(extra or {}, copies=hi - lo)
             if failed is not None and n in failed:
                 exc = failed[n]
-                entry["status"] = "error"
-                entry["error"] = f"{type(exc).__name__}: {exc}"
-            traces[n]["path"].append(entry)
+                status = "error"
+                extra = dict(extra or {}, error=f"{type(exc).__name__}: {exc}")
+            self.paths[k].append((p, status, now, extra))
 
-    def finish(self, out: Batch) -> list[dict[str, Any]]:
-        for n in self.nums:
+    def finish(self, out: Batch) -> list[CompactTrace]:
+        result = []
+        for n, original, path in zip(self.nums, self.original, self.paths):
             lo, hi = _span(out, n)
-            self.traces[n]["outputs"] = out.texts[lo:hi]
-        return list(self.traces.values())
+            result.append((n, original, path, out.texts[lo:hi]))
+        return result
 
 
 def _span(b: Batch, n: int) -> tuple[int, int]:

@@ -68,8 +68,8 @@ def test_page_shows_numbers_and_log_text_as_text(tmp_path: Path, browser_page: t
         assert page.locator("img").count() == 0
         page.locator(f"#traces li[data-line='small.log:{run.lines}']").click()
         assert page.locator("#trace-title").text_content() == f"small.log:{run.lines}"
-        trace = next(t for t in run.events.traces if t["line_number"] == run.lines)
-        assert page.locator("#trace-detail li.step").count() == len(trace["path"])
+        trace = next(t for t in run.events.traces if t[0] == run.lines)  # compact: (line, text, steps, outputs)
+        assert page.locator("#trace-detail li.step").count() == len(trace[2])
         assert page.locator("#trace-detail pre.logline").first.text_content() == XSS_LINE
         assert page.locator("#trace-detail .chip.st-error").count() == 1
         page.wait_for_timeout(1200)  # a few more polls

@@ -166,7 +166,8 @@ def test_flood_of_traces_drops_and_counts_but_never_blocks_workers(tmp_path: Pat
     log = make_log(120_000)
     pipeline = compile_config({"processors": [{"type": "line_counter", "id": "n"}]})
     # 1,200 messages of 100 traces against a queue of 256 and a consumer at 100 messages/s
-    opts = RunOptions(str(log), str(tmp_path / "out"), workers=2, batch_lines=100, trace=True, trace_sample=1.0)
+    opts = RunOptions(str(log), str(tmp_path / "out"), workers=2, batch_lines=100, trace=True, trace_sample=1.0,
+                      event_batch=100)  # fmt: skip
     outcome = Coordinator(pipeline, opts, collector=SlowCollector()).run()
     s = outcome.stats["system"]
     assert s["state"] == "done"
