@@ -14,8 +14,9 @@ last quarter of the run is within 10 % of the first quarter (after start-up). Wr
 from __future__ import annotations
 
 import argparse
+import http.client
 import json
-import os
+import signal
 import subprocess
 import sys
 import threading
@@ -68,6 +69,18 @@ class MemorySeries(threading.Thread):
             self.stop.wait(1.0)
 
 
+def run_state(port: int) -> str:
+    """The run's state as /stats tells it ("running" while it cannot be read yet)."""
+    try:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+        conn.request("GET", "/stats")
+        state = json.loads(conn.getresponse().read())["system"]["state"]
+        conn.close()
+        return str(state) if state != "starting" else "running"
+    except (OSError, ValueError, KeyError, http.client.HTTPException):
+        return "running"
+
+
 def plain_reference(log: Path, work: Path) -> str:
     out = work / "soak-plain.out"
     subprocess.run([sys.executable, str(HERE / "baselines" / "plain.py"), str(log), str(out)], check=True)
@@ -101,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     port = free_port()
     argv_run = [sys.executable, "-m", "mpobs", "process", str(log), "-w", "2", "-q", "-o", str(out),
                 "--trace", "--save-metrics", str(metrics), "--dashboard", "--dashboard-port", str(port),
-                "--linger", "0"]  # fmt: skip
+                "--linger", "120"]  # fmt: skip
     stop = threading.Event()
     t0 = time.monotonic()
     proc = subprocess.Popen(argv_run, stdin=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -112,15 +125,21 @@ def main(argv: list[str] | None = None) -> int:
         wait_up(port)
         for c in clients:
             c.start()
-        _, err = proc.communicate(timeout=max(600, args.lines / 20_000))
+        # Poll until the run has finished; the dashboard lingers, so no poll meets a closing server.
+        deadline = time.monotonic() + max(600, args.lines / 20_000)
+        while run_state(port) == "running" and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.5)
+        wall = time.monotonic() - t0
+        stop.set()
+        for c in clients:
+            c.join(15)
+        proc.send_signal(signal.SIGINT)  # ends the lingering; the run's exit code stands
+        _, err = proc.communicate(timeout=60)
     finally:
         stop.set()
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-    wall = time.monotonic() - t0
-    for c in clients:
-        c.join(15)
     mem.join(5)
     stats = json.loads(metrics.read_text())
     latencies = [x for c in clients for x in c.latencies]
