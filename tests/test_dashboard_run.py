@@ -30,10 +30,10 @@ def test_live_stats_rise_and_final_state_equals_saved_metrics(tmp_path: Path) ->
             return doc if doc["system"]["state"] == "done" else None
 
         final = wait_for(done, 60, interval=0.05, what="the run to finish")
-        running = [n for n in seen if n > 0]
-        assert len(set(running)) >= 3, f"too few distinct live values while running: {seen}"
-        assert running == sorted(running), "live total_lines went down"
-        assert running[-1] < 3_000_000
+        assert seen == sorted(seen), "live total_lines went down"
+        # Seen part-way, more than once: the last value while "running" may already be the total.
+        partial = {n for n in seen if 0 < n < 3_000_000}
+        assert len(partial) >= 2, f"too few distinct live values while running: {seen}"
         # While lingering: still served, healthy, with the final numbers.
         assert get_json(f"{url}/healthz") == (200, {"status": "ok", "reason": "done"})
         traces = get_json(f"{url}/trace?limit=5")[1]["traces"]
