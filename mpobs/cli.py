@@ -10,7 +10,7 @@ from typing import Any
 
 import click
 
-from mpobs.errors import EXIT_FAILED, EXIT_MAX_ERRORS, EXIT_OK, MpobsError
+from mpobs.errors import EXIT_FAILED, EXIT_MAX_ERRORS, EXIT_OK, InputError, MpobsError
 
 SAMPLE_LINES = 200_000
 
@@ -150,11 +150,21 @@ def validate(config_path: str) -> None:
 @click.option("--lines", type=click.IntRange(0), default=100_000, show_default=True)
 @click.option("--seed", type=int, default=42, show_default=True)
 @click.option("--awkward", type=click.FloatRange(0, 1), default=0.0, help="Share of awkward lines.")
-def generate(path: str, lines: int, seed: int, awkward: float) -> None:
+@click.option("--mix", default="INFO=70,WARN=12,ERROR=5,DEBUG=10,WARNING=3", show_default=True,
+              help="Level weights.")
+def generate(path: str, lines: int, seed: int, awkward: float, mix: str) -> None:
     """Write a generated log file (for trying mpobs and for benchmarks)."""
-    from mpobs.loggen import generate_file
+    from mpobs.loggen import generate_file, parse_mix
 
-    n = generate_file(path, lines, seed=seed, awkward=awkward)
+    try:
+        weights = parse_mix(mix)
+    except ValueError as err:
+        raise click.BadParameter(str(err), param_hint="--mix") from None
+    try:
+        n = generate_file(path, lines, seed=seed, awkward=awkward, mix=weights)
+    except OSError as err:
+        _fail(InputError(f"cannot write {path!r}: {err.strerror}"))
+        return
     click.echo(f"{path}: {lines:,} lines, {n:,} bytes", err=True)
 
 

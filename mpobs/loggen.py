@@ -61,6 +61,27 @@ def generate(out: BinaryIO, lines: int, seed: int = 42, mix: tuple[float, ...] =
     return written
 
 
-def generate_file(path: str, lines: int, seed: int = 42, awkward: float = 0.0) -> int:
+def parse_mix(text: str) -> tuple[float, ...]:
+    """``"INFO=70,WARN=12,ERROR=5,DEBUG=10,WARNING=3"`` -> weights in LEVELS order (missing: 0)."""
+    weights = dict.fromkeys(LEVELS, 0.0)
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        level, sep, value = part.partition("=")
+        level = level.strip().upper()
+        if not sep or level not in weights:
+            msg = f"level mix {text!r}: expected LEVEL=WEIGHT items with LEVEL in {', '.join(LEVELS)}"
+            raise ValueError(msg)
+        try:
+            weights[level] = float(value)
+        except ValueError:
+            raise ValueError(f"level mix {text!r}: weight of {level} is not a number: {value!r}") from None
+        if weights[level] < 0:
+            raise ValueError(f"level mix {text!r}: weight of {level} must be >= 0")
+    if not any(weights.values()):
+        raise ValueError(f"level mix {text!r}: at least one weight must be > 0")
+    return tuple(weights[level] for level in LEVELS)
+
+
+def generate_file(path: str, lines: int, seed: int = 42, awkward: float = 0.0,
+                  mix: tuple[float, ...] = DEFAULT_MIX) -> int:  # fmt: skip
     with open(path, "wb") as f:
-        return generate(f, lines, seed=seed, awkward=awkward)
+        return generate(f, lines, seed=seed, mix=mix, awkward=awkward)
