@@ -44,7 +44,7 @@ def create_app(source: Any, token: str | None = None, loopback_hosts_only: bool 
     def _guard() -> Any:
         if request.content_length is not None and request.content_length > MAX_BODY:
             raise RequestEntityTooLarge(f"request bodies are limited to {MAX_BODY} bytes")
-        if loopback_hosts_only and _host_name(request.host) not in LOOPBACK_NAMES:
+        if loopback_hosts_only and not _is_loopback_name(_host_name(request.host)):
             return _error(403, "Forbidden", "this dashboard answers on loopback host names only")
         if not token or request.endpoint == "api.healthz":
             return None
@@ -108,3 +108,15 @@ def _error(code: int, name: str, message: str) -> Response:
     resp = jsonify(error=name, status=code, message=message)
     resp.status_code = code
     return resp
+
+
+def _is_loopback_name(host: str) -> bool:
+    """localhost, or a loopback address (all of 127.0.0.0/8, ::1): names a rebinding DNS cannot make."""
+    if host in LOOPBACK_NAMES:
+        return True
+    import ipaddress
+
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False

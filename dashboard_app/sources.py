@@ -272,7 +272,19 @@ class SavedSource(Source):
             doc.get("system"), dict
         ):
             raise ValueError(f"metrics file {path!r}: not an mpobs metrics file (no 'processors' and 'system')")
-        return cls(doc, path)
+        try:
+            # Build every view once now: a file with wrong values is refused here with a
+            # message, rather than answering 500 on some later request.
+            from prometheus_client import generate_latest
+
+            from dashboard_app.metrics import make_registry
+
+            source = cls(doc, path)
+            source.dag()
+            generate_latest(make_registry(source))
+        except Exception as err:
+            raise ValueError(f"metrics file {path!r}: not a valid mpobs metrics file ({type(err).__name__}: {err})") from err
+        return source
 
     def stats(self) -> dict[str, Any]:
         return self._stats

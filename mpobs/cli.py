@@ -9,6 +9,7 @@ import tempfile
 from typing import Any
 
 import click
+from click.core import ParameterSource
 
 from mpobs.errors import EXIT_FAILED, EXIT_MAX_ERRORS, EXIT_OK, InputError, MpobsError
 
@@ -57,8 +58,16 @@ def process(input_file: str | None, config_path: str | None, workers: int | None
             linger: float | None) -> None:  # fmt: skip
     """Run the pipeline over INPUT_FILE (default: a generated sample log)."""
     from mpobs.config import load_config
-    from mpobs.coordinator import Coordinator, RunOptions, check_paths
+    from mpobs.coordinator import Coordinator, RunOptions, check_paths, check_writable
 
+    ctx = click.get_current_context()
+    given = {name for name in ctx.params if ctx.get_parameter_source(name) is not ParameterSource.DEFAULT}
+    if "trace_sample" in given:
+        trace = True  # asking for a sample rate is asking for tracing
+    ignored = sorted(given & {"dashboard_host", "dashboard_port", "dashboard_token", "linger"})
+    if ignored and not dashboard:
+        names = ", ".join("--" + n.replace("_", "-") for n in ignored)
+        click.echo(f"mpobs: warning: {names} without --dashboard does nothing", err=True)
     sample_dir = None
     try:
         pipeline = load_config(config_path)
@@ -67,9 +76,7 @@ def process(input_file: str | None, config_path: str | None, workers: int | None
             input_file = _make_sample(sample_dir)
         check_paths(input_file, output)
         if save_metrics:
-            from mpobs.coordinator import _check_writable
-
-            _check_writable(save_metrics, "--save-metrics file")
+            check_writable(save_metrics, "--save-metrics file", input_file)
         dash = None
         if dashboard:
             from mpobs.dashboard import DashboardOptions
@@ -105,11 +112,21 @@ def process(input_file: str | None, config_path: str | None, workers: int | None
     except KeyboardInterrupt:  # before the run took over the signals (e.g. while writing the sample)
         click.echo("mpobs: interrupted", err=True)
         sys.exit(130)
+    except Exception as err:  # a bug: say so in one line; MPOBS_DEBUG=1 shows the traceback
+        _internal_error(err)
     finally:
         if sample_dir:
             import shutil
 
             shutil.rmtree(sample_dir, ignore_errors=True)
+
+
+def _internal_error(err: BaseException) -> None:
+    if os.environ.get("MPOBS_DEBUG"):
+        raise err
+    click.echo(f"mpobs: error: internal error: {type(err).__name__}: {err} (MPOBS_DEBUG=1 shows the traceback; "
+               "please report it)", err=True)  # fmt: skip
+    sys.exit(EXIT_FAILED)
 
 
 def _make_sample(folder: str) -> str:

@@ -43,6 +43,8 @@ def load_config(path: str | os.PathLike[str] | None) -> Pipeline:
     except json.JSONDecodeError as err:
         msg = f"config {str(p)!r}: invalid JSON at line {err.lineno} column {err.colno}: {err.msg}"
         raise ConfigError(msg) from err
+    except RecursionError as err:
+        raise ConfigError(f"config {str(p)!r}: JSON nested too deeply") from err
     return compile_config(data, source=str(p), base_dir=str(p.resolve().parent))
 
 

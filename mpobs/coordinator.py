@@ -16,16 +16,18 @@ from typing import IO, Any, Callable
 import numpy as np
 
 from mpobs.dag import Pipeline
-from mpobs.errors import EXIT_FAILED, EXIT_MAX_ERRORS, EXIT_OK, EXIT_SIGINT, EXIT_SIGTERM, InputError
-from mpobs.events import QUEUE_MESSAGES, EventCollector, QueueReader
+from mpobs.errors import EXIT_FAILED, EXIT_MAX_ERRORS, EXIT_OK, EXIT_SIGINT, EXIT_SIGTERM, InputError, MpobsError
+from mpobs.events import CHUNK, EventCollector, QueueReader
 from mpobs.output import OutputClosed, OutputJoiner
 from mpobs.pool import LocalPool
-from mpobs.segment import Layout, StatsSegment
+from mpobs.segment import SEGMENT_PREFIX, Layout, StatsSegment
 from mpobs.stats import RunMeta, build_stats
-from mpobs.task import BATCH_LINES, EVENT_BATCH, TASK_BYTES, Task, TaskResult, TaskSettings, plan_tasks
+from mpobs.task import BATCH_LINES, TASK_BYTES, Task, TaskResult, TaskSettings, plan_tasks
 from mpobs.tracing import expand as expand_trace
 
 MAX_TASK_ATTEMPTS = 3
+#: Part folders are named <prefix><coordinator pid>-<random> in the temp folder.
+PARTS_PREFIX = "mpobs-parts-"
 
 
 @dataclass
@@ -41,7 +43,7 @@ class RunOptions:
     trace_sample: float = 0.01
     save_traces: str | None = None
     max_errors: int | None = None
-    event_batch: int = EVENT_BATCH  # records per queue message
+    event_chunk: int = CHUNK  # records per queue message
     dashboard: Any = None  # mpobs.dashboard.DashboardOptions
     on_tick: Callable[[Coordinator], None] | None = None  # progress display
 
@@ -82,17 +84,20 @@ def check_paths(input_path: str, output_path: str | None) -> int:
     except OSError as err:
         raise InputError(f"input {input_path!r}: {err.strerror}") from err
     if output_path is not None:
-        _check_writable(output_path, "output")
+        check_writable(output_path, "output", input_path)
     return st.st_size
 
 
-def _check_writable(path: str, what: str) -> None:
+def check_writable(path: str, what: str, input_path: str | None = None) -> None:
+    """``path`` can be created or overwritten, and is not the input (writing it would destroy it)."""
     folder = os.path.dirname(os.path.abspath(path))
     if os.path.isdir(path):
         raise InputError(f"{what} {path!r} is a directory")
     if not os.path.isdir(folder):
         raise InputError(f"{what} {path!r}: folder {folder!r} does not exist")
     existed = os.path.exists(path)
+    if existed and input_path is not None and os.path.samefile(path, input_path):
+        raise InputError(f"{what} {path!r} is the input file; writing it would destroy the input")
     try:
         # os.access says yes to root everywhere; only opening tells (e.g. /proc, a read-only mount).
         with open(path, "ab"):
@@ -101,6 +106,46 @@ def _check_writable(path: str, what: str) -> None:
         raise InputError(f"{what} {path!r}: cannot write it: {err.strerror}") from err
     if not existed:
         os.unlink(path)
+
+
+def remove_leftovers() -> None:
+    """Remove what runs killed outright (SIGKILL) left: segments and part folders of dead pids.
+
+    Normally the coordinator removes both, and after a lone SIGKILL the resource
+    tracker still unlinks the segment; a whole process group killed at once
+    leaves them, and the next run clears them.
+    """
+    import re
+
+    places = [("/dev/shm", re.compile(rf"^{SEGMENT_PREFIX}(\d+)_[0-9a-f]+$")),
+              (tempfile.gettempdir(), re.compile(rf"^{PARTS_PREFIX}(\d+)-"))]  # fmt: skip
+    for folder, pattern in places:
+        try:
+            names = os.listdir(folder)
+        except OSError:
+            continue
+        for name in names:
+            m = pattern.match(name)
+            if m is None or _pid_alive(int(m[1])):
+                continue
+            path = os.path.join(folder, name)
+            if os.path.isdir(path):
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                try:
+                    os.unlink(path)
+                except OSError:
+                    pass
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's process: alive, and not ours to judge
+    return True
 
 
 class Coordinator:
@@ -120,30 +165,34 @@ class Coordinator:
         self.dashboard: Any = None
         self._signal: int | None = None
         self._last_messages = 0
+        self.pool: LocalPool | None = None
+        self.readers: list[QueueReader] = []
+        self._counters_sent_at = 0.0
+        self.part_dir = ""
 
     # -- public --------------------------------------------------------------
     def run(self) -> RunOutcome:
         opts = self.opts
         size = check_paths(opts.input_path, opts.output_path)
         if opts.save_traces:
-            _check_writable(opts.save_traces, "--save-traces file")
+            check_writable(opts.save_traces, "--save-traces file", opts.input_path)
+        remove_leftovers()
         workers = max(1, opts.workers)
         self.meta = RunMeta.of(
             self.pipeline, opts.input_path, workers, trace=opts.trace,
             trace_sample=opts.trace_sample if opts.trace else 0.0, output=opts.output_path,
         )  # fmt: skip
         layout = Layout(tuple(self.pipeline.ids), tuple(self.pipeline.tags), workers)
-        lock = self.ctx.Lock()
-        self.part_dir = part_dir = tempfile.mkdtemp(prefix="mpobs-parts-")
         traces_file: IO[str] | None = None
-        events_q: Any = None
-        reader: QueueReader | None = None
         pool: LocalPool | None = None
         joiner: OutputJoiner | None = None
-        old_handlers = self._install_signals()
-        self.seg = seg = StatsSegment.create(layout, lock)
+        seg: StatsSegment | None = None
         state, code, message = "failed", EXIT_FAILED, None
+        old_handlers = self._install_signals()
         try:
+            self.part_dir = tempfile.mkdtemp(prefix=f"{PARTS_PREFIX}{os.getpid()}-")
+            self.seg = seg = StatsSegment.create(layout, self.ctx.Lock())
+            seg.on_stuck = self._unstick
             seg.set_system(bytes_total=size, workers=workers)
             if opts.save_traces:
                 traces_file = open(opts.save_traces, "w", encoding="utf-8")  # noqa: SIM115
@@ -152,66 +201,81 @@ class Coordinator:
                 from mpobs.dashboard import start_dashboard
 
                 # Before the workers, so a port in use fails the run before any work;
-                # and before the events queue, so the dashboard holds none of its ends.
+                # and before the record queues, so the dashboard holds none of their ends.
                 self.dashboard = start_dashboard(self, opts.dashboard)
                 self.collector.forward = self.dashboard.queue
-            self.events_q = events_q = self.ctx.Queue(QUEUE_MESSAGES)
             joiner = OutputJoiner(opts.output_path)
             settings = TaskSettings(
                 opts.input_path, self.meta.input_name, batch_lines=opts.batch_lines,
-                trace_rate=opts.trace_sample if opts.trace else 0.0, event_batch=opts.event_batch,
+                trace_rate=opts.trace_sample if opts.trace else 0.0, event_chunk=opts.event_chunk,
+                max_errors=opts.max_errors,
             )  # fmt: skip
-            pool = LocalPool(
-                self.ctx, workers, seg, self.pipeline, settings, events_q,
-                wait_traces=bool(opts.save_traces), part_dir=part_dir,
+            self.pool = pool = LocalPool(
+                self.ctx, workers, seg, self.pipeline, settings, self._new_queue,
+                wait_traces=bool(opts.save_traces), part_dir=self.part_dir,
             )  # fmt: skip
             seg.set_state("running")
             pool.start()
-            reader = QueueReader(events_q, self.collector)
-            reader.start()  # after the first fork: workers are forked from one thread
+            self._start_readers()  # after the forks: workers are forked from a single thread
             self._loop(pool, joiner, plan_tasks(opts.input_path, size, opts.task_bytes))
             state, code = "done", EXIT_OK
         except _Stop as stop:
             state, code, message = stop.state, stop.code, stop.message
         except OutputClosed:
             state, code = "interrupted", EXIT_OK
+        except MpobsError:
+            raise  # a clear message for the user (InputError is an OSError too)
         except OSError as err:  # e.g. the disk filled up while joining the output
             state, code, message = "failed", EXIT_FAILED, f"I/O error: {err}"
         finally:
             if pool is not None:
                 pool.shutdown(graceful=state == "done", progress=self._records_arrived)
-                seg.set_system(workers_restarted=pool.restarted)
-            if events_q is not None:
-                # The workers are gone: close our copy of the write end too, so that a
-                # message a killed worker left half-written reads as end-of-file, not a hang.
-                events_q._writer.close()
-                if reader is not None:
-                    reader.finish()
-                else:
-                    self.collector.drain(events_q)
-            seg.set_system(
-                ended_at_ms=int(time.time() * 1000),
-                traces_delivered=self.collector.traces_delivered,
-                errors_delivered=self.collector.errors_delivered,
-            )  # fmt: skip
-            seg.set_state(state)
+            self._start_readers()
+            for reader in self.readers:  # the workers are gone: read what is left, then stop
+                reader.finish()
+            final = None
+            if seg is not None:
+                seg.set_system(
+                    ended_at_ms=int(time.time() * 1000), workers_restarted=pool.restarted if pool else 0,
+                    traces_delivered=self.collector.traces_delivered,
+                    errors_delivered=self.collector.errors_delivered,
+                    records_repeated=self.collector.repeats, dashboard_dropped=self.collector.forward_dropped,
+                )  # fmt: skip
+                seg.set_state(state)
             if joiner is not None:
                 joiner.close()
             if traces_file is not None:
                 traces_file.close()
-            final = self.final_stats()
-            if self.dashboard is not None:
-                self.dashboard.finish(final, lambda: self._signal is not None)
-            if events_q is not None:
-                events_q.close()
-                events_q.join_thread()
-            seg.close()
-            shutil.rmtree(part_dir, ignore_errors=True)
+            if seg is not None:
+                final = self.final_stats()
+                if self.dashboard is not None:
+                    self.dashboard.finish(final, lambda: self._signal is not None)
+                seg.close()
+            if self.part_dir:
+                shutil.rmtree(self.part_dir, ignore_errors=True)
             self._restore_signals(old_handlers)
+        assert final is not None
         return RunOutcome(
             final, code, message, dict(self.error_types),
             self.collector.recent_errors(100), self.collector.recent_traces(100),
         )  # fmt: skip
+
+    def _new_queue(self, q: Any) -> None:
+        """A worker got its record queue: read it (the thread starts after the fork)."""
+        self.readers.append(QueueReader(q, self.collector, name=f"mpobs-records-{len(self.readers)}"))
+
+    def _start_readers(self) -> None:
+        for reader in self.readers:
+            if reader.thread.ident is None:
+                reader.start()
+
+    def _unstick(self) -> None:
+        """The stats lock cannot be had: free it if a dead worker or dashboard holds it."""
+        dead = self.pool.dead_pids() if self.pool is not None else set()
+        if self.dashboard is not None and not self.dashboard.proc.is_alive():
+            dead.add(self.dashboard.proc.pid)
+        if self.seg is not None and dead:
+            self.seg.release_for(dead)
 
     def live_stats(self) -> dict[str, Any]:
         assert self.seg is not None and self.meta is not None
@@ -261,7 +325,9 @@ class Coordinator:
             pool.fill(next_task)
             if exhausted and not retry and pool.idle() and next_join == planned:
                 return
-            for ev in pool.wait([], timeout=0.1):
+            events = pool.wait([], timeout=0.1)
+            self._start_readers()  # for workers started again after a crash
+            for ev in events:
                 if ev.kind == "done":
                     done[ev.task.index] = (ev.vec, ev.result)
                 elif ev.kind == "died":
@@ -280,6 +346,8 @@ class Coordinator:
             self._check_stop()
             if self.dashboard is not None:
                 self.dashboard.poll()  # warns once if it died; the run goes on
+                if self.collector.forward_dropped:
+                    seg.set_system(dashboard_dropped=self.collector.forward_dropped)
             now = time.monotonic()
             if self.opts.on_tick is not None and now - last_tick >= 0.2:
                 last_tick = now
@@ -298,7 +366,10 @@ class Coordinator:
                 self.counters[pid].update(counts)
             self.error_types.update(result.error_types)
             if self.dashboard is not None and result.key_counts:
-                self.dashboard.publish_counters(self._counters())
+                now = time.monotonic()
+                if now - self._counters_sent_at >= 1.0:  # sorting many keys is not free: once a second
+                    self._counters_sent_at = now
+                    self.dashboard.publish_counters(self._counters())
             next_join += 1
         return next_join
 
@@ -324,7 +395,10 @@ class Coordinator:
                     if last
                     else ""
                 )
-                raise _Stop("failed", EXIT_MAX_ERRORS, f"stopped after {total} errors (--max-errors {max_errors}){what}")
+                # Workers stop within a batch of the limit; errors of tasks that did not finish
+                # are counted here but not in the saved metrics, which match the written output.
+                msg = f"stopped: --max-errors {max_errors} reached ({total} errors counted){what}"
+                raise _Stop("failed", EXIT_MAX_ERRORS, msg)
 
     def _records_arrived(self) -> int:
         """How many record messages arrived since the last call (shutdown waits while they do)."""
@@ -341,6 +415,8 @@ class Coordinator:
 
         def handler(signum: int, frame: Any) -> None:
             self._signal = signum
+            if self.pool is not None:
+                self.pool.stopping = True  # a worker that dies now is not started again
 
         try:
             for sig in (signal.SIGINT, signal.SIGTERM):

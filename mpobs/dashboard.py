@@ -128,6 +128,7 @@ class DashboardHandle:
             return
         self.dead = True
         self.coord.collector.forward = None
+        self.coord.seg.release_for({self.proc.pid})  # it may have died holding the stats lock
         _say(f"warning: the dashboard process exited (code {self.proc.exitcode}); the run goes on without it")
 
     def finish(self, final_stats: dict[str, Any], stop_requested: Callable[[], bool]) -> None:
@@ -160,11 +161,9 @@ class DashboardHandle:
         """Terminate and join the process; never leaves it behind."""
         self.coord.collector.forward = None
         if self.proc.is_alive():
-            self.proc.terminate()
-            self.proc.join(3)
-        if self.proc.is_alive():
-            self.proc.kill()
+            self.proc.kill()  # it ignores SIGTERM (see _child_main) and has nothing to flush
         self.proc.join(3)
+        self.coord.seg.release_for({self.proc.pid})  # in case it died holding the stats lock
         self.queue.cancel_join_thread()  # anything still buffered is for a reader that is gone
         self.queue.close()
 
@@ -205,10 +204,11 @@ def _watch_parent(parent_pid: int) -> None:
 def _child_main(sock: socket.socket, seg_name: str, layout: Any, lock: Any, meta: Any, q: Any,
                 opts: DashboardOptions, parent_pid: int) -> None:  # fmt: skip
     """The dashboard process: attach the segment, pump the queue, serve until terminated."""
-    # Nothing here needs flushing (the segment is the coordinator's; the rest is
-    # in memory), so SIGTERM ends the process at once, whatever its threads hold.
-    signal.signal(signal.SIGTERM, lambda signum, frame: os._exit(0))
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the coordinator decides when we stop
+    # Signals to the process group (Ctrl-C, kill -TERM -PGID) are the coordinator's to
+    # act on; it ends this process with SIGKILL: nothing here needs flushing (the
+    # segment is the coordinator's, the rest is in memory).
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     _watch_parent(parent_pid)
     from dashboard_app.sources import LiveSource
     from mpobs.segment import StatsSegment
@@ -270,6 +270,10 @@ def dashboard_command(metrics_path: str | None, host: str, port: int, token: str
     except MpobsError as err:
         click.echo(f"mpobs: error: {err}", err=True)
         sys.exit(err.exit_code)
+    except Exception as err:  # a bug: one line, not a traceback (MPOBS_DEBUG=1 shows it)
+        from mpobs.cli import _internal_error
+
+        _internal_error(err)
 
 
 def _serve_saved(path: str, opts: DashboardOptions) -> None:

@@ -33,15 +33,3 @@ class DashboardError(MpobsError):
     """The dashboard cannot start (port in use, host cannot be bound, no token)."""
 
     exit_code = EXIT_USAGE
-
-
-class RunFailed(MpobsError):
-    """The run could not finish (e.g. a task killed its worker too often)."""
-
-    exit_code = EXIT_FAILED
-
-
-class MaxErrorsReached(MpobsError):
-    """--max-errors was reached; the run stopped cleanly."""
-
-    exit_code = EXIT_MAX_ERRORS

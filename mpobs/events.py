@@ -10,123 +10,138 @@ from typing import IO, Any, Callable
 
 #: How many records of each kind a consumer keeps (traces, errors).
 KEEP = 1000
-#: Bounded queue size, in messages (one message carries one batch's records).
-QUEUE_MESSAGES = 256
+#: Messages a worker's queue holds before records are dropped (one message: up to CHUNK records).
+QUEUE_MESSAGES = 16
+#: Records per message: a task's records go in chunks of this many, the rest at its end.
+CHUNK = 2000
 
 
 class QueueEvents:
-    """A worker's side: one message per batch, never one per record.
+    """A worker's side: records go in messages ``(task index, chunk, traces, errors)``.
 
-    A full queue drops the message (and counts it) instead of blocking the
-    worker, except for traces when every trace must be saved (``wait``).
+    Each worker has a queue of its own, so a worker killed in the middle of a
+    write harms only its own queue. Normally a bounded multiprocessing.Queue: a
+    full queue drops the message (and counts it) instead of blocking the worker.
+    When every trace must be saved (``wait``), a multiprocessing.SimpleQueue:
+    ``put`` writes to the pipe itself (the worker waits for room), so a task's
+    records are in the pipe before its "done", and a worker killed later loses
+    none of them. Chunks are numbered per task, so a task that runs again after
+    a crash sends the same (task, chunk) keys and the reader drops repeats.
     """
 
     def __init__(self, q: Any, wait: bool = False) -> None:
         self.q = q
         self.wait = wait
 
-    def send(self, traces: list[dict[str, Any]], errors: list[dict[str, Any]]) -> tuple[int, int, int, int]:
+    def send(self, task: int, chunk: int, traces: list[Any], errors: list[dict[str, Any]]) -> tuple[int, int, int, int]:
         nt, ne = len(traces), len(errors)
-        if self.wait and traces:
-            self.q.put((traces, errors))
+        msg = (task, chunk, traces, errors)
+        if self.wait:  # a SimpleQueue: written to the pipe before put returns, so before "done"
+            self.q.put(msg)
             return nt, 0, ne, 0
         try:
-            self.q.put_nowait((traces, errors))
+            self.q.put_nowait(msg)
         except queue_mod.Full:
             return 0, nt, 0, ne
         return nt, 0, ne, 0
 
 
 class EventCollector:
-    """The consumer's side: the last KEEP traces and errors, a JSON Lines file, a forward queue."""
+    """The consumer's side: the last KEEP traces and errors, a JSON Lines file, a forward queue.
+
+    Traces arrive compact (mpobs.tracing) and are expanded only when read or saved.
+    ``add`` may run on several reader threads (one per worker queue): it holds a lock.
+    """
 
     def __init__(self, keep: int = KEEP, traces_file: IO[str] | None = None, forward: Any = None,
                  expand: Callable[[Any], dict[str, Any]] = lambda t: t) -> None:  # fmt: skip
-        # Traces arrive compact (mpobs.tracing); they are expanded only when read or saved.
         self.expand = expand
         self.traces: deque[Any] = deque(maxlen=keep)
         self.errors: deque[dict[str, Any]] = deque(maxlen=keep)
         self.messages = 0
         self.traces_delivered = 0
         self.errors_delivered = 0
+        self.repeats = 0  # records of a (task, chunk) already delivered by a worker that then died
         self.forward_dropped = 0
         self.traces_file = traces_file
         self.forward = forward
         self.last_error: dict[str, Any] | None = None
-        self.error_types: Counter[tuple[str, str]] = Counter()
+        self._seen: set[tuple[int, int]] = set()
+        self._lock = threading.Lock()
 
-    def drain(self, q: Any, limit: int = 10_000) -> int:
-        """Take what is waiting on ``q`` without blocking; returns how many messages."""
-        n = 0
-        while n < limit:
-            try:
-                traces, errors = q.get_nowait()
-            except queue_mod.Empty:
-                break
-            except (EOFError, OSError):
-                break  # the queue was closed under us: the run is ending
-            self.add(traces, errors)
-            n += 1
-        return n
-
-    def add(self, traces: list[dict[str, Any]], errors: list[dict[str, Any]]) -> None:
-        self.messages += 1
-        self.traces.extend(traces)
-        self.errors.extend(errors)
-        self.traces_delivered += len(traces)
-        self.errors_delivered += len(errors)
-        if errors:
-            self.last_error = errors[-1]
-        if self.traces_file is not None:
-            expand = self.expand
-            self.traces_file.writelines(json.dumps(expand(t)) + "\n" for t in traces)
-        if self.forward is not None:
-            try:
-                self.forward.put_nowait(("events", traces, errors))
-            except queue_mod.Full:
-                self.forward_dropped += len(traces) + len(errors)
-            except (ValueError, OSError):
-                self.forward = None  # the dashboard is gone; the run goes on
+    def add(self, task: int, chunk: int, traces: list[Any], errors: list[dict[str, Any]]) -> None:
+        with self._lock:
+            self.messages += 1
+            if (task, chunk) in self._seen:
+                self.repeats += len(traces) + len(errors)
+                return
+            self._seen.add((task, chunk))
+            self.traces.extend(traces)
+            self.errors.extend(errors)
+            self.traces_delivered += len(traces)
+            self.errors_delivered += len(errors)
+            if errors:
+                self.last_error = errors[-1]
+            if self.traces_file is not None:
+                expand = self.expand
+                self.traces_file.writelines(json.dumps(expand(t)) + "\n" for t in traces)
+            if self.forward is not None:
+                try:
+                    self.forward.put_nowait(("events", traces, errors))
+                except queue_mod.Full:
+                    self.forward_dropped += len(traces) + len(errors)
+                except (ValueError, OSError):
+                    self.forward = None  # the dashboard is gone; the run goes on
 
     def recent_traces(self, n: int = 100) -> list[dict[str, Any]]:
-        return [self.expand(t) for t in list(self.traces)[-n:][::-1]]
+        with self._lock:
+            kept = list(self.traces)[-n:][::-1]
+        return [self.expand(t) for t in kept]
 
     def recent_errors(self, n: int = 100) -> list[dict[str, Any]]:
-        return list(self.errors)[-n:][::-1]
+        with self._lock:
+            return list(self.errors)[-n:][::-1]
 
 
 class QueueReader:
-    """Feeds a collector from the workers' queue on a thread of its own.
+    """Feeds a collector from one worker's queue on a thread of its own.
 
     Reading a message blocks until all of it has arrived; a worker killed while
-    writing one would leave the reader waiting. On its own thread that delays
-    only the records, never the run; once the workers are gone the coordinator
-    closes the queue's last write end and the half message ends as EOF.
+    writing one would leave the reader waiting. On its own thread that stalls
+    only that dead worker's queue, never the run; once the workers are gone the
+    coordinator closes its own write ends, and a half message ends as EOF.
     """
 
-    def __init__(self, q: Any, collector: EventCollector) -> None:
+    def __init__(self, q: Any, collector: EventCollector, name: str = "mpobs-events") -> None:
         self.q = q
         self.collector = collector
         self.closing = False
-        self.thread = threading.Thread(target=self._run, name="mpobs-events", daemon=True)
+        self.thread = threading.Thread(target=self._run, name=name, daemon=True)
 
-    def start(self) -> None:
+    def start(self) -> QueueReader:
         self.thread.start()
+        return self
 
     def _run(self) -> None:
+        reader = self.q._reader  # Queue and SimpleQueue alike: wait for data, then read a whole message
         while True:
             try:
-                traces, errors = self.q.get(timeout=0.05)
-            except queue_mod.Empty:
-                if self.closing:
-                    return
-                continue
+                if not reader.poll(0.05):
+                    if self.closing:
+                        return
+                    continue
+                msg = self.q.get()
             except (EOFError, OSError, ValueError):
                 return  # the queue ended (a cut-off message after a killed worker, or closed)
-            self.collector.add(traces, errors)
+            self.collector.add(*msg)
 
     def finish(self, timeout: float = 30.0) -> None:
         """Read what is left, then stop (call after the writers are gone)."""
         self.closing = True
+        try:
+            self.q._writer.close()  # our copy of the write end: now a cut-off message reads as EOF
+        except OSError:
+            pass
         if self.thread.is_alive():
             self.thread.join(timeout)
+        self.q.close()

@@ -6,6 +6,8 @@ import os
 import stat
 import sys
 
+from mpobs.errors import InputError
+
 
 class OutputClosed(Exception):
     """The reader of our stdout went away (``mpobs process big.log | head``)."""
@@ -16,8 +18,12 @@ class OutputJoiner:
 
     def __init__(self, path: str | None) -> None:
         if path is None:
-            sys.stdout.flush()
-            self.fd = sys.stdout.fileno()
+            try:
+                sys.stdout.flush()
+                self.fd = sys.stdout.fileno()
+                os.fstat(self.fd)
+            except (AttributeError, ValueError, OSError) as err:  # started with stdout closed (>&-)
+                raise InputError("stdout is closed; give an output file with --output") from err
             self.own = False
         else:
             self.fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)

@@ -12,6 +12,7 @@ from typing import Any, Callable
 import numpy as np
 
 from mpobs.dag import Pipeline
+from mpobs.events import QUEUE_MESSAGES
 from mpobs.segment import StatsSegment
 from mpobs.task import Task, TaskResult, TaskSettings
 from mpobs.worker import worker_main
@@ -24,7 +25,7 @@ PREFETCH = 2  # the segment gives each worker two in-flight rows: one per handed
 class PoolEvent:
     """Something a worker did: finished a task, died (with the tasks it lost), or failed."""
 
-    kind: str  # "done" | "died" | "fatal"
+    kind: str  # "done" | "died" | "stopped" (--max-errors) | "fatal"
     slot: int
     task: Task | None = None
     vec: np.ndarray | None = None
@@ -46,13 +47,13 @@ class LocalPool:
     """Worker processes on this machine; each counts into its own in-flight rows of ``seg``."""
 
     def __init__(self, ctx: Any, workers: int, seg: StatsSegment, pipeline: Pipeline, settings: TaskSettings,
-                 events_q: Any, wait_traces: bool, part_dir: str) -> None:  # fmt: skip
+                 on_queue: Callable[[Any], None], wait_traces: bool, part_dir: str) -> None:  # fmt: skip
         self.ctx = ctx
         self.n = workers
         self.seg = seg
         self.pipeline = pipeline
         self.settings = settings
-        self.events_q = events_q
+        self.on_queue = on_queue  # told of each worker's new record queue (the coordinator reads it)
         self.wait_traces = wait_traces
         self.part_dir = part_dir
         self.stop_event = ctx.Event()
@@ -65,11 +66,14 @@ class LocalPool:
 
     def _spawn(self, slot: int) -> _Slot:
         parent_conn, child_conn = self.ctx.Pipe()
+        # Its own queue: a worker killed mid-write harms no other (see events.QueueEvents).
+        events_q = self.ctx.SimpleQueue() if self.wait_traces else self.ctx.Queue(QUEUE_MESSAGES)
+        self.on_queue(events_q)
         proc = self.ctx.Process(
             target=worker_main,
             name=f"mpobs-worker-{slot}",
             args=(slot, child_conn, self.seg.name, self.seg.layout, self.seg.lock, self.pipeline, self.settings,
-                  self.events_q, self.wait_traces, self.stop_event, os.getpid(), self.part_dir),  # fmt: skip
+                  events_q, self.wait_traces, self.stop_event, os.getpid(), self.part_dir),  # fmt: skip
             daemon=True,
         )
         proc.start()
@@ -99,6 +103,9 @@ class LocalPool:
         handles = [s.conn for s in self.slots if s.alive] + [s.proc.sentinel for s in self.slots if s.alive]
         ready = set(mp_wait(handles + extra, timeout))
         events: list[PoolEvent] = []
+        # First free the lock from any worker that died holding it: reading the
+        # messages below takes the lock.
+        self.unstick({s.proc.pid for s in self.slots if s.alive and s.proc.sentinel in ready})
         for i, s in enumerate(self.slots):
             if not s.alive:
                 continue
@@ -126,29 +133,32 @@ class LocalPool:
             pass
         return events
 
+    def dead_pids(self) -> set[int]:
+        """Workers that have exited but whose death is not handled yet."""
+        return {s.proc.pid for s in self.slots if s.alive and not s.proc.is_alive()}
+
+    def unstick(self, dead: set[int]) -> None:
+        if dead:
+            self.seg.release_for(dead)
+
     def _died(self, i: int, s: _Slot) -> PoolEvent:
         s.proc.join()
         s.alive = False
         lost = [t for t, _ in s.inflight]
         s.inflight.clear()
         s.conn.close()
-        self._recover_lock()
+        self.seg.release_for({s.proc.pid})
         self.seg.drop(i)
         self.seg.set_worker(i, alive=0)
         ev = PoolEvent("died", i, lost=lost, detail=f"exit code {s.proc.exitcode}")
+        if self.stop_event.is_set():
+            self.stopping = True  # workers stop by themselves (--max-errors): not a crash
+            ev.kind = "stopped"
         if not self.stopping:
             self.slots[i] = self._spawn(i)
             self.restarted += 1
             self.seg.set_system(workers_restarted=self.restarted)
         return ev
-
-    def _recover_lock(self) -> None:
-        """A worker killed while holding the stats lock would block everyone: release it for it."""
-        lock = self.seg.lock
-        if lock.acquire(timeout=1.0):
-            lock.release()
-        else:  # nobody live holds it for a second: the dead worker did
-            lock.release()
 
     def shutdown(self, graceful: bool, progress: Callable[[], int], timeout: float = 5.0) -> None:
         """Stop every worker: after its tasks (graceful) or at the next batch; kill what lingers.
@@ -177,7 +187,7 @@ class LocalPool:
             s.proc.join(timeout=2)
             s.alive = False
             s.conn.close()
-        self._recover_lock()
+        self.seg.release_for({s.proc.pid for s in self.slots})
         for i in range(len(self.slots)):
             self.seg.drop(i)
             self.seg.set_worker(i, alive=0)

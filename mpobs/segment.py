@@ -20,7 +20,8 @@ This module alone knows the layout. One int64 block of ``Layout.size`` values:
 ``system``  shape (len(SYSTEM_FIELDS),): run-wide values set by the coordinator.
 
 Every read-modify-write and every snapshot holds ``lock`` (one process-shared
-multiprocessing.Lock); a flush costs about a microsecond, so workers take it
+multiprocessing.Lock), through ``held()``, which records the holder's pid in
+``system[lock_holder]``; a flush costs about a microsecond, so workers take it
 once per batch and readers never stop them for longer.
 """
 
@@ -29,9 +30,10 @@ from __future__ import annotations
 import os
 import secrets
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from multiprocessing import shared_memory
-from typing import Any
+from typing import Any, Callable, Iterator
 
 import numpy as np
 
@@ -44,8 +46,12 @@ WORKER_FIELDS = (
 )  # fmt: skip
 SYSTEM_FIELDS = (
     "state", "started_at_ms", "ended_at_ms", "bytes_total", "workers", "workers_restarted",
-    "tasks_total", "lines_total", "traces_delivered", "errors_delivered",
+    "tasks_total", "lines_total", "traces_delivered", "errors_delivered", "records_repeated",
+    "dashboard_dropped", "lock_holder",
 )  # fmt: skip
+_HOLDER = SYSTEM_FIELDS.index("lock_holder")
+#: Seconds a process waits for the lock before it asks ``on_stuck`` for help.
+LOCK_WAIT = 0.5
 SEGMENT_PREFIX = "mpobs_"
 STATES = ("starting", "running", "done", "failed", "interrupted")
 
@@ -98,6 +104,37 @@ class StatsSegment:
         self.counts = flat[:n].reshape(layout.nrows, layout.ncols)
         self.workers = flat[n : n + w].reshape(layout.slots, len(WORKER_FIELDS))
         self.system = flat[n + w :]
+        self.pid = os.getpid()
+        self.on_stuck: Callable[[], None] | None = None
+
+    @contextmanager
+    def held(self) -> Iterator[None]:
+        """Hold the lock, with this process's pid in ``lock_holder`` while it does.
+
+        A process killed while holding the lock would block every other one; the
+        pid lets the coordinator see that the holder is dead and release the lock
+        for it (``release_for``). ``on_stuck`` (the coordinator sets one) is called
+        while the lock cannot be had.
+        """
+        lock = self.lock
+        while not lock.acquire(timeout=LOCK_WAIT):
+            if self.on_stuck is not None:
+                self.on_stuck()
+        self.system[_HOLDER] = self.pid
+        try:
+            yield
+        finally:
+            self.system[_HOLDER] = 0
+            lock.release()
+
+    def release_for(self, dead_pids: set[int]) -> bool:
+        """Release the lock if one of ``dead_pids`` (processes known dead) holds it."""
+        holder = int(self.system[_HOLDER])
+        if holder and holder in dead_pids:
+            self.system[_HOLDER] = 0
+            self.lock.release()
+            return True
+        return False
 
     @classmethod
     def create(cls, layout: Layout, lock: Any) -> StatsSegment:
@@ -135,21 +172,16 @@ class StatsSegment:
     # -- workers ---------------------------------------------------------
     def flush(self, row: int, delta: np.ndarray, slot: int, wdelta: np.ndarray | None = None) -> None:
         """Add a batch's counts to an in-flight row (and per-worker values)."""
-        with self.lock:
+        with self.held():
             self.counts[row] += delta
             if wdelta is not None:
                 self.workers[slot] += wdelta
-
-    def add_worker(self, slot: int, **values: int) -> None:
-        with self.lock:
-            for k, v in values.items():
-                self.workers[slot, WORKER_FIELDS.index(k)] += v
 
     # -- coordinator -----------------------------------------------------
     def complete(self, row: int, slot: int) -> np.ndarray:
         """A task's part is written: move its in-flight row to the pending row; return its counts."""
         c = self.counts
-        with self.lock:
+        with self.held():
             vec = c[row].copy()
             c[1] += vec
             c[row] = 0
@@ -161,33 +193,39 @@ class StatsSegment:
 
     def commit(self, vec: np.ndarray) -> None:
         """A completed task's part is joined into the output: its counts become committed."""
-        with self.lock:
+        with self.held():
             self.counts[1] -= vec
             self.counts[0] += vec
 
     def drop(self, slot: int) -> None:
         """A worker died: forget its uncommitted counts (its tasks run again)."""
-        with self.lock:
+        with self.held():
             self.counts[2 + 2 * slot] = 0
             self.counts[3 + 2 * slot] = 0
 
     def set_worker(self, slot: int, **values: int) -> None:
-        with self.lock:
+        with self.held():
             for k, v in values.items():
                 self.workers[slot, WORKER_FIELDS.index(k)] = v
 
     def set_system(self, **values: int) -> None:
-        with self.lock:
+        with self.held():
             for k, v in values.items():
                 self.system[SYSTEM_FIELDS.index(k)] = v
 
     def set_state(self, state: str) -> None:
         self.set_system(state=STATES.index(state))
 
+    def live_errors(self) -> int:
+        """Processor errors counted so far, in flight included (--max-errors)."""
+        cols = [self.layout.proc_col(p, "errors") for p in range(len(self.layout.processors))]
+        with self.held():
+            return int(self.counts[:, cols].sum())
+
     # -- readers ---------------------------------------------------------
     def snapshot(self) -> Snapshot:
         """A consistent copy: committed totals, live totals (committed + in flight), the rest."""
-        with self.lock:
+        with self.held():
             counts = self.counts.copy()
             workers = self.workers.copy()
             system = self.system.copy()

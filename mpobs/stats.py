@@ -104,6 +104,10 @@ def build_stats(
         "traces_dropped": sum(w["traces_dropped"] for w in workers),
         "errors_recorded": sum(w["errors_sent"] for w in workers),
         "errors_dropped": sum(w["errors_dropped"] for w in workers),
+        # records a worker sent again after a crash (dropped as repeats), and records the
+        # dashboard could not take (its queue was full): counted, never silent
+        "records_repeated": snap.sys("records_repeated"),
+        "dashboard_records_dropped": snap.sys("dashboard_dropped"),
         "input": meta.input_name,
         "trace": meta.trace,
         "trace_sample": meta.trace_sample if meta.trace else None,

@@ -13,14 +13,13 @@ import numpy as np
 
 from mpobs.batch import Batch
 from mpobs.dag import NF, Pipeline
+from mpobs.events import CHUNK
 from mpobs.segment import Layout
 from mpobs.tracing import BatchTrace, sampled
 
 TASK_BYTES = 1 << 20
 BATCH_LINES = 2000
 ERROR_LINE_CHARS = 200
-#: Trace and error records a worker gathers before it sends them as one queue message.
-EVENT_BATCH = 500
 
 
 @dataclass(frozen=True)
@@ -81,9 +80,10 @@ class CountSink(Protocol):
 
 
 class EventSink(Protocol):
-    """Where trace and error records go, in batches. Returns (sent, dropped) for each kind."""
+    """Where trace and error records go, in numbered chunks per task. Returns (sent, dropped) for each kind."""
 
-    def send(self, traces: list[dict[str, Any]], errors: list[dict[str, Any]]) -> tuple[int, int, int, int]: ...
+    def send(self, task: int, chunk: int, traces: list[Any], errors: list[dict[str, Any]]) -> tuple[int, int, int, int]:
+        ...
 
 
 @dataclass
@@ -95,7 +95,8 @@ class TaskSettings:
     worker: str = "0"
     batch_lines: int = BATCH_LINES
     trace_rate: float = 0.0  # 0: tracing off
-    event_batch: int = EVENT_BATCH
+    event_chunk: int = CHUNK  # records per queue message
+    max_errors: int | None = None  # workers stop at the next batch once the run counts this many
     clock: Callable[[], int] = time.perf_counter_ns
 
 
@@ -146,10 +147,15 @@ def run_task(
     out_lines = 0
     pending_traces: list[Any] = []  # compact traces (mpobs.tracing.expand)
     pending_errors: list[dict[str, Any]] = []
+    sent_chunks = 0
     step = settings.batch_lines
     with open(part_path, "wb") as part:
         for lo in range(0, n_total, step):
             if should_stop():
+                if events is not None and (pending_traces or pending_errors):
+                    # What this task saw still tells why the run stopped (--max-errors).
+                    counts.flush(np.zeros(layout.ncols, dtype=np.int64),
+                                 *events.send(task.index, sent_chunks, pending_traces, pending_errors))
                 return None
             chunk = lines[lo : lo + step]
             first = task.first_line + lo
@@ -188,12 +194,13 @@ def run_task(
                     pending_errors += [_error_record(pipeline, settings, *e) for e in errs]
                 if tracer is not None:
                     pending_traces += tracer.finish(out)
-                # One message per EVENT_BATCH records or per task: each message costs the
-                # worker a wake-up of its queue thread and a pickling, whatever its size.
-                if len(pending_traces) + len(pending_errors) >= settings.event_batch or (hi >= n_total and
+                # One message per CHUNK records, and one for the rest at the task's end: a
+                # message costs a wake-up of the queue thread and a pickling, whatever its size.
+                if len(pending_traces) + len(pending_errors) >= settings.event_chunk or (hi >= n_total and
                                                                               (pending_traces or pending_errors)):
-                    ev = events.send(pending_traces, pending_errors)
+                    ev = events.send(task.index, sent_chunks, pending_traces, pending_errors)
                     pending_traces, pending_errors = [], []
+                    sent_chunks += 1
             counts.flush(delta, *ev)
     return TaskResult(
         task.index,

@@ -63,14 +63,19 @@ def worker_main(
 ) -> None:
     """Run tasks until told to stop (None), the pipe closes, or the parent dies."""
     die_with_parent(parent_pid)
-    # Ctrl-C reaches the whole process group; the coordinator decides what stops.
+    # Ctrl-C (and a SIGTERM sent to the process group) reach every process; the
+    # coordinator decides what stops, and stops workers itself (stop event, SIGKILL).
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     seg = StatsSegment.attach(seg_name, layout, lock)
     settings.worker = str(slot)
     events = QueueEvents(events_q, wait_traces) if events_q is not None else None
 
+    max_errors = settings.max_errors
+
     def should_stop() -> bool:
+        if max_errors is not None and seg.live_errors() >= max_errors:
+            stop_event.set()  # every worker stops at its next batch; the coordinator reports it
         return stop_event.is_set() or os.getppid() != parent_pid
 
     try:

@@ -44,7 +44,7 @@ class ListEvents:
         self.traces: list[dict[str, Any]] = []
         self.errors: list[dict[str, Any]] = []
 
-    def send(self, traces: list[dict[str, Any]], errors: list[dict[str, Any]]) -> tuple[int, int, int, int]:
+    def send(self, task: int, chunk: int, traces: list[Any], errors: list[dict[str, Any]]) -> tuple[int, int, int, int]:
         self.traces.extend(traces)
         self.errors.extend(errors)
         return len(traces), 0, len(errors), 0

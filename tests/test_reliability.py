@@ -245,3 +245,105 @@ def test_output_folder_not_writable(tmp_path: Path, cli: Any) -> None:
     res = cli("process", str(log), "-o", "/proc/mpobs-out.txt")
     assert res.returncode == 2
     assert b"Traceback" not in res.stderr
+
+
+GRAB_FNS = """
+import gc, os, signal
+
+def _find(*kinds):
+    return next(o for o in gc.get_objects() if type(o).__name__ in kinds)
+
+def die_holding_stats_lock(line):
+    # The worst moment to be killed: holding the lock every process shares.
+    if line.startswith(os.environ["KILL_AT"]) and not os.path.exists(os.environ["KILL_MARK"]):
+        open(os.environ["KILL_MARK"], "w").close()
+        seg = _find("StatsSegment")
+        seg.held().__enter__()
+        os.kill(os.getpid(), signal.SIGKILL)
+    return line
+
+def die_holding_queue_lock(line):
+    # Killed in the middle of writing a record message: its queue's write lock stays taken.
+    if line.startswith(os.environ["KILL_AT"]) and not os.path.exists(os.environ["KILL_MARK"]):
+        open(os.environ["KILL_MARK"], "w").close()
+        q = _find("Queue", "SimpleQueue")
+        q._wlock.acquire()
+        os.kill(os.getpid(), signal.SIGKILL)
+    return line
+"""
+
+
+def grab_config(tmp_path: Path, fn: str) -> Path:
+    (tmp_path / "grabfns.py").write_text(GRAB_FNS)
+    config = tmp_path / "grab.json"
+    config.write_text(json.dumps({"processors": [
+        {"type": "line_counter", "id": "num"},
+        {"type": "python", "id": "grab", "function": f"grabfns:{fn}"},
+    ]}))  # fmt: skip
+    return config
+
+
+@pytest.mark.parametrize("fn", ["die_holding_stats_lock", "die_holding_queue_lock"])
+def test_worker_killed_holding_a_lock_does_not_stop_the_run(tmp_path: Path, cli: Any, make_log: Any, fn: str) -> None:
+    log = make_log(60_000)
+    env = {"KILL_AT": "Line 30000:", "KILL_MARK": str(tmp_path / "mark")}
+    out, m, saved = tmp_path / "out", tmp_path / "m.json", tmp_path / "t.jsonl"
+    res = cli("process", str(log), "-c", str(grab_config(tmp_path, fn)), "-w", "2", "-o", str(out),
+              "--save-metrics", str(m), "--save-traces", str(saved), "--trace-sample", "1",
+              "--task-size", "65536", "--max-errors", "1000", env=env, timeout=120)  # fmt: skip
+    assert res.returncode == 0, res.stderr.decode()
+    lines = log.read_bytes().split(b"\n")[:-1]
+    assert out.read_bytes() == b"".join(b"Line %d: %s\n" % (n, x) for n, x in enumerate(lines, 1))
+    stats = json.loads(m.read_text())
+    assert stats["system"]["workers_restarted"] == 1
+    assert stats["processors"]["grab"]["lines_out"] == 60_000
+    # every traced line saved exactly once: what the dead worker sent is not sent twice
+    ids = [json.loads(x)["line_number"] for x in saved.read_text().splitlines()]
+    assert sorted(ids) == list(range(1, 60_001))
+
+
+def test_output_that_is_the_input_is_refused(tmp_path: Path, cli: Any) -> None:
+    log = tmp_path / "in.log"
+    log.write_bytes(b"a ERROR\n" * 100)
+    for flag in ("-o", "--save-metrics", "--save-traces"):
+        res = cli("process", str(log), flag, str(tmp_path / "." / "in.log"))
+        assert res.returncode == 2, flag
+        assert b"is the input file" in res.stderr
+        assert log.read_bytes() == b"a ERROR\n" * 100
+
+
+def test_sigterm_to_the_process_group_is_an_interrupt_not_a_crash(tmp_path: Path, make_log: Any) -> None:
+    log = make_log(200_000)
+    out, m = tmp_path / "out", tmp_path / "m.json"
+    proc = subprocess.Popen([sys.executable, "-m", "mpobs", "process", str(log), "-c", str(slow_config(tmp_path)),
+                             "-w", "2", "-o", str(out), "--save-metrics", str(m), "--batch-lines", "500",
+                             "--task-size", "65536"],
+                            stderr=subprocess.PIPE, start_new_session=True)  # fmt: skip
+    wait_for(lambda: out.exists() and out.stat().st_size > 0)
+    os.killpg(proc.pid, signal.SIGTERM)  # e.g. a container runtime stopping everything
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143, err.decode()
+    stats = json.loads(m.read_text())
+    assert stats["system"]["state"] == "interrupted"
+    assert stats["system"]["workers_restarted"] == 0
+    assert not processes_using(log)
+
+
+def test_leftovers_of_a_killed_process_group_are_removed_by_the_next_run(tmp_path: Path, cli: Any,
+                                                                         make_log: Any) -> None:  # fmt: skip
+    log = make_log(200_000)
+    proc = subprocess.Popen([sys.executable, "-m", "mpobs", "process", str(log), "-c", str(slow_config(tmp_path)),
+                             "-w", "2", "-o", str(tmp_path / "out"), "--batch-lines", "500"],
+                            stderr=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
+    wait_for(lambda: len(workers_of(proc)) == 2)
+    mine = wait_for(lambda: [n for n in shm_segments() if n.startswith(f"mpobs_{proc.pid}_")])
+    os.killpg(proc.pid, signal.SIGKILL)  # everything at once, the resource tracker too
+    proc.wait(timeout=30)
+    wait_for(lambda: not processes_using(log), timeout=10)
+    assert set(mine) <= shm_segments()  # left behind: nobody was alive to unlink it
+    res = cli("process", str(log), "-w", "1", "-o", str(tmp_path / "again"))
+    assert res.returncode == 0, res.stderr.decode()
+    assert not set(mine) & shm_segments()
+    import tempfile
+
+    assert not [n for n in os.listdir(tempfile.gettempdir()) if n.startswith(f"mpobs-parts-{proc.pid}-")]

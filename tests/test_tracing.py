@@ -157,17 +157,17 @@ def test_without_max_errors_errors_never_stop_a_run(tmp_path: Path, cli: Any, ma
 class SlowCollector(EventCollector):
     """A consumer that cannot keep up."""
 
-    def add(self, traces: list[dict[str, Any]], errors: list[dict[str, Any]]) -> None:
+    def add(self, task: int, chunk: int, traces: list[Any], errors: list[dict[str, Any]]) -> None:
         time.sleep(0.01)
-        super().add(traces, errors)
+        super().add(task, chunk, traces, errors)
 
 
 def test_flood_of_traces_drops_and_counts_but_never_blocks_workers(tmp_path: Path, make_log: Any) -> None:
     log = make_log(120_000)
     pipeline = compile_config({"processors": [{"type": "line_counter", "id": "n"}]})
-    # 1,200 messages of 100 traces against a queue of 256 and a consumer at 100 messages/s
+    # 1,200 messages of 100 traces against queues of 16 messages and readers at 100 messages/s each
     opts = RunOptions(str(log), str(tmp_path / "out"), workers=2, batch_lines=100, trace=True, trace_sample=1.0,
-                      event_batch=100)  # fmt: skip
+                      event_chunk=100)  # fmt: skip
     outcome = Coordinator(pipeline, opts, collector=SlowCollector()).run()
     s = outcome.stats["system"]
     assert s["state"] == "done"
