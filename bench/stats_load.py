@@ -37,7 +37,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--seconds", type=float, default=10.0, help="how long the clients poll (default 10)")
     p.add_argument("--interval", type=float, default=0.2,
                    help="each client's pause between answers and its next request, s (default 0.2: 250 req/s in all)")
-    p.add_argument("--lines", type=int, default=8_000_000, help="generated log size when MPOBS_BENCH_LOG is unset")
+    p.add_argument("--lines", type=int, default=16_000_000,
+                   help="generated log size when MPOBS_BENCH_LOG is unset (default: a run of 10 s or more)")
     p.add_argument("--rounds", type=int, default=2, help="alternating runs with and without the dashboard (default 2)")
     p.add_argument("--workers", type=int, default=2)
     return p.parse_args(argv)

@@ -52,8 +52,8 @@ def _route(rule: str, **kw: Any) -> Any:
 
 
 @_route("/stats")
-def stats() -> dict[str, Any]:
-    return _source().stats()
+def stats() -> Response:
+    return Response(_source().stats_json(), mimetype="application/json")
 
 
 @_route("/trace")
