@@ -36,30 +36,33 @@ def slow(lines):
 """
 
 
+def fn_config(tmp_path: Path, module: str, source: str, processors: list[dict[str, Any]]) -> Path:
+    """A config using functions of a module written next to it."""
+    (tmp_path / f"{module}.py").write_text(source)
+    config = tmp_path / f"{module}.json"
+    config.write_text(json.dumps({"processors": processors}))
+    return config
+
+
 def kill_config(tmp_path: Path) -> Path:
-    (tmp_path / "killfns.py").write_text(KILL_FNS)
-    config = tmp_path / "kill.json"
-    config.write_text(json.dumps({"processors": [
+    return fn_config(tmp_path, "killfns", KILL_FNS, [
         {"type": "line_counter", "id": "num"},
         {"type": "tag_extractor", "id": "tags"},
         {"type": "python", "id": "die", "function": "killfns:maybe_die"},
         {"type": "filter", "id": "errors", "tag": "error"},
-    ]}))  # fmt: skip
-    return config
+    ])  # fmt: skip
 
 
 def slow_config(tmp_path: Path) -> Path:
-    (tmp_path / "killfns.py").write_text(KILL_FNS)
-    config = tmp_path / "slow.json"
-    config.write_text(json.dumps({"processors": [
+    """The default pipeline with a pause per batch: runs long enough to be interrupted."""
+    return fn_config(tmp_path, "slowfns", KILL_FNS, [
         {"type": "line_counter", "id": "line_counter"},
-        {"type": "python", "id": "slow", "function": "killfns:slow", "batch": True},
+        {"type": "python", "id": "slow", "function": "slowfns:slow", "batch": True},
         {"type": "tag_extractor", "id": "tag_extractor"},
         {"type": "filter", "id": "error_filter", "tag": "error", "inputs": ["tag_extractor"]},
         {"type": "filter", "id": "warn_filter", "tag": "warn", "inputs": ["tag_extractor"]},
         {"type": "filter", "id": "info_filter", "tag": "info", "inputs": ["tag_extractor"]},
-    ]}))  # fmt: skip
-    return config
+    ])  # fmt: skip
 
 
 def processes_using(path: Path) -> list[psutil.Process]:
@@ -274,13 +277,10 @@ def die_holding_queue_lock(line):
 
 
 def grab_config(tmp_path: Path, fn: str) -> Path:
-    (tmp_path / "grabfns.py").write_text(GRAB_FNS)
-    config = tmp_path / "grab.json"
-    config.write_text(json.dumps({"processors": [
+    return fn_config(tmp_path, "grabfns", GRAB_FNS, [
         {"type": "line_counter", "id": "num"},
         {"type": "python", "id": "grab", "function": f"grabfns:{fn}"},
-    ]}))  # fmt: skip
-    return config
+    ])  # fmt: skip
 
 
 @pytest.mark.parametrize("fn", ["die_holding_stats_lock", "die_holding_queue_lock"])
