@@ -74,6 +74,10 @@ def process(input_file: str | None, config_path: str | None, workers: int | None
         if input_file is None:
             sample_dir = tempfile.mkdtemp(prefix="mpobs-sample-")
             input_file = _make_sample(sample_dir)
+            if output is None and sys.stdout.isatty():
+                # 180,000 result lines would scroll past the summary: keep them in a file.
+                output = "mpobs-sample-output.txt"
+                click.echo(f"mpobs: results go to {output} (give --output to choose)", err=True)
         check_paths(input_file, output)
         if save_metrics:
             check_writable(save_metrics, "--save-metrics file", input_file)
