@@ -28,7 +28,7 @@ def main() -> None:
 
 
 @main.command()
-@click.argument("input_file", required=False, type=click.Path(dir_okay=True, path_type=str))
+@click.argument("input_file", required=False, type=click.Path(readable=False, path_type=str))
 @click.option("-c", "--config", "config_path", type=click.Path(dir_okay=True, path_type=str),
               help="Pipeline config (JSON). Default: the log-level pipeline.")
 @click.option("-w", "--workers", type=click.IntRange(1, 1024), default=None,
