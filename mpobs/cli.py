@@ -27,7 +27,8 @@ def main() -> None:
     """mpobs: run a DAG of line processors over a log on every core, and watch every step."""
 
 
-@main.command()
+@main.command(epilog="Exit codes: 0 done, 1 run failed, 2 bad config/input/option, 3 --max-errors reached, "
+                     "130/143 interrupted by SIGINT/SIGTERM.")
 @click.argument("input_file", required=False, type=click.Path(readable=False, path_type=str))
 @click.option("-c", "--config", "config_path", type=click.Path(dir_okay=True, path_type=str),
               help="Pipeline config (JSON). Default: the log-level pipeline.")
@@ -37,7 +38,7 @@ def main() -> None:
 @click.option("--save-metrics", type=click.Path(path_type=str), help="Write the final stats as JSON here.")
 @click.option("--trace", is_flag=True, help="Trace sampled lines through the DAG.")
 @click.option("--trace-sample", type=click.FloatRange(0, 1, min_open=True), default=0.01, show_default=True,
-              help="Share of lines traced (by line number, so the same with any worker count).")
+              help="Share of lines traced (by line number, so the same with any worker count). Implies --trace.")
 @click.option("--save-traces", type=click.Path(path_type=str),
               help="Write every traced line as JSON Lines (nothing dropped; workers wait). Implies --trace.")
 @click.option("--max-errors", type=click.IntRange(1), help="Stop (exit 3) after this many processor errors.")
@@ -46,8 +47,10 @@ def main() -> None:
 @click.option("--batch-lines", type=click.IntRange(1), default=2000, show_default=True, hidden=True)
 @click.option("-q", "--quiet", is_flag=True, help="No progress line and no summary on stderr.")
 @click.option("--dashboard", is_flag=True, help="Serve the live dashboard while running.")
-@click.option("--dashboard-host", default="127.0.0.1", show_default=True)
-@click.option("--dashboard-port", type=click.IntRange(0, 65535), default=8000, show_default=True)
+@click.option("--dashboard-host", default="127.0.0.1", show_default=True,
+              help="Address to serve on; a non-loopback one needs a token.")
+@click.option("--dashboard-port", type=click.IntRange(0, 65535), default=8000, show_default=True,
+              help="Port to serve on (0: any free port, printed).")
 @click.option("--dashboard-token", envvar="MPOBS_DASHBOARD_TOKEN", help="Bearer token the dashboard requires.")
 @click.option("--linger", type=click.FloatRange(0), default=None,
               help="Keep the dashboard up this many seconds after the run (default: until Ctrl-C; 0: exit).")
