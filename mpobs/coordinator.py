@@ -20,7 +20,7 @@ from mpobs.errors import EXIT_FAILED, EXIT_MAX_ERRORS, EXIT_OK, EXIT_SIGINT, EXI
 from mpobs.events import CHUNK, EventCollector, QueueReader
 from mpobs.output import OutputClosed, OutputJoiner
 from mpobs.pool import LocalPool
-from mpobs.segment import SEGMENT_PREFIX, Layout, StatsSegment
+from mpobs.segment import LOCK_WAIT, SEGMENT_PREFIX, Layout, StatsSegment
 from mpobs.stats import RunMeta, build_stats
 from mpobs.task import BATCH_LINES, TASK_BYTES, Task, TaskResult, TaskSettings, plan_tasks
 from mpobs.tracing import expand as expand_trace
@@ -168,6 +168,7 @@ class Coordinator:
         self.pool: LocalPool | None = None
         self.readers: list[QueueReader] = []
         self._counters_sent_at = 0.0
+        self._stuck_since = self._stuck_last = 0.0
         self.part_dir = ""
 
     # -- public --------------------------------------------------------------
@@ -216,7 +217,9 @@ class Coordinator:
             )  # fmt: skip
             seg.set_state("running")
             pool.start()
-            self._start_readers()  # after the forks: workers are forked from a single thread
+            # After the first forks, so those happen from a single thread (a worker started
+            # again after a crash is forked while the readers run; it uses none of their locks).
+            self._start_readers()
             self._loop(pool, joiner, plan_tasks(opts.input_path, size, opts.task_bytes))
             state, code = "done", EXIT_OK
         except _Stop as stop:
@@ -254,7 +257,8 @@ class Coordinator:
             if self.part_dir:
                 shutil.rmtree(self.part_dir, ignore_errors=True)
             self._restore_signals(old_handlers)
-        assert final is not None
+        if final is None:  # it failed before the segment existed: nothing ran
+            raise MpobsError(message or "the run could not start")
         return RunOutcome(
             final, code, message, dict(self.error_types),
             self.collector.recent_errors(100), self.collector.recent_traces(100),
@@ -274,8 +278,19 @@ class Coordinator:
         dead = self.pool.dead_pids() if self.pool is not None else set()
         if self.dashboard is not None and not self.dashboard.proc.is_alive():
             dead.add(self.dashboard.proc.pid)
-        if self.seg is not None and dead:
-            self.seg.release_for(dead)
+        seg = self.seg
+        if seg is None or (dead and seg.release_for(dead)):
+            return
+        # A process killed between taking the lock and writing its pid leaves no holder
+        # to check. When no worker is left alive and the lock stays taken for 3 s, only
+        # such a dead process can hold it (the dashboard holds it for microseconds).
+        now = time.monotonic()
+        if now - self._stuck_last > 2 * LOCK_WAIT:
+            self._stuck_since = now
+        self._stuck_last = now
+        no_workers = self.pool is None or not self.pool.any_alive()
+        if no_workers and seg.lock_holder() == 0 and now - self._stuck_since >= 3.0:
+            seg.force_release()
 
     def live_stats(self) -> dict[str, Any]:
         assert self.seg is not None and self.meta is not None
@@ -381,11 +396,14 @@ class Coordinator:
             if self._signal == signal.SIGTERM:
                 raise _Stop("interrupted", EXIT_SIGTERM, "terminated (SIGTERM)")
             raise _Stop("interrupted", EXIT_SIGINT, "interrupted (Ctrl-C)")
+        if self.collector.write_error is not None:
+            raise _Stop("failed", EXIT_FAILED, f"cannot write the --save-traces file: {self.collector.write_error}")
         max_errors = self.opts.max_errors
         if max_errors is not None and self.seg is not None:
-            snap = self.seg.snapshot()
-            total = sum(snap.proc(p, "errors") for p in range(len(self.pipeline.nodes)))
-            if total >= max_errors:
+            total = self.seg.live_errors()
+            # Workers that saw the limit stop by themselves (stop event); the rows of one
+            # that has exited are already dropped, so the live total may be lower by now.
+            if total >= max_errors or (self.pool is not None and self.pool.stop_event.is_set()):
                 deadline = time.monotonic() + 1.0  # its record may still be on the way
                 while self.collector.last_error is None and time.monotonic() < deadline:
                     time.sleep(0.01)
@@ -397,7 +415,8 @@ class Coordinator:
                 )
                 # Workers stop within a batch of the limit; errors of tasks that did not finish
                 # are counted here but not in the saved metrics, which match the written output.
-                msg = f"stopped: --max-errors {max_errors} reached ({total} errors counted){what}"
+                counted = f" ({total} errors counted)" if total >= max_errors else ""
+                msg = f"stopped: --max-errors {max_errors} reached{counted}{what}"
                 raise _Stop("failed", EXIT_MAX_ERRORS, msg)
 
     def _records_arrived(self) -> int:

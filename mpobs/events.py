@@ -66,6 +66,7 @@ class EventCollector:
         self.traces_file = traces_file
         self.forward = forward
         self.last_error: dict[str, Any] | None = None
+        self.write_error: BaseException | None = None
         self._seen: set[tuple[int, int]] = set()
         self._lock = threading.Lock()
 
@@ -84,7 +85,11 @@ class EventCollector:
                 self.last_error = errors[-1]
             if self.traces_file is not None:
                 expand = self.expand
-                self.traces_file.writelines(json.dumps(expand(t)) + "\n" for t in traces)
+                try:
+                    self.traces_file.writelines(json.dumps(expand(t)) + "\n" for t in traces)
+                except (OSError, ValueError) as err:  # e.g. the disk is full: the run fails, reading goes on
+                    self.write_error = err
+                    self.traces_file = None
             if self.forward is not None:
                 try:
                     self.forward.put_nowait(("events", traces, errors))
@@ -133,7 +138,10 @@ class QueueReader:
                 msg = self.q.get()
             except (EOFError, OSError, ValueError):
                 return  # the queue ended (a cut-off message after a killed worker, or closed)
-            self.collector.add(*msg)
+            try:
+                self.collector.add(*msg)
+            except Exception as err:  # keep draining: a worker waiting to put must not hang
+                self.collector.write_error = self.collector.write_error or err
 
     def finish(self, timeout: float = 30.0) -> None:
         """Read what is left, then stop (call after the writers are gone)."""
@@ -145,3 +153,7 @@ class QueueReader:
         if self.thread.is_alive():
             self.thread.join(timeout)
         self.q.close()
+        try:
+            self.q._reader.close()  # Queue.close() leaves it open until garbage collection
+        except OSError:
+            pass

@@ -133,6 +133,9 @@ class LocalPool:
             pass
         return events
 
+    def any_alive(self) -> bool:
+        return any(s.alive and s.proc.is_alive() for s in self.slots)
+
     def dead_pids(self) -> set[int]:
         """Workers that have exited but whose death is not handled yet."""
         return {s.proc.pid for s in self.slots if s.alive and not s.proc.is_alive()}
@@ -191,3 +194,6 @@ class LocalPool:
         for i in range(len(self.slots)):
             self.seg.drop(i)
             self.seg.set_worker(i, alive=0)
+        for s in self.slots:
+            if s.proc.exitcode is not None:
+                s.proc.close()  # its sentinel fd now, not at garbage collection

@@ -127,6 +127,17 @@ class StatsSegment:
             self.system[_HOLDER] = 0
             lock.release()
 
+    def lock_holder(self) -> int:
+        return int(self.system[_HOLDER])
+
+    def force_release(self) -> None:
+        """Release a lock nobody alive can hold (see Coordinator._unstick)."""
+        self.system[_HOLDER] = 0
+        try:
+            self.lock.release()
+        except ValueError:
+            pass  # it was free after all
+
     def release_for(self, dead_pids: set[int]) -> bool:
         """Release the lock if one of ``dead_pids`` (processes known dead) holds it."""
         holder = int(self.system[_HOLDER])

@@ -347,3 +347,13 @@ def test_leftovers_of_a_killed_process_group_are_removed_by_the_next_run(tmp_pat
     import tempfile
 
     assert not [n for n in os.listdir(tempfile.gettempdir()) if n.startswith(f"mpobs-parts-{proc.pid}-")]
+
+
+def test_save_traces_on_a_full_disk_fails_cleanly(tmp_path: Path, cli: Any, make_log: Any) -> None:
+    log = make_log(30_000)
+    res = cli("process", str(log), "-w", "2", "-o", str(tmp_path / "out"), "--trace-sample", "1",
+              "--save-traces", "/dev/full", timeout=120)  # fmt: skip
+    err = res.stderr.decode()
+    assert res.returncode == 1, err
+    assert "cannot write the --save-traces file" in err and "No space left on device" in err
+    assert "Traceback" not in err and "Exception in thread" not in err
