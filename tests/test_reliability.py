@@ -65,6 +65,13 @@ def slow_config(tmp_path: Path) -> Path:
     ])  # fmt: skip
 
 
+def start_slow_run(tmp_path: Path, log: Path, *extra: str, session: bool = False) -> subprocess.Popen[bytes]:
+    """``mpobs process`` on the slow pipeline, 2 workers, output in tmp_path/out: long enough to disturb."""
+    return subprocess.Popen([sys.executable, "-m", "mpobs", "process", str(log), "-c", str(slow_config(tmp_path)),
+                             "-w", "2", "-o", str(tmp_path / "out"), "--batch-lines", "500", *extra],
+                            stderr=subprocess.PIPE, start_new_session=session)  # fmt: skip
+
+
 def processes_using(path: Path) -> list[psutil.Process]:
     """Live processes whose command line names ``path`` (our runs and their workers)."""
     found = []
@@ -141,9 +148,7 @@ def test_task_that_kills_its_worker_three_times_fails_the_run(tmp_path: Path, cl
 def test_worker_killed_from_outside_is_replaced(tmp_path: Path, make_log: Any) -> None:
     log = make_log(200_000)
     out, m = tmp_path / "out", tmp_path / "m.json"
-    proc = subprocess.Popen([sys.executable, "-m", "mpobs", "process", str(log), "-c", str(slow_config(tmp_path)),
-                             "-w", "2", "-o", str(out), "--save-metrics", str(m), "--batch-lines", "500"],
-                            stderr=subprocess.PIPE)  # fmt: skip
+    proc = start_slow_run(tmp_path, log, "--save-metrics", str(m))
     victims = wait_for(lambda: len(workers_of(proc)) == 2 and workers_of(proc))
     time.sleep(0.5)  # mid-run
     victims[0].kill()  # like the OOM killer
@@ -161,10 +166,7 @@ def test_signal_stops_cleanly_with_a_complete_prefix(tmp_path: Path, make_log: A
                                                      word: str) -> None:  # fmt: skip
     log = make_log(200_000)
     out, m = tmp_path / "out", tmp_path / "m.json"
-    proc = subprocess.Popen([sys.executable, "-m", "mpobs", "process", str(log), "-c", str(slow_config(tmp_path)),
-                             "-w", "2", "-o", str(out), "--save-metrics", str(m), "--batch-lines", "500",
-                             "--task-size", "65536"],
-                            stderr=subprocess.PIPE, start_new_session=True)  # fmt: skip
+    proc = start_slow_run(tmp_path, log, "--save-metrics", str(m), "--task-size", "65536", session=True)
     wait_for(lambda: out.exists() and out.stat().st_size > 0)
     if sig == signal.SIGINT:
         os.killpg(proc.pid, sig)  # Ctrl-C reaches the whole process group
@@ -188,9 +190,7 @@ def test_signal_stops_cleanly_with_a_complete_prefix(tmp_path: Path, make_log: A
 
 def test_coordinator_killed_outright_leaves_nothing_behind(tmp_path: Path, cli: Any, make_log: Any) -> None:
     log = make_log(200_000)
-    proc = subprocess.Popen([sys.executable, "-m", "mpobs", "process", str(log), "-c", str(slow_config(tmp_path)),
-                             "-w", "2", "-o", str(tmp_path / "out"), "--batch-lines", "500"],
-                            stderr=subprocess.PIPE)  # fmt: skip
+    proc = start_slow_run(tmp_path, log)
     wait_for(lambda: len(workers_of(proc)) == 2)
     wait_for(lambda: [n for n in shm_segments() if n.startswith(f"mpobs_{proc.pid}_")])
     proc.kill()
@@ -315,10 +315,7 @@ def test_output_that_is_the_input_is_refused(tmp_path: Path, cli: Any) -> None:
 def test_sigterm_to_the_process_group_is_an_interrupt_not_a_crash(tmp_path: Path, make_log: Any) -> None:
     log = make_log(200_000)
     out, m = tmp_path / "out", tmp_path / "m.json"
-    proc = subprocess.Popen([sys.executable, "-m", "mpobs", "process", str(log), "-c", str(slow_config(tmp_path)),
-                             "-w", "2", "-o", str(out), "--save-metrics", str(m), "--batch-lines", "500",
-                             "--task-size", "65536"],
-                            stderr=subprocess.PIPE, start_new_session=True)  # fmt: skip
+    proc = start_slow_run(tmp_path, log, "--save-metrics", str(m), "--task-size", "65536", session=True)
     wait_for(lambda: out.exists() and out.stat().st_size > 0)
     os.killpg(proc.pid, signal.SIGTERM)  # e.g. a container runtime stopping everything
     _, err = proc.communicate(timeout=60)
@@ -332,13 +329,11 @@ def test_sigterm_to_the_process_group_is_an_interrupt_not_a_crash(tmp_path: Path
 def test_leftovers_of_a_killed_process_group_are_removed_by_the_next_run(tmp_path: Path, cli: Any,
                                                                          make_log: Any) -> None:  # fmt: skip
     log = make_log(200_000)
-    proc = subprocess.Popen([sys.executable, "-m", "mpobs", "process", str(log), "-c", str(slow_config(tmp_path)),
-                             "-w", "2", "-o", str(tmp_path / "out"), "--batch-lines", "500"],
-                            stderr=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
+    proc = start_slow_run(tmp_path, log, session=True)
     wait_for(lambda: len(workers_of(proc)) == 2)
     mine = wait_for(lambda: [n for n in shm_segments() if n.startswith(f"mpobs_{proc.pid}_")])
     os.killpg(proc.pid, signal.SIGKILL)  # everything at once, the resource tracker too
-    proc.wait(timeout=30)
+    proc.communicate(timeout=30)
     wait_for(lambda: not processes_using(log), timeout=10)
     assert set(mine) <= shm_segments()  # left behind: nobody was alive to unlink it
     res = cli("process", str(log), "-w", "1", "-o", str(tmp_path / "again"))
