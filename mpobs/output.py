@@ -5,12 +5,50 @@ from __future__ import annotations
 import os
 import stat
 import sys
+import threading
 
 from mpobs.errors import InputError
 
 
 class OutputClosed(Exception):
     """The reader of our stdout went away (``mpobs process big.log | head``)."""
+
+
+def open_replacing(path: str) -> int:
+    """Open ``path`` to write it from empty: a new file in place of an old one where that is safe.
+
+    Truncating a non-empty file makes ext4 (its auto_da_alloc heuristic) write the
+    whole new file back to disk when it is closed: 55-75 ms for a 147 MB output on
+    the benchmark machine, on every run that overwrites its output, plus 15-30 ms to
+    free the old blocks. So an old output that is a plain file of ours with one link
+    is unlinked and created again with the same permission bits, and its blocks are
+    freed by a thread. Anything else (a symlink, a hard link, a device, someone
+    else's file, a folder we cannot change) is truncated as before. A program that
+    still has the old file open keeps reading the old file.
+    """
+    flags = os.O_WRONLY | os.O_CREAT
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return os.open(path, flags | os.O_TRUNC, 0o666)
+    if not (stat.S_ISREG(st.st_mode) and st.st_nlink == 1 and st.st_uid == os.geteuid() and st.st_size):
+        return os.open(path, flags | os.O_TRUNC, 0o666)
+    try:
+        old = os.open(path, getattr(os, "O_PATH", os.O_RDONLY))  # keeps the old blocks until the thread frees them
+    except OSError:
+        return os.open(path, flags | os.O_TRUNC, 0o666)
+    try:
+        os.unlink(path)
+        fd = os.open(path, flags | os.O_EXCL, 0o600)
+    except OSError:  # the folder is not ours to change, or someone created the file meanwhile
+        os.close(old)
+        return os.open(path, flags | os.O_TRUNC, 0o666)
+    try:
+        os.fchmod(fd, stat.S_IMODE(st.st_mode))
+    except OSError:
+        pass
+    threading.Thread(target=os.close, args=(old,), name="mpobs-free-old-output", daemon=True).start()
+    return fd
 
 
 class OutputJoiner:
@@ -26,7 +64,7 @@ class OutputJoiner:
                 raise InputError("stdout is closed; give an output file with --output") from err
             self.own = False
         else:
-            self.fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)
+            self.fd = open_replacing(path)
             self.own = True
         self.regular = stat.S_ISREG(os.fstat(self.fd).st_mode)
         self.bytes_written = 0

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -185,3 +188,70 @@ def test_sample_log_when_no_input_given(tmp_path: Path, cli: Any) -> None:
     assert res.returncode == 0, res.stderr.decode()
     assert b"running on a generated sample log" in res.stderr
     assert out.read_bytes().startswith(b"Line 1: ")
+
+
+def _write_via(path: Path, data: bytes) -> None:
+    from mpobs.output import open_replacing
+
+    fd = open_replacing(str(path))
+    try:
+        os.write(fd, data)
+    finally:
+        os.close(fd)
+
+
+def test_rerun_replaces_the_output_and_keeps_its_permissions(tmp_path: Path, cli: Any) -> None:
+    log, out = tmp_path / "in.log", tmp_path / "out.txt"
+    log.write_bytes(b"a ERROR\nb INFO\n")
+    out.write_bytes(b"old output, longer than the new one\n" * 1000)
+    out.chmod(0o640)
+    reader = open(out, "rb")  # noqa: SIM115  (a reader of the old output, like tail -f)
+    try:
+        res = cli("process", str(log), "-w", "2", "-o", str(out))
+        assert res.returncode == 0, res.stderr.decode()
+        assert out.read_bytes() == b"Line 1: a ERROR\nLine 2: b INFO\n"
+        assert stat.S_IMODE(out.stat().st_mode) == 0o640
+        assert reader.read(3) == b"old"  # it keeps the file it opened
+    finally:
+        reader.close()
+
+
+def test_output_through_a_symlink_or_a_hard_link_is_rewritten_in_place(tmp_path: Path) -> None:
+    target, link = tmp_path / "target.txt", tmp_path / "link.txt"
+    target.write_bytes(b"old old old\n")
+    link.symlink_to(target)
+    _write_via(link, b"new\n")
+    assert link.is_symlink() and target.read_bytes() == b"new\n"
+
+    other = tmp_path / "other-name.txt"
+    os.link(target, other)
+    _write_via(target, b"newer\n")
+    assert other.read_bytes() == b"newer\n"  # both names are the same file still
+    assert target.stat().st_ino == other.stat().st_ino
+
+
+def test_output_in_a_folder_we_cannot_change_is_truncated(tmp_path: Path) -> None:
+    log, folder = tmp_path / "in.log", tmp_path / "ro"
+    log.write_bytes(b"a ERROR\n")
+    folder.mkdir()
+    out = folder / "out.txt"
+    out.write_bytes(b"old old old\n")
+    ino = out.stat().st_ino
+    folder.chmod(0o555)
+    cmd = [sys.executable, "-m", "mpobs", "process", str(log), "-w", "2", "-o", str(out)]
+    if os.geteuid() == 0:
+        # Root may change any folder: take away the capabilities that let it (util-linux setpriv).
+        setpriv = shutil.which("setpriv")
+        assert setpriv, "setpriv (util-linux) is needed to test a read-only folder as root"
+        cmd = [setpriv, "--bounding-set", "-dac_override,-dac_read_search", *cmd]
+    try:
+        res = subprocess.run(cmd, capture_output=True, timeout=60)
+        assert res.returncode == 0, res.stderr.decode()
+        assert out.read_bytes() == b"Line 1: a ERROR\n" and out.stat().st_ino == ino
+    finally:
+        folder.chmod(0o755)
+
+
+def test_output_device_is_written_not_replaced(tmp_path: Path) -> None:
+    _write_via(Path(os.devnull), b"nothing\n")
+    assert Path(os.devnull).is_char_device()
