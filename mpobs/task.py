@@ -5,6 +5,7 @@ from __future__ import annotations
 import mmap
 import os
 import time
+from bisect import bisect_left
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Protocol
@@ -149,6 +150,8 @@ def run_task(
     pending_errors: list[dict[str, Any]] = []
     sent_chunks = 0
     step = settings.batch_lines
+    # The task's sampled lines at once: one numpy pass per task instead of one per batch.
+    traced_all = sampled(task.first_line, n_total, settings.trace_rate) if settings.trace_rate > 0 else []
     with open(part_path, "wb") as part:
         for lo in range(0, n_total, step):
             if should_stop():
@@ -163,8 +166,8 @@ def run_task(
             acc = [0] * (nproc * NF)
             errs: list[tuple[int, int, str, BaseException]] = []
             tracer = None
-            if settings.trace_rate > 0:
-                traced = sampled(first, len(chunk), settings.trace_rate)
+            if traced_all:
+                traced = traced_all[bisect_left(traced_all, first) : bisect_left(traced_all, first + len(chunk))]
                 tracer = BatchTrace(traced, batch) if traced else None
             out = pipeline.run_batch(batch, acc, errs, tracer, settings.clock)
             if out.texts:

@@ -57,8 +57,11 @@ def expand(trace: CompactTrace, input_name: str, ids: list[str]) -> dict[str, An
 class BatchTrace:
     """Collects the path of the sampled lines of one batch as the DAG runs it.
 
-    Work is proportional to the traced lines (binary search in the sorted line
-    numbers), not to the batch; records are compact tuples (see ``expand``).
+    Work is proportional to the traced lines, not to the batch; records are
+    compact tuples (see ``expand``). Where each traced line sits in a step's
+    output is kept, so the next step that takes that output finds it without a
+    search; only merged (fan-in) and routed batches are searched (binary search
+    in their sorted line numbers).
     """
 
     def __init__(self, nums: list[int], batch: Batch, clock: Any = time.time) -> None:
@@ -68,59 +71,83 @@ class BatchTrace:
         self.nums = nums
         self.original = [texts[n - first] for n in nums]
         self.paths: list[list[Step]] = [[] for _ in nums]
+        # id(batch) -> (batch, [(traced index, lo, hi)]): the traced lines a batch holds, at lo:hi.
+        # The batch is kept too, so its id cannot be reused by another batch meanwhile.
+        self._where: dict[int, tuple[Batch, list[tuple[int, int, int]]]] = {
+            id(batch): (batch, [(k, n - first, n - first + 1) for k, n in enumerate(nums)])
+        }
+
+    def _find(self, b: Batch) -> list[tuple[int, int, int]]:
+        known = self._where.get(id(b))
+        if known is not None and known[0] is b:
+            return known[1]
+        found = []
+        b_nums = b.nums
+        for k, n in enumerate(self.nums):
+            lo, hi = bisect_left(b_nums, n), bisect_right(b_nums, n)
+            if lo < hi:
+                found.append((k, lo, hi))
+        return found
 
     def step(self, node: Node, inp: Batch, out: Batch | dict[str, Batch], errors: ErrorList) -> None:
         now = self.clock()
         p = node.index
         failed = {n: e for n, _, e in errors} if errors else None
-        in_nums, in_texts, in_tags = inp.nums, inp.texts, inp.tags
-        size = len(in_nums)
-        routed = out if isinstance(out, dict) else None
-        # Steps that keep every line in place (line_counter, tag_extractor, ...)
-        # return the same nums list: output positions are input positions.
-        same = routed is None and out.nums is in_nums  # type: ignore[union-attr]
-        for k, n in enumerate(self.nums):
-            lo = bisect_left(in_nums, n)
-            if lo == size or in_nums[lo] != n:
-                continue
-            hi = lo + 1 if lo + 1 == size or in_nums[lo + 1] != n else bisect_right(in_nums, n, lo)
-            status = "drop"
-            extra: dict[str, Any] | None = None
-            if routed is not None:
-                for route, b in routed.items():
+        in_texts, in_tags = inp.texts, inp.tags
+        nums, paths = self.nums, self.paths
+        here = self._find(inp)
+        if isinstance(out, dict):  # a router: each line goes to one route, or is dropped
+            for k, lo, hi in here:
+                n = nums[k]
+                status = "drop"
+                for route, b in out.items():
                     i = bisect_left(b.nums, n)
                     if i < len(b.nums) and b.nums[i] == n:
                         status = "route:" + route
                         break
-            else:
-                olo, ohi = (lo, hi) if same else _span(out, n)  # type: ignore[arg-type]
-                if olo < ohi:
-                    status = "emit"
-                    out_texts, out_tags = out.texts, out.tags  # type: ignore[union-attr]
-                    if ohi - olo == 1 and hi - lo == 1:
-                        if out_texts[olo] is not in_texts[lo] and out_texts[olo] != in_texts[lo]:
-                            extra = {"text": out_texts[olo]}
-                    elif out_texts[olo:ohi] != in_texts[lo:hi]:
-                        extra = {"texts": out_texts[olo:ohi]}
-                    if out_tags is not None:
-                        tg = out_tags[olo]
-                        if in_tags is None or (tg is not in_tags[lo] and tg != in_tags[lo]):
-                            extra = dict(extra or {}, tags=list(tg))
+                extra = {"copies": hi - lo} if hi - lo > 1 else None
+                if failed is not None and n in failed:
+                    status, extra = "error", dict(extra or {}, error=_describe(failed[n]))
+                paths[k].append((p, status, now, extra))
+            return
+        # Steps that keep every line in place (line_counter, tag_extractor, ...)
+        # return the same nums list: output positions are input positions.
+        same = out.nums is inp.nums
+        out_nums, out_texts, out_tags = out.nums, out.texts, out.tags
+        kept = []
+        for k, lo, hi in here:
+            n = nums[k]
+            olo, ohi = (lo, hi) if same else (bisect_left(out_nums, n), bisect_right(out_nums, n))
+            status = "drop"
+            extra: dict[str, Any] | None = None
+            if olo < ohi:
+                status = "emit"
+                kept.append((k, olo, ohi))
+                if ohi - olo == 1 and hi - lo == 1:
+                    if out_texts[olo] is not in_texts[lo] and out_texts[olo] != in_texts[lo]:
+                        extra = {"text": out_texts[olo]}
+                elif out_texts[olo:ohi] != in_texts[lo:hi]:
+                    extra = {"texts": out_texts[olo:ohi]}
+                if out_tags is not None:
+                    tg = out_tags[olo]
+                    if in_tags is None or (tg is not in_tags[lo] and tg != in_tags[lo]):
+                        extra = dict(extra or {}, tags=list(tg))
             if hi - lo > 1:
                 extra = dict(extra or {}, copies=hi - lo)
             if failed is not None and n in failed:
-                exc = failed[n]
-                status = "error"
-                extra = dict(extra or {}, error=f"{type(exc).__name__}: {exc}")
-            self.paths[k].append((p, status, now, extra))
+                status, extra = "error", dict(extra or {}, error=_describe(failed[n]))
+            paths[k].append((p, status, now, extra))
+        self._where[id(out)] = (out, kept)
 
     def finish(self, out: Batch) -> list[CompactTrace]:
+        at = {k: (lo, hi) for k, lo, hi in self._find(out)}
+        texts = out.texts
         result = []
-        for n, original, path in zip(self.nums, self.original, self.paths):
-            lo, hi = _span(out, n)
-            result.append((n, original, path, out.texts[lo:hi]))
+        for k, (n, original, path) in enumerate(zip(self.nums, self.original, self.paths)):
+            lo, hi = at.get(k, (0, 0))
+            result.append((n, original, path, texts[lo:hi]))
         return result
 
 
-def _span(b: Batch, n: int) -> tuple[int, int]:
-    return bisect_left(b.nums, n), bisect_right(b.nums, n)
+def _describe(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"

@@ -11,6 +11,7 @@ import pytest
 
 from mpobs.config import compile_config
 from mpobs.coordinator import Coordinator, RunOptions
+from mpobs.dag import NF
 from mpobs.events import EventCollector
 from mpobs.tracing import is_sampled
 from tests.reference import split_lines
@@ -211,3 +212,81 @@ def test_sampling_rate_is_about_right(rate: float) -> None:
     picked = sampled(1, 100_000, rate)
     assert abs(len(picked) / 100_000 - rate) < 0.2 * rate
     assert picked == [n for n in range(1, 100_001) if is_sampled(n, rate)]
+
+
+class _Recorder:
+    """Keeps every step's input and output, to trace lines the slow way afterwards."""
+
+    def __init__(self) -> None:
+        self.steps: list[tuple[int, Any, Any, list[Any]]] = []
+
+    def step(self, node: Any, inp: Any, out: Any, errors: list[Any]) -> None:
+        self.steps.append((node.index, inp, out, list(errors)))
+
+
+def _slow_trace(n: int, original: str, recorder: _Recorder, out: Any) -> tuple[Any, ...]:
+    """One line's compact trace by scanning every batch (BatchTrace keeps positions instead)."""
+    path = []
+    for p, inp, res, errors in recorder.steps:
+        if n not in inp.nums:
+            continue
+        lo = inp.nums.index(n)
+        hi = lo + inp.nums.count(n)
+        extra: dict[str, Any] = {}
+        if isinstance(res, dict):
+            status = next((f"route:{r}" for r, b in res.items() if n in b.nums), "drop")
+        else:
+            at = [i for i, m in enumerate(res.nums) if m == n]
+            status = "emit" if at else "drop"
+            if at:
+                olo, ohi = at[0], at[-1] + 1
+                if res.texts[olo:ohi] != inp.texts[lo:hi]:
+                    extra.update({"text": res.texts[olo]} if ohi - olo == 1 == hi - lo else {"texts": res.texts[olo:ohi]})
+                if res.tags is not None and (inp.tags is None or res.tags[olo] != inp.tags[lo]):
+                    extra["tags"] = list(res.tags[olo])
+        if hi - lo > 1:
+            extra["copies"] = hi - lo
+        failed = {m: e for m, _, e in errors}
+        if n in failed:
+            status = "error"
+            extra["error"] = f"{type(failed[n]).__name__}: {failed[n]}"
+        path.append((p, status, extra or None))
+    return (n, original, path, [t for m, t in zip(out.nums, out.texts) if m == n])
+
+
+def test_batch_trace_matches_a_slow_scan_through_router_fan_in_copies_and_errors(tmp_path: Path,
+                                                                                  monkeypatch: Any) -> None:
+    from mpobs.batch import Batch
+    from mpobs.tracing import BatchTrace
+    from tests.test_engine import write_dag
+
+    config = json.loads(write_dag(tmp_path).read_text())
+    # Steps after a filter and after a step that copies lines: they take batches whose traced
+    # lines moved (positions kept, not searched).
+    config["processors"] += [{"type": "uppercase", "id": "shout", "inputs": ["audit"]},
+                             {"type": "lowercase", "id": "quiet", "inputs": ["annotate"]}]  # takes the copies
+    monkeypatch.syspath_prepend(str(tmp_path))
+    pipeline = compile_config(config)
+    texts = ["x WARN explode", "x WARN dup me", "ERROR [api] user login failed", "[db] no level", "INFO [web] ok",
+             "DEBUG [db] chatty", "WARN dup login", "INFO login [auth] fine", "ERROR plain", "no tags at all"] * 30
+    first = 1001
+    batch = Batch(list(range(first, first + len(texts))), texts)
+    traced = [n for n in batch.nums if n % 3]  # most lines, not all
+    recorder = _Recorder()
+
+    class Both:
+        def __init__(self) -> None:
+            self.trace = BatchTrace(traced, batch)
+
+        def step(self, *a: Any) -> None:
+            recorder.step(*a)
+            self.trace.step(*a)
+
+    both = Both()
+    out = pipeline.run_batch(batch, [0] * (len(pipeline.nodes) * NF), [], both)
+    got = [(n, o, [(p, s, x) for p, s, _, x in path], outs) for n, o, path, outs in both.trace.finish(out)]
+    want = [_slow_trace(n, texts[n - first], recorder, out) for n in traced]
+    assert got == want
+    statuses = {s for _, _, path, _ in got for _, s, _ in path}
+    assert {"emit", "drop", "error", "route:err", "route:warn", "route:rest"} <= statuses
+    assert any(x and "copies" in x for _, _, path, _ in got for _, _, x in path)
