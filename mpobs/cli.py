@@ -44,7 +44,7 @@ def main() -> None:
 @click.option("--max-errors", type=click.IntRange(1), help="Stop (exit 3) after this many processor errors.")
 @click.option("--task-size", type=click.IntRange(1024), default=1 << 20, show_default=True, hidden=True,
               help="Bytes per task.")
-@click.option("--batch-lines", type=click.IntRange(1), default=2000, show_default=True, hidden=True)
+@click.option("--batch-lines", type=click.IntRange(1), default=5000, show_default=True, hidden=True)  # = task.BATCH_LINES
 @click.option("-q", "--quiet", is_flag=True, help="No progress line and no summary on stderr.")
 @click.option("--dashboard", is_flag=True, help="Serve the live dashboard while running.")
 @click.option("--dashboard-host", default="127.0.0.1", show_default=True,

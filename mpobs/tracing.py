@@ -20,7 +20,7 @@ def sampled(first: int, count: int, rate: float) -> list[int]:
     """The line numbers in ``first .. first+count-1`` that are traced at ``rate``.
 
     A pure function of the line number, so the same lines are traced whatever
-    the worker count or task boundaries. Vectorized: ~10 us for 2,000 lines.
+    the worker count or task boundaries. Vectorized: about 25 us for a 14,000-line task.
     """
     if rate >= 1.0:
         return list(range(first, first + count))

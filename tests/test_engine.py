@@ -255,3 +255,11 @@ def test_output_in_a_folder_we_cannot_change_is_truncated(tmp_path: Path) -> Non
 def test_output_device_is_written_not_replaced(tmp_path: Path) -> None:
     _write_via(Path(os.devnull), b"nothing\n")
     assert Path(os.devnull).is_char_device()
+
+
+def test_cli_defaults_are_the_engines() -> None:
+    from mpobs.cli import process
+    from mpobs.task import BATCH_LINES, TASK_BYTES
+
+    defaults = {p.name: p.default for p in process.params}
+    assert (defaults["batch_lines"], defaults["task_size"]) == (BATCH_LINES, TASK_BYTES)
