@@ -121,6 +121,12 @@ def healthz() -> tuple[dict[str, Any], int]:
 def metrics() -> Response:
     from prometheus_client.exposition import choose_encoder
 
+    from dashboard_app.metrics import make_registry
+
+    ext = current_app.extensions["mpobs"]
+    registry = ext["registry"]
+    if registry is None:  # the first scrape (see create_app); two at once make one each, one is kept
+        registry = ext["registry"] = make_registry(ext["source"])
     # The client library negotiates: OpenMetrics for a Prometheus server that asks, else text 0.0.4.
     encoder, content_type = choose_encoder(request.headers.get("Accept", ""))
-    return Response(encoder(current_app.extensions["mpobs"]["registry"]), content_type=content_type)
+    return Response(encoder(registry), content_type=content_type)

