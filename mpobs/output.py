@@ -21,7 +21,7 @@ def open_replacing(path: str) -> int:
     whole new file back to disk when it is closed: 55-75 ms for a 147 MB output on
     the benchmark machine, on every run that overwrites its output, plus 15-30 ms to
     free the old blocks. So an old output that is a plain file of ours with one link
-    is unlinked and created again with the same permission bits, and its blocks are
+    is unlinked and created again with the same permissions, and its blocks are
     freed by a thread. Anything else (a symlink, a hard link, a device, someone
     else's file, a folder we cannot change) is truncated as before. A program that
     still has the old file open keeps reading the old file.
@@ -44,7 +44,7 @@ def open_replacing(path: str) -> int:
         os.close(old)
         return os.open(path, flags | os.O_TRUNC, 0o666)
     try:
-        os.fchmod(fd, stat.S_IMODE(st.st_mode))
+        os.fchmod(fd, st.st_mode & 0o777)  # its permissions, never a set-id bit (writing clears those too)
     except OSError:
         pass
     threading.Thread(target=os.close, args=(old,), name="mpobs-free-old-output", daemon=True).start()

@@ -216,6 +216,15 @@ def test_rerun_replaces_the_output_and_keeps_its_permissions(tmp_path: Path, cli
         reader.close()
 
 
+def test_replaced_output_never_gets_a_set_id_bit(tmp_path: Path) -> None:
+    out = tmp_path / "out.txt"
+    out.write_bytes(b"old old old\n")
+    out.chmod(0o4750)
+    _write_via(out, b"new\n")
+    assert out.read_bytes() == b"new\n"
+    assert stat.S_IMODE(out.stat().st_mode) == 0o750
+
+
 def test_output_through_a_symlink_or_a_hard_link_is_rewritten_in_place(tmp_path: Path) -> None:
     target, link = tmp_path / "target.txt", tmp_path / "link.txt"
     target.write_bytes(b"old old old\n")
