@@ -135,6 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     doc: dict[str, Any] = {"machine": report.machine()}
     log = data.ensure_log(a.data, a.lines, SEED, say)
     data.warm(log)
+    data.compile_engine()
     work = a.data / "work"
     work.mkdir(parents=True, exist_ok=True)
     timeout = max(180.0, a.lines / 10_000)  # a run slower than 10k lines/s is stuck, not slow

@@ -24,3 +24,6 @@ if [ "${1:-}" = "--test" ]; then
   fi
 fi
 "$PY" -m pip install -q --disable-pip-version-check -e ".${extras}"
+# An editable install leaves the sources uncompiled, and with PYTHONDONTWRITEBYTECODE set
+# every start would compile them again (~50 ms); pip does this for a regular install.
+"$PY" -m compileall -q mpobs dashboard_app >/dev/null
