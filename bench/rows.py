@@ -151,11 +151,22 @@ def run_row(row: Row, src: Path, out: Path, timeout: float) -> RunResult:
         # A plain wait() blocks in waitpid and sees the exit at once; wait(timeout=...) polls,
         # sleeping up to 50 ms between looks, which added 0-50 ms to every row's time.
         timed_out = threading.Event()
-        watchdog = threading.Timer(timeout, lambda: (timed_out.set(), kill_tree(proc)))
+
+        def stuck() -> None:
+            timed_out.set()
+            try:
+                kill_tree(proc)
+            except Exception:
+                proc.kill()  # at least the run itself, so that wait() below returns
+
+        watchdog = threading.Timer(timeout, stuck)
+        watchdog.daemon = True  # Ctrl-C in the harness must not wait for it
         watchdog.start()
-        rc: int | None = proc.wait()
-        seconds = time.perf_counter() - t0
-        watchdog.cancel()
+        try:
+            rc: int | None = proc.wait()
+            seconds = time.perf_counter() - t0
+        finally:
+            watchdog.cancel()
         watchdog.join()
         if timed_out.is_set():
             rc = None

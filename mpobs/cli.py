@@ -60,7 +60,13 @@ def process(input_file: str | None, config_path: str | None, workers: int | None
             dashboard_host: str, dashboard_port: int, dashboard_token: str | None,
             linger: float | None) -> None:  # fmt: skip
     """Run the pipeline over INPUT_FILE (default: a generated sample log)."""
-    _start_resource_tracker()  # first: it starts up while the imports below run
+    try:
+        _start_resource_tracker()  # first: it starts up while the imports below run
+    except OSError:
+        pass  # making the stats segment starts it again, and reports what is wrong
+    except KeyboardInterrupt:
+        click.echo("mpobs: interrupted", err=True)
+        sys.exit(130)
     from mpobs.config import load_config
     from mpobs.coordinator import Coordinator, RunOptions, check_paths, check_writable
 

@@ -191,6 +191,8 @@ class Coordinator:
         state, code, message = "failed", EXIT_FAILED, None
         old_handlers = self._install_signals()
         try:
+            # First: replacing an old output frees its blocks on a thread meanwhile (see open_replacing).
+            joiner = OutputJoiner(opts.output_path)
             self.part_dir = tempfile.mkdtemp(prefix=f"{PARTS_PREFIX}{os.getpid()}-")
             self.seg = seg = StatsSegment.create(layout, self.ctx.Lock())
             seg.on_stuck = self._unstick
@@ -203,9 +205,9 @@ class Coordinator:
 
                 # Before the workers, so a port in use fails the run before any work;
                 # and before the record queues, so the dashboard holds none of their ends.
+                joiner.before_fork()
                 self.dashboard = start_dashboard(self, opts.dashboard)
                 self.collector.forward = self.dashboard.queue
-            joiner = OutputJoiner(opts.output_path)
             settings = TaskSettings(
                 opts.input_path, self.meta.input_name, batch_lines=opts.batch_lines,
                 trace_rate=opts.trace_sample if opts.trace else 0.0, event_chunk=opts.event_chunk,
@@ -216,6 +218,7 @@ class Coordinator:
                 wait_traces=bool(opts.save_traces), part_dir=self.part_dir,
             )  # fmt: skip
             seg.set_state("running")
+            joiner.before_fork()
             pool.start()
             # After the first forks, so those happen from a single thread (a worker started
             # again after a crash is forked while the readers run; it uses none of their locks).

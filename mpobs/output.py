@@ -14,41 +14,69 @@ class OutputClosed(Exception):
     """The reader of our stdout went away (``mpobs process big.log | head``)."""
 
 
-def open_replacing(path: str) -> int:
+def open_replacing(path: str) -> tuple[int, threading.Thread | None]:
     """Open ``path`` to write it from empty: a new file in place of an old one where that is safe.
 
     Truncating a non-empty file makes ext4 (its auto_da_alloc heuristic) write the
     whole new file back to disk when it is closed: 55-75 ms for a 147 MB output on
     the benchmark machine, on every run that overwrites its output, plus 15-30 ms to
-    free the old blocks. So an old output that is a plain file of ours with one link
-    is unlinked and created again with the same permissions, and its blocks are
-    freed by a thread. Anything else (a symlink, a hard link, a device, someone
-    else's file, a folder we cannot change) is truncated as before. A program that
-    still has the old file open keeps reading the old file.
+    free the old blocks. So an old output that is a non-empty plain file of ours with
+    one link and no extended attributes (ACLs) is replaced: a new file with its mode
+    (never a set-id bit) and group is made next to it and renamed over it, so the
+    path always names one of the two. Anything else (a symlink, a hard link, a device,
+    someone else's file, a folder we cannot change, a group we cannot give) is
+    truncated as before. A program that still has the old file open keeps the old file.
+
+    Returns the descriptor, and the thread that frees the old file's blocks (or
+    None): join it before forking, or the children hold the old file until they exit.
     """
     flags = os.O_WRONLY | os.O_CREAT
     try:
         st = os.lstat(path)
+        replace = (stat.S_ISREG(st.st_mode) and st.st_nlink == 1 and st.st_uid == os.geteuid() and st.st_size > 0
+                   and not _has_xattrs(path))  # fmt: skip
     except OSError:
-        return os.open(path, flags | os.O_TRUNC, 0o666)
-    if not (stat.S_ISREG(st.st_mode) and st.st_nlink == 1 and st.st_uid == os.geteuid() and st.st_size):
-        return os.open(path, flags | os.O_TRUNC, 0o666)
+        replace = False
+    if not replace:
+        return os.open(path, flags | os.O_TRUNC, 0o666), None
     try:
-        old = os.open(path, getattr(os, "O_PATH", os.O_RDONLY))  # keeps the old blocks until the thread frees them
+        # Keeps the old file alive past the rename, so that freeing its blocks is the thread's work.
+        old = os.open(path, getattr(os, "O_PATH", os.O_RDONLY) | os.O_NOFOLLOW)
     except OSError:
-        return os.open(path, flags | os.O_TRUNC, 0o666)
+        return os.open(path, flags | os.O_TRUNC, 0o666), None
+    tmp = None
     try:
-        os.unlink(path)
-        fd = os.open(path, flags | os.O_EXCL, 0o600)
-    except OSError:  # the folder is not ours to change, or someone created the file meanwhile
+        now = os.fstat(old)
+        if (now.st_dev, now.st_ino, now.st_nlink) != (st.st_dev, st.st_ino, 1):
+            raise OSError("changed while we looked")
+        folder, name = os.path.split(os.path.abspath(path))
+        tmp = os.path.join(folder, f".{name}.mpobs-{os.getpid()}-{os.urandom(4).hex()}")
+        fd = os.open(tmp, flags | os.O_EXCL, 0o600)
+        try:
+            os.fchown(fd, -1, st.st_gid)
+            os.fchmod(fd, st.st_mode & 0o777)
+            os.rename(tmp, path)
+        except OSError:
+            os.close(fd)
+            raise
+    except OSError:  # a folder we cannot write, a group we are not in, a race: truncate instead
         os.close(old)
-        return os.open(path, flags | os.O_TRUNC, 0o666)
+        if tmp is not None:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+        return os.open(path, flags | os.O_TRUNC, 0o666), None
+    closer = threading.Thread(target=os.close, args=(old,), name="mpobs-free-old-output", daemon=True)
+    closer.start()
+    return fd, closer
+
+
+def _has_xattrs(path: str) -> bool:
     try:
-        os.fchmod(fd, st.st_mode & 0o777)  # its permissions, never a set-id bit (writing clears those too)
-    except OSError:
-        pass
-    threading.Thread(target=os.close, args=(old,), name="mpobs-free-old-output", daemon=True).start()
-    return fd
+        return bool(os.listxattr(path, follow_symlinks=False))
+    except (OSError, AttributeError):
+        return True  # cannot tell: keep the file and truncate it
 
 
 class OutputJoiner:
@@ -63,11 +91,18 @@ class OutputJoiner:
             except (AttributeError, ValueError, OSError) as err:  # started with stdout closed (>&-)
                 raise InputError("stdout is closed; give an output file with --output") from err
             self.own = False
+            self._closer = None
         else:
-            self.fd = open_replacing(path)
+            self.fd, self._closer = open_replacing(path)
             self.own = True
         self.regular = stat.S_ISREG(os.fstat(self.fd).st_mode)
         self.bytes_written = 0
+
+    def before_fork(self) -> None:
+        """Wait until the replaced output's old file is closed, so that no child inherits it."""
+        if self._closer is not None:
+            self._closer.join()
+            self._closer = None
 
     def append(self, part: str) -> None:
         with open(part, "rb") as f:
@@ -115,5 +150,6 @@ class OutputJoiner:
             offset += len(chunk)
 
     def close(self) -> None:
+        self.before_fork()
         if self.own:
             os.close(self.fd)

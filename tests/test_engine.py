@@ -193,11 +193,13 @@ def test_sample_log_when_no_input_given(tmp_path: Path, cli: Any) -> None:
 def _write_via(path: Path, data: bytes) -> None:
     from mpobs.output import open_replacing
 
-    fd = open_replacing(str(path))
+    fd, closer = open_replacing(str(path))
     try:
         os.write(fd, data)
     finally:
         os.close(fd)
+        if closer is not None:
+            closer.join()
 
 
 def test_rerun_replaces_the_output_and_keeps_its_permissions(tmp_path: Path, cli: Any) -> None:
@@ -214,6 +216,28 @@ def test_rerun_replaces_the_output_and_keeps_its_permissions(tmp_path: Path, cli
         assert reader.read(3) == b"old"  # it keeps the file it opened
     finally:
         reader.close()
+
+
+def test_replaced_output_keeps_its_group_and_a_file_with_xattrs_is_kept(tmp_path: Path) -> None:
+    out = tmp_path / "out.txt"
+    out.write_bytes(b"old old old\n")
+    groups = [g for g in os.getgroups() if g != os.getegid()] if os.geteuid() else [100]
+    if groups:
+        os.chown(out, -1, groups[0])
+    gid, ino = out.stat().st_gid, out.stat().st_ino
+    _write_via(out, b"new\n")
+    assert out.read_bytes() == b"new\n" and out.stat().st_gid == gid
+    assert out.stat().st_ino != ino  # replaced, not truncated
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary file left
+
+    try:
+        os.setxattr(out, "user.mpobs-test", b"keep me")
+    except OSError:
+        pytest.skip("this file system takes no user xattrs")
+    ino = out.stat().st_ino
+    _write_via(out, b"newer\n")
+    assert out.read_bytes() == b"newer\n" and out.stat().st_ino == ino  # truncated in place
+    assert os.getxattr(out, "user.mpobs-test") == b"keep me"
 
 
 def test_replaced_output_never_gets_a_set_id_bit(tmp_path: Path) -> None:
