@@ -19,7 +19,7 @@ from mpobs.dag import Pipeline
 from mpobs.errors import EXIT_FAILED, EXIT_MAX_ERRORS, EXIT_OK, EXIT_SIGINT, EXIT_SIGTERM, InputError, MpobsError
 from mpobs.events import CHUNK, EventCollector, QueueReader
 from mpobs.output import OutputClosed, OutputJoiner
-from mpobs.pool import LocalPool
+from mpobs.pool import LocalPool, PoolEvent
 from mpobs.segment import LOCK_WAIT, SEGMENT_PREFIX, Layout, StatsSegment
 from mpobs.stats import RunMeta, build_stats
 from mpobs.task import BATCH_LINES, TASK_BYTES, Task, TaskResult, TaskSettings, plan_tasks
@@ -170,6 +170,9 @@ class Coordinator:
         self._counters_sent_at = 0.0
         self._stuck_since = self._stuck_last = 0.0
         self.part_dir = ""
+        self._done: dict[int, tuple[np.ndarray, TaskResult, int]] = {}  # finished, not yet in the output
+        self._next_out = 0  # the next task to go into the output
+        self._writing = False  # direct output: _next_out has its grant
 
     # -- public --------------------------------------------------------------
     def run(self) -> RunOutcome:
@@ -216,6 +219,7 @@ class Coordinator:
             self.pool = pool = LocalPool(
                 self.ctx, workers, seg, self.pipeline, settings, self._new_queue,
                 wait_traces=bool(opts.save_traces), part_dir=self.part_dir,
+                out_fd=joiner.fd if joiner.direct else None,
             )  # fmt: skip
             seg.set_state("running")
             joiner.before_fork()
@@ -317,17 +321,18 @@ class Coordinator:
         assert seg is not None
         retry: deque[Task] = deque()
         attempts: Counter[int] = Counter()
-        done: dict[int, tuple[np.ndarray, TaskResult]] = {}
-        next_join = 0
         planned = 0  # tasks taken from the plan so far
         exhausted = False
         last_tick = 0.0
+        # A task that killed its worker MAX_TASK_ATTEMPTS times: the run fails once every
+        # task before it is in the output (tasks after it are not started any more).
+        giving_up: tuple[int, str] | None = None
 
         def next_task() -> Task | None:
             nonlocal exhausted, planned
             if retry:
                 return retry.popleft()
-            if exhausted:
+            if exhausted or giving_up is not None:
                 return None
             task = next(plan, None)
             if task is None:
@@ -341,26 +346,34 @@ class Coordinator:
         self._lines_total = 0
         while True:
             pool.fill(next_task)
-            if exhausted and not retry and pool.idle() and next_join == planned:
+            if giving_up is not None and self._next_out >= giving_up[0]:
+                raise _Stop("failed", EXIT_FAILED, giving_up[1])
+            if exhausted and not retry and pool.idle() and self._next_out == planned:
                 return
             events = pool.wait([], timeout=0.1)
             self._start_readers()  # for workers started again after a crash
             for ev in events:
-                if ev.kind == "done":
-                    done[ev.task.index] = (ev.vec, ev.result)
-                elif ev.kind == "died":
+                if ev.kind == "died":
+                    self._outputs_lost(ev)
                     # The first lost task is the one the worker was running; the rest only waited.
                     running = ev.lost[0] if ev.lost else None
+                    again = ev.lost + ev.held
                     if running is not None:
                         attempts[running.index] += 1
                         if attempts[running.index] >= MAX_TASK_ATTEMPTS:
-                            self._join_ready(done, joiner, next_join)
                             msg = f"{running.describe()} killed its worker {MAX_TASK_ATTEMPTS} times; giving up"
-                            raise _Stop("failed", EXIT_FAILED, msg)
-                    retry.extendleft(reversed(ev.lost))
+                            if giving_up is None or running.index < giving_up[0]:
+                                giving_up = (running.index, msg)
+                    if giving_up is not None:
+                        again += list(retry)
+                        retry.clear()
+                        again = [t for t in again if t.index < giving_up[0]]
+                    retry.extendleft(sorted(again, key=lambda t: t.index, reverse=True))
                 elif ev.kind == "fatal":
                     raise _Stop("failed", EXIT_FAILED, f"worker {ev.slot} failed: {ev.detail}")
-            next_join = self._join_ready(done, joiner, next_join)
+                else:
+                    self._output_event(ev, joiner)
+            self._advance_output(pool, joiner)
             self._check_stop()
             if self.dashboard is not None:
                 self.dashboard.poll()  # warns once if it died; the run goes on
@@ -371,25 +384,66 @@ class Coordinator:
                 last_tick = now
                 self.opts.on_tick(self)
 
-    def _join_ready(self, done: dict[int, tuple[np.ndarray, TaskResult]], joiner: OutputJoiner, next_join: int) -> int:
-        """Append every part that is next in order; its counts become committed."""
+    # -- the output, in task order ---------------------------------------------
+    # A finished task waits in _done until every task before it is in the output. With
+    # our own output file (joiner.direct) the worker writes it: once every task before
+    # one is written, that task is granted the offset where its output starts (a task
+    # re-run after a crash may differ in size, so no offset is given earlier), and it
+    # writes as it goes (worker.DirectOutput). Otherwise (stdout) its part file is joined
+    # here. Either way its counts are committed when it is in the output.
+
+    def _output_event(self, ev: PoolEvent, joiner: OutputJoiner) -> None:
+        if ev.kind == "done":
+            assert ev.task is not None and ev.vec is not None and ev.result is not None
+            self._done[ev.task.index] = (ev.vec, ev.result, ev.slot)
+        elif ev.kind == "written":
+            assert self._writing and ev.index == self._next_out, (ev.index, self._next_out)
+            self._writing = False
+            vec, result, _ = self._done.pop(ev.index)
+            joiner.bytes_written += result.out_bytes
+            self._commit(vec, result)
+            self._next_out += 1
+
+    def _outputs_lost(self, ev: PoolEvent) -> None:
+        """A worker died: finished outputs it still held leave the pending row, and run again."""
         assert self.seg is not None
-        while next_join in done:
-            vec, result = done.pop(next_join)
-            part = self._part_path(next_join)
+        for task in ev.held:
+            vec, _, _ = self._done.pop(task.index)
+            self.seg.uncomplete(vec)
+        if any(t.index == self._next_out for t in ev.lost + ev.held):
+            # Its grant died with it. Whatever it wrote is past the committed end: the
+            # task's next run writes over it, and the end is cut when the run ends.
+            self._writing = False
+
+    def _advance_output(self, pool: LocalPool, joiner: OutputJoiner) -> None:
+        """Put what is next in task order into the output: grant its offset, or join its part."""
+        if joiner.direct:
+            if not self._writing:
+                slot = pool.holder(self._next_out)
+                if slot is not None:
+                    pool.grant(slot, self._next_out, joiner.bytes_written)
+                    self._writing = True
+            return
+        while self._next_out in self._done:
+            vec, result, _ = self._done.pop(self._next_out)
+            part = self._part_path(self._next_out)
             joiner.append(part)
             os.unlink(part)
-            self.seg.commit(vec)
-            for pid, counts in result.key_counts.items():
-                self.counters[pid].update(counts)
-            self.error_types.update(result.error_types)
-            if self.dashboard is not None and result.key_counts:
-                now = time.monotonic()
-                if now - self._counters_sent_at >= 1.0:  # sorting many keys is not free: once a second
-                    self._counters_sent_at = now
-                    self.dashboard.publish_counters(self._counters())
-            next_join += 1
-        return next_join
+            self._commit(vec, result)
+            self._next_out += 1
+
+    def _commit(self, vec: np.ndarray, result: TaskResult) -> None:
+        """A task is in the output: its counts become committed."""
+        assert self.seg is not None
+        self.seg.commit(vec)
+        for pid, counts in result.key_counts.items():
+            self.counters[pid].update(counts)
+        self.error_types.update(result.error_types)
+        if self.dashboard is not None and result.key_counts:
+            now = time.monotonic()
+            if now - self._counters_sent_at >= 1.0:  # sorting many keys is not free: once a second
+                self._counters_sent_at = now
+                self.dashboard.publish_counters(self._counters())
 
     def _part_path(self, index: int) -> str:
         return os.path.join(self.part_dir, f"part-{index:09d}")

@@ -1,4 +1,4 @@
-"""Joining the workers' output parts, in task order, into the output file or stdout."""
+"""The output: workers' output in task order, written by them into our own file, or joined into stdout."""
 
 from __future__ import annotations
 
@@ -96,7 +96,10 @@ class OutputJoiner:
             self.fd, self._closer = open_replacing(path)
             self.own = True
         self.regular = stat.S_ISREG(os.fstat(self.fd).st_mode)
-        self.bytes_written = 0
+        # Our own regular file: workers write their output into it themselves, at the
+        # offsets the coordinator orders (no part files, no copy). Stdout is joined here.
+        self.direct = self.own and self.regular
+        self.bytes_written = 0  # the committed output; direct: also the next task's offset
 
     def before_fork(self) -> None:
         """Wait until the replaced output's old file is closed, so that no child inherits it."""
@@ -151,5 +154,8 @@ class OutputJoiner:
 
     def close(self) -> None:
         self.before_fork()
+        if self.direct:
+            # Anything after the committed output is a task a stopped run did not count.
+            os.ftruncate(self.fd, self.bytes_written)
         if self.own:
             os.close(self.fd)

@@ -25,13 +25,15 @@ PREFETCH = 2  # the segment gives each worker two in-flight rows: one per handed
 class PoolEvent:
     """Something a worker did: finished a task, died (with the tasks it lost), or failed."""
 
-    kind: str  # "done" | "died" | "stopped" (--max-errors) | "fatal"
+    kind: str  # "done" | "written" | "died" | "stopped" (--max-errors) | "fatal"
     slot: int
     task: Task | None = None
     vec: np.ndarray | None = None
     result: TaskResult | None = None
-    lost: list[Task] = field(default_factory=list)
+    lost: list[Task] = field(default_factory=list)  # died: the tasks it held, the running one first
+    held: list[Task] = field(default_factory=list)  # died: finished tasks whose output it still held
     detail: str = ""
+    index: int = -1  # written: the task whose output is now in the file
 
 
 class _Slot:
@@ -39,6 +41,7 @@ class _Slot:
         self.proc = proc
         self.conn = conn
         self.inflight: deque[tuple[Task, int]] = deque()
+        self.held: dict[int, Task] = {}  # finished, output not yet written (direct output only)
         self.seq = 0
         self.alive = True
 
@@ -47,7 +50,8 @@ class LocalPool:
     """Worker processes on this machine; each counts into its own in-flight rows of ``seg``."""
 
     def __init__(self, ctx: Any, workers: int, seg: StatsSegment, pipeline: Pipeline, settings: TaskSettings,
-                 on_queue: Callable[[Any], None], wait_traces: bool, part_dir: str) -> None:  # fmt: skip
+                 on_queue: Callable[[Any], None], wait_traces: bool, part_dir: str,
+                 out_fd: int | None = None) -> None:  # fmt: skip
         self.ctx = ctx
         self.n = workers
         self.seg = seg
@@ -56,6 +60,7 @@ class LocalPool:
         self.on_queue = on_queue  # told of each worker's new record queue (the coordinator reads it)
         self.wait_traces = wait_traces
         self.part_dir = part_dir
+        self.out_fd = out_fd  # workers write the output themselves (see worker_main)
         self.stop_event = ctx.Event()
         self.slots: list[_Slot] = []
         self.restarted = 0
@@ -73,7 +78,7 @@ class LocalPool:
             target=worker_main,
             name=f"mpobs-worker-{slot}",
             args=(slot, child_conn, self.seg.name, self.seg.layout, self.seg.lock, self.pipeline, self.settings,
-                  events_q, self.wait_traces, self.stop_event, os.getpid(), self.part_dir),  # fmt: skip
+                  events_q, self.wait_traces, self.stop_event, os.getpid(), self.part_dir, self.out_fd),  # fmt: skip
             daemon=True,
         )
         proc.start()
@@ -91,11 +96,26 @@ class LocalPool:
                 s.seq += 1
                 s.inflight.append((task, seq))
                 try:
-                    s.conn.send((task, seq))
+                    s.conn.send(("task", task, seq))
                 except OSError:
                     break  # it died; wait() reports the lost tasks
 
+    def holder(self, index: int) -> int | None:
+        """The slot whose worker has task ``index``: to run, running, or finished and not yet written."""
+        for i, s in enumerate(self.slots):
+            if s.alive and (index in s.held or any(t.index == index for t, _ in s.inflight)):
+                return i
+        return None
+
+    def grant(self, slot: int, index: int, offset: int) -> None:
+        """Tell the worker with task ``index`` that its output starts at ``offset`` (see DirectOutput)."""
+        try:
+            self.slots[slot].conn.send(("write", index, offset))
+        except OSError:
+            pass  # it died; wait() reports the task as lost
+
     def idle(self) -> bool:
+        """No task is running or waiting to run (finished outputs may still wait to be written)."""
         return all(not s.inflight for s in self.slots)
 
     def wait(self, extra: list[Any], timeout: float) -> list[PoolEvent]:
@@ -126,7 +146,12 @@ class LocalPool:
                     task, expected = s.inflight.popleft()
                     assert seq == expected, (seq, expected)
                     vec = self.seg.complete(self.seg.layout.inflight_row(i, seq), i)
+                    if self.out_fd is not None:
+                        s.held[task.index] = task
                     events.append(PoolEvent("done", i, task, vec, result))
+                elif msg[0] == "written":
+                    task = s.held.pop(msg[1])
+                    events.append(PoolEvent("written", i, task, index=task.index))
                 elif msg[0] == "fatal":
                     events.append(PoolEvent("fatal", i, detail=msg[1].strip().splitlines()[-1]))
         except (EOFError, OSError):
@@ -148,12 +173,14 @@ class LocalPool:
         s.proc.join()
         s.alive = False
         lost = [t for t, _ in s.inflight]
+        held = sorted(s.held.values(), key=lambda t: t.index)
         s.inflight.clear()
+        s.held.clear()
         s.conn.close()
         self.seg.release_for({s.proc.pid})
         self.seg.drop(i)
         self.seg.set_worker(i, alive=0)
-        ev = PoolEvent("died", i, lost=lost, detail=f"exit code {s.proc.exitcode}")
+        ev = PoolEvent("died", i, lost=lost, held=held, detail=f"exit code {s.proc.exitcode}")
         if self.stop_event.is_set():
             self.stopping = True  # workers stop by themselves (--max-errors): not a crash
             ev.kind = "stopped"

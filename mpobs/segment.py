@@ -208,6 +208,11 @@ class StatsSegment:
             self.counts[1] -= vec
             self.counts[0] += vec
 
+    def uncomplete(self, vec: np.ndarray) -> None:
+        """A finished task's output died with its worker before it was written: it runs again."""
+        with self.held():
+            self.counts[1] -= vec
+
     def drop(self, slot: int) -> None:
         """A worker died: forget its uncommitted counts (its tasks run again)."""
         with self.held():

@@ -110,6 +110,7 @@ class TaskResult:
     out_lines: int
     key_counts: dict[str, dict[str, int]] = field(default_factory=dict)
     error_types: dict[tuple[str, str], int] = field(default_factory=dict)
+    out_bytes: int = 0  # what the task wrote: its share of the output
 
 
 def run_task(
@@ -117,15 +118,15 @@ def run_task(
     pipeline: Pipeline,
     layout: Layout,
     settings: TaskSettings,
-    part_path: str,
+    write: Callable[[bytes], Any],
     counts: CountSink,
     events: EventSink | None,
     should_stop: Callable[[], bool] = lambda: False,
 ) -> TaskResult | None:
-    """Read the task's bytes, run them through the DAG in batches, write the output part.
+    """Read the task's bytes, run them through the DAG in batches, ``write`` the output, a batch a call.
 
-    Returns None when ``should_stop`` said so between two batches (the part is
-    then incomplete and must not be used).
+    Returns None when ``should_stop`` said so between two batches (what was
+    written is then incomplete and must not be used).
     """
     fd = os.open(settings.input_path, os.O_RDONLY)
     try:
@@ -152,65 +153,68 @@ def run_task(
     step = settings.batch_lines
     # The task's sampled lines at once: one numpy pass per task instead of one per batch.
     traced_all = sampled(task.first_line, n_total, settings.trace_rate) if settings.trace_rate > 0 else []
-    with open(part_path, "wb") as part:
-        for lo in range(0, n_total, step):
-            if should_stop():
-                if events is not None and (pending_traces or pending_errors):
-                    # What this task saw still tells why the run stopped (--max-errors).
-                    counts.flush(np.zeros(layout.ncols, dtype=np.int64),
-                                 *events.send(task.index, sent_chunks, pending_traces, pending_errors))
-                return None
-            chunk = lines[lo : lo + step]
-            first = task.first_line + lo
-            batch = Batch(list(range(first, first + len(chunk))), chunk)
-            acc = [0] * (nproc * NF)
-            errs: list[tuple[int, int, str, BaseException]] = []
-            tracer = None
-            if traced_all:
-                traced = traced_all[bisect_left(traced_all, first) : bisect_left(traced_all, first + len(chunk))]
-                tracer = BatchTrace(traced, batch) if traced else None
-            out = pipeline.run_batch(batch, acc, errs, tracer, settings.clock)
-            if out.texts:
-                part.write(_encode(out.texts))
-                out_lines += len(out.texts)
-            delta = np.zeros(layout.ncols, dtype=np.int64)
-            delta[: nproc * NF] = acc
-            for proc in tag_procs:
-                for tag, k in proc.key_counts.items():
-                    delta[layout.tag_col(tag)] += k
-                proc.key_counts.clear()
-            hi = min(lo + step, n_total)
-            delta[lines_col] = hi - lo
-            # Bytes are known per task; share them out so the task's batches add up exactly.
-            delta[bytes_col] = nbytes * hi // n_total - nbytes * lo // n_total
-            if hi >= n_total:
-                delta[tasks_col] = 1
-            for node in pipeline.nodes:
-                if node.proc.counts_keys:
-                    key_counts[node.id].update(node.proc.key_counts)
-                    node.proc.key_counts.clear()
-            ev = (0, 0, 0, 0)
-            for e in errs:
-                error_types[(pipeline.nodes[e[0]].id, type(e[3]).__name__)] += 1
-            if events is not None:
-                if errs:
-                    pending_errors += [_error_record(pipeline, settings, *e) for e in errs]
-                if tracer is not None:
-                    pending_traces += tracer.finish(out)
-                # One message per CHUNK records, and one for the rest at the task's end: a
-                # message costs a wake-up of the queue thread and a pickling, whatever its size.
-                if len(pending_traces) + len(pending_errors) >= settings.event_chunk or (hi >= n_total and
-                                                                              (pending_traces or pending_errors)):
-                    ev = events.send(task.index, sent_chunks, pending_traces, pending_errors)
-                    pending_traces, pending_errors = [], []
-                    sent_chunks += 1
-            counts.flush(delta, *ev)
+    out_bytes = 0
+    for lo in range(0, n_total, step):
+        if should_stop():
+            if events is not None and (pending_traces or pending_errors):
+                # What this task saw still tells why the run stopped (--max-errors).
+                counts.flush(np.zeros(layout.ncols, dtype=np.int64),
+                             *events.send(task.index, sent_chunks, pending_traces, pending_errors))
+            return None
+        chunk = lines[lo : lo + step]
+        first = task.first_line + lo
+        batch = Batch(list(range(first, first + len(chunk))), chunk)
+        acc = [0] * (nproc * NF)
+        errs: list[tuple[int, int, str, BaseException]] = []
+        tracer = None
+        if traced_all:
+            traced = traced_all[bisect_left(traced_all, first) : bisect_left(traced_all, first + len(chunk))]
+            tracer = BatchTrace(traced, batch) if traced else None
+        out = pipeline.run_batch(batch, acc, errs, tracer, settings.clock)
+        if out.texts:
+            chunk_bytes = _encode(out.texts)
+            write(chunk_bytes)
+            out_bytes += len(chunk_bytes)
+            out_lines += len(out.texts)
+        delta = np.zeros(layout.ncols, dtype=np.int64)
+        delta[: nproc * NF] = acc
+        for proc in tag_procs:
+            for tag, k in proc.key_counts.items():
+                delta[layout.tag_col(tag)] += k
+            proc.key_counts.clear()
+        hi = min(lo + step, n_total)
+        delta[lines_col] = hi - lo
+        # Bytes are known per task; share them out so the task's batches add up exactly.
+        delta[bytes_col] = nbytes * hi // n_total - nbytes * lo // n_total
+        if hi >= n_total:
+            delta[tasks_col] = 1
+        for node in pipeline.nodes:
+            if node.proc.counts_keys:
+                key_counts[node.id].update(node.proc.key_counts)
+                node.proc.key_counts.clear()
+        ev = (0, 0, 0, 0)
+        for e in errs:
+            error_types[(pipeline.nodes[e[0]].id, type(e[3]).__name__)] += 1
+        if events is not None:
+            if errs:
+                pending_errors += [_error_record(pipeline, settings, *e) for e in errs]
+            if tracer is not None:
+                pending_traces += tracer.finish(out)
+            # One message per CHUNK records, and one for the rest at the task's end: a
+            # message costs a wake-up of the queue thread and a pickling, whatever its size.
+            full = len(pending_traces) + len(pending_errors) >= settings.event_chunk
+            if full or (hi >= n_total and (pending_traces or pending_errors)):
+                ev = events.send(task.index, sent_chunks, pending_traces, pending_errors)
+                pending_traces, pending_errors = [], []
+                sent_chunks += 1
+        counts.flush(delta, *ev)
     return TaskResult(
         task.index,
         n_total,
         out_lines,
         {k: dict(v) for k, v in key_counts.items()},
         dict(error_types),
+        out_bytes,
     )
 
 

@@ -89,15 +89,14 @@ def small_run(folder: Path, lines: int = 3000, trace_rate: float = 1.0) -> Small
     settings = TaskSettings(str(path), meta.input_name, trace_rate=trace_rate)
     for seq, task in enumerate(plan_tasks(str(path), size, 64 * 1024)):
         row = layout.inflight_row(0, seq)
-        part = folder / f"part-{task.index}"
-        result = run_task(task, pipeline, layout, settings, str(part), RowSink(seg, row, 0), events)
+        written: list[bytes] = []
+        result = run_task(task, pipeline, layout, settings, written.append, RowSink(seg, row, 0), events)
         assert result is not None
         seg.commit(seg.complete(row, 0))
         for pid, counts in result.key_counts.items():
             c = counters.setdefault(pid, {})
             for k, v in counts.items():
                 c[k] = c.get(k, 0) + v
-        part.unlink()
     return SmallRun(seg, meta, events, counters, lines)
 
 

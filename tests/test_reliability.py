@@ -145,6 +145,43 @@ def test_task_that_kills_its_worker_three_times_fails_the_run(tmp_path: Path, cl
     assert stats["system"]["total_lines"] == first - 1
 
 
+STALL_FNS = """
+import time
+def stall(line):
+    if line.startswith("STALL"):
+        time.sleep(2.5)  # holds task 0: every later task finishes first and waits for its turn to be written
+    return line
+"""
+
+
+def test_worker_killed_holding_finished_output_runs_those_tasks_again(tmp_path: Path, make_log: Any) -> None:
+    log = make_log(60_000)
+    log.write_bytes(b"STALL INFO the first line\n" + log.read_bytes())
+    config = fn_config(tmp_path, "stallfns", STALL_FNS, [
+        {"type": "python", "id": "stall", "function": "stallfns:stall"},
+        {"type": "line_counter", "id": "line_counter"},
+        {"type": "tag_extractor", "id": "tag_extractor"},
+        {"type": "filter", "id": "error_filter", "tag": "error", "inputs": ["tag_extractor"]},
+        {"type": "filter", "id": "warn_filter", "tag": "warn", "inputs": ["tag_extractor"]},
+        {"type": "filter", "id": "info_filter", "tag": "info", "inputs": ["tag_extractor"]},
+    ])  # fmt: skip
+    out, m = tmp_path / "out", tmp_path / "m.json"
+    proc = subprocess.Popen([sys.executable, "-m", "mpobs", "process", str(log), "-c", str(config), "-w", "2",
+                             "-o", str(out), "--save-metrics", str(m), "--task-size", "65536"],
+                            stderr=subprocess.PIPE)  # fmt: skip
+    workers = wait_for(lambda: len(workers_of(proc)) == 2 and workers_of(proc))
+    time.sleep(1.0)  # task 0 stalls in one worker; the other has finished tasks it cannot write yet
+    busy = max(workers, key=lambda w: w.cpu_times().user)
+    busy.kill()
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err.decode()
+    assert out.read_bytes() == default_pipeline(log.read_bytes())[0]
+    stats = json.loads(m.read_text())
+    assert stats["system"]["workers_restarted"] == 1
+    assert stats["system"]["total_lines"] == 60_001
+    assert stats["processors"]["line_counter"]["lines_in"] == 60_001  # each line counted once
+
+
 def test_worker_killed_from_outside_is_replaced(tmp_path: Path, make_log: Any) -> None:
     log = make_log(200_000)
     out, m = tmp_path / "out", tmp_path / "m.json"
