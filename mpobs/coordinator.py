@@ -26,6 +26,8 @@ from mpobs.task import BATCH_LINES, TASK_BYTES, Task, TaskResult, TaskSettings, 
 from mpobs.tracing import expand as expand_trace
 
 MAX_TASK_ATTEMPTS = 3
+#: Tasks started ahead of the output, per worker (see Coordinator._loop).
+BACKLOG_PER_WORKER = 6
 #: Part folders are named <prefix><coordinator pid>-<random> in the temp folder.
 PARTS_PREFIX = "mpobs-parts-"
 
@@ -243,6 +245,10 @@ class Coordinator:
             self._start_readers()
             for reader in self.readers:  # the workers are gone: read what is left, then stop
                 reader.finish()
+            if joiner is not None:
+                failed = joiner.close()  # the workers are gone: cut what they wrote past the committed end
+                if failed is not None and code in (EXIT_OK, EXIT_SIGINT, EXIT_SIGTERM):
+                    state, code, message = "failed", EXIT_FAILED, f"I/O error: {failed}"
             final = None
             if seg is not None:
                 seg.set_system(
@@ -252,8 +258,6 @@ class Coordinator:
                     records_repeated=self.collector.repeats, dashboard_dropped=self.collector.forward_dropped,
                 )  # fmt: skip
                 seg.set_state(state)
-            if joiner is not None:
-                joiner.close()
             if traces_file is not None:
                 traces_file.close()
             if seg is not None:
@@ -327,12 +331,15 @@ class Coordinator:
         # A task that killed its worker MAX_TASK_ATTEMPTS times: the run fails once every
         # task before it is in the output (tasks after it are not started any more).
         giving_up: tuple[int, str] | None = None
+        # Tasks planned but not yet in the output, at most: when one task stalls, the others'
+        # finished output waits for it (in worker memory or part files), so no more is started.
+        backlog = BACKLOG_PER_WORKER * pool.n
 
         def next_task() -> Task | None:
             nonlocal exhausted, planned
             if retry:
-                return retry.popleft()
-            if exhausted or giving_up is not None:
+                return retry.popleft()  # always: the task the output waits for may be among them
+            if exhausted or giving_up is not None or planned - self._next_out >= backlog:
                 return None
             task = next(plan, None)
             if task is None:

@@ -152,10 +152,20 @@ class OutputJoiner:
             left -= len(chunk)
             offset += len(chunk)
 
-    def close(self) -> None:
+    def close(self) -> OSError | None:
+        """Cut a direct output to what was committed, and close; returns the error, if any (never raises)."""
         self.before_fork()
-        if self.direct:
-            # Anything after the committed output is a task a stopped run did not count.
-            os.ftruncate(self.fd, self.bytes_written)
-        if self.own:
-            os.close(self.fd)
+        failed = None
+        try:
+            if self.direct:
+                # Anything after the committed output is a task a stopped run did not count.
+                os.ftruncate(self.fd, self.bytes_written)
+        except OSError as err:
+            failed = err
+        finally:
+            if self.own:
+                try:
+                    os.close(self.fd)
+                except OSError as err:  # e.g. a delayed write error of a network file system
+                    failed = failed or err
+        return failed

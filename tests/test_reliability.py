@@ -154,10 +154,9 @@ def stall(line):
 """
 
 
-def test_worker_killed_holding_finished_output_runs_those_tasks_again(tmp_path: Path, make_log: Any) -> None:
-    log = make_log(60_000)
-    log.write_bytes(b"STALL INFO the first line\n" + log.read_bytes())
-    config = fn_config(tmp_path, "stallfns", STALL_FNS, [
+def stall_config(tmp_path: Path) -> Path:
+    """The default pipeline behind a step that stalls 2.5 s on a line starting with STALL."""
+    return fn_config(tmp_path, "stallfns", STALL_FNS, [
         {"type": "python", "id": "stall", "function": "stallfns:stall"},
         {"type": "line_counter", "id": "line_counter"},
         {"type": "tag_extractor", "id": "tag_extractor"},
@@ -165,6 +164,12 @@ def test_worker_killed_holding_finished_output_runs_those_tasks_again(tmp_path: 
         {"type": "filter", "id": "warn_filter", "tag": "warn", "inputs": ["tag_extractor"]},
         {"type": "filter", "id": "info_filter", "tag": "info", "inputs": ["tag_extractor"]},
     ])  # fmt: skip
+
+
+def test_worker_killed_holding_finished_output_runs_those_tasks_again(tmp_path: Path, make_log: Any) -> None:
+    log = make_log(60_000)
+    log.write_bytes(b"STALL INFO the first line\n" + log.read_bytes())
+    config = stall_config(tmp_path)
     out, m = tmp_path / "out", tmp_path / "m.json"
     proc = subprocess.Popen([sys.executable, "-m", "mpobs", "process", str(log), "-c", str(config), "-w", "2",
                              "-o", str(out), "--save-metrics", str(m), "--task-size", "65536"],
@@ -180,6 +185,35 @@ def test_worker_killed_holding_finished_output_runs_those_tasks_again(tmp_path: 
     assert stats["system"]["workers_restarted"] == 1
     assert stats["system"]["total_lines"] == 60_001
     assert stats["processors"]["line_counter"]["lines_in"] == 60_001  # each line counted once
+
+
+def test_a_stalled_task_stops_the_others_from_running_far_ahead(tmp_path: Path, make_log: Any) -> None:
+    from mpobs.coordinator import BACKLOG_PER_WORKER
+    from tests.conftest_dashboard import free_port, get_json
+
+    log = make_log(60_000)
+    log.write_bytes(b"STALL INFO the first line\n" + log.read_bytes())
+    port = free_port()
+    out = tmp_path / "out"
+    proc = subprocess.Popen([sys.executable, "-m", "mpobs", "process", str(log), "-c", str(stall_config(tmp_path)),
+                             "-w", "2", "-o", str(out), "--task-size", "65536", "--dashboard",
+                             "--dashboard-port", str(port), "--linger", "0"], stderr=subprocess.PIPE)  # fmt: skip
+    try:
+        def up() -> bool:
+            try:
+                return get_json(f"http://127.0.0.1:{port}/healthz", timeout=1)[0] == 200
+            except OSError:
+                return False  # not listening yet
+
+        wait_for(up)
+        time.sleep(1.5)  # task 0 stalls for 2.5 s; without a limit the other worker would finish all ~65 others
+        _, stats = get_json(f"http://127.0.0.1:{port}/stats")
+        finished = sum(w["tasks"] for w in stats["workers"])
+        assert 1 <= finished < BACKLOG_PER_WORKER * 2, finished  # 66 when nothing limits it
+    finally:
+        _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err.decode()
+    assert out.read_bytes() == default_pipeline(log.read_bytes())[0]
 
 
 def test_worker_killed_from_outside_is_replaced(tmp_path: Path, make_log: Any) -> None:
