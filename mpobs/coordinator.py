@@ -196,8 +196,6 @@ class Coordinator:
         state, code, message = "failed", EXIT_FAILED, None
         old_handlers = self._install_signals()
         try:
-            # First: replacing an old output frees its blocks on a thread meanwhile (see open_replacing).
-            joiner = OutputJoiner(opts.output_path)
             self.part_dir = tempfile.mkdtemp(prefix=f"{PARTS_PREFIX}{os.getpid()}-")
             self.seg = seg = StatsSegment.create(layout, self.ctx.Lock())
             seg.on_stuck = self._unstick
@@ -210,9 +208,10 @@ class Coordinator:
 
                 # Before the workers, so a port in use fails the run before any work;
                 # and before the record queues, so the dashboard holds none of their ends.
-                joiner.before_fork()
                 self.dashboard = start_dashboard(self, opts.dashboard)
                 self.collector.forward = self.dashboard.queue
+            # Only now, when nothing can fail the start any more: it replaces or empties the file.
+            joiner = OutputJoiner(opts.output_path)
             settings = TaskSettings(
                 opts.input_path, self.meta.input_name, batch_lines=opts.batch_lines,
                 trace_rate=opts.trace_sample if opts.trace else 0.0, event_chunk=opts.event_chunk,
