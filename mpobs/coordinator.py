@@ -403,9 +403,9 @@ class Coordinator:
             assert ev.task is not None and ev.vec is not None and ev.result is not None
             self._done[ev.task.index] = (ev.vec, ev.result, ev.slot)
         elif ev.kind == "written":
-            assert self._writing and ev.index == self._next_out, (ev.index, self._next_out)
+            assert ev.task is not None and self._writing and ev.task.index == self._next_out
             self._writing = False
-            vec, result, _ = self._done.pop(ev.index)
+            vec, result, _ = self._done.pop(ev.task.index)
             joiner.bytes_written += result.out_bytes
             self._commit(vec, result)
             self._next_out += 1

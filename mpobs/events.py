@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import queue as queue_mod
 import threading
-from collections import Counter, deque
+from collections import deque
 from typing import IO, Any, Callable
 
 #: How many records of each kind a consumer keeps (traces, errors).

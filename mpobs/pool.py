@@ -33,7 +33,6 @@ class PoolEvent:
     lost: list[Task] = field(default_factory=list)  # died: the tasks it held, the running one first
     held: list[Task] = field(default_factory=list)  # died: finished tasks whose output it still held
     detail: str = ""
-    index: int = -1  # written: the task whose output is now in the file
 
 
 class _Slot:
@@ -151,7 +150,7 @@ class LocalPool:
                     events.append(PoolEvent("done", i, task, vec, result))
                 elif msg[0] == "written":
                     task = s.held.pop(msg[1])
-                    events.append(PoolEvent("written", i, task, index=task.index))
+                    events.append(PoolEvent("written", i, task))  # its output is now in the file
                 elif msg[0] == "fatal":
                     events.append(PoolEvent("fatal", i, detail=msg[1].strip().splitlines()[-1]))
         except (EOFError, OSError):

@@ -159,6 +159,13 @@ def start_cli(*args: str, cwd: Path) -> Any:
     return proc
 
 
+def kill_if_running(proc: Any) -> None:
+    """For a ``finally``: a test that failed half-way must not leave its ``start_cli`` process behind."""
+    if proc.poll() is None:
+        proc.kill()
+        stop_cli(proc)
+
+
 def stop_cli(proc: Any, timeout: float = 30) -> str:
     """Wait for (or, after ``timeout``, kill) a ``start_cli`` process; returns its stderr text."""
     import subprocess

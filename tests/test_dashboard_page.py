@@ -9,8 +9,8 @@ from typing import Any, Iterator
 
 import pytest
 from conftest_dashboard import (
-    XSS_LINE, big_log, free_port, get_json, launch_chromium, serve_in_child, small_run, start_cli, stop_child,
-    stop_cli, wait_for,
+    XSS_LINE, big_log, free_port, get_json, kill_if_running, launch_chromium, serve_in_child, small_run, start_cli,
+    stop_child, stop_cli, wait_for,
 )  # fmt: skip
 
 from dashboard_app.sources import LiveSource
@@ -113,7 +113,5 @@ def test_page_during_a_real_run_and_screenshot(tmp_path: Path, browser_page: tup
         proc.send_signal(signal.SIGINT)
         stop_cli(proc)
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            stop_cli(proc)
+        kill_if_running(proc)
     assert proc.returncode == 0

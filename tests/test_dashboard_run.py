@@ -8,7 +8,7 @@ import signal
 import socket
 from pathlib import Path
 
-from conftest_dashboard import big_log, free_port, get_json, start_cli, stop_cli, wait_for
+from conftest_dashboard import big_log, free_port, get_json, kill_if_running, start_cli, stop_cli, wait_for
 
 COMPARE = ("lines_in", "lines_out", "errors", "processing_time_ms", "batches", "share_of_time")
 
@@ -41,9 +41,7 @@ def test_live_stats_rise_and_final_state_equals_saved_metrics(tmp_path: Path) ->
         proc.send_signal(signal.SIGINT)  # ends the lingering
         err = stop_cli(proc)
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            stop_cli(proc)
+        kill_if_running(proc)
     assert proc.returncode == 0, err
     assert f"dashboard at http://127.0.0.1:{port}/" in err
     assert "serving the final state" in err
@@ -79,9 +77,7 @@ def test_a_dead_dashboard_does_not_stop_the_run(tmp_path: Path) -> None:
         os.kill(doc["dashboard"]["pid"], signal.SIGKILL)
         err = stop_cli(proc, timeout=60)
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            stop_cli(proc)
+        kill_if_running(proc)
     assert proc.returncode == 0, err
     assert err.count("the dashboard process exited") == 1
     assert json.loads((tmp_path / "m.json").read_text())["system"]["total_lines"] == 1_400_000
@@ -132,9 +128,7 @@ def test_token_on_a_real_server(tmp_path: Path) -> None:
         proc.send_signal(signal.SIGINT)
         stop_cli(proc)
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            stop_cli(proc)
+        kill_if_running(proc)
 
 
 def test_dashboard_command_serves_saved_metrics(tmp_path: Path) -> None:
@@ -154,9 +148,7 @@ def test_dashboard_command_serves_saved_metrics(tmp_path: Path) -> None:
         proc.send_signal(signal.SIGINT)
         err = stop_cli(proc, timeout=10)
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            stop_cli(proc)
+        kill_if_running(proc)
     assert proc.returncode == 0, err
     bad = start_cli("dashboard", "--metrics", "missing.json", "--port", str(port), cwd=tmp_path)
     err = stop_cli(bad)

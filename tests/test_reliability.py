@@ -99,17 +99,20 @@ def wait_for(cond: Any, timeout: float = 20.0) -> Any:
     raise AssertionError("condition not met in time")
 
 
+def run_killing(cli: Any, tmp_path: Path, log: Path, times: int, out: Path, metrics: Path, *extra: str) -> Any:
+    """The kill pipeline, 2 workers: line 20000 kills its worker the first ``times`` times it is seen."""
+    env = {"KILL_AT": "Line 20000:", "KILL_MARK": str(tmp_path / "mark"), "KILL_TIMES": str(times)}
+    return cli("process", str(log), "-c", str(kill_config(tmp_path)), "-w", "2", "-o", str(out),
+               "--save-metrics", str(metrics), *extra, env=env)  # fmt: skip
+
+
 def test_task_that_kills_its_worker_runs_again(tmp_path: Path, cli: Any, make_log: Any) -> None:
     log = make_log(40_000)
-    env = {"KILL_AT": "Line 20000:", "KILL_MARK": str(tmp_path / "mark"), "KILL_TIMES": "1"}
     out, m = tmp_path / "out", tmp_path / "m.json"
-    res = cli("process", str(log), "-c", str(kill_config(tmp_path)), "-w", "2", "-o", str(out),
-              "--save-metrics", str(m), "--task-size", "65536", env=env)  # fmt: skip
+    res = run_killing(cli, tmp_path, log, 1, out, m, "--task-size", "65536")
     assert res.returncode == 0, res.stderr.decode()
     clean = tmp_path / "clean"
-    env["KILL_TIMES"] = "0"
-    assert cli("process", str(log), "-c", str(kill_config(tmp_path)), "-w", "2", "-o", str(clean),
-               "--save-metrics", str(tmp_path / "clean.json"), env=env).returncode == 0  # fmt: skip
+    assert run_killing(cli, tmp_path, log, 0, clean, tmp_path / "clean.json").returncode == 0
     assert out.read_bytes() == clean.read_bytes()
     stats, want = json.loads(m.read_text()), json.loads((tmp_path / "clean.json").read_text())
     assert stats["system"]["workers_restarted"] == 1
@@ -122,10 +125,8 @@ def test_task_that_kills_its_worker_runs_again(tmp_path: Path, cli: Any, make_lo
 
 def test_task_that_kills_its_worker_three_times_fails_the_run(tmp_path: Path, cli: Any, make_log: Any) -> None:
     log = make_log(40_000)
-    env = {"KILL_AT": "Line 20000:", "KILL_MARK": str(tmp_path / "mark"), "KILL_TIMES": "99"}
     out, m = tmp_path / "out", tmp_path / "m.json"
-    res = cli("process", str(log), "-c", str(kill_config(tmp_path)), "-w", "2", "-o", str(out),
-              "--save-metrics", str(m), "--task-size", "65536", env=env)  # fmt: skip
+    res = run_killing(cli, tmp_path, log, 99, out, m, "--task-size", "65536")
     err = res.stderr.decode()
     assert res.returncode == 1, err
     assert "Traceback" not in err
@@ -189,7 +190,7 @@ def test_worker_killed_holding_finished_output_runs_those_tasks_again(tmp_path: 
 
 def test_a_stalled_task_stops_the_others_from_running_far_ahead(tmp_path: Path, make_log: Any) -> None:
     from mpobs.coordinator import BACKLOG_PER_WORKER
-    from tests.conftest_dashboard import free_port, get_json
+    from conftest_dashboard import free_port, get_json
 
     log = make_log(60_000)
     log.write_bytes(b"STALL INFO the first line\n" + log.read_bytes())
