@@ -63,16 +63,30 @@ def _med(rows: dict[str, Any], key: str) -> float | None:
     return row["median_s"] if row and row.get("status") == "ok" else None
 
 
+def _paired(rows: dict[str, Any], base: str, other: str) -> float | None:
+    """``other``'s time over ``base``'s: the median of the rounds' own ratios.
+
+    A round runs every row once, a few seconds apart, so a machine that drifts
+    (this VM's plain loop took 3.4 to 5.1 s within one run) moves both sides of a
+    round's ratio alike; a ratio of the two rows' medians can pair a fast moment
+    of one with a slow moment of the other. Rounds where either run failed are left out.
+    """
+    if _med(rows, base) is None or _med(rows, other) is None:
+        return None
+    pairs = [b / a for a, b in zip(rows[base]["runs"], rows[other]["runs"]) if a and b]
+    return statistics.median(pairs) if pairs else None
+
+
 def ratios(rows: dict[str, Any], rss: dict[str, Any]) -> dict[str, float | None]:
-    """Speed-ups are time ratios (>1 is faster); overheads are time ratios minus 1."""
+    """Speed-ups are time ratios (>1 is faster); overheads are time ratios minus 1 (see ``_paired``)."""
 
     def speed(base: str, other: str) -> float | None:
-        a, b = _med(rows, base), _med(rows, other)
-        return round(a / b, 3) if a and b else None
+        r = _paired(rows, other, base)
+        return round(r, 3) if r else None
 
     def over(base: str, other: str) -> float | None:
-        a, b = _med(rows, base), _med(rows, other)
-        return round(b / a - 1, 4) if a and b else None
+        r = _paired(rows, base, other)
+        return round(r - 1, 4) if r else None
 
     small, big = rss.get("small", {}), rss.get("big", {})
     growth = None
@@ -135,15 +149,16 @@ def targets(r: dict[str, Any], rss: dict[str, Any], startup: dict[str, Any], sta
 
 
 def table_rows(doc: dict[str, Any]) -> list[list[str]]:
-    plain = _med(doc["rows"], "plain")
+    rows = doc["rows"]
     out = []
-    for row in doc["rows"].values():
+    for key, row in rows.items():
         med = row["median_s"]
         if row["status"] != "ok":
             out.append([row["label"], "n/a", "", "", row["status"][5:-1]])
             continue
         runs = " ".join(f"{t:.2f}" if t is not None else "failed" for t in row["runs"])
-        vs = f"{plain / med:.2f}x" if plain else ""
+        r = _paired(rows, key, "plain")
+        vs = f"{r:.2f}x" if r else ""
         out.append([row["label"], f"{med:.3f}", f"{row['lines_per_s'] / 1e6:.2f} M", vs, runs])
     return out
 
@@ -161,7 +176,8 @@ def render_text(doc: dict[str, Any]) -> str:
     widths = [max(len(HEAD[i]), *(len(r[i]) for r in rows)) for i in range(len(HEAD))]
     fmt = "  ".join(f"{{:{'<' if i == 0 else '>'}{w}}}" for i, w in enumerate(widths))
     cfg = doc["config"]
-    out = [f"{cfg['lines']:,} lines ({cfg['bytes'] / 1e6:.0f} MB), {cfg['rounds']} round(s), median; "
+    out = [f"{cfg['lines']:,} lines ({cfg['bytes'] / 1e6:.0f} MB), {cfg['rounds']} round(s), median (ratios: "
+           "median of the rounds' ratios); "
            + machine_line(doc["machine"]), "", fmt.format(*HEAD), fmt.format(*("-" * w for w in widths))]  # fmt: skip
     out += [fmt.format(*r) for r in rows]
     out += ["", "targets:"]
@@ -180,7 +196,8 @@ def render_text(doc: dict[str, Any]) -> str:
 def render_markdown(doc: dict[str, Any]) -> str:
     cfg = doc["config"]
     md = [f"Benchmark: `python -m bench` on a generated {cfg['lines']:,}-line log ({cfg['bytes'] / 1e6:.0f} MB), "
-          f"median of {cfg['rounds']} round(s), wall clock end to end.", "",
+          f"median of {cfg['rounds']} round(s), wall clock end to end. Speed-ups, overheads and targets are the "
+          "median of each round's own ratio (a round runs every row once).", "",
           f"Machine: {machine_line(doc['machine'])}.", "",
           "| " + " | ".join(HEAD) + " |", "| " + " | ".join(["---"] + ["---:"] * (len(HEAD) - 1)) + " |"]  # fmt: skip
     md += ["| " + " | ".join(c.replace("|", "\\|") for c in r) + " |" for r in table_rows(doc)]
