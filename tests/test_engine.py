@@ -296,3 +296,27 @@ def test_cli_defaults_are_the_engines() -> None:
 
     defaults = {p.name: p.default for p in process.params}
     assert (defaults["batch_lines"], defaults["task_size"]) == (BATCH_LINES, TASK_BYTES)
+
+
+def test_workers_get_one_blas_thread_unless_the_user_set_one(tmp_path: Path, make_log: Any) -> None:
+    """Every worker has a core already: BLAS thread pools default to 1 in the workers; a user's own setting wins."""
+    from mpobs.cli import BLAS_THREAD_VARS
+
+    (tmp_path / "blasfns.py").write_text(
+        "import os\n"
+        f"def env(line):\n    return ','.join(os.environ.get(v, '-') for v in {BLAS_THREAD_VARS!r})\n"
+    )
+    config = tmp_path / "blas.json"
+    config.write_text(json.dumps({"processors": [{"type": "python", "id": "env", "function": "blasfns:env"}]}))
+    log = make_log(40)
+    clean = {k: v for k, v in os.environ.items() if k not in BLAS_THREAD_VARS}
+
+    def values(**extra: str) -> set[str]:
+        out = tmp_path / "out.txt"
+        cmd = [sys.executable, "-m", "mpobs", "process", str(log), "-c", str(config), "-w", "2", "-q", "-o", str(out)]
+        res = subprocess.run(cmd, capture_output=True, timeout=60, env={**clean, **extra})
+        assert res.returncode == 0, res.stderr.decode()
+        return set(out.read_text().splitlines())
+
+    assert values() == {"1,1,1"}
+    assert values(OPENBLAS_NUM_THREADS="3", OMP_NUM_THREADS="2") == {"3,1,2"}
