@@ -84,9 +84,6 @@ def process(input_file: str | None, config_path: str | None, workers: int | None
     except KeyboardInterrupt:
         click.echo("mpobs: interrupted", err=True)
         sys.exit(130)
-    from mpobs.config import load_config
-    from mpobs.coordinator import Coordinator, RunOptions, check_paths, check_writable
-
     ctx = click.get_current_context()
     given = {name for name in ctx.params if ctx.get_parameter_source(name) is not ParameterSource.DEFAULT}
     if "trace_sample" in given:
@@ -96,7 +93,18 @@ def process(input_file: str | None, config_path: str | None, workers: int | None
         names = ", ".join("--" + n.replace("_", "-") for n in ignored)
         click.echo(f"mpobs: warning: {names} without --dashboard does nothing", err=True)
     sample_dir = None
+    dash_proc = None
     try:
+        dash = None
+        if dashboard:
+            from mpobs.dashboard import DashboardOptions, prestart
+
+            dash = DashboardOptions.checked(dashboard_host, dashboard_port, dashboard_token, linger)
+            # Before the imports below: its own imports then run while this process does them.
+            dash_proc = prestart(dash)
+        from mpobs.config import load_config
+        from mpobs.coordinator import Coordinator, RunOptions, check_paths, check_writable
+
         pipeline = load_config(config_path)
         if input_file is None:
             sample_dir = tempfile.mkdtemp(prefix="mpobs-sample-")
@@ -108,18 +116,13 @@ def process(input_file: str | None, config_path: str | None, workers: int | None
         check_paths(input_file, output)
         if save_metrics:
             check_writable(save_metrics, "--save-metrics file", input_file)
-        dash = None
-        if dashboard:
-            from mpobs.dashboard import DashboardOptions
-
-            dash = DashboardOptions.checked(dashboard_host, dashboard_port, dashboard_token, linger)
         from mpobs.report import Progress, summary
 
         progress = Progress(enabled=False if quiet else None)
         opts = RunOptions(
             input_file, output, workers or os.cpu_count() or 1, task_size, batch_lines,
             trace=trace or bool(save_traces), trace_sample=trace_sample, save_traces=save_traces,
-            max_errors=max_errors, dashboard=dash, on_tick=progress.tick,
+            max_errors=max_errors, dashboard=dash, dashboard_process=dash_proc, on_tick=progress.tick,
         )  # fmt: skip
         try:
             outcome = Coordinator(pipeline, opts).run()
@@ -146,6 +149,8 @@ def process(input_file: str | None, config_path: str | None, workers: int | None
     except Exception as err:  # a bug: say so in one line; MPOBS_DEBUG=1 shows the traceback
         _internal_error(err)
     finally:
+        if dash_proc is not None:
+            dash_proc.stop()  # if the run never started (a bad config, say); a no-op after a run
         if sample_dir:
             import shutil
 

@@ -47,6 +47,7 @@ class RunOptions:
     max_errors: int | None = None
     event_chunk: int = CHUNK  # records per queue message
     dashboard: Any = None  # mpobs.dashboard.DashboardOptions
+    dashboard_process: Any = None  # mpobs.dashboard.DashboardProcess, forked early (mpobs.dashboard.prestart)
     on_tick: Callable[[Coordinator], None] | None = None  # progress display
 
 
@@ -195,20 +196,23 @@ class Coordinator:
         seg: StatsSegment | None = None
         state, code, message = "failed", EXIT_FAILED, None
         old_handlers = self._install_signals()
+        dash_proc = opts.dashboard_process
         try:
+            if opts.dashboard is not None and dash_proc is None:
+                from mpobs.dashboard import DashboardProcess
+
+                # It binds first: a port in use fails the run before any work.
+                dash_proc = DashboardProcess(self.ctx, opts.dashboard)
             self.part_dir = tempfile.mkdtemp(prefix=f"{PARTS_PREFIX}{os.getpid()}-")
-            self.seg = seg = StatsSegment.create(layout, self.ctx.Lock())
+            self.seg = seg = StatsSegment.create(layout, dash_proc.lock if dash_proc else self.ctx.Lock())
             seg.on_stuck = self._unstick
             seg.set_system(bytes_total=size, workers=workers)
             if opts.save_traces:
                 traces_file = open(opts.save_traces, "w", encoding="utf-8")  # noqa: SIM115
                 self.collector.traces_file = traces_file
-            if opts.dashboard is not None:
-                from mpobs.dashboard import start_dashboard
-
-                # Before the workers, so a port in use fails the run before any work;
-                # and before the record queues, so the dashboard holds none of their ends.
-                self.dashboard = start_dashboard(self, opts.dashboard)
+            if dash_proc is not None:
+                # Its process was forked before the record queues, so it holds none of their ends.
+                self.dashboard = dash_proc.serve_run(self)
                 self.collector.forward = self.dashboard.queue
             # Only now, when nothing can fail the start any more: it replaces or empties the file.
             joiner = OutputJoiner(opts.output_path)
@@ -264,6 +268,8 @@ class Coordinator:
                 if self.dashboard is not None:
                     self.dashboard.finish(final, lambda: self._signal is not None)
                 seg.close()
+            if dash_proc is not None:
+                dash_proc.stop()  # only if it never got the run (then nothing above stopped it)
             if self.part_dir:
                 shutil.rmtree(self.part_dir, ignore_errors=True)
             self._restore_signals(old_handlers)

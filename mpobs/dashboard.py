@@ -107,7 +107,7 @@ def _say(text: str) -> None:
 
 
 class DashboardHandle:
-    """The coordinator's side of the dashboard process (see ``start_dashboard``)."""
+    """The coordinator's side of the dashboard process, once it serves the run (``DashboardProcess.serve_run``)."""
 
     def __init__(self, coord: Any, opts: DashboardOptions, proc: Any, q: Any, url: str) -> None:
         self.coord, self.opts, self.proc, self.queue, self.url = coord, opts, proc, q, url
@@ -168,27 +168,68 @@ class DashboardHandle:
         self.queue.close()
 
 
-def start_dashboard(coord: Any, opts: DashboardOptions) -> DashboardHandle:
-    """Bind (DashboardError here means exit 2 before any work), then serve in a child process."""
-    sock = bind_socket(opts.host, opts.port)
-    url = url_of(sock, opts.host)
-    q = coord.ctx.Queue(QUEUE_MESSAGES)
-    seg = coord.seg
-    proc = coord.ctx.Process(
-        target=_child_main, name="mpobs-dashboard", daemon=True,
-        args=(sock, seg.name, seg.layout, seg.lock, coord.meta, q, opts, os.getpid()),
-    )  # fmt: skip
-    try:
-        proc.start()
-    finally:
-        sock.close()  # the child holds its own copy; the port goes with the child
-    hint = " (open it once with ?token=<your token>)" if opts.token else ""
-    _say(f"dashboard at {url}{hint}")
-    return DashboardHandle(coord, opts, proc, q, url)
+class DashboardProcess:
+    """The dashboard's own process, forked before the run exists and handed it by ``serve_run``.
+
+    ``mpobs process --dashboard`` forks it first thing (``prestart``), before the
+    coordinator imports numpy: its own imports (Flask, waitress, psutil: about 0.15 s
+    of CPU; it never imports numpy) then run on the core the coordinator's serial
+    start-up leaves idle instead of on the workers' cores. The port is bound before
+    the fork, so a port in use fails the command before anything else happens.
+    """
+
+    def __init__(self, ctx: Any, opts: DashboardOptions) -> None:
+        self.opts = opts
+        sock = bind_socket(opts.host, opts.port)
+        self.url = url_of(sock, opts.host)
+        self.lock = ctx.Lock()  # the stats segment's lock: made before the fork, so the child has it
+        self.queue = ctx.Queue(QUEUE_MESSAGES)
+        self._conn, child_conn = ctx.Pipe()
+        self.proc = ctx.Process(
+            target=_child_main, name="mpobs-dashboard", daemon=True,
+            args=(sock, child_conn, self.lock, self.queue, opts, os.getpid()),
+        )  # fmt: skip
+        try:
+            self.proc.start()
+        finally:
+            sock.close()  # the child holds its own copy; the port goes with the child
+            child_conn.close()
+        self.handed_over = False
+
+    def serve_run(self, coord: Any) -> DashboardHandle:
+        """Hand the process the run's segment and description; from now on it serves them."""
+        seg = coord.seg
+        try:
+            self._conn.send((seg.name, seg.layout, coord.meta))
+        except OSError:
+            pass  # it died while starting: the handle's poll() says so, and the run goes on
+        self._conn.close()
+        self.handed_over = True
+        hint = " (open it once with ?token=<your token>)" if self.opts.token else ""
+        _say(f"dashboard at {self.url}{hint}")
+        return DashboardHandle(coord, self.opts, self.proc, self.queue, self.url)
+
+    def stop(self) -> None:
+        """End the process if it was never handed a run (the start failed); a no-op after ``serve_run``."""
+        if self.handed_over:
+            return  # the DashboardHandle stops it
+        self._conn.close()
+        if self.proc.is_alive():
+            self.proc.kill()  # it ignores SIGTERM (see _child_main) and has nothing to flush
+        self.proc.join(3)
+        self.queue.cancel_join_thread()
+        self.queue.close()
+
+
+def prestart(opts: DashboardOptions) -> DashboardProcess:
+    """``mpobs process``: fork the dashboard's process now, before the rest of mpobs is imported."""
+    import multiprocessing
+
+    return DashboardProcess(multiprocessing.get_context("fork"), opts)
 
 
 def _watch_parent(parent_pid: int) -> None:
-    from mpobs.worker import die_with_parent
+    from mpobs.lifeline import die_with_parent
 
     die_with_parent(parent_pid)
 
@@ -201,18 +242,29 @@ def _watch_parent(parent_pid: int) -> None:
     threading.Thread(target=check, name="mpobs-parent-watch", daemon=True).start()
 
 
-def _child_main(sock: socket.socket, seg_name: str, layout: Any, lock: Any, meta: Any, q: Any,
-                opts: DashboardOptions, parent_pid: int) -> None:  # fmt: skip
-    """The dashboard process: attach the segment, pump the queue, serve until terminated."""
+def _child_main(sock: socket.socket, conn: Any, lock: Any, q: Any, opts: DashboardOptions,
+                parent_pid: int) -> None:  # fmt: skip
+    """The dashboard process: import, wait for the run, attach its segment, pump the queue, serve."""
     # Signals to the process group (Ctrl-C, kill -TERM -PGID) are the coordinator's to
     # act on; it ends this process with SIGKILL: nothing here needs flushing (the
     # segment is the coordinator's, the rest is in memory).
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     _watch_parent(parent_pid)
+    # All that serving needs, imported now, while the coordinator is still starting up.
+    import psutil  # noqa: F401  (the sampler's)
+    import waitress  # noqa: F401
+
+    import mpobs.stats  # noqa: F401  (the first /stats request's)
+    from dashboard_app.app import create_app  # noqa: F401
     from dashboard_app.sources import LiveSource
     from mpobs.segment import StatsSegment
 
+    try:
+        seg_name, layout, meta = conn.recv()
+    except (EOFError, OSError):
+        os._exit(0)  # the run never started
+    conn.close()
     seg = StatsSegment.attach(seg_name, layout, lock)
     source = LiveSource(seg, meta)
     try:

@@ -23,6 +23,9 @@ Every read-modify-write and every snapshot holds ``lock`` (one process-shared
 multiprocessing.Lock), through ``held()``, which records the holder's pid in
 ``system[lock_holder]``; a flush costs about a microsecond, so workers take it
 once per batch and readers never stop them for longer.
+
+Writers use numpy views of the block; reading (``snapshot``) and the lock use a
+plain memoryview, so a process that only reads (the dashboard) never imports numpy.
 """
 
 from __future__ import annotations
@@ -32,12 +35,14 @@ import secrets
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import cached_property
 from multiprocessing import shared_memory
-from typing import Any, Callable, Iterator
-
-import numpy as np
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 from mpobs.dag import NF, PROC_FIELDS
+
+if TYPE_CHECKING:
+    import numpy as np
 
 RUN_FIELDS = ("lines_done", "bytes_done", "tasks_done")
 WORKER_FIELDS = (
@@ -98,14 +103,33 @@ class StatsSegment:
         self.shm = shm
         self.lock = lock
         self.owner = owner
-        flat = np.ndarray((layout.size,), dtype=np.int64, buffer=shm.buf)
-        n = layout.nrows * layout.ncols
-        w = layout.slots * len(WORKER_FIELDS)
-        self.counts = flat[:n].reshape(layout.nrows, layout.ncols)
-        self.workers = flat[n : n + w].reshape(layout.slots, len(WORKER_FIELDS))
-        self.system = flat[n + w :]
+        self._flat = shm.buf[: layout.size * 8].cast("q")  # the whole block as int64s, without numpy
+        self._holder = layout.nrows * layout.ncols + layout.slots * len(WORKER_FIELDS) + _HOLDER
         self.pid = os.getpid()
         self.on_stuck: Callable[[], None] | None = None
+
+    @cached_property
+    def _views(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(counts, workers, system) as numpy views, made when a writer first needs them."""
+        import numpy as np
+
+        layout = self.layout
+        flat = np.ndarray((layout.size,), dtype=np.int64, buffer=self.shm.buf)
+        n = layout.nrows * layout.ncols
+        w = layout.slots * len(WORKER_FIELDS)
+        return flat[:n].reshape(layout.nrows, layout.ncols), flat[n : n + w].reshape(layout.slots, -1), flat[n + w :]
+
+    @property
+    def counts(self) -> np.ndarray:
+        return self._views[0]
+
+    @property
+    def workers(self) -> np.ndarray:
+        return self._views[1]
+
+    @property
+    def system(self) -> np.ndarray:
+        return self._views[2]
 
     @contextmanager
     def held(self) -> Iterator[None]:
@@ -120,19 +144,19 @@ class StatsSegment:
         while not lock.acquire(timeout=LOCK_WAIT):
             if self.on_stuck is not None:
                 self.on_stuck()
-        self.system[_HOLDER] = self.pid
+        self._flat[self._holder] = self.pid
         try:
             yield
         finally:
-            self.system[_HOLDER] = 0
+            self._flat[self._holder] = 0
             lock.release()
 
     def lock_holder(self) -> int:
-        return int(self.system[_HOLDER])
+        return self._flat[self._holder]
 
     def force_release(self) -> None:
         """Release a lock nobody alive can hold (see Coordinator._unstick)."""
-        self.system[_HOLDER] = 0
+        self._flat[self._holder] = 0
         try:
             self.lock.release()
         except ValueError:
@@ -140,9 +164,9 @@ class StatsSegment:
 
     def release_for(self, dead_pids: set[int]) -> bool:
         """Release the lock if one of ``dead_pids`` (processes known dead) holds it."""
-        holder = int(self.system[_HOLDER])
+        holder = self._flat[self._holder]
         if holder and holder in dead_pids:
-            self.system[_HOLDER] = 0
+            self._flat[self._holder] = 0
             self.lock.release()
             return True
         return False
@@ -169,7 +193,8 @@ class StatsSegment:
 
     def close(self) -> None:
         # Views must go before the mapping can close.
-        self.counts = self.workers = self.system = None  # type: ignore[assignment]
+        self.__dict__.pop("_views", None)
+        self._flat.release()
         try:
             self.shm.close()
         except BufferError:
@@ -242,37 +267,43 @@ class StatsSegment:
     def snapshot(self) -> Snapshot:
         """A consistent copy: committed totals, live totals (committed + in flight), the rest."""
         with self.held():
-            counts = self.counts.copy()
-            workers = self.workers.copy()
-            system = self.system.copy()
-        return Snapshot(self.layout, counts[0], counts.sum(axis=0), workers, system)
+            values = self._flat.tolist()
+        return Snapshot.of(self.layout, values)
 
 
 @dataclass
 class Snapshot:
-    """A copy of the segment, with names for its values."""
+    """A copy of the segment, with names for its values (plain ints)."""
 
     layout: Layout
-    committed: np.ndarray
-    live: np.ndarray
-    workers: np.ndarray
-    system: np.ndarray
+    committed: list[int]
+    live: list[int]
+    workers: list[list[int]]
+    system: list[int]
+
+    @classmethod
+    def of(cls, layout: Layout, values: list[int]) -> Snapshot:
+        nc, nw = layout.ncols, len(WORKER_FIELDS)
+        rows = [values[r * nc : (r + 1) * nc] for r in range(layout.nrows)]
+        base = layout.nrows * nc
+        workers = [values[base + s * nw : base + (s + 1) * nw] for s in range(layout.slots)]
+        return cls(layout, rows[0], [sum(col) for col in zip(*rows)], workers, values[base + layout.slots * nw :])
 
     def proc(self, p: int, fname: str, live: bool = True) -> int:
-        return int((self.live if live else self.committed)[self.layout.proc_col(p, fname)])
+        return (self.live if live else self.committed)[self.layout.proc_col(p, fname)]
 
     def tag(self, tag: str, live: bool = True) -> int:
-        return int((self.live if live else self.committed)[self.layout.tag_col(tag)])
+        return (self.live if live else self.committed)[self.layout.tag_col(tag)]
 
     def run(self, fname: str, live: bool = True) -> int:
-        return int((self.live if live else self.committed)[self.layout.run_col(fname)])
+        return (self.live if live else self.committed)[self.layout.run_col(fname)]
 
     def sys(self, fname: str) -> int:
-        return int(self.system[SYSTEM_FIELDS.index(fname)])
+        return self.system[SYSTEM_FIELDS.index(fname)]
 
     @property
     def state(self) -> str:
         return STATES[self.sys("state")]
 
     def worker(self, slot: int) -> dict[str, int]:
-        return {k: int(v) for k, v in zip(WORKER_FIELDS, self.workers[slot])}
+        return dict(zip(WORKER_FIELDS, self.workers[slot]))

@@ -6,14 +6,12 @@ import time
 from bisect import bisect_left, bisect_right
 from typing import Any
 
-import numpy as np
-
 from mpobs.batch import Batch
 from mpobs.dag import Node
 from mpobs.processors import ErrorList
 
-_GOLDEN = np.uint64(2654435761)  # Knuth's multiplicative hash
-_MASK = np.uint64(0xFFFFFFFF)
+_GOLDEN = 2654435761  # Knuth's multiplicative hash
+_MASK = 0xFFFFFFFF
 
 
 def sampled(first: int, count: int, rate: float) -> list[int]:
@@ -24,14 +22,16 @@ def sampled(first: int, count: int, rate: float) -> list[int]:
     """
     if rate >= 1.0:
         return list(range(first, first + count))
+    import numpy as np  # here, not at the top: readers of traces (the dashboard) never need it
+
     nums = np.arange(first, first + count, dtype=np.uint64)
-    h = (nums * _GOLDEN) & _MASK
+    h = (nums * np.uint64(_GOLDEN)) & np.uint64(_MASK)
     return nums[h < np.uint64(int(rate * 2**32))].tolist()
 
 
 def is_sampled(num: int, rate: float) -> bool:
     """``sampled`` for one line (tests, and readers of a saved trace)."""
-    return rate >= 1.0 or ((num * 2654435761) & 0xFFFFFFFF) < int(rate * 2**32)
+    return rate >= 1.0 or ((num * _GOLDEN) & _MASK) < int(rate * 2**32)
 
 
 #: One step on the wire: (processor position, status, timestamp, extra fields or None).

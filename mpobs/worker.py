@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ctypes
 import os
 import signal
 import traceback
@@ -13,21 +12,11 @@ import numpy as np
 
 from mpobs.dag import Pipeline
 from mpobs.events import QueueEvents
+from mpobs.lifeline import die_with_parent
 from mpobs.segment import WORKER_FIELDS, Layout, StatsSegment
 from mpobs.task import TaskSettings, run_task
 
 _WF = {f: i for i, f in enumerate(WORKER_FIELDS)}
-
-
-def die_with_parent(parent_pid: int) -> None:
-    """Ask Linux to kill this process when its parent dies; elsewhere the checks per batch do it."""
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
-    if os.getppid() != parent_pid:  # the parent died before prctl took effect
-        os._exit(1)
 
 
 class RowSink:

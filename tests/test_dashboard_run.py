@@ -6,6 +6,7 @@ import json
 import os
 import signal
 import socket
+import urllib.request
 from pathlib import Path
 
 from conftest_dashboard import big_log, free_port, get_json, kill_if_running, start_cli, stop_cli, wait_for
@@ -96,6 +97,42 @@ def test_port_in_use_fails_before_any_work(tmp_path: Path) -> None:
     assert proc.returncode == 2
     assert f"port {port} on 127.0.0.1 is in use" in err and "Traceback" not in err
     assert (tmp_path / "out.log").read_bytes() == b"the previous run's results\n"  # untouched
+
+
+def test_a_start_that_fails_after_the_dashboard_forked_leaves_nothing_behind(tmp_path: Path) -> None:
+    """The dashboard's process is forked before the config is read: a bad config must still end it."""
+    log = big_log(tmp_path / "in.log", 1000)
+    port = free_port()
+    proc = start_cli("process", str(log), "-c", "missing.json", "--dashboard", "--dashboard-port", str(port),
+                     "-o", "out.log", cwd=tmp_path)  # fmt: skip
+    err = stop_cli(proc)
+    assert proc.returncode == 2 and "missing.json" in err and "Traceback" not in err
+    assert "dashboard at" not in err  # announced only once it serves a run
+    assert not _listening(port)
+    assert not (tmp_path / "out.log").exists()
+
+
+def test_the_dashboard_process_never_loads_numpy(tmp_path: Path) -> None:
+    """It reads the segment without numpy, so its start-up costs the workers no numpy import."""
+    log = big_log(tmp_path / "in.log", 200_000)
+    port = free_port()
+    proc = start_cli("process", str(log), "--workers", "2", "--trace", "--dashboard", "--dashboard-port", str(port),
+                     "--linger", "30", "-o", "out.log", "-q", cwd=tmp_path)  # fmt: skip
+    try:
+        url = f"http://127.0.0.1:{port}"
+        wait_for(lambda: get_json(f"{url}/stats")[1]["system"]["state"] == "done", 60, what="the run to finish")
+        for path in ("/stats", "/trace", "/errors", "/history", "/dag", "/healthz", "/metrics", "/"):
+            with urllib.request.urlopen(url + path, timeout=10) as resp:
+                assert resp.status == 200, path
+        pid = get_json(f"{url}/stats")[1]["dashboard"]["pid"]
+        maps = Path(f"/proc/{pid}/maps").read_text()
+        assert "numpy" not in maps, "the dashboard process loaded numpy"
+        assert "_psutil" in maps  # the check sees the process's own libraries
+        proc.send_signal(signal.SIGINT)
+        stop_cli(proc)
+    finally:
+        kill_if_running(proc)
+    assert proc.returncode == 0
 
 
 def test_bad_host_and_public_host_without_token_exit_2(tmp_path: Path) -> None:
