@@ -159,6 +159,11 @@ def run_row(row: Row, src: Path, out: Path, timeout: float) -> RunResult:
     port = free_port() if row.dashboard else None
     argv = command(row, src, out, port)
     poller = StatsPoller(port) if row.dashboard else None
+    # Untimed: write back the earlier runs' output now. The kernel writes dirty pages back
+    # 30 s after they were written, which is in the middle of some later row: the dashboard
+    # row (after the 24 s trace-sample-1 row) took the writeback of the w1, w2 and trace
+    # outputs, about 450 MB, and read 3-4 % slower in full runs than in A/B runs.
+    os.sync()
     with open(out.with_suffix(".stderr"), "w+b") as err:
         t0 = time.perf_counter()
         proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err)
