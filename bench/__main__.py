@@ -53,7 +53,8 @@ def first_difference(ref: Path, got: Path) -> str:
 
 
 def run_rounds(rows: list[Row], log: Path, work: Path, rounds: int, timeout: float) -> dict[str, dict[str, Any]]:
-    """Every row once per round, in order; each output checked byte for byte against the plain loop's."""
+    """Every row once per round, in order, then the rounds of the rows run apart (``Row.apart``);
+    each output checked byte for byte against the plain loop's."""
     ref = work / "reference.out"
     ref.unlink(missing_ok=True)  # left by an earlier run, perhaps on another log
     if not any(r.key == "plain" for r in rows):
@@ -63,25 +64,26 @@ def run_rounds(rows: list[Row], log: Path, work: Path, rounds: int, timeout: flo
             sys.exit(f"bench: the plain loop failed: {got.error}")
     raw = {r.key: {"label": r.label, "runs": [], "errors": [], "extra": []} for r in rows}
     ref_sha: str | None = data.sha256_file(ref) if ref.exists() else None
-    for rnd in range(1, rounds + 1):
-        for row in rows:
-            out = work / f"{row.key}.out"
-            out.unlink(missing_ok=True)
-            got = run_row(row, log, out, timeout)
-            raw[row.key]["runs"].append(round(got.seconds, 4) if got.seconds is not None else None)
-            raw[row.key]["errors"].append(got.error)
-            raw[row.key]["extra"].append(got.extra)
-            shown = f"{got.seconds:.3f} s" if got.seconds is not None else f"n/a ({got.error})"
-            say(f"  round {rnd}/{rounds}  {row.label:<40} {shown}")
-            if got.seconds is None:
-                continue
-            if ref_sha is None:  # the plain loop runs first: its output is the reference
-                shutil.copyfile(out, ref)
-                ref_sha = data.sha256_file(ref)
-            elif data.sha256_file(out) != ref_sha:
-                sys.exit(f"bench: OUTPUT MISMATCH: '{row.label}' differs from the plain loop's output "
-                         f"(sha256) on {log}\n  {first_difference(ref, out)}\n  command: "
-                         + " ".join(command(row, log, out, 0)))  # fmt: skip
+    schedule = [(rnd, row) for group in ([r for r in rows if not r.apart], [r for r in rows if r.apart])
+                for rnd in range(1, rounds + 1) for row in group]  # fmt: skip
+    for rnd, row in schedule:
+        out = work / f"{row.key}.out"
+        out.unlink(missing_ok=True)
+        got = run_row(row, log, out, timeout)
+        raw[row.key]["runs"].append(round(got.seconds, 4) if got.seconds is not None else None)
+        raw[row.key]["errors"].append(got.error)
+        raw[row.key]["extra"].append(got.extra)
+        shown = f"{got.seconds:.3f} s" if got.seconds is not None else f"n/a ({got.error})"
+        say(f"  round {rnd}/{rounds}  {row.label:<40} {shown}")
+        if got.seconds is None:
+            continue
+        if ref_sha is None:  # the plain loop runs first: its output is the reference
+            shutil.copyfile(out, ref)
+            ref_sha = data.sha256_file(ref)
+        elif data.sha256_file(out) != ref_sha:
+            sys.exit(f"bench: OUTPUT MISMATCH: '{row.label}' differs from the plain loop's output "
+                     f"(sha256) on {log}\n  {first_difference(ref, out)}\n  command: "
+                     + " ".join(command(row, log, out, 0)))  # fmt: skip
     return raw
 
 
