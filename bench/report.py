@@ -197,7 +197,8 @@ def render_markdown(doc: dict[str, Any]) -> str:
     cfg = doc["config"]
     md = [f"Benchmark: `python -m bench` on a generated {cfg['lines']:,}-line log ({cfg['bytes'] / 1e6:.0f} MB), "
           f"median of {cfg['rounds']} round(s), wall clock end to end. Speed-ups, overheads and targets are the "
-          "median of each round's own ratio (a round runs every row once).", "",
+          "median of each round's own ratio (a round runs every row once; the `--trace-sample 1` row's rounds "
+          "come after the others').", "",
           f"Machine: {machine_line(doc['machine'])}.", "",
           "| " + " | ".join(HEAD) + " |", "| " + " | ".join(["---"] + ["---:"] * (len(HEAD) - 1)) + " |"]  # fmt: skip
     md += ["| " + " | ".join(c.replace("|", "\\|") for c in r) + " |" for r in table_rows(doc)]
