@@ -252,6 +252,12 @@ class Coordinator:
                 failed = joiner.close()  # the workers are gone: cut what they wrote past the committed end
                 if failed is not None and code in (EXIT_OK, EXIT_SIGINT, EXIT_SIGTERM):
                     state, code, message = "failed", EXIT_FAILED, f"I/O error: {failed}"
+            if traces_file is not None:
+                try:
+                    traces_file.close()
+                except OSError as err:  # its last flush failed (a full disk, say)
+                    if code in (EXIT_OK, EXIT_SIGINT, EXIT_SIGTERM):
+                        state, code, message = "failed", EXIT_FAILED, f"I/O error writing --save-traces: {err}"
             final = None
             if seg is not None:
                 seg.set_system(
@@ -261,15 +267,13 @@ class Coordinator:
                     records_repeated=self.collector.repeats, dashboard_dropped=self.collector.forward_dropped,
                 )  # fmt: skip
                 seg.set_state(state)
-            if traces_file is not None:
-                traces_file.close()
             if seg is not None:
                 final = self.final_stats()
                 if self.dashboard is not None:
                     self.dashboard.finish(final, lambda: self._signal is not None)
                 seg.close()
             if dash_proc is not None:
-                dash_proc.stop()  # only if it never got the run (then nothing above stopped it)
+                dash_proc.stop()  # if it never got the run, nothing above stopped it
             if self.part_dir:
                 shutil.rmtree(self.part_dir, ignore_errors=True)
             self._restore_signals(old_handlers)

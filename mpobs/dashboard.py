@@ -179,7 +179,13 @@ class DashboardProcess:
     """
 
     def __init__(self, ctx: Any, opts: DashboardOptions) -> None:
+        import atexit
+        from multiprocessing import resource_tracker
+
         self.opts = opts
+        # The child attaches the segment, which registers it with a resource tracker: it must
+        # share the coordinator's, or a tracker of its own unlinks the segment when it dies.
+        resource_tracker.ensure_running()
         sock = bind_socket(opts.host, opts.port)
         self.url = url_of(sock, opts.host)
         self.lock = ctx.Lock()  # the stats segment's lock: made before the fork, so the child has it
@@ -189,12 +195,14 @@ class DashboardProcess:
             target=_child_main, name="mpobs-dashboard", daemon=True,
             args=(sock, child_conn, self.lock, self.queue, opts, os.getpid()),
         )  # fmt: skip
+        # Before multiprocessing's own exit handler, which would SIGTERM it (ignored) and wait
+        # forever: whatever path leaves this process (an error before the run, Ctrl-C), it is killed.
+        atexit.register(self.stop)
         try:
             self.proc.start()
         finally:
             sock.close()  # the child holds its own copy; the port goes with the child
             child_conn.close()
-        self.handed_over = False
 
     def serve_run(self, coord: Any) -> DashboardHandle:
         """Hand the process the run's segment and description; from now on it serves them."""
@@ -204,16 +212,15 @@ class DashboardProcess:
         except OSError:
             pass  # it died while starting: the handle's poll() says so, and the run goes on
         self._conn.close()
-        self.handed_over = True
         hint = " (open it once with ?token=<your token>)" if self.opts.token else ""
         _say(f"dashboard at {self.url}{hint}")
         return DashboardHandle(coord, self.opts, self.proc, self.queue, self.url)
 
     def stop(self) -> None:
-        """End the process if it was never handed a run (the start failed); a no-op after ``serve_run``."""
-        if self.handed_over:
-            return  # the DashboardHandle stops it
+        """Kill and reap the process, whatever it is doing (it has nothing to flush); safe to call again."""
         self._conn.close()
+        if self.proc.pid is None:
+            return  # never started
         if self.proc.is_alive():
             self.proc.kill()  # it ignores SIGTERM (see _child_main) and has nothing to flush
         self.proc.join(3)

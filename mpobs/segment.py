@@ -267,8 +267,8 @@ class StatsSegment:
     def snapshot(self) -> Snapshot:
         """A consistent copy: committed totals, live totals (committed + in flight), the rest."""
         with self.held():
-            values = self._flat.tolist()
-        return Snapshot.of(self.layout, values)
+            raw = self._flat.tobytes()  # one copy under the lock; the ints are made after it
+        return Snapshot.of(self.layout, memoryview(raw).cast("q").tolist())
 
 
 @dataclass

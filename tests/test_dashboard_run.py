@@ -101,7 +101,7 @@ def test_port_in_use_fails_before_any_work(tmp_path: Path) -> None:
 
 def test_a_start_that_fails_after_the_dashboard_forked_leaves_nothing_behind(tmp_path: Path) -> None:
     """The dashboard's process is forked before the config is read: a bad config must still end it."""
-    log = big_log(tmp_path / "in.log", 1000)
+    log = big_log(tmp_path / "in.log", 200_000)
     port = free_port()
     proc = start_cli("process", str(log), "-c", "missing.json", "--dashboard", "--dashboard-port", str(port),
                      "-o", "out.log", cwd=tmp_path)  # fmt: skip
@@ -166,6 +166,45 @@ def test_token_on_a_real_server(tmp_path: Path) -> None:
         stop_cli(proc)
     finally:
         kill_if_running(proc)
+
+
+def test_the_demo_dashboard_shares_the_runs_resource_tracker(tmp_path: Path) -> None:
+    """Without ``mpobs process`` starting the tracker first, the dashboard must not start one of its own.
+
+    A tracker of its own would unlink the run's segment when the dashboard process ends.
+    """
+    import psutil
+
+    port = free_port()
+    proc = start_cli("dashboard", "--port", str(port), "--lines", "200000", "--workers", "2", cwd=tmp_path)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        wait_for(lambda: get_json(f"{url}/stats")[1]["system"]["state"] == "done", 60, what="the demo run")
+        trackers = [p for p in psutil.Process(proc.pid).children(recursive=True)
+                    if any("resource_tracker" in part for part in p.cmdline())]  # fmt: skip
+        assert len(trackers) == 1, [(p.pid, p.ppid()) for p in trackers]
+        assert trackers[0].ppid() == proc.pid
+        proc.send_signal(signal.SIGINT)
+        err = stop_cli(proc)
+    finally:
+        kill_if_running(proc)
+    assert proc.returncode == 0, err
+    assert "leaked" not in err and "Traceback" not in err and "Warning" not in err, err
+
+
+def test_a_failing_save_traces_ends_the_run_with_the_dashboard(tmp_path: Path) -> None:
+    """The last flush of --save-traces fails (a full device): exit 1 with the reason, nothing left running."""
+    from mpobs.loggen import generate_file
+
+    log = tmp_path / "in.log"
+    generate_file(str(log), 5, seed=1)  # its traces fit the file's buffer: only closing it fails
+    port = free_port()
+    proc = start_cli("process", str(log), "-w", "1", "-q", "--save-traces", "/dev/full", "--trace-sample", "1",
+                     "-o", "out.log", "--dashboard", "--dashboard-port", str(port), "--linger", "0", cwd=tmp_path)  # fmt: skip
+    err = stop_cli(proc, timeout=60)
+    assert proc.returncode == 1, err
+    assert "I/O error writing --save-traces" in err and "Traceback" not in err and "internal error" not in err
+    assert not _listening(port)
 
 
 def test_dashboard_command_serves_saved_metrics(tmp_path: Path) -> None:
