@@ -109,8 +109,9 @@ def _say(text: str) -> None:
 class DashboardHandle:
     """The coordinator's side of the dashboard process, once it serves the run (``DashboardProcess.serve_run``)."""
 
-    def __init__(self, coord: Any, opts: DashboardOptions, proc: Any, q: Any, url: str) -> None:
-        self.coord, self.opts, self.proc, self.queue, self.url = coord, opts, proc, q, url
+    def __init__(self, coord: Any, process: DashboardProcess) -> None:
+        self.coord, self.process = coord, process
+        self.opts, self.proc, self.queue, self.url = process.opts, process.proc, process.queue, process.url
         self.dead = False
 
     def publish_counters(self, counters: dict[str, dict[str, int]]) -> None:
@@ -158,14 +159,10 @@ class DashboardHandle:
             time.sleep(0.1)
 
     def stop(self) -> None:
-        """Terminate and join the process; never leaves it behind."""
+        """Kill and join the process; never leaves it behind."""
         self.coord.collector.forward = None
-        if self.proc.is_alive():
-            self.proc.kill()  # it ignores SIGTERM (see _child_main) and has nothing to flush
-        self.proc.join(3)
+        self.process.stop()
         self.coord.seg.release_for({self.proc.pid})  # in case it died holding the stats lock
-        self.queue.cancel_join_thread()  # anything still buffered is for a reader that is gone
-        self.queue.close()
 
 
 class DashboardProcess:
@@ -214,7 +211,7 @@ class DashboardProcess:
         self._conn.close()
         hint = " (open it once with ?token=<your token>)" if self.opts.token else ""
         _say(f"dashboard at {self.url}{hint}")
-        return DashboardHandle(coord, self.opts, self.proc, self.queue, self.url)
+        return DashboardHandle(coord, self)
 
     def stop(self) -> None:
         """Kill and reap the process, whatever it is doing (it has nothing to flush); safe to call again."""
@@ -224,7 +221,7 @@ class DashboardProcess:
         if self.proc.is_alive():
             self.proc.kill()  # it ignores SIGTERM (see _child_main) and has nothing to flush
         self.proc.join(3)
-        self.queue.cancel_join_thread()
+        self.queue.cancel_join_thread()  # anything still buffered is for a reader that is gone
         self.queue.close()
 
 

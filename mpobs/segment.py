@@ -78,8 +78,18 @@ class Layout:
         return 2 + 2 * self.slots
 
     @property
+    def workers_at(self) -> int:
+        """Where ``workers`` starts in the block (after ``counts``)."""
+        return self.nrows * self.ncols
+
+    @property
+    def system_at(self) -> int:
+        """Where ``system`` starts in the block (after ``workers``)."""
+        return self.workers_at + self.slots * len(WORKER_FIELDS)
+
+    @property
     def size(self) -> int:
-        return self.nrows * self.ncols + self.slots * len(WORKER_FIELDS) + len(SYSTEM_FIELDS)
+        return self.system_at + len(SYSTEM_FIELDS)
 
     def proc_col(self, p: int, fname: str) -> int:
         return p * NF + PROC_FIELDS.index(fname)
@@ -104,7 +114,7 @@ class StatsSegment:
         self.lock = lock
         self.owner = owner
         self._flat = shm.buf[: layout.size * 8].cast("q")  # the whole block as int64s, without numpy
-        self._holder = layout.nrows * layout.ncols + layout.slots * len(WORKER_FIELDS) + _HOLDER
+        self._holder = layout.system_at + _HOLDER
         self.pid = os.getpid()
         self.on_stuck: Callable[[], None] | None = None
 
@@ -115,9 +125,8 @@ class StatsSegment:
 
         layout = self.layout
         flat = np.ndarray((layout.size,), dtype=np.int64, buffer=self.shm.buf)
-        n = layout.nrows * layout.ncols
-        w = layout.slots * len(WORKER_FIELDS)
-        return flat[:n].reshape(layout.nrows, layout.ncols), flat[n : n + w].reshape(layout.slots, -1), flat[n + w :]
+        w, s = layout.workers_at, layout.system_at
+        return flat[:w].reshape(layout.nrows, layout.ncols), flat[w:s].reshape(layout.slots, -1), flat[s:]
 
     @property
     def counts(self) -> np.ndarray:
@@ -283,11 +292,10 @@ class Snapshot:
 
     @classmethod
     def of(cls, layout: Layout, values: list[int]) -> Snapshot:
-        nc, nw = layout.ncols, len(WORKER_FIELDS)
+        nc, nw, w = layout.ncols, len(WORKER_FIELDS), layout.workers_at
         rows = [values[r * nc : (r + 1) * nc] for r in range(layout.nrows)]
-        base = layout.nrows * nc
-        workers = [values[base + s * nw : base + (s + 1) * nw] for s in range(layout.slots)]
-        return cls(layout, rows[0], [sum(col) for col in zip(*rows)], workers, values[base + layout.slots * nw :])
+        workers = [values[w + s * nw : w + (s + 1) * nw] for s in range(layout.slots)]
+        return cls(layout, rows[0], [sum(col) for col in zip(*rows)], workers, values[layout.system_at :])
 
     def proc(self, p: int, fname: str, live: bool = True) -> int:
         return (self.live if live else self.committed)[self.layout.proc_col(p, fname)]
