@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
-# Install mpobs (editable) into the current Python, with what the tests need when given --test.
+# Install mpobs (editable) into a virtual environment, .venv (never the system Python),
+# with what the tests need when given --test. Prints nothing on stdout.
 # Debian packages for the real-parts tests (chromium for the page, prometheus for /metrics)
 # are installed with apt-get when missing and when we are root (CI, a fresh dev machine).
+# PYTHON picks the interpreter that makes the venv (default python3); MPOBS_VENV its folder.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PY=${PYTHON:-python3}
+VENV=${MPOBS_VENV:-.venv}
 
 extras=""
 if [ "${1:-}" = "--test" ]; then
@@ -23,7 +25,11 @@ if [ "${1:-}" = "--test" ]; then
     fi
   fi
 fi
-"$PY" -m pip install -q --disable-pip-version-check -e ".${extras}"
+if [ ! -x "$VENV/bin/python" ]; then
+  echo "setup: creating the virtual environment $VENV" >&2
+  "${PYTHON:-python3}" -m venv "$VENV"
+fi
+"$VENV/bin/python" -m pip install -q --disable-pip-version-check -e ".${extras}" >&2
 # An editable install leaves the sources uncompiled, and with PYTHONDONTWRITEBYTECODE set
 # every start would compile them again (~50 ms); pip does this for a regular install.
-"$PY" -m compileall -q mpobs dashboard_app >/dev/null
+"$VENV/bin/python" -m compileall -q mpobs dashboard_app >/dev/null

@@ -9,6 +9,8 @@ import socket
 import urllib.request
 from pathlib import Path
 
+import pytest
+
 from conftest_dashboard import big_log, free_port, get_json, kill_if_running, start_cli, stop_cli, wait_for
 
 COMPARE = ("lines_in", "lines_out", "errors", "processing_time_ms", "batches", "share_of_time")
@@ -146,16 +148,13 @@ def test_bad_host_and_public_host_without_token_exit_2(tmp_path: Path) -> None:
     assert proc.returncode == 2 and "cannot bind host '192.0.2.1'" in err and "Traceback" not in err
 
 
-def test_token_on_a_real_server(tmp_path: Path) -> None:
+def test_token_on_a_real_server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     log = big_log(tmp_path / "in.log", 200_000)
     port = free_port()
     env_token = "tok-" + os.urandom(4).hex()
-    os.environ["MPOBS_DASHBOARD_TOKEN"] = env_token
-    try:
-        proc = start_cli("process", str(log), "--dashboard", "--dashboard-port", str(port), "--linger", "30",
-                         "-o", "out.log", "-q", cwd=tmp_path)  # fmt: skip
-    finally:
-        del os.environ["MPOBS_DASHBOARD_TOKEN"]
+    monkeypatch.setenv("MPOBS_DASHBOARD_TOKEN", env_token)
+    proc = start_cli("process", str(log), "--dashboard", "--dashboard-port", str(port), "--linger", "30",
+                     "-o", "out.log", "-q", cwd=tmp_path)  # fmt: skip
     try:
         url = f"http://127.0.0.1:{port}"
         wait_for(lambda: get_json(f"{url}/healthz")[0] == 200, 30, what="the dashboard")

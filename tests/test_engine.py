@@ -175,7 +175,15 @@ def test_no_shared_memory_left_after_runs(tmp_path: Path, cli: Any) -> None:
 
     log = tmp_path / "in.log"
     log.write_bytes(b"ERROR x\n" * 1000)
-    for args, code in ((["-w", "2", "-o", str(tmp_path / "o")], 0), (["-w", "2", "--max-errors", "0"], 2)):
+    (tmp_path / "failfns.py").write_text("def fail(line):\n    raise ValueError('no')\n")
+    failing = tmp_path / "fail.json"
+    failing.write_text(json.dumps({"processors": [{"type": "python", "id": "fail", "function": "failfns:fail"}]}))
+    runs = (
+        (["-w", "2", "-o", str(tmp_path / "o")], 0),  # done
+        (["-w", "2", "-o", str(tmp_path / "o"), "-c", str(failing), "--max-errors", "5"], 3),  # stopped
+        (["-w", "2", "--max-errors", "0"], 2),  # refused before any work
+    )
+    for args, code in runs:
         proc = subprocess.Popen([sys.executable, "-m", "mpobs", "process", str(log), *args],
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
         assert proc.wait(timeout=60) == code
