@@ -9,6 +9,8 @@ from typing import Any
 from flask import Flask, Response, jsonify, redirect, request
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
+from mpobs.defaults import is_loopback
+
 #: The page keeps the token here after ``/?token=``: HttpOnly, so page scripts never see it.
 COOKIE = "mpobs_token"
 #: Bodies are never needed (every endpoint is GET); anything bigger is refused.
@@ -17,7 +19,6 @@ CSP = (
     "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
     "base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
 )
-LOOPBACK_NAMES = ("localhost", "127.0.0.1", "[::1]", "::1")
 
 log = logging.getLogger("mpobs.dashboard")
 
@@ -45,7 +46,7 @@ def create_app(source: Any, token: str | None = None, loopback_hosts_only: bool 
     def _guard() -> Any:
         if request.content_length is not None and request.content_length > MAX_BODY:
             raise RequestEntityTooLarge(f"request bodies are limited to {MAX_BODY} bytes")
-        if loopback_hosts_only and not _is_loopback_name(_host_name(request.host)):
+        if loopback_hosts_only and not is_loopback(_host_name(request.host)):
             return _error(403, "Forbidden", "this dashboard answers on loopback host names only")
         if not token or request.endpoint == "api.healthz":
             return None
@@ -109,15 +110,3 @@ def _error(code: int, name: str, message: str) -> Response:
     resp = jsonify(error=name, status=code, message=message)
     resp.status_code = code
     return resp
-
-
-def _is_loopback_name(host: str) -> bool:
-    """localhost, or a loopback address (all of 127.0.0.0/8, ::1): names a rebinding DNS cannot make."""
-    if host in LOOPBACK_NAMES:
-        return True
-    import ipaddress
-
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False

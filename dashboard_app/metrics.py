@@ -7,7 +7,8 @@ from typing import Any, Iterator
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector, CollectorRegistry
 
-STATES = ("starting", "running", "done", "failed", "interrupted")
+from mpobs.segment import STATES
+
 #: Keys per counter processor exposed as series (the most frequent); keeps cardinality bounded.
 MAX_KEYS = 100
 

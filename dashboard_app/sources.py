@@ -13,10 +13,8 @@ from typing import Any, Callable
 
 from dashboard_app.dagview import build_dag
 from dashboard_app.history import History, Sample
+from mpobs.defaults import KEEP
 from mpobs.tracing import expand as expand_trace
-
-#: Records kept of each kind (traces, errors).
-KEEP = 1000
 
 
 class Source:
@@ -170,14 +168,18 @@ class LiveSource(Source):
         cached = self._cache
         if cached is not None and now - cached[0] < self.cache_s:
             return cached[1]
-        from mpobs.stats import build_stats
+        from mpobs.stats import build_stats, worker_rows
 
         snap = self.seg.snapshot()
         with self._lock:
             final, counters, usage = self.final, self.counters, self.usage
             kept = {"traces_kept": len(self._traces), "errors_kept": len(self._errors),
                     "traces_received": self.received["traces"], "errors_received": self.received["errors"]}  # fmt: skip
-        doc = copy.deepcopy(final) if final is not None else build_stats(snap, self.meta, counters, live=True)
+        if final is not None:
+            doc = copy.deepcopy(final)
+            doc["workers"] = worker_rows(snap, usage)  # with CPU and memory now
+        else:
+            doc = build_stats(snap, self.meta, counters, live=True, usage=usage)
         r10, r60 = self.hist.rates(10), self.hist.rates(60)
         for pid, row in doc["processors"].items():
             row["rate_10s"] = r10["processors"].get(pid, 0.0)
@@ -186,15 +188,6 @@ class LiveSource(Source):
             lines_per_second_10s=r10["lines_per_s"], lines_per_second_1m=r60["lines_per_s"],
             errors_per_second_10s=r10["errors_per_s"],
         )  # fmt: skip
-        rows = []
-        for slot in range(snap.layout.slots):
-            w = snap.worker(slot)
-            cpu, rss = usage.get(w["pid"], (None, None))
-            rows.append({"slot": slot, "pid": w["pid"] or None, "alive": bool(w["alive"]), "lines": w["lines"],
-                         "tasks": w["tasks"], "bytes": w["bytes"], "cpu_percent": cpu, "rss_bytes": rss,
-                         "traces_sent": w["traces_sent"], "traces_dropped": w["traces_dropped"],
-                         "errors_sent": w["errors_sent"], "errors_dropped": w["errors_dropped"]})  # fmt: skip
-        doc["workers"] = rows
         doc["dashboard"] = dict(kept, source=self.kind, final=final is not None, pid=os.getpid())
         self._cache = (now, doc)
         self._json = None

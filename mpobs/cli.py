@@ -11,7 +11,8 @@ from typing import Any
 import click
 from click.core import ParameterSource
 
-from mpobs.errors import EXIT_FAILED, EXIT_MAX_ERRORS, EXIT_OK, InputError, MpobsError
+from mpobs.defaults import BATCH_LINES, TASK_BYTES, TRACE_SAMPLE, default_workers
+from mpobs.errors import EXIT_FAILED, EXIT_MAX_ERRORS, EXIT_OK, DashboardError, InputError, MpobsError
 
 SAMPLE_LINES = 200_000
 
@@ -54,14 +55,14 @@ def _one_blas_thread() -> None:
 @click.option("-o", "--output", type=click.Path(path_type=str), help="Output file. Default: stdout.")
 @click.option("--save-metrics", type=click.Path(path_type=str), help="Write the final stats as JSON here.")
 @click.option("--trace", is_flag=True, help="Trace sampled lines through the DAG.")
-@click.option("--trace-sample", type=click.FloatRange(0, 1, min_open=True), default=0.01, show_default=True,
+@click.option("--trace-sample", type=click.FloatRange(0, 1, min_open=True), default=TRACE_SAMPLE, show_default=True,
               help="Share of lines traced (by line number, so the same with any worker count). Implies --trace.")
 @click.option("--save-traces", type=click.Path(path_type=str),
               help="Write every traced line as JSON Lines (nothing dropped; workers wait). Implies --trace.")
 @click.option("--max-errors", type=click.IntRange(1), help="Stop (exit 3) after this many processor errors.")
-@click.option("--task-size", type=click.IntRange(1024), default=1 << 20, show_default=True, hidden=True,
+@click.option("--task-size", type=click.IntRange(1024), default=TASK_BYTES, show_default=True, hidden=True,
               help="Bytes per task.")
-@click.option("--batch-lines", type=click.IntRange(1), default=5000, show_default=True, hidden=True)  # = task.BATCH_LINES
+@click.option("--batch-lines", type=click.IntRange(1), default=BATCH_LINES, show_default=True, hidden=True)
 @click.option("-q", "--quiet", is_flag=True, help="No progress line and no summary on stderr.")
 @click.option("--dashboard", is_flag=True, help="Serve the live dashboard while running.")
 @click.option("--dashboard-host", default="127.0.0.1", show_default=True,
@@ -97,13 +98,15 @@ def process(input_file: str | None, config_path: str | None, workers: int | None
     try:
         dash = None
         if dashboard:
-            from mpobs.dashboard import DashboardOptions, prestart
+            from dashboard_app.process import DashboardOptions, prestart
 
             dash = DashboardOptions.checked(dashboard_host, dashboard_port, dashboard_token, linger)
             # Before the imports below: its own imports then run while this process does them.
             dash_proc = prestart(dash)
         from mpobs.config import load_config
-        from mpobs.coordinator import Coordinator, RunOptions, check_paths, check_writable
+        from mpobs.coordinator import Coordinator, RunOptions, check_outputs
+        from mpobs.inputs import open_input
+        from mpobs.output import check_writable
 
         pipeline = load_config(config_path)
         if input_file is None:
@@ -113,17 +116,18 @@ def process(input_file: str | None, config_path: str | None, workers: int | None
                 # 180,000 result lines would scroll past the summary: keep them in a file.
                 output = "mpobs-sample-output.txt"
                 click.echo(f"mpobs: results go to {output} (give --output to choose)", err=True)
-        check_paths(input_file, output)
+        source = open_input(input_file)
         if save_metrics:
-            check_writable(save_metrics, "--save-metrics file", input_file)
+            check_writable(save_metrics, "--save-metrics file", source.is_file)
         from mpobs.report import Progress, summary
 
         progress = Progress(enabled=False if quiet else None)
         opts = RunOptions(
-            input_file, output, workers or os.cpu_count() or 1, task_size, batch_lines,
+            input_file, output, workers or default_workers(), task_size, batch_lines,
             trace=trace or bool(save_traces), trace_sample=trace_sample, save_traces=save_traces,
             max_errors=max_errors, dashboard=dash, dashboard_process=dash_proc, on_tick=progress.tick,
         )  # fmt: skip
+        check_outputs(source, opts)
         try:
             outcome = Coordinator(pipeline, opts).run()
         finally:
@@ -131,12 +135,11 @@ def process(input_file: str | None, config_path: str | None, workers: int | None
         if outcome.exit_code == EXIT_OK and outcome.stats["system"]["state"] == "interrupted":
             _quiet_stdout()  # the reader of stdout went away: not an error
         if save_metrics:
-            doc = dict(outcome.stats, recent_errors=outcome.recent_errors, recent_traces=outcome.recent_traces)
             with open(save_metrics, "w", encoding="utf-8") as f:
-                json.dump(doc, f, indent=2)
+                json.dump(outcome.metrics, f, indent=2)
                 f.write("\n")
         if not quiet:
-            click.echo(summary(outcome.stats, outcome.error_types), err=True)
+            click.echo(summary(outcome.stats), err=True)
         if outcome.message:
             kind = "error: " if outcome.exit_code in (EXIT_FAILED, EXIT_MAX_ERRORS) else ""
             click.echo(f"mpobs: {kind}{outcome.message}", err=True)
@@ -234,16 +237,74 @@ def generate(path: str, lines: int, seed: int, awkward: float, mix: str) -> None
     click.echo(f"{path}: {lines:,} lines, {n:,} bytes", err=True)
 
 
-def _register_dashboard_command() -> None:
-    from mpobs.dashboard import dashboard_command
+@main.command("dashboard")
+@click.option("--metrics", "metrics_path", type=click.Path(dir_okay=False, path_type=str),
+              help="Serve a saved run (the JSON that --save-metrics writes). Default: run a demo.")
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True)
+@click.option("--token", envvar="MPOBS_DASHBOARD_TOKEN", help="Bearer token the dashboard requires.")
+@click.option("--lines", type=click.IntRange(1000), default=3_000_000, show_default=True,
+              help="Demo: lines of the generated log.")
+@click.option("--workers", type=click.IntRange(1, 1024), default=None, help="Demo: worker processes.")
+def dashboard_command(metrics_path: str | None, host: str, port: int, token: str | None, lines: int,
+                      workers: int | None) -> None:  # fmt: skip
+    """Serve the dashboard for a saved run, or (no --metrics) watch a demo run on a generated log."""
+    from dashboard_app.process import DashboardOptions
 
-    main.add_command(dashboard_command)
+    try:
+        opts = DashboardOptions.checked(host, port, token, None)
+        if metrics_path:
+            _serve_saved(metrics_path, opts)
+        else:
+            _demo(opts, lines, workers or default_workers())
+    except MpobsError as err:
+        _fail(err)
+    except Exception as err:  # a bug: one line, not a traceback (MPOBS_DEBUG=1 shows it)
+        _internal_error(err)
 
 
-try:
-    _register_dashboard_command()
-except ImportError:  # pragma: no cover - the dashboard module comes with the package
-    pass
+def _serve_saved(path: str, opts: Any) -> None:
+    from dashboard_app.process import bind_socket, serve, url_of
+    from dashboard_app.sources import SavedSource
+
+    try:
+        source = SavedSource.load(path)
+    except ValueError as err:
+        raise DashboardError(str(err)) from err
+    sock = bind_socket(opts.host, opts.port)
+    _say_info(f"dashboard for {path} at {url_of(sock, opts.host)}; press Ctrl-C to stop")
+    try:
+        serve(source, sock, opts)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        sock.close()
+
+
+def _demo(opts: Any, lines: int, workers: int) -> None:
+    import shutil
+    import tempfile
+
+    from mpobs.config import load_config
+    from mpobs.coordinator import Coordinator, RunOptions
+    from mpobs.loggen import generate_file
+
+    folder = tempfile.mkdtemp(prefix="mpobs-demo-")
+    try:
+        path = os.path.join(folder, "demo.log")
+        _say_info(f"demo: generating a {lines:,}-line log")
+        generate_file(path, lines, seed=11, awkward=0.001)
+        run = RunOptions(path, os.path.join(folder, "out.log"), workers, trace=True, trace_sample=0.002,
+                         dashboard=opts)  # fmt: skip
+        outcome = Coordinator(load_config(None), run).run()
+        s = outcome.stats["system"]
+        _say_info(f"demo: {s['state']}, {s['total_lines']:,} lines in {s['elapsed_s']:.2f} s")
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _say_info(text: str) -> None:
+    click.echo(f"mpobs: {text}", err=True)
 
 
 def run() -> Any:

@@ -9,13 +9,10 @@ from typing import Any, Callable, Protocol
 from mpobs.batch import EMPTY, Batch, merge
 from mpobs.errors import ConfigError
 from mpobs.processors import ErrorList, Processor
+from mpobs.segment import NF
 
 #: The name of the input file as an edge source ("inputs": ["input"]).
 INPUT = "input"
-
-#: Values kept per processor, in this order, by :meth:`Pipeline.run_batch`.
-PROC_FIELDS = ("lines_in", "lines_out", "errors", "time_ns", "batches")
-NF = len(PROC_FIELDS)
 
 #: (processor position, line number, text, exception)
 NodeErrors = list[tuple[int, int, str, BaseException]]
@@ -88,8 +85,8 @@ class Pipeline:
     ) -> Batch:
         """Run one batch through every processor; return what the sinks emit.
 
-        Adds to ``acc`` (``len(nodes) * NF`` ints, PROC_FIELDS per node in config
-        order) once per processor, and appends each failed line to ``errors``.
+        Adds to ``acc`` (``len(nodes) * NF`` ints, ``segment.PROC_FIELDS`` per node
+        in config order: what ``Layout.vector`` takes) once per processor, and appends each failed line to ``errors``.
         """
         outs: dict[str, Batch | dict[str, Batch]] = {INPUT: batch}
         for node in self.order:

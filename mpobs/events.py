@@ -8,12 +8,7 @@ import threading
 from collections import deque
 from typing import IO, Any, Callable
 
-#: How many records of each kind a consumer keeps (traces, errors).
-KEEP = 1000
-#: Messages a worker's queue holds before records are dropped (one message: up to CHUNK records).
-QUEUE_MESSAGES = 16
-#: Records per message: a task's records go in chunks of this many, the rest at its end.
-CHUNK = 2000
+from mpobs.defaults import KEEP
 
 
 class QueueEvents:

@@ -1,4 +1,4 @@
-"""Child processes (workers, the dashboard) that must not outlive the coordinator.
+"""Process lifetimes: children (workers, the dashboard) that must not outlive the coordinator; is a pid alive.
 
 A module of its own with nothing heavy to import: the dashboard process uses it first thing.
 """
@@ -19,3 +19,14 @@ def die_with_parent(parent_pid: int) -> None:
         pass
     if os.getppid() != parent_pid:  # the parent died before prctl took effect
         os._exit(1)
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this pid exists (someone else's counts as alive: not ours to judge)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

@@ -6,12 +6,33 @@ import os
 import stat
 import sys
 import threading
+from typing import Callable
 
 from mpobs.errors import InputError
 
 
 class OutputClosed(Exception):
     """The reader of our stdout went away (``mpobs process big.log | head``)."""
+
+
+def check_writable(path: str, what: str, is_input: Callable[[str], bool] | None = None) -> None:
+    """``path`` can be created or overwritten, and is not an input (writing it would destroy it)."""
+    folder = os.path.dirname(os.path.abspath(path))
+    if os.path.isdir(path):
+        raise InputError(f"{what} {path!r} is a directory")
+    if not os.path.isdir(folder):
+        raise InputError(f"{what} {path!r}: folder {folder!r} does not exist")
+    existed = os.path.exists(path)
+    if existed and is_input is not None and is_input(path):
+        raise InputError(f"{what} {path!r} is the input file; writing it would destroy the input")
+    try:
+        # os.access says yes to root everywhere; only opening tells (e.g. /proc, a read-only mount).
+        with open(path, "ab"):
+            pass
+    except OSError as err:
+        raise InputError(f"{what} {path!r}: cannot write it: {err.strerror}") from err
+    if not existed:
+        os.unlink(path)
 
 
 def open_replacing(path: str) -> tuple[int, threading.Thread | None]:
@@ -106,6 +127,20 @@ class OutputJoiner:
         if self._closer is not None:
             self._closer.join()
             self._closer = None
+
+    def write(self, data: bytes) -> None:
+        """Append ``data`` (a task's output that came as bytes)."""
+        view = memoryview(data)
+        try:
+            while view:
+                if self.direct:
+                    n = os.pwrite(self.fd, view, self.bytes_written)
+                else:
+                    n = os.write(self.fd, view)
+                view = view[n:]
+                self.bytes_written += n
+        except BrokenPipeError as err:
+            raise OutputClosed from err
 
     def append(self, part: str) -> None:
         with open(part, "rb") as f:

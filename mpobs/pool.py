@@ -2,141 +2,147 @@
 
 from __future__ import annotations
 
+import multiprocessing
 import os
+import re
+import shutil
+import tempfile
 import time
 from collections import deque
-from dataclasses import dataclass, field
 from multiprocessing.connection import wait as mp_wait
 from typing import Any, Callable
 
-import numpy as np
-
-from mpobs.dag import Pipeline
-from mpobs.events import QUEUE_MESSAGES
-from mpobs.segment import StatsSegment
-from mpobs.task import Task, TaskResult, TaskSettings
+from mpobs.defaults import PREFETCH, WORKER_QUEUE_MESSAGES
+from mpobs.events import QueueReader
+from mpobs.executor import Event, Executor, LimitReached, RunContext, TaskDone, TaskLost, TaskWritten, WorkerFailed
+from mpobs.inputs import Task
 from mpobs.worker import worker_main
 
-#: Tasks handed to a worker ahead, so it never waits for the coordinator.
-PREFETCH = 2  # the segment gives each worker two in-flight rows: one per handed-out task
-
-
-@dataclass
-class PoolEvent:
-    """Something a worker did: finished a task, died (with the tasks it lost), or failed."""
-
-    kind: str  # "done" | "written" | "died" | "stopped" (--max-errors) | "fatal"
-    slot: int
-    task: Task | None = None
-    vec: np.ndarray | None = None
-    result: TaskResult | None = None
-    lost: list[Task] = field(default_factory=list)  # died: the tasks it held, the running one first
-    held: list[Task] = field(default_factory=list)  # died: finished tasks whose output it still held
-    detail: str = ""
+#: Part folders (stdout output) are named <prefix><coordinator pid>-<random> in the temp folder.
+PARTS_PREFIX = "mpobs-parts-"
 
 
 class _Slot:
     def __init__(self, proc: Any, conn: Any) -> None:
         self.proc = proc
         self.conn = conn
-        self.inflight: deque[tuple[Task, int]] = deque()
+        self.inflight: deque[tuple[Task, int]] = deque()  # handed out, not finished: the running one first
         self.held: dict[int, Task] = {}  # finished, output not yet written (direct output only)
         self.seq = 0
         self.alive = True
 
 
-class LocalPool:
-    """Worker processes on this machine; each counts into its own in-flight rows of ``seg``."""
+class LocalPool(Executor):
+    """Worker processes on this machine; each counts into its own in-flight rows of the segment.
 
-    def __init__(self, ctx: Any, workers: int, seg: StatsSegment, pipeline: Pipeline, settings: TaskSettings,
-                 on_queue: Callable[[Any], None], wait_traces: bool, part_dir: str,
-                 out_fd: int | None = None) -> None:  # fmt: skip
-        self.ctx = ctx
-        self.n = workers
-        self.seg = seg
-        self.pipeline = pipeline
-        self.settings = settings
-        self.on_queue = on_queue  # told of each worker's new record queue (the coordinator reads it)
-        self.wait_traces = wait_traces
-        self.part_dir = part_dir
-        self.out_fd = out_fd  # workers write the output themselves (see worker_main)
-        self.stop_event = ctx.Event()
+    Each worker gets up to PREFETCH tasks ahead, over its pipe, and reads their bytes
+    itself. Its trace and error records go on a queue of its own, read here by a
+    thread each into the run's collector. With our own output file, workers write
+    their output into it themselves where they are placed (``place``); otherwise each
+    task's output is a part file in a temp folder of the pool's.
+    """
+
+    name = "local"
+    writes_output = True
+
+    def __init__(self, workers: int, ctx: Any = None) -> None:
+        self.n = max(1, workers)
+        self.mp = ctx or multiprocessing.get_context("fork")
         self.slots: list[_Slot] = []
+        self.readers: list[QueueReader] = []
         self.restarted = 0
         self.stopping = False
+        self.limit_seen = False
+        self.part_dir = ""
+        self._messages_seen = 0
 
-    def start(self) -> None:
+    @property
+    def capacity(self) -> int:
+        return self.n
+
+    def start(self, ctx: RunContext) -> None:
+        self.ctx = ctx
+        self.seg = ctx.segment
+        self.out_fd = ctx.out_fd
+        self.stop_event = self.mp.Event()
+        if self.out_fd is None:
+            self.part_dir = tempfile.mkdtemp(prefix=f"{PARTS_PREFIX}{os.getpid()}-")
         self.slots = [self._spawn(s) for s in range(self.n)]
+        # After the first forks, so those happen from a single thread (a worker started
+        # again after a crash is forked while the readers run; it uses none of their locks).
+        self._start_readers()
 
     def _spawn(self, slot: int) -> _Slot:
-        parent_conn, child_conn = self.ctx.Pipe()
+        parent_conn, child_conn = self.mp.Pipe()
         # Its own queue: a worker killed mid-write harms no other (see events.QueueEvents).
-        events_q = self.ctx.SimpleQueue() if self.wait_traces else self.ctx.Queue(QUEUE_MESSAGES)
-        self.on_queue(events_q)
-        proc = self.ctx.Process(
+        wait = self.ctx.wait_traces
+        events_q = self.mp.SimpleQueue() if wait else self.mp.Queue(WORKER_QUEUE_MESSAGES)
+        self.readers.append(QueueReader(events_q, self.ctx.collector, name=f"mpobs-records-{len(self.readers)}"))
+        seg, ctx = self.seg, self.ctx
+        proc = self.mp.Process(
             target=worker_main,
             name=f"mpobs-worker-{slot}",
-            args=(slot, child_conn, self.seg.name, self.seg.layout, self.seg.lock, self.pipeline, self.settings,
-                  events_q, self.wait_traces, self.stop_event, os.getpid(), self.part_dir, self.out_fd),  # fmt: skip
+            args=(slot, child_conn, seg.name, seg.layout, seg.lock, ctx.pipeline, ctx.settings, events_q, wait,
+                  self.stop_event, os.getpid(), self.part_dir, self.out_fd),  # fmt: skip
             daemon=True,
         )
         proc.start()
         child_conn.close()
         return _Slot(proc, parent_conn)
 
-    def fill(self, next_task: Callable[[], Task | None]) -> None:
-        """Give every live worker tasks until it holds PREFETCH."""
-        for s in self.slots:
-            while s.alive and len(s.inflight) < PREFETCH:
-                task = next_task()
-                if task is None:
-                    return
-                seq = s.seq
-                s.seq += 1
-                s.inflight.append((task, seq))
-                try:
-                    s.conn.send(("task", task, seq))
-                except OSError:
-                    break  # it died; wait() reports the lost tasks
+    def _start_readers(self) -> None:
+        for reader in self.readers:
+            if reader.thread.ident is None:
+                reader.start()
 
-    def holder(self, index: int) -> int | None:
-        """The slot whose worker has task ``index``: to run, running, or finished and not yet written."""
-        for i, s in enumerate(self.slots):
-            if s.alive and (index in s.held or any(t.index == index for t, _ in s.inflight)):
-                return i
-        return None
+    # -- running tasks -------------------------------------------------------------
+    def room(self) -> int:
+        return sum(PREFETCH - len(s.inflight) for s in self.slots if s.alive)
 
-    def grant(self, slot: int, index: int, offset: int) -> None:
-        """Tell the worker with task ``index`` that its output starts at ``offset`` (see DirectOutput)."""
+    def submit(self, task: Task) -> None:
+        """To the live worker with the fewest tasks (all have room: see ``room``)."""
+        s = min((s for s in self.slots if s.alive), key=lambda s: len(s.inflight))
+        seq = s.seq
+        s.seq += 1
+        s.inflight.append((task, seq))
         try:
-            self.slots[slot].conn.send(("write", index, offset))
+            s.conn.send(("task", task, seq))
         except OSError:
-            pass  # it died; wait() reports the task as lost
+            pass  # it died; poll() reports the lost task
 
-    def idle(self) -> bool:
-        """No task is running or waiting to run (finished outputs may still wait to be written)."""
-        return all(not s.inflight for s in self.slots)
+    def place(self, index: int, offset: int) -> bool:
+        """Tell the worker with task ``index`` (to run, running, or finished) that its output starts at ``offset``."""
+        for s in self.slots:
+            if s.alive and (index in s.held or any(t.index == index for t, _ in s.inflight)):
+                try:
+                    s.conn.send(("write", index, offset))
+                except OSError:
+                    pass  # it died; poll() reports the task as lost
+                return True
+        return False
 
-    def wait(self, extra: list[Any], timeout: float) -> list[PoolEvent]:
-        """Wait for messages, deaths or ``extra`` handles; return what the workers did."""
-        handles = [s.conn for s in self.slots if s.alive] + [s.proc.sentinel for s in self.slots if s.alive]
-        ready = set(mp_wait(handles + extra, timeout))
-        events: list[PoolEvent] = []
+    def poll(self, timeout: float) -> list[Event]:
+        """Wait for messages or deaths; return what the workers did."""
+        live = [s for s in self.slots if s.alive]
+        ready = set(mp_wait([s.conn for s in live] + [s.proc.sentinel for s in live], timeout))
+        events: list[Event] = []
         # First free the lock from any worker that died holding it: reading the
         # messages below takes the lock.
-        self.unstick({s.proc.pid for s in self.slots if s.alive and s.proc.sentinel in ready})
+        died = {s.proc.pid for s in live if s.proc.sentinel in ready}
+        if died:
+            self.seg.release_for(died)
         for i, s in enumerate(self.slots):
             if not s.alive:
                 continue
-            if s.conn in ready:
-                events += self._read(i, s)
-            if s.proc.sentinel in ready:
+            if s.conn in ready or s.proc.sentinel in ready:
                 events += self._read(i, s)  # what it said before dying still counts
-                events.append(self._died(i, s))
+            if s.proc.sentinel in ready:
+                events += self._died(i, s)
+        self._start_readers()  # for workers started again after a crash
         return events
 
-    def _read(self, i: int, s: _Slot) -> list[PoolEvent]:
-        events = []
+    def _read(self, i: int, s: _Slot) -> list[Event]:
+        events: list[Event] = []
         try:
             while s.conn.poll():
                 msg = s.conn.recv()
@@ -144,18 +150,53 @@ class LocalPool:
                     _, seq, result = msg
                     task, expected = s.inflight.popleft()
                     assert seq == expected, (seq, expected)
-                    vec = self.seg.complete(self.seg.layout.inflight_row(i, seq), i)
-                    if self.out_fd is not None:
+                    # Out of its in-flight row now, before a death handled below zeroes the row.
+                    self.seg.complete(result.counts, live_row=self.seg.layout.inflight_row(i, seq))
+                    result.pending = True
+                    if self.out_fd is None:
+                        result.output = self._part_path(task.index)
+                    else:
                         s.held[task.index] = task
-                    events.append(PoolEvent("done", i, task, vec, result))
+                    self.seg.add_worker(i, tasks=1, lines=result.lines, bytes=task.end - task.start)
+                    events.append(TaskDone(task, result))
                 elif msg[0] == "written":
-                    task = s.held.pop(msg[1])
-                    events.append(PoolEvent("written", i, task))  # its output is now in the file
+                    del s.held[msg[1]]
+                    events.append(TaskWritten(msg[1]))  # its output is now in the file
                 elif msg[0] == "fatal":
-                    events.append(PoolEvent("fatal", i, detail=msg[1].strip().splitlines()[-1]))
+                    events.append(WorkerFailed(str(i), msg[1].strip().splitlines()[-1]))
         except (EOFError, OSError):
             pass
         return events
+
+    def _part_path(self, index: int) -> str:
+        return os.path.join(self.part_dir, f"part-{index:09d}")
+
+    def _died(self, i: int, s: _Slot) -> list[Event]:
+        s.proc.join()
+        s.alive = False
+        reason = f"worker {i} died (exit code {s.proc.exitcode})"
+        # The first task is the one it was running; the rest only waited.
+        events: list[Event] = [TaskLost(t, reason, fault=k == 0) for k, (t, _) in enumerate(s.inflight)]
+        events += [TaskLost(t, reason, finished=True) for t in sorted(s.held.values(), key=lambda t: t.index)]
+        s.inflight.clear()
+        s.held.clear()
+        s.conn.close()
+        self.seg.release_for({s.proc.pid})
+        self.seg.drop(i)
+        self.seg.set_worker(i, alive=0)
+        if self.stop_event.is_set():
+            self.stopping = True  # workers stop by themselves (--max-errors): not a crash
+            if not self.limit_seen:
+                self.limit_seen = True
+                events.append(LimitReached())
+        if not self.stopping:
+            self.slots[i] = self._spawn(i)
+            self.restarted += 1
+            self.seg.set_system(workers_restarted=self.restarted)
+        return events
+
+    def stop_restarts(self) -> None:
+        self.stopping = True
 
     def any_alive(self) -> bool:
         return any(s.alive and s.proc.is_alive() for s in self.slots)
@@ -164,39 +205,28 @@ class LocalPool:
         """Workers that have exited but whose death is not handled yet."""
         return {s.proc.pid for s in self.slots if s.alive and not s.proc.is_alive()}
 
-    def unstick(self, dead: set[int]) -> None:
-        if dead:
-            self.seg.release_for(dead)
-
-    def _died(self, i: int, s: _Slot) -> PoolEvent:
-        s.proc.join()
-        s.alive = False
-        lost = [t for t, _ in s.inflight]
-        held = sorted(s.held.values(), key=lambda t: t.index)
-        s.inflight.clear()
-        s.held.clear()
-        s.conn.close()
-        self.seg.release_for({s.proc.pid})
-        self.seg.drop(i)
-        self.seg.set_worker(i, alive=0)
-        ev = PoolEvent("died", i, lost=lost, held=held, detail=f"exit code {s.proc.exitcode}")
-        if self.stop_event.is_set():
-            self.stopping = True  # workers stop by themselves (--max-errors): not a crash
-            ev.kind = "stopped"
-        if not self.stopping:
-            self.slots[i] = self._spawn(i)
-            self.restarted += 1
-            self.seg.set_system(workers_restarted=self.restarted)
-        return ev
-
-    def shutdown(self, graceful: bool, progress: Callable[[], int], timeout: float = 5.0) -> None:
+    # -- stopping ------------------------------------------------------------------
+    def shutdown(self, graceful: bool, timeout: float = 5.0) -> None:
         """Stop every worker: after its tasks (graceful) or at the next batch; kill what lingers.
 
         A worker that exits first flushes the records its queue thread still holds
         (at --trace-sample 1 that can be many MB), so it is given time for as long
         as records keep arriving: killing it mid-write would cut a message in two.
+        Then the record queues are read to their end.
         """
         self.stopping = True
+        try:
+            self._stop_workers(graceful, timeout)
+        finally:
+            self._start_readers()
+            for reader in self.readers:  # the workers are gone: read what is left, then stop
+                reader.finish()
+            if self.part_dir:
+                shutil.rmtree(self.part_dir, ignore_errors=True)
+
+    def _stop_workers(self, graceful: bool, timeout: float) -> None:
+        if not self.slots:
+            return
         if not graceful:
             self.stop_event.set()
         for s in self.slots:
@@ -207,7 +237,7 @@ class LocalPool:
                     pass
         deadline = time.monotonic() + timeout
         while any(s.proc.is_alive() for s in self.slots) and time.monotonic() < deadline:
-            if progress():  # records still arriving: wait as long as they do
+            if self._records_arrived():  # records still arriving: wait as long as they do
                 deadline = max(deadline, time.monotonic() + timeout)
             mp_wait([s.proc.sentinel for s in self.slots if s.proc.is_alive()], 0.05)
         for s in self.slots:
@@ -223,3 +253,22 @@ class LocalPool:
         for s in self.slots:
             if s.proc.exitcode is not None:
                 s.proc.close()  # its sentinel fd now, not at garbage collection
+
+    def _records_arrived(self) -> int:
+        now = self.ctx.collector.messages
+        new, self._messages_seen = now - self._messages_seen, now
+        return new
+
+
+def remove_leftover_parts(alive: Callable[[int], bool]) -> None:
+    """Remove part folders of runs whose coordinator (the pid in the name) is dead."""
+    pattern = re.compile(rf"^{PARTS_PREFIX}(\d+)-")
+    folder = tempfile.gettempdir()
+    try:
+        names = os.listdir(folder)
+    except OSError:
+        return
+    for name in names:
+        m = pattern.match(name)
+        if m is not None and not alive(int(m[1])):
+            shutil.rmtree(os.path.join(folder, name), ignore_errors=True)

@@ -38,7 +38,7 @@ class Progress:
             self.bar = None
 
 
-def summary(stats: dict[str, Any], error_types: dict[tuple[str, str], int]) -> str:
+def summary(stats: dict[str, Any]) -> str:
     """The end-of-run table: one row per processor, then totals and errors by type."""
     rows = [("processor", "type", "in", "out", "errors", "ms", "share")]
     for pid, p in stats["processors"].items():
@@ -62,8 +62,8 @@ def summary(stats: dict[str, Any], error_types: dict[tuple[str, str], int]) -> s
         lines.append(f"workers restarted: {s['workers_restarted']}")
     if s.get("trace"):
         lines.append(f"traces: {s['traces_sent']:,} sent, {s['traces_dropped']:,} dropped (queue full)")
-    if error_types:
+    if stats.get("errors_by_type"):
         lines.append("errors by processor and type:")
-        for (pid, etype), n in sorted(error_types.items(), key=lambda kv: -kv[1]):
-            lines.append(f"  {pid}  {etype}  {n:,}")
+        for e in sorted(stats["errors_by_type"], key=lambda e: -e["count"]):
+            lines.append(f"  {e['processor']}  {e['error_type']}  {e['count']:,}")
     return "\n".join(lines)

@@ -1,21 +1,25 @@
 """The stats segment: exact run counters in one numpy array on multiprocessing.shared_memory.
 
-This module alone knows the layout. One int64 block of ``Layout.size`` values:
+This module alone knows the layout; everyone else asks ``Layout`` (columns, rows) or
+``StatsSegment`` (operations) and reads through ``Snapshot``. One int64 block of
+``Layout.size`` values, in this order:
 
 ``counts``  shape (2 + 2 * slots, ncols). Row 0 holds the committed totals: the
-            tasks whose output parts are joined into the output. Row 1 holds
-            tasks that are complete but wait for an earlier task before they
-            can be joined. Each worker slot ``s`` owns two in-flight rows
-            ``2 + 2*s`` and ``3 + 2*s`` and uses them by turns, one per task
+            tasks that are in the output. Row 1 holds tasks that are finished but
+            wait for an earlier task before they can go into the output. Each
+            local worker slot ``s`` owns two in-flight rows ``2 + 2*s`` and
+            ``3 + 2*s`` and uses them by turns, one per task
             (``Layout.inflight_row``). A worker adds a task's counts to its row
-            once per batch; when the task is complete the coordinator moves the
-            row to row 1 (``complete``), and from there to row 0 when the part
-            is joined (``commit``); when a worker dies its rows are zeroed
-            (``drop``) and its tasks run again. Live totals are the sum of all
-            rows; the committed row always matches the output. Columns:
-            ``[p*5 + f]`` for processor ``p`` (config order) and field ``f`` in
-            lines_in, lines_out, errors, time_ns, batches (``dag.PROC_FIELDS``);
-            then one column per tag (``Layout.tags``); then RUN_FIELDS.
+            once per batch; when the task is finished the coordinator moves its
+            counts to row 1 (``complete``), and from there to row 0 when its
+            output is written (``commit``); when a worker dies its rows are
+            zeroed (``drop``) and its tasks run again. An executor without
+            in-flight rows (its results carry their counts) goes straight to
+            ``complete``. Live totals are the sum of all rows; the committed row
+            always matches the output.
+            A row is a count vector (``Layout.vector``), ``ncols`` values:
+            ``[p*NF + f]`` for processor ``p`` (config order) and field ``f`` in
+            PROC_FIELDS; then one column per tag (``Layout.tags``); then RUN_FIELDS.
 ``workers`` shape (slots, len(WORKER_FIELDS)): per worker slot, never rolled back.
 ``system``  shape (len(SYSTEM_FIELDS),): run-wide values set by the coordinator.
 
@@ -37,13 +41,14 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import cached_property
 from multiprocessing import shared_memory
-from typing import TYPE_CHECKING, Any, Callable, Iterator
-
-from mpobs.dag import NF, PROC_FIELDS
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping, Sequence
 
 if TYPE_CHECKING:
     import numpy as np
 
+#: What the DAG counts per processor (``Pipeline.run_batch`` fills them in this order).
+PROC_FIELDS = ("lines_in", "lines_out", "errors", "time_ns", "batches")
+NF = len(PROC_FIELDS)
 RUN_FIELDS = ("lines_done", "bytes_done", "tasks_done")
 WORKER_FIELDS = (
     "pid", "tasks", "lines", "bytes", "alive",
@@ -103,6 +108,19 @@ class Layout:
     @staticmethod
     def inflight_row(slot: int, task_seq: int) -> int:
         return 2 + 2 * slot + (task_seq & 1)
+
+    def vector(self, procs: Sequence[int], tags: Mapping[str, int], lines: int, nbytes: int,
+               tasks: int) -> np.ndarray:  # fmt: skip
+        """A count vector (one row): ``procs`` is NF values per processor, in config order."""
+        import numpy as np
+
+        vec = np.zeros(self.ncols, dtype=np.int64)
+        vec[: len(self.processors) * NF] = procs
+        for tag, k in tags.items():
+            vec[self.tag_col(tag)] += k
+        for fname, value in zip(RUN_FIELDS, (lines, nbytes, tasks)):
+            vec[self.run_col(fname)] = value
+        return vec
 
 
 class StatsSegment:
@@ -215,29 +233,22 @@ class StatsSegment:
                 pass
 
     # -- workers ---------------------------------------------------------
-    def flush(self, row: int, delta: np.ndarray, slot: int, wdelta: np.ndarray | None = None) -> None:
-        """Add a batch's counts to an in-flight row (and per-worker values)."""
+    def flush(self, row: int, delta: np.ndarray) -> None:
+        """Add a batch's counts to an in-flight row."""
         with self.held():
             self.counts[row] += delta
-            if wdelta is not None:
-                self.workers[slot] += wdelta
 
     # -- coordinator -----------------------------------------------------
-    def complete(self, row: int, slot: int) -> np.ndarray:
-        """A task's part is written: move its in-flight row to the pending row; return its counts."""
+    def complete(self, vec: np.ndarray, live_row: int | None = None) -> None:
+        """A task is finished: its counts ``vec`` become pending (out of its in-flight row, if it had one)."""
         c = self.counts
         with self.held():
-            vec = c[row].copy()
             c[1] += vec
-            c[row] = 0
-            w = self.workers[slot]
-            w[WORKER_FIELDS.index("tasks")] += 1
-            w[WORKER_FIELDS.index("lines")] += vec[self.layout.run_col("lines_done")]
-            w[WORKER_FIELDS.index("bytes")] += vec[self.layout.run_col("bytes_done")]
-        return vec
+            if live_row is not None:
+                c[live_row] -= vec  # the row held exactly these counts: it is zero again
 
     def commit(self, vec: np.ndarray) -> None:
-        """A completed task's part is joined into the output: its counts become committed."""
+        """A finished task's output is written: its counts become committed."""
         with self.held():
             self.counts[1] -= vec
             self.counts[0] += vec
@@ -249,9 +260,15 @@ class StatsSegment:
 
     def drop(self, slot: int) -> None:
         """A worker died: forget its uncommitted counts (its tasks run again)."""
+        rows = [self.layout.inflight_row(slot, seq) for seq in (0, 1)]
         with self.held():
-            self.counts[2 + 2 * slot] = 0
-            self.counts[3 + 2 * slot] = 0
+            self.counts[rows] = 0
+
+    def add_worker(self, slot: int, **deltas: int) -> None:
+        """Add to a worker slot's values (tasks, lines, bytes, records sent and dropped)."""
+        with self.held():
+            for k, v in deltas.items():
+                self.workers[slot, WORKER_FIELDS.index(k)] += v
 
     def set_worker(self, slot: int, **values: int) -> None:
         with self.held():
@@ -315,3 +332,21 @@ class Snapshot:
 
     def worker(self, slot: int) -> dict[str, int]:
         return dict(zip(WORKER_FIELDS, self.workers[slot]))
+
+
+def remove_leftover_segments(alive: Callable[[int], bool]) -> None:
+    """Unlink segments of runs whose owner (the pid in the name) is dead: a killed process group leaves them."""
+    import re
+
+    pattern = re.compile(rf"^{SEGMENT_PREFIX}(\d+)_[0-9a-f]+$")
+    try:
+        names = os.listdir("/dev/shm")
+    except OSError:
+        return
+    for name in names:
+        m = pattern.match(name)
+        if m is not None and not alive(int(m[1])):
+            try:
+                os.unlink(os.path.join("/dev/shm", name))
+            except OSError:
+                pass

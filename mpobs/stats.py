@@ -1,4 +1,9 @@
-"""The stats document (``--save-metrics``, ``/stats``) built from a segment snapshot."""
+"""The stats document: the one builder behind ``/stats``, ``--save-metrics``, the summary and bench.
+
+Everything in it comes from a segment snapshot and the run's RunMeta, plus what only
+the coordinator knows (counter keys, errors by type) and what only the dashboard
+measures (worker CPU and memory, rates; added by ``dashboard_app.sources``).
+"""
 
 from __future__ import annotations
 
@@ -25,6 +30,7 @@ class RunMeta:
     trace: bool = False
     trace_sample: float = 0.0
     output: str | None = None
+    executor: str = "local"
     extra: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -52,8 +58,15 @@ def build_stats(
     counters: dict[str, dict[str, int]] | None = None,
     live: bool = True,
     now: float | None = None,
+    error_types: dict[tuple[str, str], int] | None = None,
+    usage: dict[int, tuple[float | None, int | None]] | None = None,
+    recent: tuple[list[dict[str, Any]], list[dict[str, Any]]] | None = None,
 ) -> dict[str, Any]:
-    """The stats shape of the README. ``live``: committed + in flight; else committed only."""
+    """The stats shape of the README. ``live``: committed + in flight; else committed only.
+
+    ``error_types``: errors by (processor, type); ``usage``: CPU % and RSS by worker
+    pid; ``recent``: (errors, traces), newest first, for ``--save-metrics``.
+    """
     now = time.time() if now is None else now
     started = snap.sys("started_at_ms") / 1000
     ended = snap.sys("ended_at_ms") / 1000
@@ -109,17 +122,42 @@ def build_stats(
         "records_repeated": snap.sys("records_repeated"),
         "dashboard_records_dropped": snap.sys("dashboard_dropped"),
         "input": meta.input_name,
+        "executor": meta.executor,
         "trace": meta.trace,
         "trace_sample": meta.trace_sample if meta.trace else None,
     }
     if ended:
         system["ended_at"] = _iso(ended)
-    return {
+        system["traces_delivered"] = snap.sys("traces_delivered")
+        system["errors_delivered"] = snap.sys("errors_delivered")
+    doc = {
         "processors": procs,
         "tags": {t: snap.tag(t, live) for t in meta.tags},
         "counters": counters or {},
         "system": system,
+        "workers": worker_rows(snap, usage),
+        "errors_by_type": [
+            {"processor": p, "error_type": t, "count": n} for (p, t), n in sorted((error_types or {}).items())
+        ],
+        "edges": meta.edges,  # so `mpobs dashboard --metrics` can draw the DAG
+        "meta": {"processors": meta.processors, "input": meta.input_name, "executor": meta.executor},
     }
+    if recent is not None:
+        doc["recent_errors"], doc["recent_traces"] = recent
+    return doc
+
+
+def worker_rows(snap: Snapshot, usage: dict[int, tuple[float | None, int | None]] | None = None) -> list[dict[str, Any]]:
+    """One row per worker slot; ``usage``: CPU % and RSS by pid, where the dashboard measured them."""
+    return [_worker_row(slot, snap.worker(slot), usage or {}) for slot in range(snap.layout.slots)]
+
+
+def _worker_row(slot: int, w: dict[str, int], usage: dict[int, tuple[float | None, int | None]]) -> dict[str, Any]:
+    cpu, rss = usage.get(w["pid"], (None, None))
+    return {"slot": slot, "pid": w["pid"] or None, "alive": bool(w["alive"]), "lines": w["lines"], "tasks": w["tasks"],
+            "bytes": w["bytes"], "cpu_percent": cpu, "rss_bytes": rss, "traces_sent": w["traces_sent"],
+            "traces_dropped": w["traces_dropped"], "errors_sent": w["errors_sent"],
+            "errors_dropped": w["errors_dropped"]}  # fmt: skip
 
 
 def _iso(ts: float) -> str | None:

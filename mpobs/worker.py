@@ -13,10 +13,8 @@ import numpy as np
 from mpobs.dag import Pipeline
 from mpobs.events import QueueEvents
 from mpobs.lifeline import die_with_parent
-from mpobs.segment import WORKER_FIELDS, Layout, StatsSegment
+from mpobs.segment import Layout, StatsSegment
 from mpobs.task import TaskSettings, run_task
-
-_WF = {f: i for i, f in enumerate(WORKER_FIELDS)}
 
 
 class RowSink:
@@ -27,14 +25,10 @@ class RowSink:
 
     def flush(self, delta: np.ndarray, traces_sent: int, traces_dropped: int, errors_sent: int,
               errors_dropped: int) -> None:  # fmt: skip
-        wdelta = None
+        self.seg.flush(self.row, delta)
         if traces_sent or traces_dropped or errors_sent or errors_dropped:
-            wdelta = np.zeros(len(WORKER_FIELDS), dtype=np.int64)
-            wdelta[_WF["traces_sent"]] = traces_sent
-            wdelta[_WF["traces_dropped"]] = traces_dropped
-            wdelta[_WF["errors_sent"]] = errors_sent
-            wdelta[_WF["errors_dropped"]] = errors_dropped
-        self.seg.flush(self.row, delta, self.slot, wdelta)
+            self.seg.add_worker(self.slot, traces_sent=traces_sent, traces_dropped=traces_dropped,
+                                errors_sent=errors_sent, errors_dropped=errors_dropped)  # fmt: skip
 
 
 def worker_main(

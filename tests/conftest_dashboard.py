@@ -66,10 +66,11 @@ def small_run(folder: Path, lines: int = 3000, trace_rate: float = 1.0) -> Small
     import multiprocessing
 
     from mpobs.config import compile_config
+    from mpobs.inputs import FileSource
     from mpobs.loggen import generate_file
     from mpobs.segment import Layout, StatsSegment
     from mpobs.stats import RunMeta
-    from mpobs.task import TaskSettings, plan_tasks, run_task
+    from mpobs.task import TaskSettings, run_task
     from mpobs.worker import RowSink
 
     path = folder / "small.log"
@@ -80,19 +81,23 @@ def small_run(folder: Path, lines: int = 3000, trace_rate: float = 1.0) -> Small
     layout = Layout(tuple(pipeline.ids), tuple(pipeline.tags), 1)
     seg = StatsSegment.create(layout, multiprocessing.get_context("fork").Lock())
     meta = RunMeta.of(pipeline, str(path), 1, trace=True, trace_sample=trace_rate)
-    size = os.path.getsize(path)
-    seg.set_system(bytes_total=size, workers=1)
+    source = FileSource(str(path))
+    source.check()
+    seg.set_system(bytes_total=source.size or 0, workers=1)
     seg.set_worker(0, pid=os.getpid(), alive=1)
     seg.set_state("running")
     events = ListEvents()
     counters: dict[str, dict[str, int]] = {}
-    settings = TaskSettings(str(path), meta.input_name, trace_rate=trace_rate)
-    for seq, task in enumerate(plan_tasks(str(path), size, 64 * 1024)):
+    settings = TaskSettings(meta.input_name, trace_rate=trace_rate)
+    for seq, task in enumerate(source.tasks(64 * 1024)):
+        # As the local pool and the coordinator do it: live in an in-flight row, then pending, then committed.
         row = layout.inflight_row(0, seq)
         written: list[bytes] = []
         result = run_task(task, pipeline, layout, settings, written.append, RowSink(seg, row, 0), events)
         assert result is not None
-        seg.commit(seg.complete(row, 0))
+        seg.complete(result.counts, live_row=row)
+        seg.commit(result.counts)
+        seg.add_worker(0, tasks=1, lines=result.lines, bytes=task.end - task.start)
         for pid, counts in result.key_counts.items():
             c = counters.setdefault(pid, {})
             for k, v in counts.items():
@@ -184,7 +189,7 @@ def serve_in_child(source: Any, port: int) -> Any:
     """Serve ``source`` with waitress in a forked process on 127.0.0.1:``port`` (as mpobs does); returns it."""
     import multiprocessing
 
-    from mpobs.dashboard import DashboardOptions, bind_socket, serve
+    from dashboard_app.process import DashboardOptions, bind_socket, serve
 
     sock = bind_socket("127.0.0.1", port)
     opts = DashboardOptions("127.0.0.1", port)

@@ -300,7 +300,7 @@ def test_output_device_is_written_not_replaced(tmp_path: Path) -> None:
 
 def test_cli_defaults_are_the_engines() -> None:
     from mpobs.cli import process
-    from mpobs.task import BATCH_LINES, TASK_BYTES
+    from mpobs.defaults import BATCH_LINES, TASK_BYTES
 
     defaults = {p.name: p.default for p in process.params}
     assert (defaults["batch_lines"], defaults["task_size"]) == (BATCH_LINES, TASK_BYTES)

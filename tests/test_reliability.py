@@ -183,7 +183,7 @@ def test_worker_killed_holding_finished_output_runs_those_tasks_again(tmp_path: 
 
 
 def test_a_stalled_task_stops_the_others_from_running_far_ahead(tmp_path: Path, make_log: Any) -> None:
-    from mpobs.coordinator import BACKLOG_PER_WORKER
+    from mpobs.defaults import BACKLOG_PER_WORKER
     from conftest_dashboard import free_port, get_json
 
     log = make_log(60_000)

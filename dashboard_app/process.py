@@ -1,14 +1,14 @@
-"""Running the dashboard: options, binding its socket, its own process, and ``mpobs dashboard``.
+"""Running the dashboard: options, binding its socket, its own process, and serving with waitress.
 
 Imports nothing heavy at module level: ``mpobs process`` imports this module for
 its options, and flask, waitress and psutil are only loaded by the process that
-serves.
+serves. The process is fed a segment's name, its layout and the run's RunMeta;
+it knows nothing of the coordinator.
 """
 
 from __future__ import annotations
 
 import errno
-import ipaddress
 import os
 import queue as queue_mod
 import signal
@@ -21,10 +21,9 @@ from typing import Any, Callable
 
 import click
 
+from mpobs.defaults import DASHBOARD_QUEUE_MESSAGES, is_loopback
 from mpobs.errors import DashboardError
 
-#: Messages the coordinator may have waiting for the dashboard (each is one batch of records).
-QUEUE_MESSAGES = 512
 #: Server threads; /stats answers in well under a millisecond, so a few are plenty.
 THREADS = 4
 
@@ -56,16 +55,6 @@ class DashboardOptions:
         if linger is not None and linger < 0:
             raise DashboardError(f"--linger must be >= 0, got {linger}")
         return cls(host, port, token, linger)
-
-
-def is_loopback(host: str) -> bool:
-    """True for 127.0.0.0/8, ::1 and "localhost"; every other name may reach other machines."""
-    if host.lower() == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
 
 
 def bind_socket(host: str, port: int) -> socket.socket:
@@ -107,10 +96,14 @@ def _say(text: str) -> None:
 
 
 class DashboardHandle:
-    """The coordinator's side of the dashboard process, once it serves the run (``DashboardProcess.serve_run``)."""
+    """The run's side of the dashboard process, once it serves the run (``DashboardProcess.serve_run``).
 
-    def __init__(self, coord: Any, process: DashboardProcess) -> None:
-        self.coord, self.process = coord, process
+    ``on_gone`` is called once when the process is found dead or is stopped (the run
+    stops forwarding records, and frees the stats lock if the process held it).
+    """
+
+    def __init__(self, process: DashboardProcess, on_gone: Callable[[int], None]) -> None:
+        self.process, self.on_gone = process, on_gone
         self.opts, self.proc, self.queue, self.url = process.opts, process.proc, process.queue, process.url
         self.dead = False
 
@@ -128,8 +121,7 @@ class DashboardHandle:
         if self.dead or self.proc.is_alive():
             return
         self.dead = True
-        self.coord.collector.forward = None
-        self.coord.seg.release_for({self.proc.pid})  # it may have died holding the stats lock
+        self.on_gone(self.proc.pid)
         _say(f"warning: the dashboard process exited (code {self.proc.exitcode}); the run goes on without it")
 
     def finish(self, final_stats: dict[str, Any], stop_requested: Callable[[], bool]) -> None:
@@ -160,9 +152,9 @@ class DashboardHandle:
 
     def stop(self) -> None:
         """Kill and join the process; never leaves it behind."""
-        self.coord.collector.forward = None
         self.process.stop()
-        self.coord.seg.release_for({self.proc.pid})  # in case it died holding the stats lock
+        self.dead = True
+        self.on_gone(self.proc.pid)  # in case it died holding the stats lock
 
 
 class DashboardProcess:
@@ -186,7 +178,7 @@ class DashboardProcess:
         sock = bind_socket(opts.host, opts.port)
         self.url = url_of(sock, opts.host)
         self.lock = ctx.Lock()  # the stats segment's lock: made before the fork, so the child has it
-        self.queue = ctx.Queue(QUEUE_MESSAGES)
+        self.queue = ctx.Queue(DASHBOARD_QUEUE_MESSAGES)
         self._conn, child_conn = ctx.Pipe()
         self.proc = ctx.Process(
             target=_child_main, name="mpobs-dashboard", daemon=True,
@@ -201,17 +193,16 @@ class DashboardProcess:
             sock.close()  # the child holds its own copy; the port goes with the child
             child_conn.close()
 
-    def serve_run(self, coord: Any) -> DashboardHandle:
-        """Hand the process the run's segment and description; from now on it serves them."""
-        seg = coord.seg
+    def serve_run(self, seg_name: str, layout: Any, meta: Any, on_gone: Callable[[int], None]) -> DashboardHandle:
+        """Hand the process the run's segment (name and ``segment.Layout``) and RunMeta; from now on it serves them."""
         try:
-            self._conn.send((seg.name, seg.layout, coord.meta))
+            self._conn.send((seg_name, layout, meta))
         except OSError:
             pass  # it died while starting: the handle's poll() says so, and the run goes on
         self._conn.close()
         hint = " (open it once with ?token=<your token>)" if self.opts.token else ""
         _say(f"dashboard at {self.url}{hint}")
-        return DashboardHandle(coord, self)
+        return DashboardHandle(self, on_gone)
 
     def stop(self) -> None:
         """Kill and reap the process, whatever it is doing (it has nothing to flush); safe to call again."""
@@ -300,72 +291,3 @@ def serve(source: Any, sock: socket.socket, opts: DashboardOptions) -> None:
         channel_timeout=30, connection_limit=200,
     )  # fmt: skip
     server.run()
-
-
-# -- mpobs dashboard -------------------------------------------------------------------------------
-@click.command("dashboard")
-@click.option("--metrics", "metrics_path", type=click.Path(dir_okay=False, path_type=str),
-              help="Serve a saved run (the JSON that --save-metrics writes). Default: run a demo.")
-@click.option("--host", default="127.0.0.1", show_default=True)
-@click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True)
-@click.option("--token", envvar="MPOBS_DASHBOARD_TOKEN", help="Bearer token the dashboard requires.")
-@click.option("--lines", type=click.IntRange(1000), default=3_000_000, show_default=True,
-              help="Demo: lines of the generated log.")
-@click.option("--workers", type=click.IntRange(1, 1024), default=None, help="Demo: worker processes.")
-def dashboard_command(metrics_path: str | None, host: str, port: int, token: str | None, lines: int,
-                      workers: int | None) -> None:  # fmt: skip
-    """Serve the dashboard for a saved run, or (no --metrics) watch a demo run on a generated log."""
-    from mpobs.errors import MpobsError
-
-    try:
-        opts = DashboardOptions.checked(host, port, token, None)
-        if metrics_path:
-            _serve_saved(metrics_path, opts)
-        else:
-            _demo(opts, lines, workers or os.cpu_count() or 1)
-    except MpobsError as err:
-        click.echo(f"mpobs: error: {err}", err=True)
-        sys.exit(err.exit_code)
-    except Exception as err:  # a bug: one line, not a traceback (MPOBS_DEBUG=1 shows it)
-        from mpobs.cli import _internal_error
-
-        _internal_error(err)
-
-
-def _serve_saved(path: str, opts: DashboardOptions) -> None:
-    from dashboard_app.sources import SavedSource
-
-    try:
-        source = SavedSource.load(path)
-    except ValueError as err:
-        raise DashboardError(str(err)) from err
-    sock = bind_socket(opts.host, opts.port)
-    _say(f"dashboard for {path} at {url_of(sock, opts.host)}; press Ctrl-C to stop")
-    try:
-        serve(source, sock, opts)
-    except KeyboardInterrupt:
-        pass
-    finally:
-        sock.close()
-
-
-def _demo(opts: DashboardOptions, lines: int, workers: int) -> None:
-    import shutil
-    import tempfile
-
-    from mpobs.config import load_config
-    from mpobs.coordinator import Coordinator, RunOptions
-    from mpobs.loggen import generate_file
-
-    folder = tempfile.mkdtemp(prefix="mpobs-demo-")
-    try:
-        path = os.path.join(folder, "demo.log")
-        _say(f"demo: generating a {lines:,}-line log")
-        generate_file(path, lines, seed=11, awkward=0.001)
-        run = RunOptions(path, os.path.join(folder, "out.log"), workers, trace=True, trace_sample=0.002,
-                         dashboard=opts)  # fmt: skip
-        outcome = Coordinator(load_config(None), run).run()
-        s = outcome.stats["system"]
-        _say(f"demo: {s['state']}, {s['total_lines']:,} lines in {s['elapsed_s']:.2f} s")
-    finally:
-        shutil.rmtree(folder, ignore_errors=True)

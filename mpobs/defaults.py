@@ -1,0 +1,50 @@
+"""Every default of a run in one place: workers, task and batch sizes, tracing, queues, kept records."""
+
+from __future__ import annotations
+
+import os
+
+#: Bytes per task of a regular file (planned on line ends).
+TASK_BYTES = 1 << 20
+#: Lines per batch. Measured: 2,000 cost 2-4 % more per-batch overhead; 10,000 loses
+#: cache locality (bench/README.md).
+BATCH_LINES = 5000
+#: Share of lines traced with --trace and no --trace-sample.
+TRACE_SAMPLE = 0.01
+#: Trace and error records a consumer keeps (the run's collector, the dashboard).
+KEEP = 1000
+#: Recent errors and traces written into --save-metrics.
+SAVED_RECENT = 100
+#: Characters of a failed line kept in its error record.
+ERROR_LINE_CHARS = 200
+#: Records per queue message: a task's records go in chunks of this many, the rest at its end.
+EVENT_CHUNK = 2000
+#: Messages a worker's record queue holds before records are dropped (and counted).
+WORKER_QUEUE_MESSAGES = 16
+#: Messages the coordinator may have waiting for the dashboard (each one a batch of records).
+DASHBOARD_QUEUE_MESSAGES = 512
+#: A task that kills its worker this many times fails the run.
+MAX_TASK_ATTEMPTS = 3
+#: Tasks started ahead of the output, per worker: when one task stalls, the others'
+#: finished output waits for it (in memory or part files), so no more is started.
+BACKLOG_PER_WORKER = 6
+#: Tasks handed to a local worker ahead, so it never waits for the coordinator.
+PREFETCH = 2
+
+
+def default_workers() -> int:
+    """One worker process per CPU."""
+    return os.cpu_count() or 1
+
+
+def is_loopback(host: str) -> bool:
+    """True for "localhost", 127.0.0.0/8 and ::1 (bracketed or not); every other name may reach other machines."""
+    import ipaddress  # here: every `mpobs` start imports this module, few ask this
+
+    host = host.strip().lower()
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False

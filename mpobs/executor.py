@@ -1,0 +1,140 @@
+"""The Executor seam: the one interface the coordinator drives to run tasks, and what it reports.
+
+An executor runs tasks somewhere (local processes, a cluster, the test suite's
+in-process one) and reports what happened as events from ``poll``. It never
+decides what runs next (``mpobs.scheduler``), nor when a result's counts count
+(``mpobs.ordered``): the coordinator commits a task's counts when its output is in
+the output, so a task that is lost and runs again never counts twice, whatever
+the executor.
+
+Lifecycle: ``start(ctx)``; then ``submit`` while ``room()`` says so, and ``poll``;
+``shutdown`` always, whatever happened.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Union
+
+if TYPE_CHECKING:
+    from mpobs.dag import Pipeline
+    from mpobs.events import EventCollector
+    from mpobs.inputs import Task
+    from mpobs.segment import StatsSegment
+    from mpobs.task import TaskResult, TaskSettings
+
+
+@dataclass(frozen=True)
+class TaskDone:
+    """A task finished; its result carries its counts, records and output (or the promise to write it)."""
+
+    task: Task
+    result: TaskResult
+
+
+@dataclass(frozen=True)
+class TaskWritten:
+    """The executor wrote task ``index``'s output where ``place`` put it: it is in the output now."""
+
+    index: int
+
+
+@dataclass(frozen=True)
+class TaskLost:
+    """A task's work is gone and it must run again.
+
+    ``fault``: it was running when its worker died (it may be what killed it; a task
+    lost three times so fails the run). ``finished``: it had been reported done, but
+    its output died with its worker before it was written.
+    """
+
+    task: Task
+    reason: str
+    fault: bool = False
+    finished: bool = False
+
+
+@dataclass(frozen=True)
+class WorkerFailed:
+    """A worker failed in a way that running again cannot mend (a bug, a broken set-up): the run fails."""
+
+    worker: str
+    detail: str
+
+
+@dataclass(frozen=True)
+class LimitReached:
+    """Workers stopped by themselves because the run reached ``--max-errors``."""
+
+
+Event = Union[TaskDone, TaskWritten, TaskLost, WorkerFailed, LimitReached]
+
+
+@dataclass
+class RunContext:
+    """What an executor is given to run a run's tasks."""
+
+    pipeline: Pipeline
+    settings: TaskSettings
+    segment: StatsSegment  # live in-flight counts, if the executor keeps any; never the committed rows
+    collector: EventCollector  # where records that travel apart from results go
+    wait_traces: bool = False  # every trace must be delivered (--save-traces): wait, never drop
+    out_fd: int | None = None  # the output file, if the executor may write tasks' output into it itself
+
+
+class Executor(ABC):
+    """Runs tasks; see the module docstring."""
+
+    #: Short name for the summary and /stats.
+    name = "executor"
+    #: Whether ``place`` works: the executor writes a task's output itself, at an offset.
+    writes_output = False
+    #: Workers started again after dying (shown in the stats).
+    restarted = 0
+
+    @property
+    @abstractmethod
+    def capacity(self) -> int:
+        """How many tasks it runs at once (the scheduler's backlog scales with it)."""
+
+    @abstractmethod
+    def start(self, ctx: RunContext) -> None: ...
+
+    @abstractmethod
+    def room(self) -> int:
+        """How many more tasks it takes now."""
+
+    @abstractmethod
+    def submit(self, task: Task) -> None: ...
+
+    @abstractmethod
+    def poll(self, timeout: float) -> list[Event]:
+        """Wait up to ``timeout`` seconds for something to happen; return what did."""
+
+    @abstractmethod
+    def shutdown(self, graceful: bool) -> None:
+        """Stop: after the tasks it has (graceful) or now. Always called; must not raise."""
+
+    def place(self, index: int, offset: int) -> bool:
+        """Write task ``index``'s output at ``offset`` of ``ctx.out_fd``, now or when it is done.
+
+        Only with ``writes_output``; False when the executor does not hold the task
+        (not submitted yet). ``TaskWritten`` follows once the bytes are there.
+        """
+        return False
+
+    def stop_restarts(self) -> None:
+        """The run is stopping (a signal): a worker that dies now is not started again."""
+
+    def dead_pids(self) -> set[int]:
+        """Processes of its own that may have died holding the segment's lock (see ``segment.held``)."""
+        return set()
+
+    def any_alive(self) -> bool:
+        """Whether any of its processes that use the segment's lock are alive."""
+        return False
+
+    def describe(self) -> dict[str, Any]:
+        """What the stats say about it."""
+        return {"name": self.name, "capacity": self.capacity}

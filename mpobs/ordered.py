@@ -1,0 +1,79 @@
+"""Ordered output: finished tasks go into the output in task order, and only then count."""
+
+from __future__ import annotations
+
+import os
+from typing import Callable
+
+from mpobs.executor import Executor
+from mpobs.inputs import Task
+from mpobs.output import OutputJoiner
+from mpobs.task import TaskResult
+
+
+class OrderedOutput:
+    """Puts tasks into ``sink`` in task order; ``commit`` is called for each as it goes in.
+
+    A finished task waits here until every task before it is in the output. Its
+    output is bytes (written here), a part file (joined here, the kernel copying), or,
+    with an executor that ``writes_output`` into our own file, written by the
+    executor: once every task before one is written, that task is ``place``d at the
+    offset where its output starts (a task run again after a crash may differ in
+    size, so no offset is given earlier) and ``TaskWritten`` says it is there. Either
+    way its counts are committed when it is in the output, and never before.
+    """
+
+    def __init__(self, sink: OutputJoiner, executor: Executor, commit: Callable[[Task, TaskResult], None]) -> None:
+        self.sink = sink
+        self.executor = executor
+        self.commit = commit
+        self.placed_by_executor = sink.direct and executor.writes_output
+        self.next = 0  # the next task to go into the output
+        self.waiting: dict[int, tuple[Task, TaskResult]] = {}  # finished, not yet in the output
+        self.placing = False  # the executor has been told where task `next` goes
+
+    @property
+    def bytes_written(self) -> int:
+        return self.sink.bytes_written
+
+    def done(self, task: Task, result: TaskResult) -> None:
+        self.waiting[task.index] = (task, result)
+
+    def lost(self, task: Task) -> TaskResult | None:
+        """``task`` runs again: forget it; returns its result if it had finished (its counts were pending)."""
+        if task.index == self.next:
+            self.placing = False  # whatever it wrote is past the committed end; its next run writes over it
+        entry = self.waiting.pop(task.index, None)
+        return entry[1] if entry is not None else None
+
+    def written(self, index: int) -> None:
+        """The executor wrote the output of ``index`` where it was placed."""
+        assert self.placing and index == self.next, (index, self.next)
+        self.placing = False
+        task, result = self.waiting.pop(index)
+        self.sink.bytes_written += result.out_bytes
+        self._in_output(task, result)
+
+    def advance(self) -> None:
+        """Put into the output what is next in task order, as far as it is finished."""
+        while not self.placing:
+            if self.placed_by_executor and self.executor.place(self.next, self.sink.bytes_written):
+                self.placing = True
+                return
+            entry = self.waiting.get(self.next)
+            if entry is None:
+                return
+            task, result = entry
+            if result.output is None:
+                return  # the executor writes it once placed; it does not hold it any more
+            del self.waiting[self.next]
+            if isinstance(result.output, str):  # a part file
+                self.sink.append(result.output)
+                os.unlink(result.output)
+            else:
+                self.sink.write(result.output)
+            self._in_output(task, result)
+
+    def _in_output(self, task: Task, result: TaskResult) -> None:
+        self.next += 1
+        self.commit(task, result)

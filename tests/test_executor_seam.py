@@ -1,0 +1,101 @@
+"""The Executor seam: an executor that finishes, loses and reorders tasks gets the local pool's exact answer."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.adversarial import AdversarialExecutor
+from tests.reference import default_pipeline, split_lines
+from tests.test_engine import SMALL_TASKS, expected_dag, write_dag
+
+COUNT_FIELDS = ("lines_in", "lines_out", "errors", "batches")
+
+
+def _comparable(stats: dict[str, Any]) -> dict[str, Any]:
+    """What must be identical whatever ran the tasks (no times, no per-worker rows)."""
+    s = stats["system"]
+    return {
+        "processors": {pid: {k: p[k] for k in COUNT_FIELDS} for pid, p in stats["processors"].items()},
+        "tags": stats["tags"],
+        "counters": stats["counters"],
+        "errors_by_type": stats["errors_by_type"],
+        "system": {k: s[k] for k in ("total_lines", "bytes_done", "bytes_total", "tasks_done", "state", "total_errors")},
+    }
+
+
+def _traces(path: Path) -> list[dict[str, Any]]:
+    """Saved traces without their timestamps, in line order."""
+    out = []
+    for line in path.read_text().splitlines():
+        t = json.loads(line)
+        for step in t["path"]:
+            step.pop("timestamp")
+        out.append(t)
+    return sorted(out, key=lambda t: t["line_number"])
+
+
+def _run_inline(log: Path, config: Path, out: Path, traces: Path, executor: AdversarialExecutor) -> Any:
+    from mpobs.config import load_config
+    from mpobs.coordinator import Coordinator, RunOptions
+
+    opts = RunOptions(str(log), str(out), workers=executor.capacity, task_bytes=1024, batch_lines=7, trace=True,
+                      trace_sample=0.05, save_traces=str(traces))  # fmt: skip
+    return Coordinator(load_config(config), opts, executor=executor).run()
+
+
+@pytest.mark.parametrize("writes_output", [False, True], ids=["results-carry-output", "executor-writes-output"])
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_an_adversarial_executor_gives_the_local_pools_answer(tmp_path: Path, cli: Any, make_log: Any, seed: int,
+                                                              writes_output: bool) -> None:  # fmt: skip
+    log = make_log(3000, awkward=0.01)
+    log.write_bytes(log.read_bytes() + b"x WARN explode\nx WARN dup me\nERROR [api] user login failed\n")
+    config = write_dag(tmp_path)
+    local_out, local_m, local_t = tmp_path / "local.txt", tmp_path / "local.json", tmp_path / "local.jsonl"
+    res = cli("process", str(log), "-c", str(config), "-w", "2", "-o", str(local_out), "--save-metrics",
+              str(local_m), "--trace-sample", "0.05", "--save-traces", str(local_t), *SMALL_TASKS)  # fmt: skip
+    assert res.returncode == 0, res.stderr.decode()
+
+    executor = AdversarialExecutor(capacity=4, seed=seed, lose=0.2, writes_output=writes_output)
+    out, traces = tmp_path / "adv.txt", tmp_path / "adv.jsonl"
+    outcome = _run_inline(log, config, out, traces, executor)
+
+    assert outcome.exit_code == 0, outcome.message
+    assert executor.started and executor.stopped
+    # Live /stats never counted a lost task: once all is committed, nothing is pending or in flight.
+    assert executor.live_at_end == executor.committed_at_end
+    assert executor.losses > 0 and executor.runs > outcome.stats["system"]["tasks_done"]  # it really lost some
+    assert out.read_bytes() == local_out.read_bytes()
+    want, _, _ = expected_dag(split_lines(log.read_bytes()))
+    assert out.read_bytes() == "".join(x + "\n" for x in want).encode("utf-8", "surrogateescape")
+    assert _comparable(outcome.metrics) == _comparable(json.loads(local_m.read_text()))
+    assert _traces(traces) == _traces(local_t)  # every sampled line once, though its task ran again
+    assert outcome.metrics["meta"]["executor"] == "adversarial"
+
+
+def test_a_task_lost_three_times_fails_the_run_after_the_tasks_before_it(tmp_path: Path, make_log: Any) -> None:
+    from mpobs.config import load_config
+    from mpobs.coordinator import Coordinator, RunOptions
+    from mpobs.inputs import FileSource
+
+    log = make_log(2000)
+    source = FileSource(str(log))
+    tasks = list(source.tasks(4096))
+    assert len(tasks) > 5
+    out = tmp_path / "out.txt"
+    executor = AdversarialExecutor(capacity=3, seed=5, lose=0.0, always_lose=frozenset({3}))
+    opts = RunOptions(str(log), str(out), workers=3, task_bytes=4096)
+    outcome = Coordinator(load_config(None), opts, executor=executor).run()
+
+    assert outcome.exit_code == 1
+    assert outcome.message == f"{tasks[3].describe()} killed its worker 3 times; giving up"
+    data = log.read_bytes()
+    before = data[: tasks[3].start]  # tasks 0-2, whole; nothing of task 3 or after
+    assert out.read_bytes() == default_pipeline(before)[0]
+    stats = outcome.metrics
+    assert stats["system"]["state"] == "failed"
+    assert stats["system"]["total_lines"] == tasks[2].last_line
+    assert stats["system"]["bytes_done"] == tasks[3].start
