@@ -85,14 +85,8 @@ def process(input_file: str | None, config_path: str | None, workers: int | None
     except KeyboardInterrupt:
         click.echo("mpobs: interrupted", err=True)
         sys.exit(130)
-    ctx = click.get_current_context()
-    given = {name for name in ctx.params if ctx.get_parameter_source(name) is not ParameterSource.DEFAULT}
-    if "trace_sample" in given:
-        trace = True  # asking for a sample rate is asking for tracing
-    ignored = sorted(given & {"dashboard_host", "dashboard_port", "dashboard_token", "linger"})
-    if ignored and not dashboard:
-        names = ", ".join("--" + n.replace("_", "-") for n in ignored)
-        click.echo(f"mpobs: warning: {names} without --dashboard does nothing", err=True)
+    given = _given_options(dashboard)
+    trace = trace or "trace_sample" in given  # asking for a sample rate is asking for tracing
     sample_dir = None
     dash_proc = None
     try:
@@ -132,17 +126,7 @@ def process(input_file: str | None, config_path: str | None, workers: int | None
             outcome = Coordinator(pipeline, opts).run()
         finally:
             progress.close()
-        if outcome.exit_code == EXIT_OK and outcome.stats["system"]["state"] == "interrupted":
-            _quiet_stdout()  # the reader of stdout went away: not an error
-        if save_metrics:
-            with open(save_metrics, "w", encoding="utf-8") as f:
-                json.dump(outcome.metrics, f, indent=2)
-                f.write("\n")
-        if not quiet:
-            click.echo(summary(outcome.stats), err=True)
-        if outcome.message:
-            kind = "error: " if outcome.exit_code in (EXIT_FAILED, EXIT_MAX_ERRORS) else ""
-            click.echo(f"mpobs: {kind}{outcome.message}", err=True)
+        _report(outcome, save_metrics, None if quiet else summary)
         sys.exit(outcome.exit_code)
     except MpobsError as err:
         _fail(err)
@@ -158,6 +142,32 @@ def process(input_file: str | None, config_path: str | None, workers: int | None
             import shutil
 
             shutil.rmtree(sample_dir, ignore_errors=True)
+
+
+def _given_options(dashboard: bool) -> set[str]:
+    """The options given on the command line; warns about dashboard options without --dashboard."""
+    ctx = click.get_current_context()
+    given = {name for name in ctx.params if ctx.get_parameter_source(name) is not ParameterSource.DEFAULT}
+    ignored = sorted(given & {"dashboard_host", "dashboard_port", "dashboard_token", "linger"})
+    if ignored and not dashboard:
+        names = ", ".join("--" + n.replace("_", "-") for n in ignored)
+        click.echo(f"mpobs: warning: {names} without --dashboard does nothing", err=True)
+    return given
+
+
+def _report(outcome: Any, save_metrics: str | None, summary: Any) -> None:
+    """After a run: the saved metrics, the summary (unless quiet), the closing message."""
+    if outcome.exit_code == EXIT_OK and outcome.stats["system"]["state"] == "interrupted":
+        _quiet_stdout()  # the reader of stdout went away: not an error
+    if save_metrics:
+        with open(save_metrics, "w", encoding="utf-8") as f:
+            json.dump(outcome.metrics, f, indent=2)
+            f.write("\n")
+    if summary is not None:
+        click.echo(summary(outcome.stats), err=True)
+    if outcome.message:
+        kind = "error: " if outcome.exit_code in (EXIT_FAILED, EXIT_MAX_ERRORS) else ""
+        click.echo(f"mpobs: {kind}{outcome.message}", err=True)
 
 
 def _start_resource_tracker() -> None:

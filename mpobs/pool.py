@@ -16,7 +16,7 @@ from mpobs.defaults import PREFETCH, WORKER_QUEUE_MESSAGES
 from mpobs.events import QueueReader
 from mpobs.executor import Event, Executor, LimitReached, RunContext, TaskDone, TaskLost, TaskWritten, WorkerFailed
 from mpobs.inputs import Task
-from mpobs.worker import worker_main
+from mpobs.worker import WorkerArgs, part_path, worker_main
 
 #: Part folders (stdout output) are named <prefix><coordinator pid>-<random> in the temp folder.
 PARTS_PREFIX = "mpobs-parts-"
@@ -79,13 +79,9 @@ class LocalPool(Executor):
         events_q = self.mp.SimpleQueue() if wait else self.mp.Queue(WORKER_QUEUE_MESSAGES)
         self.readers.append(QueueReader(events_q, self.ctx.collector, name=f"mpobs-records-{len(self.readers)}"))
         seg, ctx = self.seg, self.ctx
-        proc = self.mp.Process(
-            target=worker_main,
-            name=f"mpobs-worker-{slot}",
-            args=(slot, child_conn, seg.name, seg.layout, seg.lock, ctx.pipeline, ctx.settings, events_q, wait,
-                  self.stop_event, os.getpid(), self.part_dir, self.out_fd),  # fmt: skip
-            daemon=True,
-        )
+        args = WorkerArgs(slot, child_conn, seg.name, seg.layout, seg.lock, ctx.pipeline, ctx.settings, events_q, wait,
+                          self.stop_event, os.getpid(), self.part_dir, self.out_fd)  # fmt: skip
+        proc = self.mp.Process(target=worker_main, name=f"mpobs-worker-{slot}", args=(args,), daemon=True)
         proc.start()
         child_conn.close()
         return _Slot(proc, parent_conn)
@@ -154,7 +150,7 @@ class LocalPool(Executor):
                     self.seg.complete(result.counts, live_row=self.seg.layout.inflight_row(i, seq))
                     result.pending = True
                     if self.out_fd is None:
-                        result.output = self._part_path(task.index)
+                        result.output = part_path(self.part_dir, task.index)
                     else:
                         s.held[task.index] = task
                     self.seg.add_worker(i, tasks=1, lines=result.lines, bytes=task.end - task.start)
@@ -167,9 +163,6 @@ class LocalPool(Executor):
         except (EOFError, OSError):
             pass
         return events
-
-    def _part_path(self, index: int) -> str:
-        return os.path.join(self.part_dir, f"part-{index:09d}")
 
     def _died(self, i: int, s: _Slot) -> list[Event]:
         s.proc.join()

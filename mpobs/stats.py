@@ -67,39 +67,58 @@ def build_stats(
     ``error_types``: errors by (processor, type); ``usage``: CPU % and RSS by worker
     pid; ``recent``: (errors, traces), newest first, for ``--save-metrics``.
     """
-    now = time.time() if now is None else now
-    started = snap.sys("started_at_ms") / 1000
-    ended = snap.sys("ended_at_ms") / 1000
-    elapsed = max((ended or now) - started, 0.0) if started else 0.0
+    procs = _processor_rows(snap, meta, live)
+    system = _system(snap, meta, live, time.time() if now is None else now, procs)
+    doc = {
+        "processors": procs,
+        "tags": {t: snap.tag(t, live) for t in meta.tags},
+        "counters": counters or {},
+        "system": system,
+        "workers": worker_rows(snap, usage),
+        "errors_by_type": [
+            {"processor": p, "error_type": t, "count": n} for (p, t), n in sorted((error_types or {}).items())
+        ],
+        "edges": meta.edges,  # so `mpobs dashboard --metrics` can draw the DAG
+        "meta": {"processors": meta.processors, "input": meta.input_name, "executor": meta.executor},
+    }
+    if recent is not None:
+        doc["recent_errors"], doc["recent_traces"] = recent
+    return doc
+
+
+def _processor_rows(snap: Snapshot, meta: RunMeta, live: bool) -> dict[str, Any]:
     procs: dict[str, Any] = {}
-    total_ns = 0
-    total_errors = 0
+    total_ns = sum(snap.proc(p, "time_ns", live) for p in range(len(meta.processors)))
     for p, pm in enumerate(meta.processors):
         ns = snap.proc(p, "time_ns", live)
-        errors = snap.proc(p, "errors", live)
-        total_ns += ns
-        total_errors += errors
         procs[pm["id"]] = {
             "type": pm["type"],
             "lines_in": snap.proc(p, "lines_in", live),
             "lines_out": snap.proc(p, "lines_out", live),
-            "errors": errors,
+            "errors": snap.proc(p, "errors", live),
             "processing_time_ms": round(ns / 1e6, 3),
             "batches": snap.proc(p, "batches", live),
+            "share_of_time": round(round(ns / 1e6, 3) * 1e6 / total_ns, 4) if total_ns else 0.0,
         }
-    for row in procs.values():
-        row["share_of_time"] = round(row["processing_time_ms"] * 1e6 / total_ns, 4) if total_ns else 0.0
+    return procs
+
+
+def _system(snap: Snapshot, meta: RunMeta, live: bool, now: float, procs: dict[str, Any]) -> dict[str, Any]:
+    started = snap.sys("started_at_ms") / 1000
+    ended = snap.sys("ended_at_ms") / 1000
+    elapsed = max((ended or now) - started, 0.0) if started else 0.0
+    total_ns = sum(snap.proc(p, "time_ns", live) for p in range(len(meta.processors)))
     lines = snap.run("lines_done", live)
     bytes_total = snap.sys("bytes_total")
     bytes_done = snap.run("bytes_done", live)
-    rate = lines / elapsed if elapsed > 0 else 0.0
     byte_rate = bytes_done / elapsed if elapsed > 0 else 0.0
+    running = snap.state == "running"
     workers = [snap.worker(s) for s in range(snap.layout.slots)]
     system = {
         "total_lines": lines,
         "total_processing_time_ms": round(total_ns / 1e6, 3),
-        "lines_per_second": round(rate, 1),
-        "total_errors": total_errors,
+        "lines_per_second": round(lines / elapsed if elapsed > 0 else 0.0, 1),
+        "total_errors": sum(row["errors"] for row in procs.values()),
         "workers": meta.workers,
         "bytes_total": bytes_total,
         "bytes_done": bytes_done,
@@ -107,7 +126,7 @@ def build_stats(
         "started_at": _iso(started),
         "elapsed_s": round(elapsed, 3),
         "progress": round(bytes_done / bytes_total, 4) if bytes_total else (1.0 if snap.state == "done" else 0.0),
-        "eta_s": round((bytes_total - bytes_done) / byte_rate, 1) if byte_rate > 0 and snap.state == "running" else None,
+        "eta_s": round((bytes_total - bytes_done) / byte_rate, 1) if byte_rate > 0 and running else None,
         "tasks_done": snap.run("tasks_done", live),
         "tasks_total": snap.sys("tasks_total") or None,
         "lines_total": snap.sys("lines_total") or None,
@@ -130,21 +149,7 @@ def build_stats(
         system["ended_at"] = _iso(ended)
         system["traces_delivered"] = snap.sys("traces_delivered")
         system["errors_delivered"] = snap.sys("errors_delivered")
-    doc = {
-        "processors": procs,
-        "tags": {t: snap.tag(t, live) for t in meta.tags},
-        "counters": counters or {},
-        "system": system,
-        "workers": worker_rows(snap, usage),
-        "errors_by_type": [
-            {"processor": p, "error_type": t, "count": n} for (p, t), n in sorted((error_types or {}).items())
-        ],
-        "edges": meta.edges,  # so `mpobs dashboard --metrics` can draw the DAG
-        "meta": {"processors": meta.processors, "input": meta.input_name, "executor": meta.executor},
-    }
-    if recent is not None:
-        doc["recent_errors"], doc["recent_traces"] = recent
-    return doc
+    return system
 
 
 def worker_rows(snap: Snapshot, usage: dict[int, tuple[float | None, int | None]] | None = None) -> list[dict[str, Any]]:

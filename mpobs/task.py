@@ -86,90 +86,103 @@ def run_task(
     None when ``should_stop`` said so between two batches (what was written is then
     incomplete and must not be used).
     """
-    data = task.read()
-    text = data.decode("utf-8", "surrogateescape")
-    del data
-    lines = text.split("\n")
-    del text
+    lines = task.read().decode("utf-8", "surrogateescape").split("\n")
     if lines and lines[-1] == "":
         lines.pop()  # the task ended with "\n"; a last line without one stays a line
-    n_total = len(lines)
-    nbytes = task.end - task.start
-    nproc = len(pipeline.nodes)
-    key_counts: dict[str, Counter[str]] = {n.id: Counter() for n in pipeline.nodes if n.proc.counts_keys}
-    error_types: Counter[tuple[str, str]] = Counter()
-    tag_procs = [n.proc for n in pipeline.nodes if n.proc.tags_added]
-    out_lines = 0
-    pending_traces: list[Any] = []  # compact traces (mpobs.tracing.expand)
-    pending_errors: list[dict[str, Any]] = []
-    sent_chunks = 0
+    run = _TaskRun(task, pipeline, layout, settings, events, len(lines))
     step = settings.batch_lines
-    # The task's sampled lines at once: one numpy pass per task instead of one per batch.
-    traced_all = sampled(task.first_line, n_total, settings.trace_rate) if settings.trace_rate > 0 else []
-    out_bytes = 0
-    total = np.zeros(layout.ncols, dtype=np.int64)
-    for lo in range(0, n_total, step):
+    for lo in range(0, len(lines), step):
         if should_stop():
-            if events is not None and (pending_traces or pending_errors):
-                # What this task saw still tells why the run stopped (--max-errors).
-                sent = events.send(task.index, sent_chunks, pending_traces, pending_errors)
-                if counts is not None:
-                    counts.flush(np.zeros(layout.ncols, dtype=np.int64), *sent)
+            sent = run.send_records(final=True)  # what this task saw still tells why the run stopped
+            if counts is not None and sent is not None:
+                counts.flush(np.zeros(layout.ncols, dtype=np.int64), *sent)
             return None
-        chunk = lines[lo : lo + step]
-        first = task.first_line + lo
+        out = run.batch(lines[lo : lo + step], lo)
+        if out:
+            write(out)
+        if counts is not None:
+            counts.flush(run.delta, *run.sent)
+    return run.result()
+
+
+class _TaskRun:
+    """One task's state between its batches: totals, counter keys, records not yet sent."""
+
+    def __init__(self, task: Task, pipeline: Pipeline, layout: Layout, settings: TaskSettings,
+                 events: EventSink | None, n_lines: int) -> None:  # fmt: skip
+        self.task, self.pipeline, self.layout, self.settings, self.events = task, pipeline, layout, settings, events
+        self.n_lines = n_lines
+        self.total = np.zeros(layout.ncols, dtype=np.int64)
+        self.key_counts: dict[str, Counter[str]] = {n.id: Counter() for n in pipeline.nodes if n.proc.counts_keys}
+        self.error_types: Counter[tuple[str, str]] = Counter()
+        self.tag_procs = [n.proc for n in pipeline.nodes if n.proc.tags_added]
+        self.out_lines = self.out_bytes = 0
+        self.traces: list[Any] = []  # compact traces (mpobs.tracing.expand), not yet sent
+        self.errors: list[dict[str, Any]] = []
+        self.chunks_sent = 0
+        self.delta = self.total  # the last batch's count vector
+        self.sent = (0, 0, 0, 0)  # what the last batch sent: traces sent, dropped, errors sent, dropped
+        # The task's sampled lines at once: one numpy pass per task instead of one per batch.
+        rate = settings.trace_rate
+        self.traced = sampled(task.first_line, n_lines, rate) if rate > 0 else []
+
+    def batch(self, chunk: list[str], lo: int) -> bytes:
+        """Run lines ``lo ..`` of the task; returns their output, sets ``delta`` and ``sent``."""
+        first = self.task.first_line + lo
         batch = Batch(list(range(first, first + len(chunk))), chunk)
-        acc = [0] * (nproc * NF)
+        acc = [0] * (len(self.pipeline.nodes) * NF)
         errs: list[tuple[int, int, str, BaseException]] = []
         tracer = None
-        if traced_all:
-            traced = traced_all[bisect_left(traced_all, first) : bisect_left(traced_all, first + len(chunk))]
+        if self.traced:
+            traced = self.traced[bisect_left(self.traced, first) : bisect_left(self.traced, first + len(chunk))]
             tracer = BatchTrace(traced, batch) if traced else None
-        out = pipeline.run_batch(batch, acc, errs, tracer, settings.clock)
-        if out.texts:
-            chunk_bytes = _encode(out.texts)
-            write(chunk_bytes)
-            out_bytes += len(chunk_bytes)
-            out_lines += len(out.texts)
+        out = self.pipeline.run_batch(batch, acc, errs, tracer, self.settings.clock)
+        data = _encode(out.texts) if out.texts else b""
+        self.out_bytes += len(data)
+        self.out_lines += len(out.texts)
+        self._count(acc, lo, lo + len(chunk))
+        for e in errs:
+            self.error_types[(self.pipeline.nodes[e[0]].id, type(e[3]).__name__)] += 1
+        self.sent = (0, 0, 0, 0)
+        if self.events is not None:
+            self.errors += [_error_record(self.pipeline, self.settings, *e) for e in errs]
+            if tracer is not None:
+                self.traces += tracer.finish(out)
+            self.sent = self.send_records(final=lo + len(chunk) >= self.n_lines) or self.sent
+        return data
+
+    def _count(self, acc: list[int], lo: int, hi: int) -> None:
         tag_counts: Counter[str] = Counter()
-        for proc in tag_procs:
+        for proc in self.tag_procs:
             tag_counts.update(proc.key_counts)
             proc.key_counts.clear()
-        hi = min(lo + step, n_total)
-        # Bytes are known per task; share them out so the task's batches add up exactly.
-        nb = nbytes * hi // n_total - nbytes * lo // n_total
-        delta = layout.vector(acc, tag_counts, hi - lo, nb, 1 if hi >= n_total else 0)
-        total += delta
-        for node in pipeline.nodes:
+        for node in self.pipeline.nodes:
             if node.proc.counts_keys:
-                key_counts[node.id].update(node.proc.key_counts)
+                self.key_counts[node.id].update(node.proc.key_counts)
                 node.proc.key_counts.clear()
-        ev = (0, 0, 0, 0)
-        for e in errs:
-            error_types[(pipeline.nodes[e[0]].id, type(e[3]).__name__)] += 1
-        if events is not None:
-            if errs:
-                pending_errors += [_error_record(pipeline, settings, *e) for e in errs]
-            if tracer is not None:
-                pending_traces += tracer.finish(out)
-            # One message per CHUNK records, and one for the rest at the task's end: a
-            # message costs a wake-up of the queue thread and a pickling, whatever its size.
-            full = len(pending_traces) + len(pending_errors) >= settings.event_chunk
-            if full or (hi >= n_total and (pending_traces or pending_errors)):
-                ev = events.send(task.index, sent_chunks, pending_traces, pending_errors)
-                pending_traces, pending_errors = [], []
-                sent_chunks += 1
-        if counts is not None:
-            counts.flush(delta, *ev)
-    return TaskResult(
-        task.index,
-        n_total,
-        out_lines,
-        total,
-        {k: dict(v) for k, v in key_counts.items()},
-        dict(error_types),
-        out_bytes,
-    )
+        # Bytes are known per task; share them out so the task's batches add up exactly.
+        nbytes, n = self.task.end - self.task.start, self.n_lines
+        nb = nbytes * hi // n - nbytes * lo // n
+        self.delta = self.layout.vector(acc, tag_counts, hi - lo, nb, 1 if hi >= n else 0)
+        self.total += self.delta
+
+    def send_records(self, final: bool) -> tuple[int, int, int, int] | None:
+        """Send pending records: once CHUNK have gathered, or what is left at the task's end.
+
+        A message costs a wake-up of the queue thread and a pickling, whatever its size.
+        """
+        pending = len(self.traces) + len(self.errors)
+        if self.events is None or not pending or (pending < self.settings.event_chunk and not final):
+            return None
+        sent = self.events.send(self.task.index, self.chunks_sent, self.traces, self.errors)
+        self.traces, self.errors = [], []
+        self.chunks_sent += 1
+        return sent
+
+    def result(self) -> TaskResult:
+        keys = {k: dict(v) for k, v in self.key_counts.items()}
+        return TaskResult(self.task.index, self.n_lines, self.out_lines, self.total, keys, dict(self.error_types),
+                          self.out_bytes)  # fmt: skip
 
 
 def _encode(texts: list[str]) -> bytes:

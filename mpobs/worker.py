@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import signal
 import traceback
 from collections import deque
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -31,21 +33,31 @@ class RowSink:
                                 errors_sent=errors_sent, errors_dropped=errors_dropped)  # fmt: skip
 
 
-def worker_main(
-    slot: int,
-    conn: Any,
-    seg_name: str,
-    layout: Layout,
-    lock: Any,
-    pipeline: Pipeline,
-    settings: TaskSettings,
-    events_q: Any,
-    wait_traces: bool,
-    stop_event: Any,
-    parent_pid: int,
-    part_dir: str,
-    out_fd: int | None = None,
-) -> None:
+def part_path(part_dir: str, index: int) -> str:
+    """Where task ``index``'s output goes when it is not written into the output file directly."""
+    return os.path.join(part_dir, f"part-{index:09d}")
+
+
+@dataclass
+class WorkerArgs:
+    """Everything a worker process is started with (fork: nothing is pickled)."""
+
+    slot: int
+    conn: Any  # its end of the pipe to the pool
+    seg_name: str
+    layout: Layout
+    lock: Any  # the segment's lock
+    pipeline: Pipeline
+    settings: TaskSettings
+    events_q: Any  # its record queue
+    wait_traces: bool  # a SimpleQueue: wait for room, never drop (--save-traces)
+    stop_event: Any  # set: every worker stops at its next batch
+    parent_pid: int
+    part_dir: str
+    out_fd: int | None = None
+
+
+def worker_main(args: WorkerArgs) -> None:
     """Run tasks until told to stop (None), the pipe closes, or the parent dies.
 
     Messages: ``("task", task, seq)``; ``("write", index, offset)``: write a finished
@@ -53,74 +65,86 @@ def worker_main(
     ``("written", index)``; None: stop. With ``out_fd`` None each task's output goes
     to a part file in ``part_dir`` instead, which the coordinator joins.
     """
-    die_with_parent(parent_pid)
+    die_with_parent(args.parent_pid)
     # Ctrl-C (and a SIGTERM sent to the process group) reach every process; the
     # coordinator decides what stops, and stops workers itself (stop event, SIGKILL).
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    seg = StatsSegment.attach(seg_name, layout, lock)
-    settings.worker = str(slot)
-    events = QueueEvents(events_q, wait_traces) if events_q is not None else None
-    direct = DirectOutput(out_fd, conn) if out_fd is not None else None
-    early: deque[Any] = deque()  # messages read while serving grants between batches
-
-    max_errors = settings.max_errors
-
-    def serve_grants() -> None:
-        """Between batches: take the coordinator's grants now; keep other messages for later."""
-        while conn.poll():
-            msg = conn.recv()
-            if msg is not None and msg[0] == "write":
-                direct.grant(msg[1], msg[2])  # type: ignore[union-attr]
-            else:
-                early.append(msg)
-
-    def should_stop() -> bool:
-        if direct is not None:
-            # The output is written in task order: a grant left waiting here would hold
-            # up every task after it.
-            serve_grants()
-        if max_errors is not None and seg.live_errors() >= max_errors:
-            stop_event.set()  # every worker stops at its next batch; the coordinator reports it
-        return stop_event.is_set() or os.getppid() != parent_pid
-
+    seg = StatsSegment.attach(args.seg_name, args.layout, args.lock)
+    worker = _Worker(args, seg)
     try:
-        seg.set_worker(slot, pid=os.getpid(), alive=1)
-        while True:
-            try:
-                msg = early.popleft() if early else conn.recv()
-            except (EOFError, OSError):
-                break
-            if msg is None:
-                break
-            if msg[0] == "write":
-                direct.grant(msg[1], msg[2])  # type: ignore[union-attr]
-                continue
-            _, task, seq = msg
-            sink = RowSink(seg, layout.inflight_row(slot, seq), slot)
-            if direct is None:
-                with open(os.path.join(part_dir, f"part-{task.index:09d}"), "wb") as part:
-                    result = run_task(task, pipeline, layout, settings, part.write, sink, events, should_stop)
-                if result is None:
-                    break
-                conn.send(("done", seq, result))
-                continue
-            direct.start(task.index)
-            result = run_task(task, pipeline, layout, settings, direct.write, sink, events, should_stop)
-            if result is None:
-                break
-            written = direct.finish(task.index)
-            conn.send(("done", seq, result))
-            if written:
-                conn.send(("written", task.index))
+        seg.set_worker(args.slot, pid=os.getpid(), alive=1)
+        worker.serve()
     except Exception:
         try:
-            conn.send(("fatal", traceback.format_exc()))
+            args.conn.send(("fatal", traceback.format_exc()))
         except OSError:
             pass
     finally:
         seg.close()
-        conn.close()
+        args.conn.close()
+
+
+class _Worker:
+    def __init__(self, args: WorkerArgs, seg: StatsSegment) -> None:
+        self.args, self.seg, self.conn = args, seg, args.conn
+        args.settings.worker = str(args.slot)
+        self.events = QueueEvents(args.events_q, args.wait_traces) if args.events_q is not None else None
+        self.direct = DirectOutput(args.out_fd, args.conn) if args.out_fd is not None else None
+        self.early: deque[Any] = deque()  # messages read while serving grants between batches
+
+    def serve(self) -> None:
+        while True:
+            try:
+                msg = self.early.popleft() if self.early else self.conn.recv()
+            except (EOFError, OSError):
+                return
+            if msg is None:
+                return
+            if msg[0] == "write":
+                self.direct.grant(msg[1], msg[2])  # type: ignore[union-attr]
+            elif not self._run(*msg[1:]):
+                return  # stopped (--max-errors, or the parent died)
+
+    def _run(self, task: Any, seq: int) -> bool:
+        a = self.args
+        sink = RowSink(self.seg, a.layout.inflight_row(a.slot, seq), a.slot)
+        run = functools.partial(run_task, task, a.pipeline, a.layout, a.settings, counts=sink, events=self.events,
+                                should_stop=self._should_stop)  # fmt: skip
+        if self.direct is None:
+            with open(part_path(a.part_dir, task.index), "wb") as part:
+                result = run(part.write)
+            if result is not None:
+                self.conn.send(("done", seq, result))
+            return result is not None
+        self.direct.start(task.index)
+        result = run(self.direct.write)
+        if result is None:
+            return False
+        written = self.direct.finish(task.index)
+        self.conn.send(("done", seq, result))
+        if written:
+            self.conn.send(("written", task.index))
+        return True
+
+    def _serve_grants(self) -> None:
+        """Between batches: take the coordinator's grants now; keep other messages for later."""
+        while self.conn.poll():
+            msg = self.conn.recv()
+            if msg is not None and msg[0] == "write":
+                self.direct.grant(msg[1], msg[2])  # type: ignore[union-attr]
+            else:
+                self.early.append(msg)
+
+    def _should_stop(self) -> bool:
+        a = self.args
+        if self.direct is not None:
+            # The output is written in task order: a grant left waiting here would hold
+            # up every task after it.
+            self._serve_grants()
+        if a.settings.max_errors is not None and self.seg.live_errors() >= a.settings.max_errors:
+            a.stop_event.set()  # every worker stops at its next batch; the coordinator reports it
+        return a.stop_event.is_set() or os.getppid() != a.parent_pid
 
 
 class DirectOutput:

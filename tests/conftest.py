@@ -60,6 +60,12 @@ def workers(request: pytest.FixtureRequest) -> int:
     return request.param
 
 
+@pytest.fixture(params=[1, 2], ids=lambda w: f"workers{w}")
+def fault_workers(request: pytest.FixtureRequest) -> int:
+    """Fault tests (slow: each disturbs a real run) run with one worker and with two."""
+    return request.param
+
+
 def run_cli(*args: str, cwd: str | os.PathLike[str] | None = None, timeout: float = 120,
             env: dict[str, str] | None = None) -> subprocess.CompletedProcess[bytes]:  # fmt: skip
     """Run ``python -m mpobs ARGS`` as a user would; returns the finished process (bytes out/err)."""

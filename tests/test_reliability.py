@@ -65,10 +65,11 @@ def slow_config(tmp_path: Path) -> Path:
     ])  # fmt: skip
 
 
-def start_slow_run(tmp_path: Path, log: Path, *extra: str, session: bool = False) -> subprocess.Popen[bytes]:
-    """``mpobs process`` on the slow pipeline, 2 workers, output in tmp_path/out: long enough to disturb."""
+def start_slow_run(tmp_path: Path, log: Path, *extra: str, session: bool = False,
+                   workers: int = 2) -> subprocess.Popen[bytes]:  # fmt: skip
+    """``mpobs process`` on the slow pipeline, output in tmp_path/out: long enough to disturb."""
     return subprocess.Popen([sys.executable, "-m", "mpobs", "process", str(log), "-c", str(slow_config(tmp_path)),
-                             "-w", "2", "-o", str(tmp_path / "out"), "--batch-lines", "500", *extra],
+                             "-w", str(workers), "-o", str(tmp_path / "out"), "--batch-lines", "500", *extra],
                             stderr=subprocess.PIPE, start_new_session=session)  # fmt: skip
 
 
@@ -99,17 +100,18 @@ def wait_for(cond: Any, timeout: float = 20.0) -> Any:
     raise AssertionError("condition not met in time")
 
 
-def run_killing(cli: Any, tmp_path: Path, log: Path, times: int, out: Path, metrics: Path, *extra: str) -> Any:
-    """The kill pipeline, 2 workers: line 20000 kills its worker the first ``times`` times it is seen."""
+def run_killing(cli: Any, tmp_path: Path, log: Path, times: int, out: Path, metrics: Path, *extra: str,
+                workers: int = 2) -> Any:  # fmt: skip
+    """The kill pipeline: line 20000 kills its worker the first ``times`` times it is seen."""
     env = {"KILL_AT": "Line 20000:", "KILL_MARK": str(tmp_path / "mark"), "KILL_TIMES": str(times)}
-    return cli("process", str(log), "-c", str(kill_config(tmp_path)), "-w", "2", "-o", str(out),
+    return cli("process", str(log), "-c", str(kill_config(tmp_path)), "-w", str(workers), "-o", str(out),
                "--save-metrics", str(metrics), *extra, env=env)  # fmt: skip
 
 
-def test_task_that_kills_its_worker_runs_again(tmp_path: Path, cli: Any, make_log: Any) -> None:
+def test_task_that_kills_its_worker_runs_again(tmp_path: Path, cli: Any, make_log: Any, fault_workers: int) -> None:
     log = make_log(40_000)
     out, m = tmp_path / "out", tmp_path / "m.json"
-    res = run_killing(cli, tmp_path, log, 1, out, m, "--task-size", "65536")
+    res = run_killing(cli, tmp_path, log, 1, out, m, "--task-size", "65536", workers=fault_workers)
     assert res.returncode == 0, res.stderr.decode()
     clean = tmp_path / "clean"
     assert run_killing(cli, tmp_path, log, 0, clean, tmp_path / "clean.json").returncode == 0
@@ -123,10 +125,11 @@ def test_task_that_kills_its_worker_runs_again(tmp_path: Path, cli: Any, make_lo
     assert stats["system"]["total_lines"] == 40_000
 
 
-def test_task_that_kills_its_worker_three_times_fails_the_run(tmp_path: Path, cli: Any, make_log: Any) -> None:
+def test_task_that_kills_its_worker_three_times_fails_the_run(tmp_path: Path, cli: Any, make_log: Any,
+                                                              fault_workers: int) -> None:  # fmt: skip
     log = make_log(40_000)
     out, m = tmp_path / "out", tmp_path / "m.json"
-    res = run_killing(cli, tmp_path, log, 99, out, m, "--task-size", "65536")
+    res = run_killing(cli, tmp_path, log, 99, out, m, "--task-size", "65536", workers=fault_workers)
     err = res.stderr.decode()
     assert res.returncode == 1, err
     assert "Traceback" not in err
@@ -147,10 +150,17 @@ def test_task_that_kills_its_worker_three_times_fails_the_run(tmp_path: Path, cl
 
 
 STALL_FNS = """
-import time
+import os, time
 def stall(line):
     if line.startswith("STALL"):
+        mark = os.environ.get("STALL_MARK")
+        if mark:
+            with open(mark + ".tmp", "w") as f:
+                f.write(str(os.getpid()))
+            os.rename(mark + ".tmp", mark)  # the test sees the whole pid or nothing
         time.sleep(2.5)  # holds task 0: every later task finishes first and waits for its turn to be written
+        if mark:
+            open(mark + ".done", "w").close()
     return line
 """
 
@@ -167,56 +177,80 @@ def stall_config(tmp_path: Path) -> Path:
     ])  # fmt: skip
 
 
-def test_worker_killed_holding_finished_output_runs_those_tasks_again(tmp_path: Path, make_log: Any) -> None:
-    log = make_log(60_000)
+def start_stalled_run(tmp_path: Path, log: Path, port: int, *extra: str) -> subprocess.Popen[bytes]:
+    """The stall pipeline on 2 workers with a dashboard on ``port``; its first line stalls task 0 for 2.5 s."""
     log.write_bytes(b"STALL INFO the first line\n" + log.read_bytes())
-    config = stall_config(tmp_path)
-    out, m = tmp_path / "out", tmp_path / "m.json"
-    proc = subprocess.Popen([sys.executable, "-m", "mpobs", "process", str(log), "-c", str(config), "-w", "2",
-                             "-o", str(out), "--save-metrics", str(m), "--task-size", "65536"],
-                            stderr=subprocess.PIPE)  # fmt: skip
-    workers = wait_for(lambda: len(workers_of(proc)) == 2 and workers_of(proc))
-    time.sleep(1.0)  # task 0 stalls in one worker; the other has finished tasks it cannot write yet
-    busy = max(workers, key=lambda w: w.cpu_times().user)
-    busy.kill()
-    finished_with_one_restart(proc, log, out, m, 60_001)  # each line counted once
+    return subprocess.Popen([sys.executable, "-m", "mpobs", "process", str(log), "-c", str(stall_config(tmp_path)),
+                             "-w", "2", "-o", str(tmp_path / "out"), "--task-size", "65536", "--dashboard",
+                             "--dashboard-port", str(port), "--linger", "0", *extra], stderr=subprocess.PIPE,
+                            env={**os.environ, "STALL_MARK": str(tmp_path / "stalling")})  # fmt: skip
+
+
+def settled_while_stalled(tmp_path: Path, port: int) -> dict[str, Any]:
+    """/stats once task 0 stalls and the other worker has stopped taking tasks (two reads 0.3 s apart agree)."""
+    from conftest_dashboard import get_json
+
+    def stats() -> dict[str, Any] | None:
+        try:
+            return get_json(f"http://127.0.0.1:{port}/stats", timeout=2)[1]
+        except OSError:
+            return None  # not listening yet
+
+    def finished(doc: dict[str, Any] | None) -> int:
+        return sum(w["tasks"] for w in doc["workers"]) if doc else 0
+
+    def settled() -> dict[str, Any] | None:
+        first = stats()
+        time.sleep(0.3)
+        second = stats()
+        return second if finished(first) and finished(first) == finished(second) else None
+
+    wait_for((tmp_path / "stalling").exists)  # task 0 stalls for 2.5 s
+    doc = wait_for(settled)
+    assert not (tmp_path / "stalling.done").exists(), "the stall ended before the other worker settled"
+    return doc
+
+
+def test_worker_killed_holding_finished_output_runs_those_tasks_again(tmp_path: Path, make_log: Any) -> None:
+    from conftest_dashboard import free_port
+
+    log = make_log(60_000)
+    m, port = tmp_path / "m.json", free_port()
+    proc = start_stalled_run(tmp_path, log, port, "--save-metrics", str(m))
+    try:
+        doc = settled_while_stalled(tmp_path, port)
+        stalled = int((tmp_path / "stalling").read_text())
+        # The other worker has finished tasks it cannot write yet: kill it.
+        busy = next(w for w in doc["workers"] if w["pid"] != stalled)
+        assert busy["tasks"] >= 1
+        os.kill(busy["pid"], signal.SIGKILL)
+    finally:
+        finished_with_one_restart(proc, log, tmp_path / "out", m, 60_001)  # each line counted once
 
 
 def test_a_stalled_task_stops_the_others_from_running_far_ahead(tmp_path: Path, make_log: Any) -> None:
+    from conftest_dashboard import free_port
+
     from mpobs.defaults import BACKLOG_PER_WORKER
-    from conftest_dashboard import free_port, get_json
 
     log = make_log(60_000)
-    log.write_bytes(b"STALL INFO the first line\n" + log.read_bytes())
     port = free_port()
-    out = tmp_path / "out"
-    proc = subprocess.Popen([sys.executable, "-m", "mpobs", "process", str(log), "-c", str(stall_config(tmp_path)),
-                             "-w", "2", "-o", str(out), "--task-size", "65536", "--dashboard",
-                             "--dashboard-port", str(port), "--linger", "0"], stderr=subprocess.PIPE)  # fmt: skip
+    proc = start_stalled_run(tmp_path, log, port)
     try:
-        def up() -> bool:
-            try:
-                return get_json(f"http://127.0.0.1:{port}/healthz", timeout=1)[0] == 200
-            except OSError:
-                return False  # not listening yet
-
-        wait_for(up)
-        time.sleep(1.5)  # task 0 stalls for 2.5 s; without a limit the other worker would finish all ~65 others
-        _, stats = get_json(f"http://127.0.0.1:{port}/stats")
-        finished = sum(w["tasks"] for w in stats["workers"])
-        assert 1 <= finished < BACKLOG_PER_WORKER * 2, finished  # 66 when nothing limits it
+        count = sum(w["tasks"] for w in settled_while_stalled(tmp_path, port)["workers"])
+        assert 1 <= count < BACKLOG_PER_WORKER * 2, count  # 66 when nothing limits it
     finally:
         _, err = proc.communicate(timeout=120)
     assert proc.returncode == 0, err.decode()
-    assert out.read_bytes() == default_pipeline(log.read_bytes())[0]
+    assert (tmp_path / "out").read_bytes() == default_pipeline(log.read_bytes())[0]
 
 
-def test_worker_killed_from_outside_is_replaced(tmp_path: Path, make_log: Any) -> None:
+def test_worker_killed_from_outside_is_replaced(tmp_path: Path, make_log: Any, fault_workers: int) -> None:
     log = make_log(200_000)
     out, m = tmp_path / "out", tmp_path / "m.json"
-    proc = start_slow_run(tmp_path, log, "--save-metrics", str(m))
-    victims = wait_for(lambda: len(workers_of(proc)) == 2 and workers_of(proc))
-    time.sleep(0.5)  # mid-run
+    proc = start_slow_run(tmp_path, log, "--save-metrics", str(m), "--task-size", "65536", workers=fault_workers)
+    victims = wait_for(lambda: len(workers_of(proc)) == fault_workers and workers_of(proc))
+    wait_for(lambda: out.exists() and out.stat().st_size > 0)  # mid-run: output has begun
     victims[0].kill()  # like the OOM killer
     finished_with_one_restart(proc, log, out, m, 200_000)
 
@@ -234,10 +268,11 @@ def finished_with_one_restart(proc: Any, log: Path, out: Path, metrics: Path, li
 
 @pytest.mark.parametrize(("sig", "code", "word"), [(signal.SIGINT, 130, "interrupted"), (signal.SIGTERM, 143, "terminated")])
 def test_signal_stops_cleanly_with_a_complete_prefix(tmp_path: Path, make_log: Any, sig: int, code: int,
-                                                     word: str) -> None:  # fmt: skip
+                                                     word: str, fault_workers: int) -> None:  # fmt: skip
     log = make_log(200_000)
     out, m = tmp_path / "out", tmp_path / "m.json"
-    proc = start_slow_run(tmp_path, log, "--save-metrics", str(m), "--task-size", "65536", session=True)
+    proc = start_slow_run(tmp_path, log, "--save-metrics", str(m), "--task-size", "65536", session=True,
+                          workers=fault_workers)  # fmt: skip
     wait_for(lambda: out.exists() and out.stat().st_size > 0)
     if sig == signal.SIGINT:
         os.killpg(proc.pid, sig)  # Ctrl-C reaches the whole process group

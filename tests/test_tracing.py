@@ -131,12 +131,12 @@ def test_processor_errors_are_counted_exactly_and_recorded(tmp_path: Path, cli: 
     assert "errors by processor and type:" in err and "check  ValueError" in err
 
 
-def test_max_errors_stops_the_run_with_exit_3(tmp_path: Path, cli: Any, make_log: Any) -> None:
+def test_max_errors_stops_the_run_with_exit_3(tmp_path: Path, cli: Any, make_log: Any, workers: int) -> None:
     log = make_log(200_000)
     config = write_failing_fn(tmp_path)
     m = tmp_path / "m.json"
     out = tmp_path / "o"
-    res = cli("process", str(log), "-c", str(config), "-w", "2", "-o", str(out), "--max-errors", "50",
+    res = cli("process", str(log), "-c", str(config), "-w", str(workers), "-o", str(out), "--max-errors", "50",
               "--save-metrics", str(m))  # fmt: skip
     err = res.stderr.decode()
     assert res.returncode == 3, err
@@ -149,9 +149,9 @@ def test_max_errors_stops_the_run_with_exit_3(tmp_path: Path, cli: Any, make_log
     assert out.read_bytes().count(b"\n") == stats["processors"]["check"]["lines_out"]
 
 
-def test_without_max_errors_errors_never_stop_a_run(tmp_path: Path, cli: Any, make_log: Any) -> None:
+def test_without_max_errors_errors_never_stop_a_run(tmp_path: Path, cli: Any, make_log: Any, workers: int) -> None:
     log = make_log(20_000)
-    res = cli("process", str(log), "-c", str(write_failing_fn(tmp_path)), "-w", "2", "-o", str(tmp_path / "o"))
+    res = cli("process", str(log), "-c", str(write_failing_fn(tmp_path)), "-w", str(workers), "-o", str(tmp_path / "o"))
     assert res.returncode == 0
 
 
@@ -163,11 +163,11 @@ class SlowCollector(EventCollector):
         super().add(task, chunk, traces, errors)
 
 
-def test_flood_of_traces_drops_and_counts_but_never_blocks_workers(tmp_path: Path, make_log: Any) -> None:
+def test_flood_of_traces_drops_and_counts_but_never_blocks_workers(tmp_path: Path, make_log: Any, workers: int) -> None:
     log = make_log(120_000)
     pipeline = compile_config({"processors": [{"type": "line_counter", "id": "n"}]})
     # 1,200 messages of 100 traces against queues of 16 messages and readers at 100 messages/s each
-    opts = RunOptions(str(log), str(tmp_path / "out"), workers=2, batch_lines=100, trace=True, trace_sample=1.0,
+    opts = RunOptions(str(log), str(tmp_path / "out"), workers=workers, batch_lines=100, trace=True, trace_sample=1.0,
                       event_chunk=100)  # fmt: skip
     outcome = Coordinator(pipeline, opts, collector=SlowCollector()).run()
     s = outcome.stats["system"]
@@ -178,11 +178,11 @@ def test_flood_of_traces_drops_and_counts_but_never_blocks_workers(tmp_path: Pat
     assert (tmp_path / "out").read_bytes().count(b"\n") == 120_000
 
 
-def test_save_traces_waits_instead_of_dropping(tmp_path: Path, make_log: Any) -> None:
+def test_save_traces_waits_instead_of_dropping(tmp_path: Path, make_log: Any, workers: int) -> None:
     log = make_log(20_000)
     pipeline = compile_config({"processors": [{"type": "line_counter", "id": "n"}]})
     saved = tmp_path / "t.jsonl"
-    opts = RunOptions(str(log), str(tmp_path / "out"), workers=2, batch_lines=500, trace=True, trace_sample=1.0,
+    opts = RunOptions(str(log), str(tmp_path / "out"), workers=workers, batch_lines=500, trace=True, trace_sample=1.0,
                       save_traces=str(saved))  # fmt: skip
     outcome = Coordinator(pipeline, opts, collector=SlowCollector()).run()
     s = outcome.stats["system"]
