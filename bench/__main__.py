@@ -15,7 +15,7 @@ from bench import checks, data, report
 from bench.rows import Row, build_rows, command, free_port, mpobs_command, run_row
 from bench.rss import measure_tree
 
-EXTRAS = ("startup", "stats", "rss")
+EXTRAS = ("startup", "small", "stats", "rss")
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
@@ -151,6 +151,11 @@ def main(argv: list[str] | None = None) -> int:
         say("  start-up on a 10-line file, 5 runs ...")
         doc["startup"] = checks.startup(data.ensure_log(a.data, 10, SEED, say), work / "tiny.out")
     doc.setdefault("startup", {"error": "not run"})
+    if extra("small"):
+        n = 3 if a.quick else 15
+        say(f"  small jobs (1, 50,000 and 200,000 lines) against their baselines, {n} pairs each ...")
+        doc["small_jobs"] = checks.small_jobs(a.data, work, n, lambda d, lines, seed: data.ensure_log(d, lines, seed, say))
+    doc.setdefault("small_jobs", {})
     if extra("stats"):
         say("  /stats under 50 pollers (bench/stats_load.py) ...")
         doc["stats_load"] = checks.stats_load(log, timeout=60.0 if a.quick else 600.0, quick=a.quick)
@@ -160,7 +165,8 @@ def main(argv: list[str] | None = None) -> int:
     else:
         doc["rss"] = {"error": "not run", "small_lines": a.lines, "big_lines": 3 * a.lines}
     doc["ratios"] = report.ratios(doc["rows"], doc["rss"])
-    doc["targets"] = report.targets(doc["ratios"], doc["rss"], doc["startup"], doc["stats_load"], doc["rows"])
+    doc["targets"] = report.targets(doc["ratios"], doc["rss"], doc["startup"], doc["stats_load"], doc["rows"],
+                                    doc["small_jobs"])  # fmt: skip
     doc["machine"]["loadavg_end"] = os.getloadavg()
     doc["harness_seconds"] = round(time.perf_counter() - started, 1)
     print(report.render_text(doc))

@@ -31,6 +31,49 @@ def startup(tiny: Path, out: Path, runs: int = 5) -> dict[str, Any]:
     return {"runs": [round(t, 4) for t in times], "median_s": round(statistics.median(times), 4)}
 
 
+#: Small jobs, timed side by side with what a user compares them with (issue 12): (key, lines, baseline).
+SMALL_JOBS = (("startup", 1, "numpy"), ("lines_50k", 50_000, "plain"), ("lines_200k", 200_000, "plain"))
+
+
+def small_jobs(data_dir: Path, work: Path, rounds: int, ensure_log: Any) -> dict[str, Any]:
+    """Most real invocations are small: the whole command on 1, 50,000 and 200,000 lines at --workers 2.
+
+    Each round runs the baseline and mpobs back to back (the baseline of the 1-line file
+    is ``python -c "import numpy"``, of the others the plain loop), so both see the
+    same machine; the figure is the median of the rounds' ratios (baseline / mpobs:
+    above 1 is mpobs faster).
+    """
+    from bench import BASELINES_DIR, SEED
+
+    out: dict[str, Any] = {}
+    for key, lines, base in SMALL_JOBS:
+        log = ensure_log(data_dir, lines, SEED)
+        base_argv = ([sys.executable, "-c", "import numpy"] if base == "numpy"
+                     else [sys.executable, str(BASELINES_DIR / "plain.py"), str(log), str(work / "small-plain.out")])
+        argv = [*mpobs_command(), "process", str(log), "--workers", "2", "-q", "-o", str(work / "small.out")]
+        pairs = []
+        for _ in range(rounds):
+            b, m = _timed(base_argv), _timed(argv)
+            if b is None or m is None:
+                out[key] = {"error": "a run failed"}
+                break
+            pairs.append((b, m))
+        else:
+            out[key] = {
+                "lines": lines, "baseline": base, "baseline_s": round(statistics.median(b for b, _ in pairs), 4),
+                "mpobs_s": round(statistics.median(m for _, m in pairs), 4),
+                "ratio": round(statistics.median(b / m for b, m in pairs), 3),
+            }  # fmt: skip
+    return out
+
+
+def _timed(argv: list[str]) -> float | None:
+    t0 = time.perf_counter()
+    proc = subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    took = time.perf_counter() - t0
+    return took if proc.returncode == 0 else None
+
+
 def _find(doc: Any, word: str) -> float | None:
     """The first number under a key containing ``word`` (p50_ms, p50, latency.p50 ...), depth first."""
     if isinstance(doc, dict):

@@ -114,8 +114,8 @@ def _target(name: str, figure: float | None, ok: bool | None, shown: str, why: s
 
 
 def targets(r: dict[str, Any], rss: dict[str, Any], startup: dict[str, Any], stats: dict[str, Any],
-            rows: dict[str, Any]) -> list[dict[str, Any]]:  # fmt: skip
-    """Each target of issues 2 and 5 with its figure: PASS, MISS, or n/a with the reason."""
+            rows: dict[str, Any], small: dict[str, Any] | None = None) -> list[dict[str, Any]]:  # fmt: skip
+    """Each target of issues 2, 5 and 12 with its figure: PASS, MISS, or n/a with the reason."""
 
     def x(v: float | None) -> str:
         return f"{v:.2f}x" if v is not None else ""
@@ -145,7 +145,29 @@ def targets(r: dict[str, Any], rss: dict[str, Any], startup: dict[str, Any], sta
                 f"{p99:.1f} ms" if p99 is not None else "", stats.get("error", "")),
         _target("start-up on a 10-line file < 0.5 s (median of 5)", su, (su or 0) < 0.5,
                 f"{su:.3f} s" if su is not None else "", startup.get("error", "")),
+        *_small_targets(small or {}),
     ]
+
+
+#: (key, target, minimum ratio baseline / mpobs) for the small jobs (issue 12).
+SMALL_TARGETS = (
+    ("startup", "start-up (1 line, whole command) <= 1.3x `python -c 'import numpy'`", 1 / 1.3),
+    ("lines_50k", "50,000 lines at --workers 2 >= 0.8x the plain loop", 0.8),
+    ("lines_200k", "200,000 lines at --workers 2 >= 1.5x the plain loop", 1.5),
+)
+
+
+def _small_targets(small: dict[str, Any]) -> list[dict[str, Any]]:
+    out = []
+    for key, name, least in SMALL_TARGETS:
+        got = small.get(key, {})
+        ratio = got.get("ratio")
+        if key == "startup" and ratio:
+            shown = f"{1 / ratio:.2f}x ({got['mpobs_s']:.3f} s vs {got['baseline_s']:.3f} s)"
+        else:
+            shown = f"{ratio:.2f}x ({got['mpobs_s']:.3f} s vs {got['baseline_s']:.3f} s)" if ratio else ""
+        out.append(_target(name, ratio, (ratio or 0) >= least, shown, got.get("error", "not run")))
+    return out
 
 
 def table_rows(doc: dict[str, Any]) -> list[list[str]]:

@@ -102,7 +102,7 @@ def test_page_during_a_real_run_and_screenshot(tmp_path: Path, browser_page: tup
         assert page.locator("#traces li.trace").count() > 0
         assert problems == []
         # Into tmp_path only: a test never writes into the tree. The README's picture is
-        # refreshed by hand with `MPOBS_SCREENSHOT=docs/dashboard.png pytest -k page_shows`.
+        # refreshed by hand with `MPOBS_SCREENSHOT=docs/dashboard.png pytest -k page_during_a_real_run`.
         shot = Path(os.environ.get("MPOBS_SCREENSHOT") or tmp_path / "dashboard.png")
         page.screenshot(path=str(shot), full_page=True)
         assert shot.stat().st_size > 10_000
