@@ -91,7 +91,7 @@ def url_of(sock: socket.socket, host: str) -> str:
     return f"http://{shown}:{port}/"
 
 
-def _say(text: str) -> None:
+def say(text: str) -> None:
     click.echo(f"mpobs: {text}", err=True)
 
 
@@ -122,7 +122,7 @@ class DashboardHandle:
             return
         self.dead = True
         self.on_gone(self.proc.pid)
-        _say(f"warning: the dashboard process exited (code {self.proc.exitcode}); the run goes on without it")
+        say(f"warning: the dashboard process exited (code {self.proc.exitcode}); the run goes on without it")
 
     def finish(self, final_stats: dict[str, Any], stop_requested: Callable[[], bool]) -> None:
         """Serve the final state for ``linger`` seconds (None: until Ctrl-C), then stop the process."""
@@ -142,10 +142,10 @@ class DashboardHandle:
         if linger == 0 or stop_requested():
             return
         if linger is None:
-            _say(f"dashboard still serving the final state at {self.url}; press Ctrl-C to stop")
+            say(f"dashboard still serving the final state at {self.url}; press Ctrl-C to stop")
             deadline = float("inf")
         else:
-            _say(f"dashboard serving the final state at {self.url} for {linger:g} s more (Ctrl-C stops it)")
+            say(f"dashboard serving the final state at {self.url} for {linger:g} s more (Ctrl-C stops it)")
             deadline = time.monotonic() + linger
         while time.monotonic() < deadline and not stop_requested() and self.proc.is_alive():
             time.sleep(0.1)
@@ -201,7 +201,7 @@ class DashboardProcess:
             pass  # it died while starting: the handle's poll() says so, and the run goes on
         self._conn.close()
         hint = " (open it once with ?token=<your token>)" if self.opts.token else ""
-        _say(f"dashboard at {self.url}{hint}")
+        say(f"dashboard at {self.url}{hint}")
         return DashboardHandle(self, on_gone)
 
     def stop(self) -> None:

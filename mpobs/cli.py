@@ -98,9 +98,7 @@ def process(input_file: str | None, config_path: str | None, workers: int | None
             # Before the imports below: its own imports then run while this process does them.
             dash_proc = prestart(dash)
         from mpobs.config import load_config
-        from mpobs.coordinator import Coordinator, RunOptions, check_outputs
-        from mpobs.inputs import open_input
-        from mpobs.output import check_writable
+        from mpobs.coordinator import Coordinator, RunOptions
 
         pipeline = load_config(config_path)
         if input_file is None:
@@ -110,18 +108,14 @@ def process(input_file: str | None, config_path: str | None, workers: int | None
                 # 180,000 result lines would scroll past the summary: keep them in a file.
                 output = "mpobs-sample-output.txt"
                 click.echo(f"mpobs: results go to {output} (give --output to choose)", err=True)
-        source = open_input(input_file)
-        if save_metrics:
-            check_writable(save_metrics, "--save-metrics file", source.is_file)
         from mpobs.report import Progress, summary
 
         progress = Progress(enabled=False if quiet else None)
         opts = RunOptions(
             input_file, output, workers or default_workers(), task_size, batch_lines,
-            trace=trace or bool(save_traces), trace_sample=trace_sample, save_traces=save_traces,
+            trace=trace or bool(save_traces), trace_sample=trace_sample, save_traces=save_traces, save_metrics=save_metrics,
             max_errors=max_errors, dashboard=dash, dashboard_process=dash_proc, on_tick=progress.tick,
         )  # fmt: skip
-        check_outputs(source, opts)
         try:
             outcome = Coordinator(pipeline, opts).run()
         finally:
@@ -274,7 +268,7 @@ def dashboard_command(metrics_path: str | None, host: str, port: int, token: str
 
 
 def _serve_saved(path: str, opts: Any) -> None:
-    from dashboard_app.process import bind_socket, serve, url_of
+    from dashboard_app.process import bind_socket, say, serve, url_of
     from dashboard_app.sources import SavedSource
 
     try:
@@ -282,7 +276,7 @@ def _serve_saved(path: str, opts: Any) -> None:
     except ValueError as err:
         raise DashboardError(str(err)) from err
     sock = bind_socket(opts.host, opts.port)
-    _say_info(f"dashboard for {path} at {url_of(sock, opts.host)}; press Ctrl-C to stop")
+    say(f"dashboard for {path} at {url_of(sock, opts.host)}; press Ctrl-C to stop")
     try:
         serve(source, sock, opts)
     except KeyboardInterrupt:
@@ -295,6 +289,7 @@ def _demo(opts: Any, lines: int, workers: int) -> None:
     import shutil
     import tempfile
 
+    from dashboard_app.process import say
     from mpobs.config import load_config
     from mpobs.coordinator import Coordinator, RunOptions
     from mpobs.loggen import generate_file
@@ -302,19 +297,15 @@ def _demo(opts: Any, lines: int, workers: int) -> None:
     folder = tempfile.mkdtemp(prefix="mpobs-demo-")
     try:
         path = os.path.join(folder, "demo.log")
-        _say_info(f"demo: generating a {lines:,}-line log")
+        say(f"demo: generating a {lines:,}-line log")
         generate_file(path, lines, seed=11, awkward=0.001)
         run = RunOptions(path, os.path.join(folder, "out.log"), workers, trace=True, trace_sample=0.002,
                          dashboard=opts)  # fmt: skip
         outcome = Coordinator(load_config(None), run).run()
         s = outcome.stats["system"]
-        _say_info(f"demo: {s['state']}, {s['total_lines']:,} lines in {s['elapsed_s']:.2f} s")
+        say(f"demo: {s['state']}, {s['total_lines']:,} lines in {s['elapsed_s']:.2f} s")
     finally:
         shutil.rmtree(folder, ignore_errors=True)
-
-
-def _say_info(text: str) -> None:
-    click.echo(f"mpobs: {text}", err=True)
 
 
 def run() -> Any:

@@ -45,6 +45,7 @@ class RunOptions:
     trace: bool = False
     trace_sample: float = TRACE_SAMPLE
     save_traces: str | None = None
+    save_metrics: str | None = None  # checked with the other outputs; written by the caller (RunOutcome.metrics)
     max_errors: int | None = None
     event_chunk: int = EVENT_CHUNK  # records per queue message
     dashboard: Any = None  # dashboard_app.process.DashboardOptions
@@ -72,6 +73,8 @@ def check_outputs(source: InputSource, opts: RunOptions) -> None:
         check_writable(opts.output_path, "output", source.is_file)
     if opts.save_traces:
         check_writable(opts.save_traces, "--save-traces file", source.is_file)
+    if opts.save_metrics:
+        check_writable(opts.save_metrics, "--save-metrics file", source.is_file)
 
 
 def remove_leftovers() -> None:
@@ -86,13 +89,15 @@ def remove_leftovers() -> None:
 
 
 class Coordinator:
-    """Runs one pipeline over one input. ``run`` always cleans up what it made."""
+    """Runs one pipeline over one input, once. ``run`` always cleans up what it made."""
 
     def __init__(self, pipeline: Pipeline, opts: RunOptions, collector: EventCollector | None = None,
                  executor: Executor | None = None) -> None:  # fmt: skip
         self.pipeline = pipeline
         self.opts = opts
-        self.executor = executor or LocalPool(opts.workers)
+        self.executor: Executor = executor or LocalPool(opts.workers)
+        self.source: InputSource | None = None
+        self.dash_proc = opts.dashboard_process  # forked early by the CLI, or made by _make_segment
         self.collector = collector or EventCollector()
         self.counters: dict[str, Counter[str]] = {n.id: Counter() for n in pipeline.nodes if n.proc.counts_keys}
         self.error_types: Counter[tuple[str, str]] = Counter()
@@ -108,7 +113,7 @@ class Coordinator:
     # -- the story of a run --------------------------------------------------
     def run(self) -> RunOutcome:
         opts = self.opts
-        source = open_input(opts.input_path)
+        self.source = source = open_input(opts.input_path)
         check_outputs(source, opts)
         remove_leftovers()
         ids = self.pipeline.ids
@@ -147,12 +152,12 @@ class Coordinator:
 
     def _make_segment(self, source: InputSource) -> StatsSegment:
         opts = self.opts
-        if opts.dashboard is not None and opts.dashboard_process is None:
+        if opts.dashboard is not None and self.dash_proc is None:
             from dashboard_app.process import DashboardProcess
 
             # It binds first: a port in use fails the run before any work.
-            opts.dashboard_process = DashboardProcess(multiprocessing.get_context("fork"), opts.dashboard)
-        dash = opts.dashboard_process
+            self.dash_proc = DashboardProcess(multiprocessing.get_context("fork"), opts.dashboard)
+        dash = self.dash_proc
         lock = dash.lock if dash is not None else multiprocessing.get_context("fork").Lock()
         layout = Layout(tuple(self.pipeline.ids), tuple(self.pipeline.tags), self.executor.capacity)
         seg = StatsSegment.create(layout, lock)
@@ -168,7 +173,7 @@ class Coordinator:
         return traces_file
 
     def _serve_dashboard(self) -> None:
-        dash = self.opts.dashboard_process
+        dash = self.dash_proc
         if dash is None:
             return
         assert self.seg is not None
@@ -199,7 +204,8 @@ class Coordinator:
                 executor.submit(task)
             if sched.exhausted and not announced:
                 announced = True
-                self._set_system(tasks_total=sched.planned, lines_total=sched.lines_planned)
+                assert self.source is not None
+            self._set_system(tasks_total=self.source.tasks_planned, lines_total=self.source.lines_planned)
             try:
                 if sched.done(output.next):
                     return
@@ -228,6 +234,9 @@ class Coordinator:
             output.written(event.index)
         elif isinstance(event, TaskLost):
             finished = output.lost(event.task)
+            if (finished is not None) != event.finished:
+                raise RuntimeError(f"internal error: {event.task.describe()} lost, finished={event.finished}, "
+                                   f"but the output {'had' if finished else 'did not have'} its result")  # fmt: skip
             if finished is not None:  # its counts were pending; they come again with its next run
                 self.seg.uncomplete(finished.counts)
             sched.lost(event.task, event.fault)
@@ -274,15 +283,15 @@ class Coordinator:
             )  # fmt: skip
             self.seg.set_state(state)
             final = self.final_stats()
-            recent = (c.recent_errors(SAVED_RECENT), c.recent_traces(SAVED_RECENT))
-            self._final = (final, self.final_stats(recent))
+            saved = dict(final, recent_errors=c.recent_errors(SAVED_RECENT), recent_traces=c.recent_traces(SAVED_RECENT))
+            self._final = (final, saved)
             try:
                 if self.dashboard is not None:
                     self.dashboard.finish(final, lambda: self._signal is not None)
             finally:
                 self.seg.close()
-        if self.opts.dashboard_process is not None:
-            self.opts.dashboard_process.stop()  # if it never got the run, nothing above stopped it
+        if self.dash_proc is not None:
+            self.dash_proc.stop()  # if it never got the run, nothing above stopped it
         return state, code, message
 
     def _outcome(self, state: str, code: int, message: str | None) -> RunOutcome:
@@ -294,10 +303,10 @@ class Coordinator:
         assert self.seg is not None and self.meta is not None
         return build_stats(self.seg.snapshot(), self.meta, self._counters(), live=True)
 
-    def final_stats(self, recent: tuple[list[Any], list[Any]] | None = None) -> dict[str, Any]:
+    def final_stats(self) -> dict[str, Any]:
         assert self.seg is not None and self.meta is not None
         return build_stats(self.seg.snapshot(), self.meta, self._counters(), live=False,
-                           error_types=dict(self.error_types), recent=recent)  # fmt: skip
+                           error_types=dict(self.error_types))  # fmt: skip
 
     # -- watching --------------------------------------------------------------
     def _check_stop(self) -> None:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Union
+from typing import TYPE_CHECKING, Union
 
 if TYPE_CHECKING:
     from mpobs.dag import Pipeline
@@ -46,7 +46,7 @@ class TaskLost:
 
     ``fault``: it was running when its worker died (it may be what killed it; a task
     lost three times so fails the run). ``finished``: it had been reported done, but
-    its output died with its worker before it was written.
+    its output died with its worker before it was written. ``reason`` is for people.
     """
 
     task: Task
@@ -135,6 +135,3 @@ class Executor(ABC):
         """Whether any of its processes that use the segment's lock are alive."""
         return False
 
-    def describe(self) -> dict[str, Any]:
-        """What the stats say about it."""
-        return {"name": self.name, "capacity": self.capacity}

@@ -32,10 +32,6 @@ class OrderedOutput:
         self.waiting: dict[int, tuple[Task, TaskResult]] = {}  # finished, not yet in the output
         self.placing = False  # the executor has been told where task `next` goes
 
-    @property
-    def bytes_written(self) -> int:
-        return self.sink.bytes_written
-
     def done(self, task: Task, result: TaskResult) -> None:
         self.waiting[task.index] = (task, result)
 
@@ -64,8 +60,9 @@ class OrderedOutput:
             if entry is None:
                 return
             task, result = entry
-            if result.output is None:
-                return  # the executor writes it once placed; it does not hold it any more
+            if result.output is None:  # the executor was to write it, and says it does not hold it
+                msg = f"internal error: the {self.executor.name} executor lost track of task {self.next}"
+                raise RuntimeError(msg)
             del self.waiting[self.next]
             if isinstance(result.output, str):  # a part file
                 self.sink.append(result.output)

@@ -118,7 +118,7 @@ class OutputJoiner:
             self.own = True
         self.regular = stat.S_ISREG(os.fstat(self.fd).st_mode)
         # Our own regular file: workers write their output into it themselves, at the
-        # offsets the coordinator orders (no part files, no copy). Stdout is joined here.
+        # offsets the ordered output places them at (no part files, no copy). Stdout is joined here.
         self.direct = self.own and self.regular
         self.bytes_written = 0  # the committed output; direct: also the next task's offset
 

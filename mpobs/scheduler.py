@@ -29,7 +29,6 @@ class Scheduler:
         self.retry: list[Task] = []  # sorted by index: the task the output waits for may be among them
         self.attempts: Counter[int] = Counter()
         self.planned = 0  # tasks taken from the plan so far
-        self.lines_planned = 0
         self.exhausted = False
         self.giving_up: tuple[int, str] | None = None
 
@@ -44,7 +43,6 @@ class Scheduler:
             self.exhausted = True
             return None
         self.planned += 1
-        self.lines_planned = task.last_line
         return task
 
     def lost(self, task: Task, fault: bool) -> None:

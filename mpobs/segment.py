@@ -11,7 +11,8 @@ This module alone knows the layout; everyone else asks ``Layout`` (columns, rows
             ``3 + 2*s`` and uses them by turns, one per task
             (``Layout.inflight_row``). A worker adds a task's counts to its row
             once per batch; when the task is finished the coordinator moves its
-            counts to row 1 (``complete``), and from there to row 0 when its
+            counts to row 1 (``complete``: the local pool does, as it reads the
+            worker's "done"), and from there to row 0 when its
             output is written (``commit``); when a worker dies its rows are
             zeroed (``drop``) and its tasks run again. An executor without
             in-flight rows (its results carry their counts) goes straight to
@@ -233,10 +234,12 @@ class StatsSegment:
                 pass
 
     # -- workers ---------------------------------------------------------
-    def flush(self, row: int, delta: np.ndarray) -> None:
-        """Add a batch's counts to an in-flight row."""
+    def flush(self, row: int, delta: np.ndarray, slot: int | None = None, **worker_deltas: int) -> None:
+        """Add a batch's counts to an in-flight row (and to worker ``slot``'s values, under the same lock)."""
         with self.held():
             self.counts[row] += delta
+            for k, v in worker_deltas.items():
+                self.workers[slot, WORKER_FIELDS.index(k)] += v
 
     # -- coordinator -----------------------------------------------------
     def complete(self, vec: np.ndarray, live_row: int | None = None) -> None:

@@ -60,12 +60,11 @@ def build_stats(
     now: float | None = None,
     error_types: dict[tuple[str, str], int] | None = None,
     usage: dict[int, tuple[float | None, int | None]] | None = None,
-    recent: tuple[list[dict[str, Any]], list[dict[str, Any]]] | None = None,
 ) -> dict[str, Any]:
     """The stats shape of the README. ``live``: committed + in flight; else committed only.
 
-    ``error_types``: errors by (processor, type); ``usage``: CPU % and RSS by worker
-    pid; ``recent``: (errors, traces), newest first, for ``--save-metrics``.
+    ``error_types``: errors by (processor, type), known when the run is over (the
+    document then has ``errors_by_type``); ``usage``: CPU % and RSS by worker pid.
     """
     procs = _processor_rows(snap, meta, live)
     system = _system(snap, meta, live, time.time() if now is None else now, procs)
@@ -75,14 +74,11 @@ def build_stats(
         "counters": counters or {},
         "system": system,
         "workers": worker_rows(snap, usage),
-        "errors_by_type": [
-            {"processor": p, "error_type": t, "count": n} for (p, t), n in sorted((error_types or {}).items())
-        ],
         "edges": meta.edges,  # so `mpobs dashboard --metrics` can draw the DAG
         "meta": {"processors": meta.processors, "input": meta.input_name, "executor": meta.executor},
     }
-    if recent is not None:
-        doc["recent_errors"], doc["recent_traces"] = recent
+    if error_types is not None:
+        doc["errors_by_type"] = [{"processor": p, "error_type": t, "count": n} for (p, t), n in sorted(error_types.items())]
     return doc
 
 

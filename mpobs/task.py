@@ -6,16 +6,18 @@ import time
 from bisect import bisect_left
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any, Callable, Protocol
+from typing import TYPE_CHECKING, Any, Callable, Protocol
 
 import numpy as np
 
 from mpobs.batch import Batch
 from mpobs.dag import NF, Pipeline
 from mpobs.defaults import BATCH_LINES, ERROR_LINE_CHARS, EVENT_CHUNK
-from mpobs.inputs import Task
 from mpobs.segment import Layout
 from mpobs.tracing import BatchTrace, sampled
+
+if TYPE_CHECKING:
+    from mpobs.inputs import Task  # the layer above makes tasks; running one needs only its read()
 
 
 class CountSink(Protocol):

@@ -27,10 +27,11 @@ class RowSink:
 
     def flush(self, delta: np.ndarray, traces_sent: int, traces_dropped: int, errors_sent: int,
               errors_dropped: int) -> None:  # fmt: skip
-        self.seg.flush(self.row, delta)
         if traces_sent or traces_dropped or errors_sent or errors_dropped:
-            self.seg.add_worker(self.slot, traces_sent=traces_sent, traces_dropped=traces_dropped,
-                                errors_sent=errors_sent, errors_dropped=errors_dropped)  # fmt: skip
+            self.seg.flush(self.row, delta, self.slot, traces_sent=traces_sent, traces_dropped=traces_dropped,
+                           errors_sent=errors_sent, errors_dropped=errors_dropped)  # fmt: skip
+        else:
+            self.seg.flush(self.row, delta)
 
 
 def part_path(part_dir: str, index: int) -> str:
@@ -63,7 +64,7 @@ def worker_main(args: WorkerArgs) -> None:
     Messages: ``("task", task, seq)``; ``("write", index, offset)``: write a finished
     task's output (kept in memory) into ``out_fd`` at ``offset``, answered by
     ``("written", index)``; None: stop. With ``out_fd`` None each task's output goes
-    to a part file in ``part_dir`` instead, which the coordinator joins.
+    to a part file in ``part_dir`` instead, which the ordered output joins (mpobs.ordered).
     """
     die_with_parent(args.parent_pid)
     # Ctrl-C (and a SIGTERM sent to the process group) reach every process; the
@@ -128,7 +129,7 @@ class _Worker:
         return True
 
     def _serve_grants(self) -> None:
-        """Between batches: take the coordinator's grants now; keep other messages for later."""
+        """Between batches: take the grants (placements) now; keep other messages for later."""
         while self.conn.poll():
             msg = self.conn.recv()
             if msg is not None and msg[0] == "write":
@@ -148,9 +149,9 @@ class _Worker:
 
 
 class DirectOutput:
-    """A worker writing its share of the output file itself (see Coordinator._advance_output).
+    """A worker writing its share of the output file itself (see mpobs.ordered and LocalPool.place).
 
-    Once every task before one is written, the coordinator grants that task the
+    Once every task before one is written, the ordered output places (grants) that task at the
     offset where its output starts. A task with its grant writes each batch as it
     comes (still in cache); one without keeps its output until the grant arrives,
     between two batches or after it ended. Its bytes are in the file when it says

@@ -249,8 +249,10 @@ def test_worker_killed_from_outside_is_replaced(tmp_path: Path, make_log: Any, f
     log = make_log(200_000)
     out, m = tmp_path / "out", tmp_path / "m.json"
     proc = start_slow_run(tmp_path, log, "--save-metrics", str(m), "--task-size", "65536", workers=fault_workers)
+    # Mid-run (output has begun) before looking for workers: at the very start, the resource
+    # tracker is for a moment a forked copy of mpobs that has not yet exec'd, and looks like one.
+    wait_for(lambda: out.exists() and out.stat().st_size > 0)
     victims = wait_for(lambda: len(workers_of(proc)) == fault_workers and workers_of(proc))
-    wait_for(lambda: out.exists() and out.stat().st_size > 0)  # mid-run: output has begun
     victims[0].kill()  # like the OOM killer
     finished_with_one_restart(proc, log, out, m, 200_000)
 
