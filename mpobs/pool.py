@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import multiprocessing
 import os
 import re
@@ -67,6 +68,9 @@ class LocalPool(Executor):
         self.stop_event = self.mp.Event()
         if self.out_fd is None:
             self.part_dir = tempfile.mkdtemp(prefix=f"{PARTS_PREFIX}{os.getpid()}-")
+        # Move everything alive now out of the collector's reach: a collection in a fresh
+        # worker would otherwise write to (and so copy) every page of objects it inherited.
+        gc.freeze()
         self.slots = [self._spawn(s) for s in range(self.n)]
         # After the first forks, so those happen from a single thread (a worker started
         # again after a crash is forked while the readers run; it uses none of their locks).

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
+import operator
 import time
 from bisect import bisect_left
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Protocol
-
-import numpy as np
 
 from mpobs.batch import Batch
 from mpobs.dag import NF, Pipeline
@@ -23,7 +22,7 @@ if TYPE_CHECKING:
 class CountSink(Protocol):
     """Where a running task's counts go once per batch, for live stats (the local pool: an in-flight row)."""
 
-    def flush(self, delta: np.ndarray, traces_sent: int, traces_dropped: int, errors_sent: int,
+    def flush(self, delta: list[int], traces_sent: int, traces_dropped: int, errors_sent: int,
               errors_dropped: int) -> None: ...  # fmt: skip
 
 
@@ -62,7 +61,7 @@ class TaskResult:
     index: int
     lines: int
     out_lines: int
-    counts: np.ndarray
+    counts: list[int]
     key_counts: dict[str, dict[str, int]] = field(default_factory=dict)
     error_types: dict[tuple[str, str], int] = field(default_factory=dict)
     out_bytes: int = 0  # what the task wrote: its share of the output
@@ -97,7 +96,7 @@ def run_task(
         if should_stop():
             sent = run.send_records(final=True)  # what this task saw still tells why the run stopped
             if counts is not None and sent is not None:
-                counts.flush(np.zeros(layout.ncols, dtype=np.int64), *sent)
+                counts.flush([0] * layout.ncols, *sent)
             return None
         out = run.batch(lines[lo : lo + step], lo)
         if out:
@@ -114,7 +113,7 @@ class _TaskRun:
                  events: EventSink | None, n_lines: int) -> None:  # fmt: skip
         self.task, self.pipeline, self.layout, self.settings, self.events = task, pipeline, layout, settings, events
         self.n_lines = n_lines
-        self.total = np.zeros(layout.ncols, dtype=np.int64)
+        self.total = [0] * layout.ncols
         self.key_counts: dict[str, Counter[str]] = {n.id: Counter() for n in pipeline.nodes if n.proc.counts_keys}
         self.error_types: Counter[tuple[str, str]] = Counter()
         self.tag_procs = [n.proc for n in pipeline.nodes if n.proc.tags_added]
@@ -124,7 +123,7 @@ class _TaskRun:
         self.chunks_sent = 0
         self.delta = self.total  # the last batch's count vector
         self.sent = (0, 0, 0, 0)  # what the last batch sent: traces sent, dropped, errors sent, dropped
-        # The task's sampled lines at once: one numpy pass per task instead of one per batch.
+        # The task's sampled lines at once, not once per batch.
         rate = settings.trace_rate
         self.traced = sampled(task.first_line, n_lines, rate) if rate > 0 else []
 
@@ -166,7 +165,7 @@ class _TaskRun:
         nbytes, n = self.task.end - self.task.start, self.n_lines
         nb = nbytes * hi // n - nbytes * lo // n
         self.delta = self.layout.vector(acc, tag_counts, hi - lo, nb, 1 if hi >= n else 0)
-        self.total += self.delta
+        self.total = list(map(operator.add, self.total, self.delta))
 
     def send_records(self, final: bool) -> tuple[int, int, int, int] | None:
         """Send pending records: once CHUNK have gathered, or what is left at the task's end.

@@ -17,12 +17,85 @@ _MASK = 0xFFFFFFFF
 def sampled(first: int, count: int, rate: float) -> list[int]:
     """The line numbers in ``first .. first+count-1`` that are traced at ``rate``.
 
-    A pure function of the line number, so the same lines are traced whatever
-    the worker count or task boundaries. Vectorized: about 25 us for a 14,000-line task.
+    A pure function of the line number (``is_sampled``), so the same lines are traced
+    whatever the worker count or task boundaries. Without numpy: from one sampled line
+    it jumps straight to the next (``_Jumps``), so the work is per sampled line, not per
+    line: about 60 us for a 14,000-line task at 0.01 (numpy's vectorized pass took 25 us,
+    but importing numpy costs every worker 60 ms). Very low rates, whose jumps are too
+    long to tabulate, use numpy.
     """
     if rate >= 1.0:
         return list(range(first, first + count))
-    import numpy as np  # here, not at the top: readers of traces (the dashboard) never need it
+    if count <= 0:
+        return []
+    jumps = _jumps(rate)
+    if jumps is None:
+        return _sampled_numpy(first, count, rate)
+    end, threshold = first + count, jumps.threshold
+    n = first
+    while n < end and ((n * _GOLDEN) & _MASK) >= threshold:  # the first sampled line: within ~1/rate lines
+        n += 1
+    out = []
+    nxt = jumps.next
+    while n < end:
+        out.append(n)
+        n += nxt((n * _GOLDEN) & _MASK)
+    return out
+
+
+class _Jumps:
+    """From a sampled line, the distance to the next one, found among a few candidate steps.
+
+    Line ``n`` is sampled when ``h(n) = n * G mod 2**32`` is below ``threshold``; from
+    ``h(n) = x``, ``k`` lines later ``h = x + d(k) mod 2**32`` with ``d(k) = k * G mod
+    2**32``. So ``n + k`` is sampled exactly when ``d(k) < threshold - x`` or
+    ``d(k) >= 2**32 - x``: only steps with ``d(k)`` in those two bands can ever land,
+    and they are tabulated in increasing ``k`` until, together, they land from every
+    ``x`` below the threshold. The first candidate that lands from ``x`` is the next
+    sampled line: exact, not an approximation.
+    """
+
+    def __init__(self, threshold: int, steps: list[tuple[int, int]]) -> None:
+        self.threshold = threshold
+        self.steps = steps  # (k, d(k))
+
+    def next(self, x: int) -> int:
+        low, high = self.threshold - x, 0x100000000 - x
+        for k, d in self.steps:
+            if d < low or d >= high:
+                return k
+        raise AssertionError("unreachable: the steps cover every x below the threshold")
+
+
+_JUMPS: dict[float, _Jumps | None] = {}
+#: Below this rate the search for a task's first sampled line (~1/rate lines) costs more than numpy.
+_MIN_RATE = 0.001
+#: Steps searched for a table; a rate whose table needs more uses numpy.
+_MAX_STEP = 100_000
+
+
+def _jumps(rate: float) -> _Jumps | None:
+    if rate not in _JUMPS:
+        threshold = int(rate * 2**32)
+        steps: list[tuple[int, int]] = []
+        covered_low, covered_high = 0, threshold  # steps so far land from x < covered_low and x >= covered_high
+        k = 0
+        while rate >= _MIN_RATE and covered_low < covered_high and k < _MAX_STEP:
+            k += 1
+            d = (k * _GOLDEN) & _MASK
+            low, high = d < threshold, d >= 0x100000000 - threshold
+            if low:
+                covered_low = max(covered_low, threshold - d)
+            if high:
+                covered_high = min(covered_high, 0x100000000 - d)
+            if low or high:
+                steps.append((k, d))
+        _JUMPS[rate] = _Jumps(threshold, steps) if rate >= _MIN_RATE and covered_low >= covered_high else None
+    return _JUMPS[rate]
+
+
+def _sampled_numpy(first: int, count: int, rate: float) -> list[int]:
+    import numpy as np
 
     nums = np.arange(first, first + count, dtype=np.uint64)
     h = (nums * np.uint64(_GOLDEN)) & np.uint64(_MASK)

@@ -10,8 +10,6 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
-
 from mpobs.dag import Pipeline
 from mpobs.events import QueueEvents
 from mpobs.lifeline import die_with_parent
@@ -25,7 +23,7 @@ class RowSink:
     def __init__(self, seg: StatsSegment, row: int, slot: int) -> None:
         self.seg, self.row, self.slot = seg, row, slot
 
-    def flush(self, delta: np.ndarray, traces_sent: int, traces_dropped: int, errors_sent: int,
+    def flush(self, delta: list[int], traces_sent: int, traces_dropped: int, errors_sent: int,
               errors_dropped: int) -> None:  # fmt: skip
         if traces_sent or traces_dropped or errors_sent or errors_dropped:
             self.seg.flush(self.row, delta, self.slot, traces_sent=traces_sent, traces_dropped=traces_dropped,

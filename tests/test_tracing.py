@@ -205,6 +205,16 @@ def test_metrics_hold_recent_traces_and_errors(tmp_path: Path, cli: Any, make_lo
     assert [s["processor"] for s in t["path"]][:2] == ["line_counter", "tag_extractor"]
 
 
+@pytest.mark.parametrize("rate", [0.9999, 0.5, 0.3, 0.0123, 0.01, 0.001, 0.00099, 1e-5])
+@pytest.mark.parametrize("first", [1, 987_654_321, 2**33 + 5])
+def test_sampled_lines_are_exactly_the_sampled_line_numbers(rate: float, first: int) -> None:
+    """The jump table (and numpy, below its rates) picks exactly the lines is_sampled picks."""
+    from mpobs.tracing import sampled
+
+    for start, count in ((first, 40_000), (first + 7, 1), (first, 0)):
+        assert sampled(start, count, rate) == [n for n in range(start, start + count) if is_sampled(n, rate)]
+
+
 @pytest.mark.parametrize("rate", [0.01, 0.3])
 def test_sampling_rate_is_about_right(rate: float) -> None:
     from mpobs.tracing import sampled
