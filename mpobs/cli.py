@@ -308,9 +308,5 @@ def _demo(opts: Any, lines: int, workers: int) -> None:
         shutil.rmtree(folder, ignore_errors=True)
 
 
-def run() -> Any:
-    return main()
-
-
 if __name__ == "__main__":
     main()

@@ -71,7 +71,7 @@ def compile_config(data: Any, source: str = "config", base_dir: str | None = Non
             raise ConfigError(f"processor {proc.id!r} ({proc.type_name}): duplicate id; ids must be unique")
         procs.append(proc)
         raw_inputs.append(inputs)
-    return _wire(procs, raw_inputs, source)
+    return _wire(procs, raw_inputs)
 
 
 def _build_processor(raw: Any, i: int, source: str) -> tuple[Processor, list[str] | None]:
@@ -102,7 +102,7 @@ def _build_processor(raw: Any, i: int, source: str) -> tuple[Processor, list[str
     return cls(pid, spec), inputs
 
 
-def _wire(procs: list[Processor], raw_inputs: list[list[str] | None], source: str) -> Pipeline:
+def _wire(procs: list[Processor], raw_inputs: list[list[str] | None]) -> Pipeline:
     by_id = {p.id: i for i, p in enumerate(procs)}
     nodes: list[Node] = []
     for i, (proc, inputs) in enumerate(zip(procs, raw_inputs)):
@@ -111,7 +111,7 @@ def _wire(procs: list[Processor], raw_inputs: list[list[str] | None], source: st
         else:
             edges = [_parse_input(proc, ref, by_id, procs) for ref in inputs]
         nodes.append(Node(i, proc, edges))
-    return Pipeline(nodes, source)
+    return Pipeline(nodes)
 
 
 def _parse_input(proc: Processor, ref: str, by_id: dict[str, int], procs: list[Processor]) -> tuple[str, str | None]:

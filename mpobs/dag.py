@@ -45,9 +45,8 @@ class Pipeline:
     line, sinks follow their order in the config.
     """
 
-    def __init__(self, nodes: list[Node], source: str) -> None:
+    def __init__(self, nodes: list[Node]) -> None:
         self.nodes = nodes  # config order
-        self.source = source
         self.by_id = {n.id: n for n in nodes}
         for n in nodes:
             for src, _ in n.inputs:

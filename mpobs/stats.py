@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
@@ -31,7 +31,6 @@ class RunMeta:
     trace_sample: float = 0.0
     output: str | None = None
     executor: str = "local"
-    extra: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
     def of(cls, pipeline: Pipeline, input_path: str, workers: int, **kw: Any) -> RunMeta:
@@ -47,9 +46,6 @@ class RunMeta:
             for n in pipeline.nodes
         ]
         return cls(os.path.basename(input_path), input_path, procs, pipeline.edges(), list(pipeline.tags), workers, **kw)
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 def build_stats(
