@@ -12,7 +12,7 @@ import click
 from click.core import ParameterSource
 
 from mpobs.defaults import BATCH_LINES, TASK_BYTES, TRACE_SAMPLE, default_workers
-from mpobs.errors import EXIT_FAILED, EXIT_MAX_ERRORS, EXIT_OK, DashboardError, InputError, MpobsError
+from mpobs.errors import EXIT_FAILED, EXIT_MAX_ERRORS, EXIT_OK, EXIT_USAGE, DashboardError, InputError, MpobsError
 
 SAMPLE_LINES = 200_000
 
@@ -47,7 +47,7 @@ def _one_blas_thread() -> None:
 
 @main.command(epilog="Exit codes: 0 done, 1 run failed, 2 bad config/input/option, 3 --max-errors reached, "
                      "130/143 interrupted by SIGINT/SIGTERM.")
-@click.argument("input_file", required=False, type=click.Path(readable=False, path_type=str))
+@click.argument("inputs", nargs=-1, type=click.Path(readable=False, allow_dash=True, path_type=str))
 @click.option("-c", "--config", "config_path", type=click.Path(dir_okay=True, path_type=str),
               help="Pipeline config (JSON). Default: the log-level pipeline.")
 @click.option("-w", "--workers", type=click.IntRange(1, 1024), default=None,
@@ -72,12 +72,16 @@ def _one_blas_thread() -> None:
 @click.option("--dashboard-token", envvar="MPOBS_DASHBOARD_TOKEN", help="Bearer token the dashboard requires.")
 @click.option("--linger", type=click.FloatRange(0), default=None,
               help="Keep the dashboard up this many seconds after the run (default: until Ctrl-C; 0: exit).")
-def process(input_file: str | None, config_path: str | None, workers: int | None, output: str | None,
+def process(inputs: tuple[str, ...], config_path: str | None, workers: int | None, output: str | None,
             save_metrics: str | None, trace: bool, trace_sample: float, save_traces: str | None,
             max_errors: int | None, task_size: int, batch_lines: int, quiet: bool, dashboard: bool,
             dashboard_host: str, dashboard_port: int, dashboard_token: str | None,
             linger: float | None) -> None:  # fmt: skip
-    """Run the pipeline over INPUT_FILE (default: a generated sample log)."""
+    """Run the pipeline over INPUTS, one stream in the order given (default: a generated sample log).
+
+    An input is a file (plain, or gzip, bzip2, xz or zstd compressed: told by its first
+    bytes), "-" for standard input, or a FIFO, a pipe or a device.
+    """
     try:
         _start_resource_tracker()  # first: it starts up while the imports below run
     except OSError:
@@ -101,9 +105,9 @@ def process(input_file: str | None, config_path: str | None, workers: int | None
         from mpobs.coordinator import Coordinator, RunOptions
 
         pipeline = load_config(config_path)
-        if input_file is None:
+        if not inputs:
             sample_dir = tempfile.mkdtemp(prefix="mpobs-sample-")
-            input_file = _make_sample(sample_dir)
+            inputs = (_make_sample(sample_dir),)
             if output is None and sys.stdout.isatty():
                 # 180,000 result lines would scroll past the summary: keep them in a file.
                 output = "mpobs-sample-output.txt"
@@ -112,7 +116,7 @@ def process(input_file: str | None, config_path: str | None, workers: int | None
 
         progress = Progress(enabled=False if quiet else None)
         opts = RunOptions(
-            input_file, output, workers or default_workers(), task_size, batch_lines,
+            list(inputs), output, workers or default_workers(), task_size, batch_lines,
             trace=trace or bool(save_traces), trace_sample=trace_sample, save_traces=save_traces, save_metrics=save_metrics,
             max_errors=max_errors, dashboard=dash, dashboard_process=dash_proc, on_tick=progress.tick,
         )  # fmt: skip
@@ -160,7 +164,7 @@ def _report(outcome: Any, save_metrics: str | None, summary: Any) -> None:
     if summary is not None:
         click.echo(summary(outcome.stats), err=True)
     if outcome.message:
-        kind = "error: " if outcome.exit_code in (EXIT_FAILED, EXIT_MAX_ERRORS) else ""
+        kind = "error: " if outcome.exit_code in (EXIT_FAILED, EXIT_MAX_ERRORS, EXIT_USAGE) else ""
         click.echo(f"mpobs: {kind}{outcome.message}", err=True)
 
 

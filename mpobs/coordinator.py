@@ -13,21 +13,24 @@ import signal
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import IO, Any, Callable
+from typing import IO, Any, Callable, Sequence
 
+from mpobs.blocks import BlockStore
 from mpobs.dag import Pipeline
-from mpobs.defaults import BACKLOG_PER_WORKER, BATCH_LINES, EVENT_CHUNK, SAVED_RECENT, TASK_BYTES, TRACE_SAMPLE
+from mpobs.defaults import BACKLOG_PER_WORKER, BATCH_LINES, EVENT_CHUNK, READ_AHEAD_BLOCKS, SAVED_RECENT, TASK_BYTES
+from mpobs.defaults import TRACE_SAMPLE
 from mpobs.defaults import default_workers
-from mpobs.errors import EXIT_FAILED, EXIT_MAX_ERRORS, EXIT_OK, EXIT_SIGINT, EXIT_SIGTERM, MpobsError
+from mpobs.errors import EXIT_FAILED, EXIT_MAX_ERRORS, EXIT_OK, EXIT_SIGINT, EXIT_SIGTERM, EXIT_USAGE, MpobsError
 from mpobs.events import EventCollector
 from mpobs.executor import Event, Executor, LimitReached, RunContext, TaskDone, TaskLost, TaskWritten, WorkerFailed
-from mpobs.inputs import InputSource, Task, open_input
+from mpobs.inputs import Task
 from mpobs.lifeline import pid_alive
 from mpobs.ordered import OrderedOutput
 from mpobs.output import OutputClosed, OutputJoiner, check_writable
 from mpobs.pool import LocalPool, remove_leftover_parts
 from mpobs.scheduler import GiveUp, Scheduler
-from mpobs.segment import LOCK_WAIT, Layout, StatsSegment, remove_leftover_segments
+from mpobs.segment import LOCK_WAIT, UNKNOWN, Layout, StatsSegment, remove_leftover_segments
+from mpobs.sources import InputSet, open_inputs
 from mpobs.stats import RunMeta, build_stats
 from mpobs.task import TaskResult, TaskSettings
 from mpobs.tracing import expand as expand_trace
@@ -37,7 +40,7 @@ from mpobs.tracing import expand as expand_trace
 class RunOptions:
     """Everything ``mpobs process`` can be told."""
 
-    input_path: str
+    inputs: str | Sequence[str]  # names as given ("-": standard input); one, or many read as one stream
     output_path: str | None = None
     workers: int = field(default_factory=default_workers)
     task_bytes: int = TASK_BYTES
@@ -67,7 +70,7 @@ class _Stop(Exception):
         self.state, self.code, self.message = state, code, message
 
 
-def check_outputs(source: InputSource, opts: RunOptions) -> None:
+def check_outputs(source: InputSet, opts: RunOptions) -> None:
     """Every output path is usable and none is the input, before any work."""
     if opts.output_path is not None:
         check_writable(opts.output_path, "output", source.is_file)
@@ -96,7 +99,8 @@ class Coordinator:
         self.pipeline = pipeline
         self.opts = opts
         self.executor: Executor = executor or LocalPool(opts.workers)
-        self.source: InputSource | None = None
+        self.source: InputSet | None = None
+        self.store: BlockStore | None = None
         self.dash_proc = opts.dashboard_process  # forked early by the CLI, or made by _make_segment
         self.collector = collector or EventCollector()
         self.counters: dict[str, Counter[str]] = {n.id: Counter() for n in pipeline.nodes if n.proc.counts_keys}
@@ -113,15 +117,19 @@ class Coordinator:
     # -- the story of a run --------------------------------------------------
     def run(self) -> RunOutcome:
         opts = self.opts
-        self.source = source = open_input(opts.input_path)
-        check_outputs(source, opts)
+        self.source = source = open_inputs([opts.inputs] if isinstance(opts.inputs, str) else opts.inputs)
+        try:
+            check_outputs(source, opts)
+        except BaseException:
+            source.close()
+            raise
         remove_leftovers()
-        ids = self.pipeline.ids
-        self.collector.expand = lambda t: expand_trace(t, source.name, ids)
-        self.meta = RunMeta.of(
-            self.pipeline, opts.input_path, self.executor.capacity, trace=opts.trace,
+        self.meta = meta = RunMeta.of(
+            self.pipeline, source, self.executor.capacity, trace=opts.trace,
             trace_sample=opts.trace_sample if opts.trace else 0.0, output=opts.output_path, executor=self.executor.name,
         )  # fmt: skip
+        ids, names = self.pipeline.ids, meta.record_names()
+        self.collector.expand = lambda t: expand_trace(t, names, ids)
         outcome: tuple[str, int, str | None] = ("failed", EXIT_FAILED, None)
         sink: OutputJoiner | None = None
         traces_file: IO[str] | None = None
@@ -134,8 +142,14 @@ class Coordinator:
             output = OrderedOutput(sink, self.executor, self._commit)
             self.seg.set_state("running")
             sink.before_fork()
+            if source.needs_store:  # before the executor starts: the local pool's workers fork with it
+                slots = (BACKLOG_PER_WORKER + READ_AHEAD_BLOCKS) * self.executor.capacity
+                self.store = self.executor.block_store(slots, opts.task_bytes)
             self.executor.start(self._context(source, sink))
-            self._loop(Scheduler(source.tasks(opts.task_bytes), BACKLOG_PER_WORKER * self.executor.capacity), output)
+            plan = source.tasks(opts.task_bytes, self.store)
+            self._loop(Scheduler(plan, BACKLOG_PER_WORKER * self.executor.capacity), output)
+            if source.damage is not None:  # everything before the damage is in the output and counted
+                raise _Stop("failed", EXIT_USAGE, source.damage)
             outcome = ("done", EXIT_OK, None)
         except _Stop as stop:
             outcome = (stop.state, stop.code, stop.message)
@@ -150,7 +164,7 @@ class Coordinator:
             self._restore_signals(old_handlers)
         return self._outcome(*outcome)
 
-    def _make_segment(self, source: InputSource) -> StatsSegment:
+    def _make_segment(self, source: InputSet) -> StatsSegment:
         opts = self.opts
         if opts.dashboard is not None and self.dash_proc is None:
             from dashboard_app.process import DashboardProcess
@@ -159,10 +173,12 @@ class Coordinator:
             self.dash_proc = DashboardProcess(multiprocessing.get_context("fork"), opts.dashboard)
         dash = self.dash_proc
         lock = dash.lock if dash is not None else multiprocessing.get_context("fork").Lock()
-        layout = Layout(tuple(self.pipeline.ids), tuple(self.pipeline.tags), self.executor.capacity)
+        layout = Layout(tuple(self.pipeline.ids), tuple(self.pipeline.tags), self.executor.capacity,
+                        len(source.sources))  # fmt: skip
         seg = StatsSegment.create(layout, lock)
         seg.on_stuck = self._unstick
-        seg.set_system(bytes_total=source.size or 0, workers=self.executor.capacity)
+        seg.set_system(bytes_total=UNKNOWN if source.size is None else source.size, workers=self.executor.capacity)
+        source.track(seg)
         return seg
 
     def _open_traces(self) -> IO[str] | None:
@@ -187,32 +203,35 @@ class Coordinator:
         self.dashboard = dash.serve_run(self.seg.name, self.seg.layout, self.meta, gone)
         self.collector.forward = self.dashboard.queue
 
-    def _context(self, source: InputSource, sink: OutputJoiner) -> RunContext:
+    def _context(self, source: InputSet, sink: OutputJoiner) -> RunContext:
         opts = self.opts
+        assert self.meta is not None
         settings = TaskSettings(
-            source.name, batch_lines=opts.batch_lines, trace_rate=opts.trace_sample if opts.trace else 0.0,
+            self.meta.record_names(), batch_lines=opts.batch_lines, trace_rate=opts.trace_sample if opts.trace else 0.0,
             event_chunk=opts.event_chunk, max_errors=opts.max_errors,
         )  # fmt: skip
         assert self.seg is not None
         return RunContext(self.pipeline, settings, self.seg, self.collector, wait_traces=bool(opts.save_traces),
-                          out_fd=sink.fd if sink.direct else None)  # fmt: skip
+                          out_fd=sink.fd if sink.direct else None, store=self.store)  # fmt: skip
 
     def _loop(self, sched: Scheduler, output: OrderedOutput) -> None:
-        executor, last_tick, announced = self.executor, 0.0, False
+        executor, source, last_tick, announced = self.executor, self.source, 0.0, False
+        assert source is not None
+        wake = [source.waitable()]
         while True:
             while executor.room() > 0 and (task := sched.next(output.next)) is not None:
                 executor.submit(task)
-            if sched.exhausted and not announced:
+            if sched.exhausted and not announced:  # the totals are known now
                 announced = True
-                assert self.source is not None
-            self._set_system(tasks_total=self.source.tasks_planned, lines_total=self.source.lines_planned)
+                self._set_system(tasks_total=source.tasks_planned, lines_total=source.lines_planned)
             try:
                 if sched.done(output.next):
                     return
             except GiveUp as err:
                 raise _Stop("failed", EXIT_FAILED, str(err)) from None
-            for event in executor.poll(0.1):
+            for event in executor.poll(0.1, wake):
                 self._handle(event, sched, output)
+            source.drain()
             output.advance()
             self._check_stop()
             self._poll_dashboard()
@@ -247,8 +266,9 @@ class Coordinator:
 
     def _commit(self, task: Task, result: TaskResult) -> None:
         """A task is in the output: its counts become committed."""
-        assert self.seg is not None
+        assert self.seg is not None and self.source is not None
         self.seg.commit(result.counts)
+        self.source.committed(task, self.store)
         for pid, counts in result.key_counts.items():
             self.counters[pid].update(counts)
         self.error_types.update(result.error_types)
@@ -264,6 +284,10 @@ class Coordinator:
         """Stop the executor, close the outputs (their failures fail the run), publish the final state."""
         state, code, message = outcome
         self.executor.shutdown(graceful=state == "done")
+        if self.store is not None:
+            self.store.close()  # a reader waiting for a slot stops
+        if self.source is not None:
+            self.source.close()
         clean = code in (EXIT_OK, EXIT_SIGINT, EXIT_SIGTERM)
         failed = sink.close() if sink is not None else None  # cuts what was written past the committed end
         if failed is not None and clean:

@@ -9,6 +9,7 @@ from typing import Any, Callable, Protocol
 from mpobs.batch import EMPTY, Batch, merge
 from mpobs.errors import ConfigError
 from mpobs.processors import ErrorList, Processor
+from mpobs.processors.base import Position
 from mpobs.segment import NF
 
 #: The name of the input file as an edge source ("inputs": ["input"]).
@@ -55,6 +56,13 @@ class Pipeline:
         self.order = _toposort(nodes, self.by_id)
         self.sinks = [n for n in nodes if not n.consumers]
         self.tags = list(dict.fromkeys(t for n in nodes for t in n.proc.tags_added))
+        self.position = Position()  # set per task (``at``); shared by every step
+        for n in nodes:
+            n.proc.position = self.position
+
+    def at(self, file: str, offset: int) -> None:
+        """The next batches are lines of input ``file``; a line's number there is its number minus ``offset``."""
+        self.position.file, self.position.offset = file, offset
 
     @property
     def ids(self) -> list[str]:

@@ -7,7 +7,7 @@ decides what runs next (``mpobs.scheduler``), nor when a result's counts count
 the output, so a task that is lost and runs again never counts twice, whatever
 the executor.
 
-Lifecycle: ``start(ctx)``; then ``submit`` while ``room()`` says so, and ``poll``;
+Lifecycle: ``block_store`` (when the input has blocks), ``start(ctx)``; then ``submit`` while ``room()`` says so, and ``poll``;
 ``shutdown`` always, whatever happened.
 """
 
@@ -15,9 +15,10 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Union
+from typing import TYPE_CHECKING, Sequence, Union
 
 if TYPE_CHECKING:
+    from mpobs.blocks import BlockStore
     from mpobs.dag import Pipeline
     from mpobs.events import EventCollector
     from mpobs.inputs import Task
@@ -81,6 +82,7 @@ class RunContext:
     collector: EventCollector  # where records that travel apart from results go
     wait_traces: bool = False  # every trace must be delivered (--save-traces): wait, never drop
     out_fd: int | None = None  # the output file, if the executor may write tasks' output into it itself
+    store: BlockStore | None = None  # from its ``block_store``, when the input has blocks
 
 
 class Executor(ABC):
@@ -109,12 +111,26 @@ class Executor(ABC):
     def submit(self, task: Task) -> None: ...
 
     @abstractmethod
-    def poll(self, timeout: float) -> list[Event]:
-        """Wait up to ``timeout`` seconds for something to happen; return what did."""
+    def poll(self, timeout: float, wake: Sequence[int] = ()) -> list[Event]:
+        """Wait up to ``timeout`` seconds for something to happen; return what did.
+
+        It returns early, maybe with no event, when one of the fds in ``wake`` is
+        readable (the input has a new block ready to plan).
+        """
 
     @abstractmethod
     def shutdown(self, graceful: bool) -> None:
         """Stop: after the tasks it has (graceful) or now. Always called; must not raise."""
+
+    def block_store(self, slots: int, slot_bytes: int) -> BlockStore:
+        """Where blocks of a stream or compressed input wait for their tasks; made before ``start``.
+
+        The default keeps them in this process: an executor that ships a block's bytes
+        with its task (``Task.read(store)``) needs no more.
+        """
+        from mpobs.blocks import BlockStore
+
+        return BlockStore.in_memory(slots, slot_bytes)
 
     def place(self, index: int, offset: int) -> bool:
         """Write task ``index``'s output at ``offset`` of ``ctx.out_fd``, now or when it is done.

@@ -1,24 +1,41 @@
-"""Input sources: what the coordinator plans tasks from. Today: a regular file, read by byte range."""
+"""Tasks and the inputs they come from: a regular file, read by byte range (streams: mpobs.streams)."""
 
 from __future__ import annotations
 
+import errno
 import mmap
 import os
-import stat
 import sys
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
-from typing import Callable, Iterator
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 from mpobs.defaults import TASK_BYTES
 from mpobs.errors import InputError
 
+if TYPE_CHECKING:
+    from mpobs.blocks import BlockStore
+
+
+class _NotReady:
+    def __repr__(self) -> str:
+        return "NOT_READY"
+
+
+#: What a source's plan yields when its next task is not read yet (a stream waiting for data).
+NOT_READY: Any = _NotReady()
+
 
 @dataclass(frozen=True)
 class Task:
-    """Bytes ``start .. end`` of the file at ``path``, starting at a line; ``first_line`` is 1-based.
+    """A run's unit of work: lines ``first_line ..`` (1-based, run-wide) of input number ``input``.
 
-    Whoever runs it reads the bytes itself (``read``): the coordinator never touches them.
+    Its bytes are either a byte range ``start .. end`` of the regular file at ``path``,
+    which whoever runs it reads itself (the coordinator never touches them), or a block
+    of decoded input: in slot ``slot`` of the executor's BlockStore, or carried in
+    ``data`` (a block too big for a slot). ``file_line`` is the number of its first
+    line within its input; ``nbytes`` the input bytes it accounts for (compressed
+    bytes for a compressed input) when not ``end - start``.
     """
 
     index: int
@@ -26,77 +43,109 @@ class Task:
     end: int
     first_line: int
     lines: int
-    path: str
+    path: str | None = None
+    input: int = 0
+    file_line: int = 1
+    nbytes: int = -1
+    slot: int = -1
+    data: bytes | None = None
 
     @property
     def last_line(self) -> int:
         return self.first_line + self.lines - 1
 
-    def describe(self) -> str:
-        return f"task {self.index} (lines {self.first_line}-{self.last_line}, bytes {self.start}-{self.end})"
+    @property
+    def input_bytes(self) -> int:
+        return self.end - self.start if self.nbytes < 0 else self.nbytes
 
-    def read(self) -> bytes:
+    def describe(self) -> str:
+        where = f"bytes {self.start}-{self.end}" if self.path is not None else f"a block of {self.end - self.start} bytes"
+        return f"task {self.index} (lines {self.first_line}-{self.last_line}, {where})"
+
+    def read(self, store: BlockStore | None = None) -> bytes | memoryview:
+        if self.data is not None:
+            return self.data
+        if self.path is None:
+            if store is None:
+                raise RuntimeError(f"{self.describe()} is a block, and no block store was given")
+            return store.get(self.slot, self.end - self.start)
         fd = os.open(self.path, os.O_RDONLY)
         try:
             return os.pread(fd, self.end - self.start, self.start)
         finally:
             os.close(fd)
 
+    def without_data(self) -> Task:
+        return replace(self, data=None) if self.data is not None else self
+
+
+@dataclass(frozen=True)
+class Piece:
+    """What one input plans: a task but for its place in the run (index, run-wide line number)."""
+
+    start: int
+    end: int
+    lines: int
+    path: str | None = None
+    nbytes: int = -1
+    slot: int = -1
+    data: bytes | None = None
+
 
 class InputSource(ABC):
-    """One input of a run: what it is, its tasks, and how far planning got.
+    """One input of a run: what it is, its pieces, and how far reading got.
 
-    ``check`` refuses an input that cannot be read, before any work; ``tasks`` yields
-    the tasks in input order (lazily: planning overlaps with running); ``lines_planned``
-    and ``tasks_planned`` grow as it does, so progress is known in bytes and lines.
+    ``check`` refuses an input that cannot be read, before any work; ``pieces`` yields
+    its pieces in order (lazily: reading overlaps with running), or NOT_READY while
+    the next is not read yet. ``bytes_read``, ``lines_read`` and ``pieces_read`` grow as
+    it goes; ``damage`` is set when the input turned out unreadable part way (a corrupt
+    compressed file): the pieces before it are good, and nothing follows.
     """
 
-    path: str
-    name: str  # as records and stats show it
-    size: int | None  # bytes, when known before reading
-    lines_planned: int = 0
-    tasks_planned: int = 0
+    given: str  # the name as given on the command line ("-" for standard input)
+    name: str  # as records show it (the file's base name, "stdin")
+    kind = "file"  # "file" or "stream"
+    compression: str | None = None
+    size: int | None = None  # bytes, when known before reading
+    needs_store = False  # its pieces are blocks in the executor's BlockStore
+    bytes_read = 0
+    lines_read = 0
+    pieces_read = 0
+    damage: str | None = None
 
     @abstractmethod
     def check(self) -> None: ...
 
     @abstractmethod
-    def tasks(self, task_bytes: int = TASK_BYTES) -> Iterator[Task]: ...
+    def pieces(self, task_bytes: int, store: BlockStore | None, wake: Callable[[], None]) -> Iterator[Any]: ...
 
     def is_file(self, path: str) -> bool:
         """Whether ``path`` names this input (so writing it would destroy it)."""
         return False
 
+    def close(self) -> None:
+        """The run is over: stop reading."""
+
 
 class FileSource(InputSource):
-    """A regular file: split into byte ranges on line ends, which workers read themselves."""
+    """A regular file of plain text: split into byte ranges on line ends, which workers read themselves.
 
-    def __init__(self, path: str) -> None:
-        self.path = path
-        self.name = os.path.basename(path)
-        self.size = None
+    ``path`` is where a worker opens it (for standard input redirected from a file, the
+    coordinator's /proc/<pid>/fd/0: a worker's own fd 0 is not the input); ``start``
+    where reading begins (standard input may already be part way).
+    """
+
+    def __init__(self, given: str, path: str, size: int, start: int = 0, name: str | None = None) -> None:
+        self.given, self.path, self.size, self.start = given, path, size, start
+        self.name = name or os.path.basename(given)
 
     def check(self) -> None:
-        path = self.path
         try:
-            st = os.stat(path)
-        except FileNotFoundError as err:
-            raise InputError(f"input {path!r}: no such file") from err
-        except OSError as err:
-            raise InputError(f"input {path!r}: {err.strerror}") from err
-        if stat.S_ISDIR(st.st_mode):
-            raise InputError(f"input {path!r} is a directory, not a file")
-        if not stat.S_ISREG(st.st_mode):
-            raise InputError(f"input {path!r} is not a regular file (streaming input is not supported yet)")
-        if not os.access(path, os.R_OK):
-            raise InputError(f"input {path!r}: permission denied")
-        try:
-            # os.access says yes to root everywhere; only opening tells.
-            with open(path, "rb"):
+            with open(self.path, "rb"):  # os.access says yes to root everywhere; only opening tells
                 pass
         except OSError as err:
-            raise InputError(f"input {path!r}: {err.strerror}") from err
-        self.size = st.st_size
+            why = "permission denied" if err.errno == errno.EACCES else err.strerror
+            raise InputError(f"input {self.given!r}: {why}") from err
 
     def is_file(self, path: str) -> bool:
         try:
@@ -104,23 +153,22 @@ class FileSource(InputSource):
         except OSError:
             return False
 
-    def tasks(self, task_bytes: int = TASK_BYTES) -> Iterator[Task]:
-        """Tasks that end just after a "\\n" (the last one at the end of the file).
+    def pieces(self, task_bytes: int = TASK_BYTES, store: BlockStore | None = None,
+               wake: Callable[[], None] = lambda: None) -> Iterator[Piece]:  # fmt: skip
+        """Byte ranges that end just after a "\\n" (the last one at the end of the file).
 
         Lazy: a task's first line number needs the newlines before it counted, so
         counting overlaps with the workers' processing of earlier tasks. Counts on a
         read-only mapping (``_newline_counter``), and gives each counted range back to
         the kernel (MADV_DONTNEED), so the coordinator's RSS does not grow with the input.
         """
-        if self.size is None:
-            self.check()
         size = self.size or 0
-        if size <= 0:
+        if size <= self.start:
             return
-        count_newlines = _newline_counter(size)
+        count_newlines = _newline_counter(size - self.start)
         page = mmap.PAGESIZE
         with open(self.path, "rb") as f, mmap.mmap(f.fileno(), size, access=mmap.ACCESS_READ) as mm:
-            start, line, index, released = 0, 1, 0, 0
+            start, released = self.start, self.start // page * page
             last_is_newline = mm[size - 1] == 0x0A
             while start < size:
                 end = size
@@ -133,10 +181,11 @@ class FileSource(InputSource):
                     mm.madvise(mmap.MADV_DONTNEED, released, whole - released)
                     released = whole
                 lines = newlines + (1 if end == size and not last_is_newline else 0)
-                self.lines_planned += lines
-                self.tasks_planned += 1
-                yield Task(index, start, end, line, lines, self.path)
-                start, line, index = end, line + newlines, index + 1
+                self.bytes_read += end - start
+                self.lines_read += lines
+                self.pieces_read += 1
+                yield Piece(start, end, lines, self.path)
+                start = end
 
 
 #: From this size on, planning counts newlines with numpy (imported for it).
@@ -162,10 +211,3 @@ def _newline_counter(size: int) -> Callable[[mmap.mmap, int, int], int]:
             del view  # the mapping cannot close while a view of it lives
 
     return count
-
-
-def open_input(path: str) -> InputSource:
-    """The source for an input path (checked: an unusable one is an InputError)."""
-    source = FileSource(path)
-    source.check()
-    return source

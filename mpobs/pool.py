@@ -11,8 +11,9 @@ import tempfile
 import time
 from collections import deque
 from multiprocessing.connection import wait as mp_wait
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
+from mpobs.blocks import BlockStore
 from mpobs.defaults import PREFETCH, WORKER_QUEUE_MESSAGES
 from mpobs.events import QueueReader
 from mpobs.executor import Event, Executor, LimitReached, RunContext, TaskDone, TaskLost, TaskWritten, WorkerFailed
@@ -84,7 +85,7 @@ class LocalPool(Executor):
         self.readers.append(QueueReader(events_q, self.ctx.collector, name=f"mpobs-records-{len(self.readers)}"))
         seg, ctx = self.seg, self.ctx
         args = WorkerArgs(slot, child_conn, seg.name, seg.layout, seg.lock, ctx.pipeline, ctx.settings, events_q, wait,
-                          self.stop_event, os.getpid(), self.part_dir, self.out_fd)  # fmt: skip
+                          self.stop_event, os.getpid(), self.part_dir, self.out_fd, ctx.store)  # fmt: skip
         proc = self.mp.Process(target=worker_main, name=f"mpobs-worker-{slot}", args=(args,), daemon=True)
         proc.start()
         child_conn.close()
@@ -121,10 +122,14 @@ class LocalPool(Executor):
                 return True
         return False
 
-    def poll(self, timeout: float) -> list[Event]:
-        """Wait for messages or deaths; return what the workers did."""
+    def block_store(self, slots: int, slot_bytes: int) -> BlockStore:
+        """One anonymous shared mapping, made before the workers fork: they read blocks where they lie."""
+        return BlockStore.shared_store(slots, slot_bytes)
+
+    def poll(self, timeout: float, wake: Sequence[int] = ()) -> list[Event]:
+        """Wait for messages or deaths (or ``wake``); return what the workers did."""
         live = [s for s in self.slots if s.alive]
-        ready = set(mp_wait([s.conn for s in live] + [s.proc.sentinel for s in live], timeout))
+        ready = set(mp_wait([s.conn for s in live] + [s.proc.sentinel for s in live] + list(wake), timeout))
         events: list[Event] = []
         # First free the lock from any worker that died holding it: reading the
         # messages below takes the lock.
@@ -157,7 +162,7 @@ class LocalPool(Executor):
                         result.output = part_path(self.part_dir, task.index)
                     else:
                         s.held[task.index] = task
-                    self.seg.add_worker(i, tasks=1, lines=result.lines, bytes=task.end - task.start)
+                    self.seg.add_worker(i, tasks=1, lines=result.lines, bytes=task.input_bytes)
                     events.append(TaskDone(task, result))
                 elif msg[0] == "written":
                     del s.held[msg[1]]

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from collections import Counter
-from typing import Iterator
+from typing import Any, Iterator
 
 from mpobs.defaults import MAX_TASK_ATTEMPTS
-from mpobs.inputs import Task
+from mpobs.inputs import NOT_READY, Task
 
 
 class GiveUp(Exception):
@@ -14,7 +14,7 @@ class GiveUp(Exception):
 
 
 class Scheduler:
-    """Hands out tasks from ``plan`` and takes lost ones back.
+    """Hands out tasks from ``plan`` (Tasks, or NOT_READY while the input is not read that far) and takes lost ones back.
 
     At most ``backlog`` tasks are planned but not yet in the output: when one task
     stalls, the others' finished output waits for it, so no more is started. A task
@@ -22,7 +22,7 @@ class Scheduler:
     every task before it is in the output; tasks after it are not started any more.
     """
 
-    def __init__(self, plan: Iterator[Task], backlog: int, max_attempts: int = MAX_TASK_ATTEMPTS) -> None:
+    def __init__(self, plan: Iterator[Any], backlog: int, max_attempts: int = MAX_TASK_ATTEMPTS) -> None:
         self.plan = plan
         self.backlog = backlog
         self.max_attempts = max_attempts
@@ -39,6 +39,8 @@ class Scheduler:
         if self.exhausted or self.giving_up is not None or self.planned - next_out >= self.backlog:
             return None
         task = next(self.plan, None)
+        if task is NOT_READY:  # a stream's next block is not read yet
+            return None
         if task is None:
             self.exhausted = True
             return None

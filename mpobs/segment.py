@@ -23,6 +23,10 @@ This module alone knows the layout; everyone else asks ``Layout`` (columns, rows
             PROC_FIELDS; then one column per tag (``Layout.tags``); then RUN_FIELDS.
 ``workers`` shape (slots, len(WORKER_FIELDS)): per worker slot, never rolled back.
 ``system``  shape (len(SYSTEM_FIELDS),): run-wide values set by the coordinator.
+``inputs``  shape (inputs, len(INPUT_FIELDS)): per input of the run, in the order given,
+            set by the coordinator: bytes read (compressed bytes for a compressed
+            input) and its size when known, lines read and committed, and its state
+            (INPUT_STATES).
 
 Every read-modify-write and every snapshot holds ``lock`` (one process-shared
 multiprocessing.Lock), through ``held()``, which records the holder's pid in
@@ -65,6 +69,10 @@ SYSTEM_FIELDS = (
     "dashboard_dropped", "lock_holder",
 )  # fmt: skip
 _HOLDER = SYSTEM_FIELDS.index("lock_holder")
+INPUT_FIELDS = ("bytes_read", "bytes_total", "lines_read", "lines_done", "state")
+#: bytes_total of an input whose size is not known (a pipe).
+UNKNOWN = -1
+INPUT_STATES = ("waiting", "reading", "read", "done", "damaged")
 #: Seconds a process waits for the lock before it asks ``on_stuck`` for help.
 LOCK_WAIT = 0.5
 SEGMENT_PREFIX = "mpobs_"
@@ -78,6 +86,7 @@ class Layout:
     processors: tuple[str, ...]
     tags: tuple[str, ...]
     slots: int
+    inputs: int = 1
 
     @property
     def ncols(self) -> int:
@@ -98,8 +107,13 @@ class Layout:
         return self.workers_at + self.slots * len(WORKER_FIELDS)
 
     @property
-    def size(self) -> int:
+    def inputs_at(self) -> int:
+        """Where ``inputs`` starts in the block (after ``system``)."""
         return self.system_at + len(SYSTEM_FIELDS)
+
+    @property
+    def size(self) -> int:
+        return self.inputs_at + self.inputs * len(INPUT_FIELDS)
 
     def proc_col(self, p: int, fname: str) -> int:
         return p * NF + PROC_FIELDS.index(fname)
@@ -150,7 +164,7 @@ class StatsSegment:
         layout = self.layout
         flat = np.ndarray((layout.size,), dtype=np.int64, buffer=self.shm.buf)
         w, s = layout.workers_at, layout.system_at
-        return flat[:w].reshape(layout.nrows, layout.ncols), flat[w:s].reshape(layout.slots, -1), flat[s:]
+        return flat[:w].reshape(layout.nrows, layout.ncols), flat[w:s].reshape(layout.slots, -1), flat[s : layout.inputs_at]
 
     @property
     def counts(self) -> np.ndarray:
@@ -299,6 +313,18 @@ class StatsSegment:
             for k, v in values.items():
                 self._flat[at + SYSTEM_FIELDS.index(k)] = v
 
+    def set_input(self, k: int, **values: int) -> None:
+        at = self.layout.inputs_at + k * len(INPUT_FIELDS)
+        with self.held():
+            for name, v in values.items():
+                self._flat[at + INPUT_FIELDS.index(name)] = v
+
+    def add_input(self, k: int, **deltas: int) -> None:
+        at = self.layout.inputs_at + k * len(INPUT_FIELDS)
+        with self.held():
+            for name, v in deltas.items():
+                self._flat[at + INPUT_FIELDS.index(name)] += v
+
     def set_state(self, state: str) -> None:
         self.set_system(state=STATES.index(state))
 
@@ -326,13 +352,17 @@ class Snapshot:
     live: list[int]
     workers: list[list[int]]
     system: list[int]
+    inputs: list[list[int]]
 
     @classmethod
     def of(cls, layout: Layout, values: list[int]) -> Snapshot:
         nc, nw, w = layout.ncols, len(WORKER_FIELDS), layout.workers_at
         rows = [values[r * nc : (r + 1) * nc] for r in range(layout.nrows)]
         workers = [values[w + s * nw : w + (s + 1) * nw] for s in range(layout.slots)]
-        return cls(layout, rows[0], [sum(col) for col in zip(*rows)], workers, values[layout.system_at :])
+        ni, i = len(INPUT_FIELDS), layout.inputs_at
+        inputs = [values[i + k * ni : i + (k + 1) * ni] for k in range(layout.inputs)]
+        return cls(layout, rows[0], [sum(col) for col in zip(*rows)], workers,
+                   values[layout.system_at : layout.inputs_at], inputs)  # fmt: skip
 
     def proc(self, p: int, fname: str, live: bool = True) -> int:
         return (self.live if live else self.committed)[self.layout.proc_col(p, fname)]
@@ -352,6 +382,9 @@ class Snapshot:
 
     def worker(self, slot: int) -> dict[str, int]:
         return dict(zip(WORKER_FIELDS, self.workers[slot]))
+
+    def input(self, k: int) -> dict[str, int]:
+        return dict(zip(INPUT_FIELDS, self.inputs[k]))
 
 
 def remove_leftover_segments(alive: Callable[[int], bool]) -> None:

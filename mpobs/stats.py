@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
 from mpobs.dag import Pipeline
-from mpobs.segment import Snapshot
+from mpobs.segment import INPUT_STATES, Snapshot
 
 
 @dataclass
@@ -31,9 +31,17 @@ class RunMeta:
     trace_sample: float = 0.0
     output: str | None = None
     executor: str = "local"
+    #: Per input, in order: {"name" (as given), "kind", "compression"}; and the names records use.
+    inputs: list[dict[str, Any]] = field(default_factory=list)
+    input_names: list[str] = field(default_factory=list)
+
+    def record_names(self) -> list[tuple[str, str]]:
+        """Per input: (the name records show, the name as given)."""
+        return [(name, d["name"]) for name, d in zip(self.input_names, self.inputs)]
 
     @classmethod
-    def of(cls, pipeline: Pipeline, input_path: str, workers: int, **kw: Any) -> RunMeta:
+    def of(cls, pipeline: Pipeline, inputs: Any, workers: int, **kw: Any) -> RunMeta:
+        """``inputs``: the run's InputSet (or one plain file's path)."""
         procs = [
             {
                 "id": n.id,
@@ -45,7 +53,14 @@ class RunMeta:
             }
             for n in pipeline.nodes
         ]
-        return cls(os.path.basename(input_path), input_path, procs, pipeline.edges(), list(pipeline.tags), workers, **kw)
+        if isinstance(inputs, str):
+            name, path = os.path.basename(inputs), inputs
+            described, names = [{"name": inputs, "kind": "file", "compression": None}], [name]
+        else:
+            name, path = inputs.name, " ".join(s.given for s in inputs.sources)
+            described, names = inputs.describe(), inputs.names
+        return cls(name, path, procs, pipeline.edges(), list(pipeline.tags), workers, **kw, inputs=described,
+                   input_names=names)  # fmt: skip
 
 
 def build_stats(
@@ -70,6 +85,7 @@ def build_stats(
         "counters": counters or {},
         "system": system,
         "workers": worker_rows(snap, usage),
+        "inputs": input_rows(snap, meta),
         "edges": meta.edges,  # so `mpobs dashboard --metrics` can draw the DAG
         "meta": {"processors": meta.processors, "input": meta.input_name, "executor": meta.executor},
     }
@@ -101,7 +117,7 @@ def _system(snap: Snapshot, meta: RunMeta, live: bool, now: float, procs: dict[s
     elapsed = max((ended or now) - started, 0.0) if started else 0.0
     total_ns = sum(snap.proc(p, "time_ns", live) for p in range(len(meta.processors)))
     lines = snap.run("lines_done", live)
-    bytes_total = snap.sys("bytes_total")
+    bytes_total = snap.sys("bytes_total")  # UNKNOWN (a stream): no progress share, no ETA
     bytes_done = snap.run("bytes_done", live)
     byte_rate = bytes_done / elapsed if elapsed > 0 else 0.0
     running = snap.state == "running"
@@ -112,13 +128,14 @@ def _system(snap: Snapshot, meta: RunMeta, live: bool, now: float, procs: dict[s
         "lines_per_second": round(lines / elapsed if elapsed > 0 else 0.0, 1),
         "total_errors": sum(row["errors"] for row in procs.values()),
         "workers": meta.workers,
-        "bytes_total": bytes_total,
+        "bytes_total": bytes_total if bytes_total >= 0 else None,
         "bytes_done": bytes_done,
         "state": snap.state,
         "started_at": _iso(started),
         "elapsed_s": round(elapsed, 3),
-        "progress": round(bytes_done / bytes_total, 4) if bytes_total else (1.0 if snap.state == "done" else 0.0),
-        "eta_s": round((bytes_total - bytes_done) / byte_rate, 1) if byte_rate > 0 and running else None,
+        "progress": round(bytes_done / bytes_total, 4) if bytes_total > 0 else (1.0 if snap.state == "done" else None),
+        "eta_s": round((bytes_total - bytes_done) / byte_rate, 1) if byte_rate > 0 and running and bytes_total >= 0
+        else None,
         "tasks_done": snap.run("tasks_done", live),
         "tasks_total": snap.sys("tasks_total") or None,
         "lines_total": snap.sys("lines_total") or None,
@@ -142,6 +159,22 @@ def _system(snap: Snapshot, meta: RunMeta, live: bool, now: float, procs: dict[s
         system["traces_delivered"] = snap.sys("traces_delivered")
         system["errors_delivered"] = snap.sys("errors_delivered")
     return system
+
+
+def input_rows(snap: Snapshot, meta: RunMeta) -> list[dict[str, Any]]:
+    """One row per input, in order: bytes read of its total (compressed bytes if compressed), lines, state."""
+    rows = []
+    for k, described in enumerate(meta.inputs[: snap.layout.inputs]):
+        v = snap.input(k)
+        rows.append({
+            **described,
+            "bytes_read": v["bytes_read"],
+            "bytes_total": v["bytes_total"] if v["bytes_total"] >= 0 else None,
+            "lines": v["lines_read"],
+            "lines_done": v["lines_done"],
+            "state": INPUT_STATES[v["state"]],
+        })  # fmt: skip
+    return rows
 
 
 def worker_rows(snap: Snapshot, usage: dict[int, tuple[float | None, int | None]] | None = None) -> list[dict[str, Any]]:

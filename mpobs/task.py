@@ -7,7 +7,7 @@ import time
 from bisect import bisect_left
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, Protocol
+from typing import TYPE_CHECKING, Any, Callable, Protocol, Sequence
 
 from mpobs.batch import Batch
 from mpobs.dag import NF, Pipeline
@@ -16,6 +16,7 @@ from mpobs.segment import Layout
 from mpobs.tracing import BatchTrace, sampled
 
 if TYPE_CHECKING:
+    from mpobs.blocks import BlockStore
     from mpobs.inputs import Task  # the layer above makes tasks; running one needs only its read()
 
 
@@ -37,7 +38,7 @@ class EventSink(Protocol):
 class TaskSettings:
     """What every task of a run shares."""
 
-    input_name: str
+    inputs: Sequence[tuple[str, str]]  # per input: (the name records show, the name as given)
     worker: str = "0"
     batch_lines: int = BATCH_LINES
     trace_rate: float = 0.0  # 0: tracing off
@@ -80,6 +81,7 @@ def run_task(
     counts: CountSink | None,
     events: EventSink | None,
     should_stop: Callable[[], bool] = lambda: False,
+    store: BlockStore | None = None,
 ) -> TaskResult | None:
     """Read the task's bytes, run them through the DAG in batches, ``write`` the output, a batch a call.
 
@@ -87,7 +89,11 @@ def run_task(
     None when ``should_stop`` said so between two batches (what was written is then
     incomplete and must not be used).
     """
-    lines = task.read().decode("utf-8", "surrogateescape").split("\n")
+    data = task.read(store)
+    lines = str(data, "utf-8", "surrogateescape").split("\n")
+    if task.slot >= 0 and store is not None:
+        del data
+        store.forget(task.slot)  # this process's pages of the block: the coordinator keeps it
     if lines and lines[-1] == "":
         lines.pop()  # the task ended with "\n"; a last line without one stays a line
     run = _TaskRun(task, pipeline, layout, settings, events, len(lines))
@@ -113,6 +119,7 @@ class _TaskRun:
                  events: EventSink | None, n_lines: int) -> None:  # fmt: skip
         self.task, self.pipeline, self.layout, self.settings, self.events = task, pipeline, layout, settings, events
         self.n_lines = n_lines
+        pipeline.at(settings.inputs[task.input][1], task.first_line - task.file_line)
         self.total = [0] * layout.ncols
         self.key_counts: dict[str, Counter[str]] = {n.id: Counter() for n in pipeline.nodes if n.proc.counts_keys}
         self.error_types: Counter[tuple[str, str]] = Counter()
@@ -146,9 +153,9 @@ class _TaskRun:
             self.error_types[(self.pipeline.nodes[e[0]].id, type(e[3]).__name__)] += 1
         self.sent = (0, 0, 0, 0)
         if self.events is not None:
-            self.errors += [_error_record(self.pipeline, self.settings, *e) for e in errs]
+            self.errors += [_error_record(self.pipeline, self.settings, self.task, *e) for e in errs]
             if tracer is not None:
-                self.traces += tracer.finish(out)
+                self.traces += tracer.finish(out, self.task.input, self.task.first_line - self.task.file_line)
             self.sent = self.send_records(final=lo + len(chunk) >= self.n_lines) or self.sent
         return data
 
@@ -162,7 +169,7 @@ class _TaskRun:
                 self.key_counts[node.id].update(node.proc.key_counts)
                 node.proc.key_counts.clear()
         # Bytes are known per task; share them out so the task's batches add up exactly.
-        nbytes, n = self.task.end - self.task.start, self.n_lines
+        nbytes, n = self.task.input_bytes, self.n_lines
         nb = nbytes * hi // n - nbytes * lo // n
         self.delta = self.layout.vector(acc, tag_counts, hi - lo, nb, 1 if hi >= n else 0)
         self.total = list(map(operator.add, self.total, self.delta))
@@ -203,12 +210,16 @@ def _encode_line(text: str) -> bytes:
         return (text + "\n").encode("utf-8", "backslashreplace")
 
 
-def _error_record(pipeline: Pipeline, settings: TaskSettings, p: int, num: int, text: str,
+def _error_record(pipeline: Pipeline, settings: TaskSettings, task: Task, p: int, num: int, text: str,
                   exc: BaseException) -> dict[str, Any]:  # fmt: skip
+    name, given = settings.inputs[task.input]
+    file_line = num - task.first_line + task.file_line
     return {
         "processor": pipeline.nodes[p].id,
-        "line_id": f"{settings.input_name}:{num}",
+        "line_id": f"{name}:{file_line}",
         "line_number": num,
+        "file": given,
+        "file_line": file_line,
         "line": text[:ERROR_LINE_CHARS],
         "error_type": type(exc).__name__,
         "message": str(exc),

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from bisect import bisect_left, bisect_right
-from typing import Any
+from typing import Any, Sequence
 
 from mpobs.batch import Batch
 from mpobs.dag import Node
@@ -109,22 +109,27 @@ def is_sampled(num: int, rate: float) -> bool:
 
 #: One step on the wire: (processor position, status, timestamp, extra fields or None).
 Step = tuple[int, str, float, "dict[str, Any] | None"]
-#: One trace on the wire: (line number, original text, steps, outputs). Tuples pickle
-#: several times faster than the dicts a reader wants; ``expand`` makes those.
-CompactTrace = tuple[int, str, list[Step], list[str]]
+#: One trace on the wire: (line number, original text, steps, outputs, input number, line
+#: in that input). Tuples pickle several times faster than the dicts a reader wants;
+#: ``expand`` makes those.
+CompactTrace = tuple[int, str, list[Step], list[str], int, int]
 
 
-def expand(trace: CompactTrace, input_name: str, ids: list[str]) -> dict[str, Any]:
-    """The trace as readers see it (``--save-traces``, ``/trace``, saved metrics)."""
-    n, original, steps, outputs = trace
+def expand(trace: CompactTrace, inputs: Sequence[tuple[str, str]], ids: list[str]) -> dict[str, Any]:
+    """The trace as readers see it (``--save-traces``, ``/trace``, saved metrics).
+
+    ``inputs``: per input, (the name records show, the name as given).
+    """
+    n, original, steps, outputs, k, file_line = trace
+    name, given = inputs[k]
     path = []
     for p, status, ts, extra in steps:
         entry = {"processor": ids[p], "status": status, "timestamp": ts}
         if extra:
             entry.update(extra)
         path.append(entry)
-    return {"line_id": f"{input_name}:{n}", "line_number": n, "original_content": original, "path": path,
-            "outputs": outputs}  # fmt: skip
+    return {"line_id": f"{name}:{file_line}", "line_number": n, "file": given, "file_line": file_line,
+            "original_content": original, "path": path, "outputs": outputs}  # fmt: skip
 
 
 class BatchTrace:
@@ -212,13 +217,14 @@ class BatchTrace:
             paths[k].append((p, status, now, extra))
         self._where[id(out)] = (out, kept)
 
-    def finish(self, out: Batch) -> list[CompactTrace]:
+    def finish(self, out: Batch, input_k: int = 0, offset: int = 0) -> list[CompactTrace]:
+        """The batch's traces; its lines are of input ``input_k``, line ``n - offset`` there."""
         at = {k: (lo, hi) for k, lo, hi in self._find(out)}
         texts = out.texts
         result = []
         for k, (n, original, path) in enumerate(zip(self.nums, self.original, self.paths)):
             lo, hi = at.get(k, (0, 0))
-            result.append((n, original, path, texts[lo:hi]))
+            result.append((n, original, path, texts[lo:hi], input_k, n - offset))
         return result
 
 

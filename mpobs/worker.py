@@ -54,6 +54,7 @@ class WorkerArgs:
     parent_pid: int
     part_dir: str
     out_fd: int | None = None
+    store: Any = None  # the pool's BlockStore (a shared mapping, inherited), when the input has blocks
 
 
 def worker_main(args: WorkerArgs) -> None:
@@ -109,7 +110,7 @@ class _Worker:
         a = self.args
         sink = RowSink(self.seg, a.layout.inflight_row(a.slot, seq), a.slot)
         run = functools.partial(run_task, task, a.pipeline, a.layout, a.settings, counts=sink, events=self.events,
-                                should_stop=self._should_stop)  # fmt: skip
+                                should_stop=self._should_stop, store=a.store)  # fmt: skip
         if self.direct is None:
             with open(part_path(a.part_dir, task.index), "wb") as part:
                 result = run(part.write)

@@ -78,7 +78,7 @@ class AdversarialExecutor(Executor):
             return True
         return False
 
-    def poll(self, timeout: float) -> list[Event]:
+    def poll(self, timeout: float, wake: Any = ()) -> list[Event]:
         events: list[Event] = []
         rng = self.rng
         # Write some placed outputs, but not all at once.
@@ -116,7 +116,7 @@ class AdversarialExecutor(Executor):
             return TaskLost(task, "its worker died", fault=fault)
         ctx, out, records = self.ctx, bytearray(), _Keep()
         layout = ctx.segment.layout
-        result = run_task(task, ctx.pipeline, layout, ctx.settings, out.extend, None, records)
+        result = run_task(task, ctx.pipeline, layout, ctx.settings, out.extend, None, records, store=ctx.store)
         assert result is not None
         result.traces, result.errors = records.traces, records.errors
         if self.fd is None:

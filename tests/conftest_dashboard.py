@@ -66,7 +66,7 @@ def small_run(folder: Path, lines: int = 3000, trace_rate: float = 1.0) -> Small
     import multiprocessing
 
     from mpobs.config import compile_config
-    from mpobs.inputs import FileSource
+    from mpobs.sources import open_inputs
     from mpobs.loggen import generate_file
     from mpobs.segment import Layout, StatsSegment
     from mpobs.stats import RunMeta
@@ -80,15 +80,14 @@ def small_run(folder: Path, lines: int = 3000, trace_rate: float = 1.0) -> Small
     pipeline = compile_config(TEST_CONFIG, source="test config", base_dir=str(Path(__file__).parent))
     layout = Layout(tuple(pipeline.ids), tuple(pipeline.tags), 1)
     seg = StatsSegment.create(layout, multiprocessing.get_context("fork").Lock())
-    meta = RunMeta.of(pipeline, str(path), 1, trace=True, trace_sample=trace_rate)
-    source = FileSource(str(path))
-    source.check()
+    source = open_inputs([str(path)])
+    meta = RunMeta.of(pipeline, source, 1, trace=True, trace_sample=trace_rate)
     seg.set_system(bytes_total=source.size or 0, workers=1)
     seg.set_worker(0, pid=os.getpid(), alive=1)
     seg.set_state("running")
     events = ListEvents()
     counters: dict[str, dict[str, int]] = {}
-    settings = TaskSettings(meta.input_name, trace_rate=trace_rate)
+    settings = TaskSettings(meta.record_names(), trace_rate=trace_rate)
     for seq, task in enumerate(source.tasks(64 * 1024)):
         # As the local pool and the coordinator do it: live in an in-flight row, then pending, then committed.
         row = layout.inflight_row(0, seq)
@@ -102,6 +101,7 @@ def small_run(folder: Path, lines: int = 3000, trace_rate: float = 1.0) -> Small
             c = counters.setdefault(pid, {})
             for k, v in counts.items():
                 c[k] = c.get(k, 0) + v
+    source.close()
     return SmallRun(seg, meta, events, counters, lines)
 
 

@@ -79,11 +79,12 @@ def test_an_adversarial_executor_gives_the_local_pools_answer(tmp_path: Path, cl
 def test_a_task_lost_three_times_fails_the_run_after_the_tasks_before_it(tmp_path: Path, make_log: Any) -> None:
     from mpobs.config import load_config
     from mpobs.coordinator import Coordinator, RunOptions
-    from mpobs.inputs import FileSource
+    from mpobs.sources import open_inputs
 
     log = make_log(2000)
-    source = FileSource(str(log))
+    source = open_inputs([str(log)])
     tasks = list(source.tasks(4096))
+    source.close()
     assert len(tasks) > 5
     out = tmp_path / "out.txt"
     executor = AdversarialExecutor(capacity=3, seed=5, lose=0.0, always_lose=frozenset({3}))

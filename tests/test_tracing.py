@@ -294,7 +294,7 @@ def test_batch_trace_matches_a_slow_scan_through_router_fan_in_copies_and_errors
 
     both = Both()
     out = pipeline.run_batch(batch, [0] * (len(pipeline.nodes) * NF), [], both)
-    got = [(n, o, [(p, s, x) for p, s, _, x in path], outs) for n, o, path, outs in both.trace.finish(out)]
+    got = [(n, o, [(p, s, x) for p, s, _, x in path], outs) for n, o, path, outs, _, _ in both.trace.finish(out)]
     want = [_slow_trace(n, texts[n - first], recorder, out) for n in traced]
     assert got == want
     statuses = {s for _, _, path, _ in got for _, s, _ in path}

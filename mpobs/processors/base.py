@@ -85,6 +85,18 @@ def _kind_name(kind: type | tuple[type, ...]) -> str:
     return " or ".join(dict.fromkeys(names.get(k, k.__name__) for k in _as_tuple(kind)))
 
 
+class Position:
+    """Where the running task's lines come from: its input's name as given, and ``offset``
+    such that a line's number within that input is its run-wide number minus ``offset``.
+    One per pipeline, set before each task (a task never spans two inputs)."""
+
+    __slots__ = ("file", "offset")
+
+    def __init__(self) -> None:
+        self.file = ""
+        self.offset = 0
+
+
 class Processor:
     """A step of the DAG. Subclasses implement :meth:`process` on whole batches.
 
@@ -106,6 +118,8 @@ class Processor:
         self.spec = spec
         #: per-tag (tag_extractor) or per-key (counter) counts since the last take
         self.key_counts: Counter[str] = Counter()
+        #: the pipeline's (``Pipeline.position``), for steps that show where a line is from
+        self.position = Position()
 
     def process(self, batch: Batch, errors: ErrorList) -> Batch | dict[str, Batch]:
         """Process a batch; a router returns {route: batch}.

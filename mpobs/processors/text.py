@@ -11,7 +11,12 @@ from mpobs.processors.base import ErrorList, Processor, Spec, register
 
 @register("line_counter")
 class LineCounter(Processor):
-    """Formats each line with its 1-based input line number: ``"Line {count}: {line}"``."""
+    """Formats each line: ``"Line {count}: {line}"``.
+
+    Fields: ``{count}`` the 1-based line number in the run (it goes on across inputs),
+    ``{line}`` the text, ``{file}`` the input's name as given (``-`` for standard input),
+    ``{file_line}`` the line's number within that input.
+    """
 
     keys = frozenset({"format"})
 
@@ -21,10 +26,14 @@ class LineCounter(Processor):
         self.format_lines = _compile_format(fmt, spec)
 
     def process(self, batch: Batch, errors: ErrorList) -> Batch:
-        return Batch(batch.nums, self.format_lines(batch.nums, batch.texts), batch.tags)
+        pos = self.position
+        return Batch(batch.nums, self.format_lines(batch.nums, batch.texts, pos.file, pos.offset), batch.tags)
 
 
-def _compile_format(fmt: str, spec: Spec) -> Callable[[list[int], list[str]], list[str]]:
+_FIELDS = {"count": "{n}", "line": "{t}", "file": "{f}", "file_line": "{n - o}"}
+
+
+def _compile_format(fmt: str, spec: Spec) -> Callable[[list[int], list[str], str, int], list[str]]:
     """``"Line {count}: {line}"`` -> a function formatting a whole batch with one f-string.
 
     An f-string in a list comprehension is the fastest way CPython has to build
@@ -46,12 +55,13 @@ def _compile_format(fmt: str, spec: Spec) -> Callable[[list[int], list[str]], li
             pieces.append("{" + name + "}")
         if field is None:
             continue
-        if field not in ("count", "line") or fspec or conv:
-            msg = f"format {fmt!r} has the field {{{field}}}; only {{count}} and {{line}} are known"
+        if field not in _FIELDS or fspec or conv:
+            known = ", ".join("{" + k + "}" for k in _FIELDS)
+            msg = f"format {fmt!r} has the field {{{field}}}; only {known} are known"
             raise spec.error(msg)
-        pieces.append("{n}" if field == "count" else "{t}")
+        pieces.append(_FIELDS[field])
     params = "".join(f", {name}={name}" for name in defaults)
-    source = f"lambda nums, texts{params}: [f{''.join(pieces)!r} for n, t in zip(nums, texts)]"
+    source = f"lambda nums, texts, f, o{params}: [f{''.join(pieces)!r} for n, t in zip(nums, texts)]"
     return eval(source, {}, dict(defaults))  # noqa: S307 - source built from fixed pieces above
 
 

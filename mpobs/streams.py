@@ -1,0 +1,186 @@
+"""Inputs read by the coordinator: streams (pipes, FIFOs, devices) and compressed files, as blocks.
+
+A reader thread reads the input in large pieces, decodes it (``mpobs.decoders``) and
+cuts what it got into blocks at line ends, each into a free slot of the run's
+BlockStore; the coordinator's plan takes the blocks as they come (``pieces``). The
+thread waits for a free slot, so memory stays bounded whatever the input's size, and
+the decompressors release the GIL, so decoding runs beside the coordinator's loop.
+
+A stream that goes quiet (a slow writer) has what it sent so far cut into a block
+after ``STREAM_FLUSH`` seconds, so its lines are processed without waiting for a full
+block. A line longer than a slot travels inside its task instead (still one slot's
+worth of the in-flight bound). The last line without a newline is a line.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import select
+import stat
+import threading
+from typing import Any, Callable, Iterator
+
+from mpobs.blocks import BlockStore, StoreClosed
+from mpobs.decoders import SNIFF_BYTES, Decoder, decoder_for, sniff
+from mpobs.defaults import READ_BYTES, STREAM_FLUSH
+from mpobs.inputs import NOT_READY, InputSource, Piece
+
+_END = object()
+
+
+class StreamSource(InputSource):
+    """An input the coordinator reads: a stream, or a compressed regular file (``compression``)."""
+
+    needs_store = True
+
+    def __init__(self, given: str, path: str | None, kind: str, compression: str | None = None,
+                 size: int | None = None, fd: int | None = None, name: str | None = None) -> None:  # fmt: skip
+        self.given, self.path, self.kind, self.compression, self.size = given, path, kind, compression, size
+        self.name = name or os.path.basename(given)
+        self._fd = fd  # already open (standard input); else ``path`` is opened when reading starts
+        self._reader: BlockReader | None = None
+
+    def check(self) -> None:
+        if self._fd is None and self.path is not None and not os.access(self.path, os.R_OK):
+            from mpobs.errors import InputError
+
+            raise InputError(f"input {self.given!r}: permission denied")
+
+    def is_file(self, path: str) -> bool:
+        if self.kind != "file" or self.path is None:
+            return False
+        try:
+            return os.path.samefile(path, self.path)
+        except OSError:
+            return False
+
+    def open_fd(self) -> int:
+        """The fd to read; opening a FIFO waits for its writer, so this runs in the reader thread."""
+        if self._fd is not None:
+            return self._fd
+        assert self.path is not None
+        self._fd = os.open(self.path, os.O_RDONLY)
+        return self._fd
+
+    def pieces(self, task_bytes: int, store: BlockStore | None, wake: Callable[[], None]) -> Iterator[Any]:
+        assert store is not None, "a stream's blocks need a BlockStore"
+        out: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._reader = reader = BlockReader(self, store, min(task_bytes, store.slot_bytes), out, wake)
+        reader.start()
+        while True:
+            try:
+                item = out.get_nowait()
+            except queue.Empty:
+                yield NOT_READY
+                continue
+            if item is _END:
+                return
+            self.pieces_read += 1
+            self.lines_read += item.lines
+            yield item
+
+    def close(self) -> None:
+        if self._reader is not None:
+            self._reader.stop.set()
+
+
+class BlockReader(threading.Thread):
+    """Reads one input to its end (or damage, or ``stop``), putting Pieces on ``out``, then _END."""
+
+    def __init__(self, source: StreamSource, store: BlockStore, block_bytes: int, out: Any,
+                 wake: Callable[[], None]) -> None:  # fmt: skip
+        super().__init__(name=f"mpobs-read-{source.name}", daemon=True)
+        self.source, self.store, self.block_bytes, self.out, self.wake = source, store, block_bytes, out, wake
+        self.stop = threading.Event()
+        self.pending = bytearray()  # decoded bytes not yet in a block
+        self.offset = 0  # of pending's start, in the decoded input
+        self.raw_cut = 0  # source.bytes_read when the last block was cut
+        self.decoder: Decoder | None = None
+        self.lines = 0  # in the blocks cut so far
+
+    def run(self) -> None:
+        try:
+            self._read()
+        except StoreClosed:
+            pass  # the run is over
+        except OSError as err:
+            self.source.damage = f"read error: {err.strerror or err}"
+        finally:
+            self.out.put(_END)
+            self.wake()
+
+    def _read(self) -> None:
+        src = self.source
+        fd = src.open_fd()
+        wait = src.kind == "stream" and not stat.S_ISREG(os.fstat(fd).st_mode)
+        if src.compression is not None:
+            self.decoder = decoder_for(src.compression)
+        sniffing = src.compression is None and src.kind == "stream"
+        while not self.stop.is_set():
+            if wait and b"\n" in self.pending and not select.select([fd], [], [], STREAM_FLUSH)[0]:
+                self._cut(self.pending.rfind(b"\n") + 1)  # a quiet stream: what it sent so far goes now
+                continue
+            chunk = os.read(fd, READ_BYTES)
+            if not chunk:
+                break
+            src.bytes_read += len(chunk)
+            if sniffing:
+                self.pending += chunk
+                if len(self.pending) < SNIFF_BYTES:
+                    continue
+                sniffing = False
+                chunk, self.pending = bytes(self.pending), bytearray()
+                src.compression = sniff(chunk)
+                if src.compression is not None:
+                    self.decoder = decoder_for(src.compression)
+            self.pending += self.decoder.decode(chunk) if self.decoder is not None else chunk
+            self._cut_full()
+            if self.decoder is not None and self.decoder.damage is not None:
+                break
+        if self.stop.is_set():
+            return
+        if self.decoder is not None:
+            self.decoder.finish()
+        while self.pending:  # the rest; a last line without "\n" is a line
+            nl = self.pending.rfind(b"\n", 0, self.block_bytes) + 1
+            self._cut(nl if nl and len(self.pending) > self.block_bytes else len(self.pending))
+        if self.decoder is not None and self.decoder.damage is not None:
+            src.damage = self._describe_damage()
+
+    def _cut_full(self) -> None:
+        """Cut blocks while a whole block's worth is pending."""
+        pending, size = self.pending, self.block_bytes
+        while len(pending) >= size:
+            cut = pending.rfind(b"\n", 0, size) + 1
+            if cut == 0:  # a line longer than a block: up to its end, once it has come
+                cut = pending.find(b"\n", size) + 1
+                if cut == 0:
+                    return
+            self._cut(cut)
+
+    def _cut(self, n: int) -> None:
+        """Make the first ``n`` pending bytes a block (they end at a line end, or the input's end)."""
+        pending, store, src = self.pending, self.store, self.source
+        slot = store.acquire()  # waits while every slot is in flight
+        lines = pending.count(b"\n", 0, n) + (0 if pending[n - 1] == 0x0A else 1)
+        raw = src.bytes_read - self.raw_cut
+        data = None
+        if n <= store.slot_bytes:
+            with memoryview(pending) as mv:
+                store.put(slot, mv[:n])
+        else:
+            data = bytes(pending[:n])  # too big for a slot: it travels with its task
+        del pending[:n]
+        self.lines += lines
+        self.raw_cut = src.bytes_read
+        self.out.put(Piece(self.offset, self.offset + n, lines, None, raw, slot, data))
+        self.offset += n
+        self.wake()
+
+    def _describe_damage(self) -> str:
+        d, src = self.decoder, self.source
+        assert d is not None
+        of = f" of {src.size:,}" if src.size is not None else ""
+        return (f"input {src.given!r}: damaged {src.compression} data after {d.consumed:,}{of} compressed bytes "
+                f"({d.damage}); the {self.lines:,} lines ({self.offset:,} bytes) decoded before it were processed")
