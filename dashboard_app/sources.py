@@ -208,8 +208,8 @@ class LiveSource(Source):
         # Kept compact as they came (cheap to receive); expanded here, at most `keep` of them.
         with self._lock:
             kept = list(reversed(self._traces))
-        name, ids = self.meta.input_name, self._ids
-        return [expand_trace(t, name, ids) for t in kept]
+        names, ids = self.meta.record_names(), self._ids
+        return [expand_trace(t, names, ids) for t in kept]
 
     def errors(self) -> list[dict[str, Any]]:
         with self._lock:
