@@ -12,10 +12,11 @@ from typing import Any
 
 from bench import BENCH_DIR, SEED
 from bench import checks, data, report
+from bench import inputs as bench_inputs
 from bench.rows import Row, build_rows, command, free_port, mpobs_command, run_row
 from bench.rss import measure_tree
 
-EXTRAS = ("startup", "small", "stats", "rss")
+EXTRAS = ("startup", "small", "inputs", "stats", "rss")
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
@@ -111,6 +112,14 @@ def run_rss(data_dir: Path, work: Path, lines: int, timeout: float) -> dict[str,
                 out["error"] = f"n/a ({err2})"
                 return out
         say(f"  RSS {n:>10,} lines: {out[size]}")
+    gz = bench_inputs.gz_of(data.ensure_log(data_dir, 3 * lines, SEED, say), say)
+    gz_argv = [*mpobs_command(), "process", str(gz), "--workers", "2", "-q", "-o", str(work / "rss.out")]
+    try:
+        out["big_gz"] = measure_tree(gz_argv + (["--dashboard", "--dashboard-port", str(free_port()), "--linger", "0"]
+                                                if with_dash else []), timeout)  # fmt: skip
+        say(f"  RSS {3 * lines:>10,} lines, gzip: {out['big_gz']}")
+    except RuntimeError as err:
+        out["big_gz"] = {"error": str(err)}
     out["config"] = "--workers 2" + (" --dashboard" if with_dash else ", no dashboard (it failed)")
     (work / "rss.out").unlink(missing_ok=True)
     return out
@@ -156,6 +165,10 @@ def main(argv: list[str] | None = None) -> int:
         say(f"  small jobs (1, 50,000 and 200,000 lines) against their baselines, {n} pairs each ...")
         doc["small_jobs"] = checks.small_jobs(a.data, work, n, lambda d, lines, seed: data.ensure_log(d, lines, seed, say))
     doc.setdefault("small_jobs", {})
+    if extra("inputs"):
+        say("  input kinds: stdin, gzip, zstd, 16 files, against the plain-file run ...")
+        doc["inputs"] = bench_inputs.input_kinds(log, work, a.rounds, say)
+    doc.setdefault("inputs", {"error": "not run"})
     if extra("stats"):
         say("  /stats under 50 pollers (bench/stats_load.py) ...")
         doc["stats_load"] = checks.stats_load(log, timeout=60.0 if a.quick else 600.0, quick=a.quick)
@@ -166,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
         doc["rss"] = {"error": "not run", "small_lines": a.lines, "big_lines": 3 * a.lines}
     doc["ratios"] = report.ratios(doc["rows"], doc["rss"])
     doc["targets"] = report.targets(doc["ratios"], doc["rss"], doc["startup"], doc["stats_load"], doc["rows"],
-                                    doc["small_jobs"])  # fmt: skip
+                                    doc["small_jobs"], doc["inputs"])  # fmt: skip
     doc["machine"]["loadavg_end"] = os.getloadavg()
     doc["harness_seconds"] = round(time.perf_counter() - started, 1)
     print(report.render_text(doc))

@@ -114,8 +114,9 @@ def _target(name: str, figure: float | None, ok: bool | None, shown: str, why: s
 
 
 def targets(r: dict[str, Any], rss: dict[str, Any], startup: dict[str, Any], stats: dict[str, Any],
-            rows: dict[str, Any], small: dict[str, Any] | None = None) -> list[dict[str, Any]]:  # fmt: skip
-    """Each target of issues 2, 5 and 12 with its figure: PASS, MISS, or n/a with the reason."""
+            rows: dict[str, Any], small: dict[str, Any] | None = None,
+            inputs: dict[str, Any] | None = None) -> list[dict[str, Any]]:  # fmt: skip
+    """Each target of issues 2, 5, 12 and 13 with its figure: PASS, MISS, or n/a with the reason."""
 
     def x(v: float | None) -> str:
         return f"{v:.2f}x" if v is not None else ""
@@ -146,7 +147,25 @@ def targets(r: dict[str, Any], rss: dict[str, Any], startup: dict[str, Any], sta
         _target("start-up on a 10-line file < 0.5 s (median of 5)", su, (su or 0) < 0.5,
                 f"{su:.3f} s" if su is not None else "", startup.get("error", "")),
         *_small_targets(small or {}),
+        *_input_targets(inputs or {}, rss),
     ]
+
+
+def _input_targets(inputs: dict[str, Any], rss: dict[str, Any]) -> list[dict[str, Any]]:
+    from bench.inputs import TARGETS
+
+    out = []
+    secs = inputs.get("seconds", {})
+    for key, name, num, den, least in TARGETS:
+        ratio = inputs.get(key)
+        shown = f"{ratio:.2f}x ({secs[den]:.2f} s vs {secs[num]:.2f} s)" if ratio else ""
+        out.append(_target(name, ratio, (ratio or 0) >= least, shown, inputs.get("error", "not run")))
+    plain, gz = rss.get("big", {}).get("hwm_sum_mb"), rss.get("big_gz", {}).get("hwm_sum_mb")
+    share = round(gz / plain, 3) if plain and gz else None
+    shown = f"{gz} MB vs {plain} MB ({share:.2f}x)" if share else ""
+    out.append(_target(f"peak RSS on a {rss.get('big_lines', 0):,}-line .gz <= the plain file's +10%", share,
+                       (share or 9) <= 1.10, shown, rss.get("big_gz", {}).get("error", rss.get("error", "not run"))))
+    return out
 
 
 #: (key, target, minimum ratio baseline / mpobs) for the small jobs (issue 12).
@@ -195,7 +214,7 @@ def _largest(m: dict[str, Any]) -> str:
 
 def render_text(doc: dict[str, Any]) -> str:
     rows = table_rows(doc)
-    widths = [max(len(HEAD[i]), *(len(r[i]) for r in rows)) for i in range(len(HEAD))]
+    widths = [max([len(HEAD[i])] + [len(r[i]) for r in rows]) for i in range(len(HEAD))]
     fmt = "  ".join(f"{{:{'<' if i == 0 else '>'}{w}}}" for i, w in enumerate(widths))
     cfg = doc["config"]
     out = [f"{cfg['lines']:,} lines ({cfg['bytes'] / 1e6:.0f} MB), {cfg['rounds']} round(s), median (ratios: "

@@ -17,7 +17,7 @@ from typing import IO, Any, Callable, Sequence
 
 from mpobs.blocks import BlockStore
 from mpobs.dag import Pipeline
-from mpobs.defaults import BACKLOG_PER_WORKER, BATCH_LINES, EVENT_CHUNK, READ_AHEAD_BLOCKS, SAVED_RECENT, TASK_BYTES
+from mpobs.defaults import BACKLOG_PER_WORKER, BATCH_LINES, BLOCKS_PER_WORKER, EVENT_CHUNK, SAVED_RECENT, TASK_BYTES
 from mpobs.defaults import TRACE_SAMPLE
 from mpobs.defaults import default_workers
 from mpobs.errors import EXIT_FAILED, EXIT_MAX_ERRORS, EXIT_OK, EXIT_SIGINT, EXIT_SIGTERM, EXIT_USAGE, MpobsError
@@ -143,7 +143,7 @@ class Coordinator:
             self.seg.set_state("running")
             sink.before_fork()
             if source.needs_store:  # before the executor starts: the local pool's workers fork with it
-                slots = (BACKLOG_PER_WORKER + READ_AHEAD_BLOCKS) * self.executor.capacity
+                slots = BLOCKS_PER_WORKER * self.executor.capacity
                 self.store = self.executor.block_store(slots, opts.task_bytes)
             self.executor.start(self._context(source, sink))
             plan = source.tasks(opts.task_bytes, self.store)

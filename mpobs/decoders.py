@@ -105,7 +105,7 @@ class GzipDecoder(Decoder):
                 else:
                     data = self._header(data)
         except zlib.error as err:
-            self._damaged(f"invalid deflate data in member {self.members} ({err})")
+            self._damaged(f"is invalid in member {self.members} ({err})")
         return b"".join(out)
 
     def _trailer(self, data: bytes) -> bytes:
@@ -116,7 +116,7 @@ class GzipDecoder(Decoder):
         crc, size = struct.unpack("<II", held[:8])
         self._held = b""
         if crc != self._crc or size != self._size & 0xFFFFFFFF:
-            self._damaged(f"member {self.members} fails its CRC/length check")
+            self._damaged(f"fails the CRC/length check of member {self.members}")
             return b""
         self._state = "header"
         return held[8:]
@@ -139,12 +139,12 @@ class GzipDecoder(Decoder):
     def _header_end(self, h: bytes) -> int | None:
         """Where the member's deflate data starts in ``h``, or None when ``h`` is not a whole header yet."""
         if h[:2] != b"\x1f\x8b"[: len(h)]:
-            self._damaged("trailing garbage after the last member" if self.members else "not a gzip header")
+            self._damaged("has trailing garbage after the last member" if self.members else "has no gzip header")
             return None
         if len(h) < 10:
             return None
         if h[2] != 8:
-            self._damaged(f"unknown compression method {h[2]}")
+            self._damaged(f"uses an unknown compression method ({h[2]})")
             return None
         flags, at = h[3], 10
         if flags & 4:  # FEXTRA
@@ -163,7 +163,7 @@ class GzipDecoder(Decoder):
 
     def finish(self) -> None:
         if self.damage is None and (self._state != "header" or self._held.strip(b"\x00")):
-            self._damaged("unexpected end of file (truncated)")
+            self._damaged("ends too soon (truncated)")
 
 
 class _StreamsDecoder(Decoder):
@@ -195,7 +195,7 @@ class _StreamsDecoder(Decoder):
                     break
                 data, self._d = self._d.unused_data, None
         except self.errors as err:
-            self._damaged(f"invalid {self.name} data ({err})")
+            self._damaged(f"is invalid ({err})")
         return b"".join(out)
 
     def _skip_padding(self, data: bytes) -> bytes:
@@ -203,7 +203,7 @@ class _StreamsDecoder(Decoder):
 
     def finish(self) -> None:
         if self.damage is None and self._d is not None and self._fed:
-            self._damaged("unexpected end of file (truncated)")
+            self._damaged("ends too soon (truncated)")
 
 
 class Bzip2Decoder(_StreamsDecoder):

@@ -7,12 +7,13 @@ import os
 #: Bytes per task of a regular file (planned on line ends).
 TASK_BYTES = 1 << 20
 #: Bytes read from a stream or a compressed file at a time (by the coordinator's reader thread).
-READ_BYTES = 256 << 10
+READ_BYTES = 128 << 10
 #: Seconds a stream may be quiet before what it sent so far is cut into a block.
 STREAM_FLUSH = 0.1
-#: Blocks of a stream or compressed input in memory, per worker, on top of the tasks
-#: started ahead of the output (BACKLOG_PER_WORKER): the reader's lead.
-READ_AHEAD_BLOCKS = 2
+#: Blocks of a stream or compressed input in memory, per worker: what it has been handed
+#: (PREFETCH) and this many more, for the reader's lead and for finished tasks waiting
+#: for an earlier one. Each is a task's worth (TASK_BYTES); the reader waits for a free one.
+BLOCKS_PER_WORKER = 4
 #: Lines per batch. Measured: 2,000 cost 2-4 % more per-batch overhead; 10,000 loses
 #: cache locality (bench/README.md).
 BATCH_LINES = 5000

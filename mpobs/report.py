@@ -9,7 +9,8 @@ import click
 
 
 class Progress:
-    """click's progress bar over bytes done, with lines/s; only on a terminal."""
+    """Only on a terminal: click's progress bar over bytes done, with lines/s, when the input's
+    size is known; else (a pipe) a line of lines, bytes and rate, with no ETA to guess."""
 
     def __init__(self, enabled: bool | None = None) -> None:
         self.enabled = sys.stderr.isatty() if enabled is None else enabled
@@ -21,6 +22,13 @@ class Progress:
         if not self.enabled:
             return
         stats = coord.live_stats()["system"]
+        if stats["bytes_total"] is None:
+            line = (f"mpobs  {stats['total_lines']:,} lines  {_mb(stats['bytes_done'])}  "
+                    f"{stats['lines_per_second']:,.0f} lines/s")  # fmt: skip
+            sys.stderr.write("\r" + line.ljust(self.shown))
+            sys.stderr.flush()
+            self.shown, self.bar = len(line), False
+            return
         if self.bar is None:
             self.bar = click.progressbar(
                 length=max(stats["bytes_total"], 1), label="mpobs", file=sys.stderr, show_eta=True,
@@ -33,9 +41,23 @@ class Progress:
         self.bar.update(step, current_item=True)
 
     def close(self) -> None:
+        if self.bar is False:
+            sys.stderr.write("\n")
+            self.bar = None
         if self.bar is not None:
             self.bar.__exit__(None, None, None)
             self.bar = None
+
+
+def _mb(n: int) -> str:
+    return f"{n / 1e6:,.1f} MB"
+
+
+def _input_cell(i: dict[str, Any]) -> str:
+    what = i["compression"] or ("stream" if i["kind"] == "stream" else "")
+    total = f" of {_mb(i['bytes_total'])}" if i["bytes_total"] is not None else ""
+    state = "" if i["state"] == "done" else f", {i['state']}"
+    return f"{i['name']} ({what + ', ' if what else ''}{i['lines']:,} lines, {_mb(i['bytes_read'])}{total}{state})"
 
 
 def summary(stats: dict[str, Any]) -> str:
@@ -53,6 +75,9 @@ def summary(stats: dict[str, Any]) -> str:
         lines.append("  ".join(cells).rstrip())
         if n == 0:
             lines.append("  ".join("-" * w for w in widths))
+    inputs = stats.get("inputs") or []
+    if len(inputs) > 1 or any(i["kind"] != "file" or i["compression"] for i in inputs):
+        lines.append("inputs: " + ", ".join(_input_cell(i) for i in inputs))
     s = stats["system"]
     lines.append(
         f"{s['state']}: {s['total_lines']:,} lines in {s['elapsed_s']:.2f} s "

@@ -165,7 +165,8 @@ class InputSet:
             self._read_all[k] = True
             self._set(k, bytes_read=source.bytes_read, lines_read=source.lines_read)
             if source.damage is not None:
-                self.damage = source.damage
+                rest = len(self.sources) - k - 1
+                self.damage = source.damage + (f"; the {rest} input(s) after it were not read" if rest else "")
                 self._set(k, state="damaged")
                 return  # what follows the damage is not read: the output stays a prefix of the whole
             self._settle(k)

@@ -182,5 +182,5 @@ class BlockReader(threading.Thread):
         d, src = self.decoder, self.source
         assert d is not None
         of = f" of {src.size:,}" if src.size is not None else ""
-        return (f"input {src.given!r}: damaged {src.compression} data after {d.consumed:,}{of} compressed bytes "
-                f"({d.damage}); the {self.lines:,} lines ({self.offset:,} bytes) decoded before it were processed")
+        return (f"input {src.given!r} is damaged: {src.compression} data {d.damage}, at compressed byte "
+                f"{d.consumed:,}{of}; the {self.lines:,} lines ({self.offset:,} bytes) decoded before it were processed")

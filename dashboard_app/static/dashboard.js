@@ -56,8 +56,9 @@
     $("k-errors").classList.toggle("bad", s.total_errors > 0);
     setText("k-errors-sub", dec1.format(s.errors_per_second_10s || 0) + "/s · records dropped " + fmtN(s.errors_dropped || 0));
     const pct = (s.progress || 0) * 100;
-    setText("k-progress", dec1.format(pct) + " %");
-    $("k-progress-bar").style.width = Math.min(100, pct) + "%";
+    // A stream's size is not known: no share and no ETA, only what has been read.
+    setText("k-progress", s.progress === null ? fmtBytes(s.bytes_done) + " read" : dec1.format(pct) + " %");
+    $("k-progress-bar").style.width = (s.progress === null ? 0 : Math.min(100, pct)) + "%";
     setText("k-eta", s.state === "running" ? (s.eta_s !== null ? "ETA " + fmtDur(s.eta_s) : "ETA –") :
       (s.state === "done" ? "finished in " : s.state + " after ") + fmtDur(s.elapsed_s));
     setText("k-workers", (s.workers_alive !== undefined ? fmtN(s.workers_alive) + " / " : "") + fmtN(s.workers));
@@ -112,6 +113,20 @@
     });
     if (!wrows.length) wrows.push(row([{ v: "no live workers (saved run)", cls: "muted" }]));
     wbody.replaceChildren.apply(wbody, wrows);
+    renderInputs(st);
+  }
+  function renderInputs(st) {
+    const ibody = $("input-table").tBodies[0];
+    const irows = (st.inputs || []).map(function (i) {
+      return row([
+        { v: i.name, cls: "id" }, { v: i.compression || i.kind, cls: "muted" },
+        { v: fmtBytes(i.bytes_read), cls: "num", field: "bytes_read" },
+        { v: i.bytes_total === null ? "–" : fmtBytes(i.bytes_total), cls: "num muted" },
+        { v: fmtN(i.lines), cls: "num", field: "lines" }, { v: fmtN(i.lines_done), cls: "num", field: "lines_done" },
+        { v: i.state, cls: i.state === "damaged" ? "bad" : (i.state === "done" ? "ok" : "muted"), field: "state" },
+      ], { "data-input": i.name });
+    });
+    ibody.replaceChildren.apply(ibody, irows);
   }
 
   // -- traces ----------------------------------------------------------------------------------
