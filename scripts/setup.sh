@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Install mpobs (editable) into a virtual environment, .venv (never the system Python),
 # with what the tests need when given --test. Prints nothing on stdout.
-# Debian packages for the real-parts tests (chromium for the page, prometheus for /metrics)
+# Debian packages for the real-parts tests (chromium for the page, prometheus for /metrics,
+# gzip/bzip2/xz-utils/zstd for compressed inputs)
 # are installed with apt-get when missing and when we are root (CI, a fresh dev machine).
 # PYTHON picks the interpreter that makes the venv (default python3); MPOBS_VENV its folder.
 set -euo pipefail
@@ -15,6 +16,11 @@ if [ "${1:-}" = "--test" ]; then
   command -v chromium >/dev/null 2>&1 || need+=(chromium)
   command -v prometheus >/dev/null 2>&1 || need+=(prometheus)
   command -v promtool >/dev/null 2>&1 || need+=(prometheus)
+  # The compressed-input tests make their files with the real tools, as users do.
+  command -v gzip >/dev/null 2>&1 || need+=(gzip)
+  command -v bzip2 >/dev/null 2>&1 || need+=(bzip2)
+  command -v xz >/dev/null 2>&1 || need+=(xz-utils)
+  command -v zstd >/dev/null 2>&1 || need+=(zstd)
   if [ ${#need[@]} -gt 0 ]; then
     if [ "$(id -u)" = 0 ]; then
       echo "setup: apt-get install ${need[*]}" >&2
