@@ -26,7 +26,8 @@ This module alone knows the layout; everyone else asks ``Layout`` (columns, rows
 ``inputs``  shape (inputs, len(INPUT_FIELDS)): per input of the run, in the order given,
             set by the coordinator: bytes read (compressed bytes for a compressed
             input) and its size when known, lines read and committed, and its state
-            (INPUT_STATES).
+            (INPUT_STATES), and its compression (COMPRESSIONS: a stream's is
+            known once its first bytes are read).
 
 Every read-modify-write and every snapshot holds ``lock`` (one process-shared
 multiprocessing.Lock), through ``held()``, which records the holder's pid in
@@ -69,7 +70,9 @@ SYSTEM_FIELDS = (
     "dashboard_dropped", "lock_holder",
 )  # fmt: skip
 _HOLDER = SYSTEM_FIELDS.index("lock_holder")
-INPUT_FIELDS = ("bytes_read", "bytes_total", "lines_read", "lines_done", "state")
+INPUT_FIELDS = ("bytes_read", "bytes_total", "lines_read", "lines_done", "state", "compression")
+#: An input's compression (a stream's is known once its first bytes are read): index here.
+COMPRESSIONS = (None, "gzip", "bzip2", "xz", "zstd")
 #: bytes_total of an input whose size is not known (a pipe).
 UNKNOWN = -1
 INPUT_STATES = ("waiting", "reading", "read", "done", "damaged")

@@ -20,7 +20,7 @@ from mpobs.decoders import SNIFF_BYTES, sniff
 from mpobs.defaults import TASK_BYTES
 from mpobs.errors import InputError
 from mpobs.inputs import NOT_READY, FileSource, InputSource, Task
-from mpobs.segment import INPUT_STATES, UNKNOWN
+from mpobs.segment import COMPRESSIONS, INPUT_STATES, UNKNOWN
 from mpobs.streams import StreamSource
 
 if TYPE_CHECKING:
@@ -142,7 +142,8 @@ class InputSet:
         """Keep the inputs' rows of ``seg`` from now on."""
         self.seg = seg
         for k, s in enumerate(self.sources):
-            seg.set_input(k, bytes_total=UNKNOWN if s.size is None else s.size)
+            seg.set_input(k, bytes_total=UNKNOWN if s.size is None else s.size,
+                          compression=COMPRESSIONS.index(s.compression))  # fmt: skip
 
     # -- planning ------------------------------------------------------------
     def tasks(self, task_bytes: int = TASK_BYTES, store: BlockStore | None = None) -> Iterator[Any]:
@@ -160,7 +161,8 @@ class InputSet:
                 index, line, file_line = index + 1, line + piece.lines, file_line + piece.lines
                 self.tasks_planned += 1
                 self.lines_planned += piece.lines
-                self._set(k, bytes_read=source.bytes_read, lines_read=source.lines_read)
+                self._set(k, bytes_read=source.bytes_read, lines_read=source.lines_read,
+                          compression=COMPRESSIONS.index(source.compression))  # fmt: skip
                 yield task
             self._read_all[k] = True
             self._set(k, bytes_read=source.bytes_read, lines_read=source.lines_read)

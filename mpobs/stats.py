@@ -14,7 +14,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from mpobs.dag import Pipeline
-from mpobs.segment import INPUT_STATES, Snapshot
+from mpobs.segment import COMPRESSIONS, INPUT_STATES, Snapshot
 
 
 @dataclass
@@ -173,6 +173,7 @@ def input_rows(snap: Snapshot, meta: RunMeta) -> list[dict[str, Any]]:
             "lines": v["lines_read"],
             "lines_done": v["lines_done"],
             "state": INPUT_STATES[v["state"]],
+            "compression": COMPRESSIONS[v["compression"]],
         })  # fmt: skip
     return rows
 

@@ -100,3 +100,38 @@ def test_a_task_lost_three_times_fails_the_run_after_the_tasks_before_it(tmp_pat
     assert stats["system"]["state"] == "failed"
     assert stats["system"]["total_lines"] == tasks[2].last_line
     assert stats["system"]["bytes_done"] == tasks[3].start
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+def test_an_adversarial_executor_runs_blocks_of_a_compressed_input(tmp_path: Path, cli: Any, make_log: Any,
+                                                                   seed: int) -> None:  # fmt: skip
+    """Blocks (decoded by the coordinator, in an in-memory store) lost and run again give the file's answer."""
+    import gzip
+
+    log = make_log(3000, awkward=0.01)
+    gz = tmp_path / "in.log.gz"
+    gz.write_bytes(gzip.compress(log.read_bytes()))
+    config = write_dag(tmp_path)
+    local_out, local_m = tmp_path / "local.txt", tmp_path / "local.json"
+    res = cli("process", str(log), "-c", str(config), "-w", "2", "-o", str(local_out), "--save-metrics", str(local_m),
+              *SMALL_TASKS)  # fmt: skip
+    assert res.returncode == 0, res.stderr.decode()
+
+    executor = AdversarialExecutor(capacity=3, seed=seed, lose=0.25)
+    out, traces = tmp_path / "adv.txt", tmp_path / "adv.jsonl"
+    outcome = _run_inline(gz, config, out, traces, executor)
+
+    assert outcome.exit_code == 0, outcome.message
+    assert executor.losses > 0
+    assert out.read_bytes() == local_out.read_bytes()
+    got, want = _comparable(outcome.metrics), _comparable(json.loads(local_m.read_text()))
+    for doc in (got, want):  # bytes are compressed bytes for the .gz; tasks (so batches) are its blocks
+        for k in ("bytes_done", "bytes_total", "tasks_done"):
+            doc["system"].pop(k)
+        for p in doc["processors"].values():
+            p.pop("batches")
+    assert got == want
+    assert outcome.metrics["inputs"][0] | {"bytes_read": 0} == {
+        "name": str(gz), "kind": "file", "compression": "gzip", "bytes_read": 0, "bytes_total": gz.stat().st_size,
+        "lines": 3000, "lines_done": 3000, "state": "done"}  # fmt: skip
+    assert outcome.metrics["system"]["bytes_done"] == gz.stat().st_size
