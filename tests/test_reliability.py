@@ -53,16 +53,22 @@ def kill_config(tmp_path: Path) -> Path:
     ])  # fmt: skip
 
 
-def slow_config(tmp_path: Path) -> Path:
-    """The default pipeline with a pause per batch: runs long enough to be interrupted."""
-    return fn_config(tmp_path, "slowfns", KILL_FNS, [
+def default_with(step: dict[str, Any]) -> list[dict[str, Any]]:
+    """The default pipeline with ``step`` after its line counter: same output, plus what the step does."""
+    return [
         {"type": "line_counter", "id": "line_counter"},
-        {"type": "python", "id": "slow", "function": "slowfns:slow", "batch": True},
+        step,
         {"type": "tag_extractor", "id": "tag_extractor"},
         {"type": "filter", "id": "error_filter", "tag": "error", "inputs": ["tag_extractor"]},
         {"type": "filter", "id": "warn_filter", "tag": "warn", "inputs": ["tag_extractor"]},
         {"type": "filter", "id": "info_filter", "tag": "info", "inputs": ["tag_extractor"]},
-    ])  # fmt: skip
+    ]  # fmt: skip
+
+
+def slow_config(tmp_path: Path) -> Path:
+    """The default pipeline with a pause per batch: runs long enough to be interrupted."""
+    return fn_config(tmp_path, "slowfns", KILL_FNS,
+                     default_with({"type": "python", "id": "slow", "function": "slowfns:slow", "batch": True}))
 
 
 def start_slow_run(tmp_path: Path, log: Path, *extra: str, session: bool = False,
