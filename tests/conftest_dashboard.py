@@ -84,6 +84,7 @@ def small_run(folder: Path, lines: int = 3000, trace_rate: float = 1.0) -> Small
     meta = RunMeta.of(pipeline, source, 1, trace=True, trace_sample=trace_rate)
     seg.set_system(bytes_total=source.size or 0, workers=1)
     seg.set_worker(0, pid=os.getpid(), alive=1)
+    source.track(seg)
     seg.set_state("running")
     events = ListEvents()
     counters: dict[str, dict[str, int]] = {}
@@ -96,6 +97,7 @@ def small_run(folder: Path, lines: int = 3000, trace_rate: float = 1.0) -> Small
         assert result is not None
         seg.complete(result.counts, live_row=row)
         seg.commit(result.counts)
+        source.committed(task, None)
         seg.add_worker(0, tasks=1, lines=result.lines, bytes=task.end - task.start)
         for pid, counts in result.key_counts.items():
             c = counters.setdefault(pid, {})

@@ -59,6 +59,9 @@ def test_stats_has_the_run_numbers_rates_and_workers(client: Any, run: SmallRun)
     assert w["pid"] > 0 and w["lines"] == run.lines and w["tasks"] >= 1
     assert w["rss_bytes"] > 0 and w["cpu_percent"] is not None
     assert doc["dashboard"]["traces_kept"] == 1000
+    (i,) = doc["inputs"]
+    assert i["kind"] == "file" and i["compression"] is None and i["lines"] == i["lines_done"] == run.lines
+    assert i["bytes_read"] == i["bytes_total"] == doc["system"]["bytes_total"] > 0
 
 
 def test_rates_come_from_the_samples(source: LiveSource, run: SmallRun) -> None:

@@ -98,6 +98,10 @@ def test_page_during_a_real_run_and_screenshot(tmp_path: Path, browser_page: tup
             cell = page.locator(f"#proc-table tr[data-processor='{pid}'] td[data-field='lines_out']")
             assert cell.text_content() == f"{row['lines_out']:,}"
         assert page.locator("#k-lines").text_content() == "4,000,000"
+        inputs = page.locator("#input-table tbody tr")
+        assert inputs.count() == 1
+        assert inputs.locator("td[data-field='lines']").text_content() == "4,000,000"
+        assert inputs.locator("td[data-field='state']").text_content() == "done"
         assert page.locator("#dag g.node[data-id='input'] .node-in").text_content() == "read 4,000,000"
         assert page.locator("#traces li.trace").count() > 0
         assert problems == []
