@@ -16,9 +16,10 @@ from dataclasses import dataclass, field
 from typing import IO, Any, Callable, Sequence
 
 from mpobs.blocks import BlockStore
+from mpobs.checkpoint import CheckpointError, Checkpointer
 from mpobs.dag import Pipeline
 from mpobs.defaults import BACKLOG_PER_WORKER, BATCH_LINES, BLOCKS_PER_WORKER, EVENT_CHUNK, SAVED_RECENT, TASK_BYTES
-from mpobs.defaults import TRACE_SAMPLE
+from mpobs.defaults import CHECKPOINT_EVERY, TRACE_SAMPLE
 from mpobs.defaults import default_workers
 from mpobs.errors import EXIT_FAILED, EXIT_MAX_ERRORS, EXIT_OK, EXIT_SIGINT, EXIT_SIGTERM, EXIT_USAGE, MpobsError
 from mpobs.events import EventCollector
@@ -50,6 +51,8 @@ class RunOptions:
     save_traces: str | None = None
     save_metrics: str | None = None  # checked with the other outputs; written by the caller (RunOutcome.metrics)
     max_errors: int | None = None
+    checkpoint: str | None = None  # commit points written here; a run finding one resumes from it
+    checkpoint_every: float = CHECKPOINT_EVERY
     event_chunk: int = EVENT_CHUNK  # records per queue message
     dashboard: Any = None  # dashboard_app.process.DashboardOptions
     dashboard_process: Any = None  # dashboard_app.process.DashboardProcess, forked early (prestart)
@@ -101,6 +104,7 @@ class Coordinator:
         self.executor: Executor = executor or LocalPool(opts.workers)
         self.source: InputSet | None = None
         self.store: BlockStore | None = None
+        self.checkpoints: Checkpointer | None = None
         self.dash_proc = opts.dashboard_process  # forked early by the CLI, or made by _make_segment
         self.collector = collector or EventCollector()
         self.counters: dict[str, Counter[str]] = {n.id: Counter() for n in pipeline.nodes if n.proc.counts_keys}
@@ -118,16 +122,19 @@ class Coordinator:
     def run(self) -> RunOutcome:
         opts = self.opts
         self.source = source = open_inputs([opts.inputs] if isinstance(opts.inputs, str) else opts.inputs)
-        try:
-            check_outputs(source, opts)
-        except BaseException:
-            source.close()
-            raise
-        remove_leftovers()
         self.meta = meta = RunMeta.of(
             self.pipeline, source, self.executor.capacity, trace=opts.trace,
             trace_sample=opts.trace_sample if opts.trace else 0.0, output=opts.output_path, executor=self.executor.name,
         )  # fmt: skip
+        try:
+            check_outputs(source, opts)
+            if opts.checkpoint is not None:
+                self.checkpoints = Checkpointer(opts.checkpoint, opts.checkpoint_every, meta.processors,
+                                                self._layout(source).columns(), source, opts.output_path)  # fmt: skip
+        except BaseException:
+            source.close()
+            raise
+        remove_leftovers()
         ids, names = self.pipeline.ids, meta.record_names()
         self.collector.expand = lambda t: expand_trace(t, names, ids)
         outcome: tuple[str, int, str | None] = ("failed", EXIT_FAILED, None)
@@ -138,7 +145,8 @@ class Coordinator:
             self.seg = self._make_segment(source)
             traces_file = self._open_traces()
             self._serve_dashboard()
-            sink = OutputJoiner(opts.output_path)  # only now: it replaces or empties the file
+            resume_at = self.checkpoints.resume_at if self.checkpoints is not None else None
+            sink = OutputJoiner(opts.output_path, resume_at)  # only now: it replaces, empties or cuts the file
             output = OrderedOutput(sink, self.executor, self._commit)
             self.seg.set_state("running")
             sink.before_fork()
@@ -173,13 +181,16 @@ class Coordinator:
             self.dash_proc = DashboardProcess(multiprocessing.get_context("fork"), opts.dashboard)
         dash = self.dash_proc
         lock = dash.lock if dash is not None else multiprocessing.get_context("fork").Lock()
-        layout = Layout(tuple(self.pipeline.ids), tuple(self.pipeline.tags), self.executor.capacity,
-                        len(source.sources))  # fmt: skip
-        seg = StatsSegment.create(layout, lock)
+        seg = StatsSegment.create(self._layout(source), lock)
         seg.on_stuck = self._unstick
         seg.set_system(bytes_total=UNKNOWN if source.size is None else source.size, workers=self.executor.capacity)
         source.track(seg)
+        if self.checkpoints is not None:
+            self.checkpoints.restore(seg, self.counters, self.error_types, source)
         return seg
+
+    def _layout(self, source: InputSet) -> Layout:
+        return Layout(tuple(self.pipeline.ids), tuple(self.pipeline.tags), self.executor.capacity, len(source.sources))
 
     def _open_traces(self) -> IO[str] | None:
         if not self.opts.save_traces:
@@ -233,6 +244,8 @@ class Coordinator:
                 self._handle(event, sched, output)
             source.drain()
             output.advance()
+            if self.checkpoints is not None and self.checkpoints.due():
+                self._save_checkpoint(output.sink)
             self._check_stop()
             self._poll_dashboard()
             now = time.monotonic()
@@ -264,6 +277,14 @@ class Coordinator:
         elif isinstance(event, LimitReached):
             self._limit_reached = True
 
+    def _save_checkpoint(self, sink: OutputJoiner) -> None:
+        assert self.checkpoints is not None and self.seg is not None and self.source is not None
+        try:
+            self.checkpoints.save(sink.fd, sink.bytes_written, self.seg.snapshot().committed, self._counters(),
+                                  dict(self.error_types), self.source)  # fmt: skip
+        except CheckpointError as err:
+            raise _Stop("failed", EXIT_FAILED, str(err)) from None
+
     def _commit(self, task: Task, result: TaskResult) -> None:
         """A task is in the output: its counts become committed."""
         assert self.seg is not None and self.source is not None
@@ -289,6 +310,12 @@ class Coordinator:
         if self.source is not None:
             self.source.close()
         clean = code in (EXIT_OK, EXIT_SIGINT, EXIT_SIGTERM)
+        if self.checkpoints is not None and sink is not None and self.seg is not None:
+            try:
+                self._save_checkpoint(sink)  # at exit, whatever ended the run: what is in the output
+            except _Stop as stop:
+                if clean:
+                    state, code, message, clean = stop.state, stop.code, stop.message, False
         failed = sink.close() if sink is not None else None  # cuts what was written past the committed end
         if failed is not None and clean:
             state, code, message, clean = "failed", EXIT_FAILED, f"I/O error: {failed}", False

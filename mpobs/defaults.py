@@ -14,6 +14,8 @@ STREAM_FLUSH = 0.1
 #: (PREFETCH) and this many more, for the reader's lead and for finished tasks waiting
 #: for an earlier one. Each is a task's worth (TASK_BYTES); the reader waits for a free one.
 BLOCKS_PER_WORKER = 4
+#: Seconds between checkpoints (--checkpoint-every).
+CHECKPOINT_EVERY = 1.0
 #: Lines per batch. Measured: 2,000 cost 2-4 % more per-batch overhead; 10,000 loses
 #: cache locality (bench/README.md).
 BATCH_LINES = 5000

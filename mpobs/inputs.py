@@ -123,6 +123,10 @@ class InputSource(ABC):
         """Whether ``path`` names this input (so writing it would destroy it)."""
         return False
 
+    def skip(self, offset: int, raw: int) -> None:
+        """Begin at byte ``offset`` (decoded bytes, for a compressed input; ``raw`` of the input's own)."""
+        raise NotImplementedError(f"{type(self).__name__} cannot resume part way")
+
     def close(self) -> None:
         """The run is over: stop reading."""
 
@@ -152,6 +156,9 @@ class FileSource(InputSource):
             return os.path.samefile(path, self.path)
         except OSError:
             return False
+
+    def skip(self, offset: int, raw: int) -> None:
+        self.start = self.bytes_read = offset
 
     def pieces(self, task_bytes: int = TASK_BYTES, store: BlockStore | None = None,
                wake: Callable[[], None] = lambda: None) -> Iterator[Piece]:  # fmt: skip

@@ -103,8 +103,13 @@ def _has_xattrs(path: str) -> bool:
 class OutputJoiner:
     """Appends part files to one output; the kernel copies the bytes where it can."""
 
-    def __init__(self, path: str | None) -> None:
-        if path is None:
+    def __init__(self, path: str | None, resume_at: int | None = None) -> None:
+        """``resume_at``: keep the first bytes of the existing file at ``path`` (a checkpoint's), cut the rest."""
+        if path is not None and resume_at is not None:
+            self.fd, self._closer = os.open(path, os.O_WRONLY), None
+            os.ftruncate(self.fd, resume_at)
+            self.own = True
+        elif path is None:
             try:
                 sys.stdout.flush()
                 self.fd = sys.stdout.fileno()
@@ -120,7 +125,7 @@ class OutputJoiner:
         # Our own regular file: workers write their output into it themselves, at the
         # offsets the ordered output places them at (no part files, no copy). Stdout is joined here.
         self.direct = self.own and self.regular
-        self.bytes_written = 0  # the committed output; direct: also the next task's offset
+        self.bytes_written = resume_at or 0  # the committed output; direct: also the next task's offset
 
     def before_fork(self) -> None:
         """Wait until the replaced output's old file is closed, so that no child inherits it."""

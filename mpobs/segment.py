@@ -127,6 +127,11 @@ class Layout:
     def run_col(self, fname: str) -> int:
         return len(self.processors) * NF + len(self.tags) + RUN_FIELDS.index(fname)
 
+    def columns(self) -> list[str]:
+        """A name per column of a count vector: ``<processor>.<field>``, ``tag:<tag>``, then RUN_FIELDS."""
+        procs = [f"{p}.{f}" for p in self.processors for f in PROC_FIELDS]
+        return procs + [f"tag:{t}" for t in self.tags] + list(RUN_FIELDS)
+
     @staticmethod
     def inflight_row(slot: int, task_seq: int) -> int:
         return 2 + 2 * slot + (task_seq & 1)
@@ -284,6 +289,11 @@ class StatsSegment:
         """A finished task's output is written: its counts become committed."""
         with self.held():
             self._add(self.layout.row_at(1), vec, -1)
+            self._add(self.layout.row_at(0), vec)
+
+    def restore(self, vec: Sequence[int]) -> None:
+        """Start from a checkpoint: its committed counts are the committed row."""
+        with self.held():
             self._add(self.layout.row_at(0), vec)
 
     def uncomplete(self, vec: Sequence[int]) -> None:

@@ -122,6 +122,11 @@ class InputSet:
         self.seg: StatsSegment | None = None
         self._done_lines = [0] * len(sources)
         self._read_all = [False] * len(sources)
+        # Where the output stands in each input: bytes (decoded, for a compressed one), and
+        # its input bytes (compressed) that those account for: a checkpoint's positions.
+        self._offset = [0] * len(sources)
+        self._raw = [0] * len(sources)
+        self._whole: list[bool] = [False] * len(sources)  # all of it is in the output (from a checkpoint)
         self._wake_lock = threading.Lock()  # a reader's wake never writes into a closed (reused) fd
         self._wake_r, self._wake_w = os.pipe()
         for fd in (self._wake_r, self._wake_w):
@@ -148,10 +153,14 @@ class InputSet:
     # -- planning ------------------------------------------------------------
     def tasks(self, task_bytes: int = TASK_BYTES, store: BlockStore | None = None) -> Iterator[Any]:
         """Every input's pieces as tasks, in order; NOT_READY while a stream's next block is not read."""
-        index, line = 0, 1
+        index, line = 0, 1 + sum(self._done_lines)
         for k, source in enumerate(self.sources):
-            self._set(k, state="reading")
-            file_line = 1
+            if self._whole[k]:  # a checkpoint has all of it in the output
+                self._read_all[k] = True
+                self._set(k, state="done", lines_read=source.lines_read, lines_done=self._done_lines[k])
+                continue
+            self._set(k, state="reading", lines_done=self._done_lines[k])
+            file_line = 1 + self._done_lines[k]
             for piece in source.pieces(task_bytes, store, self.wake):
                 if piece is NOT_READY:
                     yield NOT_READY
@@ -179,8 +188,30 @@ class InputSet:
             store.release(task.slot)
         k = task.input
         self._done_lines[k] += task.lines
+        self._offset[k] = task.end
+        self._raw[k] += task.input_bytes
         self._set(k, lines_done=self._done_lines[k])
         self._settle(k)
+
+    # -- checkpoints -----------------------------------------------------------
+    def resume(self, positions: list[Any]) -> None:
+        """Start where a checkpoint stood (``checkpoint.InputPosition`` per input): an input it has
+        whole is not read again; the one it stopped in is read from there on."""
+        for k, (source, pos) in enumerate(zip(self.sources, positions)):
+            self._done_lines[k], self._offset[k], self._raw[k] = pos.lines, pos.offset, pos.raw
+            source.lines_read = pos.lines
+            if pos.done:
+                self._whole[k] = True
+            else:
+                source.skip(pos.offset, pos.raw)
+
+    def positions(self) -> list[dict[str, Any]]:
+        """Per input, what of it is in the output now: bytes, input bytes, lines, and whether all of it is."""
+        return [
+            {"offset": self._offset[k], "raw": self._raw[k], "lines": self._done_lines[k],
+             "done": self._whole[k] or (self._read_all[k] and s.damage is None and self._done_lines[k] == s.lines_read)}
+            for k, s in enumerate(self.sources)
+        ]  # fmt: skip
 
     def _settle(self, k: int) -> None:
         source = self.sources[k]

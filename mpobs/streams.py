@@ -40,6 +40,7 @@ class StreamSource(InputSource):
         self.name = name or os.path.basename(given)
         self._fd = fd  # already open (standard input); else ``path`` is opened when reading starts
         self._reader: BlockReader | None = None
+        self.skip_to = self.raw_start = 0  # resuming: decoded bytes to pass over, and the input bytes they are
 
     def check(self) -> None:
         if self._fd is None and self.path is not None and not os.access(self.path, os.R_OK):
@@ -54,6 +55,12 @@ class StreamSource(InputSource):
             return os.path.samefile(path, self.path)
         except OSError:
             return False
+
+    def skip(self, offset: int, raw: int) -> None:
+        """A compressed file resumes by decoding from its start and passing over ``offset`` bytes."""
+        if self.kind == "stream":
+            raise NotImplementedError("a stream cannot resume part way")
+        self.skip_to, self.raw_start = offset, raw
 
     def open_fd(self) -> int:
         """The fd to read; opening a FIFO waits for its writer, so this runs in the reader thread."""
@@ -94,10 +101,11 @@ class BlockReader(threading.Thread):
         self.source, self.store, self.block_bytes, self.out, self.wake = source, store, block_bytes, out, wake
         self.stop = threading.Event()
         self.pending = bytearray()  # decoded bytes not yet in a block
-        self.offset = 0  # of pending's start, in the decoded input
-        self.raw_cut = 0  # source.bytes_read when the last block was cut
         self.decoder: Decoder | None = None
         self.lines = 0  # in the blocks cut so far
+        self.skip = source.skip_to  # decoded bytes still to pass over (resuming from a checkpoint)
+        self.offset = self.skip  # of pending's start, in the decoded input
+        self.raw_cut = source.raw_start  # input bytes the blocks cut so far account for
 
     def run(self) -> None:
         try:
@@ -135,6 +143,10 @@ class BlockReader(threading.Thread):
                 if src.compression is not None:
                     self.decoder = decoder_for(src.compression)
             self.pending += self.decoder.decode(chunk) if self.decoder is not None else chunk
+            if self.skip:
+                passed = min(self.skip, len(self.pending))
+                del self.pending[:passed]
+                self.skip -= passed
             self._cut_full()
             if self.decoder is not None and self.decoder.damage is not None:
                 break
@@ -164,7 +176,7 @@ class BlockReader(threading.Thread):
         pending, store, src = self.pending, self.store, self.source
         slot = store.acquire()  # waits while every slot is in flight
         lines = pending.count(b"\n", 0, n) + (0 if pending[n - 1] == 0x0A else 1)
-        raw = src.bytes_read - self.raw_cut
+        raw = max(src.bytes_read - self.raw_cut, 0)
         data = None
         if n <= store.slot_bytes:
             with memoryview(pending) as mv:
@@ -173,7 +185,7 @@ class BlockReader(threading.Thread):
             data = bytes(pending[:n])  # too big for a slot: it travels with its task
         del pending[:n]
         self.lines += lines
-        self.raw_cut = src.bytes_read
+        self.raw_cut = max(src.bytes_read, self.raw_cut)
         self.out.put(Piece(self.offset, self.offset + n, lines, None, raw, slot, data))
         self.offset += n
         self.wake()

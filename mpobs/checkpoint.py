@@ -1,0 +1,233 @@
+"""Checkpoints: commit points at which the output on disk, every counter and each input's position agree.
+
+At a commit point (every ``--checkpoint-every`` seconds, and at exit) the coordinator
+flushes the output to disk (fsync), then writes the state atomically: a temp file next
+to the checkpoint, fsync, rename over it, fsync of the folder. A crash at any moment
+leaves either the old checkpoint or the new one, and the output on disk holds at least
+what the checkpoint says it does. The state is what the committed output holds, and
+nothing else (only tasks in the output count, ``mpobs.ordered``):
+
+- per input (in the order given): its name, device, inode and a hash of its first bytes
+  (so another file at the path is noticed), the bytes of it in the output (decoded bytes
+  for a compressed input), its lines there, and whether all of it is;
+- the output file's length; every counter of the stats (the committed count vector:
+  per-processor lines in/out, errors, time and batches, tags; the counter keys; errors by
+  type); a hash of the config.
+
+On start with an existing checkpoint (``load``) it is checked against this run: the same
+config, the same inputs, each the same file, an output at least as long; anything else
+is refused (exit 2) saying what differs. Then the output is cut back to its recorded
+length, the counters are restored, and each input resumes where it stood: the run
+finishes with the output and metrics of one that was never stopped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from mpobs.errors import InputError, MpobsError
+
+VERSION = 1
+#: Bytes of an input's head whose hash tells the file apart from another at the same path.
+HEAD_BYTES = 4096
+
+
+class CheckpointError(MpobsError):
+    """The checkpoint cannot be written (a full disk): the run fails, the last good one stays."""
+
+
+@dataclass
+class InputPosition:
+    name: str  # as given
+    dev: int
+    ino: int
+    head_len: int
+    head_sha256: str
+    offset: int = 0  # bytes of the input in the output (decoded bytes for a compressed input)
+    raw: int = 0  # the input's own bytes those account for (compressed bytes)
+    lines: int = 0
+    done: bool = False
+
+
+@dataclass
+class Checkpoint:
+    config_sha256: str
+    inputs: list[InputPosition]
+    output_length: int = 0
+    lines: int = 0  # run-wide lines in the output
+    counts: list[int] = field(default_factory=list)  # the committed count vector (segment.Layout.vector)
+    columns: list[str] = field(default_factory=list)  # its column names, to check the layout
+    counters: dict[str, dict[str, int]] = field(default_factory=dict)
+    error_types: list[list[Any]] = field(default_factory=list)  # [processor, type, count]
+    written_at: float = 0.0
+    version: int = VERSION
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+
+def config_hash(processors: list[dict[str, Any]]) -> str:
+    """The pipeline as the stats describe it (ids, types, wiring, every setting)."""
+    return hashlib.sha256(json.dumps(processors, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def identify(name: str, path: str) -> InputPosition:
+    st = os.stat(path)
+    with open(path, "rb") as f:
+        head = f.read(HEAD_BYTES)
+    return InputPosition(name, st.st_dev, st.st_ino, len(head), hashlib.sha256(head).hexdigest())
+
+
+def head_matches(path: str, pos: InputPosition) -> bool:
+    with open(path, "rb") as f:
+        head = f.read(pos.head_len)
+    return len(head) == pos.head_len and hashlib.sha256(head).hexdigest() == pos.head_sha256
+
+
+def read(path: str) -> Checkpoint | None:
+    """The checkpoint at ``path``, or None when there is none. Unreadable or corrupt: InputError (exit 2)."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except FileNotFoundError:
+        return None
+    except OSError as err:
+        raise InputError(f"checkpoint {path!r} cannot be read: {err.strerror}") from err
+    try:
+        raw = json.loads(text)
+        if raw.get("version") != VERSION:
+            raise ValueError(f"version {raw.get('version')!r}, this mpobs writes {VERSION}")
+        raw["inputs"] = [InputPosition(**i) for i in raw["inputs"]]
+        return Checkpoint(**raw)
+    except (ValueError, TypeError, KeyError, AttributeError) as err:
+        raise InputError(f"checkpoint {path!r} is corrupt ({err}); remove it to start afresh") from err
+
+
+def write(path: str, cp: Checkpoint) -> None:
+    """Atomically: a temp file beside it, fsync, rename, fsync of the folder. Raises CheckpointError."""
+    cp.written_at = time.time()
+    folder = os.path.dirname(os.path.abspath(path))
+    tmp = os.path.join(folder, f".{os.path.basename(path)}.{os.getpid()}.tmp")
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        try:
+            data = cp.to_json().encode() + b"\n"
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+        dfd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+    except OSError as err:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise CheckpointError(f"cannot write the checkpoint {path!r}: {err.strerror or err}; "
+                              "the last one written stays valid") from err  # fmt: skip
+
+
+def check(cp: Checkpoint, path: str, config_sha: str, inputs: list[tuple[str, str]], columns: list[str],
+          output_path: str) -> None:  # fmt: skip
+    """Refuse (InputError, exit 2) a checkpoint this run cannot resume, saying what differs.
+
+    ``inputs``: per input, (the name as given, the path to open it at).
+    """
+    where = f"checkpoint {path!r}"
+    if cp.config_sha256 != config_sha or cp.columns != columns:
+        raise InputError(f"{where} was made with another pipeline config; run with that config, or remove it")
+    names = [name for name, _ in inputs]
+    if [i.name for i in cp.inputs] != names:
+        raise InputError(f"{where} was made for the inputs {[i.name for i in cp.inputs]}, not {names}")
+    for pos, (name, at) in zip(cp.inputs, inputs):
+        try:
+            st = os.stat(at)
+        except OSError as err:
+            raise InputError(f"{where}: input {name!r} is gone ({err.strerror})") from err
+        if (st.st_dev, st.st_ino) != (pos.dev, pos.ino) or not head_matches(at, pos):
+            raise InputError(f"{where}: input {name!r} is not the file the checkpoint was made for "
+                             f"(inode {pos.ino}, now {st.st_ino}, or its first bytes differ)")  # fmt: skip
+    try:
+        size = os.path.getsize(output_path)
+    except OSError as err:
+        raise InputError(f"{where}: its output {output_path!r} is gone ({err.strerror})") from err
+    if size < cp.output_length:
+        raise InputError(f"{where}: its output {output_path!r} holds {size:,} bytes, fewer than the "
+                         f"{cp.output_length:,} it recorded; it was changed since")  # fmt: skip
+
+
+class Checkpointer:
+    """The coordinator's side: load and check a checkpoint at start, restore it, write one at commit points."""
+
+    def __init__(self, path: str, every: float, processors: list[dict[str, Any]], columns: list[str],
+                 source: Any, output_path: str | None) -> None:  # fmt: skip
+        if output_path is None:
+            raise InputError("--checkpoint needs --output FILE: what went to stdout cannot be cut back to a checkpoint")
+        streams = [s.given for s in source.sources if s.kind == "stream"]
+        if streams:
+            raise InputError(f"--checkpoint cannot resume a stream ({', '.join(streams)}); give files")
+        self.path, self.every, self.columns = path, every, columns
+        self.config_sha = config_hash(processors)
+        self.found = read(path)
+        opened = [(s.given, s.path) for s in source.sources]
+        if self.found is not None:
+            check(self.found, path, self.config_sha, opened, columns, output_path)
+            self.identities = self.found.inputs
+        else:
+            self.identities = [identify(name, at) for name, at in opened]
+        self._last = time.monotonic()
+        self._saved_lines = -1
+
+    @property
+    def resume_at(self) -> int | None:
+        """The output's length to cut it back to, when resuming."""
+        return self.found.output_length if self.found is not None else None
+
+    def restore(self, seg: Any, counters: dict[str, Any], error_types: Any, source: Any) -> None:
+        """Counters as the checkpoint had them; the inputs resume where it stood."""
+        cp = self.found
+        if cp is None:
+            return
+        seg.restore(cp.counts)
+        for pid, keys in cp.counters.items():
+            counters[pid].update(keys)
+        for proc, kind, n in cp.error_types:
+            error_types[(proc, kind)] += n
+        source.resume(cp.inputs)
+        # The totals the stats show count what came before too.
+        source.lines_planned, source.tasks_planned = cp.lines, cp.counts[self.columns.index("tasks_done")]
+        self._saved_lines = cp.lines
+
+    def due(self) -> bool:
+        return time.monotonic() - self._last >= self.every
+
+    def save(self, out_fd: int, output_length: int, committed: list[int], counters: dict[str, dict[str, int]],
+             error_types: dict[tuple[str, str], int], source: Any, force: bool = False) -> None:  # fmt: skip
+        """A commit point: the output to disk, then the state. Raises CheckpointError (the old one stays)."""
+        self._last = time.monotonic()
+        positions = source.positions()
+        lines = sum(p["lines"] for p in positions)
+        if lines == self._saved_lines and not force:
+            return  # nothing new is in the output
+        try:
+            os.fsync(out_fd)
+        except OSError as err:
+            raise CheckpointError(f"cannot flush the output to disk: {err.strerror or err}; "
+                                  "the last checkpoint stays valid") from err  # fmt: skip
+        inputs = [InputPosition(i.name, i.dev, i.ino, i.head_len, i.head_sha256, p["offset"], p["raw"], p["lines"],
+                                p["done"]) for i, p in zip(self.identities, positions)]  # fmt: skip
+        cp = Checkpoint(self.config_sha, inputs, output_length, lines, list(committed), self.columns,
+                        counters, [[p, t, n] for (p, t), n in sorted(error_types.items())])  # fmt: skip
+        write(self.path, cp)
+        self._saved_lines = lines

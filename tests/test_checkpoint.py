@@ -1,0 +1,218 @@
+"""Checkpoints: a run killed outright (SIGKILL, the whole process group) and started again with the same
+command finishes with the output and counts of one that was never killed; a checkpoint that does not fit
+the run is refused, saying why."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.reference import default_pipeline
+from tests.test_reliability import default_with, fn_config, wait_for
+
+SLOW_FNS = """
+import time
+def slow(lines):
+    time.sleep(0.01)
+    return lines
+"""
+COUNTS = ("lines_in", "lines_out", "errors", "batches")
+
+
+def slow_config(tmp_path: Path) -> Path:
+    """The default pipeline, 10 ms slower per batch: long enough to be killed part way."""
+    return fn_config(tmp_path, "ckfns", SLOW_FNS,
+                     default_with({"type": "python", "id": "slow", "function": "ckfns:slow", "batch": True}))
+
+
+def exact(metrics: dict[str, Any]) -> dict[str, Any]:
+    """What must be the same after any number of kills and restarts (times are not)."""
+    s = metrics["system"]
+    return {
+        "processors": {p: {k: row[k] for k in COUNTS} for p, row in metrics["processors"].items()},
+        "tags": metrics["tags"], "counters": metrics["counters"], "errors_by_type": metrics["errors_by_type"],
+        "system": {k: s[k] for k in ("total_lines", "bytes_done", "tasks_done", "total_errors", "state")},
+        "inputs": [{k: i[k] for k in ("name", "lines", "lines_done", "state")} for i in metrics["inputs"]],
+    }  # fmt: skip
+
+
+def command(tmp_path: Path, inputs: list[Path], workers: int, config: Path, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "mpobs", "process", *map(str, inputs), "-c", str(config), "-w", str(workers), "-q",
+            "-o", str(tmp_path / "out"), "--save-metrics", str(tmp_path / "m.json"), "--batch-lines", "500",
+            "--task-size", "65536", "--checkpoint", str(tmp_path / "ck.json"), "--checkpoint-every", "0.1", *extra]
+
+
+def kill_part_way(cmd: list[str], tmp_path: Path, after_lines: int) -> None:
+    """Start the run; SIGKILL its whole process group once the checkpoint holds ``after_lines`` lines or more."""
+    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, start_new_session=True)
+    try:
+        def far_enough() -> bool:
+            try:
+                return json.loads((tmp_path / "ck.json").read_text())["lines"] >= after_lines
+            except (OSError, ValueError):
+                return False
+
+        wait_for(lambda: far_enough() or proc.poll() is not None, 60)
+        assert proc.poll() is None, f"it finished before it could be killed: {proc.stderr.read().decode()}"
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        proc.wait(30)
+        proc.stderr.close()
+
+
+@pytest.mark.parametrize("kind", ["plain", "gzip", "two-files"])
+def test_killed_runs_resume_to_the_output_and_counts_of_an_unkilled_one(tmp_path: Path, make_log: Any,
+                                                                        fault_workers: int, kind: str) -> None:
+    log = make_log(40_000, awkward=0.002)
+    config = slow_config(tmp_path)
+    if kind == "gzip":
+        gz = tmp_path / "in.log.gz"
+        gz.write_bytes(gzip.compress(log.read_bytes()))
+        inputs = [gz]
+    elif kind == "two-files":
+        data = log.read_bytes()
+        cut = data.index(b"\n", len(data) // 3) + 1
+        (tmp_path / "a.log").write_bytes(data[:cut])
+        (tmp_path / "b.log").write_bytes(data[cut:])
+        inputs = [tmp_path / "a.log", tmp_path / "b.log"]
+    else:
+        inputs = [log]
+    ref = tmp_path / "ref"
+    ref.mkdir()
+    whole = subprocess.run(command(ref, inputs, fault_workers, config), capture_output=True, timeout=120)
+    assert whole.returncode == 0, whole.stderr.decode()
+
+    cmd = command(tmp_path, inputs, fault_workers, config)
+    for at in (8_000, 17_000, 29_000):  # three kills, each part way on from the last resume
+        kill_part_way(cmd, tmp_path, at)
+    last = subprocess.run(cmd, capture_output=True, timeout=120)
+
+    assert last.returncode == 0, last.stderr.decode()
+    assert (tmp_path / "out").read_bytes() == (ref / "out").read_bytes() == default_pipeline(log.read_bytes())[0]
+    got, want = json.loads((tmp_path / "m.json").read_text()), json.loads((ref / "m.json").read_text())
+    assert exact(got) == exact(want)
+    # Done is done: the same command again changes nothing.
+    again = subprocess.run(cmd, capture_output=True, timeout=120)
+    assert again.returncode == 0, again.stderr.decode()
+    assert (tmp_path / "out").read_bytes() == (ref / "out").read_bytes()
+    assert exact(json.loads((tmp_path / "m.json").read_text())) == exact(want)
+
+
+def test_sigint_writes_a_checkpoint_the_next_run_resumes_from(tmp_path: Path, make_log: Any) -> None:
+    log = make_log(30_000)
+    config = slow_config(tmp_path)
+    cmd = command(tmp_path, [log], 2, config)
+    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE)
+    wait_for(lambda: (tmp_path / "ck.json").exists(), 60)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err.decode()
+    stopped = json.loads((tmp_path / "ck.json").read_text())
+    assert 0 < stopped["lines"] < 30_000
+    assert (tmp_path / "out").stat().st_size == stopped["output_length"]
+    res = subprocess.run(cmd, capture_output=True, timeout=120)
+    assert res.returncode == 0, res.stderr.decode()
+    assert (tmp_path / "out").read_bytes() == default_pipeline(log.read_bytes())[0]
+
+
+def _checkpointed(tmp_path: Path, make_log: Any) -> tuple[Path, list[str]]:
+    log = make_log(3000)
+    cmd = command(tmp_path, [log], 1, slow_config(tmp_path))
+    res = subprocess.run(cmd, capture_output=True, timeout=120)
+    assert res.returncode == 0, res.stderr.decode()
+    return log, cmd
+
+
+def test_a_checkpoint_from_another_config_is_refused(tmp_path: Path, make_log: Any) -> None:
+    _, cmd = _checkpointed(tmp_path, make_log)
+    other = tmp_path / "other.json"
+    other.write_text(json.dumps({"processors": [{"type": "uppercase", "id": "up"}]}))
+    res = subprocess.run([*cmd, "-c", str(other)], capture_output=True, timeout=60)
+    err = res.stderr.decode()
+    assert res.returncode == 2 and "another pipeline config" in err and str(tmp_path / "ck.json") in err, err
+    assert "Traceback" not in err
+
+
+def test_a_different_file_at_the_path_is_refused(tmp_path: Path, make_log: Any) -> None:
+    log, cmd = _checkpointed(tmp_path, make_log)
+    log.unlink()
+    log.write_bytes(b"ERROR a new file where the old one was\n")
+    res = subprocess.run(cmd, capture_output=True, timeout=60)
+    err = res.stderr.decode()
+    assert res.returncode == 2 and "is not the file the checkpoint was made for" in err, err
+
+
+def test_a_changed_file_is_refused_and_a_missing_one_too(tmp_path: Path, make_log: Any) -> None:
+    log, cmd = _checkpointed(tmp_path, make_log)
+    data = log.read_bytes()
+    log.write_bytes(b"X" + data[1:])  # same inode, other first bytes
+    res = subprocess.run(cmd, capture_output=True, timeout=60)
+    assert res.returncode == 2 and "first bytes differ" in res.stderr.decode(), res.stderr.decode()
+    log.unlink()
+    res = subprocess.run(cmd, capture_output=True, timeout=60)
+    assert res.returncode == 2 and f"input {str(log)!r}: no such file" in res.stderr.decode(), res.stderr.decode()
+
+
+@pytest.mark.parametrize("content", [b"{not json", b'{"version": 99}', b"", b'{"version": 1}'])
+def test_a_corrupt_checkpoint_is_refused_never_a_silent_fresh_start(tmp_path: Path, make_log: Any,
+                                                                    content: bytes) -> None:  # fmt: skip
+    _, cmd = _checkpointed(tmp_path, make_log)
+    out_before = (tmp_path / "out").read_bytes()
+    (tmp_path / "ck.json").write_bytes(content)
+    res = subprocess.run(cmd, capture_output=True, timeout=60)
+    err = res.stderr.decode()
+    assert res.returncode == 2 and "corrupt" in err and str(tmp_path / "ck.json") in err, err
+    assert "Traceback" not in err
+    assert (tmp_path / "out").read_bytes() == out_before
+
+
+def test_an_output_shorter_than_the_checkpoint_says_is_refused(tmp_path: Path, make_log: Any) -> None:
+    _, cmd = _checkpointed(tmp_path, make_log)
+    with open(tmp_path / "out", "r+b") as f:
+        f.truncate(10)
+    res = subprocess.run(cmd, capture_output=True, timeout=60)
+    assert res.returncode == 2 and "fewer than the" in res.stderr.decode(), res.stderr.decode()
+
+
+def test_checkpoint_needs_an_output_file_and_files_to_resume(tmp_path: Path, make_log: Any) -> None:
+    log = make_log(100)
+    res = subprocess.run([sys.executable, "-m", "mpobs", "process", str(log), "--checkpoint", str(tmp_path / "c")],
+                         capture_output=True, timeout=60)  # fmt: skip
+    assert res.returncode == 2 and "--checkpoint needs --output FILE" in res.stderr.decode(), res.stderr.decode()
+    res = subprocess.run([sys.executable, "-m", "mpobs", "process", "-", "-o", str(tmp_path / "o"), "--checkpoint",
+                          str(tmp_path / "c")], input=log.read_bytes(), capture_output=True, timeout=60)  # fmt: skip
+    assert res.returncode == 2 and "cannot resume a stream" in res.stderr.decode(), res.stderr.decode()
+    assert not (tmp_path / "c").exists()
+
+
+def test_a_checkpoint_write_that_fails_keeps_the_last_one(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A full disk (ENOSPC) while writing: CheckpointError (the run exits 1), the old checkpoint intact, no temp file."""
+    import errno
+
+    from mpobs import checkpoint
+
+    path = tmp_path / "ck.json"
+    first = checkpoint.Checkpoint("abc", [checkpoint.InputPosition("in.log", 1, 2, 3, "ff", 10, 10, 2, False)], 42, 2)
+    checkpoint.write(str(path), first)
+    before = path.read_bytes()
+
+    def full(fd: int) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(checkpoint.os, "fsync", full)
+    with pytest.raises(checkpoint.CheckpointError, match="No space left on device.*stays valid"):
+        checkpoint.write(str(path), checkpoint.Checkpoint("abc", first.inputs, 99, 5))
+    assert path.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["ck.json"]
+    assert checkpoint.read(str(path)) == first
