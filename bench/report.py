@@ -103,6 +103,7 @@ def ratios(rows: dict[str, Any], rss: dict[str, Any]) -> dict[str, float | None]
         "trace_overhead": over("w2", "trace"),
         "trace1_overhead": over("w2", "trace1"),
         "dashboard_overhead": over("w2", "dashboard"),
+        "checkpoint_overhead": over("w2", "checkpoint"),
         "rss_big_vs_small": growth,
     }
 
@@ -146,6 +147,8 @@ def targets(r: dict[str, Any], rss: dict[str, Any], startup: dict[str, Any], sta
                 f"{p99:.1f} ms" if p99 is not None else "", stats.get("error", "")),
         _target("start-up on a 10-line file < 0.5 s (median of 5)", su, (su or 0) < 0.5,
                 f"{su:.3f} s" if su is not None else "", startup.get("error", "")),
+        _target("checkpoints (every 1 s) overhead <= 5%", r.get("checkpoint_overhead"),
+                (r.get("checkpoint_overhead") or 0) <= 0.05, pct(r.get("checkpoint_overhead")), why("checkpoint")),
         *_small_targets(small or {}),
         *_input_targets(inputs or {}, rss),
     ]

@@ -29,6 +29,7 @@ class Row:
     # Its rounds run after the others': its long full load on every core left the next run
     # 5-10 % slower (measured after a 20 s burn), and that next run was always the same row.
     apart: bool = False
+    checkpoint: bool = False  # with --checkpoint (removed before each run, so that it never resumes)
 
 
 @dataclass
@@ -65,6 +66,7 @@ def build_rows(cpus: int) -> list[Row]:
         Row("trace1", "mpobs w2 --trace --trace-sample 1", "mpobs",
             ("--workers", "2", "--trace", "--trace-sample", "1"), apart=True),
         Row("dashboard", "mpobs w2 --dashboard, /stats at 10 Hz", "mpobs", ("--workers", "2"), dashboard=True),
+        Row("checkpoint", "mpobs w2 --checkpoint (every 1 s)", "mpobs", ("--workers", "2"), checkpoint=True),
     ]
     return rows
 
@@ -81,6 +83,8 @@ def command(row: Row, src: Path, out: Path, port: int | None = None) -> list[str
     argv = [*mpobs_command(), "process", str(src), *row.args, "-q", "-o", str(out)]
     if row.dashboard:
         argv += ["--dashboard", "--dashboard-port", str(port), "--linger", "0"]
+    if row.checkpoint:
+        argv += ["--checkpoint", str(out.with_suffix(".ckpt"))]
     return argv
 
 
@@ -166,6 +170,8 @@ def run_row(row: Row, src: Path, out: Path, timeout: float) -> RunResult:
     # 30 s after they were written, which is in the middle of some later row: the dashboard
     # row (after the 24 s trace-sample-1 row) took the writeback of the w1, w2 and trace
     # outputs, about 450 MB, and read 3-4 % slower in full runs than in A/B runs.
+    if row.checkpoint:
+        out.with_suffix(".ckpt").unlink(missing_ok=True)  # a fresh run each time, never a resumed one
     os.sync()
     with open(out.with_suffix(".stderr"), "w+b") as err:
         t0 = time.perf_counter()
