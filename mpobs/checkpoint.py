@@ -174,6 +174,8 @@ class Checkpointer:
                  source: Any, output_path: str | None) -> None:  # fmt: skip
         if output_path is None:
             raise InputError("--checkpoint needs --output FILE: what went to stdout cannot be cut back to a checkpoint")
+        if any(getattr(s, "following", False) for s in source.sources):
+            raise InputError("--checkpoint with --follow is not supported yet: a followed file cannot resume")
         streams = [s.given for s in source.sources if s.kind == "stream"]
         if streams:
             raise InputError(f"--checkpoint cannot resume a stream ({', '.join(streams)}); give files")

@@ -60,6 +60,8 @@ def _one_blas_thread() -> None:
 @click.option("--save-traces", type=click.Path(path_type=str),
               help="Write every traced line as JSON Lines (nothing dropped; workers wait). Implies --trace.")
 @click.option("--max-errors", type=click.IntRange(1), help="Stop (exit 3) after this many processor errors.")
+@click.option("-F", "--follow", is_flag=True,
+              help="Follow the last input as it grows and is rotated (tail -F), until SIGINT or SIGTERM (exit 0).")
 @click.option("--checkpoint", "checkpoint", type=click.Path(dir_okay=False, path_type=str),
               help="Write commit points here (needs --output FILE); a run that finds one resumes from it.")
 @click.option("--checkpoint-every", type=click.FloatRange(0.05), default=CHECKPOINT_EVERY, show_default=True,
@@ -78,7 +80,7 @@ def _one_blas_thread() -> None:
               help="Keep the dashboard up this many seconds after the run (default: until Ctrl-C; 0: exit).")
 def process(inputs: tuple[str, ...], config_path: str | None, workers: int | None, output: str | None,
             save_metrics: str | None, trace: bool, trace_sample: float, save_traces: str | None,
-            max_errors: int | None, checkpoint: str | None, checkpoint_every: float, task_size: int, batch_lines: int, quiet: bool, dashboard: bool,
+            max_errors: int | None, follow: bool, checkpoint: str | None, checkpoint_every: float, task_size: int, batch_lines: int, quiet: bool, dashboard: bool,
             dashboard_host: str, dashboard_port: int, dashboard_token: str | None,
             linger: float | None) -> None:  # fmt: skip
     """Run the pipeline over INPUTS, one stream in the order given (default: a generated sample log).
@@ -122,7 +124,7 @@ def process(inputs: tuple[str, ...], config_path: str | None, workers: int | Non
         opts = RunOptions(
             list(inputs), output, workers or default_workers(), task_size, batch_lines,
             trace=trace or bool(save_traces), trace_sample=trace_sample, save_traces=save_traces, save_metrics=save_metrics,
-            max_errors=max_errors, checkpoint=checkpoint, checkpoint_every=checkpoint_every, dashboard=dash, dashboard_process=dash_proc, on_tick=progress.tick,
+            max_errors=max_errors, checkpoint=checkpoint, checkpoint_every=checkpoint_every, follow=follow, dashboard=dash, dashboard_process=dash_proc, on_tick=progress.tick,
         )  # fmt: skip
         try:
             outcome = Coordinator(pipeline, opts).run()

@@ -53,6 +53,7 @@ class RunOptions:
     max_errors: int | None = None
     checkpoint: str | None = None  # commit points written here; a run finding one resumes from it
     checkpoint_every: float = CHECKPOINT_EVERY
+    follow: bool = False  # the last input is followed (tail -F) until SIGINT or SIGTERM
     event_chunk: int = EVENT_CHUNK  # records per queue message
     dashboard: Any = None  # dashboard_app.process.DashboardOptions
     dashboard_process: Any = None  # dashboard_app.process.DashboardProcess, forked early (prestart)
@@ -113,6 +114,7 @@ class Coordinator:
         self.meta: RunMeta | None = None
         self.dashboard: Any = None
         self._signal: int | None = None
+        self._stop_following: int | None = None  # the signal that stopped a followed run's reading
         self._limit_reached = False
         self._counters_sent_at = 0.0
         self._stuck_since = self._stuck_last = 0.0
@@ -121,7 +123,8 @@ class Coordinator:
     # -- the story of a run --------------------------------------------------
     def run(self) -> RunOutcome:
         opts = self.opts
-        self.source = source = open_inputs([opts.inputs] if isinstance(opts.inputs, str) else opts.inputs)
+        self.source = source = open_inputs([opts.inputs] if isinstance(opts.inputs, str) else opts.inputs,
+                                           follow=opts.follow)  # fmt: skip
         self.meta = meta = RunMeta.of(
             self.pipeline, source, self.executor.capacity, trace=opts.trace,
             trace_sample=opts.trace_sample if opts.trace else 0.0, output=opts.output_path, executor=self.executor.name,
@@ -158,7 +161,9 @@ class Coordinator:
             self._loop(Scheduler(plan, BACKLOG_PER_WORKER * self.executor.capacity), output)
             if source.damage is not None:  # everything before the damage is in the output and counted
                 raise _Stop("failed", EXIT_USAGE, source.damage)
-            outcome = ("done", EXIT_OK, None)
+            stopped = self._stop_following
+            outcome = ("done", EXIT_OK, None if stopped is None else
+                       f"stopped following ({signal.Signals(stopped).name}); everything read is in the output")
         except _Stop as stop:
             outcome = (stop.state, stop.code, stop.message)
         except OutputClosed:
@@ -246,6 +251,10 @@ class Coordinator:
             output.advance()
             if self.checkpoints is not None and self.checkpoints.due():
                 self._save_checkpoint(output.sink)
+            if self.opts.follow:
+                if self._stop_following is not None and not source.stopped:
+                    source.stop_reading()
+                source.refresh()
             self._check_stop()
             self._poll_dashboard()
             now = time.monotonic()
@@ -420,7 +429,11 @@ class Coordinator:
         old: dict[int, Any] = {}
 
         def handler(signum: int, frame: Any) -> None:
-            self._signal = signum
+            if self.opts.follow and self._stop_following is None:
+                # A followed log's service is being stopped: read no more, finish what was read, exit 0.
+                self._stop_following = signum
+                return
+            self._signal = signum  # a second one: stop now
             self.executor.stop_restarts()  # a worker that dies now is not started again
 
         try:

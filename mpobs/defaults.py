@@ -14,6 +14,9 @@ STREAM_FLUSH = 0.1
 #: (PREFETCH) and this many more, for the reader's lead and for finished tasks waiting
 #: for an earlier one. Each is a task's worth (TASK_BYTES); the reader waits for a free one.
 BLOCKS_PER_WORKER = 4
+#: Seconds between looks at a followed file that has nothing new (--follow): its lines'
+#: latency, and the idle follow's cost (about 1 % of one core at 0.1 s, measured).
+FOLLOW_POLL = 0.1
 #: Seconds between checkpoints (--checkpoint-every).
 CHECKPOINT_EVERY = 1.0
 #: Lines per batch. Measured: 2,000 cost 2-4 % more per-batch overhead; 10,000 loses

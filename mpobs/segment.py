@@ -27,7 +27,9 @@ This module alone knows the layout; everyone else asks ``Layout`` (columns, rows
             set by the coordinator: bytes read (compressed bytes for a compressed
             input) and its size when known, lines read and committed, and its state
             (INPUT_STATES), and its compression (COMPRESSIONS: a stream's is
-            known once its first bytes are read).
+            known once its first bytes are read); for a followed file (--follow)
+            whether it is being followed, its rotations, the bytes it holds beyond
+            what was read, and when its last lines were read (ms since the epoch).
 
 Every read-modify-write and every snapshot holds ``lock`` (one process-shared
 multiprocessing.Lock), through ``held()``, which records the holder's pid in
@@ -70,7 +72,10 @@ SYSTEM_FIELDS = (
     "dashboard_dropped", "lock_holder",
 )  # fmt: skip
 _HOLDER = SYSTEM_FIELDS.index("lock_holder")
-INPUT_FIELDS = ("bytes_read", "bytes_total", "lines_read", "lines_done", "state", "compression")
+INPUT_FIELDS = (
+    "bytes_read", "bytes_total", "lines_read", "lines_done", "state", "compression",
+    "following", "rotations", "lag_bytes", "last_line_ms",
+)  # fmt: skip
 #: An input's compression (a stream's is known once its first bytes are read): index here.
 COMPRESSIONS = (None, "gzip", "bzip2", "xz", "zstd")
 #: bytes_total of an input whose size is not known (a pipe).

@@ -28,15 +28,19 @@ if TYPE_CHECKING:
     from mpobs.segment import StatsSegment
 
 
-def open_inputs(given: Sequence[str]) -> InputSet:
-    """The sources for the input names given; any that cannot be read fails the run (all of them named)."""
+def open_inputs(given: Sequence[str], follow: bool = False) -> InputSet:
+    """The sources for the input names given; any that cannot be read fails the run (all of them named).
+
+    ``follow``: the last input is followed (``mpobs.follow``); the ones before it (its
+    rotated generations, say) are read to their end first.
+    """
     sources: list[InputSource] = []
     problems: list[str] = []
     if list(given).count("-") > 1:
         problems.append("standard input ('-') is given more than once")
-    for name in given:
+    for k, name in enumerate(given):
         try:
-            source = classify(name)
+            source = _followed(name) if follow and k == len(given) - 1 else classify(name)
             source.check()
             sources.append(source)
         except InputError as err:
@@ -76,6 +80,16 @@ def classify(given: str) -> InputSource:
     if compression is not None:
         return StreamSource(given, path, "file", compression, st.st_size)
     return FileSource(given, path, st.st_size)
+
+
+def _followed(given: str) -> InputSource:
+    from mpobs.follow import FollowSource
+
+    source = classify(given)
+    if not isinstance(source, FileSource) or given == "-":
+        what = "a stream" if source.kind == "stream" else f"{source.compression} compressed"
+        raise InputError(f"--follow follows a growing file of text; {given!r} is {what}")
+    return FollowSource(given, source.path, source.size or 0)
 
 
 def _unreadable(given: str, err: OSError) -> InputError:
@@ -127,6 +141,7 @@ class InputSet:
         self._offset = [0] * len(sources)
         self._raw = [0] * len(sources)
         self._whole: list[bool] = [False] * len(sources)  # all of it is in the output (from a checkpoint)
+        self.stopped = False  # told to stop reading (a followed run being stopped): nothing more is planned
         self._wake_lock = threading.Lock()  # a reader's wake never writes into a closed (reused) fd
         self._wake_r, self._wake_w = os.pipe()
         for fd in (self._wake_r, self._wake_w):
@@ -138,7 +153,8 @@ class InputSet:
 
     def describe(self) -> list[dict[str, Any]]:
         """What /stats shows of each input, besides its live values (``RunMeta.inputs``)."""
-        return [{"name": s.given, "kind": s.kind, "compression": s.compression} for s in self.sources]
+        return [{"name": s.given, "kind": s.kind, "compression": s.compression,
+                 **({"follow": True} if getattr(s, "following", False) else {})} for s in self.sources]
 
     def is_file(self, path: str) -> bool:
         return any(s.is_file(path) for s in self.sources)
@@ -161,7 +177,11 @@ class InputSet:
                 continue
             self._set(k, state="reading", lines_done=self._done_lines[k])
             file_line = 1 + self._done_lines[k]
+            if self.stopped:
+                return
             for piece in source.pieces(task_bytes, store, self.wake):
+                if self.stopped and source.kind == "file" and not getattr(source, "following", False):
+                    return  # a file planned here: stop at a task's end (a reader's blocks still come)
                 if piece is NOT_READY:
                     yield NOT_READY
                     continue
@@ -181,6 +201,19 @@ class InputSet:
                 self._set(k, state="damaged")
                 return  # what follows the damage is not read: the output stays a prefix of the whole
             self._settle(k)
+
+    def stop_reading(self) -> None:
+        """Read no more: what was read is processed, and the plan ends (a followed run being stopped)."""
+        self.stopped = True
+        for source in self.sources:
+            source.close()
+
+    def refresh(self) -> None:
+        """The followed inputs' live values (lag, rotations, last line), which change while nothing is planned."""
+        for k, s in enumerate(self.sources):
+            if getattr(s, "following", False):
+                self._set(k, following=0 if self.stopped else 1, rotations=s.rotations, lag_bytes=s.lag_bytes,
+                          last_line_ms=int(s.last_line_at * 1000))  # fmt: skip
 
     def committed(self, task: Task, store: BlockStore | None) -> None:
         """``task`` is in the output: its block's slot is free again; its input's lines count as done."""

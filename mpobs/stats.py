@@ -174,6 +174,9 @@ def input_rows(snap: Snapshot, meta: RunMeta) -> list[dict[str, Any]]:
             "lines_done": v["lines_done"],
             "state": INPUT_STATES[v["state"]],
             "compression": COMPRESSIONS[v["compression"]],
+            **({"following": bool(v["following"]), "rotations": v["rotations"], "lag_bytes": v["lag_bytes"],
+                "last_line_at": _iso(v["last_line_ms"] / 1000) if v["last_line_ms"] else None}
+               if described.get("follow") else {}),
         })  # fmt: skip
     return rows
 

@@ -73,7 +73,7 @@ class StreamSource(InputSource):
     def pieces(self, task_bytes: int, store: BlockStore | None, wake: Callable[[], None]) -> Iterator[Any]:
         assert store is not None, "a stream's blocks need a BlockStore"
         out: queue.SimpleQueue[Any] = queue.SimpleQueue()
-        self._reader = reader = BlockReader(self, store, min(task_bytes, store.slot_bytes), out, wake)
+        self._reader = reader = self.reader(store, min(task_bytes, store.slot_bytes), out, wake)
         reader.start()
         while True:
             try:
@@ -86,6 +86,9 @@ class StreamSource(InputSource):
             self.pieces_read += 1
             self.lines_read += item.lines
             yield item
+
+    def reader(self, *args: Any) -> BlockReader:
+        return BlockReader(self, *args)
 
     def close(self) -> None:
         if self._reader is not None:

@@ -21,6 +21,8 @@ if [ "${1:-}" = "--test" ]; then
   command -v bzip2 >/dev/null 2>&1 || need+=(bzip2)
   command -v xz >/dev/null 2>&1 || need+=(xz-utils)
   command -v zstd >/dev/null 2>&1 || need+=(zstd)
+  # Follow-mode tests rotate their log with the real logrotate (its own config and state file).
+  command -v logrotate >/dev/null 2>&1 || [ -x /usr/sbin/logrotate ] || need+=(logrotate)
   if [ ${#need[@]} -gt 0 ]; then
     if [ "$(id -u)" = 0 ]; then
       echo "setup: apt-get install ${need[*]}" >&2

@@ -1,0 +1,180 @@
+"""Follow mode (``--follow``): read a file to its end, then what is appended, like ``tail -F``, through rotations.
+
+A reader thread reads the file in blocks, as for a stream (``mpobs.streams``); at the
+end of what is there it hands out every complete line it has at once (a trickle is not
+held back for a full block), then looks again every ``FOLLOW_POLL`` seconds. A last
+line without a newline waits for it, or for the file to be rotated away (then it is
+complete). Measured here, an idle follow at a 0.1 s poll costs about 1 % of one core
+(the coordinator's 0.1 s loop and the reader's looks: 0.1 s of CPU in 10 s; workers
+0), under the 2 % asked, so no inotify package is needed for it.
+
+Rotation, looked for whenever the reader is at the end:
+
+- rename and create (logrotate's default): the path names another inode. The old file
+  (still open) is read to its end first, until it has been quiet for one poll (the
+  application may write to it until it reopens its log), then the new file at the path
+  is read from its start;
+- deleted and re-created, the same: the path names another inode (ours cannot be reused
+  while it is open), or none yet (we wait for it);
+- copy and truncate: the file is shorter than what was read, or its first bytes are not the
+  ones read (it was written past our offset again before we looked): read again from 0.
+  Lines written between the copy and the truncate are lost by that method, not by mpobs.
+
+A followed path is one logical input: line numbers (``{count}``, ``{file_line}``) go on
+across its rotations, so the output equals a batch run over its generations in order.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+from mpobs.defaults import FOLLOW_POLL, READ_BYTES
+
+#: Bytes of a generation's start kept to tell a truncated-and-rewritten file from a grown one.
+HEAD_BYTES = 4096
+from mpobs.streams import BlockReader, StreamSource
+
+
+class FollowSource(StreamSource):
+    """A regular file of text, read on as it grows and across its rotations, until ``close``."""
+
+    def __init__(self, given: str, path: str, size: int) -> None:
+        super().__init__(given, path, "file", None, None)
+        self.following = True
+        self.rotations = 0
+        self.last_line_at = 0.0  # when the last block of lines was read (time.time())
+        self.lag_bytes = 0  # what the file holds beyond what was read, at the last look
+        self.size_at_start = size
+
+    def reader(self, *args: Any) -> BlockReader:
+        return FollowReader(self, *args)
+
+    def skip(self, offset: int, raw: int) -> None:
+        raise NotImplementedError("a followed file cannot resume from a checkpoint yet")
+
+
+class FollowReader(BlockReader):
+    """Reads the followed file and its successors at the path until ``stop`` (see the module docstring)."""
+
+    source: FollowSource
+    head = b""  # the first bytes read of the current generation (HEAD_BYTES at most)
+
+    def _read(self) -> None:
+        src = self.source
+        assert src.path is not None
+        fd = self._open()
+        while not self.stop.is_set():
+            if self._drain(fd):
+                continue
+            if b"\n" in self.pending:  # the end of what is there: every whole line goes now
+                self._cut(self.pending.rfind(b"\n") + 1)
+            rotated = self._rotated(fd)
+            if rotated is None:
+                self.stop.wait(FOLLOW_POLL)
+                # Look before reading what came meanwhile: a file truncated and written past our
+                # offset again would otherwise give its tail first.
+                rotated = self._rotated(fd)
+                if rotated is None:
+                    continue
+            if rotated == "truncated":
+                os.lseek(fd, 0, os.SEEK_SET)
+                self._end_generation()
+                src.rotations += 1
+                continue
+            # Another file at the path: finish this one (until it has been quiet a while), then the next
+            # generation: the file rotated in after it, which may itself be rotated away by now.
+            while not self.stop.is_set() and (self._drain(fd) or self._drain_after(fd, FOLLOW_POLL)):
+                pass
+            self._end_generation()
+            mine = os.fstat(fd)
+            os.close(fd)
+            fd = self._open(successor(src.path, mine))
+            src.rotations += 1
+        if b"\n" in self.pending:  # stopping: whole lines go; a line without its newline is not complete
+            self._cut(self.pending.rfind(b"\n") + 1)
+        os.close(fd)
+
+    def _open(self, path: str | None = None) -> int:
+        """Open ``path`` (default: the followed path); wait while there is none (deleted, not created again yet)."""
+        src = self.source
+        assert src.path is not None
+        while True:
+            try:
+                return os.open(path or src.path, os.O_RDONLY)
+            except FileNotFoundError:
+                if self.stop.wait(FOLLOW_POLL):
+                    return os.open(os.devnull, os.O_RDONLY)
+
+    def _drain(self, fd: int) -> bool:
+        """Read what there is now into blocks; True when something came."""
+        chunk = os.read(fd, READ_BYTES)
+        if not chunk:
+            return False
+        if len(self.head) < HEAD_BYTES:
+            self.head += chunk[: HEAD_BYTES - len(self.head)]
+        self.source.bytes_read += len(chunk)
+        self.pending += chunk
+        self._cut_full()
+        return True
+
+    def _drain_after(self, fd: int, quiet: float) -> bool:
+        self.stop.wait(quiet)
+        return self._drain(fd)
+
+    def _end_generation(self) -> None:
+        """The file the lines came from is rotated away: its last line is complete, newline or not."""
+        if self.pending:
+            self._cut(len(self.pending))
+        self.head = b""
+
+    def _rotated(self, fd: int) -> str | None:
+        """None while the path still names our file and it has not shrunk; "truncated"; or "replaced"."""
+        src = self.source
+        assert src.path is not None
+        mine = os.fstat(fd)
+        try:
+            now = os.stat(src.path)
+        except FileNotFoundError:
+            src.lag_bytes = 0
+            return "replaced" if mine.st_nlink == 0 else None  # deleted; renamed away keeps a link
+        if (now.st_dev, now.st_ino) != (mine.st_dev, mine.st_ino):
+            return "replaced"
+        at = os.lseek(fd, 0, os.SEEK_CUR)
+        # Truncated (copytruncate), maybe written again past where we were before we looked:
+        # then its first bytes are not the ones we read.
+        if mine.st_size < at or (self.head and os.pread(fd, len(self.head), 0) != self.head):
+            return "truncated"
+        src.lag_bytes = mine.st_size - at
+        return None
+
+    def _cut(self, n: int) -> None:
+        super()._cut(n)
+        self.source.last_line_at = time.time()
+
+
+#: Numbered generations looked at for a rotated file's successor (logrotate's ``rotate N``).
+GENERATIONS = 50
+
+
+def successor(path: str, mine: os.stat_result) -> str:
+    """The generation rotated in right after the file ``mine`` (finished): in ``path.N .. path.1, path``
+    (oldest first), the one after ``mine``. Several rotations may have come while it was read, so the
+    one after it is not always ``path``. ``mine`` not among them (deleted, or compressed away): the
+    oldest one changed after it was, else ``path``."""
+    names = [f"{path}.{n}" for n in range(GENERATIONS, 0, -1)] + [path]
+    found: list[tuple[str, os.stat_result]] = []
+    for name in names:
+        try:
+            st = os.stat(name)
+        except OSError:
+            continue
+        if st.st_size or name == path:
+            found.append((name, st))
+    ids = [(st.st_dev, st.st_ino) for _, st in found]
+    if (mine.st_dev, mine.st_ino) in ids:
+        at = ids.index((mine.st_dev, mine.st_ino))
+        return found[at + 1][0] if at + 1 < len(found) else path
+    later = [name for name, st in found if st.st_mtime >= mine.st_mtime]
+    return later[0] if later else path

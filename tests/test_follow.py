@@ -1,0 +1,171 @@
+"""Follow mode: a growing log, rotated by the real logrotate, read exactly once; SIGTERM ends it with exit 0."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+import pytest
+
+from tests.test_reliability import wait_for
+
+LOGROTATE = shutil.which("logrotate") or "/usr/sbin/logrotate"
+NUMBERED = {"processors": [{"type": "line_counter", "id": "n", "format": "{count}|{file_line}|{line}"}]}
+
+pytestmark = pytest.mark.skipif(not Path(LOGROTATE).exists(), reason="needs Debian logrotate (scripts/setup.sh)")
+
+
+def rotate(tmp_path: Path, log: Path, mode: str) -> None:
+    """``logrotate -f`` with its own config and state file: ``create`` (rename) or ``copytruncate``."""
+    conf = tmp_path / "logrotate.conf"
+    conf.write_text(f"{log} {{\n  rotate 9\n  {mode}\n  missingok\n  nocompress\n}}\n")
+    res = subprocess.run([LOGROTATE, "-f", "-s", str(tmp_path / "logrotate.state"), str(conf)], capture_output=True)
+    assert res.returncode == 0, res.stderr.decode()
+
+
+def append(log: Path, data: bytes) -> None:
+    with open(log, "ab") as f:
+        f.write(data)
+
+
+def lines_out(out: Path) -> int:
+    try:
+        return out.read_bytes().count(b"\n")
+    except FileNotFoundError:
+        return 0
+
+
+def follow(tmp_path: Path, log: Path, workers: int) -> subprocess.Popen[bytes]:
+    config = tmp_path / "numbered.json"
+    config.write_text(json.dumps(NUMBERED))
+    return subprocess.Popen([sys.executable, "-m", "mpobs", "process", str(log), "--follow", "-c", str(config), "-w",
+                             str(workers), "-q", "-o", str(tmp_path / "out"), "--save-metrics",
+                             str(tmp_path / "m.json")], stderr=subprocess.PIPE)  # fmt: skip
+
+
+def expected(texts: list[str]) -> bytes:
+    return "".join(f"{n}|{n}|{t}\n" for n, t in enumerate(texts, 1)).encode()
+
+
+def batch(n: int, start: int) -> list[str]:
+    return [f"INFO line {k} of the log" for k in range(start, start + n)]
+
+
+@pytest.mark.parametrize("mode", ["create", "copytruncate"])
+def test_a_followed_log_through_rotations_comes_out_exactly_once(tmp_path: Path, fault_workers: int,
+                                                                   mode: str) -> None:  # fmt: skip
+    log = tmp_path / "app.log"
+    written = batch(2000, 0)
+    log.write_text("".join(t + "\n" for t in written))
+    out = tmp_path / "out"
+    proc = follow(tmp_path, log, fault_workers)
+    try:
+        wait_for(lambda: lines_out(out) == 2000, 30)
+        # Half a line waits for its newline. Nothing can be waited for here (it must NOT come
+        # out), so the reader gets a few of its 0.1 s looks at it before the rest arrives.
+        append(log, b"INFO half")
+        time.sleep(0.5)
+        assert lines_out(out) == 2000
+        append(log, b" and the rest\n")
+        written.append("INFO half and the rest")
+        for r in range(3):
+            more = batch(500, len(written))
+            append(log, "".join(t + "\n" for t in more).encode())
+            written += more
+            if mode == "copytruncate":  # what is copied away unread is the method's loss: read it first
+                wait_for(lambda: lines_out(out) == len(written), 30)
+            rotate(tmp_path, log, mode)
+            after = batch(300 + r, len(written))
+            append(log, "".join(t + "\n" for t in after).encode())
+            written += after
+        wait_for(lambda: lines_out(out) == len(written), 30)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, err.decode()
+    assert "stopped following (SIGTERM)" in err.decode()
+    assert out.read_bytes() == expected(written)
+    m = json.loads((tmp_path / "m.json").read_text())
+    assert m["processors"]["n"]["lines_in"] == len(written)
+    (inp,) = m["inputs"]
+    assert inp["rotations"] == 3 and inp["following"] is False and inp["lines"] == len(written)
+    assert inp["last_line_at"] is not None
+
+
+def test_a_rotated_last_line_without_newline_is_complete(tmp_path: Path) -> None:
+    log = tmp_path / "app.log"
+    log.write_text("INFO one\nINFO two without newline")
+    out = tmp_path / "out"
+    proc = follow(tmp_path, log, 2)
+    try:
+        wait_for(lambda: lines_out(out) == 1, 30)
+        rotate(tmp_path, log, "create")
+        append(log, b"INFO three\n")
+        wait_for(lambda: lines_out(out) == 3, 30)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, err.decode()
+    assert out.read_bytes() == expected(["INFO one", "INFO two without newline", "INFO three"])
+
+
+def test_a_deleted_and_recreated_file_is_followed_and_a_second_sigint_stops_at_once(tmp_path: Path) -> None:
+    log = tmp_path / "app.log"
+    log.write_text("INFO a\n")
+    out = tmp_path / "out"
+    proc = follow(tmp_path, log, 1)
+    try:
+        wait_for(lambda: lines_out(out) == 1, 30)
+        log.unlink()
+        log.write_text("INFO b\n")
+        wait_for(lambda: lines_out(out) == 2, 30)
+        assert out.read_bytes() == expected(["INFO a", "INFO b"])
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=30)
+    assert proc.returncode in (0, 130), err.decode()  # the second may come after the first already finished
+
+
+def test_follow_refuses_a_stream_and_a_compressed_file(tmp_path: Path) -> None:
+    import gzip
+
+    gz = tmp_path / "a.gz"
+    gz.write_bytes(gzip.compress(b"x\n"))
+    res = subprocess.run([sys.executable, "-m", "mpobs", "process", str(gz), "-F"], capture_output=True, timeout=60)
+    assert res.returncode == 2 and "gzip compressed" in res.stderr.decode(), res.stderr.decode()
+    res = subprocess.run([sys.executable, "-m", "mpobs", "process", "-", "-F"], input=b"x\n", capture_output=True,
+                         timeout=60)  # fmt: skip
+    assert res.returncode == 2 and "is a stream" in res.stderr.decode(), res.stderr.decode()
+
+
+def test_generations_before_the_followed_file_are_read_first(tmp_path: Path) -> None:
+    (tmp_path / "app.log.1").write_text("INFO old 1\nINFO old 2\n")
+    log = tmp_path / "app.log"
+    log.write_text("INFO new 1\n")
+    config = tmp_path / "numbered.json"
+    config.write_text(json.dumps(NUMBERED))
+    out = tmp_path / "out"
+    proc = subprocess.Popen([sys.executable, "-m", "mpobs", "process", str(tmp_path / "app.log.1"), str(log), "-F",
+                             "-c", str(config), "-q", "-o", str(out)], stderr=subprocess.PIPE)  # fmt: skip
+    try:
+        wait_for(lambda: lines_out(out) == 3, 30)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, err.decode()
+    assert out.read_bytes() == b"1|1|INFO old 1\n2|2|INFO old 2\n3|1|INFO new 1\n"
+
