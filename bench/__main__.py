@@ -12,11 +12,12 @@ from typing import Any
 
 from bench import BENCH_DIR, SEED
 from bench import checks, data, report
+from bench import follow as bench_follow
 from bench import inputs as bench_inputs
 from bench.rows import Row, build_rows, command, free_port, mpobs_command, run_row
 from bench.rss import measure_tree
 
-EXTRAS = ("startup", "small", "inputs", "stats", "rss")
+EXTRAS = ("startup", "small", "inputs", "follow", "stats", "rss")
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
@@ -169,6 +170,11 @@ def main(argv: list[str] | None = None) -> int:
         say("  input kinds: stdin, gzip, zstd, 16 files, against the plain-file run ...")
         doc["inputs"] = bench_inputs.input_kinds(log, work, a.rounds, say)
     doc.setdefault("inputs", {"error": "not run"})
+    if extra("follow"):
+        say("  follow: a log appended at 100 lines/s, then idle ...")
+        span = 2.0 if a.quick else 10.0
+        doc["follow"] = bench_follow.follow_latency(work, span, span)
+    doc.setdefault("follow", {"error": "not run"})
     if extra("stats"):
         say("  /stats under 50 pollers (bench/stats_load.py) ...")
         doc["stats_load"] = checks.stats_load(log, timeout=60.0 if a.quick else 600.0, quick=a.quick)
@@ -179,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
         doc["rss"] = {"error": "not run", "small_lines": a.lines, "big_lines": 3 * a.lines}
     doc["ratios"] = report.ratios(doc["rows"], doc["rss"])
     doc["targets"] = report.targets(doc["ratios"], doc["rss"], doc["startup"], doc["stats_load"], doc["rows"],
-                                    doc["small_jobs"], doc["inputs"])  # fmt: skip
+                                    doc["small_jobs"], doc["inputs"], doc["follow"])  # fmt: skip
     doc["machine"]["loadavg_end"] = os.getloadavg()
     doc["harness_seconds"] = round(time.perf_counter() - started, 1)
     print(report.render_text(doc))

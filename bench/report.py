@@ -116,7 +116,7 @@ def _target(name: str, figure: float | None, ok: bool | None, shown: str, why: s
 
 def targets(r: dict[str, Any], rss: dict[str, Any], startup: dict[str, Any], stats: dict[str, Any],
             rows: dict[str, Any], small: dict[str, Any] | None = None,
-            inputs: dict[str, Any] | None = None) -> list[dict[str, Any]]:  # fmt: skip
+            inputs: dict[str, Any] | None = None, follow: dict[str, Any] | None = None) -> list[dict[str, Any]]:  # fmt: skip
     """Each target of issues 2, 5, 12 and 13 with its figure: PASS, MISS, or n/a with the reason."""
 
     def x(v: float | None) -> str:
@@ -151,6 +151,18 @@ def targets(r: dict[str, Any], rss: dict[str, Any], startup: dict[str, Any], sta
                 (r.get("checkpoint_overhead") or 0) <= 0.05, pct(r.get("checkpoint_overhead")), why("checkpoint")),
         *_small_targets(small or {}),
         *_input_targets(inputs or {}, rss),
+        *_follow_targets(follow or {}),
+    ]
+
+
+def _follow_targets(f: dict[str, Any]) -> list[dict[str, Any]]:
+    p99, idle = f.get("p99_ms"), f.get("idle_cpu_share")
+    why = f.get("error", "not run")
+    return [
+        _target("follow: append-to-output p99 < 1 s at 100 lines/s", p99, (p99 or 9e9) < 1000,
+                f"p50 {f.get('p50_ms')} ms, p99 {p99} ms" if p99 is not None else "", why),
+        _target("follow: idle costs < 2 % of one core", idle, (idle if idle is not None else 1) < 0.02,
+                f"{idle * 100:.1f} %" if idle is not None else "", why),
     ]
 
 
