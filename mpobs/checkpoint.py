@@ -31,6 +31,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from mpobs.errors import InputError, MpobsError
+from mpobs.follow import GENERATIONS
 
 VERSION = 1
 #: Bytes of an input's head whose hash tells the file apart from another at the same path.
@@ -52,6 +53,9 @@ class InputPosition:
     raw: int = 0  # the input's own bytes those account for (compressed bytes)
     lines: int = 0
     done: bool = False
+    # A followed input (--follow): the generation the output ends in, as [dev, ino, head_len,
+    # head_sha256, offset in it]; found again by inode (or, copied away by copytruncate, by its head).
+    where: list[Any] | None = None
 
 
 @dataclass
@@ -139,7 +143,7 @@ def write(path: str, cp: Checkpoint) -> None:
 
 
 def check(cp: Checkpoint, path: str, config_sha: str, inputs: list[tuple[str, str]], columns: list[str],
-          output_path: str) -> None:  # fmt: skip
+          output_path: str, followed: set[str] = frozenset()) -> None:  # type: ignore[assignment]  # fmt: skip
     """Refuse (InputError, exit 2) a checkpoint this run cannot resume, saying what differs.
 
     ``inputs``: per input, (the name as given, the path to open it at).
@@ -151,6 +155,14 @@ def check(cp: Checkpoint, path: str, config_sha: str, inputs: list[tuple[str, st
     if [i.name for i in cp.inputs] != names:
         raise InputError(f"{where} was made for the inputs {[i.name for i in cp.inputs]}, not {names}")
     for pos, (name, at) in zip(cp.inputs, inputs):
+        if name in followed:  # rotated since, maybe: its generation is looked for next to the path
+            gen = pos.where or [pos.dev, pos.ino, pos.head_len, pos.head_sha256, 0]
+            if find_generation(at, gen) is None:
+                raise InputError(f"{where}: the generation of the followed {name!r} it stopped in (inode "
+                                 f"{gen[1]}) is not next to it any more (rotated further than "
+                                 f"{name}.{GENERATIONS}, deleted or compressed); remove the checkpoint to start "
+                                 "afresh")  # fmt: skip
+            continue
         try:
             st = os.stat(at)
         except OSError as err:
@@ -174,8 +186,6 @@ class Checkpointer:
                  source: Any, output_path: str | None) -> None:  # fmt: skip
         if output_path is None:
             raise InputError("--checkpoint needs --output FILE: what went to stdout cannot be cut back to a checkpoint")
-        if any(getattr(s, "following", False) for s in source.sources):
-            raise InputError("--checkpoint with --follow is not supported yet: a followed file cannot resume")
         streams = [s.given for s in source.sources if s.kind == "stream"]
         if streams:
             raise InputError(f"--checkpoint cannot resume a stream ({', '.join(streams)}); give files")
@@ -183,8 +193,9 @@ class Checkpointer:
         self.config_sha = config_hash(processors)
         self.found = read(path)
         opened = [(s.given, s.path) for s in source.sources]
+        followed = {s.given for s in source.sources if getattr(s, "following", False)}
         if self.found is not None:
-            check(self.found, path, self.config_sha, opened, columns, output_path)
+            check(self.found, path, self.config_sha, opened, columns, output_path, followed)
             self.identities = self.found.inputs
         else:
             self.identities = [identify(name, at) for name, at in opened]
@@ -228,8 +239,29 @@ class Checkpointer:
             raise CheckpointError(f"cannot flush the output to disk: {err.strerror or err}; "
                                   "the last checkpoint stays valid") from err  # fmt: skip
         inputs = [InputPosition(i.name, i.dev, i.ino, i.head_len, i.head_sha256, p["offset"], p["raw"], p["lines"],
-                                p["done"]) for i, p in zip(self.identities, positions)]  # fmt: skip
+                                p["done"], list(p["where"]) if p["where"] else None)
+                  for i, p in zip(self.identities, positions)]  # fmt: skip
         cp = Checkpoint(self.config_sha, inputs, output_length, lines, list(committed), self.columns,
                         counters, [[p, t, n] for (p, t), n in sorted(error_types.items())])  # fmt: skip
         write(self.path, cp)
         self._saved_lines = lines
+
+
+def find_generation(path: str, where: list[Any]) -> str | None:
+    """The file ``where`` names (dev, ino, head_len, head_sha256, offset), among ``path`` and ``path.1 ..``:
+    by inode with the same first bytes, else (copied away by copytruncate) by its first bytes alone."""
+    dev, ino, head_len, head_sha = where[0], where[1], where[2], where[3]
+    names = [path] + [f"{path}.{n}" for n in range(1, GENERATIONS + 1)]
+    pos = InputPosition("", dev, ino, head_len, head_sha)
+    by_head = None
+    for name in names:
+        try:
+            st = os.stat(name)
+            same_head = head_matches(name, pos)
+        except OSError:
+            continue
+        if (st.st_dev, st.st_ino) == (dev, ino) and same_head:
+            return name
+        if same_head and by_head is None and st.st_size >= where[4]:
+            by_head = name
+    return by_head

@@ -150,6 +150,8 @@ class Coordinator:
             self._serve_dashboard()
             resume_at = self.checkpoints.resume_at if self.checkpoints is not None else None
             sink = OutputJoiner(opts.output_path, resume_at)  # only now: it replaces, empties or cuts the file
+            if self.checkpoints is not None and resume_at is None:
+                self._save_checkpoint(sink)  # at once: a followed file rotated before the first commit is found
             output = OrderedOutput(sink, self.executor, self._commit)
             self.seg.set_state("running")
             sink.before_fork()

@@ -26,6 +26,7 @@ across its rotations, so the output equals a batch run over its generations in o
 
 from __future__ import annotations
 
+import hashlib
 import os
 import time
 from typing import Any
@@ -48,23 +49,30 @@ class FollowSource(StreamSource):
         self.lag_bytes = 0  # what the file holds beyond what was read, at the last look
         self.size_at_start = size
 
+        self.resume_where: list[Any] | None = None  # a checkpoint's generation and offset in it
+
     def reader(self, *args: Any) -> BlockReader:
         return FollowReader(self, *args)
 
-    def skip(self, offset: int, raw: int) -> None:
-        raise NotImplementedError("a followed file cannot resume from a checkpoint yet")
+    def resume_from(self, pos: Any) -> None:
+        """Resume in the generation the checkpoint's output ends in, found by inode (``checkpoint.find_generation``)."""
+        self.skip_to, self.raw_start = pos.offset, pos.raw
+        # Nothing of it committed yet: the generation it began in, as the checkpoint first saw it.
+        self.resume_where = pos.where or [pos.dev, pos.ino, pos.head_len, pos.head_sha256, 0]
+        self.bytes_read = pos.raw
 
 
 class FollowReader(BlockReader):
     """Reads the followed file and its successors at the path until ``stop`` (see the module docstring)."""
 
     source: FollowSource
+    _fd_now = -1  # the generation being read
     head = b""  # the first bytes read of the current generation (HEAD_BYTES at most)
 
     def _read(self) -> None:
         src = self.source
         assert src.path is not None
-        fd = self._open()
+        fd = self._fd_now = self._resume() if src.resume_where is not None else self._open()
         while not self.stop.is_set():
             if self._drain(fd):
                 continue
@@ -79,8 +87,8 @@ class FollowReader(BlockReader):
                 if rotated is None:
                     continue
             if rotated == "truncated":
+                self._end_generation()  # its last line, where it was (now in the copy)
                 os.lseek(fd, 0, os.SEEK_SET)
-                self._end_generation()
                 src.rotations += 1
                 continue
             # Another file at the path: finish this one (until it has been quiet a while), then the next
@@ -90,11 +98,33 @@ class FollowReader(BlockReader):
             self._end_generation()
             mine = os.fstat(fd)
             os.close(fd)
-            fd = self._open(successor(src.path, mine))
+            fd = self._fd_now = self._open(successor(src.path, mine))
             src.rotations += 1
         if b"\n" in self.pending:  # stopping: whole lines go; a line without its newline is not complete
             self._cut(self.pending.rfind(b"\n") + 1)
         os.close(fd)
+
+    def _resume(self) -> int:
+        """Open the generation a checkpoint stopped in, at its offset there; its head as it was read."""
+        from mpobs.checkpoint import find_generation
+
+        src = self.source
+        assert src.path is not None and src.resume_where is not None
+        name = find_generation(src.path, src.resume_where)
+        if name is None:  # rotated away between the check and now
+            raise OSError(f"the generation of {src.given!r} the checkpoint stopped in is gone")
+        fd = os.open(name, os.O_RDONLY)
+        self.head = os.pread(fd, HEAD_BYTES, 0)
+        os.lseek(fd, src.resume_where[4], os.SEEK_SET)
+        self.skip = 0  # BlockReader's skip is for decoding from the start; here we seek
+        return fd
+
+    def where(self) -> tuple[Any, ...] | None:
+        """This generation (device, inode, its head's length and hash) and the offset in it after the block."""
+        st = os.fstat(self._fd_now)
+        head = self.head
+        at = os.lseek(self._fd_now, 0, os.SEEK_CUR) - len(self.pending)
+        return (st.st_dev, st.st_ino, len(head), hashlib.sha256(head).hexdigest(), at)
 
     def _open(self, path: str | None = None) -> int:
         """Open ``path`` (default: the followed path); wait while there is none (deleted, not created again yet)."""
@@ -109,11 +139,13 @@ class FollowReader(BlockReader):
 
     def _drain(self, fd: int) -> bool:
         """Read what there is now into blocks; True when something came."""
+        at = os.lseek(fd, 0, os.SEEK_CUR)
         chunk = os.read(fd, READ_BYTES)
         if not chunk:
             return False
-        if len(self.head) < HEAD_BYTES:
-            self.head += chunk[: HEAD_BYTES - len(self.head)]
+        have = len(self.head)
+        if have < HEAD_BYTES and at <= have < at + len(chunk):  # the head is the file's first bytes, in order
+            self.head += chunk[have - at : HEAD_BYTES - at]
         self.source.bytes_read += len(chunk)
         self.pending += chunk
         self._cut_full()

@@ -49,6 +49,7 @@ class Task:
     nbytes: int = -1
     slot: int = -1
     data: bytes | None = None
+    where: tuple[Any, ...] | None = None  # a followed file's generation at the task's end (mpobs.follow)
 
     @property
     def last_line(self) -> int:
@@ -90,6 +91,7 @@ class Piece:
     nbytes: int = -1
     slot: int = -1
     data: bytes | None = None
+    where: tuple[Any, ...] | None = None
 
 
 class InputSource(ABC):
@@ -126,6 +128,10 @@ class InputSource(ABC):
     def skip(self, offset: int, raw: int) -> None:
         """Begin at byte ``offset`` (decoded bytes, for a compressed input; ``raw`` of the input's own)."""
         raise NotImplementedError(f"{type(self).__name__} cannot resume part way")
+
+    def resume_from(self, pos: Any) -> None:
+        """Begin where checkpoint position ``pos`` (``checkpoint.InputPosition``) stood."""
+        self.skip(pos.offset, pos.raw)
 
     def close(self) -> None:
         """The run is over: stop reading."""

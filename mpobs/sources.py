@@ -141,6 +141,7 @@ class InputSet:
         self._offset = [0] * len(sources)
         self._raw = [0] * len(sources)
         self._whole: list[bool] = [False] * len(sources)  # all of it is in the output (from a checkpoint)
+        self._where: list[Any] = [None] * len(sources)  # a followed input's generation, at the output's end
         self.stopped = False  # told to stop reading (a followed run being stopped): nothing more is planned
         self._wake_lock = threading.Lock()  # a reader's wake never writes into a closed (reused) fd
         self._wake_r, self._wake_w = os.pipe()
@@ -186,7 +187,7 @@ class InputSet:
                     yield NOT_READY
                     continue
                 task = Task(index, piece.start, piece.end, line, piece.lines, piece.path, k, file_line, piece.nbytes,
-                            piece.slot, piece.data)  # fmt: skip
+                            piece.slot, piece.data, piece.where)  # fmt: skip
                 index, line, file_line = index + 1, line + piece.lines, file_line + piece.lines
                 self.tasks_planned += 1
                 self.lines_planned += piece.lines
@@ -223,6 +224,8 @@ class InputSet:
         self._done_lines[k] += task.lines
         self._offset[k] = task.end
         self._raw[k] += task.input_bytes
+        if task.where is not None:
+            self._where[k] = task.where
         self._set(k, lines_done=self._done_lines[k])
         self._settle(k)
 
@@ -232,16 +235,17 @@ class InputSet:
         whole is not read again; the one it stopped in is read from there on."""
         for k, (source, pos) in enumerate(zip(self.sources, positions)):
             self._done_lines[k], self._offset[k], self._raw[k] = pos.lines, pos.offset, pos.raw
+            self._where[k] = pos.where
             source.lines_read = pos.lines
             if pos.done:
                 self._whole[k] = True
             else:
-                source.skip(pos.offset, pos.raw)
+                source.resume_from(pos)
 
     def positions(self) -> list[dict[str, Any]]:
         """Per input, what of it is in the output now: bytes, input bytes, lines, and whether all of it is."""
         return [
-            {"offset": self._offset[k], "raw": self._raw[k], "lines": self._done_lines[k],
+            {"offset": self._offset[k], "raw": self._raw[k], "lines": self._done_lines[k], "where": self._where[k],
              "done": self._whole[k] or (self._read_all[k] and s.damage is None and self._done_lines[k] == s.lines_read)}
             for k, s in enumerate(self.sources)
         ]  # fmt: skip

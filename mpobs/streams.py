@@ -189,9 +189,13 @@ class BlockReader(threading.Thread):
         del pending[:n]
         self.lines += lines
         self.raw_cut = max(src.bytes_read, self.raw_cut)
-        self.out.put(Piece(self.offset, self.offset + n, lines, None, raw, slot, data))
+        self.out.put(Piece(self.offset, self.offset + n, lines, None, raw, slot, data, self.where()))
         self.offset += n
         self.wake()
+
+    def where(self) -> tuple[Any, ...] | None:
+        """What a checkpoint needs beyond the offset to resume after the block just cut (follow mode)."""
+        return None
 
     def _describe_damage(self) -> str:
         d, src = self.decoder, self.source

@@ -169,3 +169,79 @@ def test_generations_before_the_followed_file_are_read_first(tmp_path: Path) -> 
     assert proc.returncode == 0, err.decode()
     assert out.read_bytes() == b"1|1|INFO old 1\n2|2|INFO old 2\n3|1|INFO new 1\n"
 
+
+
+def committed_lines(ck: Path) -> int:
+    try:
+        return json.loads(ck.read_text())["lines"]
+    except (OSError, ValueError, KeyError):
+        return -1
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+@pytest.mark.parametrize("mode", ["create", "copytruncate"])
+def test_kills_and_rotations_while_following_lose_nothing_and_repeat_nothing(tmp_path: Path, fault_workers: int,
+                                                                            mode: str, seed: int) -> None:  # fmt: skip
+    """Appends (some of half lines), logrotate rotations and SIGKILLs of the whole run at random, each
+    followed by the same command again; then SIGTERM. The output is one batch run's over all that was
+    written, byte for byte, and the saved counts are that run's."""
+    import os
+    import random
+
+    rng = random.Random(seed)
+    log, out, ck = tmp_path / "app.log", tmp_path / "out", tmp_path / "ck.json"
+    log.write_text("INFO first\n")
+    written, half = ["INFO first"], ""
+    config = tmp_path / "numbered.json"
+    config.write_text(json.dumps(NUMBERED))
+    cmd = [sys.executable, "-m", "mpobs", "process", str(log), "--follow", "-c", str(config), "-w", str(fault_workers),
+           "-q", "-o", str(out), "--checkpoint", str(ck), "--checkpoint-every", "0.2", "--save-metrics",
+           str(tmp_path / "m.json")]  # fmt: skip
+
+    def start() -> subprocess.Popen[bytes]:
+        return subprocess.Popen(cmd, stderr=subprocess.PIPE, start_new_session=True)
+
+    proc = start()
+    wait_for(lambda: ck.exists(), 30)  # the service has started: from here on it can always resume
+    kills = 0
+    try:
+        for _ in range(14):
+            action = rng.choice(["append", "append", "half", "rotate", "kill"])
+            if action == "append" or (action == "half" and half):
+                texts = [f"INFO {len(written) + k} {'x' * rng.randint(0, 80)}" for k in range(rng.randint(1, 400))]
+                append(log, "".join(t + "\n" for t in texts).encode())
+                written += [half + texts[0]] + texts[1:]
+                half = ""
+            elif action == "half":
+                half = f"INFO half {len(written)} "
+                append(log, half.encode())
+            elif action == "rotate":
+                if mode == "copytruncate":
+                    if half:  # what is copied away before it is read is copytruncate's loss: read it all first
+                        continue
+                    wait_for(lambda: committed_lines(ck) == len(written), 30)
+                elif half:  # rotated away, a last line is complete without its newline
+                    written.append(half)
+                    half = ""
+                rotate(tmp_path, log, mode)
+            else:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(30)
+                proc.stderr.close()  # type: ignore[union-attr]
+                kills += 1
+                proc = start()
+        if half:
+            append(log, b"the end\n")
+            written.append(half + "the end")
+        wait_for(lambda: committed_lines(ck) == len(written), 60)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert proc.returncode == 0, err.decode()
+    assert out.read_bytes() == expected(written)
+    m = json.loads((tmp_path / "m.json").read_text())
+    assert m["processors"]["n"]["lines_in"] == m["processors"]["n"]["lines_out"] == len(written)
+    assert m["system"]["total_lines"] == len(written)
