@@ -50,17 +50,19 @@ def command(tmp_path: Path, inputs: list[Path], workers: int, config: Path, *ext
             "--task-size", "65536", "--checkpoint", str(tmp_path / "ck.json"), "--checkpoint-every", "0.1", *extra]
 
 
+def committed(tmp_path: Path) -> int:
+    """Lines the checkpoint says are in the output (-1: none yet)."""
+    try:
+        return int(json.loads((tmp_path / "ck.json").read_text())["lines"])
+    except (OSError, ValueError, KeyError):
+        return -1
+
+
 def kill_part_way(cmd: list[str], tmp_path: Path, after_lines: int) -> None:
     """Start the run; SIGKILL its whole process group once the checkpoint holds ``after_lines`` lines or more."""
     proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, start_new_session=True)
     try:
-        def far_enough() -> bool:
-            try:
-                return json.loads((tmp_path / "ck.json").read_text())["lines"] >= after_lines
-            except (OSError, ValueError):
-                return False
-
-        wait_for(lambda: far_enough() or proc.poll() is not None, 60)
+        wait_for(lambda: committed(tmp_path) >= after_lines or proc.poll() is not None, 60)
         assert proc.poll() is None, f"it finished before it could be killed: {proc.stderr.read().decode()}"
     finally:
         try:
@@ -114,7 +116,7 @@ def test_sigint_writes_a_checkpoint_the_next_run_resumes_from(tmp_path: Path, ma
     config = slow_config(tmp_path)
     cmd = command(tmp_path, [log], 2, config)
     proc = subprocess.Popen(cmd, stderr=subprocess.PIPE)
-    wait_for(lambda: (tmp_path / "ck.json").exists(), 60)
+    wait_for(lambda: committed(tmp_path) > 0, 60)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err.decode()

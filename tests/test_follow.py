@@ -47,6 +47,20 @@ def follow(tmp_path: Path, log: Path, workers: int) -> subprocess.Popen[bytes]:
                              str(tmp_path / "m.json")], stderr=subprocess.PIPE)  # fmt: skip
 
 
+def stop_following(proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM) -> str:
+    """Send ``sig`` and wait for the run to end (killed if it does not); its stderr."""
+    err = b""
+    try:
+        if proc.poll() is None:
+            proc.send_signal(sig)
+        _, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    return err.decode()
+
+
 def expected(texts: list[str]) -> bytes:
     return "".join(f"{n}|{n}|{t}\n" for n, t in enumerate(texts, 1)).encode()
 
@@ -83,14 +97,10 @@ def test_a_followed_log_through_rotations_comes_out_exactly_once(tmp_path: Path,
             append(log, "".join(t + "\n" for t in after).encode())
             written += after
         wait_for(lambda: lines_out(out) == len(written), 30)
-        proc.send_signal(signal.SIGTERM)
-        _, err = proc.communicate(timeout=30)
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    assert proc.returncode == 0, err.decode()
-    assert "stopped following (SIGTERM)" in err.decode()
+        err = stop_following(proc, signal.SIGTERM)
+    assert proc.returncode == 0, err
+    assert "stopped following (SIGTERM)" in err
     assert out.read_bytes() == expected(written)
     m = json.loads((tmp_path / "m.json").read_text())
     assert m["processors"]["n"]["lines_in"] == len(written)
@@ -109,13 +119,9 @@ def test_a_rotated_last_line_without_newline_is_complete(tmp_path: Path) -> None
         rotate(tmp_path, log, "create")
         append(log, b"INFO three\n")
         wait_for(lambda: lines_out(out) == 3, 30)
-        proc.send_signal(signal.SIGINT)
-        _, err = proc.communicate(timeout=30)
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    assert proc.returncode == 0, err.decode()
+        err = stop_following(proc, signal.SIGINT)
+    assert proc.returncode == 0, err
     assert out.read_bytes() == expected(["INFO one", "INFO two without newline", "INFO three"])
 
 
@@ -160,13 +166,9 @@ def test_generations_before_the_followed_file_are_read_first(tmp_path: Path) -> 
                              "-c", str(config), "-q", "-o", str(out)], stderr=subprocess.PIPE)  # fmt: skip
     try:
         wait_for(lambda: lines_out(out) == 3, 30)
-        proc.send_signal(signal.SIGTERM)
-        _, err = proc.communicate(timeout=30)
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    assert proc.returncode == 0, err.decode()
+        err = stop_following(proc, signal.SIGTERM)
+    assert proc.returncode == 0, err
     assert out.read_bytes() == b"1|1|INFO old 1\n2|2|INFO old 2\n3|1|INFO new 1\n"
 
 
