@@ -21,10 +21,15 @@ class Progress:
     def tick(self, coord: Any) -> None:
         if not self.enabled:
             return
-        stats = coord.live_stats()["system"]
-        if stats["bytes_total"] is None:
+        doc = coord.live_stats()
+        stats = doc["system"]
+        followed = [i for i in doc.get("inputs", []) if i.get("following")]
+        if followed or stats["bytes_total"] is None:
             line = (f"mpobs  {stats['total_lines']:,} lines  {_mb(stats['bytes_done'])}  "
                     f"{stats['lines_per_second']:,.0f} lines/s")  # fmt: skip
+            for i in followed:  # how far behind each followed file, and when it last had a line
+                last = (i["last_line_at"] or "")[11:19] or "none yet"
+                line += f"  following {i['name']}: lag {_mb(i['lag_bytes'])}, last line {last}"
             sys.stderr.write("\r" + line.ljust(self.shown))
             sys.stderr.flush()
             self.shown, self.bar = len(line), False

@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from typing import Any
 from pathlib import Path
 import pytest
 
@@ -247,3 +248,38 @@ def test_kills_and_rotations_while_following_lose_nothing_and_repeat_nothing(tmp
     m = json.loads((tmp_path / "m.json").read_text())
     assert m["processors"]["n"]["lines_in"] == m["processors"]["n"]["lines_out"] == len(written)
     assert m["system"]["total_lines"] == len(written)
+
+
+def test_stats_and_healthz_while_a_followed_file_is_quiet(tmp_path: Path) -> None:
+    """/stats shows the followed input (following, lag, rotations, last line); /healthz stays OK while it is quiet."""
+    from tests.conftest_dashboard import free_port, get_json
+
+    log = tmp_path / "app.log"
+    log.write_text("INFO a\nINFO b\n")
+    config = tmp_path / "numbered.json"
+    config.write_text(json.dumps(NUMBERED))
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    proc = subprocess.Popen([sys.executable, "-m", "mpobs", "process", str(log), "-F", "-c", str(config), "-q", "-o",
+                             str(tmp_path / "out"), "--dashboard", "--dashboard-port", str(port), "--linger", "0"],
+                            stderr=subprocess.PIPE)  # fmt: skip
+
+    def stats_with(lines: int, rotations: int) -> Any:
+        try:
+            code, doc = get_json(f"{url}/stats")
+        except OSError:
+            return None  # not serving yet
+        i = doc["inputs"][0] if code == 200 else {}
+        return doc if doc["system"]["total_lines"] == lines and i.get("rotations") == rotations else None
+
+    try:
+        wait_for(lambda: stats_with(2, 0), 30)
+        rotate(tmp_path, log, "create")
+        append(log, b"INFO c\n")
+        doc = wait_for(lambda: stats_with(3, 1), 30)
+        (i,) = doc["inputs"]
+        assert i["following"] is True and i["lag_bytes"] == 0 and i["last_line_at"] and i["state"] == "reading"
+        assert get_json(f"{url}/healthz")[0] == 200  # quiet is not unhealthy
+    finally:
+        err = stop_following(proc, signal.SIGTERM)
+    assert proc.returncode == 0, err

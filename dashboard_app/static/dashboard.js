@@ -124,6 +124,9 @@
         { v: i.bytes_total === null ? "–" : fmtBytes(i.bytes_total), cls: "num muted" },
         { v: fmtN(i.lines), cls: "num", field: "lines" }, { v: fmtN(i.lines_done), cls: "num", field: "lines_done" },
         { v: i.state, cls: i.state === "damaged" ? "bad" : (i.state === "done" ? "ok" : "muted"), field: "state" },
+        { v: i.follow ? (i.following ? "following" : "stopped") + " · lag " + fmtBytes(i.lag_bytes) + " · " +
+            fmtN(i.rotations) + " rotations · last line " + (i.last_line_at || "none yet") : "", cls: "muted",
+          field: "follow" },
       ], { "data-input": i.name });
     });
     ibody.replaceChildren.apply(ibody, irows);
