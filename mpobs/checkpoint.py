@@ -226,13 +226,15 @@ class Checkpointer:
         return time.monotonic() - self._last >= self.every
 
     def save(self, out_fd: int, output_length: int, committed: list[int], counters: dict[str, dict[str, int]],
-             error_types: dict[tuple[str, str], int], source: Any, force: bool = False) -> None:  # fmt: skip
-        """A commit point: the output to disk, then the state. Raises CheckpointError (the old one stays)."""
+             error_types: dict[tuple[str, str], int], source: Any, force: bool = False) -> Checkpoint | None:  # fmt: skip
+        """A commit point: the output to disk, then the state; the one written, or None when nothing was new.
+
+        Raises CheckpointError (the old one stays)."""
         self._last = time.monotonic()
         positions = source.positions()
         lines = sum(p["lines"] for p in positions)
         if lines == self._saved_lines and not force:
-            return  # nothing new is in the output
+            return None  # nothing new is in the output
         try:
             os.fsync(out_fd)
         except OSError as err:
@@ -245,6 +247,7 @@ class Checkpointer:
                         counters, [[p, t, n] for (p, t), n in sorted(error_types.items())])  # fmt: skip
         write(self.path, cp)
         self._saved_lines = lines
+        return cp
 
 
 def find_generation(path: str, where: list[Any]) -> str | None:

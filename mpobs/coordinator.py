@@ -291,10 +291,13 @@ class Coordinator:
     def _save_checkpoint(self, sink: OutputJoiner) -> None:
         assert self.checkpoints is not None and self.seg is not None and self.source is not None
         try:
-            self.checkpoints.save(sink.fd, sink.bytes_written, self.seg.snapshot().committed, self._counters(),
-                                  dict(self.error_types), self.source)  # fmt: skip
+            saved = self.checkpoints.save(sink.fd, sink.bytes_written, self.seg.snapshot().committed,
+                                          self._counters(), dict(self.error_types), self.source)  # fmt: skip
         except CheckpointError as err:
             raise _Stop("failed", EXIT_FAILED, str(err)) from None
+        if saved is not None:  # for /stats: when the last one was written, and what it holds
+            self._set_system(checkpoint_at_ms=int(saved.written_at * 1000), checkpoint_lines=saved.lines,
+                             checkpoint_output=saved.output_length)  # fmt: skip
 
     def _commit(self, task: Task, result: TaskResult) -> None:
         """A task is in the output: its counts become committed."""

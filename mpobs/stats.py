@@ -154,6 +154,9 @@ def _system(snap: Snapshot, meta: RunMeta, live: bool, now: float, procs: dict[s
         "trace": meta.trace,
         "trace_sample": meta.trace_sample if meta.trace else None,
     }
+    if snap.sys("checkpoint_at_ms"):
+        system["checkpoint"] = {"at": _iso(snap.sys("checkpoint_at_ms") / 1000), "lines": snap.sys("checkpoint_lines"),
+                                "output_bytes": snap.sys("checkpoint_output")}  # fmt: skip
     if ended:
         system["ended_at"] = _iso(ended)
         system["traces_delivered"] = snap.sys("traces_delivered")

@@ -248,6 +248,8 @@ def test_kills_and_rotations_while_following_lose_nothing_and_repeat_nothing(tmp
     m = json.loads((tmp_path / "m.json").read_text())
     assert m["processors"]["n"]["lines_in"] == m["processors"]["n"]["lines_out"] == len(written)
     assert m["system"]["total_lines"] == len(written)
+    assert m["system"]["checkpoint"]["lines"] == len(written)
+    assert m["system"]["checkpoint"]["output_bytes"] == out.stat().st_size
 
 
 def test_stats_and_healthz_while_a_followed_file_is_quiet(tmp_path: Path) -> None:
