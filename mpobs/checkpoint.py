@@ -69,6 +69,7 @@ class Checkpoint:
     counters: dict[str, dict[str, int]] = field(default_factory=dict)
     error_types: list[list[Any]] = field(default_factory=list)  # [processor, type, count]
     written_at: float = 0.0
+    follow: bool = False  # made by a run with --follow
     version: int = VERSION
 
     def to_json(self) -> str:
@@ -149,6 +150,9 @@ def check(cp: Checkpoint, path: str, config_sha: str, inputs: list[tuple[str, st
     ``inputs``: per input, (the name as given, the path to open it at).
     """
     where = f"checkpoint {path!r}"
+    if cp.follow != bool(followed):
+        made = "with" if cp.follow else "without"
+        raise InputError(f"{where} was made {made} --follow; run {made} it, or remove the checkpoint")
     if cp.config_sha256 != config_sha or cp.columns != columns:
         raise InputError(f"{where} was made with another pipeline config; run with that config, or remove it")
     names = [name for name, _ in inputs]
@@ -186,21 +190,23 @@ class Checkpointer:
                  source: Any, output_path: str | None) -> None:  # fmt: skip
         if output_path is None:
             raise InputError("--checkpoint needs --output FILE: what went to stdout cannot be cut back to a checkpoint")
-        streams = [s.given for s in source.sources if s.kind == "stream"]
+        streams = [s.given for s in source.sources if s.kind == "stream" or s.given == "-"]
         if streams:
-            raise InputError(f"--checkpoint cannot resume a stream ({', '.join(streams)}); give files")
+            raise InputError(f"--checkpoint cannot resume a stream or standard input ({', '.join(streams)}); "
+                             "give files by their names")  # fmt: skip
         self.path, self.every, self.columns = path, every, columns
         self.config_sha = config_hash(processors)
         self.found = read(path)
         opened = [(s.given, s.path) for s in source.sources]
         followed = {s.given for s in source.sources if getattr(s, "following", False)}
+        self.follow = bool(followed)
         if self.found is not None:
             check(self.found, path, self.config_sha, opened, columns, output_path, followed)
             self.identities = self.found.inputs
         else:
             self.identities = [identify(name, at) for name, at in opened]
         self._last = time.monotonic()
-        self._saved_lines = -1
+        self._saved_key: tuple[int, list[Any]] | None = None
 
     @property
     def resume_at(self) -> int | None:
@@ -220,7 +226,7 @@ class Checkpointer:
         source.resume(cp.inputs)
         # The totals the stats show count what came before too.
         source.lines_planned, source.tasks_planned = cp.lines, cp.counts[self.columns.index("tasks_done")]
-        self._saved_lines = cp.lines
+        self._saved_key = (cp.lines, [i.where for i in cp.inputs])
 
     def due(self) -> bool:
         return time.monotonic() - self._last >= self.every
@@ -233,8 +239,9 @@ class Checkpointer:
         self._last = time.monotonic()
         positions = source.positions()
         lines = sum(p["lines"] for p in positions)
-        if lines == self._saved_lines and not force:
-            return None  # nothing new is in the output
+        key = (lines, [p["where"] for p in positions])
+        if key == self._saved_key and not force:
+            return None  # nothing new is in the output (nor a followed file rotated since)
         try:
             os.fsync(out_fd)
         except OSError as err:
@@ -244,13 +251,13 @@ class Checkpointer:
                                 p["done"], list(p["where"]) if p["where"] else None)
                   for i, p in zip(self.identities, positions)]  # fmt: skip
         cp = Checkpoint(self.config_sha, inputs, output_length, lines, list(committed), self.columns,
-                        counters, [[p, t, n] for (p, t), n in sorted(error_types.items())])  # fmt: skip
+                        counters, [[p, t, n] for (p, t), n in sorted(error_types.items())], follow=self.follow)  # fmt: skip
         write(self.path, cp)
-        self._saved_lines = lines
+        self._saved_key = key
         return cp
 
 
-def find_generation(path: str, where: list[Any]) -> str | None:
+def find_generation(path: str, where: list[Any], exclude: tuple[int, int] | None = None) -> str | None:
     """The file ``where`` names (dev, ino, head_len, head_sha256, offset), among ``path`` and ``path.1 ..``:
     by inode with the same first bytes, else (copied away by copytruncate) by its first bytes alone."""
     dev, ino, head_len, head_sha = where[0], where[1], where[2], where[3]
@@ -262,6 +269,8 @@ def find_generation(path: str, where: list[Any]) -> str | None:
             st = os.stat(name)
             same_head = head_matches(name, pos)
         except OSError:
+            continue
+        if (st.st_dev, st.st_ino) == exclude:
             continue
         if (st.st_dev, st.st_ino) == (dev, ino) and same_head:
             return name

@@ -9,6 +9,7 @@ go in. It knows no processes, queues or shared-memory offsets.
 from __future__ import annotations
 
 import multiprocessing
+import os
 import signal
 import time
 from collections import Counter
@@ -21,7 +22,7 @@ from mpobs.dag import Pipeline
 from mpobs.defaults import BACKLOG_PER_WORKER, BATCH_LINES, BLOCKS_PER_WORKER, EVENT_CHUNK, SAVED_RECENT, TASK_BYTES
 from mpobs.defaults import CHECKPOINT_EVERY, TRACE_SAMPLE
 from mpobs.defaults import default_workers
-from mpobs.errors import EXIT_FAILED, EXIT_MAX_ERRORS, EXIT_OK, EXIT_SIGINT, EXIT_SIGTERM, EXIT_USAGE, MpobsError
+from mpobs.errors import EXIT_FAILED, EXIT_MAX_ERRORS, EXIT_OK, EXIT_SIGINT, EXIT_SIGTERM, EXIT_USAGE, InputError, MpobsError
 from mpobs.events import EventCollector
 from mpobs.executor import Event, Executor, LimitReached, RunContext, TaskDone, TaskLost, TaskWritten, WorkerFailed
 from mpobs.inputs import Task
@@ -82,6 +83,13 @@ def check_outputs(source: InputSet, opts: RunOptions) -> None:
         check_writable(opts.save_traces, "--save-traces file", source.is_file)
     if opts.save_metrics:
         check_writable(opts.save_metrics, "--save-metrics file", source.is_file)
+    if opts.checkpoint:
+        check_writable(opts.checkpoint, "--checkpoint file", source.is_file)
+        others = {"output": opts.output_path, "--save-metrics file": opts.save_metrics,
+                  "--save-traces file": opts.save_traces}  # fmt: skip
+        for what, path in others.items():
+            if path is not None and os.path.abspath(path) == os.path.abspath(opts.checkpoint):
+                raise InputError(f"--checkpoint file {opts.checkpoint!r} is also the {what}; give it a path of its own")
 
 
 def remove_leftovers() -> None:

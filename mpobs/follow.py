@@ -87,6 +87,7 @@ class FollowReader(BlockReader):
                 if rotated is None:
                     continue
             if rotated == "truncated":
+                self._read_copy(fd)  # what was copied away before we read it
                 self._end_generation()  # its last line, where it was (now in the copy)
                 os.lseek(fd, 0, os.SEEK_SET)
                 src.rotations += 1
@@ -95,6 +96,8 @@ class FollowReader(BlockReader):
             # generation: the file rotated in after it, which may itself be rotated away by now.
             while not self.stop.is_set() and (self._drain(fd) or self._drain_after(fd, FOLLOW_POLL)):
                 pass
+            if self.stop.is_set():
+                break  # stopping: its last line may still get its newline (a resumed run reads it again)
             self._end_generation()
             mine = os.fstat(fd)
             os.close(fd)
@@ -118,6 +121,29 @@ class FollowReader(BlockReader):
         os.lseek(fd, src.resume_where[4], os.SEEK_SET)
         self.skip = 0  # BlockReader's skip is for decoding from the start; here we seek
         return fd
+
+    def _read_copy(self, fd: int) -> None:
+        """copytruncate copied the file away (to ``app.log.1``) before we had read all of it: read the
+        rest from the copy, found by its first bytes, from where we were."""
+        from mpobs.checkpoint import find_generation
+
+        src = self.source
+        assert src.path is not None
+        at = os.lseek(fd, 0, os.SEEK_CUR)
+        mine = os.fstat(fd)
+        copy = find_generation(src.path, [mine.st_dev, -1, len(self.head), hashlib.sha256(self.head).hexdigest(), at],
+                               exclude=(mine.st_dev, mine.st_ino))  # fmt: skip
+        if copy is None:
+            return
+        cfd = os.open(copy, os.O_RDONLY)
+        try:
+            os.lseek(cfd, at, os.SEEK_SET)
+            self._fd_now = cfd
+            while self._drain(cfd):
+                pass
+        finally:
+            self._fd_now = fd
+            os.close(cfd)
 
     def where(self) -> tuple[Any, ...] | None:
         """This generation (device, inode, its head's length and hash) and the offset in it after the block."""

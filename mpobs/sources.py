@@ -87,8 +87,9 @@ def _followed(given: str) -> InputSource:
 
     source = classify(given)
     if not isinstance(source, FileSource) or given == "-":
-        what = "a stream" if source.kind == "stream" else f"{source.compression} compressed"
-        raise InputError(f"--follow follows a growing file of text; {given!r} is {what}")
+        what = ("standard input" if given == "-" else "a stream" if source.kind == "stream"
+                else f"{source.compression} compressed")  # fmt: skip
+        raise InputError(f"--follow follows a growing file of text by its name; {given!r} is {what}")
     return FollowSource(given, source.path, source.size or 0)
 
 
@@ -246,7 +247,8 @@ class InputSet:
         """Per input, what of it is in the output now: bytes, input bytes, lines, and whether all of it is."""
         return [
             {"offset": self._offset[k], "raw": self._raw[k], "lines": self._done_lines[k], "where": self._where[k],
-             "done": self._whole[k] or (self._read_all[k] and s.damage is None and self._done_lines[k] == s.lines_read)}
+             "done": not getattr(s, "following", False) and (self._whole[k] or (
+                 self._read_all[k] and s.damage is None and self._done_lines[k] == s.lines_read))}
             for k, s in enumerate(self.sources)
         ]  # fmt: skip
 

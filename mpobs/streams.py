@@ -19,6 +19,7 @@ import queue
 import select
 import stat
 import threading
+import time
 from typing import Any, Callable, Iterator
 
 from mpobs.blocks import BlockStore, StoreClosed
@@ -116,7 +117,9 @@ class BlockReader(threading.Thread):
         except StoreClosed:
             pass  # the run is over
         except OSError as err:
-            self.source.damage = f"read error: {err.strerror or err}"
+            self.source.damage = f"input {self.source.given!r}: read error: {err.strerror or err}"
+        except Exception as err:  # noqa: BLE001 - the run must not end as if the input had ended
+            self.source.damage = f"input {self.source.given!r}: reading failed: {type(err).__name__}: {err}"
         finally:
             self.out.put(_END)
             self.wake()
@@ -128,10 +131,18 @@ class BlockReader(threading.Thread):
         if src.compression is not None:
             self.decoder = decoder_for(src.compression)
         sniffing = src.compression is None and src.kind == "stream"
+        since = 0.0  # when the oldest whole line still pending came
         while not self.stop.is_set():
-            if wait and b"\n" in self.pending and not select.select([fd], [], [], STREAM_FLUSH)[0]:
-                self._cut(self.pending.rfind(b"\n") + 1)  # a quiet stream: what it sent so far goes now
-                continue
+            if wait and not sniffing and b"\n" in self.pending:
+                since = since or time.monotonic()
+                left = since + STREAM_FLUSH - time.monotonic()
+                if left <= 0 or not select.select([fd], [], [], left)[0]:
+                    # Quiet, or a trickle for STREAM_FLUSH s: its whole lines go now, not when a block is full.
+                    self._cut(self.pending.rfind(b"\n") + 1)
+                    since = 0.0
+                    continue
+            else:
+                since = 0.0
             chunk = os.read(fd, READ_BYTES)
             if not chunk:
                 break

@@ -153,7 +153,7 @@ def test_follow_refuses_a_stream_and_a_compressed_file(tmp_path: Path) -> None:
     assert res.returncode == 2 and "gzip compressed" in res.stderr.decode(), res.stderr.decode()
     res = subprocess.run([sys.executable, "-m", "mpobs", "process", "-", "-F"], input=b"x\n", capture_output=True,
                          timeout=60)  # fmt: skip
-    assert res.returncode == 2 and "is a stream" in res.stderr.decode(), res.stderr.decode()
+    assert res.returncode == 2 and "is standard input" in res.stderr.decode(), res.stderr.decode()
 
 
 def test_generations_before_the_followed_file_are_read_first(tmp_path: Path) -> None:
@@ -285,3 +285,58 @@ def test_stats_and_healthz_while_a_followed_file_is_quiet(tmp_path: Path) -> Non
     finally:
         err = stop_following(proc, signal.SIGTERM)
     assert proc.returncode == 0, err
+
+
+def test_a_stopped_followed_run_restarted_follows_on(tmp_path: Path) -> None:
+    """SIGTERM (a service stop) then the same command: it goes on from where it stopped, following, and
+    a checkpoint made with --follow is refused without it."""
+    log, out, ck = tmp_path / "app.log", tmp_path / "out", tmp_path / "ck.json"
+    log.write_text("INFO a\n")
+    config = tmp_path / "numbered.json"
+    config.write_text(json.dumps(NUMBERED))
+    cmd = [sys.executable, "-m", "mpobs", "process", str(log), "-F", "-c", str(config), "-q", "-o", str(out),
+           "--checkpoint", str(ck), "--checkpoint-every", "0.1"]  # fmt: skip
+    for text in ("INFO b", "INFO c"):
+        proc = subprocess.Popen(cmd, stderr=subprocess.PIPE)
+        try:
+            append(log, f"{text}\n".encode())
+            wait_for(lambda: committed_lines(ck) == lines_out(out) and out.read_bytes().endswith(f"{text}\n".encode()),
+                     30)  # fmt: skip
+        finally:
+            err = stop_following(proc, signal.SIGTERM)
+        assert proc.returncode == 0, err
+    assert out.read_bytes() == expected(["INFO a", "INFO b", "INFO c"])
+    res = subprocess.run([a for a in cmd if a != "-F"], capture_output=True, timeout=60)
+    assert res.returncode == 2 and "was made with --follow" in res.stderr.decode(), res.stderr.decode()
+
+
+def test_the_checkpoint_cannot_be_the_output(tmp_path: Path) -> None:
+    log = tmp_path / "app.log"
+    log.write_text("INFO a\n")
+    res = subprocess.run([sys.executable, "-m", "mpobs", "process", str(log), "-o", str(tmp_path / "o"),
+                          "--checkpoint", str(tmp_path / "o")], capture_output=True, timeout=60)  # fmt: skip
+    assert res.returncode == 2 and "is also the output" in res.stderr.decode(), res.stderr.decode()
+    assert not (tmp_path / "o").exists()
+
+
+def test_a_steady_trickle_on_a_pipe_is_not_held_for_a_full_block(tmp_path: Path) -> None:
+    """A line every 20 ms, never quiet for 0.1 s: lines still come out within a second, not at 1 MiB."""
+    config = tmp_path / "numbered.json"
+    config.write_text(json.dumps(NUMBERED))
+    out = tmp_path / "out"
+    writer = ("import sys, time\n"
+              "for k in range(1000):\n"
+              "    sys.stdout.write(f'INFO tick {k}\\n'); sys.stdout.flush(); time.sleep(0.02)\n")  # fmt: skip
+    src = subprocess.Popen([sys.executable, "-c", writer], stdout=subprocess.PIPE)
+    proc = subprocess.Popen([sys.executable, "-m", "mpobs", "process", "-", "-c", str(config), "-q", "-o", str(out)],
+                            stdin=src.stdout, stderr=subprocess.PIPE)  # fmt: skip
+    assert src.stdout is not None
+    src.stdout.close()
+    try:
+        wait_for(lambda: lines_out(out) >= 10, 10)  # long before the writer's 20 s are over
+        assert src.poll() is None
+    finally:
+        src.kill()
+        src.wait()
+        err = stop_following(proc, signal.SIGTERM)
+    assert proc.returncode in (0, 143), err
