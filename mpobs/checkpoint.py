@@ -108,9 +108,28 @@ def read(path: str) -> Checkpoint | None:
         if raw.get("version") != VERSION:
             raise ValueError(f"version {raw.get('version')!r}, this mpobs writes {VERSION}")
         raw["inputs"] = [InputPosition(**i) for i in raw["inputs"]]
-        return Checkpoint(**raw)
+        cp = Checkpoint(**raw)
+        _check_shape(cp)
+        return cp
     except (ValueError, TypeError, KeyError, AttributeError) as err:
         raise InputError(f"checkpoint {path!r} is corrupt ({err}); remove it to start afresh") from err
+
+
+def _check_shape(cp: Checkpoint) -> None:
+    """Types and lengths a resume relies on (a hand-edited file must be refused, not crash the run)."""
+    ints = [cp.output_length, cp.lines, *cp.counts] + [v for i in cp.inputs for v in (i.dev, i.ino, i.offset, i.raw,
+                                                                                    i.lines)]  # fmt: skip
+    if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in ints):
+        raise ValueError("a count or offset is not a whole number >= 0")
+    if len(cp.counts) != len(cp.columns) or not all(isinstance(c, str) for c in cp.columns):
+        raise ValueError(f"{len(cp.counts)} counts for {len(cp.columns)} columns")
+    if not all(isinstance(k, dict) and all(isinstance(n, int) for n in k.values()) for k in cp.counters.values()):
+        raise ValueError("a counter is not a table of whole numbers")
+    if not all(isinstance(e, list) and len(e) == 3 and isinstance(e[2], int) for e in cp.error_types):
+        raise ValueError("errors by type are not [processor, type, count]")
+    for i in cp.inputs:
+        if i.where is not None and not (isinstance(i.where, list) and len(i.where) == 5):
+            raise ValueError(f"input {i.name!r}: its generation is not [dev, ino, head length, head hash, offset]")
 
 
 def write(path: str, cp: Checkpoint) -> None:

@@ -166,11 +166,19 @@ def test_a_changed_file_is_refused_and_a_missing_one_too(tmp_path: Path, make_lo
     assert res.returncode == 2 and f"input {str(log)!r}: no such file" in res.stderr.decode(), res.stderr.decode()
 
 
-@pytest.mark.parametrize("content", [b"{not json", b'{"version": 99}', b"", b'{"version": 1}'])
+@pytest.mark.parametrize("content", [b"{not json", b'{"version": 99}', b"", b'{"version": 1}', b"edit:counts",
+                                     b"edit:offset"])
 def test_a_corrupt_checkpoint_is_refused_never_a_silent_fresh_start(tmp_path: Path, make_log: Any,
                                                                     content: bytes) -> None:  # fmt: skip
     _, cmd = _checkpointed(tmp_path, make_log)
     out_before = (tmp_path / "out").read_bytes()
+    if content.startswith(b"edit:"):  # a hand edit that still parses: a count dropped, an offset made text
+        doc = json.loads((tmp_path / "ck.json").read_text())
+        if content == b"edit:counts":
+            doc["counts"].pop()
+        else:
+            doc["inputs"][0]["offset"] = "12"
+        content = json.dumps(doc).encode()
     (tmp_path / "ck.json").write_bytes(content)
     res = subprocess.run(cmd, capture_output=True, timeout=60)
     err = res.stderr.decode()
