@@ -70,6 +70,7 @@ class Checkpoint:
     error_types: list[list[Any]] = field(default_factory=list)  # [processor, type, count]
     written_at: float = 0.0
     follow: bool = False  # made by a run with --follow
+    output_id: list[int] = field(default_factory=list)  # the output file's [dev, ino]
     version: int = VERSION
 
     def to_json(self) -> str:
@@ -194,9 +195,13 @@ def check(cp: Checkpoint, path: str, config_sha: str, inputs: list[tuple[str, st
             raise InputError(f"{where}: input {name!r} is not the file the checkpoint was made for "
                              f"(inode {pos.ino}, now {st.st_ino}, or its first bytes differ)")  # fmt: skip
     try:
-        size = os.path.getsize(output_path)
+        st = os.stat(output_path)
+        size = st.st_size
     except OSError as err:
         raise InputError(f"{where}: its output {output_path!r} is gone ({err.strerror})") from err
+    if cp.output_id and [st.st_dev, st.st_ino] != cp.output_id:
+        raise InputError(f"{where}: {output_path!r} is not the output file it wrote (another inode); "
+                         "give that output, or remove the checkpoint")  # fmt: skip
     if size < cp.output_length:
         raise InputError(f"{where}: its output {output_path!r} holds {size:,} bytes, fewer than the "
                          f"{cp.output_length:,} it recorded; it was changed since")  # fmt: skip
@@ -269,8 +274,10 @@ class Checkpointer:
         inputs = [InputPosition(i.name, i.dev, i.ino, i.head_len, i.head_sha256, p["offset"], p["raw"], p["lines"],
                                 p["done"], list(p["where"]) if p["where"] else None)
                   for i, p in zip(self.identities, positions)]  # fmt: skip
+        st = os.fstat(out_fd)
         cp = Checkpoint(self.config_sha, inputs, output_length, lines, list(committed), self.columns,
-                        counters, [[p, t, n] for (p, t), n in sorted(error_types.items())], follow=self.follow)  # fmt: skip
+                        counters, [[p, t, n] for (p, t), n in sorted(error_types.items())], follow=self.follow,
+                        output_id=[st.st_dev, st.st_ino])  # fmt: skip
         write(self.path, cp)
         self._saved_key = key
         return cp

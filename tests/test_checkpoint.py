@@ -187,6 +187,17 @@ def test_a_corrupt_checkpoint_is_refused_never_a_silent_fresh_start(tmp_path: Pa
     assert (tmp_path / "out").read_bytes() == out_before
 
 
+def test_another_output_file_is_refused(tmp_path: Path, make_log: Any) -> None:
+    """Resuming must not cut an unrelated file: a new file at the output's path (same size or larger) is refused."""
+    _, cmd = _checkpointed(tmp_path, make_log)
+    other = (tmp_path / "out").read_bytes() + b"someone else's data\n"
+    (tmp_path / "out.new").write_bytes(other)
+    os.replace(tmp_path / "out.new", tmp_path / "out")  # another file at the path (a new inode)
+    res = subprocess.run(cmd, capture_output=True, timeout=60)
+    assert res.returncode == 2 and "is not the output file it wrote" in res.stderr.decode(), res.stderr.decode()
+    assert (tmp_path / "out").read_bytes() == other
+
+
 def test_an_output_shorter_than_the_checkpoint_says_is_refused(tmp_path: Path, make_log: Any) -> None:
     _, cmd = _checkpointed(tmp_path, make_log)
     with open(tmp_path / "out", "r+b") as f:
