@@ -77,6 +77,27 @@ class Checkpoint:
         return json.dumps(asdict(self), sort_keys=True)
 
 
+def _lock(path: str) -> int:
+    """One run per checkpoint: an exclusive lock on ``<path>.lock``, held while the run lives."""
+    import fcntl
+
+    lock_path = path + ".lock"
+    try:
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as err:
+        raise InputError(f"checkpoint {path!r}: cannot make its lock file {lock_path!r}: {err.strerror}") from err
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        other = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "?"
+        os.close(fd)
+        raise InputError(f"checkpoint {path!r} is in use by another mpobs run (pid {other}); "
+                         "one run per checkpoint") from None  # fmt: skip
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd
+
+
 def config_hash(processors: list[dict[str, Any]]) -> str:
     """The pipeline as the stats describe it (ids, types, wiring, every setting)."""
     return hashlib.sha256(json.dumps(processors, sort_keys=True, default=str).encode()).hexdigest()
@@ -220,6 +241,7 @@ class Checkpointer:
                              "give files by their names")  # fmt: skip
         self.path, self.every, self.columns = path, every, columns
         self.config_sha = config_hash(processors)
+        self._lock_fd = _lock(path)  # held for the run's life (closed with the process)
         self.found = read(path)
         opened = [(s.given, s.path) for s in source.sources]
         followed = {s.given for s in source.sources if getattr(s, "following", False)}

@@ -146,6 +146,21 @@ def test_a_checkpoint_from_another_config_is_refused(tmp_path: Path, make_log: A
     assert "Traceback" not in err
 
 
+def test_two_runs_cannot_share_a_checkpoint(tmp_path: Path, make_log: Any) -> None:
+    log = make_log(40_000)
+    cmd = command(tmp_path, [log], 1, slow_config(tmp_path))
+    first = subprocess.Popen(cmd, stderr=subprocess.PIPE)
+    try:
+        wait_for(lambda: committed(tmp_path) >= 0, 60)  # it holds the lock once its first checkpoint is out
+        second = subprocess.run(cmd, capture_output=True, timeout=60)
+        err = second.stderr.decode()
+        assert second.returncode == 2 and "is in use by another mpobs run" in err and str(first.pid) in err, err
+    finally:
+        first.send_signal(signal.SIGINT)
+        first.communicate(timeout=60)
+    assert first.returncode == 130
+
+
 def test_a_different_file_at_the_path_is_refused(tmp_path: Path, make_log: Any) -> None:
     log, cmd = _checkpointed(tmp_path, make_log)
     log.unlink()
