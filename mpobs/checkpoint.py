@@ -31,11 +31,9 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from mpobs.errors import InputError, MpobsError
-from mpobs.follow import GENERATIONS
+from mpobs.follow import GENERATIONS, HEAD_BYTES, find_generation, head_is
 
 VERSION = 1
-#: Bytes of an input's head whose hash tells the file apart from another at the same path.
-HEAD_BYTES = 4096
 
 
 class CheckpointError(MpobsError):
@@ -111,9 +109,7 @@ def identify(name: str, path: str) -> InputPosition:
 
 
 def head_matches(path: str, pos: InputPosition) -> bool:
-    with open(path, "rb") as f:
-        head = f.read(pos.head_len)
-    return len(head) == pos.head_len and hashlib.sha256(head).hexdigest() == pos.head_sha256
+    return head_is(path, pos.head_len, pos.head_sha256)
 
 
 def read(path: str) -> Checkpoint | None:
@@ -303,25 +299,3 @@ class Checkpointer:
         write(self.path, cp)
         self._saved_key = key
         return cp
-
-
-def find_generation(path: str, where: list[Any], exclude: tuple[int, int] | None = None) -> str | None:
-    """The file ``where`` names (dev, ino, head_len, head_sha256, offset), among ``path`` and ``path.1 ..``:
-    by inode with the same first bytes, else (copied away by copytruncate) by its first bytes alone."""
-    dev, ino, head_len, head_sha = where[0], where[1], where[2], where[3]
-    names = [path] + [f"{path}.{n}" for n in range(1, GENERATIONS + 1)]
-    pos = InputPosition("", dev, ino, head_len, head_sha)
-    by_head = None
-    for name in names:
-        try:
-            st = os.stat(name)
-            same_head = head_matches(name, pos)
-        except OSError:
-            continue
-        if (st.st_dev, st.st_ino) == exclude:
-            continue
-        if (st.st_dev, st.st_ino) == (dev, ino) and same_head:
-            return name
-        if same_head and by_head is None and st.st_size >= where[4]:
-            by_head = name
-    return by_head

@@ -32,10 +32,10 @@ import time
 from typing import Any
 
 from mpobs.defaults import FOLLOW_POLL, READ_BYTES
-
-#: Bytes of a generation's start kept to tell a truncated-and-rewritten file from a grown one.
-HEAD_BYTES = 4096
 from mpobs.streams import BlockReader, StreamSource
+
+#: Bytes of a file's start whose hash tells it from another file (a rewritten one, another at its path).
+HEAD_BYTES = 4096
 
 
 class FollowSource(StreamSource):
@@ -55,7 +55,7 @@ class FollowSource(StreamSource):
         return FollowReader(self, *args)
 
     def resume_from(self, pos: Any) -> None:
-        """Resume in the generation the checkpoint's output ends in, found by inode (``checkpoint.find_generation``)."""
+        """Resume in the generation the checkpoint's output ends in, found by inode (``find_generation``)."""
         self.skip_to, self.raw_start = pos.offset, pos.raw
         # Nothing of it committed yet: the generation it began in, as the checkpoint first saw it.
         self.resume_where = pos.where or [pos.dev, pos.ino, pos.head_len, pos.head_sha256, 0]
@@ -109,8 +109,6 @@ class FollowReader(BlockReader):
 
     def _resume(self) -> int:
         """Open the generation a checkpoint stopped in, at its offset there; its head as it was read."""
-        from mpobs.checkpoint import find_generation
-
         src = self.source
         assert src.path is not None and src.resume_where is not None
         name = find_generation(src.path, src.resume_where)
@@ -125,8 +123,6 @@ class FollowReader(BlockReader):
     def _read_copy(self, fd: int) -> None:
         """copytruncate copied the file away (to ``app.log.1``) before we had read all of it: read the
         rest from the copy, found by its first bytes, from where we were."""
-        from mpobs.checkpoint import find_generation
-
         src = self.source
         assert src.path is not None
         at = os.lseek(fd, 0, os.SEEK_CUR)
@@ -236,3 +232,30 @@ def successor(path: str, mine: os.stat_result) -> str:
         return found[at + 1][0] if at + 1 < len(found) else path
     later = [name for name, st in found if st.st_mtime >= mine.st_mtime]
     return later[0] if later else path
+
+
+def head_is(path: str, head_len: int, head_sha256: str) -> bool:
+    """Whether the file at ``path`` begins with the ``head_len`` bytes whose hash is ``head_sha256``."""
+    with open(path, "rb") as f:
+        head = f.read(head_len)
+    return len(head) == head_len and hashlib.sha256(head).hexdigest() == head_sha256
+
+
+def find_generation(path: str, where: list[Any], exclude: tuple[int, int] | None = None) -> str | None:
+    """The file ``where`` names (dev, ino, head_len, head_sha256, offset), among ``path`` and ``path.1 ..``:
+    by inode with the same first bytes, else (copied away by copytruncate) by its first bytes alone."""
+    dev, ino, head_len, head_sha, offset = where
+    by_head = None
+    for name in [path] + [f"{path}.{n}" for n in range(1, GENERATIONS + 1)]:
+        try:
+            st = os.stat(name)
+            same_head = head_is(name, head_len, head_sha)
+        except OSError:
+            continue
+        if (st.st_dev, st.st_ino) == exclude:
+            continue
+        if (st.st_dev, st.st_ino) == (dev, ino) and same_head:
+            return name
+        if same_head and by_head is None and st.st_size >= offset:
+            by_head = name
+    return by_head
