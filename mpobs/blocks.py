@@ -75,10 +75,6 @@ class BlockStore:
         if self.shared and hasattr(self.buf, "madvise"):
             self.buf.madvise(mmap.MADV_DONTNEED, slot * self.slot_bytes, self.slot_bytes)
 
-    def free_slots(self) -> int:
-        with self._cond:
-            return len(self._free)
-
     def close(self) -> None:
         """Wake a reader waiting for a slot (it gets StoreClosed). The memory goes with the object."""
         with self._cond:

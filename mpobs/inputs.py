@@ -7,7 +7,7 @@ import mmap
 import os
 import sys
 from abc import ABC, abstractmethod
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 from mpobs.defaults import TASK_BYTES
@@ -76,9 +76,6 @@ class Task:
         finally:
             os.close(fd)
 
-    def without_data(self) -> Task:
-        return replace(self, data=None) if self.data is not None else self
-
 
 @dataclass(frozen=True)
 class Piece:
@@ -99,7 +96,7 @@ class InputSource(ABC):
 
     ``check`` refuses an input that cannot be read, before any work; ``pieces`` yields
     its pieces in order (lazily: reading overlaps with running), or NOT_READY while
-    the next is not read yet. ``bytes_read``, ``lines_read`` and ``pieces_read`` grow as
+    the next is not read yet. ``bytes_read`` and ``lines_read`` grow as
     it goes; ``damage`` is set when the input turned out unreadable part way (a corrupt
     compressed file): the pieces before it are good, and nothing follows.
     """
@@ -112,7 +109,6 @@ class InputSource(ABC):
     needs_store = False  # its pieces are blocks in the executor's BlockStore
     bytes_read = 0
     lines_read = 0
-    pieces_read = 0
     damage: str | None = None
 
     @abstractmethod
@@ -196,7 +192,6 @@ class FileSource(InputSource):
                 lines = newlines + (1 if end == size and not last_is_newline else 0)
                 self.bytes_read += end - start
                 self.lines_read += lines
-                self.pieces_read += 1
                 yield Piece(start, end, lines, self.path)
                 start = end
 

@@ -84,7 +84,6 @@ class StreamSource(InputSource):
                 continue
             if item is _END:
                 return
-            self.pieces_read += 1
             self.lines_read += item.lines
             yield item
 
