@@ -245,6 +245,7 @@ def _child_main(sock: socket.socket, conn: Any, lock: Any, q: Any, opts: Dashboa
     # segment is the coordinator's, the rest is in memory).
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)  # the coordinator's: it reopens its output
     _watch_parent(parent_pid)
     # All that serving needs, imported now, while the coordinator is still starting up.
     import psutil  # noqa: F401  (the sampler's)

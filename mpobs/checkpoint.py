@@ -26,6 +26,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -150,11 +151,31 @@ def _check_shape(cp: Checkpoint) -> None:
             raise ValueError(f"input {i.name!r}: its generation is not [dev, ino, head length, head hash, offset]")
 
 
+def _temp_path(path: str) -> str:
+    folder, name = os.path.split(os.path.abspath(path))
+    return os.path.join(folder, f".{name}.{os.getpid()}.tmp")
+
+
+def _remove_temp_files(path: str) -> None:
+    folder, name = os.path.split(os.path.abspath(path))
+    pattern = re.compile(rf"^\.{re.escape(name)}\.\d+\.tmp$")
+    try:
+        names = os.listdir(folder)
+    except OSError:
+        return
+    for other in names:
+        if pattern.match(other):
+            try:
+                os.unlink(os.path.join(folder, other))
+            except OSError:
+                pass
+
+
 def write(path: str, cp: Checkpoint) -> None:
     """Atomically: a temp file beside it, fsync, rename, fsync of the folder. Raises CheckpointError."""
     cp.written_at = time.time()
     folder = os.path.dirname(os.path.abspath(path))
-    tmp = os.path.join(folder, f".{os.path.basename(path)}.{os.getpid()}.tmp")
+    tmp = _temp_path(path)
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         try:
@@ -181,10 +202,11 @@ def write(path: str, cp: Checkpoint) -> None:
 
 
 def check(cp: Checkpoint, path: str, config_sha: str, inputs: list[tuple[str, str]], columns: list[str],
-          output_path: str, followed: set[str] = frozenset()) -> None:  # type: ignore[assignment]  # fmt: skip
+          output_path: str, followed: set[str] = frozenset()) -> str:  # type: ignore[assignment]  # fmt: skip
     """Refuse (InputError, exit 2) a checkpoint this run cannot resume, saying what differs.
 
-    ``inputs``: per input, (the name as given, the path to open it at).
+    ``inputs``: per input, (the name as given, the path to open it at). Returns the
+    file the checkpoint's output is in (see ``check_output``).
     """
     where = f"checkpoint {path!r}"
     if cp.follow != bool(followed):
@@ -211,17 +233,58 @@ def check(cp: Checkpoint, path: str, config_sha: str, inputs: list[tuple[str, st
         if (st.st_dev, st.st_ino) != (pos.dev, pos.ino) or not head_matches(at, pos):
             raise InputError(f"{where}: input {name!r} is not the file the checkpoint was made for "
                              f"(inode {pos.ino}, now {st.st_ino}, or its first bytes differ)")  # fmt: skip
+    return check_output(cp, where, output_path)
+
+
+def check_output(cp: Checkpoint, where: str, output_path: str) -> str:
+    """The file the checkpoint's output is in now: at the path, or renamed away next to it.
+
+    logrotate may have renamed our output (``out.log`` to ``out.log.1``) while we were
+    down, or between a SIGHUP's reopen and its checkpoint: the old file is found by
+    inode next to the path, and the run goes on in the new, empty file at the path.
+    """
     try:
         st = os.stat(output_path)
-        size = st.st_size
+    except FileNotFoundError:
+        st = None
     except OSError as err:
-        raise InputError(f"{where}: its output {output_path!r} is gone ({err.strerror})") from err
-    if cp.output_id and [st.st_dev, st.st_ino] != cp.output_id:
-        raise InputError(f"{where}: {output_path!r} is not the output file it wrote (another inode); "
-                         "give that output, or remove the checkpoint")  # fmt: skip
+        raise InputError(f"{where}: cannot read its output {output_path!r} ({err.strerror})") from err
+    if st is not None and (not cp.output_id or [st.st_dev, st.st_ino] == cp.output_id):
+        at, size = output_path, st.st_size
+    else:
+        found = _rotated_output(output_path, cp.output_id) if cp.output_id else None
+        if found is None:
+            if st is None:
+                raise InputError(f"{where}: its output {output_path!r} is gone")
+            raise InputError(f"{where}: {output_path!r} is not the output file it wrote (another inode), and that "
+                             "file is not next to it (rotated and compressed, or removed); remove the checkpoint "
+                             "to start afresh")  # fmt: skip
+        if st is not None and st.st_size > 0:
+            raise InputError(f"{where}: its output was rotated to {found!r}, but the new {output_path!r} is not "
+                             "empty; something else writes it")  # fmt: skip
+        at, size = found, os.stat(found).st_size
     if size < cp.output_length:
-        raise InputError(f"{where}: its output {output_path!r} holds {size:,} bytes, fewer than the "
+        raise InputError(f"{where}: its output {at!r} holds {size:,} bytes, fewer than the "
                          f"{cp.output_length:,} it recorded; it was changed since")  # fmt: skip
+    return at
+
+
+def _rotated_output(path: str, output_id: list[int]) -> str | None:
+    """``path``'s old file by device and inode among its rotated names (``path.1``, ``path-20261204``)."""
+    folder, name = os.path.split(os.path.abspath(path))
+    try:
+        names = os.listdir(folder)
+    except OSError:
+        return None
+    for other in sorted(names):
+        if other.startswith((name + ".", name + "-")):
+            try:
+                st = os.lstat(os.path.join(folder, other))
+            except OSError:
+                continue
+            if [st.st_dev, st.st_ino] == output_id:
+                return os.path.join(folder, other)
+    return None
 
 
 class Checkpointer:
@@ -236,24 +299,39 @@ class Checkpointer:
             raise InputError(f"--checkpoint cannot resume a stream or standard input ({', '.join(streams)}); "
                              "give files by their names")  # fmt: skip
         self.path, self.every, self.columns = path, every, columns
+        self.output_path = self.output_at = output_path
         self.config_sha = config_hash(processors)
         self._lock_fd = _lock(path)  # held for the run's life (closed with the process)
+        _remove_temp_files(path)  # of a run killed while writing one: with the lock held, none is in use
         self.found = read(path)
         opened = [(s.given, s.path) for s in source.sources]
         followed = {s.given for s in source.sources if getattr(s, "following", False)}
         self.follow = bool(followed)
         if self.found is not None:
-            check(self.found, path, self.config_sha, opened, columns, output_path, followed)
+            self.output_at = check(self.found, path, self.config_sha, opened, columns, output_path, followed)
             self.identities = self.found.inputs
         else:
             self.identities = [identify(name, at) for name, at in opened]
         self._last = time.monotonic()
         self._saved_key: tuple[int, list[Any]] | None = None
 
-    @property
-    def resume_at(self) -> int | None:
-        """The output's length to cut it back to, when resuming."""
-        return self.found.output_length if self.found is not None else None
+    def resume_output(self) -> int | None:
+        """When resuming: the length to cut the output at our path back to.
+
+        If logrotate renamed the output away, the renamed file is cut to what the
+        checkpoint recorded, and the run goes on in the (empty) file at the path.
+        """
+        if self.found is None:
+            return None
+        if self.output_at == self.output_path:
+            return self.found.output_length
+        fd = os.open(self.output_at, os.O_WRONLY)
+        try:
+            os.ftruncate(fd, self.found.output_length)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        return 0
 
     def restore(self, seg: Any, counters: dict[str, Any], error_types: Any, source: Any) -> None:
         """Counters as the checkpoint had them; the inputs resume where it stood."""

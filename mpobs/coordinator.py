@@ -9,98 +9,37 @@ go in. It knows no processes, queues or shared-memory offsets.
 from __future__ import annotations
 
 import multiprocessing
-import os
 import signal
+import sys
 import time
 from collections import Counter
-from dataclasses import dataclass, field
-from typing import IO, Any, Callable, Sequence
+from typing import IO, Any
 
 from mpobs.blocks import BlockStore
 from mpobs.checkpoint import CheckpointError, Checkpointer
 from mpobs.dag import Pipeline
-from mpobs.defaults import BACKLOG_PER_WORKER, BATCH_LINES, BLOCKS_PER_WORKER, EVENT_CHUNK, SAVED_RECENT, TASK_BYTES
-from mpobs.defaults import CHECKPOINT_EVERY, TRACE_SAMPLE
-from mpobs.defaults import default_workers
-from mpobs.errors import EXIT_FAILED, EXIT_MAX_ERRORS, EXIT_OK, EXIT_SIGINT, EXIT_SIGTERM, EXIT_USAGE, InputError, MpobsError
+from mpobs.defaults import BACKLOG_PER_WORKER, BLOCKS_PER_WORKER, SAVED_RECENT
+from mpobs.errors import EXIT_FAILED, EXIT_MAX_ERRORS, EXIT_OK, EXIT_SIGINT, EXIT_SIGTERM, EXIT_USAGE, MpobsError
 from mpobs.events import EventCollector
 from mpobs.executor import Event, Executor, LimitReached, RunContext, TaskDone, TaskLost, TaskWritten, WorkerFailed
 from mpobs.inputs import Task
-from mpobs.lifeline import pid_alive
 from mpobs.ordered import OrderedOutput
-from mpobs.output import OutputClosed, OutputJoiner, check_writable
-from mpobs.pool import LocalPool, remove_leftover_parts
+from mpobs.output import OutputClosed, OutputJoiner
+from mpobs.pool import LocalPool
+from mpobs.runoptions import RunOptions, RunOutcome, check_outputs, remove_leftovers
+from mpobs.runsignals import RunSignals
 from mpobs.scheduler import GiveUp, Scheduler
-from mpobs.segment import LOCK_WAIT, UNKNOWN, Layout, StatsSegment, remove_leftover_segments
+from mpobs.segment import LOCK_WAIT, UNKNOWN, Layout, StatsSegment
 from mpobs.sources import InputSet, open_inputs
 from mpobs.stats import RunMeta, build_stats
 from mpobs.task import TaskResult, TaskSettings
 from mpobs.tracing import expand as expand_trace
 
 
-@dataclass
-class RunOptions:
-    """Everything ``mpobs process`` can be told."""
-
-    inputs: str | Sequence[str]  # names as given ("-": standard input); one, or many read as one stream
-    output_path: str | None = None
-    workers: int = field(default_factory=default_workers)
-    task_bytes: int = TASK_BYTES
-    batch_lines: int = BATCH_LINES
-    trace: bool = False
-    trace_sample: float = TRACE_SAMPLE
-    save_traces: str | None = None
-    save_metrics: str | None = None  # checked with the other outputs; written by the caller (RunOutcome.metrics)
-    max_errors: int | None = None
-    checkpoint: str | None = None  # commit points written here; a run finding one resumes from it
-    checkpoint_every: float = CHECKPOINT_EVERY
-    follow: bool = False  # the last input is followed (tail -F) until SIGINT or SIGTERM
-    event_chunk: int = EVENT_CHUNK  # records per queue message
-    dashboard: Any = None  # dashboard_app.process.DashboardOptions
-    dashboard_process: Any = None  # dashboard_app.process.DashboardProcess, forked early (prestart)
-    on_tick: Callable[[Coordinator], None] | None = None  # progress display
-
-
-@dataclass
-class RunOutcome:
-    stats: dict[str, Any]  # the final stats document
-    metrics: dict[str, Any]  # the same, with recent errors and traces: what --save-metrics writes
-    exit_code: int
-    message: str | None
-
-
 class _Stop(Exception):
     def __init__(self, state: str, code: int, message: str | None = None) -> None:
         super().__init__(message)
         self.state, self.code, self.message = state, code, message
-
-
-def check_outputs(source: InputSet, opts: RunOptions) -> None:
-    """Every output path is usable and none is the input, before any work."""
-    if opts.output_path is not None:
-        check_writable(opts.output_path, "output", source.is_file)
-    if opts.save_traces:
-        check_writable(opts.save_traces, "--save-traces file", source.is_file)
-    if opts.save_metrics:
-        check_writable(opts.save_metrics, "--save-metrics file", source.is_file)
-    if opts.checkpoint:
-        check_writable(opts.checkpoint, "--checkpoint file", source.is_file)
-        others = {"output": opts.output_path, "--save-metrics file": opts.save_metrics,
-                  "--save-traces file": opts.save_traces}  # fmt: skip
-        for what, path in others.items():
-            if path is not None and os.path.abspath(path) == os.path.abspath(opts.checkpoint):
-                raise InputError(f"--checkpoint file {opts.checkpoint!r} is also the {what}; give it a path of its own")
-
-
-def remove_leftovers() -> None:
-    """Remove what runs killed outright (SIGKILL) left: segments and part folders of dead pids.
-
-    Normally a run removes both, and after a lone SIGKILL the resource tracker still
-    unlinks the segment; a whole process group killed at once leaves them, and the
-    next run clears them.
-    """
-    remove_leftover_segments(pid_alive)
-    remove_leftover_parts(pid_alive)
 
 
 class Coordinator:
@@ -121,8 +60,7 @@ class Coordinator:
         self.seg: StatsSegment | None = None
         self.meta: RunMeta | None = None
         self.dashboard: Any = None
-        self._signal: int | None = None
-        self._stop_following: int | None = None  # the signal that stopped a followed run's reading
+        self.signals = RunSignals(opts.follow, opts.output_path is not None, self.executor.stop_restarts)
         self._limit_reached = False
         self._counters_sent_at = 0.0
         self._stuck_since = self._stuck_last = 0.0
@@ -151,16 +89,18 @@ class Coordinator:
         outcome: tuple[str, int, str | None] = ("failed", EXIT_FAILED, None)
         sink: OutputJoiner | None = None
         traces_file: IO[str] | None = None
-        old_handlers = self._install_signals()
+        self.signals.install()
         try:
             self.seg = self._make_segment(source)
             traces_file = self._open_traces()
             self._serve_dashboard()
-            resume_at = self.checkpoints.resume_at if self.checkpoints is not None else None
+            resume_at = self.checkpoints.resume_output() if self.checkpoints is not None else None
             sink = OutputJoiner(opts.output_path, resume_at)  # only now: it replaces, empties or cuts the file
-            if self.checkpoints is not None and resume_at is None:
-                self._save_checkpoint(sink)  # at once: a followed file rotated before the first commit is found
-            output = OrderedOutput(sink, self.executor, self._commit)
+            if self.checkpoints is not None:
+                # At once: a followed file rotated before the first commit is found, and
+                # an output that logrotate renamed away while we were down is not named again.
+                self._save_checkpoint(sink, force=True)
+            output = OrderedOutput(sink, self.executor, self._commit, self._reopened)
             self.seg.set_state("running")
             sink.before_fork()
             if source.needs_store:  # before the executor starts: the local pool's workers fork with it
@@ -171,7 +111,7 @@ class Coordinator:
             self._loop(Scheduler(plan, BACKLOG_PER_WORKER * self.executor.capacity), output)
             if source.damage is not None:  # everything before the damage is in the output and counted
                 raise _Stop("failed", EXIT_USAGE, source.damage)
-            stopped = self._stop_following
+            stopped = self.signals.stop_following
             outcome = ("done", EXIT_OK, None if stopped is None else
                        f"stopped following ({signal.Signals(stopped).name}); everything read is in the output")
         except _Stop as stop:
@@ -184,7 +124,7 @@ class Coordinator:
             outcome = ("failed", EXIT_FAILED, f"I/O error: {err}")
         finally:
             outcome = self._wind_down(outcome, sink, traces_file)
-            self._restore_signals(old_handlers)
+            self.signals.restore()
         return self._outcome(*outcome)
 
     def _make_segment(self, source: InputSet) -> StatsSegment:
@@ -258,11 +198,13 @@ class Coordinator:
             for event in executor.poll(0.1, wake):
                 self._handle(event, sched, output)
             source.drain()
+            if self.signals.take_reopen():
+                output.reopen_asked = True
             output.advance()
             if self.checkpoints is not None and self.checkpoints.due():
                 self._save_checkpoint(output.sink)
             if self.opts.follow:
-                if self._stop_following is not None and not source.stopped:
+                if self.signals.stop_following is not None and not source.stopped:
                     source.stop_reading()
                 source.refresh()
             self._check_stop()
@@ -292,20 +234,31 @@ class Coordinator:
                 self.seg.uncomplete(finished.counts)
             sched.lost(event.task, event.fault)
         elif isinstance(event, WorkerFailed):
+            if event.io:  # what is committed stays in the output (and in the last checkpoint)
+                raise _Stop("failed", EXIT_FAILED, f"I/O error: cannot write the output {self.opts.output_path}: "
+                                                   f"{event.detail}")  # fmt: skip
             raise _Stop("failed", EXIT_FAILED, f"worker {event.worker} failed: {event.detail}")
         elif isinstance(event, LimitReached):
             self._limit_reached = True
 
-    def _save_checkpoint(self, sink: OutputJoiner) -> None:
+    def _save_checkpoint(self, sink: OutputJoiner, force: bool = False) -> None:
         assert self.checkpoints is not None and self.seg is not None and self.source is not None
         try:
-            saved = self.checkpoints.save(sink.fd, sink.bytes_written, self.seg.snapshot().committed,
-                                          self._counters(), dict(self.error_types), self.source)  # fmt: skip
+            saved = self.checkpoints.save(sink.fd, sink.at, self.seg.snapshot().committed, self._counters(),
+                                          dict(self.error_types), self.source, force=force)  # fmt: skip
         except CheckpointError as err:
             raise _Stop("failed", EXIT_FAILED, str(err)) from None
         if saved is not None:  # for /stats: when the last one was written, and what it holds
             self._set_system(checkpoint_at_ms=int(saved.written_at * 1000), checkpoint_lines=saved.lines,
                              checkpoint_output=saved.output_length)  # fmt: skip
+
+    def _reopened(self, sink: OutputJoiner, what: str) -> None:
+        """SIGHUP reopened the output: say so, and checkpoint the new file before anything goes into it."""
+        assert self.seg is not None
+        sys.stderr.write(f"mpobs: SIGHUP: {what}\n")
+        self._set_system(output_reopens=self.seg.snapshot().sys("output_reopens") + 1)
+        if self.checkpoints is not None:
+            self._save_checkpoint(sink, force=True)
 
     def _commit(self, task: Task, result: TaskResult) -> None:
         """A task is in the output: its counts become committed."""
@@ -360,7 +313,7 @@ class Coordinator:
             self._final = (final, saved)
             try:
                 if self.dashboard is not None:
-                    self.dashboard.finish(final, lambda: self._signal is not None)
+                    self.dashboard.finish(final, lambda: self.signals.stop is not None)
             finally:
                 self.seg.close()
         if self.dash_proc is not None:
@@ -383,8 +336,8 @@ class Coordinator:
 
     # -- watching --------------------------------------------------------------
     def _check_stop(self) -> None:
-        if self._signal is not None:
-            if self._signal == signal.SIGTERM:
+        if self.signals.stop is not None:
+            if self.signals.stop == signal.SIGTERM:
                 raise _Stop("interrupted", EXIT_SIGTERM, "terminated (SIGTERM)")
             raise _Stop("interrupted", EXIT_SIGINT, "interrupted (Ctrl-C)")
         if self.collector.write_error is not None:
@@ -436,26 +389,3 @@ class Coordinator:
 
     def _counters(self) -> dict[str, dict[str, int]]:
         return {pid: dict(c.most_common()) for pid, c in self.counters.items()}
-
-    # -- signals -------------------------------------------------------------
-    def _install_signals(self) -> dict[int, Any]:
-        old: dict[int, Any] = {}
-
-        def handler(signum: int, frame: Any) -> None:
-            if self.opts.follow and self._stop_following is None:
-                # A followed log's service is being stopped: read no more, finish what was read, exit 0.
-                self._stop_following = signum
-                return
-            self._signal = signum  # a second one: stop now
-            self.executor.stop_restarts()  # a worker that dies now is not started again
-
-        try:
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                old[sig] = signal.signal(sig, handler)
-        except ValueError:
-            pass  # not the main thread: the caller handles signals
-        return old
-
-    def _restore_signals(self, old: dict[int, Any]) -> None:
-        for sig, h in old.items():
-            signal.signal(sig, h)

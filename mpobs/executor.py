@@ -62,6 +62,7 @@ class WorkerFailed:
 
     worker: str
     detail: str
+    io: bool = False  # it could not write the output (a full disk): an I/O error of the run, not a bug
 
 
 @dataclass(frozen=True)
@@ -139,6 +140,12 @@ class Executor(ABC):
         (not submitted yet). ``TaskWritten`` follows once the bytes are there.
         """
         return False
+
+    def reopen_output(self, fd: int) -> None:
+        """``ctx.out_fd`` names another file now (SIGHUP); only with ``writes_output``.
+
+        Called when no task is placed: what is placed from now on goes into the new file.
+        """
 
     def stop_restarts(self) -> None:
         """The run is stopping (a signal): a worker that dies now is not started again."""

@@ -23,10 +23,13 @@ class OrderedOutput:
     way its counts are committed when it is in the output, and never before.
     """
 
-    def __init__(self, sink: OutputJoiner, executor: Executor, commit: Callable[[Task, TaskResult], None]) -> None:
+    def __init__(self, sink: OutputJoiner, executor: Executor, commit: Callable[[Task, TaskResult], None],
+                 reopened: Callable[[OutputJoiner, str], None] | None = None) -> None:  # fmt: skip
         self.sink = sink
         self.executor = executor
         self.commit = commit
+        self.reopened = reopened  # told after the output was reopened, before anything goes into the new file
+        self.reopen_asked = False  # SIGHUP: reopen at the next task boundary
         self.placed_by_executor = sink.direct and executor.writes_output
         self.next = 0  # the next task to go into the output
         self.waiting: dict[int, tuple[Task, TaskResult]] = {}  # finished, not yet in the output
@@ -53,7 +56,9 @@ class OrderedOutput:
     def advance(self) -> None:
         """Put into the output what is next in task order, as far as it is finished."""
         while not self.placing:
-            if self.placed_by_executor and self.executor.place(self.next, self.sink.bytes_written):
+            if self.reopen_asked:  # a task boundary: every task before `next` is in the file, none placed after
+                self._reopen()
+            if self.placed_by_executor and self.executor.place(self.next, self.sink.at):
                 self.placing = True
                 return
             entry = self.waiting.get(self.next)
@@ -70,6 +75,16 @@ class OrderedOutput:
             else:
                 self.sink.write(result.output)
             self._in_output(task, result)
+
+    def _reopen(self) -> None:
+        self.reopen_asked = False
+        what = self.sink.reopen()
+        if what is None:
+            return
+        if self.reopened is not None:
+            self.reopened(self.sink, what)  # e.g. a checkpoint naming the new file, before anything is in it
+        if self.placed_by_executor:
+            self.executor.reopen_output(self.sink.fd)
 
     def _in_output(self, task: Task, result: TaskResult) -> None:
         self.next += 1

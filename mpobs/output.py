@@ -105,8 +105,10 @@ class OutputJoiner:
 
     def __init__(self, path: str | None, resume_at: int | None = None) -> None:
         """``resume_at``: keep the first bytes of the existing file at ``path`` (a checkpoint's), cut the rest."""
+        self.path = path
+        self.reopens = 0
         if path is not None and resume_at is not None:
-            self.fd, self._closer = os.open(path, os.O_WRONLY), None
+            self.fd, self._closer = os.open(path, os.O_WRONLY | os.O_CREAT, 0o666), None
             os.ftruncate(self.fd, resume_at)
             self.own = True
         elif path is None:
@@ -125,7 +127,13 @@ class OutputJoiner:
         # Our own regular file: workers write their output into it themselves, at the
         # offsets the ordered output places them at (no part files, no copy). Stdout is joined here.
         self.direct = self.own and self.regular
-        self.bytes_written = resume_at or 0  # the committed output; direct: also the next task's offset
+        self.bytes_written = resume_at or 0  # the committed output, over every file it went into (see reopen)
+        self.base = 0  # where in bytes_written the file open now starts
+
+    @property
+    def at(self) -> int:
+        """The committed end in the file open now: where a direct output's next task goes."""
+        return self.bytes_written - self.base
 
     def before_fork(self) -> None:
         """Wait until the replaced output's old file is closed, so that no child inherits it."""
@@ -139,7 +147,7 @@ class OutputJoiner:
         try:
             while view:
                 if self.direct:
-                    n = os.pwrite(self.fd, view, self.bytes_written)
+                    n = os.pwrite(self.fd, view, self.at)
                 else:
                     n = os.write(self.fd, view)
                 view = view[n:]
@@ -192,6 +200,44 @@ class OutputJoiner:
             left -= len(chunk)
             offset += len(chunk)
 
+    def reopen(self) -> str | None:
+        """Go on writing into the file now at our path (SIGHUP, after logrotate renamed ours away).
+
+        Called at a task boundary: everything committed is in the old file, which is
+        flushed to disk and cut to its committed end, and nothing else is placed in it.
+        The new file (made if logrotate did not) is written after what it holds; the
+        descriptor keeps its number, so a worker started later inherits the new file.
+        Returns what happened, or None when there is nothing to reopen (the same file,
+        or not a file of ours). Raises OSError.
+        """
+        if not self.own or self.path is None:
+            return None
+        if self.direct:
+            os.ftruncate(self.fd, self.at)  # a lost task's bytes past the committed end
+        if self.regular:
+            os.fsync(self.fd)
+        old = os.fstat(self.fd)
+        try:
+            now = os.stat(self.path)
+            if (now.st_dev, now.st_ino) == (old.st_dev, old.st_ino):
+                return None
+        except FileNotFoundError:
+            pass
+        flags = os.O_WRONLY | os.O_CREAT | (0 if self.direct else os.O_APPEND)
+        new = os.open(self.path, flags, 0o666)
+        try:
+            st = os.fstat(new)
+            if self.direct and not stat.S_ISREG(st.st_mode):
+                raise OSError(f"the new output at {self.path!r} is not a regular file; it is left unwritten")
+            os.dup2(new, self.fd)
+        finally:
+            os.close(new)
+        self.regular = stat.S_ISREG(st.st_mode)
+        self.base = self.bytes_written - (st.st_size if self.regular else 0)
+        self.reopens += 1
+        held = f", after the {st.st_size:,} bytes it held" if self.regular and st.st_size else ""
+        return f"reopened the output {self.path} (a new file{held})"
+
     def close(self) -> OSError | None:
         """Cut a direct output to what was committed, and close; returns the error, if any (never raises)."""
         self.before_fork()
@@ -199,7 +245,7 @@ class OutputJoiner:
         try:
             if self.direct:
                 # Anything after the committed output is a task a stopped run did not count.
-                os.ftruncate(self.fd, self.bytes_written)
+                os.ftruncate(self.fd, self.at)
         except OSError as err:
             failed = err
         finally:

@@ -11,6 +11,7 @@ import tempfile
 import time
 from collections import deque
 from multiprocessing.connection import wait as mp_wait
+from multiprocessing.reduction import send_handle
 from typing import Any, Callable, Sequence
 
 from mpobs.blocks import BlockStore
@@ -122,6 +123,16 @@ class LocalPool(Executor):
                 return True
         return False
 
+    def reopen_output(self, fd: int) -> None:
+        """Hand each worker the new output file (the same descriptor number here; a worker forked later inherits it)."""
+        for s in self.slots:
+            if s.alive:
+                try:
+                    s.conn.send(("reopen",))
+                    send_handle(s.conn, fd, s.proc.pid)
+                except OSError:
+                    pass  # it died; poll() reports its tasks as lost
+
     def block_store(self, slots: int, slot_bytes: int) -> BlockStore:
         """One anonymous shared mapping, made before the workers fork: they read blocks where they lie."""
         return BlockStore.shared_store(slots, slot_bytes)
@@ -168,7 +179,8 @@ class LocalPool(Executor):
                     del s.held[msg[1]]
                     events.append(TaskWritten(msg[1]))  # its output is now in the file
                 elif msg[0] == "fatal":
-                    events.append(WorkerFailed(str(i), msg[1].strip().splitlines()[-1]))
+                    _, detail, io = msg
+                    events.append(WorkerFailed(str(i), detail if io else detail.strip().splitlines()[-1], io))
         except (EOFError, OSError):
             pass
         return events

@@ -70,6 +70,7 @@ SYSTEM_FIELDS = (
     "state", "started_at_ms", "ended_at_ms", "bytes_total", "workers", "workers_restarted",
     "tasks_total", "lines_total", "traces_delivered", "errors_delivered", "records_repeated",
     "dashboard_dropped", "checkpoint_at_ms", "checkpoint_lines", "checkpoint_output", "lock_holder",
+    "output_reopens",
 )  # fmt: skip
 _HOLDER = SYSTEM_FIELDS.index("lock_holder")
 INPUT_FIELDS = (

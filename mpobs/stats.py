@@ -149,6 +149,7 @@ def _system(snap: Snapshot, meta: RunMeta, live: bool, now: float, procs: dict[s
         # dashboard could not take (its queue was full): counted, never silent
         "records_repeated": snap.sys("records_repeated"),
         "dashboard_records_dropped": snap.sys("dashboard_dropped"),
+        "output_reopens": snap.sys("output_reopens"),  # SIGHUP: the output went on in a new file
         "input": meta.input_name,
         "executor": meta.executor,
         "trace": meta.trace,

@@ -8,6 +8,7 @@ import signal
 import traceback
 from collections import deque
 from dataclasses import dataclass
+from multiprocessing.reduction import recv_handle
 from typing import Any
 
 from mpobs.dag import Pipeline
@@ -70,14 +71,20 @@ def worker_main(args: WorkerArgs) -> None:
     # coordinator decides what stops, and stops workers itself (stop event, SIGKILL).
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)  # the coordinator reopens the output, and tells us
     seg = StatsSegment.attach(args.seg_name, args.layout, args.lock)
     worker = _Worker(args, seg)
     try:
         seg.set_worker(args.slot, pid=os.getpid(), alive=1)
         worker.serve()
+    except OutputWriteError as err:
+        try:
+            args.conn.send(("fatal", str(err), True))
+        except OSError:
+            pass
     except Exception:
         try:
-            args.conn.send(("fatal", traceback.format_exc()))
+            args.conn.send(("fatal", traceback.format_exc(), False))
         except OSError:
             pass
     finally:
@@ -103,6 +110,8 @@ class _Worker:
                 return
             if msg[0] == "write":
                 self.direct.grant(msg[1], msg[2])  # type: ignore[union-attr]
+            elif msg[0] == "reopen":
+                self.direct.reopen()  # type: ignore[union-attr]
             elif not self._run(*msg[1:]):
                 return  # stopped (--max-errors, or the parent died)
 
@@ -133,6 +142,8 @@ class _Worker:
             msg = self.conn.recv()
             if msg is not None and msg[0] == "write":
                 self.direct.grant(msg[1], msg[2])  # type: ignore[union-attr]
+            elif msg is not None and msg[0] == "reopen":
+                self.direct.reopen()  # type: ignore[union-attr]  # its descriptor follows at once on the pipe
             else:
                 self.early.append(msg)
 
@@ -184,6 +195,17 @@ class DirectOutput:
         self.chunks = []
         return False
 
+    def reopen(self) -> None:
+        """The output is another file now (SIGHUP): take it over our descriptor's number.
+
+        It comes when nothing is placed: every grant before it was for the old file and is written.
+        """
+        new = recv_handle(self.conn)
+        try:
+            os.dup2(new, self.fd)
+        finally:
+            os.close(new)
+
     def grant(self, index: int, offset: int) -> None:
         if index in self.held:
             pwrite_all(self.fd, self.held.pop(index), offset)
@@ -196,12 +218,19 @@ class DirectOutput:
             self.next_at[index] = offset  # a task it holds but has not started
 
 
+class OutputWriteError(Exception):
+    """The output file cannot be written (a full disk, say)."""
+
+
 def pwrite_all(fd: int, chunks: list[bytes], offset: int) -> None:
     """Write ``chunks`` one after another at ``offset``: a few system calls, no joined copy."""
     i = 0
     while i < len(chunks):
         group = chunks[i : i + 512]  # under IOV_MAX (1024 on Linux)
-        n = os.pwritev(fd, group, offset)
+        try:
+            n = os.pwritev(fd, group, offset)
+        except OSError as err:
+            raise OutputWriteError(str(err)) from err
         offset += n
         for c in group:  # a short write: go on from where it stopped
             if n >= len(c):

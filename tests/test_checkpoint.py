@@ -21,15 +21,15 @@ from tests.test_reliability import default_with, fn_config, wait_for
 SLOW_FNS = """
 import time
 def slow(lines):
-    time.sleep(0.01)
+    time.sleep({delay})
     return lines
 """
 COUNTS = ("lines_in", "lines_out", "errors", "batches")
 
 
-def slow_config(tmp_path: Path) -> Path:
-    """The default pipeline, 10 ms slower per batch: long enough to be killed part way."""
-    return fn_config(tmp_path, "ckfns", SLOW_FNS,
+def slow_config(tmp_path: Path, delay: float = 0.01) -> Path:
+    """The default pipeline, ``delay`` s slower per batch: long enough to be killed part way."""
+    return fn_config(tmp_path, "ckfns", SLOW_FNS.format(delay=delay),
                      default_with({"type": "python", "id": "slow", "function": "ckfns:slow", "batch": True}))
 
 
@@ -77,7 +77,9 @@ def kill_part_way(cmd: list[str], tmp_path: Path, after_lines: int) -> None:
 def test_killed_runs_resume_to_the_output_and_counts_of_an_unkilled_one(tmp_path: Path, make_log: Any,
                                                                         fault_workers: int, kind: str) -> None:
     log = make_log(40_000, awkward=0.002)
-    config = slow_config(tmp_path)
+    # 20 ms a batch of 500: a checkpoint (every 0.1 s) about every 5,000 lines at 2 workers,
+    # so that each kill below lands part way, not after the end.
+    config = slow_config(tmp_path, 0.02)
     if kind == "gzip":
         gz = tmp_path / "in.log.gz"
         gz.write_bytes(gzip.compress(log.read_bytes()))
@@ -96,7 +98,7 @@ def test_killed_runs_resume_to_the_output_and_counts_of_an_unkilled_one(tmp_path
     assert whole.returncode == 0, whole.stderr.decode()
 
     cmd = command(tmp_path, inputs, fault_workers, config)
-    for at in (8_000, 17_000, 29_000):  # three kills, each part way on from the last resume
+    for at in (8_000, 17_000, 26_000):  # three kills, each part way on from the last resume
         kill_part_way(cmd, tmp_path, at)
     last = subprocess.run(cmd, capture_output=True, timeout=120)
 
@@ -252,3 +254,50 @@ def test_a_checkpoint_write_that_fails_keeps_the_last_one(tmp_path: Path, monkey
     assert path.read_bytes() == before
     assert [p.name for p in tmp_path.iterdir()] == ["ck.json"]
     assert checkpoint.read(str(path)) == first
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Any:
+    """A 1 MiB tmpfs: a real full disk (ENOSPC). Needs root and mount(2) (a CI container may not allow it)."""
+    where = tmp_path / "disk"
+    where.mkdir()
+    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(where)],
+                                           capture_output=True).returncode != 0:  # fmt: skip
+        pytest.skip("cannot mount a small tmpfs here (needs root)")
+    try:
+        yield where
+    finally:
+        subprocess.run(["umount", "-l", str(where)], check=True)
+
+
+def test_a_full_disk_ends_the_run_and_its_checkpoint_resumes_once_there_is_room(tmp_path: Path, make_log: Any,
+                                                                                fault_workers: int,
+                                                                                small_disk: Path) -> None:  # fmt: skip
+    """The output and the checkpoint on a disk that fills up: exit 1 naming the output and the
+    error, the last checkpoint good; with room again, the same command finishes with the output and
+    counts of a run that never failed."""
+    log = make_log(40_000)  # about 3 MB of output
+    config = slow_config(tmp_path)  # so that checkpoints are written before the disk is full
+    common = ["-c", str(config), "-q", "--task-size", "65536", "--batch-lines", "500"]
+    ref = subprocess.run([sys.executable, "-m", "mpobs", "process", str(log), *common, "-o", str(tmp_path / "ref"),
+                          "--save-metrics", str(tmp_path / "ref.json")], capture_output=True, timeout=120)  # fmt: skip
+    assert ref.returncode == 0, ref.stderr.decode()
+    out, ck = small_disk / "out", small_disk / "ck.json"
+    cmd = [sys.executable, "-m", "mpobs", "process", str(log), *common, "-w", str(fault_workers), "-o", str(out),
+           "--save-metrics", str(tmp_path / "m.json"), "--checkpoint", str(ck), "--checkpoint-every", "0.05"]
+    res = subprocess.run(cmd, capture_output=True, timeout=120)
+    err = res.stderr.decode()
+    assert res.returncode == 1, err
+    # Whichever filled the disk: the output (written by a worker) or the checkpoint.
+    assert f"cannot write the output {out}" in err or f"cannot write the checkpoint {str(ck)!r}" in err, err
+    assert "No space left on device" in err and "Traceback" not in err
+    from mpobs import checkpoint
+
+    saved = checkpoint.read(str(ck))  # valid, and what it says is in the output is there
+    assert saved is not None and saved.lines > 0 and out.stat().st_size >= saved.output_length
+    assert (tmp_path / "ref").read_bytes().startswith(out.read_bytes()[: saved.output_length])
+    subprocess.run(["mount", "-o", "remount,size=64m", str(small_disk)], check=True)
+    res = subprocess.run(cmd, capture_output=True, timeout=120)
+    assert res.returncode == 0, res.stderr.decode()
+    assert out.read_bytes() == (tmp_path / "ref").read_bytes()
+    assert exact(json.loads((tmp_path / "m.json").read_text())) == exact(json.loads((tmp_path / "ref.json").read_text()))

@@ -1,0 +1,73 @@
+"""What a run is told (``RunOptions``), what it ends with (``RunOutcome``), and the checks before it starts."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+from mpobs.defaults import BATCH_LINES, CHECKPOINT_EVERY, EVENT_CHUNK, TASK_BYTES, TRACE_SAMPLE, default_workers
+from mpobs.errors import InputError
+from mpobs.lifeline import pid_alive
+from mpobs.output import check_writable
+from mpobs.pool import remove_leftover_parts
+from mpobs.segment import remove_leftover_segments
+from mpobs.sources import InputSet
+
+@dataclass
+class RunOptions:
+    """Everything ``mpobs process`` can be told."""
+
+    inputs: str | Sequence[str]  # names as given ("-": standard input); one, or many read as one stream
+    output_path: str | None = None
+    workers: int = field(default_factory=default_workers)
+    task_bytes: int = TASK_BYTES
+    batch_lines: int = BATCH_LINES
+    trace: bool = False
+    trace_sample: float = TRACE_SAMPLE
+    save_traces: str | None = None
+    save_metrics: str | None = None  # checked with the other outputs; written by the caller (RunOutcome.metrics)
+    max_errors: int | None = None
+    checkpoint: str | None = None  # commit points written here; a run finding one resumes from it
+    checkpoint_every: float = CHECKPOINT_EVERY
+    follow: bool = False  # the last input is followed (tail -F) until SIGINT or SIGTERM
+    event_chunk: int = EVENT_CHUNK  # records per queue message
+    dashboard: Any = None  # dashboard_app.process.DashboardOptions
+    dashboard_process: Any = None  # dashboard_app.process.DashboardProcess, forked early (prestart)
+    on_tick: Callable[[Any], None] | None = None  # progress display, given the Coordinator
+
+
+@dataclass
+class RunOutcome:
+    stats: dict[str, Any]  # the final stats document
+    metrics: dict[str, Any]  # the same, with recent errors and traces: what --save-metrics writes
+    exit_code: int
+    message: str | None
+
+
+def check_outputs(source: InputSet, opts: RunOptions) -> None:
+    """Every output path is usable and none is the input, before any work."""
+    if opts.output_path is not None:
+        check_writable(opts.output_path, "output", source.is_file)
+    if opts.save_traces:
+        check_writable(opts.save_traces, "--save-traces file", source.is_file)
+    if opts.save_metrics:
+        check_writable(opts.save_metrics, "--save-metrics file", source.is_file)
+    if opts.checkpoint:
+        check_writable(opts.checkpoint, "--checkpoint file", source.is_file)
+        others = {"output": opts.output_path, "--save-metrics file": opts.save_metrics,
+                  "--save-traces file": opts.save_traces}  # fmt: skip
+        for what, path in others.items():
+            if path is not None and os.path.abspath(path) == os.path.abspath(opts.checkpoint):
+                raise InputError(f"--checkpoint file {opts.checkpoint!r} is also the {what}; give it a path of its own")
+
+
+def remove_leftovers() -> None:
+    """Remove what runs killed outright (SIGKILL) left: segments and part folders of dead pids.
+
+    Normally a run removes both, and after a lone SIGKILL the resource tracker still
+    unlinks the segment; a whole process group killed at once leaves them, and the
+    next run clears them.
+    """
+    remove_leftover_segments(pid_alive)
+    remove_leftover_parts(pid_alive)
