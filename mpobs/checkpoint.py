@@ -202,11 +202,10 @@ def write(path: str, cp: Checkpoint) -> None:
 
 
 def check(cp: Checkpoint, path: str, config_sha: str, inputs: list[tuple[str, str]], columns: list[str],
-          output_path: str, followed: set[str] = frozenset()) -> str:  # type: ignore[assignment]  # fmt: skip
+          output_path: str, followed: set[str] = frozenset()) -> None:  # type: ignore[assignment]  # fmt: skip
     """Refuse (InputError, exit 2) a checkpoint this run cannot resume, saying what differs.
 
-    ``inputs``: per input, (the name as given, the path to open it at). Returns the
-    file the checkpoint's output is in (see ``check_output``).
+    ``inputs``: per input, (the name as given, the path to open it at).
     """
     where = f"checkpoint {path!r}"
     if cp.follow != bool(followed):
@@ -233,11 +232,11 @@ def check(cp: Checkpoint, path: str, config_sha: str, inputs: list[tuple[str, st
         if (st.st_dev, st.st_ino) != (pos.dev, pos.ino) or not head_matches(at, pos):
             raise InputError(f"{where}: input {name!r} is not the file the checkpoint was made for "
                              f"(inode {pos.ino}, now {st.st_ino}, or its first bytes differ)")  # fmt: skip
-    return check_output(cp, where, output_path)
+    check_output(cp, where, output_path)
 
 
-def check_output(cp: Checkpoint, where: str, output_path: str) -> str:
-    """The file the checkpoint's output is in now: at the path, or renamed away next to it.
+def check_output(cp: Checkpoint, where: str, output_path: str) -> None:
+    """The checkpoint's output is at the path, or renamed away next to it (``Checkpointer.resume_output``).
 
     logrotate may have renamed our output (``out.log`` to ``out.log.1``) while we were
     down, or between a SIGHUP's reopen and its checkpoint: the old file is found by
@@ -266,7 +265,32 @@ def check_output(cp: Checkpoint, where: str, output_path: str) -> str:
     if size < cp.output_length:
         raise InputError(f"{where}: its output {at!r} holds {size:,} bytes, fewer than the "
                          f"{cp.output_length:,} it recorded; it was changed since")  # fmt: skip
-    return at
+
+
+def _cut(fd: int, length: int, where: str, name: str) -> None:
+    size = os.fstat(fd).st_size
+    if size < length:
+        raise InputError(f"{where}: its output {name!r} holds {size:,} bytes, fewer than the {length:,} it "
+                         "recorded; it was changed since")  # fmt: skip
+    os.ftruncate(fd, length)
+    os.fsync(fd)
+
+
+def _open_rotated_output(path: str, output_id: list[int]) -> int | None:
+    """A descriptor of ``path``'s old file (found by inode next to it), checked after opening; None if gone."""
+    for _ in range(5):  # renamed again between finding and opening it: look again
+        found = _rotated_output(path, output_id)
+        if found is None:
+            return None
+        try:
+            fd = os.open(found, os.O_WRONLY)
+        except FileNotFoundError:
+            continue
+        st = os.fstat(fd)
+        if [st.st_dev, st.st_ino] == output_id:
+            return fd
+        os.close(fd)
+    return None
 
 
 def _rotated_output(path: str, output_id: list[int]) -> str | None:
@@ -299,7 +323,7 @@ class Checkpointer:
             raise InputError(f"--checkpoint cannot resume a stream or standard input ({', '.join(streams)}); "
                              "give files by their names")  # fmt: skip
         self.path, self.every, self.columns = path, every, columns
-        self.output_path = self.output_at = output_path
+        self.output_path = output_path
         self.config_sha = config_hash(processors)
         self._lock_fd = _lock(path)  # held for the run's life (closed with the process)
         _remove_temp_files(path)  # of a run killed while writing one: with the lock held, none is in use
@@ -308,30 +332,47 @@ class Checkpointer:
         followed = {s.given for s in source.sources if getattr(s, "following", False)}
         self.follow = bool(followed)
         if self.found is not None:
-            self.output_at = check(self.found, path, self.config_sha, opened, columns, output_path, followed)
+            check(self.found, path, self.config_sha, opened, columns, output_path, followed)
             self.identities = self.found.inputs
         else:
             self.identities = [identify(name, at) for name, at in opened]
         self._last = time.monotonic()
         self._saved_key: tuple[int, list[Any]] | None = None
 
-    def resume_output(self) -> int | None:
-        """When resuming: the length to cut the output at our path back to.
+    def resume_output(self) -> tuple[int, int] | None:
+        """When resuming: the output file to go on in (a descriptor, opened here) and its length.
 
-        If logrotate renamed the output away, the renamed file is cut to what the
-        checkpoint recorded, and the run goes on in the (empty) file at the path.
+        The output is cut back to what the checkpoint recorded. If logrotate renamed it
+        away, the renamed file is cut, and the run goes on in the (empty) file at the path.
+        Files are checked by descriptor, so a rename while this runs cannot make it cut
+        another file (a rename after it comes with logrotate's SIGHUP, which the run
+        catches from before this is called).
         """
-        if self.found is None:
+        cp = self.found
+        if cp is None:
             return None
-        if self.output_at == self.output_path:
-            return self.found.output_length
-        fd = os.open(self.output_at, os.O_WRONLY)
+        where = f"checkpoint {self.path!r}"
+        fd = os.open(self.output_path, os.O_WRONLY | os.O_CREAT, 0o666)
         try:
-            os.ftruncate(fd, self.found.output_length)
-            os.fsync(fd)
-        finally:
+            st = os.fstat(fd)
+            if not cp.output_id or [st.st_dev, st.st_ino] == cp.output_id:
+                _cut(fd, cp.output_length, where, self.output_path)
+                return fd, cp.output_length
+            if st.st_size > 0:
+                raise InputError(f"{where}: {self.output_path!r} is another file than the output it wrote, and "
+                                 "not empty")  # fmt: skip
+            old = _open_rotated_output(self.output_path, cp.output_id)
+            if old is None:
+                raise InputError(f"{where}: the output it wrote is not at {self.output_path!r} nor next to it any "
+                                 "more (rotated and compressed, or removed); remove the checkpoint to start afresh")
+            try:
+                _cut(old, cp.output_length, where, self.output_path)
+            finally:
+                os.close(old)
+            return fd, 0
+        except BaseException:
             os.close(fd)
-        return 0
+            raise
 
     def restore(self, seg: Any, counters: dict[str, Any], error_types: Any, source: Any) -> None:
         """Counters as the checkpoint had them; the inputs resume where it stood."""

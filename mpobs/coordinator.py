@@ -94,8 +94,8 @@ class Coordinator:
             self.seg = self._make_segment(source)
             traces_file = self._open_traces()
             self._serve_dashboard()
-            resume_at = self.checkpoints.resume_output() if self.checkpoints is not None else None
-            sink = OutputJoiner(opts.output_path, resume_at)  # only now: it replaces, empties or cuts the file
+            resume = self.checkpoints.resume_output() if self.checkpoints is not None else None
+            sink = OutputJoiner(opts.output_path, resume)  # only now: it replaces, empties or cuts the file
             if self.checkpoints is not None:
                 # At once: a followed file rotated before the first commit is found, and
                 # an output that logrotate renamed away while we were down is not named again.

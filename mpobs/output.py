@@ -103,13 +103,13 @@ def _has_xattrs(path: str) -> bool:
 class OutputJoiner:
     """Appends part files to one output; the kernel copies the bytes where it can."""
 
-    def __init__(self, path: str | None, resume_at: int | None = None) -> None:
-        """``resume_at``: keep the first bytes of the existing file at ``path`` (a checkpoint's), cut the rest."""
+    def __init__(self, path: str | None, resume: tuple[int, int] | None = None) -> None:
+        """``resume``: (a descriptor of the output file at ``path``, its length), already cut to a checkpoint's."""
         self.path = path
         self.reopens = 0
-        if path is not None and resume_at is not None:
-            self.fd, self._closer = os.open(path, os.O_WRONLY | os.O_CREAT, 0o666), None
-            os.ftruncate(self.fd, resume_at)
+        resume_at = None
+        if path is not None and resume is not None:
+            (self.fd, resume_at), self._closer = resume, None
             self.own = True
         elif path is None:
             try:

@@ -142,6 +142,8 @@ class BlockReader(threading.Thread):
                     continue
             else:
                 since = 0.0
+                if wait and not select.select([fd], [], [], STREAM_FLUSH)[0]:
+                    continue  # quiet: look at `stop` again (a followed run being stopped must not hang here)
             chunk = os.read(fd, READ_BYTES)
             if not chunk:
                 break
@@ -164,6 +166,8 @@ class BlockReader(threading.Thread):
             if self.decoder is not None and self.decoder.damage is not None:
                 break
         if self.stop.is_set():
+            if src.kind == "stream" and b"\n" in self.pending:  # whole lines read out of the pipe: not lost
+                self._cut(self.pending.rfind(b"\n") + 1)
             return
         if self.decoder is not None:
             self.decoder.finish()

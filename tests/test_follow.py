@@ -367,3 +367,29 @@ def test_a_steady_trickle_on_a_pipe_is_not_held_for_a_full_block(tmp_path: Path)
         src.wait()
         err = stop_following(proc, signal.SIGTERM)
     assert proc.returncode in (0, 143), err
+
+
+def test_sigterm_stops_a_followed_run_still_reading_an_open_stream_before_it(tmp_path: Path) -> None:
+    """``- app.log -F`` with standard input held open: SIGTERM ends the reading of the stream too
+    (it does not wait for the writer), and the stream's whole lines read so far are in the output."""
+    log = tmp_path / "app.log"
+    log.write_text("INFO in the file\n")
+    config = tmp_path / "numbered.json"
+    config.write_text(json.dumps(NUMBERED))
+    out = tmp_path / "out"
+    r, w = os.pipe()
+    proc = subprocess.Popen([sys.executable, "-m", "mpobs", "process", "-", str(log), "-F", "-c", str(config), "-q",
+                             "-o", str(out)], stdin=r, stderr=subprocess.PIPE)  # fmt: skip
+    os.close(r)
+    try:
+        os.write(w, b"INFO one\nINFO two\n")
+        wait_for(lambda: lines_out(out) == 2, 30)
+        os.write(w, b"INFO three\nINFO hal")  # half a line: the stream has not ended, so it is not a line yet
+        wait_for(lambda: lines_out(out) == 3, 30)
+        err = stop_following(proc, signal.SIGTERM)  # the writer keeps the pipe open
+    finally:
+        os.close(w)
+        stop_following(proc, signal.SIGKILL)
+    assert proc.returncode == 0, err
+    assert "stopped following (SIGTERM)" in err
+    assert out.read_bytes() == expected(["INFO one", "INFO two", "INFO three"])
