@@ -11,7 +11,7 @@ from typing import Any
 import click
 from click.core import ParameterSource
 
-from mpobs.defaults import BATCH_LINES, CHECKPOINT_EVERY, TASK_BYTES, TRACE_SAMPLE, default_workers
+from mpobs.defaults import BATCH_LINES, CHECKPOINT_EVERY, DASK_TASK_BYTES, TASK_BYTES, TRACE_SAMPLE, default_workers
 from mpobs.errors import EXIT_FAILED, EXIT_MAX_ERRORS, EXIT_OK, EXIT_USAGE, DashboardError, InputError, MpobsError
 
 SAMPLE_LINES = 200_000
@@ -69,6 +69,11 @@ def _one_blas_thread() -> None:
 @click.option("--task-size", type=click.IntRange(1024), default=TASK_BYTES, show_default=True, hidden=True,
               help="Bytes per task.")
 @click.option("--batch-lines", type=click.IntRange(1), default=BATCH_LINES, show_default=True, hidden=True)
+@click.option("--executor", type=click.Choice(["local", "dask"]), default="local", show_default=True,
+              help="Where tasks run: local worker processes, or a Dask distributed cluster (pip install 'mpobs[dask]').")
+@click.option("--scheduler", metavar="ADDRESS",
+              help="A running Dask scheduler (tcp://host:8786) to run on; implies --executor dask. Default with "
+                   "--executor dask: $MPOBS_DASK_SCHEDULER, else a LocalCluster of --workers processes.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress line and no summary on stderr.")
 @click.option("--dashboard", is_flag=True, help="Serve the live dashboard while running.")
 @click.option("--dashboard-host", default="127.0.0.1", show_default=True,
@@ -80,7 +85,8 @@ def _one_blas_thread() -> None:
               help="Keep the dashboard up this many seconds after the run (default: until Ctrl-C; 0: exit).")
 def process(inputs: tuple[str, ...], config_path: str | None, workers: int | None, output: str | None,
             save_metrics: str | None, trace: bool, trace_sample: float, save_traces: str | None,
-            max_errors: int | None, follow: bool, checkpoint: str | None, checkpoint_every: float, task_size: int, batch_lines: int, quiet: bool, dashboard: bool,
+            max_errors: int | None, follow: bool, checkpoint: str | None, checkpoint_every: float, task_size: int,
+            batch_lines: int, executor: str, scheduler: str | None, quiet: bool, dashboard: bool,
             dashboard_host: str, dashboard_port: int, dashboard_token: str | None,
             linger: float | None) -> None:  # fmt: skip
     """Run the pipeline over INPUTS, one stream in the order given (default: a generated sample log).
@@ -120,6 +126,9 @@ def process(inputs: tuple[str, ...], config_path: str | None, workers: int | Non
                 click.echo(f"mpobs: results go to {output} (give --output to choose)", err=True)
         from mpobs.report import Progress, summary
 
+        runner = _executor(executor, scheduler, workers or default_workers())
+        if runner is not None and "task_size" not in given:
+            task_size = DASK_TASK_BYTES
         progress = Progress(enabled=False if quiet else None)
         opts = RunOptions(
             list(inputs), output, workers or default_workers(), task_size, batch_lines,
@@ -127,9 +136,11 @@ def process(inputs: tuple[str, ...], config_path: str | None, workers: int | Non
             max_errors=max_errors, checkpoint=checkpoint, checkpoint_every=checkpoint_every, follow=follow, dashboard=dash, dashboard_process=dash_proc, on_tick=progress.tick,
         )  # fmt: skip
         try:
-            outcome = Coordinator(pipeline, opts).run()
+            outcome = Coordinator(pipeline, opts, executor=runner).run()
         finally:
             progress.close()
+            if runner is not None:
+                runner.close()  # a run that could not start did not shut it down
         _report(outcome, save_metrics, None if quiet else summary)
         sys.exit(outcome.exit_code)
     except MpobsError as err:
@@ -146,6 +157,17 @@ def process(inputs: tuple[str, ...], config_path: str | None, workers: int | Non
             import shutil
 
             shutil.rmtree(sample_dir, ignore_errors=True)
+
+
+def _executor(name: str, scheduler: str | None, workers: int) -> Any:
+    """The Dask executor, connected (exit 2 if it cannot be), or None for the local pool."""
+    if name == "local" and scheduler is None:
+        return None
+    from mpobs.dask_executor import SCHEDULER_ENV, DaskExecutor
+
+    runner = DaskExecutor(workers, scheduler or os.environ.get(SCHEDULER_ENV) or None)
+    runner.connect()
+    return runner
 
 
 def _given_options(dashboard: bool) -> set[str]:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -71,7 +73,28 @@ def compile_config(data: Any, source: str = "config", base_dir: str | None = Non
             raise ConfigError(f"processor {proc.id!r} ({proc.type_name}): duplicate id; ids must be unique")
         procs.append(proc)
         raw_inputs.append(inputs)
-    return _wire(procs, raw_inputs)
+    pipeline = _wire(procs, raw_inputs)
+    # What builds it again elsewhere (a Dask worker): the config and where its functions live.
+    pipeline.spec = PipelineSpec(data, source, base_dir)
+    return pipeline
+
+
+@dataclass(frozen=True)
+class PipelineSpec:
+    """A compiled config's source: ``compile_config(*spec)`` builds the same pipeline in another process."""
+
+    data: Any
+    source: str
+    base_dir: str | None
+
+    @property
+    def token(self) -> str:
+        """The same for the same config and folder, on every machine."""
+        text = json.dumps([self.data, self.base_dir], sort_keys=True, default=str)
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+    def build(self) -> Pipeline:
+        return compile_config(self.data, self.source, self.base_dir)
 
 
 def _build_processor(raw: Any, i: int, source: str) -> tuple[Processor, list[str] | None]:

@@ -22,7 +22,7 @@ from mpobs.defaults import BACKLOG_PER_WORKER, BLOCKS_PER_WORKER, SAVED_RECENT
 from mpobs.errors import EXIT_FAILED, EXIT_MAX_ERRORS, EXIT_OK, EXIT_SIGINT, EXIT_SIGTERM, EXIT_USAGE, MpobsError
 from mpobs.events import EventCollector
 from mpobs.executor import Event, Executor, LimitReached, RunContext, TaskDone, TaskLost, TaskWritten, WorkerFailed
-from mpobs.inputs import Task
+from mpobs.inputs import FileSource, Task
 from mpobs.ordered import OrderedOutput
 from mpobs.output import OutputClosed, OutputJoiner
 from mpobs.pool import LocalPool
@@ -80,6 +80,7 @@ class Coordinator:
             if opts.checkpoint is not None:
                 self.checkpoints = Checkpointer(opts.checkpoint, opts.checkpoint_every, meta.processors,
                                                 self._layout(source).columns(), source, opts.output_path)  # fmt: skip
+            self.executor.prepare(self.pipeline, self._files(source))  # before any output is touched
         except BaseException:
             source.close()
             raise
@@ -180,6 +181,11 @@ class Coordinator:
         return RunContext(self.pipeline, settings, self.seg, self.collector, wait_traces=bool(opts.save_traces),
                           out_fd=sink.fd if sink.direct else None, store=self.store)  # fmt: skip
 
+    @staticmethod
+    def _files(source: InputSet) -> list[str]:
+        """The input files tasks read by path (not blocks): an executor elsewhere must see them."""
+        return [s.path for s in source.sources if isinstance(s, FileSource)]
+
     def _loop(self, sched: Scheduler, output: OrderedOutput) -> None:
         executor, source, last_tick, announced = self.executor, self.source, 0.0, False
         assert source is not None
@@ -237,7 +243,8 @@ class Coordinator:
             if event.io:  # what is committed stays in the output (and in the last checkpoint)
                 raise _Stop("failed", EXIT_FAILED, f"I/O error: cannot write the output {self.opts.output_path}: "
                                                    f"{event.detail}")  # fmt: skip
-            raise _Stop("failed", EXIT_FAILED, f"worker {event.worker} failed: {event.detail}")
+            who = f"worker {event.worker} failed: " if event.worker else ""  # "": the executor as a whole
+            raise _Stop("failed", EXIT_FAILED, f"{who}{event.detail}")
         elif isinstance(event, LimitReached):
             self._limit_reached = True
 

@@ -57,6 +57,7 @@ class Pipeline:
         self.sinks = [n for n in nodes if not n.consumers]
         self.tags = list(dict.fromkeys(t for n in nodes for t in n.proc.tags_added))
         self.position = Position()  # set per task (``at``); shared by every step
+        self.spec: Any = None  # mpobs.config.PipelineSpec: how to build it again elsewhere
         for n in nodes:
             n.proc.position = self.position
 

@@ -6,6 +6,8 @@ import os
 
 #: Bytes per task of a regular file (planned on line ends).
 TASK_BYTES = 1 << 20
+#: Bytes per task on the Dask executor: a Dask task costs 1-2 ms of scheduling, so tasks are big.
+DASK_TASK_BYTES = 16 << 20
 #: Bytes read from a stream or a compressed file at a time (by the coordinator's reader thread).
 READ_BYTES = 128 << 10
 #: Seconds a stream may be quiet before what it sent so far is cut into a block.

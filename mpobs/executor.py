@@ -7,7 +7,7 @@ decides what runs next (``mpobs.scheduler``), nor when a result's counts count
 the output, so a task that is lost and runs again never counts twice, whatever
 the executor.
 
-Lifecycle: ``block_store`` (when the input has blocks), ``start(ctx)``; then ``submit`` while ``room()`` says so, and ``poll``;
+Lifecycle: ``prepare``, ``block_store`` (when the input has blocks), ``start(ctx)``; then ``submit`` while ``room()`` says so, and ``poll``;
 ``shutdown`` always, whatever happened.
 """
 
@@ -100,6 +100,12 @@ class Executor(ABC):
     @abstractmethod
     def capacity(self) -> int:
         """How many tasks it runs at once (the scheduler's backlog scales with it)."""
+
+    def prepare(self, pipeline: Pipeline, files: list[str]) -> None:
+        """Before anything is written: check that the run can work there (raise InputError, exit 2, if not).
+
+        ``files``: the input files whose tasks are read by path (not shipped as blocks).
+        """
 
     @abstractmethod
     def start(self, ctx: RunContext) -> None: ...

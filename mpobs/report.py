@@ -86,7 +86,8 @@ def summary(stats: dict[str, Any]) -> str:
     s = stats["system"]
     lines.append(
         f"{s['state']}: {s['total_lines']:,} lines in {s['elapsed_s']:.2f} s "
-        f"({s['lines_per_second']:,.0f} lines/s) on {s['workers']} worker(s), {s['total_errors']:,} errors"
+        f"({s['lines_per_second']:,.0f} lines/s) on {s['workers']} {_workers_of(s.get('executor'))}, "
+        f"{s['total_errors']:,} errors"
     )
     if s.get("workers_restarted"):
         lines.append(f"workers restarted: {s['workers_restarted']}")
@@ -97,3 +98,8 @@ def summary(stats: dict[str, Any]) -> str:
         for e in sorted(stats["errors_by_type"], key=lambda e: -e["count"]):
             lines.append(f"  {e['processor']}  {e['error_type']}  {e['count']:,}")
     return "\n".join(lines)
+
+
+def _workers_of(executor: str | None) -> str:
+    """What ran the tasks: "worker(s)" of the local pool, "Dask worker thread(s)" of a cluster."""
+    return "Dask worker thread(s)" if executor == "dask" else "worker(s)"

@@ -11,7 +11,7 @@ VENV=${MPOBS_VENV:-.venv}
 
 extras=""
 if [ "${1:-}" = "--test" ]; then
-  extras="[test]"
+  extras="[test,dask]"  # the Dask executor's tests run on a real LocalCluster and a CLI-started cluster
   need=()
   command -v chromium >/dev/null 2>&1 || need+=(chromium)
   command -v prometheus >/dev/null 2>&1 || need+=(prometheus)

@@ -16,20 +16,7 @@ from typing import Any
 
 from mpobs.executor import Event, Executor, RunContext, TaskDone, TaskLost, TaskWritten
 from mpobs.inputs import Task
-from mpobs.task import run_task
-
-
-class _Keep:
-    """An EventSink that keeps a task's records for its result."""
-
-    def __init__(self) -> None:
-        self.traces: list[Any] = []
-        self.errors: list[dict[str, Any]] = []
-
-    def send(self, task: int, chunk: int, traces: list[Any], errors: list[dict[str, Any]]) -> tuple[int, int, int, int]:
-        self.traces += traces
-        self.errors += errors
-        return len(traces), 0, len(errors), 0
+from mpobs.task import KeptRecords, run_task
 
 
 class AdversarialExecutor(Executor):
@@ -114,7 +101,7 @@ class AdversarialExecutor(Executor):
             if fault:
                 self.faults[task.index] = self.faults.get(task.index, 0) + 1
             return TaskLost(task, "its worker died", fault=fault)
-        ctx, out, records = self.ctx, bytearray(), _Keep()
+        ctx, out, records = self.ctx, bytearray(), KeptRecords()
         layout = ctx.segment.layout
         result = run_task(task, ctx.pipeline, layout, ctx.settings, out.extend, None, records, store=ctx.store)
         assert result is not None

@@ -10,6 +10,8 @@ from typing import Any
 
 import pytest
 
+from tests.shared_procs import SHARED_PIDS
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -29,11 +31,13 @@ def orphaned_segments() -> set[str]:
 
 
 def _is_ours(proc: Any) -> bool:
-    """A live child that is not multiprocessing's resource tracker (it lives as long as pytest)."""
+    """A live child that is not multiprocessing's resource tracker (it lives as long as pytest), nor shared."""
     import psutil
 
     try:
         if not proc.is_running() or proc.status() == psutil.STATUS_ZOMBIE:
+            return False
+        if proc.pid in SHARED_PIDS or any(p.pid in SHARED_PIDS for p in proc.parents()):
             return False
         return not any("resource_tracker" in part for part in proc.cmdline())
     except psutil.NoSuchProcess:

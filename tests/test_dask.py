@@ -1,0 +1,307 @@
+"""The Dask executor against the local pool: the same output, counts, traces and errors, through faults.
+
+Real Dask: ``--executor dask`` starts its own LocalCluster (worker processes), and a cluster
+started from the command line (``dask scheduler`` and two ``dask worker`` on 127.0.0.1) is
+shared by the tests that drive it with ``--scheduler``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+import psutil
+import pytest
+
+from tests.shared_procs import SHARED_PIDS
+from tests.test_engine import write_dag
+from tests.test_executor_seam import _traces as traces
+from tests.test_reliability import wait_for
+
+pytest.importorskip("distributed", reason="needs Dask distributed (pip install 'mpobs[dask]')")
+pytestmark = pytest.mark.dask
+
+DASK = shutil.which("dask", path=os.path.dirname(sys.executable)) or "dask"
+SLOW_FNS = "import time\ndef slow(lines):\n    time.sleep(0.05)\n    return lines\n"
+COUNTS = ("lines_in", "lines_out", "errors", "batches")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class CliCluster:
+    """``dask scheduler`` and ``dask worker`` processes on 127.0.0.1, started and stopped by the tests."""
+
+    def __init__(self, folder: Path, workers: int = 2) -> None:
+        self.port = free_port()
+        self.address = f"tcp://127.0.0.1:{self.port}"
+        self.folder = folder
+        self.scheduler = self._start([DASK, "scheduler", "--host", "127.0.0.1", "--port", str(self.port),
+                                      "--dashboard-address", "127.0.0.1:0", "--no-show"])  # fmt: skip
+        self.workers = [self.add_worker() for _ in range(workers)]
+        self.wait_for_workers(workers)
+
+    def _start(self, cmd: list[str], prefix: list[str] = ()) -> subprocess.Popen[bytes]:  # type: ignore[assignment]
+        log = open(self.folder / f"{len(list(self.folder.iterdir()))}.log", "wb")  # noqa: SIM115 - closed with it
+        proc = subprocess.Popen([*prefix, *cmd], stdout=log, stderr=log, cwd=self.folder, start_new_session=True)
+        log.close()
+        SHARED_PIDS.add(proc.pid)
+        return proc
+
+    def add_worker(self, prefix: list[str] = ()) -> subprocess.Popen[bytes]:  # type: ignore[assignment]
+        return self._start([DASK, "worker", self.address, "--nthreads", "1", "--memory-limit", "0", "--host",
+                            "127.0.0.1", "--no-dashboard"], prefix)  # fmt: skip
+
+    def wait_for_workers(self, n: int) -> None:
+        code = ("import sys; from distributed import Client\n"
+                f"c = Client({self.address!r}, timeout=30); c.wait_for_workers({n}, timeout=60); c.close()")
+        subprocess.run([sys.executable, "-c", code], check=True, timeout=120, capture_output=True)
+
+    def worker_processes(self) -> list[psutil.Process]:
+        """The processes running tasks: each ``dask worker``'s nanny's child."""
+        out = []
+        for w in self.workers:
+            try:
+                out += [c for c in psutil.Process(w.pid).children(recursive=True) if "python" in c.name()]
+            except psutil.NoSuchProcess:
+                pass
+        return out
+
+    def stop(self) -> None:
+        for proc in [*self.workers, self.scheduler]:
+            try:
+                os.killpg(proc.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+        for proc in [*self.workers, self.scheduler]:
+            try:
+                proc.wait(20)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+            SHARED_PIDS.discard(proc.pid)
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CliCluster]:
+    c = CliCluster(tmp_path_factory.mktemp("dask-cluster"))
+    try:
+        yield c
+    finally:
+        c.stop()
+
+
+def run(*args: str, timeout: float = 180, **kw: Any) -> subprocess.CompletedProcess[bytes]:
+    return subprocess.run([sys.executable, "-m", "mpobs", "process", *args], capture_output=True, timeout=timeout,
+                          **kw)  # fmt: skip
+
+
+def comparable(m: dict[str, Any], tasks: bool = True) -> dict[str, Any]:
+    """What must be equal; ``tasks=False``: not how lines fell into tasks and batches (a pipe's
+    blocks are cut where it paused, which no two runs share)."""
+    s = m["system"]
+    counts = COUNTS if tasks else ("lines_in", "lines_out", "errors")
+    return {
+        "processors": {p: {k: row[k] for k in counts} for p, row in m["processors"].items()},
+        "tags": m["tags"], "counters": m["counters"], "errors_by_type": m["errors_by_type"],
+        "system": {k: s[k] for k in ("total_lines", "bytes_done", "total_errors", "state")
+                   + (("tasks_done",) if tasks else ())},
+        "inputs": [{k: i[k] for k in ("name", "lines", "lines_done", "state")} for i in m["inputs"]],
+    }  # fmt: skip
+
+
+def errors(m: dict[str, Any]) -> list[tuple[Any, ...]]:
+    return sorted((e["line_number"], e["processor"], e["error_type"], e["message"]) for e in m["recent_errors"])
+
+
+def dag_log(make_log: Any) -> Path:
+    log = make_log(30_000, awkward=0.01)
+    log.write_bytes(log.read_bytes() + b"x WARN explode\nx WARN dup me\nERROR [api] user login failed\n")
+    return log
+
+
+def both(tmp_path: Path, inputs: list[str], workers: int, *dask_args: str, stdin: bytes | None = None,
+         extra: tuple[str, ...] = ()) -> tuple[dict[str, Any], dict[str, Any]]:  # fmt: skip
+    """The same run on the local pool and on Dask; asserts identical output, counts, traces and errors."""
+    config = write_dag(tmp_path)
+    got: dict[str, dict[str, Any]] = {}
+    for name, how in (("local", ()), ("dask", dask_args)):
+        out, m, t = tmp_path / f"{name}.out", tmp_path / f"{name}.json", tmp_path / f"{name}.jsonl"
+        res = run(*inputs, "-c", str(config), "-w", str(workers), "-q", "-o", str(out), "--save-metrics", str(m),
+                  "--trace-sample", "0.01", "--save-traces", str(t), "--task-size", "65536", *extra, *how,
+                  input=stdin)  # fmt: skip
+        assert res.returncode == 0, res.stderr.decode()
+        got[name] = json.loads(m.read_text())
+    assert (tmp_path / "dask.out").read_bytes() == (tmp_path / "local.out").read_bytes()
+    assert comparable(got["dask"], stdin is None) == comparable(got["local"], stdin is None)
+    assert traces(tmp_path / "dask.jsonl") == traces(tmp_path / "local.jsonl")
+    assert errors(got["dask"]) == errors(got["local"]) and got["local"]["system"]["total_errors"] > 0
+    assert got["dask"]["meta"]["executor"] == "dask" and got["local"]["meta"]["executor"] == "local"
+    return got["local"], got["dask"]
+
+
+@pytest.mark.parametrize("workers", [1, 2], ids=lambda w: f"workers{w}")
+def test_a_local_cluster_gives_the_local_pools_answer(tmp_path: Path, make_log: Any, workers: int) -> None:
+    both(tmp_path, [str(dag_log(make_log))], workers, "--executor", "dask")
+
+
+def test_a_cluster_started_from_the_command_line_gives_the_same_answer(tmp_path: Path, make_log: Any,
+                                                                      cluster: CliCluster) -> None:  # fmt: skip
+    both(tmp_path, [str(dag_log(make_log))], 2, "--scheduler", cluster.address)
+
+
+def test_the_scheduler_from_the_environment(tmp_path: Path, make_log: Any, cluster: CliCluster) -> None:
+    log = make_log(2000)
+    res = run(str(log), "--executor", "dask", "-o", str(tmp_path / "out"), "--save-metrics", str(tmp_path / "m.json"),
+              env={**os.environ, "MPOBS_DASK_SCHEDULER": cluster.address})  # fmt: skip
+    assert res.returncode == 0, res.stderr.decode()
+    assert "on 2 Dask worker thread(s)" in res.stderr.decode()  # the summary says which executor ran
+    assert json.loads((tmp_path / "m.json").read_text())["system"]["total_lines"] == 2000
+
+
+def test_streams_and_compressed_inputs_are_shipped_as_blocks(tmp_path: Path, make_log: Any,
+                                                             cluster: CliCluster) -> None:  # fmt: skip
+    import gzip
+
+    log = dag_log(make_log)
+    gz = tmp_path / "in.log.gz"
+    gz.write_bytes(gzip.compress(log.read_bytes()))
+    both(tmp_path, ["-", str(gz)], 2, "--scheduler", cluster.address, stdin=log.read_bytes())
+
+
+def test_a_dask_worker_killed_mid_run_loses_nothing(tmp_path: Path, make_log: Any, cluster: CliCluster) -> None:
+    """SIGKILL of the process running tasks on one worker, part way: its tasks run again elsewhere
+    (or on its restarted self); the output and counts are exactly a run's that lost nothing."""
+    from tests.test_reliability import fn_config
+
+    log = make_log(40_000)
+    config = fn_config(tmp_path, "daskslow", SLOW_FNS,
+                       [{"type": "python", "id": "slow", "function": "daskslow:slow", "batch": True},
+                        {"type": "line_counter", "id": "n", "format": "{count}|{line}"}])  # fmt: skip
+    common = [str(log), "-c", str(config), "-q", "--task-size", "65536", "--batch-lines", "500"]
+    ref = run(*common, "-o", str(tmp_path / "ref"), "--save-metrics", str(tmp_path / "ref.json"))
+    assert ref.returncode == 0, ref.stderr.decode()
+    out, m = tmp_path / "out", tmp_path / "m.json"
+    proc = subprocess.Popen([sys.executable, "-m", "mpobs", "process", *common, "-o", str(out), "--save-metrics",
+                             str(m), "--scheduler", cluster.address], stderr=subprocess.PIPE)  # fmt: skip
+    try:
+        wait_for(lambda: out.exists() and out.stat().st_size > 100_000, 60)  # running, well before the end
+        victims = cluster.worker_processes()
+        assert victims
+        victims[0].kill()
+        _, err = proc.communicate(timeout=180)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, err.decode()
+    assert out.read_bytes() == (tmp_path / "ref").read_bytes()
+    assert comparable(json.loads(m.read_text())) == comparable(json.loads((tmp_path / "ref.json").read_text()))
+    cluster.wait_for_workers(2)  # its nanny started it again: the next tests have both
+
+
+def test_a_worker_that_cannot_see_the_input_is_named(tmp_path: Path, make_log: Any) -> None:
+    """One worker in a mount namespace of its own, with an empty tmpfs over the input's folder: exit 2 naming it."""
+    if os.geteuid() != 0 or subprocess.run(["unshare", "--mount", "true"], capture_output=True).returncode != 0:
+        pytest.skip("needs root and unshare(1) for a worker with another view of the files")
+    folder = tmp_path / "shared"
+    folder.mkdir()
+    log = folder / "in.log"
+    log.write_text("INFO a\n" * 100)
+    (tmp_path / "cluster-files").mkdir()
+    c = CliCluster(tmp_path / "cluster-files", workers=1)
+    try:
+        hidden = ["unshare", "--mount", "--propagation", "private", "sh", "-c",
+                  f"mount -t tmpfs tmpfs {folder} && exec \"$0\" \"$@\""]  # fmt: skip
+        c.workers.append(c.add_worker(hidden))
+        c.wait_for_workers(2)
+        res = run(str(log), "--scheduler", c.address, "-o", str(tmp_path / "out"), timeout=60)
+    finally:
+        c.stop()
+    err = res.stderr.decode()
+    assert res.returncode == 2, err
+    assert "Dask worker tcp://127.0.0.1:" in err and f"cannot read the input {str(log)!r}" in err, err
+    assert "Traceback" not in err and not (tmp_path / "out").exists()
+
+
+def test_an_unreachable_scheduler_is_exit_2_within_10_s(tmp_path: Path, make_log: Any) -> None:
+    log = make_log(100)
+    address = f"tcp://127.0.0.1:{free_port()}"
+    t0 = time.monotonic()
+    res = run(str(log), "--scheduler", address, "-o", str(tmp_path / "out"), timeout=60)
+    took = time.monotonic() - t0
+    err = res.stderr.decode()
+    assert res.returncode == 2 and f"cannot reach the Dask scheduler at {address}" in err, err
+    assert took < 15, took  # 10 s to connect, plus the interpreter and imports
+
+
+def test_without_dask_installed_the_dask_executor_says_how_to_install_it(tmp_path: Path, make_log: Any) -> None:
+    log = make_log(100)
+    code = ("import sys; sys.modules['distributed'] = None\n"
+            "from mpobs.__main__ import main; sys.argv[0] = 'mpobs'; main()")  # fmt: skip
+    res = subprocess.run([sys.executable, "-c", code, "process", str(log), "--executor", "dask"], capture_output=True,
+                         timeout=60)  # fmt: skip
+    assert res.returncode == 2, res.stderr.decode()
+    assert "pip install 'mpobs[dask]'" in res.stderr.decode()
+
+
+def test_the_scheduler_going_away_fails_the_run_with_exit_1(tmp_path: Path, make_log: Any) -> None:
+    from tests.test_reliability import fn_config
+
+    log = make_log(40_000)
+    config = fn_config(tmp_path, "daskslow2", SLOW_FNS,
+                       [{"type": "python", "id": "slow", "function": "daskslow2:slow", "batch": True}])
+    (tmp_path / "c").mkdir()
+    c = CliCluster(tmp_path / "c", workers=1)
+    out = tmp_path / "out"
+    try:
+        proc = subprocess.Popen([sys.executable, "-m", "mpobs", "process", str(log), "-c", str(config), "-q",
+                                 "--task-size", "65536", "--batch-lines", "500", "-o", str(out), "--scheduler",
+                                 c.address], stderr=subprocess.PIPE)  # fmt: skip
+        wait_for(lambda: out.exists() and out.stat().st_size > 0, 60)
+        c.scheduler.kill()
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        c.stop()
+    text = err.decode()
+    assert proc.returncode == 1, text
+    assert "lost the Dask scheduler" in text and "Traceback" not in text, text
+
+
+def test_ctrl_c_cancels_closes_the_cluster_and_exits_130(tmp_path: Path, make_log: Any) -> None:
+    from tests.test_reliability import fn_config
+
+    log = make_log(40_000)
+    config = fn_config(tmp_path, "daskslow3", SLOW_FNS,
+                       [{"type": "python", "id": "slow", "function": "daskslow3:slow", "batch": True}])
+    out = tmp_path / "out"
+    proc = subprocess.Popen([sys.executable, "-m", "mpobs", "process", str(log), "-c", str(config), "-q", "-w", "2",
+                             "--task-size", "65536", "--batch-lines", "500", "-o", str(out), "--executor", "dask"],
+                            stderr=subprocess.PIPE, start_new_session=True)  # fmt: skip
+    try:
+        wait_for(lambda: out.exists() and out.stat().st_size > 0, 60)
+        family = psutil.Process(proc.pid).children(recursive=True)
+        assert len(family) >= 2  # the LocalCluster's worker processes (and their nannies)
+        os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C reaches the whole foreground group
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert proc.returncode == 130, err.decode()
+    assert "Traceback" not in err.decode(), err.decode()
+    wait_for(lambda: not [p for p in family if p.is_running() and p.status() != psutil.STATUS_ZOMBIE], 30)
