@@ -12,12 +12,15 @@ from typing import Any
 
 from bench import BENCH_DIR, SEED
 from bench import checks, data, report
+from bench import dask_rows as bench_dask
 from bench import follow as bench_follow
 from bench import inputs as bench_inputs
 from bench.rows import Row, build_rows, command, free_port, mpobs_command, run_row
 from bench.rss import measure_tree
 
-EXTRAS = ("startup", "small", "inputs", "follow", "stats", "rss")
+EXTRAS = ("startup", "small", "inputs", "follow", "stats", "rss", "dask")
+#: The Dask rows' log (issue 15 judges them there): a 2M-line run takes about as long as a cluster's start.
+DASK_LINES = 6_000_000
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
@@ -179,6 +182,18 @@ def main(argv: list[str] | None = None) -> int:
         say("  /stats under 50 pollers (bench/stats_load.py) ...")
         doc["stats_load"] = checks.stats_load(log, timeout=60.0 if a.quick else 600.0, quick=a.quick)
     doc.setdefault("stats_load", {"error": "not run"})
+    if extra("dask"):
+        n = a.lines if a.quick else DASK_LINES  # judged on a bigger log: a cluster takes ~1 s to start
+        say(f"  the Dask executor against the local pool and a dask.bag script, {n:,} lines ...")
+        dlog = data.ensure_log(a.data, n, SEED, say)
+        data.warm(dlog)
+        ref = work / "dask-reference.out"
+        run_row(build_rows(1)[0], dlog, ref, timeout * n / a.lines)
+        try:
+            doc["dask"] = dict(bench_dask.dask_rows(dlog, work, data.sha256_file(ref), a.rounds, say), lines=n)
+        except RuntimeError as err:
+            doc["dask"] = {"error": str(err), "lines": n}
+        ref.unlink(missing_ok=True)
     if a.rss and extra("rss"):
         doc["rss"] = run_rss(a.data, work, a.lines, timeout * 3)
     else:

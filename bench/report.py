@@ -260,6 +260,11 @@ def render_markdown(doc: dict[str, Any]) -> str:
     md += ["| " + " | ".join(c.replace("|", "\\|") for c in r) + " |" for r in table_rows(doc)]
     md += ["", "| target | figure | result |", "| --- | ---: | --- |"]
     md += [f"| {t['target']} | {t['shown']} | {t['status']} |" for t in doc["targets"]]
+    if "dask" in doc:
+        from bench.dask_rows import render as render_dask
+
+        lines = doc["dask"].get("lines")
+        md += ["", f"Dask executor ({lines:,}-line log):" if lines else "Dask executor:", "", render_dask(doc["dask"])]
     return "\n".join(md) + "\n"
 
 

@@ -109,10 +109,17 @@ class DashboardHandle:
 
     def publish_counters(self, counters: dict[str, dict[str, int]]) -> None:
         """Counter-processor keys live in the coordinator only; never blocks (the next commit sends them again)."""
+        self._publish(("counters", counters))
+
+    def publish_executor(self, view: dict[str, Any]) -> None:
+        """Where tasks run, as the executor sees it (a Dask cluster's workers); never blocks."""
+        self._publish(("executor", view))
+
+    def _publish(self, msg: tuple[str, Any]) -> None:
         if self.dead:
             return
         try:
-            self.queue.put_nowait(("counters", counters))
+            self.queue.put_nowait(msg)
         except (queue_mod.Full, ValueError, OSError):
             pass
 

@@ -70,6 +70,7 @@ class LiveSource(Source):
         self.received = {"traces": 0, "errors": 0}
         self.counters: dict[str, dict[str, int]] = {}
         self.final: dict[str, Any] | None = None
+        self.executor: dict[str, Any] | None = None  # a cluster's workers, from the coordinator
         self.hist = History([p["id"] for p in meta.processors])
         self.usage: dict[int, tuple[float | None, int | None]] = {}  # pid -> (cpu %, rss bytes)
         self._ps: dict[int, Any] = {}
@@ -93,6 +94,9 @@ class LiveSource(Source):
                 self.received["errors"] += len(errors)
             elif kind == "counters":
                 self.counters = msg[1]
+            elif kind == "executor":
+                self.executor = msg[1]
+                self._cache = None
             elif kind == "final":
                 self.final = msg[1]
                 self.counters = msg[1].get("counters", self.counters)
@@ -172,7 +176,7 @@ class LiveSource(Source):
 
         snap = self.seg.snapshot()
         with self._lock:
-            final, counters, usage = self.final, self.counters, self.usage
+            final, counters, usage, executor = self.final, self.counters, self.usage, self.executor
             kept = {"traces_kept": len(self._traces), "errors_kept": len(self._errors),
                     "traces_received": self.received["traces"], "errors_received": self.received["errors"]}  # fmt: skip
         if final is not None:
@@ -188,6 +192,8 @@ class LiveSource(Source):
             lines_per_second_10s=r10["lines_per_s"], lines_per_second_1m=r60["lines_per_s"],
             errors_per_second_10s=r10["errors_per_s"],
         )  # fmt: skip
+        if executor is not None and final is None:
+            doc["executor"] = executor  # a cluster's workers (a final document has its own)
         doc["dashboard"] = dict(kept, source=self.kind, final=final is not None, pid=os.getpid())
         self._cache = (now, doc)
         self._json = None

@@ -128,7 +128,7 @@ def process(inputs: tuple[str, ...], config_path: str | None, workers: int | Non
 
         runner = _executor(executor, scheduler, workers or default_workers())
         if runner is not None and "task_size" not in given:
-            task_size = DASK_TASK_BYTES
+            task_size = _dask_task_bytes(inputs, runner.capacity)
         progress = Progress(enabled=False if quiet else None)
         opts = RunOptions(
             list(inputs), output, workers or default_workers(), task_size, batch_lines,
@@ -168,6 +168,17 @@ def _executor(name: str, scheduler: str | None, workers: int) -> Any:
     runner = DaskExecutor(workers, scheduler or os.environ.get(SCHEDULER_ENV) or None)
     runner.connect()
     return runner
+
+
+def _dask_task_bytes(inputs: tuple[str, ...], threads: int) -> int:
+    """Big tasks for Dask (DASK_TASK_BYTES), but at least 4 per worker thread for the files given, down to 1 MiB."""
+    total = 0
+    for name in inputs:
+        try:
+            total += os.stat(name).st_size if name != "-" else DASK_TASK_BYTES * threads * 4
+        except OSError:
+            pass  # the run says what is wrong with it
+    return max(TASK_BYTES, min(DASK_TASK_BYTES, total // (4 * max(1, threads))))
 
 
 def _given_options(dashboard: bool) -> set[str]:

@@ -62,7 +62,7 @@ class Coordinator:
         self.dashboard: Any = None
         self.signals = RunSignals(opts.follow, opts.output_path is not None, self.executor.stop_restarts)
         self._limit_reached = False
-        self._counters_sent_at = 0.0
+        self._counters_sent_at = self._executor_sent_at = 0.0
         self._stuck_since = self._stuck_last = 0.0
         self._final: tuple[dict[str, Any], dict[str, Any]] | None = None
 
@@ -316,6 +316,9 @@ class Coordinator:
             )  # fmt: skip
             self.seg.set_state(state)
             final = self.final_stats()
+            view = self.executor.view()
+            if view is not None:
+                final["executor"] = view  # after shutdown: the workers as last seen, with what they ran
             saved = dict(final, recent_errors=c.recent_errors(SAVED_RECENT), recent_traces=c.recent_traces(SAVED_RECENT))
             self._final = (final, saved)
             try:
@@ -369,6 +372,12 @@ class Coordinator:
     def _poll_dashboard(self) -> None:
         if self.dashboard is not None:
             self.dashboard.poll()  # warns once if it died; the run goes on
+            now = time.monotonic()
+            if now - self._executor_sent_at >= 1.0:  # a cluster's view is a round trip to its scheduler
+                self._executor_sent_at = now
+                view = self.executor.view()
+                if view is not None:
+                    self.dashboard.publish_executor(view)
             if self.collector.forward_dropped:
                 self._set_system(dashboard_dropped=self.collector.forward_dropped)
 

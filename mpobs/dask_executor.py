@@ -34,8 +34,9 @@ from dataclasses import replace
 from typing import Any, Iterator, Sequence
 
 from mpobs.errors import InputError
-from mpobs.executor import Event, Executor, RunContext, TaskDone, TaskLost, WorkerFailed
+from mpobs.executor import Event, Executor, RunContext, TaskDone, TaskLost, TaskWritten, WorkerFailed
 from mpobs.inputs import Task
+from mpobs.worker import OutputWriteError, pwrite_all
 
 #: Tasks in flight per worker thread: one running, one waiting (its bytes already there).
 IN_FLIGHT_PER_THREAD = 2
@@ -67,13 +68,21 @@ class DaskExecutor(Executor):
         self.cluster: Any = None
         self.threads = self.n
         self.futures: dict[str, tuple[Task, Any]] = {}  # key -> (the task as planned, its future)
+        # Writing our output themselves (a LocalCluster): per task, the future holding its output
+        # on its worker until it is written; the write futures; tasks reported done.
+        self.held: dict[int, tuple[Task, Any]] = {}
+        self.writes: dict[str, tuple[Task, Any]] = {}
+        self.reported: set[int] = set()
+        self.written_early: set[int] = set()  # written before its TaskDone went out
+        self.out_path: str | None = None
         self.done: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._wake_r, self._wake_w = os.pipe()  # a finished future's callback wakes poll()
         os.set_blocking(self._wake_r, False)
         os.set_blocking(self._wake_w, False)
         self._attempts: dict[int, int] = {}
-        self.tasks_by_worker: dict[str, int] = {}
+        self.by_worker: dict[str, list[int]] = {}  # address -> [tasks, lines] of its results taken
         self.dashboard_link: str | None = None
+        self._last_view: dict[str, Any] | None = None
 
     # -- connecting ---------------------------------------------------------------
     def connect(self) -> None:
@@ -88,6 +97,11 @@ class DaskExecutor(Executor):
             # One task at a time on each worker thread, so that a death is blamed on the task it ran.
             dask.config.set({"distributed.scheduler.allowed-failures": 0,
                              "distributed.scheduler.worker-saturation": 1.0})
+            # Dask's workers give freed memory back to the system at once (MALLOC_TRIM_THRESHOLD_
+            # 64 KiB), so every 16 MiB task faulted its buffers in again: keeping them (and big
+            # buffers on the heap, not in fresh mmaps) took a 6M-line run from 4.6-5.0 s to 4.2-4.3 s.
+            dask.config.set({"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": 256 << 20,
+                             "distributed.nanny.pre-spawn-environ.MALLOC_MMAP_THRESHOLD_": 32 << 20})
             # Ctrl-C reaches the whole foreground process group: the workers start with SIGINT
             # and SIGTERM ignored (kept across exec), so that the run decides what stops.
             with _ignoring(signal.SIGINT, signal.SIGTERM):
@@ -108,6 +122,8 @@ class DaskExecutor(Executor):
             self.close()
             raise InputError(f"the Dask scheduler at {self.where} has no workers")
         self.threads = sum(w.get("nthreads", 1) for w in workers.values())
+        # Workers on this machine write each task's output into our output file themselves (see start).
+        self.writes_output = self.cluster is not None
         self.dashboard_link = self.client.dashboard_link
 
     @property
@@ -124,6 +140,10 @@ class DaskExecutor(Executor):
         self.ctx = ctx
         self.spec = ctx.pipeline.spec
         self.layout = ctx.segment.layout
+        if self.writes_output and ctx.out_fd is not None:
+            # The file we have open, through renames and SIGHUP's reopen (the same descriptor number):
+            # the output never travels through Dask (measured: 1.5 s of a 6M-line run on 2 cores).
+            self.out_path = f"/proc/{os.getpid()}/fd/{ctx.out_fd}"
 
     def room(self) -> int:
         return IN_FLIGHT_PER_THREAD * self.threads - len(self.futures)
@@ -136,9 +156,27 @@ class DaskExecutor(Executor):
         attempt = self._attempts.get(task.index, 0)
         self._attempts[task.index] = attempt + 1
         key = f"mpobs-task-{task.index}-{attempt}-{os.getpid()}"
-        fut = self.client.submit(run_remote, self.spec, self.layout, self.ctx.settings, shipped, key=key, pure=False)
+        args = (self.spec, self.layout, self.ctx.settings, shipped)
+        if self.out_path is None:
+            fut = self.client.submit(run_remote, *args, key=key, pure=False)
+        else:  # its output stays on its worker until placed; only the rest comes here
+            held = self.client.submit(run_remote, *args, True, key=key + "-held", pure=False)
+            self.held[task.index] = (task, held)
+            fut = self.client.submit(_without_output, held, key=key, pure=False)
         self.futures[key] = (task, fut)
         fut.add_done_callback(self._finished)
+
+    def place(self, index: int, offset: int) -> bool:
+        """Task ``index``'s output goes at ``offset``: written by the worker holding it, once it is done."""
+        entry = self.held.get(index)
+        if entry is None:
+            return False
+        task, held = entry
+        key = f"{held.key}-write"
+        write = self.client.submit(_write, held, self.out_path, offset, key=key, pure=False)
+        self.writes[key] = (task, write)
+        write.add_done_callback(self._finished)
+        return True
 
     def _finished(self, fut: Any) -> None:
         """In a client thread: hand the future to ``poll``."""
@@ -163,7 +201,10 @@ class DaskExecutor(Executor):
                 break
             entry = self.futures.pop(fut.key, None)
             if entry is not None:
-                events.append(self._event(entry[0], fut))
+                events += self._done(entry[0], fut)
+            written = self.writes.pop(fut.key, None)
+            if written is not None:
+                events += self._written(written[0], fut)
         if not events and self.futures and self.client.status not in ("running", "connecting"):
             return [WorkerFailed("", f"lost the Dask scheduler at {self.where} (the client is {self.client.status})")]
         return events
@@ -172,11 +213,47 @@ class DaskExecutor(Executor):
     def where(self) -> str:
         return self.address or "the LocalCluster"
 
+    def _done(self, task: Task, fut: Any) -> list[Event]:
+        event = self._event(task, fut)
+        if not isinstance(event, TaskDone):
+            self.held.pop(task.index, None)  # its run is lost (or the run fails): so is what it held
+            return [event]
+        if self.out_path is None:
+            return [event]
+        self.reported.add(task.index)
+        if task.index in self.written_early:  # its write finished first: say so after it is done
+            self.written_early.discard(task.index)
+            return [event, *self._wrote(task.index)]
+        return [event]
+
+    def _written(self, task: Task, fut: Any) -> list[Event]:
+        """A placed task's write ended: written (TaskWritten), or its output is lost with its worker."""
+        if fut.status == "finished":
+            if task.index not in self.reported:
+                self.written_early.add(task.index)
+                return []
+            return self._wrote(task.index)
+        err = None if fut.status == "cancelled" else fut.exception()
+        if isinstance(err, (OSError, OutputWriteError)):  # a full disk, say
+            return [WorkerFailed("dask", str(err), io=True)]
+        self.held.pop(task.index, None)
+        if task.index not in self.reported:
+            return []  # its run failed too, and says so
+        self.reported.discard(task.index)
+        return [TaskLost(task, f"its output was lost with its Dask worker before it was written ({err})",
+                         finished=True)]  # fmt: skip
+
+    def _wrote(self, index: int) -> list[Event]:
+        self.held.pop(index, None)  # its worker may free it now
+        self.reported.discard(index)
+        return [TaskWritten(index)]
+
     def _event(self, task: Task, fut: Any) -> Event:
         distributed = _distributed()
         if fut.status == "finished":
             result, worker = fut.result()
-            self.tasks_by_worker[worker] = self.tasks_by_worker.get(worker, 0) + 1
+            done = self.by_worker.setdefault(worker, [0, 0])
+            done[0], done[1] = done[0] + 1, done[1] + result.lines
             return TaskDone(task, result)
         if fut.status == "cancelled":
             return WorkerFailed("", f"lost the Dask scheduler at {self.where} (it went away, or was restarted) "
@@ -187,11 +264,38 @@ class DaskExecutor(Executor):
             return TaskLost(task, f"a Dask worker died running it ({err})", fault=True)
         return WorkerFailed("dask", f"{task.describe()}: {type(err).__name__}: {err}")
 
-    def shutdown(self, graceful: bool) -> None:
+    def view(self) -> dict[str, Any] | None:
+        """The cluster's workers as its scheduler sees them (CPU, memory), with the tasks each ran for us."""
+        if self.client is None:
+            return self._last_view
+        workers: list[dict[str, Any]] = []
         try:
-            if self.futures and self.client is not None:
-                self.client.cancel([f for _, f in self.futures.values()], force=True)
+            info = self.client.scheduler_info(n_workers=-1)
+        except Exception:  # noqa: BLE001 - a scheduler going away: poll() reports it
+            info = {}
+        for address, w in sorted(info.get("workers", {}).items()):
+            metrics = w.get("metrics", {})
+            tasks, lines = self.by_worker.get(address, (0, 0))
+            workers.append({"address": address, "name": str(w.get("name", "")), "nthreads": w.get("nthreads"),
+                            "tasks": tasks, "lines": lines, "cpu_percent": metrics.get("cpu"),
+                            "rss_bytes": metrics.get("memory")})  # fmt: skip
+        gone = [a for a in self.by_worker if a not in info.get("workers", {})]
+        for address in sorted(gone):  # died or left: what they ran still shows
+            tasks, lines = self.by_worker[address]
+            workers.append({"address": address, "name": "", "nthreads": None, "tasks": tasks, "lines": lines,
+                            "cpu_percent": None, "rss_bytes": None, "gone": True})  # fmt: skip
+        return {"name": self.name, "scheduler": self.address or "LocalCluster", "dashboard": self.dashboard_link,
+                "workers": workers}
+
+    def shutdown(self, graceful: bool) -> None:
+        self._last_view = self.view()  # for the final stats: the workers as they were
+        try:
+            live = [f for _, f in [*self.futures.values(), *self.writes.values(), *self.held.values()]]
+            if live and self.client is not None:
+                self.client.cancel(live, force=True)
             self.futures.clear()
+            self.writes.clear()
+            self.held.clear()
         except Exception:  # noqa: BLE001 - shutting down must not raise
             pass
         self.close()
@@ -247,8 +351,12 @@ def _pipeline(spec: Any) -> Any:
     return pipeline
 
 
-def run_remote(spec: Any, layout: Any, settings: Any, task: Task) -> tuple[Any, str]:
-    """One task on a Dask worker: its result (with its output as bytes and its records), and the worker."""
+def run_remote(spec: Any, layout: Any, settings: Any, task: Task, hold: bool = False) -> Any:
+    """One task on a Dask worker: its result (with its output as bytes and its records), and the worker.
+
+    ``hold``: the output is kept apart, ``(result, worker, output)``: it stays on the worker
+    (``_without_output`` sends the rest) until ``_write`` puts it into the output file.
+    """
     from distributed import get_worker
 
     from mpobs.task import KeptRecords, run_task
@@ -260,8 +368,25 @@ def run_remote(spec: Any, layout: Any, settings: Any, task: Task) -> tuple[Any, 
     result = run_task(task, _pipeline(spec), layout, settings, out.extend, None, records)
     assert result is not None  # nothing stops a Dask task between batches
     result.traces, result.errors = records.traces, records.errors
+    if hold:
+        return result, address, bytes(out)
     result.output = bytes(out)
     return result, address
+
+
+def _without_output(held: tuple[Any, str, bytes]) -> tuple[Any, str]:
+    """Runs where ``held`` is: the result and the worker, without the output (which stays there)."""
+    return held[0], held[1]
+
+
+def _write(held: tuple[Any, str, bytes], path: str, offset: int) -> int:
+    """On the worker holding a task's output: write it at ``offset`` of the coordinator's output file."""
+    fd = os.open(path, os.O_WRONLY)
+    try:
+        pwrite_all(fd, [held[2]], offset)
+    finally:
+        os.close(fd)
+    return len(held[2])
 
 
 def head_hash(path: str) -> tuple[int, str]:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Sequence, Union
+from typing import TYPE_CHECKING, Any, Sequence, Union
 
 if TYPE_CHECKING:
     from mpobs.blocks import BlockStore
@@ -152,6 +152,10 @@ class Executor(ABC):
 
         Called when no task is placed: what is placed from now on goes into the new file.
         """
+
+    def view(self) -> dict[str, Any] | None:
+        """What /stats shows of where tasks run, beyond the segment's worker rows (a cluster's workers), or None."""
+        return None
 
     def stop_restarts(self) -> None:
         """The run is stopping (a signal): a worker that dies now is not started again."""

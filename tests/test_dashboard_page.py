@@ -41,6 +41,11 @@ def test_page_shows_numbers_and_log_text_as_text(tmp_path: Path, browser_page: t
     source = LiveSource(run.seg, run.meta, cache_s=0.0)
     source.handle(("events", run.events.traces, run.events.errors))
     source.handle(("counters", run.counters))
+    # A Dask run's view of its cluster (mpobs.dask_executor.DaskExecutor.view), as the coordinator sends it.
+    worker = {"address": "tcp://10.0.0.2:4000", "name": "w-1", "nthreads": 1, "tasks": 3, "lines": 1500,
+              "cpu_percent": 12.5, "rss_bytes": 64 << 20}  # fmt: skip
+    source.handle(("executor", {"name": "dask", "scheduler": "tcp://10.0.0.1:8786",
+                                "dashboard": "http://127.0.0.1:8787/status", "workers": [worker]}))  # fmt: skip
     source.sample()
     port = free_port()
     server = serve_in_child(source, port)
@@ -58,6 +63,10 @@ def test_page_shows_numbers_and_log_text_as_text(tmp_path: Path, browser_page: t
             assert node.locator(".node-in").text_content().split() == ["in", f"{row['lines_in']:,}"]
             assert node.locator(".node-out").text_content().split() == ["out", f"{row['lines_out']:,}"]
         assert page.locator("#k-lines").text_content() == f"{run.lines:,}"
+        cells = page.locator("#worker-table tr[data-worker='tcp://10.0.0.2:4000'] td").all_text_contents()
+        assert cells[0] == "tcp://10.0.0.2:4000" and cells[2] == "alive" and cells[3:5] == ["3", "1,500"]
+        assert page.locator("#executor-info").text_content().startswith("on Dask (tcp://10.0.0.1:8786)")
+        assert page.locator("#dask-dashboard-link").get_attribute("href") == "http://127.0.0.1:8787/status"
         assert page.locator("#dag path.edge-line").count() == len(run.meta.edges)
         # The injected line: visible as text, in the traces and in the errors; nothing ran, no <img> made.
         page.wait_for_selector("#traces li.trace", timeout=10000)

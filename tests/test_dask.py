@@ -180,26 +180,26 @@ def test_streams_and_compressed_inputs_are_shipped_as_blocks(tmp_path: Path, mak
     both(tmp_path, ["-", str(gz)], 2, "--scheduler", cluster.address, stdin=log.read_bytes())
 
 
-def test_a_dask_worker_killed_mid_run_loses_nothing(tmp_path: Path, make_log: Any, cluster: CliCluster) -> None:
-    """SIGKILL of the process running tasks on one worker, part way: its tasks run again elsewhere
-    (or on its restarted self); the output and counts are exactly a run's that lost nothing."""
+def killed_worker_run(tmp_path: Path, make_log: Any, how: list[str], victims: Any) -> dict[str, Any]:
+    """A slow run on Dask (``how``) whose worker ``victims(proc)[0]`` is SIGKILLed part way: asserts
+    the output and counts of a run that lost nothing; returns its saved metrics."""
     from tests.test_reliability import fn_config
 
     log = make_log(40_000)
     config = fn_config(tmp_path, "daskslow", SLOW_FNS,
                        [{"type": "python", "id": "slow", "function": "daskslow:slow", "batch": True},
                         {"type": "line_counter", "id": "n", "format": "{count}|{line}"}])  # fmt: skip
-    common = [str(log), "-c", str(config), "-q", "--task-size", "65536", "--batch-lines", "500"]
+    common = [str(log), "-c", str(config), "-q", "-w", "2", "--task-size", "65536", "--batch-lines", "500"]
     ref = run(*common, "-o", str(tmp_path / "ref"), "--save-metrics", str(tmp_path / "ref.json"))
     assert ref.returncode == 0, ref.stderr.decode()
     out, m = tmp_path / "out", tmp_path / "m.json"
     proc = subprocess.Popen([sys.executable, "-m", "mpobs", "process", *common, "-o", str(out), "--save-metrics",
-                             str(m), "--scheduler", cluster.address], stderr=subprocess.PIPE)  # fmt: skip
+                             str(m), *how], stderr=subprocess.PIPE)  # fmt: skip
     try:
         wait_for(lambda: out.exists() and out.stat().st_size > 100_000, 60)  # running, well before the end
-        victims = cluster.worker_processes()
-        assert victims
-        victims[0].kill()
+        found = victims(proc)
+        assert found
+        found[0].kill()
         _, err = proc.communicate(timeout=180)
     finally:
         if proc.poll() is None:
@@ -207,8 +207,29 @@ def test_a_dask_worker_killed_mid_run_loses_nothing(tmp_path: Path, make_log: An
             proc.wait()
     assert proc.returncode == 0, err.decode()
     assert out.read_bytes() == (tmp_path / "ref").read_bytes()
-    assert comparable(json.loads(m.read_text())) == comparable(json.loads((tmp_path / "ref.json").read_text()))
+    got = json.loads(m.read_text())
+    assert comparable(got) == comparable(json.loads((tmp_path / "ref.json").read_text()))
+    return got
+
+
+def test_a_dask_worker_killed_mid_run_loses_nothing(tmp_path: Path, make_log: Any, cluster: CliCluster) -> None:
+    """SIGKILL of the process running tasks on one worker of a cluster of our own, part way: its
+    tasks run again elsewhere (or on its restarted self), and what it held comes again."""
+    killed_worker_run(tmp_path, make_log, ["--scheduler", cluster.address], lambda proc: cluster.worker_processes())
     cluster.wait_for_workers(2)  # its nanny started it again: the next tests have both
+
+
+def test_a_local_cluster_worker_killed_mid_run_loses_nothing(tmp_path: Path, make_log: Any) -> None:
+    """On a LocalCluster the workers write the output themselves: a worker killed part way, with
+    tasks done but not yet written, still gives exactly the output and counts of a run that lost nothing."""
+
+    def workers(proc: subprocess.Popen[bytes]) -> list[psutil.Process]:
+        found = [c for c in psutil.Process(proc.pid).children() if "spawn_main" in " ".join(c.cmdline())]
+        assert len(found) == 2
+        return found
+
+    got = killed_worker_run(tmp_path, make_log, ["--executor", "dask"], workers)
+    assert got["system"]["workers_restarted"] >= 1
 
 
 def test_a_worker_that_cannot_see_the_input_is_named(tmp_path: Path, make_log: Any) -> None:
@@ -305,3 +326,43 @@ def test_ctrl_c_cancels_closes_the_cluster_and_exits_130(tmp_path: Path, make_lo
     assert proc.returncode == 130, err.decode()
     assert "Traceback" not in err.decode(), err.decode()
     wait_for(lambda: not [p for p in family if p.is_running() and p.status() != psutil.STATUS_ZOMBIE], 30)
+
+
+def test_stats_and_saved_metrics_show_the_dask_workers(tmp_path: Path, make_log: Any) -> None:
+    """/stats (and --save-metrics) carry the cluster's workers: address, tasks and lines each ran for
+    us, CPU and memory as its scheduler sees them, and a link to Dask's own dashboard."""
+    from tests.conftest_dashboard import get_json
+    from tests.test_reliability import fn_config
+
+    log = make_log(20_000)
+    config = fn_config(tmp_path, "daskslow4", SLOW_FNS,
+                       [{"type": "python", "id": "slow", "function": "daskslow4:slow", "batch": True}])
+    port = free_port()
+    m = tmp_path / "m.json"
+    proc = subprocess.Popen([sys.executable, "-m", "mpobs", "process", str(log), "-c", str(config), "-q", "-w", "2",
+                             "--task-size", "65536", "--batch-lines", "500", "-o", str(tmp_path / "out"),
+                             "--executor", "dask", "--save-metrics", str(m), "--dashboard", "--dashboard-port",
+                             str(port), "--linger", "0"], stderr=subprocess.PIPE)  # fmt: skip
+
+    def busy_cluster() -> Any:
+        try:
+            code, doc = get_json(f"http://127.0.0.1:{port}/stats")
+        except OSError:
+            return None
+        ex = doc.get("executor") if code == 200 else None
+        return ex if ex and len(ex["workers"]) == 2 and sum(w["tasks"] for w in ex["workers"]) > 0 else None
+
+    try:
+        ex = wait_for(busy_cluster, 60)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, err.decode()
+    assert ex["name"] == "dask" and ex["scheduler"] == "LocalCluster" and ex["dashboard"].startswith("http://127.0.0.1:")
+    assert all(w["address"].startswith("tcp://127.0.0.1:") and w["rss_bytes"] > 0 for w in ex["workers"])
+    final = json.loads(m.read_text())
+    workers = final["executor"]["workers"]
+    assert sum(w["tasks"] for w in workers) == final["system"]["tasks_done"]
+    assert sum(w["lines"] for w in workers) == final["system"]["total_lines"] == 20_000

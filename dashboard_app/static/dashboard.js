@@ -101,7 +101,17 @@
     });
     body.replaceChildren.apply(body, rows);
     const wbody = $("worker-table").tBodies[0];
-    const wrows = (st.workers || []).map(function (w) {
+    const ex = st.executor;
+    renderExecutor(ex);
+    const wrows = ex && ex.workers ? ex.workers.map(function (w) {
+      return row([
+        { v: w.address }, { v: "–", cls: "num muted" },
+        { v: w.gone ? "gone" : "alive", cls: w.gone ? "muted" : "ok" },
+        { v: fmtN(w.tasks), cls: "num" }, { v: fmtN(w.lines), cls: "num" },
+        { v: w.cpu_percent === null || w.cpu_percent === undefined ? "–" : dec1.format(w.cpu_percent), cls: "num" },
+        { v: fmtBytes(w.rss_bytes), cls: "num" }, { v: "–", cls: "num muted" },
+      ], { "data-worker": w.address });
+    }) : (st.workers || []).map(function (w) {
       return row([
         { v: w.slot }, { v: w.pid || "–", cls: "num" },
         { v: w.alive ? "alive" : (w.pid ? "exited" : "–"), cls: w.alive ? "ok" : "muted" },
@@ -114,6 +124,21 @@
     if (!wrows.length) wrows.push(row([{ v: "no live workers (saved run)", cls: "muted" }]));
     wbody.replaceChildren.apply(wbody, wrows);
     renderInputs(st);
+  }
+  function renderExecutor(ex) {
+    // A Dask cluster: its scheduler, and a link to Dask's own dashboard.
+    const info = $("executor-info");
+    if (!ex) { info.replaceChildren(); return; }
+    const bits = [document.createTextNode("on Dask (" + ex.scheduler + ") ")];
+    if (ex.dashboard) {
+      const a = document.createElement("a");
+      a.href = ex.dashboard;
+      a.textContent = "Dask dashboard";
+      a.id = "dask-dashboard-link";
+      a.rel = "noopener";
+      bits.push(a);
+    }
+    info.replaceChildren.apply(info, bits);
   }
   function renderInputs(st) {
     const ibody = $("input-table").tBodies[0];
