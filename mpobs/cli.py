@@ -114,7 +114,7 @@ def process(inputs: tuple[str, ...], config_path: str | None, workers: int | Non
             # Before the imports below: its own imports then run while this process does them.
             dash_proc = prestart(dash)
         from mpobs.config import load_config
-        from mpobs.coordinator import Coordinator, RunOptions
+        from mpobs.coordinator import RunOptions
 
         pipeline = load_config(config_path)
         if not inputs:
@@ -124,25 +124,16 @@ def process(inputs: tuple[str, ...], config_path: str | None, workers: int | Non
                 # 180,000 result lines would scroll past the summary: keep them in a file.
                 output = "mpobs-sample-output.txt"
                 click.echo(f"mpobs: results go to {output} (give --output to choose)", err=True)
-        from mpobs.report import Progress, summary
-
         runner = _executor(executor, scheduler, workers or default_workers())
         if runner is not None and "task_size" not in given:
             task_size = _dask_task_bytes(inputs, runner.capacity)
-        progress = Progress(enabled=False if quiet else None)
         opts = RunOptions(
             list(inputs), output, workers or default_workers(), task_size, batch_lines,
             trace=trace or bool(save_traces), trace_sample=trace_sample, save_traces=save_traces, save_metrics=save_metrics,
-            max_errors=max_errors, checkpoint=checkpoint, checkpoint_every=checkpoint_every, follow=follow, dashboard=dash, dashboard_process=dash_proc, on_tick=progress.tick,
+            max_errors=max_errors, checkpoint=checkpoint, checkpoint_every=checkpoint_every, follow=follow,
+            dashboard=dash, dashboard_process=dash_proc,
         )  # fmt: skip
-        try:
-            outcome = Coordinator(pipeline, opts, executor=runner).run()
-        finally:
-            progress.close()
-            if runner is not None:
-                runner.close()  # a run that could not start did not shut it down
-        _report(outcome, save_metrics, None if quiet else summary)
-        sys.exit(outcome.exit_code)
+        _run(pipeline, opts, runner, quiet)
     except MpobsError as err:
         _fail(err)
     except KeyboardInterrupt:  # before the run took over the signals (e.g. while writing the sample)
@@ -157,6 +148,23 @@ def process(inputs: tuple[str, ...], config_path: str | None, workers: int | Non
             import shutil
 
             shutil.rmtree(sample_dir, ignore_errors=True)
+
+
+def _run(pipeline: Any, opts: Any, runner: Any, quiet: bool) -> None:
+    """The run, with the progress line; then the saved metrics and the summary; exits with its code."""
+    from mpobs.coordinator import Coordinator
+    from mpobs.report import Progress, summary
+
+    progress = Progress(enabled=False if quiet else None)
+    opts.on_tick = progress.tick
+    try:
+        outcome = Coordinator(pipeline, opts, executor=runner).run()
+    finally:
+        progress.close()
+        if runner is not None:
+            runner.close()  # a run that could not start did not shut it down
+    _report(outcome, opts.save_metrics, None if quiet else summary)
+    sys.exit(outcome.exit_code)
 
 
 def _executor(name: str, scheduler: str | None, workers: int) -> Any:
