@@ -69,11 +69,14 @@ class DaskExecutor(Executor):
         self.threads = self.n
         self.futures: dict[str, tuple[Task, Any]] = {}  # key -> (the task as planned, its future)
         # Writing our output themselves (a LocalCluster): per task, the future holding its output
-        # on its worker until it is written; the write futures; tasks reported done.
+        # on its worker until it is written; where each task reported done ran; a placement
+        # that came before its task was done; the writer thread's queue and its outcomes.
         self.held: dict[int, tuple[Task, Any]] = {}
-        self.writes: dict[str, tuple[Task, Any]] = {}
-        self.reported: set[int] = set()
-        self.written_early: set[int] = set()  # written before its TaskDone went out
+        self.ran_on: dict[int, str] = {}
+        self.placed: dict[int, int] = {}
+        self.to_write: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self.wrote: queue.SimpleQueue[tuple[Task, tuple[Any, ...]]] = queue.SimpleQueue()
+        self.writer: threading.Thread | None = None
         self.out_path: str | None = None
         self.done: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._wake_r, self._wake_w = os.pipe()  # a finished future's callback wakes poll()
@@ -144,6 +147,8 @@ class DaskExecutor(Executor):
             # The file we have open, through renames and SIGHUP's reopen (the same descriptor number):
             # the output never travels through Dask (measured: 1.5 s of a 6M-line run on 2 cores).
             self.out_path = f"/proc/{os.getpid()}/fd/{ctx.out_fd}"
+            self.writer = threading.Thread(target=self._write_in_order, name="mpobs-dask-writer", daemon=True)
+            self.writer.start()
 
     def room(self) -> int:
         return IN_FLIGHT_PER_THREAD * self.threads - len(self.futures)
@@ -168,19 +173,34 @@ class DaskExecutor(Executor):
 
     def place(self, index: int, offset: int) -> bool:
         """Task ``index``'s output goes at ``offset``: written by the worker holding it, once it is done."""
-        entry = self.held.get(index)
-        if entry is None:
+        if index not in self.held:
             return False
-        task, held = entry
-        key = f"{held.key}-write"
-        write = self.client.submit(_write, held, self.out_path, offset, key=key, pure=False)
-        self.writes[key] = (task, write)
-        write.add_done_callback(self._finished)
+        if index in self.ran_on:
+            self._write(index, offset)
+        else:
+            self.placed[index] = offset  # written when it is done
         return True
 
+    def _write(self, index: int, offset: int) -> None:
+        task, held = self.held[index]
+        self.to_write.put((task, held.key, self.ran_on[index], offset))
+
+    def _write_in_order(self) -> None:
+        """The writer thread: each placed output written by the worker holding it, on that worker's
+        event loop (``client.run``), not behind the task its one thread is computing."""
+        while (job := self.to_write.get()) is not None:
+            task, key, worker, offset = job
+            try:
+                outcome = self.client.run(_write_held, key, self.out_path, offset, workers=[worker])[worker]
+            except Exception as err:  # noqa: BLE001 - the worker is gone (its output with it), or the client
+                outcome = ("gone", f"{type(err).__name__}: {err}")
+            self.wrote.put((task, outcome))
+            self._finished(None)
+
     def _finished(self, fut: Any) -> None:
-        """In a client thread: hand the future to ``poll``."""
-        self.done.put(fut)
+        """In a client thread: hand the future to ``poll`` (None: the writer thread has news)."""
+        if fut is not None:
+            self.done.put(fut)
         try:
             os.write(self._wake_w, b"x")
         except OSError:
@@ -202,9 +222,12 @@ class DaskExecutor(Executor):
             entry = self.futures.pop(fut.key, None)
             if entry is not None:
                 events += self._done(entry[0], fut)
-            written = self.writes.pop(fut.key, None)
-            if written is not None:
-                events += self._written(written[0], fut)
+        while True:
+            try:
+                task, outcome = self.wrote.get_nowait()
+            except queue.Empty:
+                break
+            events += self._written(task, outcome)
         if not events and self.futures and self.client.status not in ("running", "connecting"):
             return [WorkerFailed("", f"lost the Dask scheduler at {self.where} (the client is {self.client.status})")]
         return events
@@ -217,41 +240,31 @@ class DaskExecutor(Executor):
         event = self._event(task, fut)
         if not isinstance(event, TaskDone):
             self.held.pop(task.index, None)  # its run is lost (or the run fails): so is what it held
+            self.placed.pop(task.index, None)  # its next run is placed again
             return [event]
         if self.out_path is None:
             return [event]
-        self.reported.add(task.index)
-        if task.index in self.written_early:  # its write finished first: say so after it is done
-            self.written_early.discard(task.index)
-            return [event, *self._wrote(task.index)]
+        if task.index in self.placed:  # placed while it ran: write it now
+            self._write(task.index, self.placed.pop(task.index))
         return [event]
 
-    def _written(self, task: Task, fut: Any) -> list[Event]:
+    def _written(self, task: Task, outcome: tuple[Any, ...]) -> list[Event]:
         """A placed task's write ended: written (TaskWritten), or its output is lost with its worker."""
-        if fut.status == "finished":
-            if task.index not in self.reported:
-                self.written_early.add(task.index)
-                return []
-            return self._wrote(task.index)
-        err = None if fut.status == "cancelled" else fut.exception()
-        if isinstance(err, (OSError, OutputWriteError)):  # a full disk, say
-            return [WorkerFailed("dask", str(err), io=True)]
-        self.held.pop(task.index, None)
-        if task.index not in self.reported:
-            return []  # its run failed too, and says so
-        self.reported.discard(task.index)
-        return [TaskLost(task, f"its output was lost with its Dask worker before it was written ({err})",
+        self.held.pop(task.index, None)  # its worker may free it now
+        self.ran_on.pop(task.index, None)
+        if outcome[0] == "ok":
+            return [TaskWritten(task.index)]
+        if outcome[0] == "io":  # a full disk, say
+            return [WorkerFailed("dask", outcome[1], io=True)]
+        return [TaskLost(task, f"its output was lost with its Dask worker before it was written ({outcome[1]})",
                          finished=True)]  # fmt: skip
-
-    def _wrote(self, index: int) -> list[Event]:
-        self.held.pop(index, None)  # its worker may free it now
-        self.reported.discard(index)
-        return [TaskWritten(index)]
 
     def _event(self, task: Task, fut: Any) -> Event:
         distributed = _distributed()
         if fut.status == "finished":
             result, worker = fut.result()
+            if self.out_path is not None:
+                self.ran_on[task.index] = worker  # its output is there
             done = self.by_worker.setdefault(worker, [0, 0])
             done[0], done[1] = done[0] + 1, done[1] + result.lines
             return TaskDone(task, result)
@@ -290,11 +303,13 @@ class DaskExecutor(Executor):
     def shutdown(self, graceful: bool) -> None:
         self._last_view = self.view()  # for the final stats: the workers as they were
         try:
-            live = [f for _, f in [*self.futures.values(), *self.writes.values(), *self.held.values()]]
+            self.to_write.put(None)  # the writer thread ends after the write it is doing
+            if self.writer is not None:
+                self.writer.join(timeout=30)
+            live = [f for _, f in [*self.futures.values(), *self.held.values()]]
             if live and self.client is not None:
                 self.client.cancel(live, force=True)
             self.futures.clear()
-            self.writes.clear()
             self.held.clear()
         except Exception:  # noqa: BLE001 - shutting down must not raise
             pass
@@ -379,14 +394,21 @@ def _without_output(held: tuple[Any, str, bytes]) -> tuple[Any, str]:
     return held[0], held[1]
 
 
-def _write(held: tuple[Any, str, bytes], path: str, offset: int) -> int:
-    """On the worker holding a task's output: write it at ``offset`` of the coordinator's output file."""
-    fd = os.open(path, os.O_WRONLY)
+def _write_held(key: str, path: str, offset: int, dask_worker: Any = None) -> tuple[Any, ...]:
+    """On the worker holding task ``key``'s output (``client.run``): write it at ``offset`` of the
+    coordinator's output file. ("ok", bytes), ("io", message) or ("gone", why)."""
+    held = dask_worker.data.get(key) if dask_worker is not None else None
+    if held is None:
+        return ("gone", f"{key} is not on {getattr(dask_worker, 'address', '?')} any more")
     try:
-        pwrite_all(fd, [held[2]], offset)
-    finally:
-        os.close(fd)
-    return len(held[2])
+        fd = os.open(path, os.O_WRONLY)
+        try:
+            pwrite_all(fd, [held[2]], offset)
+        finally:
+            os.close(fd)
+    except (OSError, OutputWriteError) as err:
+        return ("io", str(err))
+    return ("ok", len(held[2]))
 
 
 def head_hash(path: str) -> tuple[int, str]:
