@@ -220,8 +220,8 @@ def test_a_dask_worker_killed_mid_run_loses_nothing(tmp_path: Path, make_log: An
 
 
 def test_a_local_cluster_worker_killed_mid_run_loses_nothing(tmp_path: Path, make_log: Any) -> None:
-    """On a LocalCluster the workers write the output themselves: a worker killed part way, with
-    tasks done but not yet written, still gives exactly the output and counts of a run that lost nothing."""
+    """On a LocalCluster the workers write each task's output to a part file: a worker killed part way
+    (a part half written) still gives exactly the output and counts of a run that lost nothing."""
 
     def workers(proc: subprocess.Popen[bytes]) -> list[psutil.Process]:
         found = [c for c in psutil.Process(proc.pid).children() if "spawn_main" in " ".join(c.cmdline())]

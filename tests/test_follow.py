@@ -267,7 +267,11 @@ def test_kills_and_rotations_while_following_lose_nothing_and_repeat_nothing(tmp
         if half:
             append(log, b"the end\n")
             written.append(half + "the end")
-        wait_for(lambda: committed_lines(ck) == len(written), 60)
+        try:
+            wait_for(lambda: committed_lines(ck) == len(written), 60)
+        except AssertionError:
+            raise AssertionError(f"{committed_lines(ck)} of {len(written)} lines committed; the last run "
+                                 f"(exit {proc.poll()}) said: {stop_following(proc, signal.SIGTERM)}") from None
     finally:
         err = stop_following(proc, signal.SIGTERM)
     assert proc.returncode == 0, err
