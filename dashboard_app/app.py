@@ -50,48 +50,56 @@ def create_app(source: Any, token: str | None = None, loopback_hosts_only: bool 
             return _error(403, "Forbidden", "this dashboard answers on loopback host names only")
         if not token or request.endpoint == "api.healthz":
             return None
-        given = request.args.get("token") if request.endpoint == "views.index" else None
-        if given is not None:
-            if not _same(given, token):
-                return _error(401, "Unauthorized", "wrong token")
-            # Keep it in an HttpOnly cookie and take it out of the address bar (and of history).
-            resp = redirect("/", code=303)
-            resp.set_cookie(COOKIE, token, httponly=True, samesite="Strict", secure=request.is_secure, path="/")
-            return resp
-        auth = request.headers.get("Authorization", "")
-        given = auth[7:].strip() if auth[:7].lower() == "bearer " else request.cookies.get(COOKIE)
-        if not given or not _same(given, token):
-            resp = _error(401, "Unauthorized", "this dashboard needs a token: send 'Authorization: Bearer <token>' "
-                          "or open /?token=<token> once")  # fmt: skip
-            resp.headers["WWW-Authenticate"] = 'Bearer realm="mpobs"'
-            return resp
-        return None
+        return _check_token(token)
 
-    @app.after_request
-    def _headers(resp: Response) -> Response:
-        h = resp.headers
-        h["Content-Security-Policy"] = CSP
-        h["X-Content-Type-Options"] = "nosniff"
-        h["Referrer-Policy"] = "no-referrer"
-        h["X-Frame-Options"] = "DENY"
-        if request.endpoint != "static":
-            h["Cache-Control"] = "no-store"
-        return resp
-
-    @app.errorhandler(HTTPException)
-    def _http_error(err: HTTPException) -> Response:
-        resp = err.get_response()
-        body = jsonify(error=err.name, status=err.code, message=err.description)
-        resp.set_data(body.get_data())
-        resp.content_type = "application/json"
-        return resp
-
-    @app.errorhandler(Exception)
-    def _internal(err: Exception) -> Response:  # a bug; still JSON, and logged
-        log.exception("dashboard: %s %s failed", request.method, request.path)
-        return _error(500, "Internal Server Error", f"{type(err).__name__} while answering {request.path}")
-
+    app.after_request(_security_headers)
+    app.register_error_handler(HTTPException, _http_error)
+    app.register_error_handler(Exception, _internal)
     return app
+
+
+def _check_token(token: str) -> Response | None:
+    """None when the request carries the token (header or cookie); else a 401, or the redirect that sets the cookie."""
+    given = request.args.get("token") if request.endpoint == "views.index" else None
+    if given is not None:
+        if not _same(given, token):
+            return _error(401, "Unauthorized", "wrong token")
+        # Keep it in an HttpOnly cookie and take it out of the address bar (and of history).
+        resp = redirect("/", code=303)
+        resp.set_cookie(COOKIE, token, httponly=True, samesite="Strict", secure=request.is_secure, path="/")
+        return resp
+    auth = request.headers.get("Authorization", "")
+    given = auth[7:].strip() if auth[:7].lower() == "bearer " else request.cookies.get(COOKIE)
+    if not given or not _same(given, token):
+        resp = _error(401, "Unauthorized", "this dashboard needs a token: send 'Authorization: Bearer <token>' "
+                      "or open /?token=<token> once")  # fmt: skip
+        resp.headers["WWW-Authenticate"] = 'Bearer realm="mpobs"'
+        return resp
+    return None
+
+
+def _security_headers(resp: Response) -> Response:
+    h = resp.headers
+    h["Content-Security-Policy"] = CSP
+    h["X-Content-Type-Options"] = "nosniff"
+    h["Referrer-Policy"] = "no-referrer"
+    h["X-Frame-Options"] = "DENY"
+    if request.endpoint != "static":
+        h["Cache-Control"] = "no-store"
+    return resp
+
+
+def _http_error(err: HTTPException) -> Response:
+    resp = err.get_response()
+    body = jsonify(error=err.name, status=err.code, message=err.description)
+    resp.set_data(body.get_data())
+    resp.content_type = "application/json"
+    return resp
+
+
+def _internal(err: Exception) -> Response:  # a bug; still JSON, and logged
+    log.exception("dashboard: %s %s failed", request.method, request.path)
+    return _error(500, "Internal Server Error", f"{type(err).__name__} while answering {request.path}")
 
 
 def _host_name(host: str) -> str:
