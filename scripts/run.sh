@@ -4,4 +4,6 @@
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 bash "$here/scripts/setup.sh" >&2
-exec "$here/${MPOBS_VENV:-.venv}/bin/mpobs" process "$@"
+venv=${MPOBS_VENV:-.venv}
+case $venv in /*) ;; *) venv="$here/$venv" ;; esac  # setup.sh makes a relative one in the repository
+exec "$venv/bin/mpobs" process "$@"
