@@ -33,6 +33,7 @@ from typing import Any
 
 from mpobs.errors import InputError, MpobsError
 from mpobs.follow import GENERATIONS, HEAD_BYTES, find_generation, head_is
+from mpobs.output_resume import check_output, resume_output
 
 VERSION = 1
 
@@ -232,83 +233,7 @@ def check(cp: Checkpoint, path: str, config_sha: str, inputs: list[tuple[str, st
         if (st.st_dev, st.st_ino) != (pos.dev, pos.ino) or not head_matches(at, pos):
             raise InputError(f"{where}: input {name!r} is not the file the checkpoint was made for "
                              f"(inode {pos.ino}, now {st.st_ino}, or its first bytes differ)")  # fmt: skip
-    check_output(cp, where, output_path)
-
-
-def check_output(cp: Checkpoint, where: str, output_path: str) -> None:
-    """The checkpoint's output is at the path, or renamed away next to it (``Checkpointer.resume_output``).
-
-    logrotate may have renamed our output (``out.log`` to ``out.log.1``) while we were
-    down, or between a SIGHUP's reopen and its checkpoint: the old file is found by
-    inode next to the path, and the run goes on in the new, empty file at the path.
-    """
-    try:
-        st = os.stat(output_path)
-    except FileNotFoundError:
-        st = None
-    except OSError as err:
-        raise InputError(f"{where}: cannot read its output {output_path!r} ({err.strerror})") from err
-    if st is not None and (not cp.output_id or [st.st_dev, st.st_ino] == cp.output_id):
-        at, size = output_path, st.st_size
-    else:
-        found = _rotated_output(output_path, cp.output_id) if cp.output_id else None
-        if found is None:
-            if st is None:
-                raise InputError(f"{where}: its output {output_path!r} is gone")
-            raise InputError(f"{where}: {output_path!r} is not the output file it wrote (another inode), and that "
-                             "file is not next to it (rotated and compressed, or removed); remove the checkpoint "
-                             "to start afresh")  # fmt: skip
-        if st is not None and st.st_size > 0:
-            raise InputError(f"{where}: its output was rotated to {found!r}, but the new {output_path!r} is not "
-                             "empty; something else writes it")  # fmt: skip
-        at, size = found, os.stat(found).st_size
-    if size < cp.output_length:
-        raise InputError(f"{where}: its output {at!r} holds {size:,} bytes, fewer than the "
-                         f"{cp.output_length:,} it recorded; it was changed since")  # fmt: skip
-
-
-def _cut(fd: int, length: int, where: str, name: str) -> None:
-    size = os.fstat(fd).st_size
-    if size < length:
-        raise InputError(f"{where}: its output {name!r} holds {size:,} bytes, fewer than the {length:,} it "
-                         "recorded; it was changed since")  # fmt: skip
-    os.ftruncate(fd, length)
-    os.fsync(fd)
-
-
-def _open_rotated_output(path: str, output_id: list[int]) -> int | None:
-    """A descriptor of ``path``'s old file (found by inode next to it), checked after opening; None if gone."""
-    for _ in range(5):  # renamed again between finding and opening it: look again
-        found = _rotated_output(path, output_id)
-        if found is None:
-            return None
-        try:
-            fd = os.open(found, os.O_WRONLY)
-        except FileNotFoundError:
-            continue
-        st = os.fstat(fd)
-        if [st.st_dev, st.st_ino] == output_id:
-            return fd
-        os.close(fd)
-    return None
-
-
-def _rotated_output(path: str, output_id: list[int]) -> str | None:
-    """``path``'s old file by device and inode among its rotated names (``path.1``, ``path-20261204``)."""
-    folder, name = os.path.split(os.path.abspath(path))
-    try:
-        names = os.listdir(folder)
-    except OSError:
-        return None
-    for other in sorted(names):
-        if other.startswith((name + ".", name + "-")):
-            try:
-                st = os.lstat(os.path.join(folder, other))
-            except OSError:
-                continue
-            if [st.st_dev, st.st_ino] == output_id:
-                return os.path.join(folder, other)
-    return None
+    check_output(cp.output_id, cp.output_length, where, output_path)
 
 
 class Checkpointer:
@@ -351,28 +276,7 @@ class Checkpointer:
         cp = self.found
         if cp is None:
             return None
-        where = f"checkpoint {self.path!r}"
-        fd = os.open(self.output_path, os.O_WRONLY | os.O_CREAT, 0o666)
-        try:
-            st = os.fstat(fd)
-            if not cp.output_id or [st.st_dev, st.st_ino] == cp.output_id:
-                _cut(fd, cp.output_length, where, self.output_path)
-                return fd, cp.output_length
-            if st.st_size > 0:
-                raise InputError(f"{where}: {self.output_path!r} is another file than the output it wrote, and "
-                                 "not empty")  # fmt: skip
-            old = _open_rotated_output(self.output_path, cp.output_id)
-            if old is None:
-                raise InputError(f"{where}: the output it wrote is not at {self.output_path!r} nor next to it any "
-                                 "more (rotated and compressed, or removed); remove the checkpoint to start afresh")
-            try:
-                _cut(old, cp.output_length, where, self.output_path)
-            finally:
-                os.close(old)
-            return fd, 0
-        except BaseException:
-            os.close(fd)
-            raise
+        return resume_output(cp.output_id, cp.output_length, f"checkpoint {self.path!r}", self.output_path)
 
     def restore(self, seg: Any, counters: dict[str, Any], error_types: Any, source: Any) -> None:
         """Counters as the checkpoint had them; the inputs resume where it stood."""
