@@ -5,7 +5,8 @@ Interleaved rounds of: ``mpobs --workers 2`` (local), ``mpobs --executor dask --
 would write it, on the same kind of LocalCluster). For the Dask row the run alone (the
 summary's elapsed time: from the stats segment's creation, after the cluster is up, to the
 run's end, before the cluster closes) is reported apart. Peak RSS is of the mpobs process
-itself (its VmHWM), not of the cluster's workers. Every output is checked byte for byte
+itself (its VmHWM), not of the cluster's workers; the Dask row also reports its Dask client
+process (``mpobs.dask_bridge``, where distributed and the LocalCluster's scheduler live). Every output is checked byte for byte
 against the plain loop's. Run by ``python -m bench`` (``--only dask`` for these rows alone),
 on a 6,000,000-line log (the run's own log with ``--quick``).
 """
@@ -36,14 +37,34 @@ def _peak_rss_mb(pid: int) -> float | None:
     return None
 
 
-def _timed(argv: list[str], timeout: float) -> tuple[float, float | None]:
-    """Wall time of ``argv``, and the peak RSS of its own process, read just before it exits."""
+def _client_pid(pid: int) -> int | None:
+    """The Dask client process (``mpobs.dask_bridge``) among ``pid``'s children, if it has one."""
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children", encoding="ascii") as f:
+            children = [int(c) for c in f.read().split()]
+    except OSError:
+        return None
+    for child in children:
+        try:
+            with open(f"/proc/{child}/cmdline", "rb") as f:
+                if b"mpobs.dask_bridge" in f.read():
+                    return child
+        except OSError:
+            pass
+    return None
+
+
+def _timed(argv: list[str], timeout: float) -> tuple[float, float | None, float | None]:
+    """Wall time of ``argv``, the peak RSS of its own process and of its Dask client process, read before they exit."""
     t0 = time.perf_counter()
     proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    peak = None
+    peak = client_peak = client = None
     deadline = t0 + timeout
     while proc.poll() is None:  # VmHWM only grows: the last reading is the peak, to 20 ms
         peak = _peak_rss_mb(proc.pid) or peak
+        client = client or _client_pid(proc.pid)
+        if client is not None:
+            client_peak = _peak_rss_mb(client) or client_peak
         if time.perf_counter() > deadline:
             proc.kill()
         time.sleep(0.02)
@@ -51,7 +72,7 @@ def _timed(argv: list[str], timeout: float) -> tuple[float, float | None]:
     err = proc.stderr.read().decode("utf-8", "replace") if proc.stderr else ""
     if proc.returncode != 0:
         raise RuntimeError(f"exit {proc.returncode}: {err.strip().splitlines()[-1:] or 'no message'}: {argv}")
-    return seconds, peak
+    return seconds, peak, client_peak
 
 
 def dask_rows(log: Path, work: Path, ref_sha: str, rounds: int, say: Callable[[str], object]) -> dict[str, Any]:
@@ -67,11 +88,12 @@ def dask_rows(log: Path, work: Path, ref_sha: str, rounds: int, say: Callable[[s
                  "--save-metrics", str(metrics)],
         "dask_bag": [sys.executable, str(BASELINES_DIR / "dask_bag.py"), str(log), str(work / "dask_bag.out"), "2"],
     }  # fmt: skip
-    got: dict[str, dict[str, list[float]]] = {k: {"seconds": [], "peak_rss_mb": []} for k in rows}
+    got: dict[str, dict[str, list[float]]] = {k: {"seconds": [], "peak_rss_mb": [], "client_peak_rss_mb": []}
+                                              for k in rows}  # fmt: skip
     run_only: list[float] = []
     for rnd in range(1, rounds + 1):
         for key, argv in rows.items():
-            seconds, peak = _timed(argv, 600)
+            seconds, peak, client_peak = _timed(argv, 600)
             out = work / f"{key}.out"
             if sha256_file(out) != ref_sha:
                 raise RuntimeError(f"OUTPUT MISMATCH: the {key} row's output differs from the plain loop's")
@@ -79,14 +101,19 @@ def dask_rows(log: Path, work: Path, ref_sha: str, rounds: int, say: Callable[[s
             got[key]["seconds"].append(round(seconds, 3))
             if peak is not None:
                 got[key]["peak_rss_mb"].append(peak)
+            if client_peak is not None:
+                got[key]["client_peak_rss_mb"].append(client_peak)
             if key == "dask":
                 run_only.append(json.loads(metrics.read_text())["system"]["elapsed_s"])
-            say(f"  round {rnd}/{rounds}  {key:<9} {seconds:.3f} s  peak RSS {peak} MB")
+            also = f" (its Dask client process {client_peak} MB)" if client_peak is not None else ""
+            say(f"  round {rnd}/{rounds}  {key:<9} {seconds:.3f} s  peak RSS {peak} MB{also}")
     med = {k: statistics.median(v["seconds"]) for k, v in got.items()}
     rss = {k: statistics.median(v["peak_rss_mb"]) if v["peak_rss_mb"] else None for k, v in got.items()}
+    client = got["dask"]["client_peak_rss_mb"]
     run_s = statistics.median(run_only)
     return {
         "rows": got, "median_s": med, "dask_run_only_s": run_only, "median_peak_rss_mb": rss,
+        "dask_client_peak_rss_mb": statistics.median(client) if client else None,
         "dask_speed_vs_local": round(med["local"] / med["dask"], 3),  # target >= 0.7
         "dask_run_only_speed_vs_local": round(med["local"] / run_s, 3),  # target >= 0.9
         "dask_cluster_start_stop_s": round(med["dask"] - run_s, 3),
@@ -100,12 +127,13 @@ def render(d: dict[str, Any]) -> str:
         return f"Dask rows: {d['error']}\n"
     m, r = d["median_s"], d["median_peak_rss_mb"]
     return (
-        "| row | median s | peak RSS of the mpobs/script process |\n|---|---|---|\n"
-        f"| mpobs --workers 2 (local) | {m['local']:.3f} | {r['local']} MB |\n"
+        "| row | median s | peak RSS of the mpobs/script process | of mpobs's Dask client process |\n"
+        "|---|---|---|---|\n"
+        f"| mpobs --workers 2 (local) | {m['local']:.3f} | {r['local']} MB | |\n"
         f"| mpobs --executor dask --workers 2 (LocalCluster start and stop included) | {m['dask']:.3f} | "
-        f"{r['dask']} MB |\n"
-        f"| the same, run only (cluster up) | {statistics.median(d['dask_run_only_s']):.3f} | |\n"
-        f"| dask.bag script, LocalCluster(2) | {m['dask_bag']:.3f} | {r['dask_bag']} MB |\n\n"
+        f"{r['dask']} MB | {d.get('dask_client_peak_rss_mb')} MB |\n"
+        f"| the same, run only (cluster up) | {statistics.median(d['dask_run_only_s']):.3f} | | |\n"
+        f"| dask.bag script, LocalCluster(2) | {m['dask_bag']:.3f} | {r['dask_bag']} MB | |\n\n"
         f"Dask vs local: {d['dask_speed_vs_local']}x (target >= 0.7), run only {d['dask_run_only_speed_vs_local']}x "
         f"(>= 0.9); cluster start and stop {d['dask_cluster_start_stop_s']} s; vs dask.bag "
         f"{d['dask_vs_dask_bag']}x faster (>= 2); RSS vs local {d['dask_rss_vs_local']}x (<= 1.2)\n"

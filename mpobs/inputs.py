@@ -168,8 +168,9 @@ class FileSource(InputSource):
 
         Lazy: a task's first line number needs the newlines before it counted, so
         counting overlaps with the workers' processing of earlier tasks. Counts on a
-        read-only mapping (``_newline_counter``), and gives each counted range back to
-        the kernel (MADV_DONTNEED), so the coordinator's RSS does not grow with the input.
+        read-only mapping (``_newline_counter``), and gives each counted RELEASE_BYTES back
+        to the kernel (MADV_DONTNEED), so the coordinator's RSS grows with neither the
+        input nor the task size.
         """
         size = self.size or 0
         if size <= self.start:
@@ -184,11 +185,14 @@ class FileSource(InputSource):
                 if start + task_bytes < size:
                     nl = mm.find(b"\n", start + task_bytes - 1)
                     end = size if nl == -1 else nl + 1
-                newlines = count_newlines(mm, start, end)
-                whole = end // page * page
-                if whole > released and hasattr(mm, "madvise"):
-                    mm.madvise(mmap.MADV_DONTNEED, released, whole - released)
-                    released = whole
+                newlines = 0
+                for lo in range(start, end, RELEASE_BYTES):
+                    hi = min(end, lo + RELEASE_BYTES)
+                    newlines += count_newlines(mm, lo, hi)
+                    whole = hi // page * page
+                    if whole > released and hasattr(mm, "madvise"):
+                        mm.madvise(mmap.MADV_DONTNEED, released, whole - released)
+                        released = whole
                 lines = newlines + (1 if end == size and not last_is_newline else 0)
                 self.bytes_read += end - start
                 self.lines_read += lines
@@ -196,6 +200,9 @@ class FileSource(InputSource):
                 start = end
 
 
+#: Planning gives the mapping's pages back every this many bytes: a big task (Dask's are
+#: 16 MiB) would otherwise add its size to the coordinator's peak RSS.
+RELEASE_BYTES = 1 << 20
 #: From this size on, planning counts newlines with numpy (imported for it).
 NUMPY_PLAN_BYTES = 256 << 20
 

@@ -224,7 +224,8 @@ def test_a_local_cluster_worker_killed_mid_run_loses_nothing(tmp_path: Path, mak
     (a part half written) still gives exactly the output and counts of a run that lost nothing."""
 
     def workers(proc: subprocess.Popen[bytes]) -> list[psutil.Process]:
-        found = [c for c in psutil.Process(proc.pid).children() if "spawn_main" in " ".join(c.cmdline())]
+        # The LocalCluster lives in mpobs's Dask client process (mpobs.dask_bridge): its workers are its children.
+        found = [c for c in psutil.Process(proc.pid).children(recursive=True) if "spawn_main" in " ".join(c.cmdline())]
         assert len(found) == 2
         return found
 
@@ -328,41 +329,76 @@ def test_ctrl_c_cancels_closes_the_cluster_and_exits_130(tmp_path: Path, make_lo
     wait_for(lambda: not [p for p in family if p.is_running() and p.status() != psutil.STATUS_ZOMBIE], 30)
 
 
-def test_stats_and_saved_metrics_show_the_dask_workers(tmp_path: Path, make_log: Any) -> None:
-    """/stats (and --save-metrics) carry the cluster's workers: address, tasks and lines each ran for
-    us, CPU and memory as its scheduler sees them, and a link to Dask's own dashboard."""
+def watched_dashboard_run(args: list[str], watch: Any, timeout: float = 60) -> tuple[Any, str]:
+    """``mpobs process ARGS --dashboard``: what ``watch(stats)`` returned first that was truthy while it ran, and its stderr."""
     from tests.conftest_dashboard import get_json
-    from tests.test_reliability import fn_config
 
-    log = make_log(20_000)
-    config = fn_config(tmp_path, "daskslow4", SLOW_FNS,
-                       [{"type": "python", "id": "slow", "function": "daskslow4:slow", "batch": True}])
     port = free_port()
-    m = tmp_path / "m.json"
-    proc = subprocess.Popen([sys.executable, "-m", "mpobs", "process", str(log), "-c", str(config), "-q", "-w", "2",
-                             "--task-size", "65536", "--batch-lines", "500", "-o", str(tmp_path / "out"),
-                             "--executor", "dask", "--save-metrics", str(m), "--dashboard", "--dashboard-port",
+    proc = subprocess.Popen([sys.executable, "-m", "mpobs", "process", *args, "--dashboard", "--dashboard-port",
                              str(port), "--linger", "0"], stderr=subprocess.PIPE)  # fmt: skip
 
-    def busy_cluster() -> Any:
+    def seen() -> Any:
         try:
             code, doc = get_json(f"http://127.0.0.1:{port}/stats")
         except OSError:
             return None
-        ex = doc.get("executor") if code == 200 else None
-        return ex if ex and len(ex["workers"]) == 2 and sum(w["tasks"] for w in ex["workers"]) > 0 else None
+        return watch(doc) if code == 200 else None
 
     try:
-        ex = wait_for(busy_cluster, 60)
+        got = wait_for(seen, timeout)
         _, err = proc.communicate(timeout=120)
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
     assert proc.returncode == 0, err.decode()
+    return got, err.decode()
+
+
+def test_stats_and_saved_metrics_show_the_dask_workers(tmp_path: Path, make_log: Any) -> None:
+    """/stats (and --save-metrics) carry the cluster's workers: address, tasks and lines each ran for
+    us, CPU and memory as its scheduler sees them, and a link to Dask's own dashboard."""
+    from tests.test_reliability import fn_config
+
+    log = make_log(20_000)
+    config = fn_config(tmp_path, "daskslow4", SLOW_FNS,
+                       [{"type": "python", "id": "slow", "function": "daskslow4:slow", "batch": True}])
+    m = tmp_path / "m.json"
+
+    def busy_cluster(doc: dict[str, Any]) -> Any:
+        ex = doc.get("executor")
+        return ex if ex and len(ex["workers"]) == 2 and sum(w["tasks"] for w in ex["workers"]) > 0 else None
+
+    ex, _ = watched_dashboard_run([str(log), "-c", str(config), "-q", "-w", "2", "--task-size", "65536",
+                                   "--batch-lines", "500", "-o", str(tmp_path / "out"), "--executor", "dask",
+                                   "--save-metrics", str(m)], busy_cluster)  # fmt: skip
     assert ex["name"] == "dask" and ex["scheduler"] == "LocalCluster" and ex["dashboard"].startswith("http://127.0.0.1:")
     assert all(w["address"].startswith("tcp://127.0.0.1:") and w["rss_bytes"] > 0 for w in ex["workers"])
     final = json.loads(m.read_text())
     workers = final["executor"]["workers"]
     assert sum(w["tasks"] for w in workers) == final["system"]["tasks_done"]
     assert sum(w["lines"] for w in workers) == final["system"]["total_lines"] == 20_000
+
+
+def test_a_running_task_shows_its_counts_before_it_is_done(tmp_path: Path, make_log: Any) -> None:
+    """Live progress: tasks of a few seconds each show their lines in /stats while they run (no task is
+    done yet); when the run ends, the counts are exact (what was shown live never counts twice)."""
+    from tests.test_reliability import fn_config
+
+    log = make_log(8_000)
+    config = fn_config(tmp_path, "daskslow5", SLOW_FNS,
+                       [{"type": "python", "id": "slow", "function": "daskslow5:slow", "batch": True}])
+    m = tmp_path / "m.json"
+
+    def running_and_counted(doc: dict[str, Any]) -> Any:
+        seen = doc["processors"]["slow"]["lines_in"]
+        return seen if doc["system"]["tasks_done"] == 0 and 0 < seen < 8_000 else None
+
+    # Two tasks (one per worker) of 40 batches of 100 lines, 0.05 s each: 2 s per task.
+    seen, _ = watched_dashboard_run([str(log), "-c", str(config), "-q", "-w", "2", "--task-size",
+                                     str(log.stat().st_size // 2 + 1), "--batch-lines", "100", "-o",
+                                     str(tmp_path / "out"), "--executor", "dask", "--save-metrics", str(m)],
+                                    running_and_counted)  # fmt: skip
+    assert seen % 100 == 0  # whole batches
+    final = json.loads(m.read_text())
+    assert final["processors"]["slow"]["lines_in"] == final["system"]["total_lines"] == 8_000

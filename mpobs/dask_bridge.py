@@ -1,0 +1,243 @@
+"""The Dask client process: the one process of a run that imports Dask distributed.
+
+``mpobs.dask_executor`` starts it (``python -m mpobs.dask_bridge FD``) and talks to it
+over a socket pair, in pickled messages (``multiprocessing.connection``):
+
+to it                                   from it
+``("connect", workers, address)``       ``("connected", threads, dashboard_link)`` or ``("refused", message)``
+``("probe", files, spec)``              ``("probed", answers)`` (``mpobs.dask_remote.probe`` on every worker)
+``("start", spec, layout, settings,     nothing
+part_dir)``
+``("submit", key, task, part)``         ``("done", key, kind, payload)`` once it ends; ``("progress", key, counts)``
+                                        while it runs
+(every second, by itself)               ``("workers", scheduler_info_workers, client_status)``
+``("close",)`` or end of file           it cancels what runs, closes the client (and its LocalCluster), exits
+
+``kind`` is ``finished`` (``payload``: the task's result and its worker), ``killed``
+(its worker died running it: Dask's KilledWorker), ``lost`` (it finished, but its
+result could not be fetched), ``cancelled`` (the scheduler went away) or ``error``
+(the task raised); ``payload`` is then a text for people. ``("failed", message)``:
+the process itself failed, and ends.
+
+Why a process of its own: importing distributed alone costs ~31 MB, and its client
+(threads, an event loop, its comms' buffers; a LocalCluster's scheduler too) ~20 MB
+more; the coordinator, which holds the stats segment and writes the output, stays
+at the size of a local run. The process starts with SIGINT, SIGTERM and SIGHUP
+ignored (the coordinator decides when it stops) and ends when the coordinator's end
+of the socket closes, whatever killed it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import select
+import sys
+import threading
+import time
+from multiprocessing.connection import Connection
+from typing import Any
+
+from mpobs.dask_remote import probe, run_remote
+
+#: Seconds to reach a scheduler given with --scheduler before giving up.
+CONNECT_TIMEOUT = 10
+#: Seconds between two reports of the cluster's workers.
+WORKERS_EVERY = 1.0
+INSTALL_HINT = "the Dask executor needs Dask distributed: pip install 'mpobs[dask]'"
+
+
+class Bridge:
+    def __init__(self, conn: Connection) -> None:
+        self.conn = conn
+        self.client: Any = None
+        self.cluster: Any = None
+        self.futures: dict[str, Any] = {}
+        self.finished: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self.outbox: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_w, False)
+        # A sender of its own: the loop keeps reading the coordinator's messages while a big
+        # result is on its way to it, so neither end can block the other.
+        self.sender = threading.Thread(target=self._send_all, name="mpobs-bridge-send", daemon=True)
+        self.sender.start()
+
+    def _send_all(self) -> None:
+        while (msg := self.outbox.get()) is not None:
+            try:
+                self.conn.send(msg)
+            except OSError:
+                return  # the coordinator is gone: the loop sees the end of file
+
+    def send(self, *msg: Any) -> None:
+        self.outbox.put(msg)
+
+    # -- connecting ---------------------------------------------------------------
+    def connect(self, workers: int, address: str | None) -> None:
+        try:
+            import dask
+            import distributed
+        except ImportError:
+            self.send("refused", INSTALL_HINT)
+            return
+        _quiet_dask_logs()
+        if address is None:
+            # A worker death is reported at once (KilledWorker), so that our scheduler counts it:
+            # three deaths of one task fail the run, as with the local pool. One task at a time on
+            # each worker thread, so that a death is blamed on the task it ran.
+            dask.config.set({"distributed.scheduler.allowed-failures": 0,
+                             "distributed.scheduler.worker-saturation": 1.0})
+            # Dask's workers give freed memory back to the system at once (MALLOC_TRIM_THRESHOLD_
+            # 64 KiB), so every 16 MiB task faulted its buffers in again: keeping them (and big
+            # buffers on the heap, not in fresh mmaps) took a 6M-line run from 4.6-5.0 s to 4.2-4.3 s.
+            dask.config.set({"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": 256 << 20,
+                             "distributed.nanny.pre-spawn-environ.MALLOC_MMAP_THRESHOLD_": 32 << 20})
+            self.cluster = distributed.LocalCluster(
+                n_workers=workers, threads_per_worker=1, processes=True, memory_limit=0, host="127.0.0.1",
+                dashboard_address="127.0.0.1:0", silence_logs=logging.CRITICAL,
+            )  # fmt: skip
+            self.client = distributed.Client(self.cluster, set_as_default=False)
+        else:
+            try:
+                self.client = distributed.Client(address, timeout=CONNECT_TIMEOUT, set_as_default=False)
+            except (OSError, TimeoutError) as err:
+                self.send("refused", f"cannot reach the Dask scheduler at {address} within {CONNECT_TIMEOUT} s: "
+                                     f"{err}")  # fmt: skip
+                return
+        info = self.client.scheduler_info()
+        found = info.get("workers", {})
+        if not found:
+            self.send("refused", f"the Dask scheduler at {address or 'the LocalCluster'} has no workers")
+            return
+        self.send("connected", sum(w.get("nthreads", 1) for w in found.values()), self.client.dashboard_link)
+
+    # -- running ------------------------------------------------------------------
+    def start(self, spec: Any, layout: Any, settings: Any, part_dir: str | None) -> None:
+        self.args = (spec, layout, settings)
+        self.part_dir = part_dir
+        self.topic = f"mpobs-progress-{os.getpid()}-{id(self)}"
+        self.client.subscribe_topic(self.topic, self._progress)
+
+    def _progress(self, event: tuple[float, dict[str, Any]]) -> None:
+        """In the client's event loop: a running task's counts so far."""
+        msg = event[1]
+        if msg.get("key") in self.futures:
+            self.send("progress", msg["key"], msg["counts"])
+
+    def submit(self, key: str, task: Any, part: str | None) -> None:
+        fut = self.client.submit(run_remote, *self.args, task, part, self.topic, key=key, pure=False)
+        self.futures[key] = fut
+        fut.add_done_callback(self._finished)
+
+    def _finished(self, fut: Any) -> None:
+        """In the client's event loop: hand the future to the loop (which may block fetching its result)."""
+        self.finished.put(fut)
+        try:
+            os.write(self._wake_w, b"x")
+        except OSError:
+            pass
+
+    def report(self, fut: Any) -> None:
+        from distributed import KilledWorker
+
+        if self.futures.pop(fut.key, None) is None:
+            return
+        if fut.status == "finished":
+            try:
+                self.send("done", fut.key, "finished", fut.result())
+                return
+            except Exception as err:  # noqa: BLE001 - its worker died after it finished, say
+                self.send("done", fut.key, "lost", f"its result was lost ({type(err).__name__}: {err})")
+                return
+        if fut.status == "cancelled":
+            self.send("done", fut.key, "cancelled", "")
+            return
+        err = fut.exception()
+        kind = "killed" if isinstance(err, KilledWorker) else "error"
+        self.send("done", fut.key, kind, str(err) if kind == "killed" else f"{type(err).__name__}: {err}")
+
+    def workers(self) -> None:
+        try:
+            info = self.client.scheduler_info(n_workers=-1).get("workers", {})
+        except Exception:  # noqa: BLE001 - a scheduler going away: the client's status says so
+            info = {}
+        view = {address: {"name": str(w.get("name", "")), "nthreads": w.get("nthreads"),
+                          "cpu_percent": w.get("metrics", {}).get("cpu"),
+                          "rss_bytes": w.get("metrics", {}).get("memory")} for address, w in info.items()}  # fmt: skip
+        self.send("workers", view, self.client.status)
+
+    def serve(self) -> None:
+        """Take the coordinator's messages until it says close, or goes away."""
+        due = 0.0
+        while True:
+            readable, _, _ = select.select([self.conn, self._wake_r], [], [], WORKERS_EVERY)
+            if self._wake_r in readable:
+                os.read(self._wake_r, 1 << 16)
+            while True:
+                try:
+                    self.report(self.finished.get_nowait())
+                except queue.Empty:
+                    break
+            if self.conn in readable:
+                try:
+                    msg = self.conn.recv()
+                except (EOFError, OSError):
+                    return
+                if msg[0] == "close":
+                    return
+                self.handle(msg)
+            if self.client is not None and time.monotonic() >= due:
+                self.workers()
+                due = time.monotonic() + WORKERS_EVERY
+
+    def handle(self, msg: tuple[Any, ...]) -> None:
+        op, *args = msg
+        if op == "submit":
+            self.submit(*args)
+        elif op == "connect":
+            self.connect(*args)
+        elif op == "probe":
+            self.send("probed", self.client.run(probe, *args))
+        elif op == "start":
+            self.start(*args)
+
+    def close(self) -> None:
+        try:
+            if self.futures and self.client is not None:
+                self.client.cancel(list(self.futures.values()), force=True)
+        except Exception:  # noqa: BLE001 - a scheduler already gone
+            pass
+        self.futures.clear()
+        for thing in (self.client, self.cluster):
+            if thing is not None:
+                try:
+                    thing.close()
+                except Exception:  # noqa: BLE001 - a scheduler already gone
+                    pass
+        self.outbox.put(None)
+        self.sender.join(timeout=10)
+
+
+def _quiet_dask_logs() -> None:
+    """Dask's own log lines (a lost scheduler's reconnect tracebacks, say) are not for our users:
+    mpobs says what went wrong in one line. Its config gives some loggers levels of their own."""
+    for name in ["distributed", *logging.Logger.manager.loggerDict]:
+        if name.startswith("distributed"):
+            logging.getLogger(name).setLevel(logging.CRITICAL)
+
+
+def main(argv: list[str]) -> int:
+    conn = Connection(int(argv[1]))
+    bridge = Bridge(conn)
+    try:
+        bridge.serve()
+    except Exception as err:  # noqa: BLE001 - say it to the coordinator, in one line
+        bridge.send("failed", f"{type(err).__name__}: {err}")
+    finally:
+        bridge.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))
