@@ -29,7 +29,8 @@ from mpobs.pool import LocalPool
 from mpobs.runoptions import RunOptions, RunOutcome, check_outputs, remove_leftovers
 from mpobs.runsignals import RunSignals
 from mpobs.scheduler import GiveUp, Scheduler
-from mpobs.segment import LOCK_WAIT, UNKNOWN, Layout, StatsSegment
+from mpobs.seglock import Unsticker
+from mpobs.segment import UNKNOWN, Layout, StatsSegment
 from mpobs.sources import InputSet, open_inputs
 from mpobs.stats import RunMeta, build_stats
 from mpobs.task import TaskResult, TaskSettings
@@ -63,7 +64,6 @@ class Coordinator:
         self.signals = RunSignals(opts.follow, opts.output_path is not None, self.executor.stop_restarts)
         self._limit_reached = False
         self._counters_sent_at = self._executor_sent_at = 0.0
-        self._stuck_since = self._stuck_last = 0.0
         self._final: tuple[dict[str, Any], dict[str, Any]] | None = None
 
     # -- the story of a run --------------------------------------------------
@@ -138,7 +138,7 @@ class Coordinator:
         dash = self.dash_proc
         lock = dash.lock if dash is not None else multiprocessing.get_context("fork").Lock()
         seg = StatsSegment.create(self._layout(source), lock)
-        seg.on_stuck = self._unstick
+        seg.on_stuck = Unsticker(seg, self._dead_pids, self.executor.any_alive)
         seg.set_system(bytes_total=UNKNOWN if source.size is None else source.size, workers=self.executor.capacity)
         source.track(seg)
         if self.checkpoints is not None:
@@ -381,23 +381,12 @@ class Coordinator:
             if self.collector.forward_dropped:
                 self._set_system(dashboard_dropped=self.collector.forward_dropped)
 
-    def _unstick(self) -> None:
-        """The stats lock cannot be had: free it if a dead worker or dashboard holds it."""
-        seg = self.seg
+    def _dead_pids(self) -> set[int]:
+        """Processes of the run that may have died holding the stats lock: workers, the dashboard."""
         dead = self.executor.dead_pids()
         if self.dashboard is not None and not self.dashboard.proc.is_alive():
             dead.add(self.dashboard.proc.pid)
-        if seg is None or (dead and seg.release_for(dead)):
-            return
-        # A process killed between taking the lock and writing its pid leaves no holder
-        # to check. When no worker is left alive and the lock stays taken for 3 s, only
-        # such a dead process can hold it (the dashboard holds it for microseconds).
-        now = time.monotonic()
-        if now - self._stuck_last > 2 * LOCK_WAIT:
-            self._stuck_since = now
-        self._stuck_last = now
-        if not self.executor.any_alive() and seg.lock_holder() == 0 and now - self._stuck_since >= 3.0:
-            seg.force_release()
+        return dead
 
     def _set_system(self, **values: int) -> None:
         assert self.seg is not None

@@ -32,7 +32,7 @@ This module alone knows the layout; everyone else asks ``Layout`` (columns, rows
             what was read, and when its last lines were read (ms since the epoch).
 
 Every read-modify-write and every snapshot holds ``lock`` (one process-shared
-multiprocessing.Lock), through ``held()``, which records the holder's pid in
+multiprocessing.Lock), through ``held()`` (``mpobs.seglock``), which records the holder's pid in
 ``system[lock_holder]``; a flush costs about a microsecond, so workers take it
 once per batch and readers never stop them for longer.
 
@@ -49,11 +49,12 @@ from __future__ import annotations
 import os
 import secrets
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import cached_property
 from multiprocessing import shared_memory
-from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
+
+from mpobs.seglock import HolderLock
 
 if TYPE_CHECKING:
     import numpy as np
@@ -82,8 +83,6 @@ COMPRESSIONS = (None, "gzip", "bzip2", "xz", "zstd")
 #: bytes_total of an input whose size is not known (a pipe).
 UNKNOWN = -1
 INPUT_STATES = ("waiting", "reading", "read", "done", "damaged")
-#: Seconds a process waits for the lock before it asks ``on_stuck`` for help.
-LOCK_WAIT = 0.5
 SEGMENT_PREFIX = "mpobs_"
 STATES = ("starting", "running", "done", "failed", "interrupted")
 
@@ -157,8 +156,11 @@ class Layout:
         return row * self.ncols
 
 
-class StatsSegment:
-    """Views over the shared block. The creator unlinks it; everyone else only closes."""
+class StatsSegment(HolderLock):
+    """Views over the shared block. The creator unlinks it; everyone else only closes.
+
+    ``held()`` and the rest of the lock's handling: ``mpobs.seglock``.
+    """
 
     def __init__(self, layout: Layout, shm: shared_memory.SharedMemory, lock: Any, owner: bool) -> None:
         self.layout = layout
@@ -191,46 +193,6 @@ class StatsSegment:
     @property
     def system(self) -> np.ndarray:
         return self._views[2]
-
-    @contextmanager
-    def held(self) -> Iterator[None]:
-        """Hold the lock, with this process's pid in ``lock_holder`` while it does.
-
-        A process killed while holding the lock would block every other one; the
-        pid lets the coordinator see that the holder is dead and release the lock
-        for it (``release_for``). ``on_stuck`` (the coordinator sets one) is called
-        while the lock cannot be had.
-        """
-        lock = self.lock
-        while not lock.acquire(timeout=LOCK_WAIT):
-            if self.on_stuck is not None:
-                self.on_stuck()
-        self._flat[self._holder] = self.pid
-        try:
-            yield
-        finally:
-            self._flat[self._holder] = 0
-            lock.release()
-
-    def lock_holder(self) -> int:
-        return self._flat[self._holder]
-
-    def force_release(self) -> None:
-        """Release a lock nobody alive can hold (see Coordinator._unstick)."""
-        self._flat[self._holder] = 0
-        try:
-            self.lock.release()
-        except ValueError:
-            pass  # it was free after all
-
-    def release_for(self, dead_pids: set[int]) -> bool:
-        """Release the lock if one of ``dead_pids`` (processes known dead) holds it."""
-        holder = self._flat[self._holder]
-        if holder and holder in dead_pids:
-            self._flat[self._holder] = 0
-            self.lock.release()
-            return True
-        return False
 
     @classmethod
     def create(cls, layout: Layout, lock: Any) -> StatsSegment:
