@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import sys
-import tempfile
 from typing import Any
 
 import click
@@ -118,6 +117,8 @@ def process(inputs: tuple[str, ...], config_path: str | None, workers: int | Non
 
         pipeline = load_config(config_path)
         if not inputs:
+            import tempfile
+
             sample_dir = tempfile.mkdtemp(prefix="mpobs-sample-")
             inputs = (_make_sample(sample_dir),)
             if output is None and sys.stdout.isatty():

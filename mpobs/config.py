@@ -7,7 +7,6 @@ import json
 import os
 import sys
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from mpobs.dag import INPUT, Node, Pipeline
@@ -33,9 +32,10 @@ def load_config(path: str | os.PathLike[str] | None) -> Pipeline:
     """Read and compile the config at ``path``; None gives the default pipeline."""
     if path is None:
         return compile_config(DEFAULT_CONFIG, source="default pipeline")
-    p = Path(path)
+    p = os.fspath(path)
     try:
-        text = p.read_text(encoding="utf-8")
+        with open(p, encoding="utf-8") as f:
+            text = f.read()
     except (OSError, UnicodeDecodeError) as err:
         reason = err.strerror if isinstance(err, OSError) and err.strerror else str(err)
         msg = f"config {str(p)!r}: cannot read it: {reason}"
@@ -47,7 +47,7 @@ def load_config(path: str | os.PathLike[str] | None) -> Pipeline:
         raise ConfigError(msg) from err
     except RecursionError as err:
         raise ConfigError(f"config {str(p)!r}: JSON nested too deeply") from err
-    return compile_config(data, source=str(p), base_dir=str(p.resolve().parent))
+    return compile_config(data, source=str(p), base_dir=os.path.dirname(os.path.realpath(p)))
 
 
 def compile_config(data: Any, source: str = "config", base_dir: str | None = None) -> Pipeline:

@@ -13,10 +13,9 @@ import signal
 import sys
 import time
 from collections import Counter
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from mpobs.blocks import BlockStore
-from mpobs.checkpoint import CheckpointError, Checkpointer
 from mpobs.dag import Pipeline
 from mpobs.defaults import BACKLOG_PER_WORKER, BLOCKS_PER_WORKER, SAVED_RECENT
 from mpobs.errors import EXIT_FAILED, EXIT_MAX_ERRORS, EXIT_OK, EXIT_SIGINT, EXIT_SIGTERM, EXIT_USAGE, MpobsError
@@ -35,6 +34,9 @@ from mpobs.sources import InputSet, open_inputs
 from mpobs.stats import RunMeta, build_stats
 from mpobs.task import TaskResult, TaskSettings
 from mpobs.tracing import expand as expand_trace
+
+if TYPE_CHECKING:
+    from mpobs.checkpoint import Checkpointer
 
 
 class _Stop(Exception):
@@ -78,6 +80,8 @@ class Coordinator:
         try:
             check_outputs(source, opts)
             if opts.checkpoint is not None:
+                from mpobs.checkpoint import Checkpointer  # its hashing and JSON: only for runs that ask
+
                 self.checkpoints = Checkpointer(opts.checkpoint, opts.checkpoint_every, meta.processors,
                                                 self._layout(source).columns(), source, opts.output_path)  # fmt: skip
             self.executor.prepare(self.pipeline, self._files(source))  # before any output is touched
@@ -250,6 +254,8 @@ class Coordinator:
 
     def _save_checkpoint(self, sink: OutputJoiner, force: bool = False) -> None:
         assert self.checkpoints is not None and self.seg is not None and self.source is not None
+        from mpobs.checkpoint import CheckpointError
+
         try:
             saved = self.checkpoints.save(sink.fd, sink.at, self.seg.snapshot().committed, self._counters(),
                                           dict(self.error_types), self.source, force=force)  # fmt: skip
