@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from typing import Any, Iterator
 
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector, CollectorRegistry
 
+from mpobs.histogram import LE_LABELS
 from mpobs.segment import STATES
 
 #: Keys per counter processor exposed as series (the most frequent); keeps cardinality bounded.
@@ -52,6 +53,7 @@ class StatsCollector(Collector):
             for pid, row in procs.items():
                 fam.add_metric([pid], float(row.get(field, 0) or 0) * scale)
             yield fam
+        yield from _histograms(procs)
         rate = GaugeMetricFamily("mpobs_processor_lines_per_second", "Lines in per second over the last 10 s.",
                                  labels=["processor"])  # fmt: skip
         for pid, row in procs.items():
@@ -82,6 +84,31 @@ class StatsCollector(Collector):
         yield state
         yield GaugeMetricFamily("mpobs_run_elapsed_seconds", "Seconds since the run started.",
                                 value=float(system.get("elapsed_s") or 0.0))  # fmt: skip
+
+
+def _histograms(procs: dict[str, Any]) -> Iterator[Metric]:
+    """Each processor's batch durations, and each user function's call durations, as Prometheus histograms."""
+    batch = HistogramMetricFamily("mpobs_processor_batch_seconds", "Duration of each batch call of the processor.",
+                                  labels=["processor"])  # fmt: skip
+    calls = HistogramMetricFamily("mpobs_function_call_seconds", "Duration of each call of a python processor's "
+                                  "function.", labels=["processor", "function"])  # fmt: skip
+    for pid, row in procs.items():
+        if "batch_latency" in row:
+            batch.add_metric([pid], _cumulative(row["batch_latency"]), row["batch_latency"]["sum_s"])
+        if "call_latency" in row:
+            h = row["call_latency"]
+            calls.add_metric([pid, str(h.get("function"))], _cumulative(h), h["sum_s"])
+    yield batch
+    yield calls
+
+
+def _cumulative(hist: dict[str, Any]) -> list[tuple[str, float]]:
+    """The /stats summary's non-empty buckets as Prometheus's cumulative (le, count) list."""
+    got, total, out = hist["buckets"], 0, []
+    for le in LE_LABELS:
+        total += got.get(le, 0)
+        out.append((le, float(total)))
+    return out
 
 
 def make_registry(source: Any) -> CollectorRegistry:

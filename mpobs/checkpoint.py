@@ -212,8 +212,11 @@ def check(cp: Checkpoint, path: str, config_sha: str, inputs: list[tuple[str, st
     if cp.follow != bool(followed):
         made = "with" if cp.follow else "without"
         raise InputError(f"{where} was made {made} --follow; run {made} it, or remove the checkpoint")
-    if cp.config_sha256 != config_sha or cp.columns != columns:
+    if cp.config_sha256 != config_sha:
         raise InputError(f"{where} was made with another pipeline config; run with that config, or remove it")
+    if cp.columns != columns:  # e.g. before the latency histograms: counts this version cannot go on from
+        raise InputError(f"{where} was made by another mpobs version (its counts have other columns); finish the "
+                         "run with that version, or remove the checkpoint")
     names = [name for name, _ in inputs]
     if [i.name for i in cp.inputs] != names:
         raise InputError(f"{where} was made for the inputs {[i.name for i in cp.inputs]}, not {names}")

@@ -150,7 +150,8 @@ class Coordinator:
         return seg
 
     def _layout(self, source: InputSet) -> Layout:
-        return Layout(tuple(self.pipeline.ids), tuple(self.pipeline.tags), self.executor.capacity, len(source.sources))
+        return Layout(tuple(self.pipeline.ids), tuple(self.pipeline.tags), self.executor.capacity, len(source.sources),
+                      tuple(self.pipeline.timed))
 
     def _open_traces(self) -> IO[str] | None:
         if not self.opts.save_traces:

@@ -10,7 +10,8 @@ from mpobs.batch import EMPTY, Batch, merge
 from mpobs.errors import ConfigError
 from mpobs.processors import ErrorList, Processor
 from mpobs.processors.base import Position
-from mpobs.segment import NF
+from mpobs.histogram import BUCKET_BY_BITS
+from mpobs.segment import NF, PROC_WIDTH
 
 #: The name of the input file as an edge source ("inputs": ["input"]).
 INPUT = "input"
@@ -56,6 +57,7 @@ class Pipeline:
         self.order = _toposort(nodes, self.by_id)
         self.sinks = [n for n in nodes if not n.consumers]
         self.tags = list(dict.fromkeys(t for n in nodes for t in n.proc.tags_added))
+        self.timed = [n.index for n in nodes if n.proc.times_calls]  # processors with a call histogram
         self.position = Position()  # set per task (``at``); shared by every step
         self.spec: Any = None  # mpobs.config.PipelineSpec: how to build it again elsewhere
         for n in nodes:
@@ -93,8 +95,9 @@ class Pipeline:
     ) -> Batch:
         """Run one batch through every processor; return what the sinks emit.
 
-        Adds to ``acc`` (``len(nodes) * NF`` ints, ``segment.PROC_FIELDS`` per node
-        in config order: what ``Layout.vector`` takes) once per processor, and appends each failed line to ``errors``.
+        Adds to ``acc`` (``len(nodes) * PROC_WIDTH`` ints, per node in config order:
+        ``segment.PROC_FIELDS`` then the batch call's bucket: what ``Layout.vector``
+        takes) once per processor, and appends each failed line to ``errors``.
         """
         outs: dict[str, Batch | dict[str, Batch]] = {INPUT: batch}
         for node in self.order:
@@ -111,12 +114,13 @@ class Pipeline:
                 res = _per_line(node.proc, inp, errs)
             t1 = clock()
             outs[node.id] = res
-            base = node.index * NF
+            base = node.index * PROC_WIDTH
             acc[base] += len(inp)
             acc[base + 1] += sum(map(len, res.values())) if isinstance(res, dict) else len(res)
             acc[base + 2] += len(errs)
             acc[base + 3] += t1 - t0
             acc[base + 4] += 1
+            acc[base + NF + BUCKET_BY_BITS[(t1 - t0 - 1).bit_length()]] += 1
             if errs:
                 errors.extend((node.index, n, t, e) for n, t, e in errs)
             if observer is not None:

@@ -19,8 +19,12 @@ This module alone knows the layout; everyone else asks ``Layout`` (columns, rows
             ``complete``. Live totals are the sum of all rows; the committed row
             always matches the output.
             A row is a count vector (``Layout.vector``), ``ncols`` values:
-            ``[p*NF + f]`` for processor ``p`` (config order) and field ``f`` in
-            PROC_FIELDS; then one column per tag (``Layout.tags``); then RUN_FIELDS.
+            ``[p*PROC_WIDTH + f]`` for processor ``p`` (config order) and field ``f``
+            in PROC_FIELDS, then at ``[p*PROC_WIDTH + NF + k]`` bucket ``k`` of the
+            histogram of its batch calls' durations (``mpobs.histogram``); then, for
+            each processor that times its calls (``Layout.timed``: ``python``),
+            CALL_WIDTH values: the buckets of its function calls' durations and their
+            sum in ns; then one column per tag (``Layout.tags``); then RUN_FIELDS.
 ``workers`` shape (slots, len(WORKER_FIELDS)): per worker slot, never rolled back.
 ``system``  shape (len(SYSTEM_FIELDS),): run-wide values set by the coordinator.
 ``inputs``  shape (inputs, len(INPUT_FIELDS)): per input of the run, in the order given,
@@ -54,6 +58,7 @@ from functools import cached_property
 from multiprocessing import shared_memory
 from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
+from mpobs.histogram import BUCKETS
 from mpobs.seglock import HolderLock
 
 if TYPE_CHECKING:
@@ -62,6 +67,10 @@ if TYPE_CHECKING:
 #: What the DAG counts per processor (``Pipeline.run_batch`` fills them in this order).
 PROC_FIELDS = ("lines_in", "lines_out", "errors", "time_ns", "batches")
 NF = len(PROC_FIELDS)
+#: Values per processor in a count vector: its fields, then its batch histogram.
+PROC_WIDTH = NF + BUCKETS
+#: Values per call-timing processor: its call histogram, then the calls' total ns.
+CALL_WIDTH = BUCKETS + 1
 RUN_FIELDS = ("lines_done", "bytes_done", "tasks_done")
 WORKER_FIELDS = (
     "pid", "tasks", "lines", "bytes", "alive",
@@ -95,10 +104,19 @@ class Layout:
     tags: tuple[str, ...]
     slots: int
     inputs: int = 1
+    timed: tuple[int, ...] = ()  # processors (by index) with a histogram of their function calls
 
     @property
     def ncols(self) -> int:
-        return len(self.processors) * NF + len(self.tags) + len(RUN_FIELDS)
+        return self._tags_at + len(self.tags) + len(RUN_FIELDS)
+
+    @property
+    def _calls_at(self) -> int:
+        return len(self.processors) * PROC_WIDTH
+
+    @property
+    def _tags_at(self) -> int:
+        return self._calls_at + len(self.timed) * CALL_WIDTH
 
     @property
     def nrows(self) -> int:
@@ -124,27 +142,44 @@ class Layout:
         return self.inputs_at + self.inputs * len(INPUT_FIELDS)
 
     def proc_col(self, p: int, fname: str) -> int:
-        return p * NF + PROC_FIELDS.index(fname)
+        return p * PROC_WIDTH + PROC_FIELDS.index(fname)
+
+    def batch_col(self, p: int) -> int:
+        """Where processor ``p``'s batch histogram (BUCKETS values) starts."""
+        return p * PROC_WIDTH + NF
+
+    def call_col(self, p: int) -> int:
+        """Where processor ``p``'s call histogram (BUCKETS values, then their sum in ns) starts; ``p`` must be timed."""
+        return self._calls_at + self.timed.index(p) * CALL_WIDTH
 
     def tag_col(self, tag: str) -> int:
-        return len(self.processors) * NF + self.tags.index(tag)
+        return self._tags_at + self.tags.index(tag)
 
     def run_col(self, fname: str) -> int:
-        return len(self.processors) * NF + len(self.tags) + RUN_FIELDS.index(fname)
+        return self._tags_at + len(self.tags) + RUN_FIELDS.index(fname)
 
     def columns(self) -> list[str]:
-        """A name per column of a count vector: ``<processor>.<field>``, ``tag:<tag>``, then RUN_FIELDS."""
-        procs = [f"{p}.{f}" for p in self.processors for f in PROC_FIELDS]
-        return procs + [f"tag:{t}" for t in self.tags] + list(RUN_FIELDS)
+        """A name per column of a count vector: ``<processor>.<field>``, its buckets, ``tag:<tag>``, then RUN_FIELDS."""
+        cols = []
+        for p in self.processors:
+            cols += [f"{p}.{f}" for f in PROC_FIELDS] + [f"{p}.batch_bucket:{k}" for k in range(BUCKETS)]
+        for i in self.timed:
+            p = self.processors[i]
+            cols += [f"{p}.call_bucket:{k}" for k in range(BUCKETS)] + [f"{p}.call_ns"]
+        return cols + [f"tag:{t}" for t in self.tags] + list(RUN_FIELDS)
 
     @staticmethod
     def inflight_row(slot: int, task_seq: int) -> int:
         return 2 + 2 * slot + (task_seq & 1)
 
-    def vector(self, procs: Sequence[int], tags: Mapping[str, int], lines: int, nbytes: int, tasks: int) -> list[int]:
-        """A count vector (one row, plain ints): ``procs`` is NF values per processor, in config order."""
+    def vector(self, procs: Sequence[int], tags: Mapping[str, int], lines: int, nbytes: int, tasks: int,
+               calls: Sequence[int] = ()) -> list[int]:  # fmt: skip
+        """A count vector (one row, plain ints): ``procs`` is PROC_WIDTH values per processor, in config
+        order; ``calls`` CALL_WIDTH values per timed processor, in ``timed`` order."""
         vec = [0] * self.ncols
-        vec[: len(self.processors) * NF] = procs
+        vec[: self._calls_at] = procs
+        if calls:
+            vec[self._calls_at : self._tags_at] = calls
         for tag, k in tags.items():
             vec[self.tag_col(tag)] += k
         for fname, value in zip(RUN_FIELDS, (lines, nbytes, tasks)):
@@ -347,6 +382,17 @@ class Snapshot:
 
     def proc(self, p: int, fname: str, live: bool = True) -> int:
         return (self.live if live else self.committed)[self.layout.proc_col(p, fname)]
+
+    def batch_hist(self, p: int, live: bool = True) -> list[int]:
+        """Processor ``p``'s batch histogram: BUCKETS counts (``mpobs.histogram``)."""
+        at = self.layout.batch_col(p)
+        return (self.live if live else self.committed)[at : at + BUCKETS]
+
+    def call_hist(self, p: int, live: bool = True) -> tuple[list[int], int]:
+        """Timed processor ``p``'s call histogram, and its calls' total ns."""
+        at = self.layout.call_col(p)
+        row = self.live if live else self.committed
+        return row[at : at + BUCKETS], row[at + BUCKETS]
 
     def tag(self, tag: str, live: bool = True) -> int:
         return (self.live if live else self.committed)[self.layout.tag_col(tag)]

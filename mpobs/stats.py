@@ -14,6 +14,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from mpobs.dag import Pipeline
+from mpobs.histogram import summary as hist_summary
 from mpobs.segment import COMPRESSIONS, INPUT_STATES, Snapshot
 
 
@@ -107,7 +108,11 @@ def _processor_rows(snap: Snapshot, meta: RunMeta, live: bool) -> dict[str, Any]
             "processing_time_ms": round(ns / 1e6, 3),
             "batches": snap.proc(p, "batches", live),
             "share_of_time": round(round(ns / 1e6, 3) * 1e6 / total_ns, 4) if total_ns else 0.0,
+            "batch_latency": hist_summary(snap.batch_hist(p, live), ns),
         }
+        if p in snap.layout.timed:  # a user function: each of its calls timed too
+            counts, call_ns = snap.call_hist(p, live)
+            procs[pm["id"]]["call_latency"] = dict(hist_summary(counts, call_ns), function=pm["settings"].get("function"))
     return procs
 
 

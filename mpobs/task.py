@@ -10,10 +10,12 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Protocol, Sequence
 
 from mpobs.batch import Batch
-from mpobs.dag import NF, Pipeline
+from mpobs.dag import Pipeline
 from mpobs.defaults import BATCH_LINES, ERROR_LINE_CHARS, EVENT_CHUNK
-from mpobs.segment import Layout
+from mpobs.segment import CALL_WIDTH, PROC_WIDTH, Layout
 from mpobs.tracing import BatchTrace, sampled
+
+_ZEROS = (0,) * CALL_WIDTH
 
 if TYPE_CHECKING:
     from mpobs.blocks import BlockStore
@@ -137,6 +139,7 @@ class _TaskRun:
         self.key_counts: dict[str, Counter[str]] = {n.id: Counter() for n in pipeline.nodes if n.proc.counts_keys}
         self.error_types: Counter[tuple[str, str]] = Counter()
         self.tag_procs = [n.proc for n in pipeline.nodes if n.proc.tags_added]
+        self.timed_procs = [pipeline.nodes[p].proc for p in layout.timed]
         self.out_lines = self.out_bytes = 0
         self.traces: list[Any] = []  # compact traces (mpobs.tracing.expand), not yet sent
         self.errors: list[dict[str, Any]] = []
@@ -151,7 +154,7 @@ class _TaskRun:
         """Run lines ``lo ..`` of the task; returns their output, sets ``delta`` and ``sent``."""
         first = self.task.first_line + lo
         batch = Batch(list(range(first, first + len(chunk))), chunk)
-        acc = [0] * (len(self.pipeline.nodes) * NF)
+        acc = [0] * (len(self.pipeline.nodes) * PROC_WIDTH)
         errs: list[tuple[int, int, str, BaseException]] = []
         tracer = None
         if self.traced:
@@ -184,7 +187,11 @@ class _TaskRun:
         # Bytes are known per task; share them out so the task's batches add up exactly.
         nbytes, n = self.task.input_bytes, self.n_lines
         nb = nbytes * hi // n - nbytes * lo // n
-        self.delta = self.layout.vector(acc, tag_counts, hi - lo, nb, 1 if hi >= n else 0)
+        calls: list[int] = []
+        for proc in self.timed_procs:
+            calls += proc.calls
+            proc.calls[:] = _ZEROS
+        self.delta = self.layout.vector(acc, tag_counts, hi - lo, nb, 1 if hi >= n else 0, calls)
         self.total = list(map(operator.add, self.total, self.delta))
 
     def send_records(self, final: bool) -> tuple[int, int, int, int] | None:

@@ -78,7 +78,7 @@ def small_run(folder: Path, lines: int = 3000, trace_rate: float = 1.0) -> Small
     with open(path, "a", encoding="utf-8") as f:
         f.write(XSS_LINE + "\n")
     pipeline = compile_config(TEST_CONFIG, source="test config", base_dir=str(Path(__file__).parent))
-    layout = Layout(tuple(pipeline.ids), tuple(pipeline.tags), 1)
+    layout = Layout(tuple(pipeline.ids), tuple(pipeline.tags), 1, timed=tuple(pipeline.timed))
     seg = StatsSegment.create(layout, multiprocessing.get_context("fork").Lock())
     source = open_inputs([str(path)])
     meta = RunMeta.of(pipeline, source, 1, trace=True, trace_sample=trace_rate)

@@ -59,6 +59,12 @@ def test_page_shows_numbers_and_log_text_as_text(tmp_path: Path, browser_page: t
             tr = page.locator(f"#proc-table tr[data-processor='{pid}']")
             assert tr.locator("td[data-field='lines_in']").text_content() == f"{row['lines_in']:,}"
             assert tr.locator("td[data-field='lines_out']").text_content() == f"{row['lines_out']:,}"
+            batch = tr.locator("td[data-field='batch_latency']").text_content().split(" / ")
+            assert len(batch) == 3 and all(_seconds(v) > 0 for v in batch), batch
+            p50, _, p99 = (_seconds(v) for v in batch)
+            assert p50 == pytest.approx(row["batch_latency"]["p50_s"], rel=0.06) and p50 <= p99
+            calls = tr.locator("td[data-field='call_latency']").text_content()
+            assert (calls == "–") == ("call_latency" not in row), (pid, calls)
             node = page.locator(f"#dag g.node[data-id='{pid}']")
             assert node.locator(".node-in").text_content().split() == ["in", f"{row['lines_in']:,}"]
             assert node.locator(".node-out").text_content().split() == ["out", f"{row['lines_out']:,}"]
@@ -124,3 +130,9 @@ def test_page_during_a_real_run_and_screenshot(tmp_path: Path, browser_page: tup
     finally:
         kill_if_running(proc)
     assert proc.returncode == 0
+
+
+def _seconds(text: str) -> float:
+    """A duration as the page shows it ("12.3 µs", "4.1 ms", "2 s") in seconds."""
+    value, unit = text.replace(",", "").split()
+    return float(value) * {"µs": 1e-6, "ms": 1e-3, "s": 1.0}[unit]

@@ -10,11 +10,12 @@ import pytest
 from mpobs.batch import Batch
 from mpobs.config import compile_config
 from mpobs.errors import ConfigError
+from mpobs.segment import PROC_WIDTH
 
 
 def run(procs: list[dict[str, Any]], lines: list[str], first: int = 1) -> tuple[list[str], Any]:
     pipeline = compile_config({"processors": procs})
-    acc = [0] * (5 * len(procs))
+    acc = [0] * (PROC_WIDTH * len(procs))
     errors: list[Any] = []
     out = pipeline.run_batch(Batch(list(range(first, first + len(lines))), list(lines)), acc, errors)
     return out.texts, errors
@@ -63,7 +64,7 @@ def test_filter_by_tag_keeps_tagged_lines() -> None:
 def test_tag_extractor_default_rule_first_match_and_text_unchanged() -> None:
     pipeline = compile_config({"processors": [{"type": "tag_extractor", "id": "t"}]})
     batch = Batch([1, 2, 3, 4], ["INFO then ERROR", "DEBUG", "xERROR", ""])
-    out = pipeline.run_batch(batch, [0] * 5, [])
+    out = pipeline.run_batch(batch, [0] * PROC_WIDTH, [])
     assert out.texts == batch.texts
     assert out.tags == [("info",), ("debug",), (), ()]
     assert pipeline.nodes[0].proc.key_counts == {"info": 1, "debug": 1}
@@ -74,8 +75,8 @@ def test_tag_extractor_custom_rules_first_or_multi() -> None:
     first = compile_config({"processors": [{"type": "tag_extractor", "id": "t", "rules": rules}]})
     multi = compile_config({"processors": [{"type": "tag_extractor", "id": "t", "rules": rules, "multi": True}]})
     batch = Batch([1, 2], ["postgres took 2000 ms", "nothing"])
-    assert first.run_batch(batch, [0] * 5, []).tags == [("db",), ()]
-    assert multi.run_batch(batch, [0] * 5, []).tags == [("db", "slow"), ()]
+    assert first.run_batch(batch, [0] * PROC_WIDTH, []).tags == [("db",), ()]
+    assert multi.run_batch(batch, [0] * PROC_WIDTH, []).tags == [("db", "slow"), ()]
 
 
 def test_router_first_matching_route_then_default() -> None:
@@ -97,7 +98,7 @@ def test_router_without_default_drops_unmatched() -> None:
 
 def test_counter_counts_by_regex_group_and_passes_lines() -> None:
     pipeline = compile_config({"processors": [{"type": "counter", "id": "c", "by": r"user=(\w+)"}]})
-    out = pipeline.run_batch(Batch([1, 2, 3], ["user=a", "user=b x", "user=a"]), [0] * 5, [])
+    out = pipeline.run_batch(Batch([1, 2, 3], ["user=a", "user=b x", "user=a"]), [0] * PROC_WIDTH, [])
     assert out.texts == ["user=a", "user=b x", "user=a"]
     assert pipeline.nodes[0].proc.key_counts == {"a": 2, "b": 1}
 

@@ -11,7 +11,7 @@ import pytest
 
 from mpobs.config import compile_config
 from mpobs.coordinator import Coordinator, RunOptions
-from mpobs.segment import NF
+from mpobs.segment import PROC_WIDTH
 from mpobs.events import EventCollector
 from mpobs.tracing import is_sampled
 from tests.reference import split_lines
@@ -293,7 +293,7 @@ def test_batch_trace_matches_a_slow_scan_through_router_fan_in_copies_and_errors
             self.trace.step(*a)
 
     both = Both()
-    out = pipeline.run_batch(batch, [0] * (len(pipeline.nodes) * NF), [], both)
+    out = pipeline.run_batch(batch, [0] * (len(pipeline.nodes) * PROC_WIDTH), [], both)
     got = [(n, o, [(p, s, x) for p, s, _, x in path], outs) for n, o, path, outs, _, _ in both.trace.finish(out)]
     want = [_slow_trace(n, texts[n - first], recorder, out) for n in traced]
     assert got == want

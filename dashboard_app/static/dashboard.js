@@ -28,6 +28,15 @@
     const m = Math.floor(s / 60), r = Math.round(s % 60);
     return m < 60 ? m + " min " + r + " s" : Math.floor(m / 60) + " h " + (m % 60) + " min";
   }
+  function fmtSec(s) {
+    if (s === null || s === undefined) return "–";
+    if (s < 1e-3) return dec1.format(s * 1e6) + " µs";
+    if (s < 1) return dec1.format(s * 1e3) + " ms";
+    return dec1.format(s) + " s";
+  }
+  function fmtLatency(h) {  // a /stats histogram summary: "p50 / p90 / p99"
+    return h && h.count ? [h.p50_s, h.p90_s, h.p99_s].map(fmtSec).join(" / ") : "–";
+  }
   function clock(ts) {
     const d = new Date(ts * 1000);
     return d.toLocaleTimeString("en-GB", { hour12: false });
@@ -97,6 +106,9 @@
         { v: fmtN(Math.round(p.rate_10s || 0)), cls: "num", field: "rate_10s" },
         { v: fmtN(Math.round(p.rate_1m || 0)), cls: "num", field: "rate_1m" },
         { v: dec1.format(p.processing_time_ms || 0), cls: "num" }, { node: wrap },
+        { v: fmtLatency(p.batch_latency), cls: "num", field: "batch_latency" },
+        { v: p.call_latency ? fmtLatency(p.call_latency) : "–", cls: "num" + (p.call_latency ? "" : " muted"),
+          field: "call_latency" },
       ], { "data-processor": pid }));
     });
     body.replaceChildren.apply(body, rows);

@@ -112,6 +112,8 @@ class Processor:
     tags_added: tuple[str, ...] = ()
     #: True for steps that count lines per key (their counts merge across workers)
     counts_keys: ClassVar[bool] = False
+    #: True for steps that time each call of a user function into ``calls`` (a histogram)
+    times_calls: ClassVar[bool] = False
 
     def __init__(self, pid: str, spec: Spec) -> None:
         self.id = pid

@@ -3,10 +3,16 @@
 from __future__ import annotations
 
 import importlib
+import time
 from typing import Any, Callable
 
 from mpobs.batch import Batch
+from mpobs.histogram import BUCKET_BY_BITS, BUCKETS
 from mpobs.processors.base import ErrorList, Processor, Spec, register
+
+#: What a user function may raise that is an error of the line it was given, not the end of
+#: the worker: ``sys.exit()`` and a stray ``KeyboardInterrupt`` included (workers ignore SIGINT).
+LINE_ERRORS = (Exception, SystemExit, KeyboardInterrupt)
 
 
 def import_function(ref: str, spec: Spec) -> Callable[..., Any]:
@@ -50,30 +56,40 @@ class PythonFunction(Processor):
     or emit several). With ``"batch": true``: ``f(lines: list[str]) -> list`` of
     one such answer per line, called once per batch; if it raises, the batch is
     retried line by line (``f([line])``) so the failing lines are found.
+
+    Every call is timed into ``calls`` (a histogram, then the calls' total ns), which
+    the task moves into its count vector once per batch.
     """
 
     keys = frozenset({"function", "batch"})
+    times_calls = True
 
     def __init__(self, pid: str, spec: Spec) -> None:
         super().__init__(pid, spec)
         self.batch = spec.get("batch", bool, False)
-        self.func = import_function(spec.get("function", str), spec)
+        self.ref = spec.get("function", str)
+        self.func = import_function(self.ref, spec)
+        self.calls = [0] * (BUCKETS + 1)
 
     def process(self, batch: Batch, errors: ErrorList) -> Batch:
         func = self.func
         answers: list[Any]
         if self.batch:
+            t0 = time.perf_counter_ns()
             try:
-                answers = func(batch.texts)
+                try:
+                    answers = func(batch.texts)
+                finally:
+                    self._timed(time.perf_counter_ns() - t0)
                 if not isinstance(answers, list) or len(answers) != len(batch.texts):
                     got = len(answers) if isinstance(answers, list) else type(answers).__name__
                     msg = f"batch function must return a list with one answer per line ({len(batch.texts)}), got {got}"
                     raise TypeError(msg)
                 answers = [_results(a) for a in answers]
-            except Exception:
-                answers = [self._one(lambda t: func([t])[0], n, t, errors) for n, t in zip(batch.nums, batch.texts)]
+            except LINE_ERRORS:
+                answers = self._per_line(lambda t: func([t])[0], batch, errors)
         else:
-            answers = [self._one(func, n, t, errors) for n, t in zip(batch.nums, batch.texts)]
+            answers = self._per_line(func, batch, errors)
         if all(type(a) is list and len(a) == 1 for a in answers):
             return Batch(batch.nums, [a[0] for a in answers], batch.tags)
         nums: list[int] = []
@@ -87,10 +103,30 @@ class PythonFunction(Processor):
                     tags += [batch.tags[i]] * len(out)  # type: ignore[index]
         return Batch(nums, texts, tags)
 
-    @staticmethod
-    def _one(func: Callable[[str], Any], num: int, text: str, errors: ErrorList) -> list[str] | None:
-        try:
-            return _results(func(text))
-        except Exception as exc:
-            errors.append((num, text, exc))
-            return None
+    def _timed(self, ns: int) -> None:
+        self.calls[BUCKET_BY_BITS[(ns - 1).bit_length()]] += 1
+        self.calls[BUCKETS] += ns
+
+    def _per_line(self, func: Callable[[str], Any], batch: Batch, errors: ErrorList) -> list[list[str] | None]:
+        """``func`` on each line, each call timed; a line it fails on is an error of that line.
+
+        The calls are timed back to back (one clock reading per line: a call's time includes
+        about 0.1 µs of this loop's own work), which halves what timing costs per line.
+        """
+        calls, by_bits, clock = self.calls, BUCKET_BY_BITS, time.perf_counter_ns
+        answers: list[list[str] | None] = []
+        append = answers.append
+        start = t0 = clock()
+        for num, text in zip(batch.nums, batch.texts):
+            try:
+                got = func(text)
+                t1 = clock()
+                append(_results(got))
+            except LINE_ERRORS as exc:
+                t1 = clock()
+                errors.append((num, text, exc))
+                append(None)
+            calls[by_bits[(t1 - t0 - 1).bit_length()]] += 1
+            t0 = t1
+        calls[BUCKETS] += t0 - start
+        return answers
