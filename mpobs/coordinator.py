@@ -243,7 +243,7 @@ class Coordinator:
                                    f"but the output {'had' if finished else 'did not have'} its result")  # fmt: skip
             if finished is not None:  # its counts were pending; they come again with its next run
                 self.seg.uncomplete(finished.counts)
-            sched.lost(event.task, event.fault)
+            sched.lost(event.task, event.fault, event.where)
         elif isinstance(event, WorkerFailed):
             if event.io:  # what is committed stays in the output (and in the last checkpoint)
                 raise _Stop("failed", EXIT_FAILED, f"I/O error: cannot write the output {self.opts.output_path}: "

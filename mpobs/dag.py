@@ -11,7 +11,7 @@ from mpobs.errors import ConfigError
 from mpobs.processors import ErrorList, Processor
 from mpobs.processors.base import Position
 from mpobs.histogram import BUCKET_BY_BITS
-from mpobs.segment import NF, PROC_WIDTH
+from mpobs.segment import DOING_FIELDS, NF, PROC_WIDTH
 
 #: The name of the input file as an edge source ("inputs": ["input"]).
 INPUT = "input"
@@ -62,10 +62,17 @@ class Pipeline:
         self.spec: Any = None  # mpobs.config.PipelineSpec: how to build it again elsewhere
         for n in nodes:
             n.proc.position = self.position
+        self.watch([0] * len(DOING_FIELDS))
 
-    def at(self, file: str, offset: int) -> None:
+    def watch(self, doing: Any) -> None:
+        """Say what runs in ``doing`` (a worker's DOING_FIELDS in the stats segment, ``StatsSegment.doing``)."""
+        self.doing = doing
+        for n in self.nodes:
+            n.proc.doing = doing
+
+    def at(self, file: str, offset: int, input_index: int = 0) -> None:
         """The next batches are lines of input ``file``; a line's number there is its number minus ``offset``."""
-        self.position.file, self.position.offset = file, offset
+        self.position.file, self.position.offset, self.position.input = file, offset, input_index
 
     @property
     def ids(self) -> list[str]:
@@ -100,6 +107,8 @@ class Pipeline:
         takes) once per processor, and appends each failed line to ``errors``.
         """
         outs: dict[str, Batch | dict[str, Batch]] = {INPUT: batch}
+        doing, pos = self.doing, self.position
+        doing[1] = pos.input
         for node in self.order:
             inp = _gather(node, outs)
             if not inp.texts:
@@ -107,6 +116,8 @@ class Pipeline:
                 continue
             errs: ErrorList = []
             t0 = clock()
+            doing[2], doing[3], doing[4] = inp.nums[0] - pos.offset, len(inp), t0
+            doing[0] = node.index + 1
             try:
                 res = node.proc.process(inp, errs)
             except Exception:
@@ -125,6 +136,7 @@ class Pipeline:
                 errors.extend((node.index, n, t, e) for n, t, e in errs)
             if observer is not None:
                 observer.step(node, inp, res, errs)
+        doing[0] = 0
         sinks = self.sinks
         if len(sinks) == 1:
             return _as_batch(outs[sinks[0].id])

@@ -54,6 +54,7 @@ class TaskLost:
     reason: str
     fault: bool = False
     finished: bool = False
+    where: str | None = None  # what it was doing when its worker died (``mpobs.doing.describe``), if known
 
 
 @dataclass(frozen=True)

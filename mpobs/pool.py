@@ -16,6 +16,7 @@ from typing import Any, Callable, Sequence
 
 from mpobs.blocks import BlockStore
 from mpobs.defaults import PREFETCH, WORKER_QUEUE_MESSAGES
+from mpobs.doing import describe, where
 from mpobs.events import QueueReader
 from mpobs.executor import Event, Executor, LimitReached, RunContext, TaskDone, TaskLost, TaskWritten, WorkerFailed
 from mpobs.inputs import Task
@@ -65,6 +66,7 @@ class LocalPool(Executor):
 
     def start(self, ctx: RunContext) -> None:
         self.ctx = ctx
+        self._names = [(n.id, getattr(n.proc, "ref", None)) for n in ctx.pipeline.nodes]  # for mpobs.doing.where
         self.seg = ctx.segment
         self.out_fd = ctx.out_fd
         self.stop_event = self.mp.Event()
@@ -188,9 +190,12 @@ class LocalPool(Executor):
     def _died(self, i: int, s: _Slot) -> list[Event]:
         s.proc.join()
         s.alive = False
-        reason = f"worker {i} died (exit code {s.proc.exitcode})"
+        doing = where(self.seg.doing_now(i), self._names, [name for name, _ in self.ctx.settings.inputs])
+        named = describe(doing) if doing is not None and s.inflight else None
+        reason = f"worker {i} died (exit code {s.proc.exitcode})" + (f" in {named}" if named else "")
         # The first task is the one it was running; the rest only waited.
-        events: list[Event] = [TaskLost(t, reason, fault=k == 0) for k, (t, _) in enumerate(s.inflight)]
+        events: list[Event] = [TaskLost(t, reason, fault=k == 0, where=named if k == 0 else None)
+                               for k, (t, _) in enumerate(s.inflight)]  # fmt: skip
         events += [TaskLost(t, reason, finished=True) for t in sorted(s.held.values(), key=lambda t: t.index)]
         s.inflight.clear()
         s.held.clear()

@@ -47,12 +47,15 @@ class Scheduler:
         self.planned += 1
         return task
 
-    def lost(self, task: Task, fault: bool) -> None:
-        """``task`` must run again; ``fault``: it was running when its worker died."""
+    def lost(self, task: Task, fault: bool, where: str | None = None) -> None:
+        """``task`` must run again; ``fault``: it was running when its worker died, doing ``where`` (if known)."""
         if fault:
             self.attempts[task.index] += 1
             if self.attempts[task.index] >= self.max_attempts:
                 msg = f"{task.describe()} killed its worker {self.max_attempts} times; giving up"
+                if where is not None:
+                    msg = (f"{where} killed its worker {self.max_attempts} times ({task.describe()}); giving up: "
+                           "what is in the output is complete")
                 if self.giving_up is None or task.index < self.giving_up[0]:
                     self.giving_up = (task.index, msg)
         self.retry.append(task)

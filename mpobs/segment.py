@@ -25,7 +25,9 @@ This module alone knows the layout; everyone else asks ``Layout`` (columns, rows
             each processor that times its calls (``Layout.timed``: ``python``),
             CALL_WIDTH values: the buckets of its function calls' durations and their
             sum in ns; then one column per tag (``Layout.tags``); then RUN_FIELDS.
-``workers`` shape (slots, len(WORKER_FIELDS)): per worker slot, never rolled back.
+``workers`` shape (slots, len(WORKER_FIELDS)): per worker slot, never rolled back; its
+            DOING_FIELDS say what the worker is doing now (its stalls and deaths are named
+            by them).
 ``system``  shape (len(SYSTEM_FIELDS),): run-wide values set by the coordinator.
 ``inputs``  shape (inputs, len(INPUT_FIELDS)): per input of the run, in the order given,
             set by the coordinator: bytes read (compressed bytes for a compressed
@@ -72,10 +74,16 @@ PROC_WIDTH = NF + BUCKETS
 #: Values per call-timing processor: its call histogram, then the calls' total ns.
 CALL_WIDTH = BUCKETS + 1
 RUN_FIELDS = ("lines_done", "bytes_done", "tasks_done")
+#: What a worker is doing now, written by the worker alone, read without the lock (``doing``):
+#: the processor it runs (index + 1; 0: none), the input and first line (in that input) of the
+#: call, how many lines the call has, and when it began (``time.perf_counter_ns``: the
+#: system's monotonic clock, the same in every process).
+DOING_FIELDS = ("doing_proc", "doing_input", "doing_line", "doing_lines", "doing_since_ns")
 WORKER_FIELDS = (
     "pid", "tasks", "lines", "bytes", "alive",
-    "traces_sent", "traces_dropped", "errors_sent", "errors_dropped",
+    "traces_sent", "traces_dropped", "errors_sent", "errors_dropped", *DOING_FIELDS,
 )  # fmt: skip
+_DOING_AT = WORKER_FIELDS.index(DOING_FIELDS[0])
 SYSTEM_FIELDS = (
     "state", "started_at_ms", "ended_at_ms", "bytes_total", "workers", "workers_restarted",
     "tasks_total", "lines_total", "traces_delivered", "errors_delivered", "records_repeated",
@@ -311,6 +319,15 @@ class StatsSegment(HolderLock):
             for seq in (0, 1):
                 at = self.layout.row_at(self.layout.inflight_row(slot, seq))
                 self._flat[at : at + nc] = _zeros(nc)
+
+    def doing(self, slot: int) -> memoryview:
+        """Worker ``slot``'s DOING_FIELDS, for the worker to write in place (``Pipeline.watch``)."""
+        at = self.layout.workers_at + slot * len(WORKER_FIELDS) + _DOING_AT
+        return self._flat[at : at + len(DOING_FIELDS)]
+
+    def doing_now(self, slot: int) -> dict[str, int]:
+        """What worker ``slot`` is doing now (no lock: one writer, whole int64 values)."""
+        return dict(zip(DOING_FIELDS, self.doing(slot).tolist()))
 
     def add_worker(self, slot: int, **deltas: int) -> None:
         """Add to a worker slot's values (tasks, lines, bytes, records sent and dropped)."""

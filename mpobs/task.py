@@ -134,7 +134,7 @@ class _TaskRun:
                  events: EventSink | None, n_lines: int) -> None:  # fmt: skip
         self.task, self.pipeline, self.layout, self.settings, self.events = task, pipeline, layout, settings, events
         self.n_lines = n_lines
-        pipeline.at(settings.inputs[task.input][1], task.first_line - task.file_line)
+        pipeline.at(settings.inputs[task.input][1], task.first_line - task.file_line, task.input)
         self.total = [0] * layout.ncols
         self.key_counts: dict[str, Counter[str]] = {n.id: Counter() for n in pipeline.nodes if n.proc.counts_keys}
         self.error_types: Counter[tuple[str, str]] = Counter()

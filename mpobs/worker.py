@@ -14,7 +14,7 @@ from typing import Any
 from mpobs.dag import Pipeline
 from mpobs.events import QueueEvents
 from mpobs.lifeline import die_with_parent
-from mpobs.segment import Layout, StatsSegment
+from mpobs.segment import DOING_FIELDS, Layout, StatsSegment
 from mpobs.task import TaskSettings, run_task
 
 
@@ -88,6 +88,7 @@ def worker_main(args: WorkerArgs) -> None:
         except OSError:
             pass
     finally:
+        args.pipeline.watch([0] * len(DOING_FIELDS))  # its view of the segment goes first, so that it can close
         seg.close()
         args.conn.close()
 
@@ -99,6 +100,7 @@ class _Worker:
         self.events = QueueEvents(args.events_q, args.wait_traces) if args.events_q is not None else None
         self.direct = DirectOutput(args.out_fd, args.conn) if args.out_fd is not None else None
         self.early: deque[Any] = deque()  # messages read while serving grants between batches
+        args.pipeline.watch(seg.doing(args.slot))  # what it runs, for the coordinator to name its stalls and deaths
 
     def serve(self) -> None:
         while True:

@@ -141,7 +141,9 @@ def test_task_that_kills_its_worker_three_times_fails_the_run(tmp_path: Path, cl
     assert "Traceback" not in err
     import re
 
-    found = re.search(r"mpobs: error: task (\d+) \(lines (\d+)-(\d+), bytes \d+-\d+\) killed its worker 3 times", err)
+    # It names the processor, its function and the line (num numbers lines "Line N: ..." before die sees them).
+    found = re.search(r"mpobs: error: processor 'die' \(function killfns:maybe_die\) at line in\.log:20000 killed "
+                      r"its worker 3 times \(task (\d+) \(lines (\d+)-(\d+), bytes \d+-\d+\)\); giving up", err)
     assert found, err
     first, last = int(found[2]), int(found[3])
     assert first <= 20_000 <= last

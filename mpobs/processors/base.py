@@ -90,11 +90,12 @@ class Position:
     such that a line's number within that input is its run-wide number minus ``offset``.
     One per pipeline, set before each task (a task never spans two inputs)."""
 
-    __slots__ = ("file", "offset")
+    __slots__ = ("file", "offset", "input")
 
     def __init__(self) -> None:
         self.file = ""
         self.offset = 0
+        self.input = 0  # its index among the run's inputs
 
 
 class Processor:
@@ -122,6 +123,8 @@ class Processor:
         self.key_counts: Counter[str] = Counter()
         #: the pipeline's (``Pipeline.position``), for steps that show where a line is from
         self.position = Position()
+        #: the pipeline's (``Pipeline.doing``): what the worker is doing, for a step that calls per line
+        self.doing: Any = [0] * 5
 
     def process(self, batch: Batch, errors: ErrorList) -> Batch | dict[str, Batch]:
         """Process a batch; a router returns {route: batch}.

@@ -116,8 +116,11 @@ class PythonFunction(Processor):
         calls, by_bits, clock = self.calls, BUCKET_BY_BITS, time.perf_counter_ns
         answers: list[list[str] | None] = []
         append = answers.append
+        doing, offset = self.doing, self.position.offset  # the worker's row: which line it is on, since when
+        doing[3] = 1
         start = t0 = clock()
         for num, text in zip(batch.nums, batch.texts):
+            doing[2], doing[4] = num - offset, t0
             try:
                 got = func(text)
                 t1 = clock()
