@@ -113,8 +113,18 @@ def dag() -> dict[str, Any]:
 
 @_route("/healthz")
 def healthz() -> tuple[dict[str, Any], int]:
-    ok, reason = _source().health()
-    return {"status": "ok" if ok else "unhealthy", "reason": reason}, 200 if ok else 503
+    """ok (200); degraded (200: a call runs longer than --stall-after, named in ``stalled_calls``); unhealthy (503)."""
+    source = _source()
+    ok, reason = source.health()
+    if not ok:
+        return {"status": "unhealthy", "reason": reason}, 503
+    stalled = source.stalled()
+    if stalled:
+        from mpobs.doing import describe
+
+        what = "; ".join(f"worker {c['worker']}: {describe(c)} for {c['for_s']:.0f} s" for c in stalled)
+        return {"status": "degraded", "reason": f"stalled: {what}", "stalled_calls": stalled}, 200
+    return {"status": "ok", "reason": reason}, 200
 
 
 @_route("/metrics")

@@ -75,6 +75,14 @@ class StatsCollector(Collector):
                                 value=float(system.get("lines_per_second_10s") or 0.0))  # fmt: skip
         yield GaugeMetricFamily("mpobs_progress_ratio", "Share of the input bytes processed.",
                                 value=float(system.get("progress") or 0.0))  # fmt: skip
+        stalled = system.get("stalled_calls") or []
+        yield GaugeMetricFamily("mpobs_stalled_calls", "Calls running longer than --stall-after now.",
+                                value=float(len(stalled)))  # fmt: skip
+        running = GaugeMetricFamily("mpobs_stalled_call_seconds", "How long each stalled call has been running.",
+                                    labels=["processor", "function", "line", "worker"])  # fmt: skip
+        for c in stalled:
+            running.add_metric([c["processor"], str(c.get("function") or ""), c["line"], str(c["worker"])], c["for_s"])
+        yield running
         yield GaugeMetricFamily("mpobs_workers", "Worker processes of the run.", value=float(system.get("workers") or 0))
         yield GaugeMetricFamily("mpobs_workers_alive", "Worker processes alive.",
                                 value=float(system.get("workers_alive") or 0))  # fmt: skip

@@ -106,10 +106,15 @@ class DashboardHandle:
         self.process, self.on_gone = process, on_gone
         self.opts, self.proc, self.queue, self.url = process.opts, process.proc, process.queue, process.url
         self.dead = False
+        self._counters_at = self._executor_at = 0.0
 
-    def publish_counters(self, counters: dict[str, dict[str, int]]) -> None:
-        """Counter-processor keys live in the coordinator only; never blocks (the next commit sends them again)."""
-        self._publish(("counters", counters))
+    def publish_counters(self, counters: Callable[[], dict[str, dict[str, int]]]) -> None:
+        """Counter-processor keys live in the coordinator only: ``counters()`` sent at most once a second
+        (sorting many keys is not free); never blocks (the next commit sends them again)."""
+        now = time.monotonic()
+        if now - self._counters_at >= 1.0:
+            self._counters_at = now
+            self._publish(("counters", counters()))
 
     def publish_executor(self, view: dict[str, Any]) -> None:
         """Where tasks run, as the executor sees it (a Dask cluster's workers); never blocks."""
@@ -123,8 +128,15 @@ class DashboardHandle:
         except (queue_mod.Full, ValueError, OSError):
             pass
 
-    def poll(self) -> None:
-        """Warn once if the dashboard process died; the run goes on without it."""
+    def poll(self, executor_view: Callable[[], dict[str, Any] | None] = lambda: None) -> None:
+        """Warn once if the dashboard process died (the run goes on without it); send ``executor_view()``
+        once a second (a cluster's view of its workers)."""
+        now = time.monotonic()
+        if not self.dead and now - self._executor_at >= 1.0:
+            self._executor_at = now
+            view = executor_view()
+            if view is not None:
+                self.publish_executor(view)
         if self.dead or self.proc.is_alive():
             return
         self.dead = True

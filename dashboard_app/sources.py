@@ -46,6 +46,10 @@ class Source:
     def health(self) -> tuple[bool, str]:
         return True, "ok"
 
+    def stalled(self) -> list[dict[str, Any]]:
+        """Calls running longer than --stall-after now (``system.stalled_calls``)."""
+        return []
+
 
 class LiveSource(Source):
     """A running (or just finished) run: reads the segment, drains the dashboard queue.
@@ -249,6 +253,9 @@ class LiveSource(Source):
             else:
                 self._dead_since.pop(slot, None)
         return True, state
+
+    def stalled(self) -> list[dict[str, Any]]:
+        return list(self.stats()["system"].get("stalled_calls", []))
 
     def close(self) -> None:
         self.stop()

@@ -10,7 +10,8 @@ from typing import Any
 import click
 from click.core import ParameterSource
 
-from mpobs.defaults import BATCH_LINES, CHECKPOINT_EVERY, DASK_TASK_BYTES, TASK_BYTES, TRACE_SAMPLE, default_workers
+from mpobs.defaults import (BATCH_LINES, CHECKPOINT_EVERY, DASK_TASK_BYTES, STALL_AFTER, TASK_BYTES, TRACE_SAMPLE,
+                            default_workers)  # fmt: skip
 from mpobs.errors import EXIT_FAILED, EXIT_MAX_ERRORS, EXIT_OK, EXIT_USAGE, DashboardError, InputError, MpobsError
 
 SAMPLE_LINES = 200_000
@@ -65,6 +66,10 @@ def _one_blas_thread() -> None:
               help="Write commit points here (needs --output FILE); a run that finds one resumes from it.")
 @click.option("--checkpoint-every", type=click.FloatRange(0.05), default=CHECKPOINT_EVERY, show_default=True,
               help="Seconds between commit points.")
+@click.option("--stall-after", type=click.FloatRange(0, min_open=True), default=STALL_AFTER, show_default=True,
+              help="Seconds a processor's call may run before it is reported as stalled (stderr, /healthz, /metrics).")
+@click.option("--call-timeout", type=click.FloatRange(0, min_open=True), metavar="S",
+              help="Stop a python processor's call that runs longer (its worker is replaced): an error of that line.")
 @click.option("--task-size", type=click.IntRange(1024), default=TASK_BYTES, show_default=True, hidden=True,
               help="Bytes per task.")
 @click.option("--batch-lines", type=click.IntRange(1), default=BATCH_LINES, show_default=True, hidden=True)
@@ -84,8 +89,8 @@ def _one_blas_thread() -> None:
               help="Keep the dashboard up this many seconds after the run (default: until Ctrl-C; 0: exit).")
 def process(inputs: tuple[str, ...], config_path: str | None, workers: int | None, output: str | None,
             save_metrics: str | None, trace: bool, trace_sample: float, save_traces: str | None,
-            max_errors: int | None, follow: bool, checkpoint: str | None, checkpoint_every: float, task_size: int,
-            batch_lines: int, executor: str, scheduler: str | None, quiet: bool, dashboard: bool,
+            max_errors: int | None, follow: bool, checkpoint: str | None, checkpoint_every: float,
+            stall_after: float, call_timeout: float | None, task_size: int, batch_lines: int, executor: str, scheduler: str | None, quiet: bool, dashboard: bool,
             dashboard_host: str, dashboard_port: int, dashboard_token: str | None,
             linger: float | None) -> None:  # fmt: skip
     """Run the pipeline over INPUTS, one stream in the order given (default: a generated sample log).
@@ -125,6 +130,8 @@ def process(inputs: tuple[str, ...], config_path: str | None, workers: int | Non
                 # 180,000 result lines would scroll past the summary: keep them in a file.
                 output = "mpobs-sample-output.txt"
                 click.echo(f"mpobs: results go to {output} (give --output to choose)", err=True)
+        if call_timeout is not None and (executor != "local" or scheduler is not None):
+            raise InputError("--call-timeout needs the local executor: a Dask worker's call cannot be stopped alone")
         runner = _executor(executor, scheduler, workers or default_workers())
         if runner is not None and "task_size" not in given:
             task_size = _dask_task_bytes(inputs, runner.capacity)
@@ -132,6 +139,7 @@ def process(inputs: tuple[str, ...], config_path: str | None, workers: int | Non
             list(inputs), output, workers or default_workers(), task_size, batch_lines,
             trace=trace or bool(save_traces), trace_sample=trace_sample, save_traces=save_traces, save_metrics=save_metrics,
             max_errors=max_errors, checkpoint=checkpoint, checkpoint_every=checkpoint_every, follow=follow,
+            stall_after=stall_after, call_timeout=call_timeout,
             dashboard=dash, dashboard_process=dash_proc,
         )  # fmt: skip
         _run(pipeline, opts, runner, quiet)

@@ -17,6 +17,7 @@ from typing import IO, TYPE_CHECKING, Any
 
 from mpobs.blocks import BlockStore
 from mpobs.dag import Pipeline
+from mpobs.doing import StallWatch
 from mpobs.defaults import BACKLOG_PER_WORKER, BLOCKS_PER_WORKER, SAVED_RECENT
 from mpobs.errors import EXIT_FAILED, EXIT_MAX_ERRORS, EXIT_OK, EXIT_SIGINT, EXIT_SIGTERM, EXIT_USAGE, MpobsError
 from mpobs.events import EventCollector
@@ -65,7 +66,6 @@ class Coordinator:
         self.dashboard: Any = None
         self.signals = RunSignals(opts.follow, opts.output_path is not None, self.executor.stop_restarts)
         self._limit_reached = False
-        self._counters_sent_at = self._executor_sent_at = 0.0
         self._final: tuple[dict[str, Any], dict[str, Any]] | None = None
 
     # -- the story of a run --------------------------------------------------
@@ -76,18 +76,9 @@ class Coordinator:
         self.meta = meta = RunMeta.of(
             self.pipeline, source, self.executor.capacity, trace=opts.trace,
             trace_sample=opts.trace_sample if opts.trace else 0.0, output=opts.output_path, executor=self.executor.name,
+            stall_after=opts.stall_after,
         )  # fmt: skip
-        try:
-            check_outputs(source, opts)
-            if opts.checkpoint is not None:
-                from mpobs.checkpoint import Checkpointer  # its hashing and JSON: only for runs that ask
-
-                self.checkpoints = Checkpointer(opts.checkpoint, opts.checkpoint_every, meta.processors,
-                                                self._layout(source).columns(), source, opts.output_path)  # fmt: skip
-            self.executor.prepare(self.pipeline, self._files(source))  # before any output is touched
-        except BaseException:
-            source.close()
-            raise
+        self._check(source)
         remove_leftovers()
         ids, names = self.pipeline.ids, meta.record_names()
         self.collector.expand = lambda t: expand_trace(t, names, ids)
@@ -97,7 +88,9 @@ class Coordinator:
         self.signals.install()
         try:
             self.seg = self._make_segment(source)
-            traces_file = self._open_traces()
+            self.stalls = StallWatch(self.seg.layout.slots, self.seg.doing_now, opts.stall_after,
+                                     [(n.id, getattr(n.proc, "ref", None)) for n in self.pipeline.nodes], meta.input_names)
+            traces_file = self.collector.open_traces(opts.save_traces) if opts.save_traces else None
             self._serve_dashboard()
             resume = self.checkpoints.resume_output() if self.checkpoints is not None else None
             sink = OutputJoiner(opts.output_path, resume)  # only now: it replaces, empties or cuts the file
@@ -114,6 +107,7 @@ class Coordinator:
             self.executor.start(self._context(source, sink))
             plan = source.tasks(opts.task_bytes, self.store)
             self._loop(Scheduler(plan, BACKLOG_PER_WORKER * self.executor.capacity), output)
+            self.stalls.check()  # a stall that ended with the last task is said to be over
             if source.damage is not None:  # everything before the damage is in the output and counted
                 raise _Stop("failed", EXIT_USAGE, source.damage)
             stopped = self.signals.stop_following
@@ -131,6 +125,21 @@ class Coordinator:
             outcome = self._wind_down(outcome, sink, traces_file)
             self.signals.restore()
         return self._outcome(*outcome)
+
+    def _check(self, source: InputSet) -> None:
+        """Before any output is touched: the outputs, the checkpoint and the executor can work."""
+        opts = self.opts
+        try:
+            check_outputs(source, opts)
+            if opts.checkpoint is not None:
+                from mpobs.checkpoint import Checkpointer  # its hashing and JSON: only for runs that ask
+
+                self.checkpoints = Checkpointer(opts.checkpoint, opts.checkpoint_every, self.meta.processors,
+                                                self._layout(source).columns(), source, opts.output_path)  # fmt: skip
+            self.executor.prepare(self.pipeline, self._files(source))
+        except BaseException:
+            source.close()
+            raise
 
     def _make_segment(self, source: InputSet) -> StatsSegment:
         opts = self.opts
@@ -152,13 +161,6 @@ class Coordinator:
     def _layout(self, source: InputSet) -> Layout:
         return Layout(tuple(self.pipeline.ids), tuple(self.pipeline.tags), self.executor.capacity, len(source.sources),
                       tuple(self.pipeline.timed))
-
-    def _open_traces(self) -> IO[str] | None:
-        if not self.opts.save_traces:
-            return None
-        traces_file = open(self.opts.save_traces, "w", encoding="utf-8")  # noqa: SIM115 - closed by _wind_down
-        self.collector.traces_file = traces_file
-        return traces_file
 
     def _serve_dashboard(self) -> None:
         dash = self.dash_proc
@@ -184,7 +186,8 @@ class Coordinator:
         )  # fmt: skip
         assert self.seg is not None
         return RunContext(self.pipeline, settings, self.seg, self.collector, wait_traces=bool(opts.save_traces),
-                          out_fd=sink.fd if sink.direct else None, store=self.store)  # fmt: skip
+                          out_fd=sink.fd if sink.direct else None, store=self.store,
+                          call_timeout=opts.call_timeout)  # fmt: skip
 
     @staticmethod
     def _files(source: InputSet) -> list[str]:
@@ -221,9 +224,11 @@ class Coordinator:
             self._check_stop()
             self._poll_dashboard()
             now = time.monotonic()
-            if self.opts.on_tick is not None and now - last_tick >= 0.2:
+            if now - last_tick >= 0.2:
                 last_tick = now
-                self.opts.on_tick(self)
+                self.stalls.check()  # a call running longer than --stall-after: said on stderr
+                if self.opts.on_tick is not None:
+                    self.opts.on_tick(self)
 
     def _handle(self, event: Event, sched: Scheduler, output: OrderedOutput) -> None:
         assert self.seg is not None
@@ -283,10 +288,7 @@ class Coordinator:
             self.counters[pid].update(counts)
         self.error_types.update(result.error_types)
         if self.dashboard is not None and result.key_counts:
-            now = time.monotonic()
-            if now - self._counters_sent_at >= 1.0:  # sorting many keys is not free: once a second
-                self._counters_sent_at = now
-                self.dashboard.publish_counters(self._counters())
+            self.dashboard.publish_counters(self._counters)
 
     # -- the end -------------------------------------------------------------
     def _wind_down(self, outcome: tuple[str, int, str | None], sink: OutputJoiner | None,
@@ -378,13 +380,7 @@ class Coordinator:
 
     def _poll_dashboard(self) -> None:
         if self.dashboard is not None:
-            self.dashboard.poll()  # warns once if it died; the run goes on
-            now = time.monotonic()
-            if now - self._executor_sent_at >= 1.0:  # a cluster's view is a round trip to its scheduler
-                self._executor_sent_at = now
-                view = self.executor.view()
-                if view is not None:
-                    self.dashboard.publish_executor(view)
+            self.dashboard.poll(self.executor.view)  # warns once if it died; the run goes on
             if self.collector.forward_dropped:
                 self._set_system(dashboard_dropped=self.collector.forward_dropped)
 

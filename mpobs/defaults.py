@@ -38,6 +38,8 @@ EVENT_CHUNK = 2000
 WORKER_QUEUE_MESSAGES = 16
 #: Messages the coordinator may have waiting for the dashboard (each one a batch of records).
 DASHBOARD_QUEUE_MESSAGES = 512
+#: Seconds a processor's call may run before it is reported as stalled (--stall-after).
+STALL_AFTER = 30.0
 #: A task that kills its worker this many times fails the run.
 MAX_TASK_ATTEMPTS = 3
 #: Tasks started ahead of the output, per worker: when one task stalls, the others'

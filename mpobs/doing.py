@@ -6,7 +6,9 @@ stats document lists the calls running longer than ``--stall-after``.
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+import sys
+import time
+from typing import Any, Callable, Sequence
 
 
 def where(doing: dict[str, int], processors: Sequence[tuple[str, str | None]], inputs: Sequence[str]) -> dict[str, Any] | None:
@@ -29,3 +31,32 @@ def describe(w: dict[str, Any]) -> str:
     """``processor 'p' (function m:f) at line in.log:12``."""
     fn = f" (function {w['function']})" if w.get("function") else ""
     return f"processor {w['processor']!r}{fn} at line {w['line']}"
+
+
+class StallWatch:
+    """Says on stderr when a worker's call has run longer than ``stall_after`` seconds, once, and when it returns.
+
+    ``doing(slot)``: what the worker in ``slot`` does now (``StatsSegment.doing_now``).
+    """
+
+    def __init__(self, slots: int, doing: Callable[[int], dict[str, int]], stall_after: float,
+                 processors: Sequence[tuple[str, str | None]], inputs: Sequence[str],
+                 say: Callable[[str], Any] = sys.stderr.write) -> None:  # fmt: skip
+        self.slots, self.doing, self.after_ns = slots, doing, int(stall_after * 1e9)
+        self.processors, self.inputs, self.say = processors, inputs, say
+        self.reported: dict[int, tuple[int, str]] = {}  # slot -> (since_ns, what) of the stall it said
+
+    def check(self, now: int | None = None) -> None:
+        now = time.perf_counter_ns() if now is None else now
+        for slot in range(self.slots):
+            d = self.doing(slot)
+            w = where(d, self.processors, self.inputs) if d.get("alive") else None
+            old = self.reported.get(slot)
+            if old is not None and (w is None or w["since_ns"] != old[0]):
+                self.say(f"mpobs: worker {slot}: {old[1]} is over after {(now - old[0]) / 1e9:.1f} s\n")
+                del self.reported[slot]
+            if w is not None and slot not in self.reported and now - w["since_ns"] >= self.after_ns:
+                what = describe(w)
+                self.say(f"mpobs: warning: worker {slot} stalled: {what} has run for "
+                         f"{(now - w['since_ns']) / 1e9:.0f} s\n")  # fmt: skip
+                self.reported[slot] = (w["since_ns"], what)

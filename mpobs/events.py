@@ -65,6 +65,11 @@ class EventCollector:
         self._seen: set[tuple[int, int]] = set()
         self._lock = threading.Lock()
 
+    def open_traces(self, path: str) -> IO[str]:
+        """Every trace from now on goes to ``path`` too (--save-traces), as JSON Lines; the caller closes it."""
+        self.traces_file = open(path, "w", encoding="utf-8")  # noqa: SIM115 - closed by the run's end
+        return self.traces_file
+
     def add(self, task: int, chunk: int, traces: list[Any], errors: list[dict[str, Any]]) -> None:
         with self._lock:
             self.messages += 1

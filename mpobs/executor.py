@@ -85,6 +85,7 @@ class RunContext:
     wait_traces: bool = False  # every trace must be delivered (--save-traces): wait, never drop
     out_fd: int | None = None  # the output file, if the executor may write tasks' output into it itself
     store: BlockStore | None = None  # from its ``block_store``, when the input has blocks
+    call_timeout: float | None = None  # --call-timeout: a python processor's call running longer is stopped
 
 
 class Executor(ABC):

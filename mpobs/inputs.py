@@ -50,6 +50,10 @@ class Task:
     slot: int = -1
     data: bytes | None = None
     where: tuple[Any, ...] | None = None  # a followed file's generation at the task's end (mpobs.follow)
+    #: Calls that timed out in an earlier run of it (--call-timeout): (processor index, run-wide
+    #: first line, lines, seconds). A line's call is not made again but is an error of that
+    #: line; a batch call's lines are called one by one.
+    timed_out: tuple[tuple[int, int, int, float], ...] = ()
 
     @property
     def last_line(self) -> int:

@@ -7,9 +7,11 @@ import multiprocessing
 import os
 import re
 import shutil
+import signal
 import tempfile
 import time
 from collections import deque
+from dataclasses import replace
 from multiprocessing.connection import wait as mp_wait
 from multiprocessing.reduction import send_handle
 from typing import Any, Callable, Sequence
@@ -20,10 +22,12 @@ from mpobs.doing import describe, where
 from mpobs.events import QueueReader
 from mpobs.executor import Event, Executor, LimitReached, RunContext, TaskDone, TaskLost, TaskWritten, WorkerFailed
 from mpobs.inputs import Task
+from mpobs.segment import DOING_FIELDS
 from mpobs.worker import WorkerArgs, part_path, worker_main
 
 #: Part folders (stdout output) are named <prefix><coordinator pid>-<random> in the temp folder.
 PARTS_PREFIX = "mpobs-parts-"
+_NOT_DOING = memoryview(bytes(8 * len(DOING_FIELDS))).cast("q")
 
 
 class _Slot:
@@ -67,6 +71,7 @@ class LocalPool(Executor):
     def start(self, ctx: RunContext) -> None:
         self.ctx = ctx
         self._names = [(n.id, getattr(n.proc, "ref", None)) for n in ctx.pipeline.nodes]  # for mpobs.doing.where
+        self._timed_out: dict[int, tuple[tuple[int, int, int, float], dict[str, int]]] = {}  # slot -> what, doing
         self.seg = ctx.segment
         self.out_fd = ctx.out_fd
         self.stop_event = self.mp.Event()
@@ -157,7 +162,27 @@ class LocalPool(Executor):
             if s.proc.sentinel in ready:
                 events += self._died(i, s)
         self._start_readers()  # for workers started again after a crash
+        if self.ctx.call_timeout is not None:
+            self._stop_timed_out_calls(self.ctx.call_timeout)
         return events
+
+    def _stop_timed_out_calls(self, timeout: float) -> None:
+        """SIGKILL a worker whose python processor's call runs longer than ``timeout``; ``_died`` says what timed out."""
+        now = time.perf_counter_ns()
+        timed = self.seg.layout.timed
+        for i, s in enumerate(self.slots):
+            if not s.alive or not s.inflight or i in self._timed_out:
+                continue
+            d = self.seg.doing_now(i)
+            p = d["doing_proc"] - 1
+            if p in timed and now - d["doing_since_ns"] > timeout * 1e9:
+                task = s.inflight[0][0]
+                first = d["doing_line"] + task.first_line - task.file_line  # run-wide
+                self._timed_out[i] = ((p, first, d["doing_lines"], timeout), d)
+                try:
+                    os.kill(s.proc.pid, signal.SIGKILL)
+                except OSError:
+                    pass  # it ended by itself: its death is handled as it is
 
     def _read(self, i: int, s: _Slot) -> list[Event]:
         events: list[Event] = []
@@ -190,12 +215,19 @@ class LocalPool(Executor):
     def _died(self, i: int, s: _Slot) -> list[Event]:
         s.proc.join()
         s.alive = False
-        doing = where(self.seg.doing_now(i), self._names, [name for name, _ in self.ctx.settings.inputs])
+        stopped = self._timed_out.pop(i, None)
+        doing = where(stopped[1] if stopped else self.seg.doing_now(i), self._names,
+                      [name for name, _ in self.ctx.settings.inputs])  # fmt: skip
         named = describe(doing) if doing is not None and s.inflight else None
+        self.seg.doing(i)[:] = _NOT_DOING  # its successor starts with nothing in hand
         reason = f"worker {i} died (exit code {s.proc.exitcode})" + (f" in {named}" if named else "")
         # The first task is the one it was running; the rest only waited.
         events: list[Event] = [TaskLost(t, reason, fault=k == 0, where=named if k == 0 else None)
                                for k, (t, _) in enumerate(s.inflight)]  # fmt: skip
+        if stopped is not None and events:  # not a crash: its call timed out, and is an error of its line now
+            task = events[0].task  # type: ignore[union-attr]
+            events[0] = TaskLost(replace(task, timed_out=(*task.timed_out, stopped[0])),
+                                 f"{named}: timed out after {stopped[0][3]:g} s; its worker was replaced")
         events += [TaskLost(t, reason, finished=True) for t in sorted(s.held.values(), key=lambda t: t.index)]
         s.inflight.clear()
         s.held.clear()

@@ -6,7 +6,8 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
-from mpobs.defaults import BATCH_LINES, CHECKPOINT_EVERY, EVENT_CHUNK, TASK_BYTES, TRACE_SAMPLE, default_workers
+from mpobs.defaults import (BATCH_LINES, CHECKPOINT_EVERY, EVENT_CHUNK, STALL_AFTER, TASK_BYTES, TRACE_SAMPLE,
+                            default_workers)  # fmt: skip
 from mpobs.errors import InputError
 from mpobs.lifeline import pid_alive
 from mpobs.output import check_writable
@@ -31,6 +32,8 @@ class RunOptions:
     checkpoint: str | None = None  # commit points written here; a run finding one resumes from it
     checkpoint_every: float = CHECKPOINT_EVERY
     follow: bool = False  # the last input is followed (tail -F) until SIGINT or SIGTERM
+    stall_after: float = STALL_AFTER  # a call running longer is reported (stderr, /healthz, /metrics)
+    call_timeout: float | None = None  # a python processor's call running longer is stopped: an error of its line
     event_chunk: int = EVENT_CHUNK  # records per queue message
     dashboard: Any = None  # dashboard_app.process.DashboardOptions
     dashboard_process: Any = None  # dashboard_app.process.DashboardProcess, forked early (prestart)

@@ -326,8 +326,10 @@ class StatsSegment(HolderLock):
         return self._flat[at : at + len(DOING_FIELDS)]
 
     def doing_now(self, slot: int) -> dict[str, int]:
-        """What worker ``slot`` is doing now (no lock: one writer, whole int64 values)."""
-        return dict(zip(DOING_FIELDS, self.doing(slot).tolist()))
+        """What worker ``slot`` is doing now, and whether it is ``alive`` (no lock: one writer, whole int64 values)."""
+        got = dict(zip(DOING_FIELDS, self.doing(slot).tolist()))
+        got["alive"] = self._flat[self._worker_at(slot, "alive")]
+        return got
 
     def add_worker(self, slot: int, **deltas: int) -> None:
         """Add to a worker slot's values (tasks, lines, bytes, records sent and dropped)."""

@@ -14,6 +14,8 @@ from datetime import datetime, timezone
 from typing import Any
 
 from mpobs.dag import Pipeline
+from mpobs.defaults import STALL_AFTER
+from mpobs.doing import where
 from mpobs.histogram import summary as hist_summary
 from mpobs.segment import COMPRESSIONS, INPUT_STATES, Snapshot
 
@@ -32,6 +34,7 @@ class RunMeta:
     trace_sample: float = 0.0
     output: str | None = None
     executor: str = "local"
+    stall_after: float = STALL_AFTER  # a call running longer is listed in ``stalled_calls``
     #: Per input, in order: {"name" (as given), "kind", "compression"}; and the names records use.
     inputs: list[dict[str, Any]] = field(default_factory=list)
     input_names: list[str] = field(default_factory=list)
@@ -80,12 +83,15 @@ def build_stats(
     """
     procs = _processor_rows(snap, meta, live)
     system = _system(snap, meta, live, time.time() if now is None else now, procs)
+    workers = worker_rows(snap, usage, meta)
+    system["stalled_calls"] = [dict(w["doing"], worker=w["slot"]) for w in workers
+                               if w["doing"] is not None and w["doing"]["for_s"] >= meta.stall_after]  # fmt: skip
     doc = {
         "processors": procs,
         "tags": {t: snap.tag(t, live) for t in meta.tags},
         "counters": counters or {},
         "system": system,
-        "workers": worker_rows(snap, usage),
+        "workers": workers,
         "inputs": input_rows(snap, meta),
         "edges": meta.edges,  # so `mpobs dashboard --metrics` can draw the DAG
         "meta": {"processors": meta.processors, "input": meta.input_name, "executor": meta.executor},
@@ -190,17 +196,30 @@ def input_rows(snap: Snapshot, meta: RunMeta) -> list[dict[str, Any]]:
     return rows
 
 
-def worker_rows(snap: Snapshot, usage: dict[int, tuple[float | None, int | None]] | None = None) -> list[dict[str, Any]]:
-    """One row per worker slot; ``usage``: CPU % and RSS by pid, where the dashboard measured them."""
-    return [_worker_row(slot, snap.worker(slot), usage or {}) for slot in range(snap.layout.slots)]
+def worker_rows(snap: Snapshot, usage: dict[int, tuple[float | None, int | None]] | None = None,
+                meta: RunMeta | None = None) -> list[dict[str, Any]]:  # fmt: skip
+    """One row per worker slot; ``usage``: CPU % and RSS by pid, where the dashboard measured them.
+
+    With ``meta``, ``doing`` says what a live worker is running now: processor, function,
+    line (``mpobs.doing.where``) and for how long (``for_s``).
+    """
+    now = time.perf_counter_ns()
+    named = [(p["id"], p["settings"].get("function") if p["type"] == "python" else None)
+             for p in meta.processors] if meta is not None else []  # fmt: skip
+    names = meta.input_names if meta is not None else []
+    return [_worker_row(slot, snap.worker(slot), usage or {}, named, names, now) for slot in range(snap.layout.slots)]
 
 
-def _worker_row(slot: int, w: dict[str, int], usage: dict[int, tuple[float | None, int | None]]) -> dict[str, Any]:
+def _worker_row(slot: int, w: dict[str, int], usage: dict[int, tuple[float | None, int | None]],
+                named: list[tuple[str, str | None]], names: list[str], now: int) -> dict[str, Any]:  # fmt: skip
     cpu, rss = usage.get(w["pid"], (None, None))
+    doing = where(w, named, names) if w["alive"] else None
+    if doing is not None:
+        doing["for_s"] = round(max(0, now - doing.pop("since_ns")) / 1e9, 3)
     return {"slot": slot, "pid": w["pid"] or None, "alive": bool(w["alive"]), "lines": w["lines"], "tasks": w["tasks"],
             "bytes": w["bytes"], "cpu_percent": cpu, "rss_bytes": rss, "traces_sent": w["traces_sent"],
             "traces_dropped": w["traces_dropped"], "errors_sent": w["errors_sent"],
-            "errors_dropped": w["errors_dropped"]}  # fmt: skip
+            "errors_dropped": w["errors_dropped"], "doing": doing}  # fmt: skip
 
 
 def _iso(ts: float) -> str | None:

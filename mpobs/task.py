@@ -140,6 +140,11 @@ class _TaskRun:
         self.error_types: Counter[tuple[str, str]] = Counter()
         self.tag_procs = [n.proc for n in pipeline.nodes if n.proc.tags_added]
         self.timed_procs = [pipeline.nodes[p].proc for p in layout.timed]
+        for proc in self.timed_procs:
+            proc.timed_out_lines, proc.timed_out_batches = {}, {}
+        for p, line, n, seconds in task.timed_out:
+            proc = pipeline.nodes[p].proc
+            (proc.timed_out_lines if n <= 1 else proc.timed_out_batches)[line] = seconds
         self.out_lines = self.out_bytes = 0
         self.traces: list[Any] = []  # compact traces (mpobs.tracing.expand), not yet sent
         self.errors: list[dict[str, Any]] = []

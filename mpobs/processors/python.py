@@ -70,11 +70,20 @@ class PythonFunction(Processor):
         self.ref = spec.get("function", str)
         self.func = import_function(self.ref, spec)
         self.calls = [0] * (BUCKETS + 1)
+        #: Calls that timed out in an earlier run of the task (``Task.timed_out``, set per task):
+        #: run-wide line -> seconds for a line's call; a batch call's first line -> seconds.
+        self.timed_out_lines: dict[int, float] = {}
+        self.timed_out_batches: dict[int, float] = {}
 
     def process(self, batch: Batch, errors: ErrorList) -> Batch:
         func = self.func
         answers: list[Any]
-        if self.batch:
+        if not self.batch:
+            answers = self._per_line(func, batch, errors)
+        elif self.timed_out_batches and batch.nums[0] in self.timed_out_batches:  # it timed out: line by line now
+            self._timed(int(self.timed_out_batches[batch.nums[0]] * 1e9))  # the call that timed out, counted
+            answers = self._per_line(lambda t: func([t])[0], batch, errors)
+        else:
             t0 = time.perf_counter_ns()
             try:
                 try:
@@ -88,8 +97,6 @@ class PythonFunction(Processor):
                 answers = [_results(a) for a in answers]
             except LINE_ERRORS:
                 answers = self._per_line(lambda t: func([t])[0], batch, errors)
-        else:
-            answers = self._per_line(func, batch, errors)
         if all(type(a) is list and len(a) == 1 for a in answers):
             return Batch(batch.nums, [a[0] for a in answers], batch.tags)
         nums: list[int] = []
@@ -118,9 +125,16 @@ class PythonFunction(Processor):
         append = answers.append
         doing, offset = self.doing, self.position.offset  # the worker's row: which line it is on, since when
         doing[3] = 1
+        timed_out = self.timed_out_lines
         start = t0 = clock()
         for num, text in zip(batch.nums, batch.texts):
             doing[2], doing[4] = num - offset, t0
+            if timed_out and num in timed_out:  # it ran this long before its worker was replaced
+                errors.append((num, text, TimeoutError(f"timed out after {timed_out[num]:g} s")))
+                append(None)
+                self._timed(int(timed_out[num] * 1e9))
+                t0 = clock()
+                continue
             try:
                 got = func(text)
                 t1 = clock()
