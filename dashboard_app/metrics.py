@@ -8,7 +8,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.registry import Collector, CollectorRegistry
 
 from mpobs.histogram import LE_LABELS
-from mpobs.segment import STATES
+from mpobs.layout import STATES
 
 #: Keys per counter processor exposed as series (the most frequent); keeps cardinality bounded.
 MAX_KEYS = 100

@@ -30,7 +30,8 @@ from mpobs.runoptions import RunOptions, RunOutcome, check_outputs, remove_lefto
 from mpobs.runsignals import RunSignals
 from mpobs.scheduler import GiveUp, Scheduler
 from mpobs.seglock import Unsticker
-from mpobs.segment import UNKNOWN, Layout, StatsSegment
+from mpobs.layout import UNKNOWN, Layout
+from mpobs.segment import StatsSegment
 from mpobs.sources import InputSet, open_inputs
 from mpobs.stats import RunMeta, build_stats
 from mpobs.task import TaskResult, TaskSettings

@@ -11,7 +11,7 @@ from mpobs.errors import ConfigError
 from mpobs.processors import ErrorList, Processor
 from mpobs.processors.base import Position
 from mpobs.histogram import BUCKET_BY_BITS
-from mpobs.segment import DOING_FIELDS, NF, PROC_WIDTH
+from mpobs.layout import DOING_FIELDS, NF, PROC_WIDTH
 
 #: The name of the input file as an edge source ("inputs": ["input"]).
 INPUT = "input"

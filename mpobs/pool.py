@@ -22,7 +22,7 @@ from mpobs.doing import describe, where
 from mpobs.events import QueueReader
 from mpobs.executor import Event, Executor, LimitReached, RunContext, TaskDone, TaskLost, TaskWritten, WorkerFailed
 from mpobs.inputs import Task
-from mpobs.segment import DOING_FIELDS
+from mpobs.layout import DOING_FIELDS
 from mpobs.worker import WorkerArgs, part_path, worker_main
 
 #: Part folders (stdout output) are named <prefix><coordinator pid>-<random> in the temp folder.

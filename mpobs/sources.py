@@ -20,7 +20,7 @@ from mpobs.decoders import SNIFF_BYTES, sniff
 from mpobs.defaults import TASK_BYTES
 from mpobs.errors import InputError
 from mpobs.inputs import NOT_READY, FileSource, InputSource, Task
-from mpobs.segment import COMPRESSIONS, INPUT_STATES, UNKNOWN
+from mpobs.layout import COMPRESSIONS, INPUT_STATES, UNKNOWN
 from mpobs.streams import StreamSource
 
 if TYPE_CHECKING:

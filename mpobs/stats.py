@@ -17,7 +17,8 @@ from mpobs.dag import Pipeline
 from mpobs.defaults import STALL_AFTER
 from mpobs.doing import where
 from mpobs.histogram import summary as hist_summary
-from mpobs.segment import COMPRESSIONS, INPUT_STATES, Snapshot
+from mpobs.layout import COMPRESSIONS, INPUT_STATES
+from mpobs.segment import Snapshot
 
 
 @dataclass

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any, Callable, Protocol, Sequence
 from mpobs.batch import Batch
 from mpobs.dag import Pipeline
 from mpobs.defaults import BATCH_LINES, ERROR_LINE_CHARS, EVENT_CHUNK
-from mpobs.segment import CALL_WIDTH, PROC_WIDTH, Layout
+from mpobs.layout import CALL_WIDTH, PROC_WIDTH, Layout
 from mpobs.tracing import BatchTrace, sampled
 
 _ZEROS = (0,) * CALL_WIDTH

@@ -14,7 +14,8 @@ from typing import Any
 from mpobs.dag import Pipeline
 from mpobs.events import QueueEvents
 from mpobs.lifeline import die_with_parent
-from mpobs.segment import DOING_FIELDS, Layout, StatsSegment
+from mpobs.layout import DOING_FIELDS, Layout
+from mpobs.segment import StatsSegment
 from mpobs.task import TaskSettings, run_task
 
 

@@ -68,7 +68,8 @@ def small_run(folder: Path, lines: int = 3000, trace_rate: float = 1.0) -> Small
     from mpobs.config import compile_config
     from mpobs.sources import open_inputs
     from mpobs.loggen import generate_file
-    from mpobs.segment import Layout, StatsSegment
+    from mpobs.layout import Layout
+    from mpobs.segment import StatsSegment
     from mpobs.stats import RunMeta
     from mpobs.task import TaskSettings, run_task
     from mpobs.worker import RowSink

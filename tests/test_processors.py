@@ -10,7 +10,7 @@ import pytest
 from mpobs.batch import Batch
 from mpobs.config import compile_config
 from mpobs.errors import ConfigError
-from mpobs.segment import PROC_WIDTH
+from mpobs.layout import PROC_WIDTH
 
 
 def run(procs: list[dict[str, Any]], lines: list[str], first: int = 1) -> tuple[list[str], Any]:

@@ -11,7 +11,7 @@ import pytest
 
 from mpobs.config import compile_config
 from mpobs.coordinator import Coordinator, RunOptions
-from mpobs.segment import PROC_WIDTH
+from mpobs.layout import PROC_WIDTH
 from mpobs.events import EventCollector
 from mpobs.tracing import is_sampled
 from tests.reference import split_lines
