@@ -108,13 +108,15 @@ class DashboardHandle:
         self.dead = False
         self._counters_at = self._executor_at = 0.0
 
-    def publish_counters(self, counters: Callable[[], dict[str, dict[str, int]]]) -> None:
-        """Counter-processor keys live in the coordinator only: ``counters()`` sent at most once a second
-        (sorting many keys is not free); never blocks (the next commit sends them again)."""
+    def publish_counters(self, counters: Callable[[], dict[str, dict[str, int]]],
+                         slowest: Callable[[], list[dict[str, Any]]]) -> None:  # fmt: skip
+        """Counter-processor keys and the slowest tasks live in the coordinator only: sent at most once
+        a second (sorting many keys is not free); never blocks (the next commit sends them again)."""
         now = time.monotonic()
         if now - self._counters_at >= 1.0:
             self._counters_at = now
             self._publish(("counters", counters()))
+            self._publish(("slowest", slowest()))
 
     def publish_executor(self, view: dict[str, Any]) -> None:
         """Where tasks run, as the executor sees it (a Dask cluster's workers); never blocks."""

@@ -73,6 +73,7 @@ class LiveSource(Source):
         self._errors: deque[dict[str, Any]] = deque(maxlen=keep)
         self.received = {"traces": 0, "errors": 0}
         self.counters: dict[str, dict[str, int]] = {}
+        self.slowest: list[dict[str, Any]] = []  # the coordinator's SlowestTasks, once a second
         self.final: dict[str, Any] | None = None
         self.executor: dict[str, Any] | None = None  # a cluster's workers, from the coordinator
         self.hist = History([p["id"] for p in meta.processors])
@@ -98,6 +99,8 @@ class LiveSource(Source):
                 self.received["errors"] += len(errors)
             elif kind == "counters":
                 self.counters = msg[1]
+            elif kind == "slowest":
+                self.slowest = msg[1]
             elif kind == "executor":
                 self.executor = msg[1]
                 self._cache = None
@@ -180,14 +183,14 @@ class LiveSource(Source):
 
         snap = self.seg.snapshot()
         with self._lock:
-            final, counters, usage, executor = self.final, self.counters, self.usage, self.executor
+            final, counters, usage, executor, slowest = self.final, self.counters, self.usage, self.executor, self.slowest
             kept = {"traces_kept": len(self._traces), "errors_kept": len(self._errors),
                     "traces_received": self.received["traces"], "errors_received": self.received["errors"]}  # fmt: skip
         if final is not None:
             doc = copy.deepcopy(final)
             doc["workers"] = worker_rows(snap, usage)  # with CPU and memory now
         else:
-            doc = build_stats(snap, self.meta, counters, live=True, usage=usage)
+            doc = build_stats(snap, self.meta, counters, live=True, usage=usage, slowest=slowest)
         r10, r60 = self.hist.rates(10), self.hist.rates(60)
         for pid, row in doc["processors"].items():
             row["rate_10s"] = r10["processors"].get(pid, 0.0)

@@ -17,7 +17,7 @@ from typing import IO, TYPE_CHECKING, Any
 
 from mpobs.blocks import BlockStore
 from mpobs.dag import Pipeline
-from mpobs.doing import StallWatch
+from mpobs.doing import OutputWait, StallWatch
 from mpobs.defaults import BACKLOG_PER_WORKER, BLOCKS_PER_WORKER, SAVED_RECENT
 from mpobs.errors import EXIT_FAILED, EXIT_MAX_ERRORS, EXIT_OK, EXIT_SIGINT, EXIT_SIGTERM, EXIT_USAGE, MpobsError
 from mpobs.events import EventCollector
@@ -33,7 +33,7 @@ from mpobs.seglock import Unsticker
 from mpobs.layout import UNKNOWN, Layout
 from mpobs.segment import StatsSegment
 from mpobs.sources import InputSet, open_inputs
-from mpobs.stats import RunMeta, build_stats
+from mpobs.stats import RunMeta, SlowestTasks, build_stats
 from mpobs.task import TaskResult, TaskSettings
 from mpobs.tracing import expand as expand_trace
 
@@ -62,6 +62,7 @@ class Coordinator:
         self.collector = collector or EventCollector()
         self.counters: dict[str, Counter[str]] = {n.id: Counter() for n in pipeline.nodes if n.proc.counts_keys}
         self.error_types: Counter[tuple[str, str]] = Counter()
+        self.slowest = SlowestTasks()
         self.seg: StatsSegment | None = None
         self.meta: RunMeta | None = None
         self.dashboard: Any = None
@@ -89,6 +90,7 @@ class Coordinator:
         self.signals.install()
         try:
             self.seg = self._make_segment(source)
+            self.output_wait = OutputWait(self.seg)
             self.stalls = StallWatch(self.seg.layout.slots, self.seg.doing_now, opts.stall_after,
                                      [(n.id, getattr(n.proc, "ref", None)) for n in self.pipeline.nodes], meta.input_names)
             traces_file = self.collector.open_traces(opts.save_traces) if opts.save_traces else None
@@ -196,12 +198,15 @@ class Coordinator:
         return [s.path for s in source.sources if isinstance(s, FileSource)]
 
     def _loop(self, sched: Scheduler, output: OrderedOutput) -> None:
-        executor, source, last_tick, announced = self.executor, self.source, 0.0, False
+        executor, source, last_tick, announced, held = self.executor, self.source, 0.0, False, False
         assert source is not None
         wake = [source.waitable()]
         while True:
             while executor.room() > 0 and (task := sched.next(output.next)) is not None:
                 executor.submit(task)
+            if (executor.room() > 0 and sched.held_back(output.next)) != held:  # workers wait for the output now
+                held = not held
+                self.output_wait.hold() if held else self.output_wait.release()
             if sched.exhausted and not announced:  # the totals are known now
                 announced = True
                 self._set_system(tasks_total=source.tasks_planned, lines_total=source.lines_planned)
@@ -215,7 +220,9 @@ class Coordinator:
             source.drain()
             if self.signals.take_reopen():
                 output.reopen_asked = True
+            self.output_wait.hold()  # a slow output (a pipe's reader) stops the run here
             output.advance()
+            self.output_wait.release()
             if self.checkpoints is not None and self.checkpoints.due():
                 self._save_checkpoint(output.sink)
             if self.opts.follow:
@@ -288,8 +295,9 @@ class Coordinator:
         for pid, counts in result.key_counts.items():
             self.counters[pid].update(counts)
         self.error_types.update(result.error_types)
-        if self.dashboard is not None and result.key_counts:
-            self.dashboard.publish_counters(self._counters)
+        self.slowest.add(task, result.counts[self.seg.layout.run_col("task_ns")], result.worker)
+        if self.dashboard is not None:
+            self.dashboard.publish_counters(self._counters, lambda: self.slowest.rows(self.meta.input_names))
 
     # -- the end -------------------------------------------------------------
     def _wind_down(self, outcome: tuple[str, int, str | None], sink: OutputJoiner | None,
@@ -352,7 +360,7 @@ class Coordinator:
     def final_stats(self) -> dict[str, Any]:
         assert self.seg is not None and self.meta is not None
         return build_stats(self.seg.snapshot(), self.meta, self._counters(), live=False,
-                           error_types=dict(self.error_types))  # fmt: skip
+                           error_types=dict(self.error_types), slowest=self.slowest.rows(self.meta.input_names))
 
     # -- watching --------------------------------------------------------------
     def _check_stop(self) -> None:

@@ -60,3 +60,36 @@ class StallWatch:
                 self.say(f"mpobs: warning: worker {slot} stalled: {what} has run for "
                          f"{(now - w['since_ns']) / 1e9:.0f} s\n")  # fmt: skip
                 self.reported[slot] = (w["since_ns"], what)
+
+
+class OutputWait:
+    """When the run is held by its output, in the segment: ``output_held_ns`` (closed intervals) and
+    ``output_held_since_ns`` (the open one's start, 0 if none), on ``time.perf_counter_ns``.
+
+    The coordinator ``hold``s while its backlog of tasks ahead of the output is full, and
+    while it writes the output (a slow reader of a pipe stops it there); ``held_ns`` tells a
+    worker how much of the time it waited for a task overlapped (``held_ns(end) - held_ns(start)``).
+    One writer (the coordinator); readers need no lock: whole int64 values.
+    """
+
+    def __init__(self, seg: Any) -> None:
+        self.seg = seg
+        self.depth = 0
+
+    def hold(self) -> None:
+        self.depth += 1
+        if self.depth == 1:
+            self.seg.set_system(output_held_since_ns=time.perf_counter_ns())
+
+    def release(self) -> None:
+        self.depth -= 1
+        if self.depth == 0:
+            since = self.seg.system_value("output_held_since_ns")
+            total = self.seg.system_value("output_held_ns") + time.perf_counter_ns() - since
+            self.seg.set_system(output_held_ns=total, output_held_since_ns=0)
+
+    @staticmethod
+    def held_ns(seg: Any, now: int) -> int:
+        """The run's time held by its output until ``now``."""
+        since = seg.system_value("output_held_since_ns")
+        return seg.system_value("output_held_ns") + (now - since if since else 0)

@@ -24,7 +24,9 @@ One int64 block of ``Layout.size`` values, in this order:
             histogram of its batch calls' durations (``mpobs.histogram``); then, for
             each processor that times its calls (``Layout.timed``: ``python``),
             CALL_WIDTH values: the buckets of its function calls' durations and their
-            sum in ns; then one column per tag (``Layout.tags``); then RUN_FIELDS.
+            sum in ns; then one column per tag (``Layout.tags``); then RUN_FIELDS; then
+            the histogram of task durations (BUCKETS: the last batch of a task adds its
+            ``task_ns`` and a 1 in its bucket).
 ``workers`` shape (slots, len(WORKER_FIELDS)): per worker slot, never rolled back; its
             DOING_FIELDS say what the worker is doing now (its stalls and deaths are named
             by them).
@@ -43,7 +45,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Mapping, Sequence
 
-from mpobs.histogram import BUCKETS
+from mpobs.histogram import BUCKETS, bucket_of
 
 #: What the DAG counts per processor (``Pipeline.run_batch`` fills them in this order).
 PROC_FIELDS = ("lines_in", "lines_out", "errors", "time_ns", "batches")
@@ -52,21 +54,25 @@ NF = len(PROC_FIELDS)
 PROC_WIDTH = NF + BUCKETS
 #: Values per call-timing processor: its call histogram, then the calls' total ns.
 CALL_WIDTH = BUCKETS + 1
-RUN_FIELDS = ("lines_done", "bytes_done", "tasks_done")
+RUN_FIELDS = ("lines_done", "bytes_done", "tasks_done", "task_ns")
 #: What a worker is doing now, written by the worker alone, read without the lock (``doing``):
 #: the processor it runs (index + 1; 0: none), the input and first line (in that input) of the
 #: call, how many lines the call has, and when it began (``time.perf_counter_ns``: the
 #: system's monotonic clock, the same in every process).
 DOING_FIELDS = ("doing_proc", "doing_input", "doing_line", "doing_lines", "doing_since_ns")
+#: Where a local worker's time went: running tasks, waiting for a task, and the part of that
+#: wait while the run was held by its output (``mpobs.doing.OutputWait``: the backlog full, or
+#: the coordinator blocked writing the output).
+TIME_FIELDS = ("busy_ns", "waiting_ns", "output_wait_ns")
 WORKER_FIELDS = (
     "pid", "tasks", "lines", "bytes", "alive",
-    "traces_sent", "traces_dropped", "errors_sent", "errors_dropped", *DOING_FIELDS,
+    "traces_sent", "traces_dropped", "errors_sent", "errors_dropped", *DOING_FIELDS, *TIME_FIELDS,
 )  # fmt: skip
 SYSTEM_FIELDS = (
     "state", "started_at_ms", "ended_at_ms", "bytes_total", "workers", "workers_restarted",
     "tasks_total", "lines_total", "traces_delivered", "errors_delivered", "records_repeated",
     "dashboard_dropped", "checkpoint_at_ms", "checkpoint_lines", "checkpoint_output", "lock_holder",
-    "output_reopens",
+    "output_reopens", "output_held_ns", "output_held_since_ns",
 )  # fmt: skip
 INPUT_FIELDS = (
     "bytes_read", "bytes_total", "lines_read", "lines_done", "state", "compression",
@@ -92,7 +98,7 @@ class Layout:
 
     @property
     def ncols(self) -> int:
-        return self._tags_at + len(self.tags) + len(RUN_FIELDS)
+        return self.task_col() + BUCKETS
 
     @property
     def _calls_at(self) -> int:
@@ -142,6 +148,10 @@ class Layout:
     def run_col(self, fname: str) -> int:
         return self._tags_at + len(self.tags) + RUN_FIELDS.index(fname)
 
+    def task_col(self) -> int:
+        """Where the histogram of task durations (BUCKETS values) starts."""
+        return self._tags_at + len(self.tags) + len(RUN_FIELDS)
+
     def columns(self) -> list[str]:
         """A name per column of a count vector: ``<processor>.<field>``, its buckets, ``tag:<tag>``, then RUN_FIELDS."""
         cols = []
@@ -150,14 +160,14 @@ class Layout:
         for i in self.timed:
             p = self.processors[i]
             cols += [f"{p}.call_bucket:{k}" for k in range(BUCKETS)] + [f"{p}.call_ns"]
-        return cols + [f"tag:{t}" for t in self.tags] + list(RUN_FIELDS)
+        return cols + [f"tag:{t}" for t in self.tags] + list(RUN_FIELDS) + [f"task_bucket:{k}" for k in range(BUCKETS)]
 
     @staticmethod
     def inflight_row(slot: int, task_seq: int) -> int:
         return 2 + 2 * slot + (task_seq & 1)
 
     def vector(self, procs: Sequence[int], tags: Mapping[str, int], lines: int, nbytes: int, tasks: int,
-               calls: Sequence[int] = ()) -> list[int]:  # fmt: skip
+               calls: Sequence[int] = (), task_ns: int | None = None) -> list[int]:  # fmt: skip
         """A count vector (one row, plain ints): ``procs`` is PROC_WIDTH values per processor, in config
         order; ``calls`` CALL_WIDTH values per timed processor, in ``timed`` order."""
         vec = [0] * self.ncols
@@ -166,6 +176,9 @@ class Layout:
             vec[self._calls_at : self._tags_at] = calls
         for tag, k in tags.items():
             vec[self.tag_col(tag)] += k
+        if task_ns is not None:  # the task's last batch: how long the whole task took
+            vec[self.run_col("task_ns")] = task_ns
+            vec[self.task_col() + bucket_of(task_ns)] = 1
         for fname, value in zip(RUN_FIELDS, (lines, nbytes, tasks)):
             vec[self.run_col(fname)] = value
         return vec

@@ -63,6 +63,10 @@ class Scheduler:
         if self.giving_up is not None:
             self.retry = [t for t in self.retry if t.index < self.giving_up[0]]
 
+    def held_back(self, next_out: int) -> bool:
+        """Tasks are held back because the output is behind (``backlog`` planned and not in it yet)."""
+        return not self.exhausted and self.giving_up is None and self.planned - next_out >= self.backlog
+
     def done(self, next_out: int) -> bool:
         """Every task is planned and in the output. Raises GiveUp when the run must give up now."""
         if self.giving_up is not None and next_out >= self.giving_up[0]:

@@ -198,6 +198,10 @@ class StatsSegment(HolderLock):
             for name, v in deltas.items():
                 self._flat[at + INPUT_FIELDS.index(name)] += v
 
+    def system_value(self, name: str) -> int:
+        """One run-wide value, read without the lock (a whole int64)."""
+        return self._flat[self.layout.system_at + SYSTEM_FIELDS.index(name)]
+
     def set_state(self, state: str) -> None:
         self.set_system(state=STATES.index(state))
 
@@ -244,6 +248,11 @@ class Snapshot:
         """Processor ``p``'s batch histogram: BUCKETS counts (``mpobs.histogram``)."""
         at = self.layout.batch_col(p)
         return (self.live if live else self.committed)[at : at + BUCKETS]
+
+    def task_hist(self, live: bool = True) -> tuple[list[int], int]:
+        """The histogram of task durations, and their total ns."""
+        at, row = self.layout.task_col(), self.live if live else self.committed
+        return row[at : at + BUCKETS], self.run("task_ns", live)
 
     def call_hist(self, p: int, live: bool = True) -> tuple[list[int], int]:
         """Timed processor ``p``'s call histogram, and its calls' total ns."""

@@ -7,6 +7,7 @@ measures (worker CPU and memory, rates; added by ``dashboard_app.sources``).
 
 from __future__ import annotations
 
+import heapq
 import os
 import time
 from dataclasses import dataclass, field
@@ -17,7 +18,7 @@ from mpobs.dag import Pipeline
 from mpobs.defaults import STALL_AFTER
 from mpobs.doing import where
 from mpobs.histogram import summary as hist_summary
-from mpobs.layout import COMPRESSIONS, INPUT_STATES
+from mpobs.layout import COMPRESSIONS, INPUT_STATES, TIME_FIELDS
 from mpobs.segment import Snapshot
 
 
@@ -68,6 +69,30 @@ class RunMeta:
                    input_names=names)  # fmt: skip
 
 
+class SlowestTasks:
+    """The KEEP slowest tasks committed so far: input, line range, seconds and worker, to show skew."""
+
+    KEEP = 10
+
+    def __init__(self) -> None:
+        self._heap: list[tuple[int, int, tuple[int, int, int, str]]] = []
+
+    def add(self, task: Any, ns: int, worker: str) -> None:
+        item = (ns, task.index, (task.input, task.file_line, task.lines, worker))
+        if len(self._heap) < self.KEEP:
+            heapq.heappush(self._heap, item)
+        elif item > self._heap[0]:
+            heapq.heapreplace(self._heap, item)
+
+    def rows(self, names: list[str]) -> list[dict[str, Any]]:
+        out = []
+        for ns, index, (k, first, n, worker) in sorted(self._heap, reverse=True):
+            name = names[k] if k < len(names) else f"input {k}"
+            out.append({"task": index, "input": name, "lines": f"{first}-{first + n - 1}", "seconds": round(ns / 1e9, 6),
+                        "worker": worker})  # fmt: skip
+        return out
+
+
 def build_stats(
     snap: Snapshot,
     meta: RunMeta,
@@ -76,11 +101,13 @@ def build_stats(
     now: float | None = None,
     error_types: dict[tuple[str, str], int] | None = None,
     usage: dict[int, tuple[float | None, int | None]] | None = None,
+    slowest: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """The stats shape of the README. ``live``: committed + in flight; else committed only.
 
     ``error_types``: errors by (processor, type), known when the run is over (the
-    document then has ``errors_by_type``); ``usage``: CPU % and RSS by worker pid.
+    document then has ``errors_by_type``); ``usage``: CPU % and RSS by worker pid;
+    ``slowest``: the slowest tasks (``SlowestTasks.rows``), which only the coordinator knows.
     """
     procs = _processor_rows(snap, meta, live)
     system = _system(snap, meta, live, time.time() if now is None else now, procs)
@@ -93,6 +120,7 @@ def build_stats(
         "counters": counters or {},
         "system": system,
         "workers": workers,
+        "tasks": dict(hist_summary(*snap.task_hist(live)), slowest=slowest or []),
         "inputs": input_rows(snap, meta),
         "edges": meta.edges,  # so `mpobs dashboard --metrics` can draw the DAG
         "meta": {"processors": meta.processors, "input": meta.input_name, "executor": meta.executor},
@@ -217,10 +245,14 @@ def _worker_row(slot: int, w: dict[str, int], usage: dict[int, tuple[float | Non
     doing = where(w, named, names) if w["alive"] else None
     if doing is not None:
         doing["for_s"] = round(max(0, now - doing.pop("since_ns")) / 1e9, 3)
+    spent = {f: w[f] for f in TIME_FIELDS}
+    total = sum(spent.values())
+    time_s = {f[: -len("_ns")] + "_s": round(ns / 1e9, 3) for f, ns in spent.items()}
+    shares = {f[: -len("_ns")]: round(ns / total, 4) if total else 0.0 for f, ns in spent.items()}
     return {"slot": slot, "pid": w["pid"] or None, "alive": bool(w["alive"]), "lines": w["lines"], "tasks": w["tasks"],
             "bytes": w["bytes"], "cpu_percent": cpu, "rss_bytes": rss, "traces_sent": w["traces_sent"],
             "traces_dropped": w["traces_dropped"], "errors_sent": w["errors_sent"],
-            "errors_dropped": w["errors_dropped"], "doing": doing}  # fmt: skip
+            "errors_dropped": w["errors_dropped"], "doing": doing, **time_s, "time_shares": shares}  # fmt: skip
 
 
 def _iso(ts: float) -> str | None:

@@ -72,6 +72,7 @@ class TaskResult:
     output: bytes | str | None = None
     traces: list[Any] = field(default_factory=list)
     errors: list[dict[str, Any]] = field(default_factory=list)
+    worker: str = ""  # who ran it (TaskSettings.worker)
 
 
 class KeptRecords:
@@ -104,6 +105,7 @@ def run_task(
     None when ``should_stop`` said so between two batches (what was written is then
     incomplete and must not be used).
     """
+    started = settings.clock()
     data = task.read(store)
     lines = str(data, "utf-8", "surrogateescape").split("\n")
     if task.slot >= 0 and store is not None:
@@ -111,7 +113,7 @@ def run_task(
         store.forget(task.slot)  # this process's pages of the block: the coordinator keeps it
     if lines and lines[-1] == "":
         lines.pop()  # the task ended with "\n"; a last line without one stays a line
-    run = _TaskRun(task, pipeline, layout, settings, events, len(lines))
+    run = _TaskRun(task, pipeline, layout, settings, events, len(lines), started)
     step = settings.batch_lines
     for lo in range(0, len(lines), step):
         if should_stop():
@@ -131,9 +133,9 @@ class _TaskRun:
     """One task's state between its batches: totals, counter keys, records not yet sent."""
 
     def __init__(self, task: Task, pipeline: Pipeline, layout: Layout, settings: TaskSettings,
-                 events: EventSink | None, n_lines: int) -> None:  # fmt: skip
+                 events: EventSink | None, n_lines: int, started: int = 0) -> None:  # fmt: skip
         self.task, self.pipeline, self.layout, self.settings, self.events = task, pipeline, layout, settings, events
-        self.n_lines = n_lines
+        self.n_lines, self.started = n_lines, started
         pipeline.at(settings.inputs[task.input][1], task.first_line - task.file_line, task.input)
         self.total = [0] * layout.ncols
         self.key_counts: dict[str, Counter[str]] = {n.id: Counter() for n in pipeline.nodes if n.proc.counts_keys}
@@ -196,7 +198,9 @@ class _TaskRun:
         for proc in self.timed_procs:
             calls += proc.calls
             proc.calls[:] = _ZEROS
-        self.delta = self.layout.vector(acc, tag_counts, hi - lo, nb, 1 if hi >= n else 0, calls)
+        last = hi >= n
+        task_ns = self.settings.clock() - self.started if last else None  # read, decode and every batch
+        self.delta = self.layout.vector(acc, tag_counts, hi - lo, nb, 1 if last else 0, calls, task_ns)
         self.total = list(map(operator.add, self.total, self.delta))
 
     def send_records(self, final: bool) -> tuple[int, int, int, int] | None:
@@ -215,7 +219,7 @@ class _TaskRun:
     def result(self) -> TaskResult:
         keys = {k: dict(v) for k, v in self.key_counts.items()}
         return TaskResult(self.task.index, self.n_lines, self.out_lines, self.total, keys, dict(self.error_types),
-                          self.out_bytes)  # fmt: skip
+                          self.out_bytes, worker=self.settings.worker)  # fmt: skip
 
 
 def _encode(texts: list[str]) -> bytes:

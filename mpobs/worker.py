@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import os
 import signal
+import time
 import traceback
 from collections import deque
 from dataclasses import dataclass
@@ -12,6 +13,7 @@ from multiprocessing.reduction import recv_handle
 from typing import Any
 
 from mpobs.dag import Pipeline
+from mpobs.doing import OutputWait
 from mpobs.events import QueueEvents
 from mpobs.lifeline import die_with_parent
 from mpobs.layout import DOING_FIELDS, Layout
@@ -106,7 +108,7 @@ class _Worker:
     def serve(self) -> None:
         while True:
             try:
-                msg = self.early.popleft() if self.early else self.conn.recv()
+                msg = self.early.popleft() if self.early else self._wait()
             except (EOFError, OSError):
                 return
             if msg is None:
@@ -118,7 +120,25 @@ class _Worker:
             elif not self._run(*msg[1:]):
                 return  # stopped (--max-errors, or the parent died)
 
+    def _wait(self) -> Any:
+        """The next message; the time waited counts as waiting for work, but the part of it while the
+        run was held by its output (``OutputWait``) as waiting for the output."""
+        t0 = time.perf_counter_ns()
+        held0 = OutputWait.held_ns(self.seg, t0)
+        msg = self.conn.recv()
+        t1 = time.perf_counter_ns()
+        held = min(max(0, OutputWait.held_ns(self.seg, t1) - held0), t1 - t0)
+        self.seg.add_worker(self.args.slot, waiting_ns=t1 - t0 - held, output_wait_ns=held)
+        return msg
+
     def _run(self, task: Any, seq: int) -> bool:
+        t0 = time.perf_counter_ns()
+        try:
+            return self._run_task(task, seq)
+        finally:
+            self.seg.add_worker(self.args.slot, busy_ns=time.perf_counter_ns() - t0)
+
+    def _run_task(self, task: Any, seq: int) -> bool:
         a = self.args
         sink = RowSink(self.seg, a.layout.inflight_row(a.slot, seq), a.slot)
         run = functools.partial(run_task, task, a.pipeline, a.layout, a.settings, counts=sink, events=self.events,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import signal
 from pathlib import Path
@@ -119,6 +120,10 @@ def test_page_during_a_real_run_and_screenshot(tmp_path: Path, browser_page: tup
         assert inputs.locator("td[data-field='state']").text_content() == "done"
         assert page.locator("#dag g.node[data-id='input'] .node-in").text_content() == "read 4,000,000"
         assert page.locator("#traces li.trace").count() > 0
+        for w in stats["workers"]:  # each worker's time: busy / waiting for work / waiting for the output
+            shares = page.locator(f"#worker-table tr[data-slot='{w['slot']}'] td[data-field='time_shares']")
+            want = " / ".join(f"{math.floor(w['time_shares'][k] * 100 + 0.5)} %" for k in ("busy", "waiting", "output_wait"))  # JS Math.round
+            assert shares.text_content() == want
         assert problems == []
         # Into tmp_path only: a test never writes into the tree. The README's picture is
         # refreshed by hand with `MPOBS_SCREENSHOT=docs/dashboard.png pytest -k page_during_a_real_run`.

@@ -124,3 +124,66 @@ def test_metrics_expose_prometheus_histograms(tmp_path: Path, make_log: Any) -> 
             assert cumulative == sorted(cumulative)
         assert by_proc
     assert 'mpobs_function_call_seconds_count{function="dagfns:annotate",processor="annotate"}' in text
+
+
+SLOW_ROUTE_FNS = """
+import time
+def crawl(line):
+    time.sleep(0.0005)
+    return line
+"""
+
+
+def test_task_durations_show_the_task_with_the_slow_route(tmp_path: Path, cli: Any, workers: int, make_log: Any) -> None:
+    """Lines 3001-3400 take a slow route (0.5 ms each): the task holding them is the slowest, and the
+    task histogram counts every task once."""
+    from tests.test_reliability import fn_config
+
+    log = make_log(6000)
+    lines = log.read_bytes().split(b"\n")
+    for i in range(3000, 3400):
+        lines[i] = b"SLOWPATH " + lines[i]
+    log.write_bytes(b"\n".join(lines))
+    config = fn_config(tmp_path, "slowroute", SLOW_ROUTE_FNS, [
+        {"type": "router", "id": "route", "routes": {"slow": "^SLOWPATH"}, "default": "fast"},
+        {"type": "python", "id": "crawl", "function": "slowroute:crawl", "inputs": ["route.slow"]},
+        {"type": "uppercase", "id": "up", "inputs": ["route.fast"]},
+    ])  # fmt: skip
+    stats = _run(tmp_path, cli, log, config, workers)
+    tasks = stats["tasks"]
+    assert tasks["count"] == sum(tasks["buckets"].values()) == stats["system"]["tasks_done"] > 10
+    assert 0 < tasks["p50_s"] <= tasks["p90_s"] <= tasks["p99_s"]
+    slowest = tasks["slowest"]
+    assert len(slowest) == 10 and [s["seconds"] for s in slowest] == sorted((s["seconds"] for s in slowest), reverse=True)
+    for s in slowest:  # the ten slowest are tasks of the slow stretch (small tasks: about 14 lines each)
+        first, last = (int(x) for x in s["lines"].split("-"))
+        slow_lines = min(last, 3400) - max(first, 3001) + 1
+        assert slow_lines > 0 and s["input"] == "in.log", s
+        assert s["seconds"] >= 0.0005 * slow_lines > 0 and s["seconds"] > 3 * tasks["p50_s"], s
+
+
+def test_worker_time_shares_show_a_slow_output(tmp_path: Path, fault_workers: int, make_log: Any) -> None:
+    """Workers whose output goes to a pipe nobody reads for a while wait for the output, not for work."""
+    import subprocess
+    import sys
+    import time
+
+    log = make_log(100_000)
+    m = tmp_path / "m.json"
+    proc = subprocess.Popen([sys.executable, "-m", "mpobs", "process", str(log), "-w", str(fault_workers), "-q",
+                             "--save-metrics", str(m)], stdout=subprocess.PIPE)  # fmt: skip
+    with proc.stdout:  # type: ignore[union-attr]
+        time.sleep(1.5)  # the reader is slow to start: the pipe fills, then the backlog
+        proc.stdout.read()  # type: ignore[union-attr]
+    assert proc.wait(timeout=60) == 0
+    for w in json.loads(m.read_text())["workers"]:
+        shares = w["time_shares"]
+        assert sum(shares.values()) == pytest.approx(1.0, abs=1e-3)
+        assert shares["output_wait"] > 0.5 > shares["waiting"], w
+        assert w["busy_s"] > 0 and w["output_wait_s"] > 0.5
+    out = tmp_path / "out"
+    res = subprocess.run([sys.executable, "-m", "mpobs", "process", str(log), "-w", str(fault_workers), "-q", "-o",
+                          str(out), "--save-metrics", str(m)], capture_output=True)  # fmt: skip
+    assert res.returncode == 0
+    for w in json.loads(m.read_text())["workers"]:
+        assert w["time_shares"]["output_wait"] < 0.1, w  # into a file: nothing holds the output

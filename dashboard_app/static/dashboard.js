@@ -34,6 +34,9 @@
     if (s < 1) return dec1.format(s * 1e3) + " ms";
     return dec1.format(s) + " s";
   }
+  function fmtShares(t) {  // a worker's time_shares: "busy % / waiting % / output %"
+    return t ? [t.busy, t.waiting, t.output_wait].map(function (x) { return Math.round((x || 0) * 100) + " %"; }).join(" / ") : "–";
+  }
   function fmtLatency(h) {  // a /stats histogram summary: "p50 / p90 / p99"
     return h && h.count ? [h.p50_s, h.p90_s, h.p99_s].map(fmtSec).join(" / ") : "–";
   }
@@ -121,7 +124,7 @@
         { v: w.gone ? "gone" : "alive", cls: w.gone ? "muted" : "ok" },
         { v: fmtN(w.tasks), cls: "num" }, { v: fmtN(w.lines), cls: "num" },
         { v: w.cpu_percent === null || w.cpu_percent === undefined ? "–" : dec1.format(w.cpu_percent), cls: "num" },
-        { v: fmtBytes(w.rss_bytes), cls: "num" }, { v: "–", cls: "num muted" },
+        { v: fmtBytes(w.rss_bytes), cls: "num" }, { v: "–", cls: "num muted" }, { v: "–", cls: "num muted" },
       ], { "data-worker": w.address });
     }) : (st.workers || []).map(function (w) {
       return row([
@@ -131,7 +134,8 @@
         { v: w.cpu_percent === null || w.cpu_percent === undefined ? "–" : dec1.format(w.cpu_percent), cls: "num" },
         { v: fmtBytes(w.rss_bytes), cls: "num" },
         { v: fmtN(w.traces_sent) + " / " + fmtN(w.traces_dropped), cls: "num muted" },
-      ]);
+        { v: fmtShares(w.time_shares), cls: "num", field: "time_shares" },
+      ], { "data-slot": String(w.slot) });
     });
     if (!wrows.length) wrows.push(row([{ v: "no live workers (saved run)", cls: "muted" }]));
     wbody.replaceChildren.apply(wbody, wrows);
