@@ -30,6 +30,7 @@ class Row:
     # 5-10 % slower (measured after a 20 s burn), and that next run was always the same row.
     apart: bool = False
     checkpoint: bool = False  # with --checkpoint (removed before each run, so that it never resumes)
+    save_traces: bool = False  # with --save-traces into a file beside the output
 
 
 @dataclass
@@ -65,6 +66,8 @@ def build_rows(cpus: int) -> list[Row]:
         Row("trace", "mpobs w2 --trace (sample 0.01)", "mpobs", ("--workers", "2", "--trace")),
         Row("trace1", "mpobs w2 --trace --trace-sample 1", "mpobs",
             ("--workers", "2", "--trace", "--trace-sample", "1"), apart=True),
+        Row("trace1save", "mpobs w2 --trace-sample 1 --save-traces (every trace saved)", "mpobs",
+            ("--workers", "2", "--trace-sample", "1"), apart=True, save_traces=True),
         Row("dashboard", "mpobs w2 --dashboard, /stats at 10 Hz", "mpobs", ("--workers", "2"), dashboard=True),
         Row("checkpoint", "mpobs w2 --checkpoint (every 1 s)", "mpobs", ("--workers", "2"), checkpoint=True),
     ]
@@ -85,6 +88,8 @@ def command(row: Row, src: Path, out: Path, port: int | None = None) -> list[str
         argv += ["--dashboard", "--dashboard-port", str(port), "--linger", "0"]
     if row.checkpoint:
         argv += ["--checkpoint", str(out.with_suffix(".ckpt"))]
+    if row.save_traces:
+        argv += ["--save-traces", str(out.with_suffix(".traces.jsonl"))]
     return argv
 
 
@@ -172,6 +177,7 @@ def run_row(row: Row, src: Path, out: Path, timeout: float) -> RunResult:
     # outputs, about 450 MB, and read 3-4 % slower in full runs than in A/B runs.
     if row.checkpoint:
         out.with_suffix(".ckpt").unlink(missing_ok=True)  # a fresh run each time, never a resumed one
+    out.with_suffix(".traces.jsonl").unlink(missing_ok=True)  # the last row's traces: 500 MB at 2M lines
     os.sync()
     with open(out.with_suffix(".stderr"), "w+b") as err:
         t0 = time.perf_counter()

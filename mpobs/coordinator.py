@@ -18,7 +18,7 @@ from typing import IO, TYPE_CHECKING, Any
 from mpobs.blocks import BlockStore
 from mpobs.dag import Pipeline
 from mpobs.doing import OutputWait, StallWatch
-from mpobs.defaults import BACKLOG_PER_WORKER, BLOCKS_PER_WORKER, SAVED_RECENT
+from mpobs.defaults import BACKLOG_PER_WORKER, BLOCKS_PER_WORKER, KEEP, SAVED_RECENT
 from mpobs.errors import EXIT_FAILED, EXIT_MAX_ERRORS, EXIT_OK, EXIT_SIGINT, EXIT_SIGTERM, EXIT_USAGE, MpobsError
 from mpobs.events import EventCollector
 from mpobs.executor import Event, Executor, LimitReached, RunContext, TaskDone, TaskLost, TaskWritten, WorkerFailed
@@ -186,6 +186,7 @@ class Coordinator:
         settings = TaskSettings(
             self.meta.record_names(), batch_lines=opts.batch_lines, trace_rate=opts.trace_sample if opts.trace else 0.0,
             event_chunk=opts.event_chunk, max_errors=opts.max_errors,
+            traces_per_task=None if opts.save_traces else KEEP,
         )  # fmt: skip
         assert self.seg is not None
         return RunContext(self.pipeline, settings, self.seg, self.collector, wait_traces=bool(opts.save_traces),

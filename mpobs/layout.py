@@ -54,7 +54,7 @@ NF = len(PROC_FIELDS)
 PROC_WIDTH = NF + BUCKETS
 #: Values per call-timing processor: its call histogram, then the calls' total ns.
 CALL_WIDTH = BUCKETS + 1
-RUN_FIELDS = ("lines_done", "bytes_done", "tasks_done", "task_ns")
+RUN_FIELDS = ("lines_done", "bytes_done", "tasks_done", "task_ns", "traces_skipped")
 #: What a worker is doing now, written by the worker alone, read without the lock (``doing``):
 #: the processor it runs (index + 1; 0: none), the input and first line (in that input) of the
 #: call, how many lines the call has, and when it began (``time.perf_counter_ns``: the

@@ -183,6 +183,8 @@ def _system(snap: Snapshot, meta: RunMeta, live: bool, now: float, procs: dict[s
         "workers_alive": sum(w["alive"] for w in workers),
         "traces_sent": sum(w["traces_sent"] for w in workers),
         "traces_dropped": sum(w["traces_dropped"] for w in workers),
+        # sampled lines whose trace no task built: without --save-traces only the most recent are kept
+        "traces_skipped": snap.run("traces_skipped", live),
         "errors_recorded": sum(w["errors_sent"] for w in workers),
         "errors_dropped": sum(w["errors_dropped"] for w in workers),
         # records a worker sent again after a crash (dropped as repeats), and records the

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any, Callable, Protocol, Sequence
 
 from mpobs.batch import Batch
 from mpobs.dag import Pipeline
-from mpobs.defaults import BATCH_LINES, ERROR_LINE_CHARS, EVENT_CHUNK
+from mpobs.defaults import BATCH_LINES, ERROR_LINE_CHARS, EVENT_CHUNK, KEEP
 from mpobs.layout import CALL_WIDTH, PROC_WIDTH, Layout
 from mpobs.tracing import BatchTrace, sampled
 
@@ -47,6 +47,9 @@ class TaskSettings:
     event_chunk: int = EVENT_CHUNK  # records per queue message
     max_errors: int | None = None  # workers stop at the next batch once the run counts this many
     clock: Callable[[], int] = time.perf_counter_ns
+    #: How many traces of its sampled lines a task builds, its last ones (None: all, for --save-traces).
+    #: Only the most recent KEEP traces can be shown (/trace), so a task builds no more than that.
+    traces_per_task: int | None = KEEP
 
 
 @dataclass
@@ -156,6 +159,10 @@ class _TaskRun:
         # The task's sampled lines at once, not once per batch.
         rate = settings.trace_rate
         self.traced = sampled(task.first_line, n_lines, rate) if rate > 0 else []
+        keep = settings.traces_per_task
+        self.skipped = max(0, len(self.traced) - keep) if keep is not None else 0
+        if self.skipped:  # sampled, but no trace built: only the most recent can be shown
+            self.traced = self.traced[self.skipped :]
 
     def batch(self, chunk: list[str], lo: int) -> bytes:
         """Run lines ``lo ..`` of the task; returns their output, sets ``delta`` and ``sent``."""
@@ -201,6 +208,8 @@ class _TaskRun:
         last = hi >= n
         task_ns = self.settings.clock() - self.started if last else None  # read, decode and every batch
         self.delta = self.layout.vector(acc, tag_counts, hi - lo, nb, 1 if last else 0, calls, task_ns)
+        if last and self.skipped:
+            self.delta[self.layout.run_col("traces_skipped")] = self.skipped
         self.total = list(map(operator.add, self.total, self.delta))
 
     def send_records(self, final: bool) -> tuple[int, int, int, int] | None:

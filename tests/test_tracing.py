@@ -173,7 +173,9 @@ def test_flood_of_traces_drops_and_counts_but_never_blocks_workers(tmp_path: Pat
     s = outcome.stats["system"]
     assert s["state"] == "done"
     assert s["traces_dropped"] > 0  # the workers went on instead of waiting
-    assert s["traces_sent"] + s["traces_dropped"] == 120_000  # every line was traced once
+    # every line was sampled once; without --save-traces each task builds the traces of its last 1,000 only
+    assert s["traces_sent"] + s["traces_dropped"] + s["traces_skipped"] == 120_000
+    assert s["traces_skipped"] > 0
     assert s["traces_delivered"] == s["traces_sent"]  # what was sent arrived, to the record
     assert (tmp_path / "out").read_bytes().count(b"\n") == 120_000
 
@@ -300,3 +302,20 @@ def test_batch_trace_matches_a_slow_scan_through_router_fan_in_copies_and_errors
     statuses = {s for _, _, path, _ in got for _, s, _ in path}
     assert {"emit", "drop", "error", "route:err", "route:warn", "route:rest"} <= statuses
     assert any(x and "copies" in x for _, _, path, _ in got for _, _, x in path)
+
+
+def test_every_line_sampled_builds_only_the_traces_that_can_be_shown(tmp_path: Path, cli: Any, make_log: Any,
+                                                                     workers: int) -> None:  # fmt: skip
+    """--trace-sample 1 without --save-traces: each task builds the traces of its last 1,000 lines (only the
+    most recent 1,000 can be shown); the others are counted as skipped, and the newest line is traced."""
+    log = make_log(20_000)
+    m = tmp_path / "m.json"
+    res = cli("process", str(log), "-w", str(workers), "-o", str(tmp_path / "out"), "--trace-sample", "1",
+              "--task-size", "262144", "--save-metrics", str(m))  # fmt: skip
+    assert res.returncode == 0, res.stderr.decode()
+    stats = json.loads(m.read_text())
+    s = stats["system"]
+    tasks = s["tasks_done"]
+    assert tasks > 1 and s["traces_sent"] == s["traces_delivered"] == 1000 * tasks
+    assert s["traces_sent"] + s["traces_dropped"] + s["traces_skipped"] == 20_000
+    assert 20_000 in {t["line_number"] for t in stats["recent_traces"]} or workers > 1
