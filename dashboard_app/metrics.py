@@ -119,6 +119,35 @@ def _cumulative(hist: dict[str, Any]) -> list[tuple[str, float]]:
     return out
 
 
+#: Series that exist only while something happens (a stalled call); an alert rule may name them anyway.
+EVENT_SERIES = frozenset({"mpobs_stalled_call_seconds", "ALERTS"})
+
+
+def series_names(stats: dict[str, Any]) -> set[str]:
+    """The metric names /metrics has for a run with this stats document (histograms as _bucket/_count/_sum)."""
+
+    class One:
+        def stats(self) -> dict[str, Any]:
+            return stats
+
+    names = set(EVENT_SERIES)
+    for fam in StatsCollector(One()).collect():
+        names.update(s.name for s in fam.samples)
+    return names
+
+
+def pipeline_series_names(pipeline: Any) -> set[str]:
+    """The metric names /metrics has for a run of ``pipeline`` (``mpobs alerts check --config``)."""
+    from mpobs.layout import Layout
+    from mpobs.segment import Snapshot
+    from mpobs.stats import RunMeta, build_stats
+
+    layout = Layout(tuple(pipeline.ids), tuple(pipeline.tags), 1, 1, tuple(pipeline.timed))
+    counters = {n.id: {"key": 0} for n in pipeline.nodes if n.proc.counts_keys}  # a key: its series exist
+    doc = build_stats(Snapshot.of(layout, [0] * layout.size), RunMeta.of(pipeline, "input", 1), counters)
+    return series_names(doc)
+
+
 def make_registry(source: Any) -> CollectorRegistry:
     """A registry of its own per app (never the global one: no module state)."""
     registry = CollectorRegistry(auto_describe=False)

@@ -301,6 +301,47 @@ def generate(path: str, lines: int, seed: int, awkward: float, mix: str) -> None
     click.echo(f"{path}: {lines:,} lines, {n:,} bytes", err=True)
 
 
+@main.group()
+def alerts() -> None:
+    """Alerting rules in Prometheus's rule-file syntax: check them, or print the defaults."""
+
+
+@alerts.command("check")
+@click.argument("rule_files", nargs=-1, required=True, type=click.Path(path_type=str))
+@click.option("-c", "--config", "config_path", type=click.Path(path_type=str),
+              help="Also check that the rules' metrics exist for this pipeline.")
+def alerts_check(rule_files: tuple[str, ...], config_path: str | None) -> None:
+    """Check rule files as `promtool check rules` does, and that mpobs can evaluate them (exit 0, or 2)."""
+    from dashboard_app.metrics import pipeline_series_names
+    from mpobs.alertrules import RuleFileError, load_rules
+    from mpobs.config import load_config
+
+    try:
+        known = pipeline_series_names(load_config(config_path)) if config_path else None
+    except MpobsError as err:
+        _fail(err)
+        return
+    failed = False
+    for path in rule_files:
+        click.echo(f"Checking {path}")
+        try:
+            rules = load_rules(path, known)
+        except RuleFileError as err:
+            failed = True
+            click.echo(f"  FAILED:\n" + "".join(f"    {p}\n" for p in err.problems), nl=False)
+            continue
+        click.echo(f"  SUCCESS: {len(rules)} rules found")
+    sys.exit(EXIT_USAGE if failed else EXIT_OK)
+
+
+@alerts.command("defaults")
+def alerts_defaults() -> None:
+    """Print mpobs's default alerting rules (error ratio, throughput drop, stalled run, worker restart)."""
+    from mpobs.alertrules import defaults_text
+
+    click.echo(defaults_text(), nl=False)
+
+
 @main.command("dashboard")
 @click.option("--metrics", "metrics_path", type=click.Path(dir_okay=False, path_type=str),
               help="Serve a saved run (the JSON that --save-metrics writes). Default: run a demo.")
