@@ -130,6 +130,10 @@ class DashboardHandle:
         except (queue_mod.Full, ValueError, OSError):
             pass
 
+    def dead_pids(self) -> set[int]:
+        """Its process, if it has died (it may have held the stats lock)."""
+        return set() if self.proc.is_alive() else {self.proc.pid}
+
     def poll(self, executor_view: Callable[[], dict[str, Any] | None] = lambda: None) -> None:
         """Warn once if the dashboard process died (the run goes on without it); send ``executor_view()``
         once a second (a cluster's view of its workers)."""

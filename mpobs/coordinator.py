@@ -139,7 +139,8 @@ class Coordinator:
 
                 self.checkpoints = Checkpointer(opts.checkpoint, opts.checkpoint_every, self.meta.processors,
                                                 self._layout(source).columns(), source, opts.output_path)  # fmt: skip
-            self.executor.prepare(self.pipeline, self._files(source))
+            # The input files tasks read by path (not blocks): an executor elsewhere must see them.
+            self.executor.prepare(self.pipeline, [s.path for s in source.sources if isinstance(s, FileSource)])
         except BaseException:
             source.close()
             raise
@@ -192,11 +193,6 @@ class Coordinator:
         return RunContext(self.pipeline, settings, self.seg, self.collector, wait_traces=bool(opts.save_traces),
                           out_fd=sink.fd if sink.direct else None, store=self.store,
                           call_timeout=opts.call_timeout)  # fmt: skip
-
-    @staticmethod
-    def _files(source: InputSet) -> list[str]:
-        """The input files tasks read by path (not blocks): an executor elsewhere must see them."""
-        return [s.path for s in source.sources if isinstance(s, FileSource)]
 
     def _loop(self, sched: Scheduler, output: OrderedOutput) -> None:
         executor, source, last_tick, announced, held = self.executor, self.source, 0.0, False, False
@@ -396,10 +392,7 @@ class Coordinator:
 
     def _dead_pids(self) -> set[int]:
         """Processes of the run that may have died holding the stats lock: workers, the dashboard."""
-        dead = self.executor.dead_pids()
-        if self.dashboard is not None and not self.dashboard.proc.is_alive():
-            dead.add(self.dashboard.proc.pid)
-        return dead
+        return self.executor.dead_pids() | (self.dashboard.dead_pids() if self.dashboard is not None else set())
 
     def _set_system(self, **values: int) -> None:
         assert self.seg is not None
