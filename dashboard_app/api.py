@@ -127,6 +127,14 @@ def healthz() -> tuple[dict[str, Any], int]:
     return {"status": "ok", "reason": reason}, 200
 
 
+@_route("/alerts")
+@_route("/api/v1/alerts")
+def alerts() -> dict[str, Any]:
+    """The --alerts rules' pending and firing alerts, in the shape of Prometheus's /api/v1/alerts."""
+    doc = _source().stats().get("alerts") or {}
+    return {"status": "success", "data": {"alerts": doc.get("alerts", [])}}
+
+
 @_route("/metrics")
 def metrics() -> Response:
     from prometheus_client.exposition import choose_encoder

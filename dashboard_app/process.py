@@ -118,6 +118,10 @@ class DashboardHandle:
             self._publish(("counters", counters()))
             self._publish(("slowest", slowest()))
 
+    def publish_alerts(self, doc: dict[str, Any]) -> None:
+        """The --alerts rules' state after an evaluation; never blocks."""
+        self._publish(("alerts", doc))
+
     def publish_executor(self, view: dict[str, Any]) -> None:
         """Where tasks run, as the executor sees it (a Dask cluster's workers); never blocks."""
         self._publish(("executor", view))

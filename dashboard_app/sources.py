@@ -56,7 +56,8 @@ class LiveSource(Source):
 
     ``seg`` is an attached ``StatsSegment``; this source only ever closes it
     (``close``), the coordinator unlinks it. Queue messages:
-    ``("events", traces, errors)``, ``("counters", dict)``, ``("final", stats)``.
+    ``("events", traces, errors)``, ``("counters", dict)``, ``("slowest", rows)``, ``("executor", view)``,
+    ``("alerts", AlertWatch.doc())``, ``("final", stats)``.
     """
 
     kind = "live"
@@ -76,6 +77,7 @@ class LiveSource(Source):
         self.slowest: list[dict[str, Any]] = []  # the coordinator's SlowestTasks, once a second
         self.final: dict[str, Any] | None = None
         self.executor: dict[str, Any] | None = None  # a cluster's workers, from the coordinator
+        self.alerts: dict[str, Any] | None = None  # the --alerts rules' state, from the coordinator
         self.hist = History([p["id"] for p in meta.processors])
         self.usage: dict[int, tuple[float | None, int | None]] = {}  # pid -> (cpu %, rss bytes)
         self._ps: dict[int, Any] = {}
@@ -101,6 +103,8 @@ class LiveSource(Source):
                 self.counters = msg[1]
             elif kind == "slowest":
                 self.slowest = msg[1]
+            elif kind == "alerts":
+                self.alerts = msg[1]
             elif kind == "executor":
                 self.executor = msg[1]
                 self._cache = None
@@ -184,13 +188,14 @@ class LiveSource(Source):
         snap = self.seg.snapshot()
         with self._lock:
             final, counters, usage, executor, slowest = self.final, self.counters, self.usage, self.executor, self.slowest
+            alerts = self.alerts
             kept = {"traces_kept": len(self._traces), "errors_kept": len(self._errors),
                     "traces_received": self.received["traces"], "errors_received": self.received["errors"]}  # fmt: skip
         if final is not None:
             doc = copy.deepcopy(final)
             doc["workers"] = worker_rows(snap, usage)  # with CPU and memory now
         else:
-            doc = build_stats(snap, self.meta, counters, live=True, usage=usage, slowest=slowest)
+            doc = build_stats(snap, self.meta, counters, live=True, usage=usage, slowest=slowest, alerts=alerts)
         r10, r60 = self.hist.rates(10), self.hist.rates(60)
         for pid, row in doc["processors"].items():
             row["rate_10s"] = r10["processors"].get(pid, 0.0)

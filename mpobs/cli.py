@@ -12,7 +12,9 @@ from click.core import ParameterSource
 
 from mpobs.defaults import (BATCH_LINES, CHECKPOINT_EVERY, DASK_TASK_BYTES, STALL_AFTER, TASK_BYTES, TRACE_SAMPLE,
                             default_workers)  # fmt: skip
-from mpobs.errors import EXIT_FAILED, EXIT_MAX_ERRORS, EXIT_OK, EXIT_USAGE, DashboardError, InputError, MpobsError
+from mpobs.alerts_cli import alert_options, alerts, with_alert_options
+from mpobs.errors import (EXIT_ALERT, EXIT_FAILED, EXIT_MAX_ERRORS, EXIT_OK, EXIT_USAGE, DashboardError, InputError,
+                          MpobsError)  # fmt: skip
 
 SAMPLE_LINES = 200_000
 
@@ -46,7 +48,7 @@ def _one_blas_thread() -> None:
 
 
 @main.command(epilog="Exit codes: 0 done, 1 run failed, 2 bad config/input/option, 3 --max-errors reached, "
-                     "130/143 interrupted by SIGINT/SIGTERM.")
+                     "4 an alert named by --fail-on-alert fired, 130/143 interrupted by SIGINT/SIGTERM.")
 @click.argument("inputs", nargs=-1, type=click.Path(readable=False, allow_dash=True, path_type=str))
 @click.option("-c", "--config", "config_path", type=click.Path(dir_okay=True, path_type=str),
               help="Pipeline config (JSON). Default: the log-level pipeline.")
@@ -87,12 +89,14 @@ def _one_blas_thread() -> None:
 @click.option("--dashboard-token", envvar="MPOBS_DASHBOARD_TOKEN", help="Bearer token the dashboard requires.")
 @click.option("--linger", type=click.FloatRange(0), default=None,
               help="Keep the dashboard up this many seconds after the run (default: until Ctrl-C; 0: exit).")
+@with_alert_options
 def process(inputs: tuple[str, ...], config_path: str | None, workers: int | None, output: str | None,
             save_metrics: str | None, trace: bool, trace_sample: float, save_traces: str | None,
             max_errors: int | None, follow: bool, checkpoint: str | None, checkpoint_every: float,
             stall_after: float, call_timeout: float | None, task_size: int, batch_lines: int, executor: str, scheduler: str | None, quiet: bool, dashboard: bool,
             dashboard_host: str, dashboard_port: int, dashboard_token: str | None,
-            linger: float | None) -> None:  # fmt: skip
+            linger: float | None, alert_files: tuple[str, ...], alerts_interval: float, alertmanager: str | None,
+            fail_on_alert: tuple[str, ...]) -> None:  # fmt: skip
     """Run the pipeline over INPUTS, one stream in the order given (default: a generated sample log).
 
     An input is a file (plain, or gzip, bzip2, xz or zstd compressed: told by its first
@@ -121,6 +125,8 @@ def process(inputs: tuple[str, ...], config_path: str | None, workers: int | Non
         from mpobs.coordinator import RunOptions
 
         pipeline = load_config(config_path)
+        alerting = alert_options(pipeline, alert_files, alerts_interval, alertmanager, fail_on_alert, given,
+                                 dash_proc.url if dash_proc is not None else "")  # fmt: skip
         if not inputs:
             import tempfile
 
@@ -140,7 +146,7 @@ def process(inputs: tuple[str, ...], config_path: str | None, workers: int | Non
             trace=trace or bool(save_traces), trace_sample=trace_sample, save_traces=save_traces, save_metrics=save_metrics,
             max_errors=max_errors, checkpoint=checkpoint, checkpoint_every=checkpoint_every, follow=follow,
             stall_after=stall_after, call_timeout=call_timeout,
-            dashboard=dash, dashboard_process=dash_proc,
+            dashboard=dash, dashboard_process=dash_proc, alerts=alerting,
         )  # fmt: skip
         _run(pipeline, opts, runner, quiet)
     except MpobsError as err:
@@ -220,7 +226,7 @@ def _report(outcome: Any, save_metrics: str | None, summary: Any) -> None:
     if summary is not None:
         click.echo(summary(outcome.stats), err=True)
     if outcome.message:
-        kind = "error: " if outcome.exit_code in (EXIT_FAILED, EXIT_MAX_ERRORS, EXIT_USAGE) else ""
+        kind = "error: " if outcome.exit_code in (EXIT_FAILED, EXIT_MAX_ERRORS, EXIT_USAGE, EXIT_ALERT) else ""
         click.echo(f"mpobs: {kind}{outcome.message}", err=True)
 
 
@@ -301,45 +307,7 @@ def generate(path: str, lines: int, seed: int, awkward: float, mix: str) -> None
     click.echo(f"{path}: {lines:,} lines, {n:,} bytes", err=True)
 
 
-@main.group()
-def alerts() -> None:
-    """Alerting rules in Prometheus's rule-file syntax: check them, or print the defaults."""
-
-
-@alerts.command("check")
-@click.argument("rule_files", nargs=-1, required=True, type=click.Path(path_type=str))
-@click.option("-c", "--config", "config_path", type=click.Path(path_type=str),
-              help="Also check that the rules' metrics exist for this pipeline.")
-def alerts_check(rule_files: tuple[str, ...], config_path: str | None) -> None:
-    """Check rule files as `promtool check rules` does, and that mpobs can evaluate them (exit 0, or 2)."""
-    from dashboard_app.metrics import pipeline_series_names
-    from mpobs.alertrules import RuleFileError, load_rules
-    from mpobs.config import load_config
-
-    try:
-        known = pipeline_series_names(load_config(config_path)) if config_path else None
-    except MpobsError as err:
-        _fail(err)
-        return
-    failed = False
-    for path in rule_files:
-        click.echo(f"Checking {path}")
-        try:
-            rules = load_rules(path, known)
-        except RuleFileError as err:
-            failed = True
-            click.echo(f"  FAILED:\n" + "".join(f"    {p}\n" for p in err.problems), nl=False)
-            continue
-        click.echo(f"  SUCCESS: {len(rules)} rules found")
-    sys.exit(EXIT_USAGE if failed else EXIT_OK)
-
-
-@alerts.command("defaults")
-def alerts_defaults() -> None:
-    """Print mpobs's default alerting rules (error ratio, throughput drop, stalled run, worker restart)."""
-    from mpobs.alertrules import defaults_text
-
-    click.echo(defaults_text(), nl=False)
+main.add_command(alerts)
 
 
 @main.command("dashboard")
@@ -369,6 +337,8 @@ def dashboard_command(metrics_path: str | None, host: str, port: int, token: str
 
 
 def _serve_saved(path: str, opts: Any) -> None:
+    import signal
+
     from dashboard_app.process import bind_socket, say, serve, url_of
     from dashboard_app.sources import SavedSource
 
@@ -377,13 +347,12 @@ def _serve_saved(path: str, opts: Any) -> None:
     except ValueError as err:
         raise DashboardError(str(err)) from err
     sock = bind_socket(opts.host, opts.port)
+    # Ctrl-C ends the process at once: a saved run has nothing to flush, and a KeyboardInterrupt
+    # that lands inside waitress (a request in flight, its thread pool) could leave it hanging.
+    signal.signal(signal.SIGINT, lambda *_: os._exit(0))
+    signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
     say(f"dashboard for {path} at {url_of(sock, opts.host)}; press Ctrl-C to stop")
-    try:
-        serve(source, sock, opts)
-    except KeyboardInterrupt:
-        pass
-    finally:
-        sock.close()
+    serve(source, sock, opts)
 
 
 def _demo(opts: Any, lines: int, workers: int) -> None:

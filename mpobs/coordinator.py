@@ -19,7 +19,8 @@ from mpobs.blocks import BlockStore
 from mpobs.dag import Pipeline
 from mpobs.doing import OutputWait, StallWatch
 from mpobs.defaults import BACKLOG_PER_WORKER, BLOCKS_PER_WORKER, KEEP, SAVED_RECENT
-from mpobs.errors import EXIT_FAILED, EXIT_MAX_ERRORS, EXIT_OK, EXIT_SIGINT, EXIT_SIGTERM, EXIT_USAGE, MpobsError
+from mpobs.errors import (EXIT_ALERT, EXIT_FAILED, EXIT_MAX_ERRORS, EXIT_OK, EXIT_SIGINT, EXIT_SIGTERM, EXIT_USAGE,
+                          MpobsError)  # fmt: skip
 from mpobs.events import EventCollector
 from mpobs.executor import Event, Executor, LimitReached, RunContext, TaskDone, TaskLost, TaskWritten, WorkerFailed
 from mpobs.inputs import FileSource, Task
@@ -38,6 +39,7 @@ from mpobs.task import TaskResult, TaskSettings
 from mpobs.tracing import expand as expand_trace
 
 if TYPE_CHECKING:
+    from mpobs.alerting import AlertWatch
     from mpobs.checkpoint import Checkpointer
 
 
@@ -66,6 +68,7 @@ class Coordinator:
         self.seg: StatsSegment | None = None
         self.meta: RunMeta | None = None
         self.dashboard: Any = None
+        self.alerts: AlertWatch | None = None
         self.signals = RunSignals(opts.follow, opts.output_path is not None, self.executor.stop_restarts)
         self._limit_reached = False
         self._final: tuple[dict[str, Any], dict[str, Any]] | None = None
@@ -95,6 +98,10 @@ class Coordinator:
                                      [(n.id, getattr(n.proc, "ref", None)) for n in self.pipeline.nodes], meta.input_names)
             traces_file = self.collector.open_traces(opts.save_traces) if opts.save_traces else None
             self._serve_dashboard()
+            if opts.alerts is not None:
+                from mpobs.alerting import AlertWatch
+
+                self.alerts = AlertWatch(opts.alerts, lambda line: sys.stderr.write(f"mpobs: {line}\n"))
             resume = self.checkpoints.resume_output() if self.checkpoints is not None else None
             sink = OutputJoiner(opts.output_path, resume)  # only now: it replaces, empties or cuts the file
             if self.checkpoints is not None:
@@ -232,6 +239,7 @@ class Coordinator:
             if now - last_tick >= 0.2:
                 last_tick = now
                 self.stalls.check()  # a call running longer than --stall-after: said on stderr
+                self._evaluate_alerts()
                 if self.opts.on_tick is not None:
                     self.opts.on_tick(self)
 
@@ -323,6 +331,10 @@ class Coordinator:
                 if clean:
                     state, code, message = "failed", EXIT_FAILED, f"I/O error writing --save-traces: {err}"
         if self.seg is not None:
+            if self.alerts is not None:  # a last evaluation; what still fires is resolved: the run is over
+                self.alerts.finish(self.live_stats)
+                if self.alerts.failed is not None and clean:
+                    state, code, message = "failed", EXIT_ALERT, self.alerts.failed
             c = self.collector
             self._set_system(
                 ended_at_ms=int(time.time() * 1000), workers_restarted=self.executor.restarted,
@@ -352,12 +364,14 @@ class Coordinator:
 
     def live_stats(self) -> dict[str, Any]:
         assert self.seg is not None and self.meta is not None
-        return build_stats(self.seg.snapshot(), self.meta, self._counters(), live=True)
+        return build_stats(self.seg.snapshot(), self.meta, self._counters(), live=True,
+                           alerts=self.alerts.doc() if self.alerts is not None else None)  # fmt: skip
 
     def final_stats(self) -> dict[str, Any]:
         assert self.seg is not None and self.meta is not None
         return build_stats(self.seg.snapshot(), self.meta, self._counters(), live=False,
-                           error_types=dict(self.error_types), slowest=self.slowest.rows(self.meta.input_names))
+                           error_types=dict(self.error_types), slowest=self.slowest.rows(self.meta.input_names),
+                           alerts=self.alerts.doc() if self.alerts is not None else None)  # fmt: skip
 
     # -- watching --------------------------------------------------------------
     def _check_stop(self) -> None:
@@ -383,6 +397,14 @@ class Coordinator:
             # are counted here but not in the saved metrics, which match the written output.
             counted = f" ({total} errors counted)" if total >= max_errors else ""
             raise _Stop("failed", EXIT_MAX_ERRORS, f"stopped: --max-errors {max_errors} reached{counted}{what}")
+
+    def _evaluate_alerts(self) -> None:
+        if self.alerts is None or not self.alerts.tick(self.live_stats):
+            return
+        if self.dashboard is not None:
+            self.dashboard.publish_alerts(self.alerts.doc())
+        if self.alerts.failed is not None:
+            raise _Stop("failed", EXIT_ALERT, self.alerts.failed)
 
     def _poll_dashboard(self) -> None:
         if self.dashboard is not None:

@@ -40,6 +40,8 @@ WORKER_QUEUE_MESSAGES = 16
 DASHBOARD_QUEUE_MESSAGES = 512
 #: Seconds a processor's call may run before it is reported as stalled (--stall-after).
 STALL_AFTER = 30.0
+#: Seconds between evaluations of the --alerts rules (Prometheus's usual scrape and rule interval).
+ALERTS_INTERVAL = 5.0
 #: A task that kills its worker this many times fails the run.
 MAX_TASK_ATTEMPTS = 3
 #: Tasks started ahead of the output, per worker: when one task stalls, the others'

@@ -7,6 +7,7 @@ EXIT_OK = 0
 EXIT_FAILED = 1  # the run failed (a task kept killing its worker, an internal error)
 EXIT_USAGE = 2  # bad config, bad input, bad option, dashboard cannot bind
 EXIT_MAX_ERRORS = 3  # --max-errors reached
+EXIT_ALERT = 4  # an alert named by --fail-on-alert fired
 EXIT_SIGINT = 130
 EXIT_SIGTERM = 143
 

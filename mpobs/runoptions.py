@@ -37,6 +37,7 @@ class RunOptions:
     event_chunk: int = EVENT_CHUNK  # records per queue message
     dashboard: Any = None  # dashboard_app.process.DashboardOptions
     dashboard_process: Any = None  # dashboard_app.process.DashboardProcess, forked early (prestart)
+    alerts: Any = None  # mpobs.alerting.AlertOptions: rules evaluated during the run (--alerts)
     on_tick: Callable[[Any], None] | None = None  # progress display, given the Coordinator
 
 

@@ -102,12 +102,14 @@ def build_stats(
     error_types: dict[tuple[str, str], int] | None = None,
     usage: dict[int, tuple[float | None, int | None]] | None = None,
     slowest: list[dict[str, Any]] | None = None,
+    alerts: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The stats shape of the README. ``live``: committed + in flight; else committed only.
 
     ``error_types``: errors by (processor, type), known when the run is over (the
     document then has ``errors_by_type``); ``usage``: CPU % and RSS by worker pid;
-    ``slowest``: the slowest tasks (``SlowestTasks.rows``), which only the coordinator knows.
+    ``slowest``: the slowest tasks (``SlowestTasks.rows``), which only the coordinator knows;
+    ``alerts``: the state of the --alerts rules (``AlertWatch.doc``), also the coordinator's.
     """
     procs = _processor_rows(snap, meta, live)
     system = _system(snap, meta, live, time.time() if now is None else now, procs)
@@ -125,6 +127,8 @@ def build_stats(
         "edges": meta.edges,  # so `mpobs dashboard --metrics` can draw the DAG
         "meta": {"processors": meta.processors, "input": meta.input_name, "executor": meta.executor},
     }
+    if alerts is not None:
+        doc["alerts"] = alerts
     if error_types is not None:
         doc["errors_by_type"] = [{"processor": p, "error_type": t, "count": n} for (p, t), n in sorted(error_types.items())]
     return doc

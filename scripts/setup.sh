@@ -2,7 +2,7 @@
 # Install mpobs (editable) into a virtual environment, .venv (never the system Python),
 # with what the tests need when given --test. Prints nothing on stdout.
 # Debian packages for the real-parts tests (chromium for the page, prometheus for /metrics,
-# gzip/bzip2/xz-utils/zstd for compressed inputs)
+# gzip/bzip2/xz-utils/zstd for compressed inputs, prometheus-alertmanager for alerts)
 # are installed with apt-get when missing and when we are root (CI, a fresh dev machine).
 # PYTHON picks the interpreter that makes the venv (default python3); MPOBS_VENV its folder.
 set -euo pipefail
@@ -23,6 +23,8 @@ if [ "${1:-}" = "--test" ]; then
   command -v zstd >/dev/null 2>&1 || need+=(zstd)
   # Follow-mode tests rotate their log with the real logrotate (its own config and state file).
   command -v logrotate >/dev/null 2>&1 || [ -x /usr/sbin/logrotate ] || need+=(logrotate)
+  # Alert tests post to a real Alertmanager (its own temp storage, on 127.0.0.1).
+  command -v prometheus-alertmanager >/dev/null 2>&1 || need+=(prometheus-alertmanager)
   if [ ${#need[@]} -gt 0 ]; then
     if [ "$(id -u)" = 0 ]; then
       echo "setup: apt-get install ${need[*]}" >&2
