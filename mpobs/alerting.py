@@ -23,7 +23,8 @@ from typing import Any, Callable
 
 from mpobs.alertrules import AlertRule
 from mpobs.defaults import ALERTS_INTERVAL
-from mpobs.promql import LOOKBACK_MS, EvalError, Evaluator, Labels, SeriesStore
+from mpobs.promql import LOOKBACK_MS, EvalError, Evaluator
+from mpobs.seriesstore import Labels, SeriesStore, drop_name
 from mpobs.series import samples
 
 #: Resolved alerts are kept (and sent to Alertmanager) this long, as Prometheus does.
@@ -94,7 +95,6 @@ class AlertWatch:
             from mpobs.alertmanager import Notifier
 
             self.notifier = Notifier(opts.alertmanager)
-        self._next_scrape = 0.0
 
     def due(self) -> bool:
         return self.clock() >= min((r.next_at for r in self.rules), default=math.inf)
@@ -127,7 +127,7 @@ class AlertWatch:
         vector = [] if isinstance(got, float) else got
         seen: dict[Labels, Alert] = {}
         for key, value in vector:
-            element = {k: v for k, v in key if k != "__name__"}
+            element = dict(drop_name(key))
             labels = {**element, **{k: expand(v, element, value) for k, v in r.rule.labels.items()},
                       "alertname": r.rule.name}  # fmt: skip
             annotations = {k: expand(v, element, value) for k, v in r.rule.annotations.items()}
@@ -175,14 +175,14 @@ class AlertWatch:
         if self.notifier is None:
             return
         batch = []
-        delta = max(RESEND_DELAY_S, self.opts.interval_s)
+        valid_for = 4 * max(RESEND_DELAY_S, self.opts.interval_s)  # as Prometheus's ValidUntil
         for r in self.rules:
             for alert in r.active.values():
                 if alert.state == "pending":
                     continue
                 if alert.resolved_at > alert.sent_at or alert.sent_at + RESEND_DELAY_S < now:
                     alert.sent_at = now
-                    ends = alert.resolved_at if alert.state == "inactive" else now + 4 * delta
+                    ends = alert.resolved_at if alert.state == "inactive" else now + valid_for
                     batch.append(self._posted(alert, ends))
         if batch:
             self.notifier.send(batch)
@@ -267,12 +267,9 @@ def expand(template: str, labels: dict[str, str], value: float) -> str:
 
 def go_v(value: float) -> str:
     """A float as Go's ``%v`` prints it: the shortest digits, an exponent below 1e-4 or from 1e6."""
-    if math.isnan(value):
-        return "NaN"
-    if math.isinf(value):
-        return "+Inf" if value > 0 else "-Inf"
-    if value == 0:
-        return "0"
+    special = _special(value, "0")
+    if special is not None:
+        return special
     digits, exp = _shortest(value)
     if exp < -4 or exp >= 6:
         return _e_form(value, digits, exp)
@@ -282,14 +279,20 @@ def go_v(value: float) -> str:
 
 def go_e(value: float) -> str:
     """A float as Go's ``strconv.FormatFloat(v, 'e', -1, 64)`` (the value field of /api/v1/alerts)."""
+    special = _special(value, "0e+00")
+    if special is not None:
+        return special
+    digits, exp = _shortest(value)
+    return _e_form(value, digits, exp)
+
+
+def _special(value: float, zero: str) -> str | None:
+    """NaN, infinities and zero as Go prints them; None for any other number."""
     if math.isnan(value):
         return "NaN"
     if math.isinf(value):
         return "+Inf" if value > 0 else "-Inf"
-    if value == 0:
-        return "0e+00"
-    digits, exp = _shortest(value)
-    return _e_form(value, digits, exp)
+    return zero if value == 0 else None
 
 
 def _shortest(value: float) -> tuple[str, int]:

@@ -388,11 +388,7 @@ class Coordinator:
         # Workers that saw the limit stop by themselves; the rows of one that has
         # exited are already dropped, so the live total may be lower by now.
         if total >= max_errors or self._limit_reached:
-            deadline = time.monotonic() + 1.0  # its record may still be on the way
-            while self.collector.last_error is None and time.monotonic() < deadline:
-                time.sleep(0.01)
-            last = self.collector.last_error
-            what = f"; last: {last['processor']} on {last['line_id']}: {last['error_type']}: {last['message']}" if last else ""
+            what = self.collector.last_error_text(wait_s=1.0)  # its record may still be on the way
             # Workers stop within a batch of the limit; errors of tasks that did not finish
             # are counted here but not in the saved metrics, which match the written output.
             counted = f" ({total} errors counted)" if total >= max_errors else ""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import queue as queue_mod
 import threading
+import time
 from collections import deque
 from typing import IO, Any, Callable
 
@@ -97,6 +98,15 @@ class EventCollector:
                     self.forward_dropped += len(traces) + len(errors)
                 except (ValueError, OSError):
                     self.forward = None  # the dashboard is gone; the run goes on
+
+    def last_error_text(self, wait_s: float) -> str:
+        """``; last: <processor> on <line>: <type>: <message>`` for the latest error record (waiting up to
+        ``wait_s`` for one), or ""."""
+        deadline = time.monotonic() + wait_s
+        while self.last_error is None and time.monotonic() < deadline:
+            time.sleep(0.01)
+        last = self.last_error
+        return f"; last: {last['processor']} on {last['line_id']}: {last['error_type']}: {last['message']}" if last else ""
 
     def recent_traces(self, n: int = 100) -> list[dict[str, Any]]:
         with self._lock:

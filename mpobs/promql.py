@@ -15,85 +15,25 @@ samples):
   and scalars; ``histogram_quantile`` as Prometheus's bucketQuantile; ``absent``.
 
 What is outside this set is refused when the rule file is read (``mpobs.alertrules``).
-Labels are tuples of sorted (name, value) pairs; ``__name__`` is the metric name.
+The samples are a ``mpobs.seriesstore.SeriesStore``.
 """
 
 from __future__ import annotations
 
 import bisect
 import math
-import re
-from collections import deque
-from typing import Any, Iterable, Union
+from typing import Any, Union
+
+from mpobs.seriesstore import NAME, Labels, SeriesStore, drop_name
 
 #: How far back an instant selector looks for a sample (Prometheus's --query.lookback-delta default).
 LOOKBACK_MS = 5 * 60 * 1000
-NAME = "__name__"
-
-Labels = tuple[tuple[str, str], ...]
 Vector = list[tuple[Labels, float]]
 Value = Union[float, Vector]  # a scalar or an instant vector
 
 
 class EvalError(Exception):
     """An expression that cannot be evaluated over these samples (many-to-many matching, say)."""
-
-
-def labels_of(name: str, labels: dict[str, str]) -> Labels:
-    return tuple(sorted({**labels, NAME: name}.items()))
-
-
-class SeriesStore:
-    """Samples per series, as a Prometheus TSDB holds them for the last ``retention_ms``.
-
-    ``scrape(t_ms, samples)`` adds one scrape; a series that was in the last scrape and is
-    not in this one gets a stale marker (None), as Prometheus's scrape loop writes one.
-    """
-
-    def __init__(self, retention_ms: int) -> None:
-        self.retention_ms = retention_ms
-        self.series: dict[Labels, deque[tuple[int, float | None]]] = {}
-        self._last: set[Labels] = set()
-
-    def scrape(self, t_ms: int, samples: Iterable[tuple[str, dict[str, str], float]]) -> None:
-        seen: set[Labels] = set()
-        for name, labels, value in samples:
-            key = labels_of(name, labels)
-            seen.add(key)
-            self.series.setdefault(key, deque()).append((t_ms, float(value)))
-        for key in self._last - seen:
-            self.series[key].append((t_ms, None))
-        self._last = seen
-        self.add_done(t_ms)
-
-    def add(self, key: Labels, t_ms: int, value: float | None) -> None:
-        """One raw sample (tests load a Prometheus server's samples this way); in time order per series."""
-        self.series.setdefault(key, deque()).append((t_ms, value))
-
-    def add_done(self, t_ms: int) -> None:
-        """Forget what no query can reach any more."""
-        oldest = t_ms - self.retention_ms
-        for key in list(self.series):
-            points = self.series[key]
-            while points and points[0][0] < oldest:
-                points.popleft()
-            if not points:
-                del self.series[key]
-
-    def select(self, matchers: list[tuple[str, str, str]]) -> Iterable[tuple[Labels, deque[tuple[int, float | None]]]]:
-        for key, points in self.series.items():
-            got = dict(key)
-            if all(_matches(op, got.get(name, ""), value) for name, op, value in matchers):
-                yield key, points
-
-
-def _matches(op: str, have: str, want: str) -> bool:
-    if op == "=":
-        return have == want
-    if op == "!=":
-        return have != want
-    full = re.fullmatch(want, have) is not None
-    return full if op == "=~" else not full
 
 
 class Evaluator:
@@ -116,7 +56,7 @@ class Evaluator:
             return self.eval(node.expr, t)
         if isinstance(node, p.UnaryExpr):
             got = self.eval(node.expr, t)
-            return -got if isinstance(got, float) else [(_drop_name(k), -v) for k, v in got]
+            return -got if isinstance(got, float) else [(drop_name(k), -v) for k, v in got]
         if isinstance(node, p.VectorSelector):
             return self._instant(node, t)
         if isinstance(node, p.Call):
@@ -158,7 +98,7 @@ class Evaluator:
             for key, points in matrix:
                 value = _irate(points) if fn == "irate" else _extrapolated(points, t, range_ms, fn)
                 if value is not None:
-                    out.append((_drop_name(key), value))
+                    out.append((drop_name(key), value))
             return out
         if fn == "histogram_quantile":
             q = self.eval(call.args[0], t)
@@ -199,10 +139,6 @@ def _matchers(vs: Any) -> list[tuple[str, str, str]]:
     if vs.name is not None:
         out.append((NAME, "=", vs.name))
     return out
-
-
-def _drop_name(key: Labels) -> Labels:
-    return tuple(kv for kv in key if kv[0] != NAME)
 
 
 def _extrapolated(points: list[tuple[int, float]], t: int, range_ms: int, fn: str) -> float | None:
@@ -313,7 +249,7 @@ def _vector_scalar(op: str, lhs: Value, rhs: Value, want_bool: bool) -> Vector:
             elif swap:
                 value = v  # the vector's value, even on the right
         if keep:
-            out.append((_drop_name(key) if op not in _COMPARE or want_bool else key, value))
+            out.append((drop_name(key) if op not in _COMPARE or want_bool else key, value))
     return out
 
 
@@ -344,7 +280,7 @@ def _vector_vector(op: str, lhs: Vector, rhs: Vector, on: bool, names: tuple[str
             value, keep = float(keep), True
         if not keep:
             continue
-        result = key if op in _COMPARE and not want_bool else _drop_name(key)
+        result = key if op in _COMPARE and not want_bool else drop_name(key)
         if on:
             result = tuple(kv for kv in result if kv[0] in names)
         else:
@@ -427,8 +363,7 @@ def _absent_labels(node: Any) -> Labels:
     vs = node.vector_selector if isinstance(node, p.MatrixSelector) else node
     if not isinstance(vs, p.VectorSelector):
         return ()
-    equal = [(m.name, m.value) for m in vs.matchers.matchers if str(m.op).endswith("Equal")
-             and not str(m.op).endswith("NotEqual") and m.name != NAME]  # fmt: skip
+    equal = [(m.name, m.value) for m in vs.matchers.matchers if str(m.op) == "MatchOp.Equal" and m.name != NAME]
     counts: dict[str, int] = {}
     for name, _ in equal:
         counts[name] = counts.get(name, 0) + 1

@@ -10,7 +10,8 @@ import pytest
 
 from mpobs.alerting import AlertOptions, AlertWatch, expand, go_e, go_v
 from mpobs.alertrules import load_rules
-from mpobs.promql import Evaluator, SeriesStore, labels_of
+from mpobs.promql import Evaluator
+from mpobs.seriesstore import SeriesStore, labels_of
 from tests.test_reliability import fn_config
 
 T0 = 1_700_000_000_000  # ms
@@ -194,3 +195,17 @@ def test_alerts_endpoint_and_alerts_series_show_the_watch(tmp_path: Path) -> Non
     assert c.get("/api/v1/alerts").get_json() == body
     text = c.get("/metrics").get_data(as_text=True)
     assert 'ALERTS{alertname="ErrorsSeen",alertstate="firing",processor="f",severity="page"} 1.0' in text
+
+
+def test_fail_on_alert_stops_a_run_that_would_not_end(tmp_path: Path, cli: Any) -> None:
+    """A followed log never ends by itself: only the alert, evaluated during the run, can end it (exit 4)."""
+    log = tmp_path / "in.log"
+    log.write_text("".join(f"line {i} {'BAD' if i % 10 == 0 else 'ok'}\n" for i in range(100)))
+    source = "def f(line):\n    if 'BAD' in line:\n        raise ValueError('bad')\n    return line\n"
+    config = fn_config(tmp_path, "alfns", source, [{"type": "python", "id": "f", "function": "alfns:f"}])
+    rules = _rules(tmp_path, "sum(mpobs_processor_errors_total) > 0")
+    res = cli("process", str(log), "-F", "-c", str(config), "-w", "1", "-o", str(tmp_path / "out"), "-q",
+              "--alerts", str(rules), "--alerts-interval", "0.2", "--fail-on-alert", "any")  # fmt: skip
+    assert res.returncode == 4, res.stderr.decode()
+    assert "alert Seen fired: seen 10 (--fail-on-alert)" in res.stderr.decode()
+    assert (tmp_path / "out").read_text().count("\n") == 90  # what was read is in the output
