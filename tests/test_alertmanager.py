@@ -1,0 +1,237 @@
+"""--alertmanager with a real Alertmanager (Debian prometheus-alertmanager), and with none answering.
+
+The real one routes to a webhook in the test, so what Alertmanager itself notifies (firing,
+then resolved) is seen, besides its /api/v2/alerts.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+from datetime import datetime, timezone
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
+from conftest_dashboard import free_port, get_json, wait_for
+
+from tests.test_reliability import fn_config
+
+FNS = "def f(line):\n    if 'BAD' in line:\n        raise ValueError('bad line')\n    return line\n"
+RULES = """\
+groups:
+  - name: test
+    rules:
+      - alert: ErrorsSeen
+        expr: sum by (processor) (mpobs_processor_errors_total) > 0
+        labels: {severity: page}
+        annotations: {summary: "processor {{ $labels.processor }} has errors"}
+"""
+
+
+def _lines(start: int, count: int) -> str:
+    return "".join(f"line {i} {'BAD' if i % 10 == 0 else 'ok'}\n" for i in range(start, start + count))
+
+
+def _append(path: Path, text: str) -> None:
+    with open(path, "a") as f:
+        f.write(text)
+
+
+def _out_lines(path: Path) -> int:
+    return path.read_bytes().count(b"\n") if path.exists() else 0
+
+
+class Hook:
+    """A webhook receiver on 127.0.0.1: the notifications Alertmanager sends."""
+
+    def __init__(self) -> None:
+        self.received: list[dict[str, Any]] = []
+        hook = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802 - http.server's name
+                hook.received.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+                self.send_response(200)
+                self.end_headers()
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_port}/"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def statuses(self, name: str) -> list[str]:
+        return [a["status"] for n in self.received for a in n["alerts"] if a["labels"]["alertname"] == name]
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def alertmanager(tmp_path: Path) -> Iterator[tuple[str, Hook]]:
+    exe = shutil.which("prometheus-alertmanager")
+    assert exe, "Debian prometheus-alertmanager is not installed (scripts/setup.sh --test installs it)"
+    hook = Hook()
+    config = tmp_path / "alertmanager.yml"
+    config.write_text(
+        "route: {receiver: hook, group_by: [alertname], group_wait: 1s, group_interval: 1s, repeat_interval: 1h}\n"
+        f"receivers: [{{name: hook, webhook_configs: [{{url: '{hook.url}', send_resolved: true}}]}}]\n"
+    )
+    port = free_port()
+    with open(tmp_path / "alertmanager.log", "wb") as log:
+        proc = subprocess.Popen(
+            [exe, f"--config.file={config}", f"--storage.path={tmp_path / 'am'}",
+             f"--web.listen-address=127.0.0.1:{port}", "--cluster.listen-address=", "--log.level=warn"],
+            stdout=log, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_for(lambda: get_json(f"{url}/api/v2/status")[0] == 200, 30, interval=0.2, what="Alertmanager")
+        yield url, hook
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        hook.close()
+
+
+def _follow(tmp_path: Path, alertmanager_url: str, *extra: str) -> subprocess.Popen[bytes]:
+    config = fn_config(tmp_path, "amfns", FNS, [{"type": "python", "id": "f", "function": "amfns:f"}])
+    rules = tmp_path / "rules.yml"
+    rules.write_text(RULES)
+    return subprocess.Popen(
+        [sys.executable, "-m", "mpobs", "process", str(tmp_path / "app.log"), "-F", "-c", str(config), "-w", "2",
+         "-o", str(tmp_path / "out"), "-q", "--alerts", str(rules), "--alerts-interval", "0.2",
+         "--alertmanager", alertmanager_url, *extra],
+        cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )  # fmt: skip
+
+
+def _end(proc: subprocess.Popen[bytes]) -> str:
+    try:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    return err.decode()
+
+
+def _am_alerts(url: str, name: str) -> list[dict[str, Any]]:
+    return [a for a in get_json(f"{url}/api/v2/alerts")[1] if a["labels"]["alertname"] == name]
+
+
+def test_a_real_alertmanager_receives_the_alert_then_its_resolution(tmp_path: Path,
+                                                                    alertmanager: tuple[str, Hook]) -> None:  # fmt: skip
+    url, hook = alertmanager
+    (tmp_path / "app.log").write_text(_lines(0, 200))
+    proc = _follow(tmp_path, url)
+    try:
+        (alert,) = wait_for(lambda: _am_alerts(url, "ErrorsSeen"), 30, interval=0.2, what="the alert in Alertmanager")
+        assert alert["labels"] == {"alertname": "ErrorsSeen", "processor": "f", "severity": "page"}
+        assert alert["annotations"] == {"summary": "processor f has errors"}
+        assert alert["status"]["state"] == "active"
+        # While firing it is valid for minutes (resent every 60 s), so only a resolution ends it soon.
+        ends = datetime.fromisoformat(alert["endsAt"].replace("Z", "+00:00"))
+        assert (ends - datetime.now(timezone.utc)).total_seconds() > 120
+        wait_for(lambda: "firing" in hook.statuses("ErrorsSeen"), 30, what="Alertmanager's firing notification")
+    finally:
+        err = _end(proc)
+    assert proc.returncode == 0, err
+    assert 'alert ErrorsSeen{processor="f",severity="page"} resolved' in err and "cannot post" not in err, err
+    # The run's end resolved it: Alertmanager drops it and notifies the resolution.
+    wait_for(lambda: not _am_alerts(url, "ErrorsSeen"), 30, interval=0.2, what="the alert resolved in Alertmanager")
+    wait_for(lambda: hook.statuses("ErrorsSeen")[-1] == "resolved", 30, what="the resolved notification")
+
+
+class Stuck:
+    """An 'Alertmanager' that accepts connections and never answers (a hung server).
+
+    ``posts`` holds one Event per connection, set when the client gives up and closes it.
+    """
+
+    def __init__(self) -> None:
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(64)
+        self.posts: list[threading.Event] = []
+        self._held: list[socket.socket] = []
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn = self.sock.accept()[0]
+            except OSError:
+                return
+            closed = threading.Event()
+            self._held.append(conn)
+            self.posts.append(closed)
+            threading.Thread(target=self._hold, args=(conn, closed), daemon=True).start()
+
+    @staticmethod
+    def _hold(conn: socket.socket, closed: threading.Event) -> None:
+        try:
+            while conn.recv(65536):
+                pass
+        except OSError:
+            pass
+        closed.set()
+
+    def close(self) -> None:
+        self.sock.close()
+        for s in self._held:
+            s.close()
+
+
+@pytest.mark.parametrize("kind", ["refused", "stuck"])
+def test_an_absent_or_hung_alertmanager_does_not_hold_the_run_and_is_reported_once(tmp_path: Path,
+                                                                                   kind: str) -> None:  # fmt: skip
+    stuck = Stuck() if kind == "stuck" else None
+    url = stuck.url if stuck else f"http://127.0.0.1:{free_port()}"
+    port = free_port()
+    (tmp_path / "app.log").write_text("".join(f"line {i} ok\n" for i in range(200)))
+    out = tmp_path / "out"
+    proc = _follow(tmp_path, url, "--dashboard", "--dashboard-port", str(port), "--linger", "0")
+    try:
+        def posts_failed(n: int) -> bool:
+            doc = get_json(f"http://127.0.0.1:{port}/stats")[1].get("alerts") or {}
+            return (doc.get("alertmanager") or {}).get("failed_posts", 0) >= n
+
+        wait_for(lambda: _out_lines(out) == 200, 30, what="the first lines")
+        for r in range(3):  # the first errors fire the alert (a post), later rounds meet the retries
+            seen = len(stuck.posts) if stuck else 0
+            _append(tmp_path / "app.log", _lines(200 + 600 * r, 300))
+            if stuck:  # a new post, hung until its 2 s timeout: the run must not wait for it
+                wait_for(lambda seen=seen: len(stuck.posts) > seen, 30, interval=0.02, what="a new post")
+                hung = stuck.posts[-1]
+            _append(tmp_path / "app.log", _lines(500 + 600 * r, 300))
+            ok = 200 + 540 * (r + 1)  # one line in ten is an error of f
+            wait_for(lambda ok=ok: _out_lines(out) == ok, 30, interval=0.02, what="the new lines in the output")
+            if stuck:
+                assert not hung.is_set(), "the new lines came out only after the hung post gave up"
+        wait_for(lambda: posts_failed(3), 60, interval=0.2, what="a third failed post")
+    finally:
+        err = _end(proc)
+        if stuck:
+            stuck.close()
+    assert proc.returncode == 0, err
+    assert err.count("cannot post alerts") == 1, err
+    assert "not delivered to" in err and "reachable again" not in err, err
+    assert _out_lines(out) == 1820 and "Traceback" not in err
