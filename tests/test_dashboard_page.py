@@ -75,6 +75,7 @@ def test_page_shows_numbers_and_log_text_as_text(tmp_path: Path, browser_page: t
         assert page.locator("#executor-info").text_content().startswith("on Dask (tcp://10.0.0.1:8786)")
         assert page.locator("#dask-dashboard-link").get_attribute("href") == "http://127.0.0.1:8787/status"
         assert page.locator("#dag path.edge-line").count() == len(run.meta.edges)
+        assert page.locator("#alerts-panel").is_hidden() and page.locator("#alerts-pill").is_hidden()  # no --alerts
         # The injected line: visible as text, in the traces and in the errors; nothing ran, no <img> made.
         page.wait_for_selector("#traces li.trace", timeout=10000)
         newest = page.locator(f"#traces li[data-line='small.log:{run.lines}'] .trace-text")
@@ -135,6 +136,68 @@ def test_page_during_a_real_run_and_screenshot(tmp_path: Path, browser_page: tup
     finally:
         kill_if_running(proc)
     assert proc.returncode == 0
+
+
+ALERT_RULES = """\
+groups:
+  - name: page
+    rules:
+      - alert: ErrorsSeen
+        expr: sum by (processor) (mpobs_processor_errors_total) > 0
+        labels: {severity: page}
+        annotations: {summary: "processor {{ $labels.processor }} failed {{ $value }} times"}
+      - alert: LongWait
+        expr: sum(mpobs_lines_processed_total) > 0
+        for: 1h
+"""
+
+
+def test_page_shows_the_alerts_of_a_followed_run(tmp_path: Path, browser_page: tuple[Any, list[str]]) -> None:
+    from tests.test_reliability import fn_config
+
+    page, problems = browser_page
+    log = tmp_path / "app.log"
+    log.write_text("".join(f"line {i} {'BAD' if i % 10 == 0 else 'ok'}\n" for i in range(100)))
+    fns = "def f(line):\n    if 'BAD' in line:\n        raise ValueError('bad')\n    return line\n"
+    config = fn_config(tmp_path, "pagefns", fns, [{"type": "python", "id": "f", "function": "pagefns:f"}])
+    (tmp_path / "rules.yml").write_text(ALERT_RULES)
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    proc = start_cli("process", str(log), "-F", "-c", str(config), "-w", "2", "--dashboard", "--dashboard-port",
+                     str(port), "--linger", "60", "--alerts", "rules.yml", "--alerts-interval", "0.2", "-o", "out",
+                     "-q", cwd=tmp_path)  # fmt: skip
+    try:
+        wait_for(lambda: get_json(f"{url}/healthz")[0] == 200, 30, what="the dashboard")
+        page.goto(url + "/")
+        firing = page.locator("#alert-table tr[data-alert='ErrorsSeen'][data-state='firing']")
+        firing.wait_for(timeout=15000)
+        page.locator("#alert-table tr[data-alert='LongWait'][data-state='pending']").wait_for(timeout=15000)
+        (alert,) = [a for a in get_json(f"{url}/alerts")[1]["data"]["alerts"] if a["state"] == "firing"]
+        assert firing.locator("td[data-field='summary']").text_content() == "processor f failed 10 times"
+        assert firing.locator("td[data-field='labels']").text_content() == "processor=f, severity=page"
+        assert firing.locator("td[data-field='value']").text_content() == alert["value"] == "1e+01"
+        assert page.locator("#alerts-pill").text_content() == "1 firing"
+        for rule in ("ErrorsSeen", "LongWait"):
+            cell = page.locator(f"#rule-table tr[data-rule='{rule}'] td[data-field='evaluations']")
+            assert int(cell.text_content().replace(",", "")) > 0
+        assert _event(page) == ["firing", "ErrorsSeen"]
+        # The run ends (SIGTERM): what fired is resolved, and the lingering page shows it.
+        proc.send_signal(signal.SIGTERM)
+        page.wait_for_selector("#alerts-pill.alerts-none", timeout=30000)
+        assert _event(page) == ["resolved", "ErrorsSeen"]
+        assert page.locator("#alert-table tbody tr").all_text_contents() == ["nothing pending or firing"]
+        assert problems == []
+        proc.send_signal(signal.SIGINT)
+        err = stop_cli(proc)
+    finally:
+        kill_if_running(proc)
+    assert proc.returncode == 0, err
+
+
+def _event(page: Any) -> list[str]:
+    """The newest alert event on the page: [event, alertname]."""
+    newest = page.locator("#alert-events li").first
+    return [newest.locator(".chip").text_content(), newest.locator(".id").text_content()]
 
 
 def _seconds(text: str) -> float:

@@ -173,6 +173,55 @@
     ibody.replaceChildren.apply(ibody, irows);
   }
 
+  // -- alerts (--alerts rules evaluated by the run; st.alerts is AlertWatch.doc) ----------------
+  function renderAlerts(doc) {
+    $("alerts-panel").classList.toggle("hidden", !doc);
+    const pill = $("alerts-pill");
+    if (!doc) { pill.classList.add("hidden"); return; }
+    const firing = doc.alerts.filter(function (a) { return a.state === "firing"; }).length;
+    const pending = doc.alerts.length - firing;
+    pill.textContent = firing ? firing + " firing" : (pending ? pending + " pending" : "no alerts");
+    pill.className = "pill alerts-pill " + (firing ? "alerts-firing" : (pending ? "alerts-pending" : "alerts-none"));
+    let hint = doc.rules.length + " rule(s), evaluated every " + dec1.format(doc.interval_s) + " s";
+    const am = doc.alertmanager;
+    if (am) hint += " · Alertmanager " + (am.down ? "unreachable (" + am.down + ")" : "ok") + ", " + fmtN(am.sent) + " sent";
+    setText("alerts-hint", hint);
+    const arows = doc.alerts.map(function (a) {
+      const labels = Object.keys(a.labels).filter(function (k) { return k !== "alertname"; }).sort()
+        .map(function (k) { return k + "=" + a.labels[k]; }).join(", ");
+      return row([
+        { node: el("span", "chip st-" + a.state, a.state), field: "state" },
+        { v: a.labels.alertname, cls: "id", field: "alertname" }, { v: labels, cls: "muted", field: "labels" },
+        { v: a.annotations.summary || a.annotations.description || "", field: "summary" },
+        { v: a.value, cls: "num", field: "value" }, { v: a.activeAt, cls: "muted" },
+      ], { "data-alert": a.labels.alertname, "data-state": a.state });
+    });
+    if (!arows.length) arows.push(row([{ v: "nothing pending or firing", cls: "muted" }]));
+    const body = $("alert-table").tBodies[0];
+    body.replaceChildren.apply(body, arows);
+    const rrows = doc.rules.map(function (r) {
+      return row([
+        { v: r.name, cls: "id" }, { v: r.group, cls: "muted" },
+        { v: r.state, cls: r.state === "firing" ? "bad" : (r.state === "pending" ? "warn" : "muted"), field: "state" },
+        { v: r.for_s ? fmtDur(r.for_s) : "–", cls: "num muted" }, { v: fmtN(r.evaluations), cls: "num", field: "evaluations" },
+        { v: r.error || "", cls: "bad", field: "error" },
+      ], { "data-rule": r.name });
+    });
+    const rbody = $("rule-table").tBodies[0];
+    rbody.replaceChildren.apply(rbody, rrows);
+    const items = doc.events.slice().reverse().map(function (e) {
+      const li = el("li", "alert-event");
+      const head = el("div", "step-head");
+      head.appendChild(el("span", "muted", e.at));
+      head.appendChild(el("span", "chip st-" + e.event, e.event));
+      head.appendChild(el("span", "id", e.labels.alertname));
+      head.appendChild(el("span", "msg", e.annotations.summary || ""));
+      li.appendChild(head);
+      return li;
+    });
+    $("alert-events").replaceChildren.apply($("alert-events"), items);
+  }
+
   // -- traces ----------------------------------------------------------------------------------
   function statusChip(status) { return el("span", "chip st-" + String(status).split(":")[0], status); }
 
@@ -269,6 +318,7 @@
       const st = got[0];
       renderSummary(st);
       renderProcessors(st);
+      renderAlerts(st.alerts || null);
       window.mpobsCharts.drawDag($("dag"), got[1], st.system.state === "running");
       window.mpobsCharts.drawChart($("chart"), got[2]);
       if (got[3]) renderTraces(got[3]);
