@@ -12,13 +12,14 @@ from typing import Any
 
 from bench import BENCH_DIR, SEED
 from bench import checks, data, report
+from bench import alerts_cost as bench_alerts
 from bench import dask_rows as bench_dask
 from bench import follow as bench_follow
 from bench import inputs as bench_inputs
 from bench.rows import Row, build_rows, command, free_port, mpobs_command, run_row
 from bench.rss import measure_tree
 
-EXTRAS = ("startup", "small", "inputs", "follow", "stats", "rss", "dask")
+EXTRAS = ("startup", "small", "inputs", "follow", "stats", "alerts_cost", "rss", "dask")
 #: The Dask rows' log (issue 15 judges them there): a 2M-line run takes about as long as a cluster's start.
 DASK_LINES = 6_000_000
 
@@ -182,6 +183,11 @@ def main(argv: list[str] | None = None) -> int:
         say("  /stats under 50 pollers (bench/stats_load.py) ...")
         doc["stats_load"] = checks.stats_load(log, timeout=60.0 if a.quick else 600.0, quick=a.quick)
     doc.setdefault("stats_load", {"error": "not run"})
+    if extra("alerts_cost"):
+        say("  alert evaluation, default rules: a real run's share, and 10 simulated minutes at 5 s and 0.1 s ...")
+        doc["alerts_cost"] = bench_alerts.alerts_cost(work, log, data.ensure_log(a.data, 10, SEED, say),
+                                                      runs=3 if a.quick else 9)  # fmt: skip
+    doc.setdefault("alerts_cost", {"error": "not run"})
     if extra("dask"):
         n = a.lines if a.quick else DASK_LINES  # judged on a bigger log: a cluster takes ~1 s to start
         say(f"  the Dask executor against the local pool and a dask.bag script, {n:,} lines ...")
@@ -200,7 +206,7 @@ def main(argv: list[str] | None = None) -> int:
         doc["rss"] = {"error": "not run", "small_lines": a.lines, "big_lines": 3 * a.lines}
     doc["ratios"] = report.ratios(doc["rows"], doc["rss"])
     doc["targets"] = report.targets(doc["ratios"], doc["rss"], doc["startup"], doc["stats_load"], doc["rows"],
-                                    doc["small_jobs"], doc["inputs"], doc["follow"])  # fmt: skip
+                                    doc["small_jobs"], doc["inputs"], doc["follow"], doc["alerts_cost"])  # fmt: skip
     doc["machine"]["loadavg_end"] = os.getloadavg()
     doc["harness_seconds"] = round(time.perf_counter() - started, 1)
     print(report.render_text(doc))

@@ -106,6 +106,8 @@ def ratios(rows: dict[str, Any], rss: dict[str, Any]) -> dict[str, float | None]
         "trace1save_vs_plain": speed("plain", "trace1save"),
         "dashboard_overhead": over("w2", "dashboard"),
         "checkpoint_overhead": over("w2", "checkpoint"),
+        "alerts_overhead": over("w2", "alerts"),
+        "alerts_fast_overhead": over("w2", "alerts_fast"),
         "rss_big_vs_small": growth,
     }
 
@@ -118,7 +120,8 @@ def _target(name: str, figure: float | None, ok: bool | None, shown: str, why: s
 
 def targets(r: dict[str, Any], rss: dict[str, Any], startup: dict[str, Any], stats: dict[str, Any],
             rows: dict[str, Any], small: dict[str, Any] | None = None,
-            inputs: dict[str, Any] | None = None, follow: dict[str, Any] | None = None) -> list[dict[str, Any]]:  # fmt: skip
+            inputs: dict[str, Any] | None = None, follow: dict[str, Any] | None = None,
+            alerts: dict[str, Any] | None = None) -> list[dict[str, Any]]:  # fmt: skip
     """Each target of issues 2, 5, 12 and 13 with its figure: PASS, MISS, or n/a with the reason."""
 
     def x(v: float | None) -> str:
@@ -155,10 +158,32 @@ def targets(r: dict[str, Any], rss: dict[str, Any], startup: dict[str, Any], sta
                 f"{su:.3f} s" if su is not None else "", startup.get("error", "")),
         _target("checkpoints (every 1 s) overhead <= 5%", r.get("checkpoint_overhead"),
                 (r.get("checkpoint_overhead") or 0) <= 0.05, pct(r.get("checkpoint_overhead")), why("checkpoint")),
+        _target("alert evaluation, default rules, overhead <= 2% (issue 17)", r.get("alerts_overhead"),
+                (r.get("alerts_overhead") or 0) <= 0.02, pct(r.get("alerts_overhead")), why("alerts")),
+        _target("... evaluated every 0.1 s (the shortest interval) overhead <= 2%", r.get("alerts_fast_overhead"),
+                (r.get("alerts_fast_overhead") or 0) <= 0.02, pct(r.get("alerts_fast_overhead")), why("alerts_fast")),
         *_small_targets(small or {}),
         *_input_targets(inputs or {}, rss),
         *_follow_targets(follow or {}),
+        *_alert_targets(alerts or {}),
     ]
+
+
+def _alert_targets(a: dict[str, Any]) -> list[dict[str, Any]]:
+    """Issue 17: evaluating the default rules costs <= 2 % (bench/alerts_cost.py)."""
+    why = a.get("error", "not run")
+    got = [("a real run, rules every 0.1 s: evaluation time <= 2% of the run", (a.get("run") or {}).get("share_of_the_run"),
+            "per_evaluation_ms"),
+           ("steady state (10 min) every 5 s: <= 2% of one core", (a.get("every_5s") or {}).get("share_of_a_core"),
+            "steady_ms"),
+           ("steady state (10 min) every 0.1 s: <= 2% of one core", (a.get("every_0.1s") or {}).get("share_of_a_core"),
+            "steady_ms")]  # fmt: skip
+    out = []
+    for (name, share, per), part in zip(got, ("run", "every_5s", "every_0.1s")):
+        ms = (a.get(part) or {}).get(per)
+        shown = f"{share * 100:.2f} % ({ms} ms an evaluation)" if share is not None else ""
+        out.append(_target(f"alerts: {name}", share, (share if share is not None else 1) <= 0.02, shown, why))
+    return out
 
 
 def _follow_targets(f: dict[str, Any]) -> list[dict[str, Any]]:

@@ -31,6 +31,7 @@ class Row:
     apart: bool = False
     checkpoint: bool = False  # with --checkpoint (removed before each run, so that it never resumes)
     save_traces: bool = False  # with --save-traces into a file beside the output
+    alerts: bool = False  # with --alerts on the shipped default rules (mpobs/alert_defaults.yml)
 
 
 @dataclass
@@ -70,6 +71,9 @@ def build_rows(cpus: int) -> list[Row]:
             ("--workers", "2", "--trace-sample", "1"), apart=True, save_traces=True),
         Row("dashboard", "mpobs w2 --dashboard, /stats at 10 Hz", "mpobs", ("--workers", "2"), dashboard=True),
         Row("checkpoint", "mpobs w2 --checkpoint (every 1 s)", "mpobs", ("--workers", "2"), checkpoint=True),
+        Row("alerts", "mpobs w2 --alerts (default rules, every 5 s)", "mpobs", ("--workers", "2"), alerts=True),
+        Row("alerts_fast", "mpobs w2 --alerts (default rules) --alerts-interval 0.1", "mpobs",
+            ("--workers", "2", "--alerts-interval", "0.1"), alerts=True),
     ]
     return rows
 
@@ -88,6 +92,10 @@ def command(row: Row, src: Path, out: Path, port: int | None = None) -> list[str
         argv += ["--dashboard", "--dashboard-port", str(port), "--linger", "0"]
     if row.checkpoint:
         argv += ["--checkpoint", str(out.with_suffix(".ckpt"))]
+    if row.alerts:
+        import mpobs
+
+        argv += ["--alerts", str(Path(mpobs.__file__).parent / "alert_defaults.yml")]
     if row.save_traces:
         argv += ["--save-traces", str(out.with_suffix(".traces.jsonl"))]
     return argv

@@ -86,9 +86,10 @@ class AlertWatch:
         self.rules = [RuleState(r, promql_parser.parse(r.expr), r.interval_s or opts.interval_s) for r in opts.rules]
         self.names = frozenset().union(*(r.metrics for r in opts.rules)) if opts.rules else frozenset()
         longest = max((_longest_range(r.tree) for r in self.rules), default=0)
-        self.store = SeriesStore(longest + LOOKBACK_MS)
+        self.store = SeriesStore(max(longest, LOOKBACK_MS))  # queries are at the newest scrape
         self.evaluator = Evaluator(self.store)
         self.events: list[dict[str, Any]] = []
+        self.busy_s = 0.0  # time spent evaluating, the run's stats document included (bench reads it)
         self.failed: str | None = None  # set once an alert named by --fail-on-alert fires
         self.notifier = None
         if opts.alertmanager:
@@ -106,12 +107,14 @@ class AlertWatch:
         if not due:
             self._notifier_news()
             return False
+        started = time.perf_counter()
         t_ms = int(now * 1000)
         self.store.scrape(t_ms, samples(stats(), self.names | {"ALERTS"}))
         for r in due:
             self._evaluate(r, now, t_ms)
             r.next_at = now + r.interval_s
         self._send(now)
+        self.busy_s += time.perf_counter() - started
         return True
 
     def _evaluate(self, r: RuleState, now: float, t_ms: int) -> None:
@@ -220,7 +223,7 @@ class AlertWatch:
                   "interval_s": r.interval_s, "evaluations": r.evaluations, "error": r.last_error,
                   "state": _rule_state(r)} for r in self.rules]  # fmt: skip
         out: dict[str, Any] = {"alerts": active, "rules": rules, "events": list(self.events),
-                               "interval_s": self.opts.interval_s}  # fmt: skip
+                               "interval_s": self.opts.interval_s, "busy_s": round(self.busy_s, 6)}  # fmt: skip
         if self.notifier is not None:
             out["alertmanager"] = self.notifier.status()
         return out

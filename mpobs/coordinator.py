@@ -235,11 +235,11 @@ class Coordinator:
                 source.refresh()
             self._check_stop()
             self._poll_dashboard()
+            self._evaluate_alerts()  # the rules that are due: --alerts-interval may be 0.1 s
             now = time.monotonic()
             if now - last_tick >= 0.2:
                 last_tick = now
                 self.stalls.check()  # a call running longer than --stall-after: said on stderr
-                self._evaluate_alerts()
                 if self.opts.on_tick is not None:
                     self.opts.on_tick(self)
 

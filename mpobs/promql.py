@@ -24,7 +24,7 @@ import bisect
 import math
 from typing import Any, Union
 
-from mpobs.seriesstore import NAME, Labels, SeriesStore, drop_name
+from mpobs.seriesstore import NAME, Labels, SeriesStore, drop_name, sample_time
 
 #: How far back an instant selector looks for a sample (Prometheus's --query.lookback-delta default).
 LOOKBACK_MS = 5 * 60 * 1000
@@ -76,7 +76,7 @@ class Evaluator:
     def _instant(self, vs: Any, t: int) -> Vector:
         out: Vector = []
         for key, points in self.store.select(_matchers(vs)):
-            i = bisect.bisect_right(points, t, key=lambda p: p[0]) - 1
+            i = bisect.bisect_right(points, t, key=sample_time) - 1
             if i >= 0 and points[i][0] >= t - LOOKBACK_MS and points[i][1] is not None:
                 out.append((key, points[i][1]))
         return sorted(out)
@@ -85,7 +85,7 @@ class Evaluator:
         range_ms = int(round(ms.range.total_seconds() * 1000))
         out = []
         for key, points in self.store.select(_matchers(ms.vector_selector)):
-            got = [(pt, v) for pt, v in points if t - range_ms <= pt <= t and v is not None]
+            got = [p for p in self.store.between(points, t - range_ms, t) if p[1] is not None]
             if got:
                 out.append((key, got))
         return range_ms, sorted(out)
