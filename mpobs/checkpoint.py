@@ -299,9 +299,11 @@ class Checkpointer:
     def due(self) -> bool:
         return time.monotonic() - self._last >= self.every
 
-    def save(self, out_fd: int, output_length: int, committed: list[int], counters: dict[str, dict[str, int]],
+    def save(self, out_fd: int, output_length: int, seg: Any, counters: dict[str, dict[str, int]],
              error_types: dict[tuple[str, str], int], source: Any, force: bool = False) -> Checkpoint | None:  # fmt: skip
-        """A commit point: the output to disk, then the state; the one written, or None when nothing was new.
+        """A commit point: the output to disk, then the state (``seg``'s committed counts); the one
+        written, or None when nothing was new. The segment's system row then says when it was
+        written and what it holds (for /stats).
 
         Raises CheckpointError (the old one stays)."""
         self._last = time.monotonic()
@@ -319,9 +321,11 @@ class Checkpointer:
                                 p["done"], list(p["where"]) if p["where"] else None)
                   for i, p in zip(self.identities, positions)]  # fmt: skip
         st = os.fstat(out_fd)
-        cp = Checkpoint(self.config_sha, inputs, output_length, lines, list(committed), self.columns,
+        cp = Checkpoint(self.config_sha, inputs, output_length, lines, list(seg.snapshot().committed), self.columns,
                         counters, [[p, t, n] for (p, t), n in sorted(error_types.items())], follow=self.follow,
                         output_id=[st.st_dev, st.st_ino])  # fmt: skip
         write(self.path, cp)
         self._saved_key = key
+        seg.set_system(checkpoint_at_ms=int(cp.written_at * 1000), checkpoint_lines=lines,
+                       checkpoint_output=output_length)  # fmt: skip
         return cp

@@ -13,7 +13,7 @@ import signal
 import sys
 import time
 from collections import Counter
-from typing import IO, TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any
 
 from mpobs.blocks import BlockStore
 from mpobs.dag import Pipeline
@@ -41,6 +41,9 @@ from mpobs.tracing import expand as expand_trace
 if TYPE_CHECKING:
     from mpobs.alerting import AlertWatch
     from mpobs.checkpoint import Checkpointer
+
+
+Outcome = tuple[str, int, str | None]  # the run's end state, exit code and message
 
 
 class _Stop(Exception):
@@ -87,16 +90,16 @@ class Coordinator:
         remove_leftovers()
         ids, names = self.pipeline.ids, meta.record_names()
         self.collector.expand = lambda t: expand_trace(t, names, ids)
-        outcome: tuple[str, int, str | None] = ("failed", EXIT_FAILED, None)
+        outcome: Outcome = ("failed", EXIT_FAILED, None)
         sink: OutputJoiner | None = None
-        traces_file: IO[str] | None = None
         self.signals.install()
         try:
             self.seg = self._make_segment(source)
             self.output_wait = OutputWait(self.seg)
             self.stalls = StallWatch(self.seg.layout.slots, self.seg.doing_now, opts.stall_after,
                                      [(n.id, getattr(n.proc, "ref", None)) for n in self.pipeline.nodes], meta.input_names)
-            traces_file = self.collector.open_traces(opts.save_traces) if opts.save_traces else None
+            if opts.save_traces:
+                self.collector.open_traces(opts.save_traces)
             self._serve_dashboard()
             if opts.alerts is not None:
                 from mpobs.alerting import AlertWatch
@@ -132,9 +135,11 @@ class Coordinator:
         except OSError as err:  # e.g. the disk filled up while writing the output
             outcome = ("failed", EXIT_FAILED, f"I/O error: {err}")
         finally:
-            outcome = self._wind_down(outcome, sink, traces_file)
+            _, code, message = self._wind_down(outcome, sink)
             self.signals.restore()
-        return self._outcome(*outcome)
+        if self._final is None:  # it failed before the segment existed: nothing ran
+            raise MpobsError(message or "the run could not start")
+        return RunOutcome(*self._final, code, message)
 
     def _check(self, source: InputSet) -> None:
         """Before any output is touched: the outputs, the checkpoint and the executor can work."""
@@ -159,8 +164,7 @@ class Coordinator:
 
             # It binds first: a port in use fails the run before any work.
             self.dash_proc = DashboardProcess(multiprocessing.get_context("fork"), opts.dashboard)
-        dash = self.dash_proc
-        lock = dash.lock if dash is not None else multiprocessing.get_context("fork").Lock()
+        lock = self.dash_proc.lock if self.dash_proc is not None else multiprocessing.get_context("fork").Lock()
         seg = StatsSegment.create(self._layout(source), lock)
         seg.on_stuck = Unsticker(seg, self._dead_pids, self.executor.any_alive)
         seg.set_system(bytes_total=UNKNOWN if source.size is None else source.size, workers=self.executor.capacity)
@@ -174,8 +178,7 @@ class Coordinator:
                       tuple(self.pipeline.timed))
 
     def _serve_dashboard(self) -> None:
-        dash = self.dash_proc
-        if dash is None:
+        if self.dash_proc is None:
             return
         assert self.seg is not None
 
@@ -185,18 +188,17 @@ class Coordinator:
                 self.seg.release_for({pid})  # it may have died holding the stats lock
 
         # Its process was forked before the executor's record queues, so it holds none of their ends.
-        self.dashboard = dash.serve_run(self.seg.name, self.seg.layout, self.meta, gone)
+        self.dashboard = self.dash_proc.serve_run(self.seg.name, self.seg.layout, self.meta, gone)
         self.collector.forward = self.dashboard.queue
 
     def _context(self, source: InputSet, sink: OutputJoiner) -> RunContext:
         opts = self.opts
-        assert self.meta is not None
+        assert self.meta is not None and self.seg is not None
         settings = TaskSettings(
             self.meta.record_names(), batch_lines=opts.batch_lines, trace_rate=opts.trace_sample if opts.trace else 0.0,
             event_chunk=opts.event_chunk, max_errors=opts.max_errors,
             traces_per_task=None if opts.save_traces else KEEP,
         )  # fmt: skip
-        assert self.seg is not None
         return RunContext(self.pipeline, settings, self.seg, self.collector, wait_traces=bool(opts.save_traces),
                           out_fd=sink.fd if sink.direct else None, store=self.store,
                           call_timeout=opts.call_timeout)  # fmt: skip
@@ -263,11 +265,7 @@ class Coordinator:
                 self.seg.uncomplete(finished.counts)
             sched.lost(event.task, event.fault, event.where)
         elif isinstance(event, WorkerFailed):
-            if event.io:  # what is committed stays in the output (and in the last checkpoint)
-                raise _Stop("failed", EXIT_FAILED, f"I/O error: cannot write the output {self.opts.output_path}: "
-                                                   f"{event.detail}")  # fmt: skip
-            who = f"worker {event.worker} failed: " if event.worker else ""  # "": the executor as a whole
-            raise _Stop("failed", EXIT_FAILED, f"{who}{event.detail}")
+            raise _Stop("failed", EXIT_FAILED, event.message(self.opts.output_path))
         elif isinstance(event, LimitReached):
             self._limit_reached = True
 
@@ -276,13 +274,10 @@ class Coordinator:
         from mpobs.checkpoint import CheckpointError
 
         try:
-            saved = self.checkpoints.save(sink.fd, sink.at, self.seg.snapshot().committed, self._counters(),
-                                          dict(self.error_types), self.source, force=force)  # fmt: skip
+            self.checkpoints.save(sink.fd, sink.at, self.seg, self._counters(), dict(self.error_types), self.source,
+                                  force=force)  # fmt: skip
         except CheckpointError as err:
             raise _Stop("failed", EXIT_FAILED, str(err)) from None
-        if saved is not None:  # for /stats: when the last one was written, and what it holds
-            self._set_system(checkpoint_at_ms=int(saved.written_at * 1000), checkpoint_lines=saved.lines,
-                             checkpoint_output=saved.output_length)  # fmt: skip
 
     def _reopened(self, sink: OutputJoiner, what: str) -> None:
         """SIGHUP reopened the output: say so, and checkpoint the new file before anything goes into it."""
@@ -305,8 +300,7 @@ class Coordinator:
             self.dashboard.publish_counters(self._counters, lambda: self.slowest.rows(self.meta.input_names))
 
     # -- the end -------------------------------------------------------------
-    def _wind_down(self, outcome: tuple[str, int, str | None], sink: OutputJoiner | None,
-                   traces_file: IO[str] | None) -> tuple[str, int, str | None]:  # fmt: skip
+    def _wind_down(self, outcome: Outcome, sink: OutputJoiner | None) -> Outcome:
         """Stop the executor, close the outputs (their failures fail the run), publish the final state."""
         state, code, message = outcome
         self.executor.shutdown(graceful=state == "done")
@@ -324,12 +318,9 @@ class Coordinator:
         failed = sink.close() if sink is not None else None  # cuts what was written past the committed end
         if failed is not None and clean:
             state, code, message, clean = "failed", EXIT_FAILED, f"I/O error: {failed}", False
-        if traces_file is not None:
-            try:
-                traces_file.close()
-            except OSError as err:  # its last flush failed (a full disk, say)
-                if clean:
-                    state, code, message = "failed", EXIT_FAILED, f"I/O error writing --save-traces: {err}"
+        failed = self.collector.close_traces()
+        if failed is not None and clean:
+            state, code, message = "failed", EXIT_FAILED, failed
         if self.seg is not None:
             if self.alerts is not None:  # a last evaluation; what still fires is resolved: the run is over
                 self.alerts.finish(self.live_stats)
@@ -357,21 +348,15 @@ class Coordinator:
             self.dash_proc.stop()  # if it never got the run, nothing above stopped it
         return state, code, message
 
-    def _outcome(self, state: str, code: int, message: str | None) -> RunOutcome:
-        if self._final is None:  # it failed before the segment existed: nothing ran
-            raise MpobsError(message or "the run could not start")
-        return RunOutcome(*self._final, code, message)
-
     def live_stats(self) -> dict[str, Any]:
-        assert self.seg is not None and self.meta is not None
-        return build_stats(self.seg.snapshot(), self.meta, self._counters(), live=True,
-                           alerts=self.alerts.doc() if self.alerts is not None else None)  # fmt: skip
+        return self.final_stats(live=True)
 
-    def final_stats(self) -> dict[str, Any]:
+    def final_stats(self, live: bool = False) -> dict[str, Any]:
         assert self.seg is not None and self.meta is not None
-        return build_stats(self.seg.snapshot(), self.meta, self._counters(), live=False,
-                           error_types=dict(self.error_types), slowest=self.slowest.rows(self.meta.input_names),
-                           alerts=self.alerts.doc() if self.alerts is not None else None)  # fmt: skip
+        ended = {} if live else {"error_types": dict(self.error_types),
+                                 "slowest": self.slowest.rows(self.meta.input_names)}  # fmt: skip
+        return build_stats(self.seg.snapshot(), self.meta, self._counters(), live=live,
+                           alerts=self.alerts.doc() if self.alerts is not None else None, **ended)  # fmt: skip
 
     # -- watching --------------------------------------------------------------
     def _check_stop(self) -> None:
@@ -381,18 +366,12 @@ class Coordinator:
             raise _Stop("interrupted", EXIT_SIGINT, "interrupted (Ctrl-C)")
         if self.collector.write_error is not None:
             raise _Stop("failed", EXIT_FAILED, f"cannot write the --save-traces file: {self.collector.write_error}")
-        max_errors = self.opts.max_errors
-        if max_errors is None or self.seg is None:
-            return
-        total = self.seg.live_errors()
-        # Workers that saw the limit stop by themselves; the rows of one that has
-        # exited are already dropped, so the live total may be lower by now.
-        if total >= max_errors or self._limit_reached:
-            what = self.collector.last_error_text(wait_s=1.0)  # its record may still be on the way
-            # Workers stop within a batch of the limit; errors of tasks that did not finish
-            # are counted here but not in the saved metrics, which match the written output.
-            counted = f" ({total} errors counted)" if total >= max_errors else ""
-            raise _Stop("failed", EXIT_MAX_ERRORS, f"stopped: --max-errors {max_errors} reached{counted}{what}")
+        if self.opts.max_errors is not None and self.seg is not None:
+            # Workers that saw the limit stop by themselves; the rows of one that has
+            # exited are already dropped, so the live total may be lower by now.
+            why = self.collector.max_errors_stop(self.opts.max_errors, self.seg.live_errors(), self._limit_reached)
+            if why is not None:
+                raise _Stop("failed", EXIT_MAX_ERRORS, why)
 
     def _evaluate_alerts(self) -> None:
         if self.alerts is None or not self.alerts.tick(self.live_stats):

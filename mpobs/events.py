@@ -63,13 +63,24 @@ class EventCollector:
         self.forward = forward
         self.last_error: dict[str, Any] | None = None
         self.write_error: BaseException | None = None
+        self._opened: IO[str] | None = None  # the --save-traces file, open until close_traces()
         self._seen: set[tuple[int, int]] = set()
         self._lock = threading.Lock()
 
-    def open_traces(self, path: str) -> IO[str]:
-        """Every trace from now on goes to ``path`` too (--save-traces), as JSON Lines; the caller closes it."""
-        self.traces_file = open(path, "w", encoding="utf-8")  # noqa: SIM115 - closed by the run's end
-        return self.traces_file
+    def open_traces(self, path: str) -> None:
+        """Every trace from now on goes to ``path`` too (--save-traces), as JSON Lines, until ``close_traces``."""
+        self.traces_file = self._opened = open(path, "w", encoding="utf-8")  # noqa: SIM115
+
+    def close_traces(self) -> str | None:
+        """Close the --save-traces file; what went wrong with its last flush (a full disk, say), if anything."""
+        with self._lock:
+            opened, self._opened, self.traces_file = self._opened, None, None
+        try:
+            if opened is not None:
+                opened.close()
+        except OSError as err:
+            return f"I/O error writing --save-traces: {err}"
+        return None
 
     def add(self, task: int, chunk: int, traces: list[Any], errors: list[dict[str, Any]]) -> None:
         with self._lock:
@@ -99,14 +110,22 @@ class EventCollector:
                 except (ValueError, OSError):
                     self.forward = None  # the dashboard is gone; the run goes on
 
-    def last_error_text(self, wait_s: float) -> str:
-        """``; last: <processor> on <line>: <type>: <message>`` for the latest error record (waiting up to
-        ``wait_s`` for one), or ""."""
-        deadline = time.monotonic() + wait_s
+    def max_errors_stop(self, limit: int, total: int, reached: bool) -> str | None:
+        """Why the run stops once ``total`` live errors reached ``limit`` (or a worker ``reached`` it), or None.
+
+        Workers stop within a batch of the limit; errors of tasks that did not finish are
+        counted here but not in the saved metrics, which match the written output. The last
+        error's record may still be on the way: it is waited for, a second at most.
+        """
+        if total < limit and not reached:
+            return None
+        deadline = time.monotonic() + 1.0
         while self.last_error is None and time.monotonic() < deadline:
             time.sleep(0.01)
         last = self.last_error
-        return f"; last: {last['processor']} on {last['line_id']}: {last['error_type']}: {last['message']}" if last else ""
+        what = f"; last: {last['processor']} on {last['line_id']}: {last['error_type']}: {last['message']}" if last else ""
+        counted = f" ({total} errors counted)" if total >= limit else ""
+        return f"stopped: --max-errors {limit} reached{counted}{what}"
 
     def recent_traces(self, n: int = 100) -> list[dict[str, Any]]:
         with self._lock:

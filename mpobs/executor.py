@@ -65,6 +65,12 @@ class WorkerFailed:
     detail: str
     io: bool = False  # it could not write the output (a full disk): an I/O error of the run, not a bug
 
+    def message(self, output: str | None) -> str:
+        """What the run says when it fails of this."""
+        if self.io:  # what is committed stays in the output (and in the last checkpoint)
+            return f"I/O error: cannot write the output {output}: {self.detail}"
+        return (f"worker {self.worker} failed: " if self.worker else "") + self.detail  # "": the executor as a whole
+
 
 @dataclass(frozen=True)
 class LimitReached:
