@@ -41,7 +41,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import replace
 from multiprocessing.connection import Connection
 from typing import Any, Iterator, Sequence
 
@@ -170,7 +169,7 @@ class DaskExecutor(Executor):
         shipped = task
         if task.path is None and task.data is None:  # a block: its bytes travel with it
             assert self.ctx.store is not None
-            shipped = replace(task, data=bytes(self.ctx.store.get(task.slot, task.end - task.start)), slot=-1)
+            shipped = task._replace(data=bytes(self.ctx.store.get(task.slot, task.end - task.start)), slot=-1)
         attempt = self._attempts.get(task.index, 0)
         self._attempts[task.index] = attempt + 1
         key = f"mpobs-task-{task.index}-{attempt}-{os.getpid()}"

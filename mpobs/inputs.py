@@ -7,8 +7,7 @@ import mmap
 import os
 import sys
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterator, NamedTuple
 
 from mpobs.defaults import TASK_BYTES
 from mpobs.errors import InputError
@@ -26,8 +25,7 @@ class _NotReady:
 NOT_READY: Any = _NotReady()
 
 
-@dataclass(frozen=True)
-class Task:
+class Task(NamedTuple):
     """A run's unit of work: lines ``first_line ..`` (1-based, run-wide) of input number ``input``.
 
     Its bytes are either a byte range ``start .. end`` of the regular file at ``path``,
@@ -81,8 +79,7 @@ class Task:
             os.close(fd)
 
 
-@dataclass(frozen=True)
-class Piece:
+class Piece(NamedTuple):
     """What one input plans: a task but for its place in the run (index, run-wide line number)."""
 
     start: int

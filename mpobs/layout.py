@@ -42,8 +42,7 @@ One int64 block of ``Layout.size`` values, in this order:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Mapping, Sequence
+from typing import Mapping, NamedTuple, Sequence
 
 from mpobs.histogram import BUCKETS, bucket_of
 
@@ -86,8 +85,7 @@ INPUT_STATES = ("waiting", "reading", "read", "done", "damaged")
 STATES = ("starting", "running", "done", "failed", "interrupted")
 
 
-@dataclass(frozen=True)
-class Layout:
+class Layout(NamedTuple):
     """Where each value lives; picklable, so children rebuild views from the name."""
 
     processors: tuple[str, ...]

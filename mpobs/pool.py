@@ -11,7 +11,6 @@ import signal
 import tempfile
 import time
 from collections import deque
-from dataclasses import replace
 from multiprocessing.connection import wait as mp_wait
 from multiprocessing.reduction import send_handle
 from typing import Any, Callable, Sequence
@@ -226,7 +225,7 @@ class LocalPool(Executor):
                                for k, (t, _) in enumerate(s.inflight)]  # fmt: skip
         if stopped is not None and events:  # not a crash: its call timed out, and is an error of its line now
             task = events[0].task  # type: ignore[union-attr]
-            events[0] = TaskLost(replace(task, timed_out=(*task.timed_out, stopped[0])),
+            events[0] = TaskLost(task._replace(timed_out=(*task.timed_out, stopped[0])),
                                  f"{named}: timed out after {stopped[0][3]:g} s; its worker was replaced")
         events += [TaskLost(t, reason, finished=True) for t in sorted(s.held.values(), key=lambda t: t.index)]
         s.inflight.clear()
@@ -287,10 +286,15 @@ class LocalPool(Executor):
                 except OSError:
                     pass
         deadline = time.monotonic() + timeout
-        while any(s.proc.is_alive() for s in self.slots) and time.monotonic() < deadline:
+        while time.monotonic() < deadline:
+            # One look at who is alive: a worker that exits between two looks left an
+            # empty list to wait on, and the wait slept its whole 50 ms (half the small runs).
+            alive = [s.proc.sentinel for s in self.slots if s.proc.is_alive()]
+            if not alive:
+                break
             if self._records_arrived():  # records still arriving: wait as long as they do
                 deadline = max(deadline, time.monotonic() + timeout)
-            mp_wait([s.proc.sentinel for s in self.slots if s.proc.is_alive()], 0.05)
+            mp_wait(alive, 0.05)
         for s in self.slots:
             if s.proc.is_alive():
                 s.proc.kill()

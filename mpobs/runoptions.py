@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, NamedTuple, Sequence
 
 from mpobs.defaults import (BATCH_LINES, CHECKPOINT_EVERY, EVENT_CHUNK, STALL_AFTER, TASK_BYTES, TRACE_SAMPLE,
                             default_workers)  # fmt: skip
@@ -41,8 +41,7 @@ class RunOptions:
     on_tick: Callable[[Any], None] | None = None  # progress display, given the Coordinator
 
 
-@dataclass
-class RunOutcome:
+class RunOutcome(NamedTuple):
     stats: dict[str, Any]  # the final stats document
     metrics: dict[str, Any]  # the same, with recent errors and traces: what --save-metrics writes
     exit_code: int

@@ -8,9 +8,8 @@ import signal
 import time
 import traceback
 from collections import deque
-from dataclasses import dataclass
 from multiprocessing.reduction import recv_handle
-from typing import Any
+from typing import Any, NamedTuple
 
 from mpobs.dag import Pipeline
 from mpobs.doing import OutputWait
@@ -41,8 +40,7 @@ def part_path(part_dir: str, index: int) -> str:
     return os.path.join(part_dir, f"part-{index:09d}")
 
 
-@dataclass
-class WorkerArgs:
+class WorkerArgs(NamedTuple):
     """Everything a worker process is started with (fork: nothing is pickled)."""
 
     slot: int
