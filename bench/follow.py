@@ -20,7 +20,7 @@ from typing import Any
 
 import psutil
 
-from bench.rows import mpobs_command
+from bench.rows import kill_if_running, mpobs_command
 
 
 def _tree_cpu(proc: psutil.Process) -> float:
@@ -86,9 +86,7 @@ def follow_latency(work: Path, seconds: float = 10.0, idle: float = 10.0, rate: 
         _, err = proc.communicate(timeout=30)
     finally:
         stop.set()
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        kill_if_running(proc)
         log.unlink(missing_ok=True)
         out.unlink(missing_ok=True)
     if proc.returncode != 0:

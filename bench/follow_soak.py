@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.report import machine, machine_line
+from bench.rows import kill_if_running
 from bench.soak import MemorySeries, flat
 from bench.stats_load import Client, free_port, wait_up
 
@@ -120,9 +121,7 @@ def main(argv: list[str] | None = None) -> int:
         _, err = proc.communicate(timeout=60)
     finally:
         stop.set()
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        kill_if_running(proc)
     got = b"".join(p.read_bytes() for p in outputs_in_order(out) if p.exists())
     exact = _numbered(got, lines)
     result: dict[str, Any] = {

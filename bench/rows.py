@@ -41,6 +41,13 @@ class RunResult:
     extra: dict[str, object] = field(default_factory=dict)
 
 
+def kill_if_running(proc: subprocess.Popen[bytes]) -> None:
+    """For a ``finally``: a run that has not ended (the harness failed half-way) is killed and reaped."""
+    if proc.poll() is None:
+        proc.kill()
+        proc.wait()
+
+
 def mpobs_command() -> list[str]:
     """The ``mpobs`` console script of this interpreter (what a user types), not a pyenv-style shim."""
     local = Path(sys.executable).parent / "mpobs"

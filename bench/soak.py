@@ -28,6 +28,7 @@ import psutil
 
 from bench.data import ensure_log, sha256_file, warm
 from bench.report import machine, machine_line
+from bench.rows import kill_if_running
 from bench.rss import _status_kb
 from bench.stats_load import Client, free_port, pct, wait_up
 
@@ -137,9 +138,7 @@ def main(argv: list[str] | None = None) -> int:
         _, err = proc.communicate(timeout=60)
     finally:
         stop.set()
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        kill_if_running(proc)
     mem.join(5)
     stats = json.loads(metrics.read_text())
     latencies = [x for c in clients for x in c.latencies]

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -21,6 +20,7 @@ from typing import Any, Iterator
 import pytest
 from conftest_dashboard import free_port, get_json, wait_for
 
+from tests.test_follow import stop_following
 from tests.test_reliability import fn_config
 
 FNS = "def f(line):\n    if 'BAD' in line:\n        raise ValueError('bad line')\n    return line\n"
@@ -120,18 +120,6 @@ def _follow(tmp_path: Path, alertmanager_url: str, *extra: str) -> subprocess.Po
     )  # fmt: skip
 
 
-def _end(proc: subprocess.Popen[bytes]) -> str:
-    try:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-        _, err = proc.communicate(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    return err.decode()
-
-
 def _am_alerts(url: str, name: str) -> list[dict[str, Any]]:
     return [a for a in get_json(f"{url}/api/v2/alerts")[1] if a["labels"]["alertname"] == name]
 
@@ -151,7 +139,7 @@ def test_a_real_alertmanager_receives_the_alert_then_its_resolution(tmp_path: Pa
         assert (ends - datetime.now(timezone.utc)).total_seconds() > 120
         wait_for(lambda: "firing" in hook.statuses("ErrorsSeen"), 30, what="Alertmanager's firing notification")
     finally:
-        err = _end(proc)
+        err = stop_following(proc)
     assert proc.returncode == 0, err
     assert 'alert ErrorsSeen{processor="f",severity="page"} resolved' in err and "cannot post" not in err, err
     # The run's end resolved it: Alertmanager drops it and notifies the resolution.
@@ -228,7 +216,7 @@ def test_an_absent_or_hung_alertmanager_does_not_hold_the_run_and_is_reported_on
                 assert not hung.is_set(), "the new lines came out only after the hung post gave up"
         wait_for(lambda: posts_failed(3), 60, interval=0.2, what="a third failed post")
     finally:
-        err = _end(proc)
+        err = stop_following(proc)
         if stuck:
             stuck.close()
     assert proc.returncode == 0, err
