@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import sys
@@ -89,8 +90,6 @@ class PipelineSpec:
     @property
     def token(self) -> str:
         """The same for the same config and folder, on every machine."""
-        import hashlib  # OpenSSL: 3 ms of start-up, and only a Dask run asks for this
-
         text = json.dumps([self.data, self.base_dir], sort_keys=True, default=str)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 

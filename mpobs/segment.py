@@ -1,4 +1,4 @@
-"""The stats segment: exact run counters in one int64 array in POSIX shared memory (numpy-shaped).
+"""The stats segment: exact run counters in one int64 array on multiprocessing.shared_memory (numpy-shaped).
 
 Its layout (rows, columns, what each value is) is described once, in ``mpobs.layout``.
 
@@ -13,20 +13,15 @@ readers work on a plain memoryview of it, adding a count vector (a list of ints)
 value: a few microseconds per batch, and no process of a run imports numpy unless
 something asks for it (a huge input's planning, tracing at a very low rate, a user
 function), which saves 50-70 ms of start-up on every run (bench: small jobs).
-
-The block is ``/dev/shm/<name>``, what ``shm_open`` makes on Linux, mapped with mmap
-(``SharedBlock``), registered with multiprocessing's resource tracker as
-multiprocessing.shared_memory registers its blocks (so a coordinator killed outright
-leaves nothing). Not multiprocessing.shared_memory itself: it imports secrets, hmac and
-hashlib (OpenSSL), 4 ms of every run's start-up, for nothing this needs.
 """
 
 from __future__ import annotations
 
 import os
-import mmap
+import secrets
 import time
 from functools import cached_property
+from multiprocessing import shared_memory
 from typing import TYPE_CHECKING, Any, Callable, NamedTuple, Sequence
 
 from mpobs.histogram import BUCKETS
@@ -42,50 +37,13 @@ _HOLDER = SYSTEM_FIELDS.index("lock_holder")
 _DOING_AT = WORKER_FIELDS.index(DOING_FIELDS[0])
 
 
-class SharedBlock:
-    """A named block of POSIX shared memory, mapped: ``buf``, ``close()``, and ``unlink()`` for its creator."""
-
-    def __init__(self, name: str, create: bool = False, size: int = 0) -> None:
-        self.name = name
-        self._path = os.path.join(SHM_DIR, name)
-        fd = os.open(self._path, os.O_RDWR | (os.O_CREAT | os.O_EXCL if create else 0), 0o600)
-        try:
-            if create:
-                os.ftruncate(fd, size)
-            self._mmap = mmap.mmap(fd, size if create else os.fstat(fd).st_size)
-        except BaseException:
-            if create:
-                os.unlink(self._path)
-            raise
-        finally:
-            os.close(fd)
-        self.buf = memoryview(self._mmap)
-        if create:
-            from multiprocessing import resource_tracker
-
-            resource_tracker.register("/" + name, "shared_memory")  # it unlinks what a killed run left
-
-    def close(self) -> None:
-        """Unmap it; BufferError while a view of it is still held."""
-        self.buf.release()
-        self._mmap.close()
-
-    def unlink(self) -> None:
-        from multiprocessing import resource_tracker
-
-        try:
-            os.unlink(self._path)
-        finally:
-            resource_tracker.unregister("/" + self.name, "shared_memory")
-
-
 class StatsSegment(HolderLock):
     """Views over the shared block. The creator unlinks it; everyone else only closes.
 
     ``held()`` and the rest of the lock's handling: ``mpobs.seglock``.
     """
 
-    def __init__(self, layout: Layout, shm: SharedBlock, lock: Any, owner: bool) -> None:
+    def __init__(self, layout: Layout, shm: shared_memory.SharedMemory, lock: Any, owner: bool) -> None:
         self.layout = layout
         self.shm = shm
         self.lock = lock
@@ -120,8 +78,8 @@ class StatsSegment(HolderLock):
     @classmethod
     def create(cls, layout: Layout, lock: Any) -> StatsSegment:
         # A recognizable name with the owner's pid: a leftover can be traced to its run.
-        name = f"{SEGMENT_PREFIX}{os.getpid()}_{os.urandom(4).hex()}"
-        shm = SharedBlock(name, create=True, size=layout.size * 8)
+        name = f"{SEGMENT_PREFIX}{os.getpid()}_{secrets.token_hex(4)}"
+        shm = shared_memory.SharedMemory(name=name, create=True, size=layout.size * 8)
         seg = cls(layout, shm, lock, owner=True)
         seg._flat[:] = _zeros(layout.size)
         seg.set_system(started_at_ms=int(time.time() * 1000))
@@ -129,7 +87,7 @@ class StatsSegment(HolderLock):
 
     @classmethod
     def attach(cls, name: str, layout: Layout, lock: Any) -> StatsSegment:
-        return cls(layout, SharedBlock(name), lock, owner=False)
+        return cls(layout, shared_memory.SharedMemory(name=name), lock, owner=False)
 
     @property
     def name(self) -> str:
