@@ -243,7 +243,7 @@ def _longest_range(tree: Any) -> int:
     def visit(node: Any) -> None:
         nonlocal longest
         if isinstance(node, p.MatrixSelector):
-            longest = max(longest, int(node.range.total_seconds() * 1000))
+            longest = max(longest, int(round(node.range.total_seconds() * 1000)))  # as Evaluator._range
         for name in ("expr", "lhs", "rhs"):
             child = getattr(node, name, None)
             if child is not None and not isinstance(child, (str, float)):

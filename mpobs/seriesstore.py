@@ -36,8 +36,14 @@ class SeriesStore:
         self.retention_ms = retention_ms
         self.series: dict[Labels, list[tuple[int, float | None]]] = {}
         self._last: set[Labels] = set()
+        self._last_t = -1  # ms of the last scrape
 
     def scrape(self, t_ms: int, samples: Iterable[tuple[str, dict[str, str], float]]) -> None:
+        """One scrape at ``t_ms``; one not after the last (the same millisecond, a clock set back) is
+        dropped, as Prometheus drops out-of-order samples: ranges are found by bisection."""
+        if t_ms <= self._last_t:
+            return
+        self._last_t = t_ms
         seen: set[Labels] = set()
         for name, labels, value in samples:
             key = labels_of(name, labels)

@@ -140,7 +140,7 @@ def scraped(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Scraped]:
         for proc, sig in zip(reversed(procs), (signal.SIGTERM, signal.SIGTERM)):
             _stop(proc, sig)
         SHARED_PIDS.difference_update(p.pid for p in procs)
-    assert procs[0].returncode == 0, (folder / "mpobs.stderr").read_text()
+    assert procs and procs[0].returncode == 0, (folder / "mpobs.stderr").read_text()
 
 
 def _firing(alerts: list[dict[str, Any]], name: str) -> list[dict[str, Any]]:

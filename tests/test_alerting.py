@@ -209,3 +209,30 @@ def test_fail_on_alert_stops_a_run_that_would_not_end(tmp_path: Path, cli: Any) 
     assert res.returncode == 4, res.stderr.decode()
     assert "alert Seen fired: seen 10 (--fail-on-alert)" in res.stderr.decode()
     assert (tmp_path / "out").read_text().count("\n") == 90  # what was read is in the output
+
+
+def test_the_store_keeps_what_the_rules_read_and_marks_what_left_the_scrape() -> None:
+    """A long run's store is trimmed to the longest range (or the lookback): every value the
+    rules read is the one an untrimmed store gives; a series gone from the scrape is stale."""
+    from mpobs.promql import LOOKBACK_MS
+
+    exprs = ["rate(c_total[10m])", "increase(c_total{p='a'}[1m])", "irate(c_total[30s])", "g", "sum(g)"]
+    trimmed, full = SeriesStore(max(600_000, LOOKBACK_MS)), SeriesStore(10 * 3_600_000)
+    at = T0
+    for i in range(2000):  # 2000 scrapes a second apart: the trimmed store keeps 601 of them
+        samples = [("c_total", {"p": "a"}, 3.0 * i), ("c_total", {"p": "b"}, 5.0 * i % 700)]
+        if i < 1500:
+            samples.append(("g", {}, float(i)))  # leaves the scrape at i = 1500
+        for store in (trimmed, full):
+            store.scrape(at, samples)
+            store.scrape(at, samples)  # the same millisecond again: dropped, as Prometheus drops it
+        at += 1000
+    t = at - 1000
+    assert len(trimmed.series[labels_of("c_total", {"p": "a"})]) == 601
+    assert len(full.series[labels_of("c_total", {"p": "a"})]) == 2000
+    for expr in exprs:
+        assert Evaluator(trimmed).query(expr, t) == Evaluator(full).query(expr, t), expr
+    assert Evaluator(trimmed).query("g", t) == []  # stale since it left the scrape
+    assert _values(Evaluator(full).query("g", T0 + 1_499_000)) == {(("__name__", "g"),): 1499.0}
+    trimmed.scrape(t - 5000, [("c_total", {"p": "a"}, 0.0)])  # a clock set back: dropped
+    assert trimmed.series[labels_of("c_total", {"p": "a"})][-1] == (t, 3.0 * 1999)

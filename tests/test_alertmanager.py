@@ -96,7 +96,11 @@ def alertmanager(tmp_path: Path) -> Iterator[tuple[str, Hook]]:
         )  # fmt: skip
     url = f"http://127.0.0.1:{port}"
     try:
-        wait_for(lambda: get_json(f"{url}/api/v2/status")[0] == 200, 30, interval=0.2, what="Alertmanager")
+        def up() -> bool:
+            assert proc.poll() is None, (tmp_path / "alertmanager.log").read_text()  # it could not start
+            return get_json(f"{url}/api/v2/status")[0] == 200
+
+        wait_for(up, 30, interval=0.2, what="Alertmanager")
         yield url, hook
     finally:
         proc.terminate()
