@@ -236,3 +236,15 @@ def test_the_store_keeps_what_the_rules_read_and_marks_what_left_the_scrape() ->
     assert _values(Evaluator(full).query("g", T0 + 1_499_000)) == {(("__name__", "g"),): 1499.0}
     trimmed.scrape(t - 5000, [("c_total", {"p": "a"}, 0.0)])  # a clock set back: dropped
     assert trimmed.series[labels_of("c_total", {"p": "a"})][-1] == (t, 3.0 * 1999)
+
+
+def test_rules_are_evaluated_on_their_own_beat_not_the_loops(tmp_path: Path) -> None:
+    """The coordinator looks every 0.1 s or so; a 0.15 s interval stays 0.15 s (20 evaluations in 3 s, not 15)."""
+    path = tmp_path / "r.yml"
+    path.write_text(RULES)
+    clock = Clock()
+    watch = AlertWatch(AlertOptions(tuple(load_rules(str(path))), 0.15), lambda _: None, clock)
+    for _ in range(30):
+        watch.tick(lambda: _doc(0))
+        clock.t += 0.1
+    assert watch.rules[0].evaluations == 20
