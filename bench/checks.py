@@ -53,7 +53,7 @@ def small_jobs(data_dir: Path, work: Path, rounds: int, ensure_log: Any) -> dict
         argv = [*mpobs_command(), "process", str(log), "--workers", "2", "-q", "-o", str(work / "small.out")]
         pairs = []
         for _ in range(rounds):
-            b, m = _timed(base_argv), _timed(argv)
+            b, m = timed(base_argv), timed(argv)
             if b is None or m is None:
                 out[key] = {"error": "a run failed"}
                 break
@@ -67,7 +67,7 @@ def small_jobs(data_dir: Path, work: Path, rounds: int, ensure_log: Any) -> dict
     return out
 
 
-def _timed(argv: list[str]) -> float | None:
+def timed(argv: list[str]) -> float | None:
     t0 = time.perf_counter()
     proc = subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     took = time.perf_counter() - t0

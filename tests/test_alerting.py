@@ -100,16 +100,21 @@ class Clock:
         return self.t
 
 
+def _watch(tmp_path: Path, interval: float, say: Any = lambda _: None, **opts: Any) -> tuple[AlertWatch, Clock]:
+    """An AlertWatch over RULES on a clock the test moves."""
+    path = tmp_path / "r.yml"
+    path.write_text(RULES)
+    clock = Clock()
+    return AlertWatch(AlertOptions(tuple(load_rules(str(path))), interval, **opts), say, clock), clock
+
+
 def _doc(errors: int) -> dict[str, Any]:
     return {"processors": {"f": {"errors": errors, "lines_in": 10}}, "system": {"state": "running"}}
 
 
 def test_pending_firing_kept_then_resolved(tmp_path: Path) -> None:
-    path = tmp_path / "r.yml"
-    path.write_text(RULES)
     said: list[str] = []
-    clock = Clock()
-    watch = AlertWatch(AlertOptions(tuple(load_rules(str(path))), 1.0, fail_on=("ErrorsSeen",)), said.append, clock)
+    watch, clock = _watch(tmp_path, 1.0, said.append, fail_on=("ErrorsSeen",))
     states = []
     for errors in (0, 3, 4, 5, 5, 1, 1, 1):
         watch.tick(lambda e=errors: _doc(e))
@@ -177,10 +182,7 @@ def test_alerts_endpoint_and_alerts_series_show_the_watch(tmp_path: Path) -> Non
     from dashboard_app import create_app
     from dashboard_app.sources import SavedSource
 
-    path = tmp_path / "r.yml"
-    path.write_text(RULES)
-    clock = Clock()
-    watch = AlertWatch(AlertOptions(tuple(load_rules(str(path))), 1.0), lambda _: None, clock)
+    watch, clock = _watch(tmp_path, 1.0)
     for _ in range(3):
         watch.tick(lambda: _doc(5))
         clock.t += 1
@@ -240,10 +242,7 @@ def test_the_store_keeps_what_the_rules_read_and_marks_what_left_the_scrape() ->
 
 def test_rules_are_evaluated_on_their_own_beat_not_the_loops(tmp_path: Path) -> None:
     """The coordinator looks every 0.1 s or so; a 0.15 s interval stays 0.15 s (20 evaluations in 3 s, not 15)."""
-    path = tmp_path / "r.yml"
-    path.write_text(RULES)
-    clock = Clock()
-    watch = AlertWatch(AlertOptions(tuple(load_rules(str(path))), 0.15), lambda _: None, clock)
+    watch, clock = _watch(tmp_path, 0.15)
     for _ in range(30):
         watch.tick(lambda: _doc(0))
         clock.t += 0.1
