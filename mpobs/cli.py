@@ -13,6 +13,7 @@ from click.core import ParameterSource
 from mpobs.defaults import (BATCH_LINES, CHECKPOINT_EVERY, DASK_TASK_BYTES, STALL_AFTER, TASK_BYTES, TRACE_SAMPLE,
                             default_workers)  # fmt: skip
 from mpobs.alerts_cli import alert_options, alerts, with_alert_options
+from mpobs.traces_cli import traces
 from mpobs.errors import (EXIT_ALERT, EXIT_FAILED, EXIT_MAX_ERRORS, EXIT_OK, EXIT_USAGE, DashboardError, InputError,
                           MpobsError)  # fmt: skip
 
@@ -308,6 +309,7 @@ def generate(path: str, lines: int, seed: int, awkward: float, mix: str) -> None
 
 
 main.add_command(alerts)
+main.add_command(traces)
 
 
 @main.command("dashboard")

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 from mpobs.blocks import BlockStore
 from mpobs.dag import Pipeline
 from mpobs.doing import OutputWait, StallWatch
-from mpobs.defaults import BACKLOG_PER_WORKER, BLOCKS_PER_WORKER, KEEP, SAVED_RECENT
+from mpobs.defaults import BACKLOG_PER_WORKER, BLOCKS_PER_WORKER, SAVED_RECENT
 from mpobs.errors import (EXIT_ALERT, EXIT_FAILED, EXIT_MAX_ERRORS, EXIT_OK, EXIT_SIGINT, EXIT_SIGTERM, EXIT_USAGE,
                           MpobsError)  # fmt: skip
 from mpobs.events import EventCollector
@@ -36,6 +36,7 @@ from mpobs.segment import StatsSegment
 from mpobs.sources import InputSet, open_inputs
 from mpobs.stats import RunMeta, SlowestTasks, build_stats
 from mpobs.task import TaskResult, TaskSettings
+from mpobs.tracefile import header as traces_header
 from mpobs.tracing import expand as expand_trace
 
 if TYPE_CHECKING:
@@ -99,7 +100,7 @@ class Coordinator:
             self.stalls = StallWatch(self.seg.layout.slots, self.seg.doing_now, opts.stall_after,
                                      [(n.id, getattr(n.proc, "ref", None)) for n in self.pipeline.nodes], meta.input_names)
             if opts.save_traces:
-                self.collector.open_traces(opts.save_traces)
+                self.collector.open_traces(opts.save_traces, traces_header(self.pipeline, names))
             self._serve_dashboard()
             if opts.alerts is not None:
                 from mpobs.alerting import AlertWatch
@@ -197,7 +198,7 @@ class Coordinator:
         settings = TaskSettings(
             self.meta.record_names(), batch_lines=opts.batch_lines, trace_rate=opts.trace_sample if opts.trace else 0.0,
             event_chunk=opts.event_chunk, max_errors=opts.max_errors,
-            traces_per_task=None if opts.save_traces else KEEP,
+            save_traces=bool(opts.save_traces),
         )  # fmt: skip
         return RunContext(self.pipeline, settings, self.seg, self.collector, wait_traces=bool(opts.save_traces),
                           out_fd=sink.fd if sink.direct else None, store=self.store,
@@ -251,8 +252,8 @@ class Coordinator:
             result = event.result
             if not result.pending:
                 self.seg.complete(result.counts)
-            if result.traces or result.errors:
-                self.collector.add(event.task.index, 0, result.traces, result.errors)
+            if result.traces or result.errors or result.saved:
+                self.collector.add(event.task.index, 0, result.traces, result.errors, result.saved)
             output.done(event.task, result)
         elif isinstance(event, TaskWritten):
             output.written(event.index)

@@ -110,7 +110,7 @@ class Pipeline:
         doing, pos = self.doing, self.position
         doing[1] = pos.input
         for node in self.order:
-            inp = _gather(node, outs)
+            inp = gather(node.inputs, outs)
             if not inp.texts:
                 outs[node.id] = {} if node.proc.routes else EMPTY
                 continue
@@ -139,20 +139,22 @@ class Pipeline:
         doing[0] = 0
         sinks = self.sinks
         if len(sinks) == 1:
-            return _as_batch(outs[sinks[0].id])
-        return merge([_as_batch(outs[s.id]) for s in sinks])
+            return as_batch(outs[sinks[0].id])
+        return merge([as_batch(outs[s.id]) for s in sinks])
 
 
-def _as_batch(res: Batch | dict[str, Batch]) -> Batch:
+def as_batch(res: Batch | dict[str, Batch]) -> Batch:
+    """A step's output as one batch: a router's routes merged."""
     return merge(list(res.values())) if isinstance(res, dict) else res
 
 
-def _gather(node: Node, outs: dict[str, Batch | dict[str, Batch]]) -> Batch:
+def gather(inputs: list[tuple[str, str | None]], outs: dict[str, Batch | dict[str, Batch]]) -> Batch:
+    """A node's input: the outputs (or routes) named by ``inputs``, merged by line number."""
     parts = []
-    for src, route in node.inputs:
+    for src, route in inputs:
         res = outs[src]
         if isinstance(res, dict):
-            parts.append(_as_batch(res) if route is None else res.get(route, EMPTY))
+            parts.append(as_batch(res) if route is None else res.get(route, EMPTY))
         else:
             parts.append(res)
     return parts[0] if len(parts) == 1 else merge(parts)

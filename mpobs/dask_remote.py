@@ -77,7 +77,7 @@ def run_remote(spec: Any, layout: Any, settings: Any, task: Task, part: str | No
         result = run_task(task, _pipeline(spec), layout, settings, out.extend, progress, records)
         output = bytes(out)
     assert result is not None  # nothing stops a Dask task between batches
-    result.traces, result.errors, result.output = records.traces, records.errors, output
+    records.attach(result).output = output
     return result, worker.address
 
 

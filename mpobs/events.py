@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import queue as queue_mod
 import threading
 import time
@@ -13,7 +12,7 @@ from mpobs.defaults import KEEP
 
 
 class QueueEvents:
-    """A worker's side: records go in messages ``(task index, chunk, traces, errors)``.
+    """A worker's side: records go in messages ``(task index, chunk, traces, errors, saved)``.
 
     Each worker has a queue of its own, so a worker killed in the middle of a
     write harms only its own queue. Normally a bounded multiprocessing.Queue: a
@@ -29,9 +28,10 @@ class QueueEvents:
         self.q = q
         self.wait = wait
 
-    def send(self, task: int, chunk: int, traces: list[Any], errors: list[dict[str, Any]]) -> tuple[int, int, int, int]:
-        nt, ne = len(traces), len(errors)
-        msg = (task, chunk, traces, errors)
+    def send(self, task: int, chunk: int, traces: list[Any], errors: list[dict[str, Any]],
+             saved: tuple[int, bytes] | None = None) -> tuple[int, int, int, int]:  # fmt: skip
+        nt, ne = len(traces) if saved is None else saved[0], len(errors)
+        msg = (task, chunk, traces, errors, saved)
         if self.wait:  # a SimpleQueue: written to the pipe before put returns, so before "done"
             self.q.put(msg)
             return nt, 0, ne, 0
@@ -43,13 +43,15 @@ class QueueEvents:
 
 
 class EventCollector:
-    """The consumer's side: the last KEEP traces and errors, a JSON Lines file, a forward queue.
+    """The consumer's side: the last KEEP traces and errors, the --save-traces file, a forward queue.
 
-    Traces arrive compact (mpobs.tracing) and are expanded only when read or saved.
-    ``add`` may run on several reader threads (one per worker queue): it holds a lock.
+    Traces arrive compact (mpobs.tracing) and are expanded only when read. The file
+    gets the records tasks made for it (mpobs.tracefile) as they are, and those count
+    as the traces delivered while it is open. ``add`` may run on several reader
+    threads (one per worker queue): it holds a lock.
     """
 
-    def __init__(self, keep: int = KEEP, traces_file: IO[str] | None = None, forward: Any = None,
+    def __init__(self, keep: int = KEEP, forward: Any = None,
                  expand: Callable[[Any], dict[str, Any]] = lambda t: t) -> None:  # fmt: skip
         self.expand = expand
         self.traces: deque[Any] = deque(maxlen=keep)
@@ -59,17 +61,18 @@ class EventCollector:
         self.errors_delivered = 0
         self.repeats = 0  # records of a (task, chunk) already delivered by a worker that then died
         self.forward_dropped = 0
-        self.traces_file = traces_file
+        self.traces_file: IO[bytes] | None = None
         self.forward = forward
         self.last_error: dict[str, Any] | None = None
         self.write_error: BaseException | None = None
-        self._opened: IO[str] | None = None  # the --save-traces file, open until close_traces()
+        self._opened: IO[bytes] | None = None  # the --save-traces file, open until close_traces()
         self._seen: set[tuple[int, int]] = set()
         self._lock = threading.Lock()
 
-    def open_traces(self, path: str) -> None:
-        """Every trace from now on goes to ``path`` too (--save-traces), as JSON Lines, until ``close_traces``."""
-        self.traces_file = self._opened = open(path, "w", encoding="utf-8")  # noqa: SIM115
+    def open_traces(self, path: str, header: bytes) -> None:
+        """The --save-traces file: ``header`` (mpobs.tracefile.header), then every saved record until ``close_traces``."""
+        self.traces_file = self._opened = open(path, "wb")  # noqa: SIM115
+        self.traces_file.write(header)
 
     def close_traces(self) -> str | None:
         """Close the --save-traces file; what went wrong with its last flush (a full disk, say), if anything."""
@@ -82,23 +85,23 @@ class EventCollector:
             return f"I/O error writing --save-traces: {err}"
         return None
 
-    def add(self, task: int, chunk: int, traces: list[Any], errors: list[dict[str, Any]]) -> None:
+    def add(self, task: int, chunk: int, traces: list[Any], errors: list[dict[str, Any]],
+            saved: tuple[int, bytes] | None = None) -> None:  # fmt: skip
         with self._lock:
             self.messages += 1
             if (task, chunk) in self._seen:
-                self.repeats += len(traces) + len(errors)
+                self.repeats += (len(traces) if saved is None else saved[0]) + len(errors)
                 return
             self._seen.add((task, chunk))
             self.traces.extend(traces)
             self.errors.extend(errors)
-            self.traces_delivered += len(traces)
+            self.traces_delivered += len(traces) if saved is None else saved[0]
             self.errors_delivered += len(errors)
             if errors:
                 self.last_error = errors[-1]
-            if self.traces_file is not None:
-                expand = self.expand
+            if self.traces_file is not None and saved is not None:
                 try:
-                    self.traces_file.writelines(json.dumps(expand(t)) + "\n" for t in traces)
+                    self.traces_file.write(saved[1])
                 except (OSError, ValueError) as err:  # e.g. the disk is full: the run fails, reading goes on
                     self.write_error = err
                     self.traces_file = None

@@ -13,6 +13,7 @@ from mpobs.batch import Batch
 from mpobs.dag import Pipeline
 from mpobs.defaults import BATCH_LINES, ERROR_LINE_CHARS, EVENT_CHUNK, KEEP
 from mpobs.layout import CALL_WIDTH, PROC_WIDTH, Layout
+from mpobs.tracefile import BatchRecorder
 from mpobs.tracing import BatchTrace, sampled
 
 _ZEROS = (0,) * CALL_WIDTH
@@ -29,11 +30,18 @@ class CountSink(Protocol):
               errors_dropped: int) -> None: ...  # fmt: skip
 
 
-class EventSink(Protocol):
-    """Where trace and error records go, in numbered chunks per task. Returns (sent, dropped) for each kind."""
+#: Traced lines recorded for the --save-traces file: (how many lines, their records: lines of mpobs.tracefile).
+Saved = tuple[int, bytes]
 
-    def send(self, task: int, chunk: int, traces: list[Any], errors: list[dict[str, Any]]) -> tuple[int, int, int, int]:
-        ...
+
+class EventSink(Protocol):
+    """Where trace and error records go, in numbered chunks per task. Returns (sent, dropped) for each kind.
+
+    ``saved``: the chunk's --save-traces records, whose lines are what counts as traces sent then.
+    """
+
+    def send(self, task: int, chunk: int, traces: list[Any], errors: list[dict[str, Any]],
+             saved: Saved | None = None) -> tuple[int, int, int, int]: ...  # fmt: skip
 
 
 @dataclass
@@ -47,9 +55,11 @@ class TaskSettings:
     event_chunk: int = EVENT_CHUNK  # records per queue message
     max_errors: int | None = None  # workers stop at the next batch once the run counts this many
     clock: Callable[[], int] = time.perf_counter_ns
-    #: How many traces of its sampled lines a task builds, its last ones (None: all, for --save-traces).
-    #: Only the most recent KEEP traces can be shown (/trace), so a task builds no more than that.
+    #: How many traces of its sampled lines a task builds for /trace, its last ones (None: all).
+    #: Only the most recent KEEP traces can be shown, so a task builds no more than that.
     traces_per_task: int | None = KEEP
+    #: Record every sampled line for the --save-traces file (mpobs.tracefile), as the task's ``saved``.
+    save_traces: bool = False
 
 
 @dataclass
@@ -75,6 +85,7 @@ class TaskResult:
     output: bytes | str | None = None
     traces: list[Any] = field(default_factory=list)
     errors: list[dict[str, Any]] = field(default_factory=list)
+    saved: Saved | None = None
     worker: str = ""  # who ran it (TaskSettings.worker)
 
 
@@ -84,11 +95,21 @@ class KeptRecords:
     def __init__(self) -> None:
         self.traces: list[Any] = []
         self.errors: list[dict[str, Any]] = []
+        self.saved: Saved | None = None
 
-    def send(self, task: int, chunk: int, traces: list[Any], errors: list[dict[str, Any]]) -> tuple[int, int, int, int]:
+    def send(self, task: int, chunk: int, traces: list[Any], errors: list[dict[str, Any]],
+             saved: Saved | None = None) -> tuple[int, int, int, int]:  # fmt: skip
         self.traces += traces
         self.errors += errors
-        return len(traces), 0, len(errors), 0
+        if saved is not None:
+            n, data = self.saved or (0, b"")
+            self.saved = (n + saved[0], data + saved[1])
+        return (len(traces) if saved is None else saved[0]), 0, len(errors), 0
+
+    def attach(self, result: TaskResult) -> TaskResult:
+        """The task's result, carrying these records."""
+        result.traces, result.errors, result.saved = self.traces, self.errors, self.saved
+        return result
 
 
 def run_task(
@@ -153,16 +174,21 @@ class _TaskRun:
         self.out_lines = self.out_bytes = 0
         self.traces: list[Any] = []  # compact traces (mpobs.tracing.expand), not yet sent
         self.errors: list[dict[str, Any]] = []
+        self.saved: list[bytes] = []  # --save-traces records (mpobs.tracefile), not yet sent
+        self.saved_lines = 0
         self.chunks_sent = 0
         self.delta = self.total  # the last batch's count vector
         self.sent = (0, 0, 0, 0)  # what the last batch sent: traces sent, dropped, errors sent, dropped
         # The task's sampled lines at once, not once per batch.
         rate = settings.trace_rate
         self.traced = sampled(task.first_line, n_lines, rate) if rate > 0 else []
+        self.recorded = self.traced if settings.save_traces else []  # every one, for the file
         keep = settings.traces_per_task
         self.skipped = max(0, len(self.traced) - keep) if keep is not None else 0
-        if self.skipped:  # sampled, but no trace built: only the most recent can be shown
+        if self.skipped:  # no trace built for /trace: only the most recent can be shown
             self.traced = self.traced[self.skipped :]
+            if settings.save_traces:
+                self.skipped = 0  # but the file has them all
 
     def batch(self, chunk: list[str], lo: int) -> bytes:
         """Run lines ``lo ..`` of the task; returns their output, sets ``delta`` and ``sent``."""
@@ -170,11 +196,10 @@ class _TaskRun:
         batch = Batch(list(range(first, first + len(chunk))), chunk)
         acc = [0] * (len(self.pipeline.nodes) * PROC_WIDTH)
         errs: list[tuple[int, int, str, BaseException]] = []
-        tracer = None
-        if self.traced:
-            traced = self.traced[bisect_left(self.traced, first) : bisect_left(self.traced, first + len(chunk))]
-            tracer = BatchTrace(traced, batch) if traced else None
-        out = self.pipeline.run_batch(batch, acc, errs, tracer, self.settings.clock)
+        tracer = _lines_of(self.traced, batch, BatchTrace)
+        recorder = _lines_of(self.recorded, batch, BatchRecorder)
+        observer = tracer if recorder is None else recorder if tracer is None else _Both(tracer, recorder)
+        out = self.pipeline.run_batch(batch, acc, errs, observer, self.settings.clock)
         data = _encode(out.texts) if out.texts else b""
         self.out_bytes += len(data)
         self.out_lines += len(out.texts)
@@ -184,8 +209,12 @@ class _TaskRun:
         self.sent = (0, 0, 0, 0)
         if self.events is not None:
             self.errors += [_error_record(self.pipeline, self.settings, self.task, *e) for e in errs]
+            offset = self.task.first_line - self.task.file_line
             if tracer is not None:
-                self.traces += tracer.finish(out, self.task.input, self.task.first_line - self.task.file_line)
+                self.traces += tracer.finish(out, self.task.input, offset)
+            if recorder is not None:
+                self.saved.append(recorder.line(self.task.input, offset))
+                self.saved_lines += len(recorder)
             self.sent = self.send_records(final=lo + len(chunk) >= self.n_lines) or self.sent
         return data
 
@@ -217,11 +246,12 @@ class _TaskRun:
 
         A message costs a wake-up of the queue thread and a pickling, whatever its size.
         """
-        pending = len(self.traces) + len(self.errors)
+        pending = len(self.traces) + len(self.errors) + self.saved_lines
         if self.events is None or not pending or (pending < self.settings.event_chunk and not final):
             return None
-        sent = self.events.send(self.task.index, self.chunks_sent, self.traces, self.errors)
-        self.traces, self.errors = [], []
+        saved = (self.saved_lines, b"".join(self.saved)) if self.settings.save_traces else None
+        sent = self.events.send(self.task.index, self.chunks_sent, self.traces, self.errors, saved)
+        self.traces, self.errors, self.saved, self.saved_lines = [], [], [], 0
         self.chunks_sent += 1
         return sent
 
@@ -229,6 +259,26 @@ class _TaskRun:
         keys = {k: dict(v) for k, v in self.key_counts.items()}
         return TaskResult(self.task.index, self.n_lines, self.out_lines, self.total, keys, dict(self.error_types),
                           self.out_bytes, worker=self.settings.worker)  # fmt: skip
+
+
+def _lines_of(traced: list[int], batch: Batch, make: Callable[[list[int], Batch], Any]) -> Any:
+    """An observer of ``batch``'s lines among ``traced`` (a task's, ascending), or None if it has none."""
+    if not traced:
+        return None
+    first = batch.nums[0]
+    mine = traced[bisect_left(traced, first) : bisect_left(traced, first + len(batch.nums))]
+    return make(mine, batch) if mine else None
+
+
+class _Both:
+    """Two step observers: the /trace traces and the --save-traces records of one batch."""
+
+    def __init__(self, a: Any, b: Any) -> None:
+        self.a, self.b = a, b
+
+    def step(self, *args: Any) -> None:
+        self.a.step(*args)
+        self.b.step(*args)
 
 
 def _encode(texts: list[str]) -> bytes:

@@ -143,6 +143,7 @@ class BatchTrace:
     """
 
     def __init__(self, nums: list[int], batch: Batch, clock: Any = time.time) -> None:
+        """``nums``: the traced lines of ``batch``, the batch a task made of consecutive input lines."""
         self.clock = clock
         first = batch.nums[0] if batch.nums else 0
         texts = batch.texts
@@ -154,6 +155,16 @@ class BatchTrace:
         self._where: dict[int, tuple[Batch, list[tuple[int, int, int]]]] = {
             id(batch): (batch, [(k, n - first, n - first + 1) for k, n in enumerate(nums)])
         }
+
+    @classmethod
+    def of_all(cls, batch: Batch) -> BatchTrace:
+        """Traces every line of ``batch``, whatever its numbers (a replay of a saved batch: mpobs.tracefile)."""
+        self = cls.__new__(cls)
+        self.clock = time.time
+        self.nums, self.original = batch.nums, batch.texts
+        self.paths = [[] for _ in batch.nums]
+        self._where = {id(batch): (batch, [(k, k, k + 1) for k in range(len(batch.nums))])}
+        return self
 
     def _find(self, b: Batch) -> list[tuple[int, int, int]]:
         known = self._where.get(id(b))
@@ -168,9 +179,12 @@ class BatchTrace:
         return found
 
     def step(self, node: Node, inp: Batch, out: Batch | dict[str, Batch], errors: ErrorList) -> None:
-        now = self.clock()
-        p = node.index
-        failed = {n: e for n, _, e in errors} if errors else None
+        failed = {n: describe(e) for n, _, e in errors} if errors else None
+        self.record(node.index, inp, out, failed, self.clock())
+
+    def record(self, p: int, inp: Batch, out: Batch | dict[str, Batch], failed: dict[int, str] | None,
+               now: float) -> None:  # fmt: skip
+        """One step of processor ``p``; ``failed``: the lines it failed on, with ``describe`` of their error."""
         in_texts, in_tags = inp.texts, inp.tags
         nums, paths = self.nums, self.paths
         here = self._find(inp)
@@ -185,7 +199,7 @@ class BatchTrace:
                         break
                 extra = {"copies": hi - lo} if hi - lo > 1 else None
                 if failed is not None and n in failed:
-                    status, extra = "error", dict(extra or {}, error=_describe(failed[n]))
+                    status, extra = "error", dict(extra or {}, error=failed[n])
                 paths[k].append((p, status, now, extra))
             return
         # Steps that keep every line in place (line_counter, tag_extractor, ...)
@@ -213,7 +227,7 @@ class BatchTrace:
             if hi - lo > 1:
                 extra = dict(extra or {}, copies=hi - lo)
             if failed is not None and n in failed:
-                status, extra = "error", dict(extra or {}, error=_describe(failed[n]))
+                status, extra = "error", dict(extra or {}, error=failed[n])
             paths[k].append((p, status, now, extra))
         self._where[id(out)] = (out, kept)
 
@@ -228,5 +242,6 @@ class BatchTrace:
         return result
 
 
-def _describe(exc: BaseException) -> str:
+def describe(exc: BaseException) -> str:
+    """An error as a trace step shows it."""
     return f"{type(exc).__name__}: {exc}"

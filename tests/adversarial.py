@@ -105,7 +105,7 @@ class AdversarialExecutor(Executor):
         layout = ctx.segment.layout
         result = run_task(task, ctx.pipeline, layout, ctx.settings, out.extend, None, records, store=ctx.store)
         assert result is not None
-        result.traces, result.errors = records.traces, records.errors
+        records.attach(result)
         if self.fd is None:
             result.output = bytes(out)
         else:

@@ -14,7 +14,10 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from mpobs.task import KeptRecords
 
 XSS_LINE = '2026-01-01T00:00:00Z ERROR [web] <img src=x onerror="window.__xss=1"> declined'
 
@@ -37,17 +40,6 @@ def explode(line: str) -> str:
     return line
 
 
-class ListEvents:
-    """An EventSink that keeps every record (the test plays the coordinator)."""
-
-    def __init__(self) -> None:
-        self.traces: list[dict[str, Any]] = []
-        self.errors: list[dict[str, Any]] = []
-
-    def send(self, task: int, chunk: int, traces: list[Any], errors: list[dict[str, Any]]) -> tuple[int, int, int, int]:
-        self.traces.extend(traces)
-        self.errors.extend(errors)
-        return len(traces), 0, len(errors), 0
 
 
 @dataclass
@@ -56,7 +48,7 @@ class SmallRun:
 
     seg: Any
     meta: Any
-    events: ListEvents
+    events: KeptRecords  # every record: the test plays the coordinator
     counters: dict[str, dict[str, int]] = field(default_factory=dict)
     lines: int = 0
 
@@ -71,7 +63,7 @@ def small_run(folder: Path, lines: int = 3000, trace_rate: float = 1.0) -> Small
     from mpobs.layout import Layout
     from mpobs.segment import StatsSegment
     from mpobs.stats import RunMeta
-    from mpobs.task import TaskSettings, run_task
+    from mpobs.task import KeptRecords, TaskSettings, run_task
     from mpobs.worker import RowSink
 
     path = folder / "small.log"
@@ -87,7 +79,7 @@ def small_run(folder: Path, lines: int = 3000, trace_rate: float = 1.0) -> Small
     seg.set_worker(0, pid=os.getpid(), alive=1)
     source.track(seg)
     seg.set_state("running")
-    events = ListEvents()
+    events = KeptRecords()
     counters: dict[str, dict[str, int]] = {}
     settings = TaskSettings(meta.record_names(), trace_rate=trace_rate)
     for seq, task in enumerate(source.tasks(64 * 1024)):

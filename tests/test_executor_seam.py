@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from mpobs.tracefile import read_traces
 from tests.adversarial import AdversarialExecutor
 from tests.reference import default_pipeline, split_lines
 from tests.test_engine import SMALL_TASKS, expected_dag, write_dag
@@ -30,8 +31,7 @@ def _comparable(stats: dict[str, Any]) -> dict[str, Any]:
 def _traces(path: Path) -> list[dict[str, Any]]:
     """Saved traces without their timestamps, in line order."""
     out = []
-    for line in path.read_text().splitlines():
-        t = json.loads(line)
+    for t in read_traces(str(path)):
         for step in t["path"]:
             step.pop("timestamp")
         out.append(t)

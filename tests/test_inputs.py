@@ -31,6 +31,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from mpobs.tracefile import read_traces
 from tests.conftest import shm_segments
 from tests.reference import default_pipeline, split_lines
 from tests.test_reliability import default_with, fn_config, processes_using, wait_for
@@ -764,7 +765,7 @@ def test_traces_name_the_file_and_its_line(tmp_path: Path) -> None:
     r = ok(run(tmp_path, *given, cwd=tmp_path, input=parts[1], extra=(*SMALL_TASKS, "--trace", "--trace-sample", "1",
                                                                       "--save-traces", str(saved))))  # fmt: skip
     rows = expected_lines(given, parts)
-    traces = sorted((json.loads(x) for x in saved.read_text().splitlines()), key=lambda t: t["line_number"])
+    traces = sorted(read_traces(str(saved)), key=lambda t: t["line_number"])
     assert [t["line_number"] for t in traces] == list(range(1, len(rows) + 1))
     for t, row in zip(traces, rows):
         assert (t["file"], t["file_line"], t["line_id"]) == (row["file"], row["file_line"], row["line_id"])

@@ -14,6 +14,7 @@ from typing import Any
 import psutil
 import pytest
 
+from mpobs.tracefile import read_traces
 from tests.conftest import shm_segments
 from tests.reference import default_pipeline
 
@@ -414,7 +415,7 @@ def test_worker_killed_holding_a_lock_does_not_stop_the_run(tmp_path: Path, cli:
     assert stats["system"]["workers_restarted"] == 1
     assert stats["processors"]["grab"]["lines_out"] == 60_000
     # every traced line saved exactly once: what the dead worker sent is not sent twice
-    ids = [json.loads(x)["line_number"] for x in saved.read_text().splitlines()]
+    ids = [t["line_number"] for t in read_traces(str(saved))]
     assert sorted(ids) == list(range(1, 60_001))
 
 

@@ -13,6 +13,7 @@ from mpobs.config import compile_config
 from mpobs.coordinator import Coordinator, RunOptions
 from mpobs.layout import PROC_WIDTH
 from mpobs.events import EventCollector
+from mpobs.tracefile import read_traces
 from mpobs.tracing import is_sampled
 from tests.reference import split_lines
 
@@ -24,10 +25,10 @@ ROUTER_DAG = {"processors": [
 ]}  # fmt: skip
 
 
-def read_traces(path: Path) -> dict[int, dict[str, Any]]:
+def saved_traces(path: Path) -> dict[int, dict[str, Any]]:
+    """The --save-traces file's traces by line number, timestamps checked and taken out."""
     traces = {}
-    for line in path.read_text().splitlines():
-        t = json.loads(line)
+    for t in read_traces(str(path)):
         for step in t["path"]:
             assert isinstance(step.pop("timestamp"), float)
         traces[t["line_number"]] = t
@@ -44,7 +45,7 @@ def test_router_traces_follow_each_branch_and_match_across_workers(tmp_path: Pat
         res = cli("process", str(log), "-c", str(config), "-w", str(w), "-o", str(tmp_path / "out"),
                   "--trace-sample", "1", "--save-traces", str(saved), "--task-size", "4096", "--batch-lines", "50")
         assert res.returncode == 0, res.stderr.decode()
-        runs.append(read_traces(saved))
+        runs.append(saved_traces(saved))
     assert runs[0] == runs[1]
     lines = split_lines(log.read_bytes())
     traces = runs[0]
@@ -79,7 +80,7 @@ def test_default_sample_is_a_function_of_the_line_number(tmp_path: Path, cli: An
         res = cli("process", str(log), "-w", str(w), "-o", str(tmp_path / "o"), "--trace", "--save-traces", str(saved),
                   "--task-size", "65536")  # fmt: skip
         assert res.returncode == 0, res.stderr.decode()
-        seen.append(sorted(read_traces(saved)))
+        seen.append(sorted(saved_traces(saved)))
     assert seen[0] == seen[1] == [n for n in range(1, 20_001) if is_sampled(n, 0.01)]
     assert 120 < len(seen[0]) < 280  # about 1 %
 
@@ -158,9 +159,9 @@ def test_without_max_errors_errors_never_stop_a_run(tmp_path: Path, cli: Any, ma
 class SlowCollector(EventCollector):
     """A consumer that cannot keep up."""
 
-    def add(self, task: int, chunk: int, traces: list[Any], errors: list[dict[str, Any]]) -> None:
+    def add(self, *message: Any) -> None:
         time.sleep(0.01)
-        super().add(task, chunk, traces, errors)
+        super().add(*message)
 
 
 def test_flood_of_traces_drops_and_counts_but_never_blocks_workers(tmp_path: Path, make_log: Any, workers: int) -> None:
@@ -190,7 +191,7 @@ def test_save_traces_waits_instead_of_dropping(tmp_path: Path, make_log: Any, wo
     s = outcome.stats["system"]
     assert s["traces_dropped"] == 0
     assert s["traces_sent"] == s["traces_delivered"] == 20_000
-    assert len(saved.read_text().splitlines()) == 20_000
+    assert sorted(t["line_number"] for t in read_traces(str(saved))) == list(range(1, 20_001))
 
 
 def test_metrics_hold_recent_traces_and_errors(tmp_path: Path, cli: Any, make_log: Any) -> None:
@@ -319,3 +320,98 @@ def test_every_line_sampled_builds_only_the_traces_that_can_be_shown(tmp_path: P
     assert tasks > 1 and s["traces_sent"] == s["traces_delivered"] == 1000 * tasks
     assert s["traces_sent"] + s["traces_dropped"] + s["traces_skipped"] == 20_000
     assert 20_000 in {t["line_number"] for t in stats["recent_traces"]} or workers > 1
+
+
+@pytest.mark.parametrize("traced_lines", ["all", "most", "one"])
+def test_saved_records_replay_to_the_live_traces(tmp_path: Path, monkeypatch: Any, traced_lines: str) -> None:
+    """A --save-traces record (mpobs.tracefile), read back, gives each line the trace BatchTrace builds live:
+    through a router, fan-in, copies, changed texts and tags, and errors; every line or only some traced."""
+    from mpobs.batch import Batch
+    from mpobs.tracefile import BatchRecorder, TraceReader, header
+    from mpobs.tracing import BatchTrace, expand
+    from tests.test_engine import write_dag
+
+    config = json.loads(write_dag(tmp_path).read_text())
+    config["processors"] += [{"type": "uppercase", "id": "shout", "inputs": ["audit"]},
+                             {"type": "lowercase", "id": "quiet", "inputs": ["annotate"]}]  # fmt: skip
+    monkeypatch.syspath_prepend(str(tmp_path))
+    pipeline = compile_config(config)
+    texts = ["x WARN explode", "x WARN dup me", "ERROR [api] user login failed", "[db] no level", "INFO [web] ok",
+             "DEBUG [db] chatty", "WARN dup login", "INFO login [auth] fine", "ERROR plain", "no tags at all"] * 30
+    inputs = [("in.log", "logs/in.log"), ("other.log", "other.log")]
+    live, saved = [], [header(pipeline, inputs)]
+    for first in (1001, 1301):  # two batches, of the second input (run lines 1001.. are its lines 1..)
+        batch = Batch(list(range(first, first + len(texts))), texts)
+        traced = {"all": batch.nums, "most": [n for n in batch.nums if n % 3], "one": [first + 7]}[traced_lines]
+
+        class Both:
+            """Both see each step at the same time (a real clock, read once a step)."""
+
+            def __init__(self) -> None:
+                self.now = 0.0
+                clock = lambda: self.now  # noqa: E731
+                self.trace, self.record = BatchTrace(traced, batch, clock), BatchRecorder(traced, batch, clock)
+
+            def step(self, *a: Any) -> None:
+                self.now = time.time()
+                self.trace.step(*a)
+                self.record.step(*a)
+
+        both = Both()
+        out = pipeline.run_batch(batch, [0] * (len(pipeline.nodes) * PROC_WIDTH), [], both)
+        live += [expand(t, inputs, pipeline.ids) for t in both.trace.finish(out, 1, 1000)]
+        saved.append(both.record.line(1, 1000))
+    path = tmp_path / "t.jsonl"
+    path.write_bytes(b"".join(saved))
+    assert list(TraceReader(str(path))) == live
+    statuses = {s["status"] for t in live for s in t["path"]}
+    if traced_lines != "one":
+        assert {"emit", "drop", "error", "route:err", "route:warn", "route:rest"} <= statuses
+        assert any("copies" in s and "texts" in s for t in live for s in t["path"])
+    assert live[0]["line_id"] == f"other.log:{live[0]['line_number'] - 1000}" and live[0]["file"] == "other.log"
+    # one line, found without replaying the records that cannot hold it
+    pick = live[len(live) // 2]
+    assert list(TraceReader(str(path), [pick["line_number"]])) == [pick]
+    assert list(TraceReader(str(path), [pick["line_id"]])) == [pick]
+
+
+def test_mpobs_traces_prints_picks_and_refuses(tmp_path: Path, cli: Any, make_log: Any) -> None:
+    """`mpobs traces FILE`: every saved trace as JSON Lines; --line, --status and --processor pick; a file
+    that is not a trace file is exit 2 with one line; a file cut short by a killed run gives what it holds."""
+    log = make_log(3000, awkward=0.01)
+    config = tmp_path / "dag.json"
+    config.write_text(json.dumps(ROUTER_DAG))
+    saved = tmp_path / "t.jsonl"
+    res = cli("process", str(log), "-c", str(config), "-w", "2", "-o", str(tmp_path / "out"), "--trace-sample", "1",
+              "--save-traces", str(saved), "--task-size", "65536", "--batch-lines", "500")  # fmt: skip
+    assert res.returncode == 0, res.stderr.decode()
+
+    def traces(*args: str) -> list[dict[str, Any]]:
+        r = cli("traces", *args)
+        assert r.returncode == 0, r.stderr.decode()
+        return [json.loads(x) for x in r.stdout.decode().splitlines()]
+
+    every = traces(str(saved))
+    assert sorted(t["line_number"] for t in every) == list(range(1, 3001))
+    assert traces(str(saved), "--line", "1234", "--line", "in.log:7") == [t for t in every if t["line_number"] in (7, 1234)]
+    routed = traces(str(saved), "--status", "route:err", "--processor", "route")
+    assert routed and routed == [t for t in every if any(s["status"] == "route:err" for s in t["path"])]
+    assert traces(str(saved), "--processor", "slow") == [t for t in every if "slow" in [s["processor"] for s in t["path"]]]
+
+    whole = saved.read_bytes()
+    cut = tmp_path / "cut.jsonl"
+    cut.write_bytes(whole[: len(whole) // 2])  # a run killed while writing
+    r = cli("traces", str(cut))
+    assert r.returncode == 0 and "cut short" in r.stderr.decode()
+    got = [json.loads(x) for x in r.stdout.decode().splitlines()]
+    assert 0 < len(got) < 3000 and got == every[: len(got)]
+
+    for content, says in ((b"", "is empty"), (b"hello\n", "is not JSON"), (b'{"a": 1}\n', "not an mpobs --save-traces"),
+                          (whole.replace(b'"version": 2', b'"version": 99', 1), "version 99")):  # fmt: skip
+        bad = tmp_path / "bad.jsonl"
+        bad.write_bytes(content)
+        r = cli("traces", str(bad))
+        err = r.stderr.decode()
+        assert r.returncode == 2 and says in err and "Traceback" not in err, err
+    r = cli("traces", str(tmp_path / "missing.jsonl"))
+    assert r.returncode == 2 and "cannot read" in r.stderr.decode()
