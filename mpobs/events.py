@@ -46,8 +46,8 @@ class EventCollector:
     """The consumer's side: the last KEEP traces and errors, the --save-traces file, a forward queue.
 
     Traces arrive compact (mpobs.tracing) and are expanded only when read. The file
-    gets the records tasks made for it (mpobs.tracefile) as they are, and those count
-    as the traces delivered while it is open. ``add`` may run on several reader
+    gets the records tasks made for it (mpobs.tracefile) as they are; with --save-traces
+    the lines those hold are the traces delivered. ``add`` may run on several reader
     threads (one per worker queue): it holds a lock.
     """
 

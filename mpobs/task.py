@@ -95,20 +95,22 @@ class KeptRecords:
     def __init__(self) -> None:
         self.traces: list[Any] = []
         self.errors: list[dict[str, Any]] = []
-        self.saved: Saved | None = None
+        self.saved: list[bytes] = []
+        self.saved_lines = 0
 
     def send(self, task: int, chunk: int, traces: list[Any], errors: list[dict[str, Any]],
              saved: Saved | None = None) -> tuple[int, int, int, int]:  # fmt: skip
         self.traces += traces
         self.errors += errors
         if saved is not None:
-            n, data = self.saved or (0, b"")
-            self.saved = (n + saved[0], data + saved[1])
+            self.saved_lines += saved[0]
+            self.saved.append(saved[1])
         return (len(traces) if saved is None else saved[0]), 0, len(errors), 0
 
     def attach(self, result: TaskResult) -> TaskResult:
         """The task's result, carrying these records."""
-        result.traces, result.errors, result.saved = self.traces, self.errors, self.saved
+        result.traces, result.errors = self.traces, self.errors
+        result.saved = (self.saved_lines, b"".join(self.saved)) if self.saved else None
         return result
 
 
@@ -196,9 +198,11 @@ class _TaskRun:
         batch = Batch(list(range(first, first + len(chunk))), chunk)
         acc = [0] * (len(self.pipeline.nodes) * PROC_WIDTH)
         errs: list[tuple[int, int, str, BaseException]] = []
-        tracer = _lines_of(self.traced, batch, BatchTrace)
-        recorder = _lines_of(self.recorded, batch, BatchRecorder)
-        observer = tracer if recorder is None else recorder if tracer is None else _Both(tracer, recorder)
+        both = _Both()  # a step's time, read once for both observers
+        tracer = _lines_of(self.traced, batch, lambda nums, b: BatchTrace(nums, b, both.clock))
+        recorder = _lines_of(self.recorded, batch, lambda nums, b: BatchRecorder(nums, b, both.clock))
+        both.observers = [o for o in (tracer, recorder) if o is not None]
+        observer = both if both.observers else None
         out = self.pipeline.run_batch(batch, acc, errs, observer, self.settings.clock)
         data = _encode(out.texts) if out.texts else b""
         self.out_bytes += len(data)
@@ -271,14 +275,19 @@ def _lines_of(traced: list[int], batch: Batch, make: Callable[[list[int], Batch]
 
 
 class _Both:
-    """Two step observers: the /trace traces and the --save-traces records of one batch."""
+    """The step observers of one batch (the /trace traces, the --save-traces records), told each step at one time."""
 
-    def __init__(self, a: Any, b: Any) -> None:
-        self.a, self.b = a, b
+    def __init__(self) -> None:
+        self.observers: list[Any] = []
+        self.now = 0.0
+
+    def clock(self) -> float:
+        return self.now
 
     def step(self, *args: Any) -> None:
-        self.a.step(*args)
-        self.b.step(*args)
+        self.now = time.time()
+        for observer in self.observers:
+            observer.step(*args)
 
 
 def _encode(texts: list[str]) -> bytes:

@@ -24,8 +24,9 @@ it emitted the lines it took, in place (else the list). ``texts`` and ``tags`` a
 when each emitted line kept the text and tags it came in with: the item at the same
 position when ``nums`` is 0, else the one with its line number (said only when no
 line came in twice); otherwise they are listed (tags null: none yet). ``failed`` is
-``[[n, "Type: message"], ...]`` or 0. A processor whose input held none of the traced
-lines has no step.
+``[[n, "Type: message"], ...]`` or 0. A fifth element, 1, says the step's input had
+tags although its traced lines, merged from branches, may not. A processor whose input
+held none of the traced lines has no step.
 
 ``read_traces`` replays a record through ``mpobs.tracing.BatchTrace``, the code that
 builds /trace's traces, so each line's document is the same as a live trace's. A
@@ -40,7 +41,7 @@ import time
 from bisect import bisect_left, bisect_right
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
-from mpobs.batch import EMPTY, Batch, merge
+from mpobs.batch import EMPTY, NO_TAGS, Batch, merge
 from mpobs.dag import INPUT, Node, Pipeline, as_batch, gather
 from mpobs.errors import InputError
 from mpobs.processors import ErrorList
@@ -82,12 +83,12 @@ class BatchRecorder:
         self.clock = clock
         self.all = len(nums) == len(batch.nums)
         first = batch.nums[0] if batch.nums else 0
-        root = batch if self.all else Batch(nums, [batch.texts[n - first] for n in nums])
-        self.root = root
+        self.root = Batch(list(nums), [batch.texts[n - first] for n in nums] if not self.all else list(batch.texts))
+        root = batch if self.all else self.root
         self.steps: list[list[Any]] = []
         # id(real batch) -> (real batch, its traced lines); the real batch is kept so its id is not reused.
         self._cut: dict[int, tuple[Batch, Batch]] = {id(batch): (batch, root)}
-        self._consecutive = root.nums if self.all else None  # a nums list known to hold consecutive numbers
+        self._consecutive = batch.nums if self.all else None  # a nums list known to hold consecutive numbers
 
     def _traced(self, b: Batch) -> Batch:
         if self.all:
@@ -121,7 +122,12 @@ class BatchRecorder:
             else:
                 traced = set(self.root.nums)
                 failed = [[n, describe(e)] for n, _, e in errors if n in traced] or 0
-        self.steps.append([node.index, now, spec, failed])
+        step = [node.index, now, spec, failed]
+        if not self.all and inp.tags is not None:
+            # Merged from branches, the real input has tags when any branch had them; the
+            # traced lines alone may come only from untagged ones, and () is not "no tags yet".
+            step.append(1)
+        self.steps.append(step)
 
     def _out(self, inp: Batch, out: Batch) -> Out:
         if out.nums is inp.nums or out.nums == inp.nums:
@@ -131,13 +137,14 @@ class BatchRecorder:
             nums = out.nums
             pos = self._positions(inp.nums, out.nums)
             if pos is None:
-                return [nums, out.texts, out.tags]
+                return [list(nums), list(out.texts), _copy(out.tags)]
             texts = list(map(inp.texts.__getitem__, pos))
             tags = None if inp.tags is None else list(map(inp.tags.__getitem__, pos))
+        # Copies: a later step (a python function) may change these lists in place.
         return [
-            nums,
-            0 if out.texts is texts or out.texts == texts else out.texts,
-            0 if out.tags is tags or out.tags == tags else out.tags,
+            nums if nums == 0 else list(nums),
+            0 if out.texts is texts or out.texts == texts else list(out.texts),
+            0 if out.tags is tags or out.tags == tags else _copy(out.tags),
         ]
 
     def _positions(self, in_nums: list[int], out_nums: list[int]) -> list[int] | None:
@@ -161,6 +168,10 @@ class BatchRecorder:
 
     def __len__(self) -> int:
         return len(self.root.nums)
+
+
+def _copy(tags: list[tuple[str, ...]] | None) -> list[tuple[str, ...]] | None:
+    return None if tags is None else list(tags)
 
 
 def positions(in_nums: list[int], out_nums: list[int]) -> list[int] | None:
@@ -191,7 +202,10 @@ class TraceReader:
     def __init__(self, path: str, lines: Iterable[int | str] | None = None) -> None:
         self.path = path
         self.truncated = False
+        self.empty = False
         self.lines = None if lines is None else set(lines)
+        self._nums = {n for n in self.lines or () if isinstance(n, int)}
+        self._ids = {i for i in map(_split_id, self.lines or ()) if i is not None}
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         try:
@@ -200,8 +214,7 @@ class TraceReader:
             raise TraceFileError(f"traces file {self.path!r}: cannot read it: {err.strerror or err}") from err
         with f:
             first = f.readline()
-            if not first:
-                raise TraceFileError(f"{self.path!r} is empty: not an mpobs --save-traces file")
+            self.empty = not first  # a run before version 2 that traced nothing
             head = self._parse(first, 1)
             if head is None:
                 return
@@ -209,15 +222,22 @@ class TraceReader:
                 docs = (self._parse(raw, k) for k, raw in enumerate(f, 2))
                 yield from (d for d in itertools.chain([head], docs) if d is not None and self._wanted(d))
                 return
-            replay = _Replay(self._check_header(head))
-            want = None if self.lines is None else replay.wanted(self.lines)
-            for k, raw in enumerate(f, 2):
-                rec = self._parse(raw, k)
-                if rec is not None and (want is None or want(rec)):
-                    yield from (t for t in replay.traces(rec) if self._wanted(t))
+            k = 1
+            try:
+                replay = _Replay(self._check_header(head))
+                want = None if self.lines is None else replay.wanted(self._nums, self._ids)
+                for k, raw in enumerate(f, 2):
+                    rec = self._parse(raw, k)
+                    if rec is not None and (want is None or want(rec)):
+                        yield from (t for t in replay.traces(rec) if self._wanted(t))
+            except (KeyError, IndexError, TypeError, ValueError, AttributeError) as err:
+                msg = f"{self.path!r} line {k} is damaged ({type(err).__name__}: {err}): not what mpobs wrote"
+                raise TraceFileError(msg) from None
 
     def _wanted(self, trace: dict[str, Any]) -> bool:
-        return self.lines is None or trace["line_number"] in self.lines or trace["line_id"] in self.lines
+        if self.lines is None or trace["line_number"] in self._nums:
+            return True
+        return (trace["line_id"].rpartition(":")[0], trace["file_line"]) in self._ids
 
     def _parse(self, raw: bytes, k: int) -> Any:
         if not raw:
@@ -244,6 +264,14 @@ class TraceReader:
         return head
 
 
+def _split_id(line: int | str) -> tuple[str, int] | None:
+    """"name:N" -> (name, N); None for a run line number or an id without a line number."""
+    if not isinstance(line, str):
+        return None
+    name, _, n = line.rpartition(":")
+    return (name, int(n)) if name and n.isdecimal() else None
+
+
 class _Replay:
     """Runs records back through the DAG's wiring and BatchTrace, without the processors."""
 
@@ -254,16 +282,13 @@ class _Replay:
         self.order = [(p, [(src, route) for src, route in procs[p]["inputs"]]) for p in head["order"]]
         self.sinks = [self.ids[p] for p in head["sinks"]]
 
-    def wanted(self, lines: set[int | str]) -> Callable[[dict[str, Any]], bool]:
-        """Whether a record holds one of ``lines`` (run line numbers, or ids "name:N")."""
-        nums = {n for n in lines if isinstance(n, int)}
+    def wanted(self, nums: set[int], ids: set[tuple[str, int]]) -> Callable[[dict[str, Any]], bool]:
+        """Whether a record holds one of the lines ``nums`` (run line numbers) or ``ids`` ((input name, line))."""
         by_input: dict[int, set[int]] = {}
         names = {name: k for k, (name, _) in enumerate(self.inputs)}
-        for line_id in lines:
-            if isinstance(line_id, str):
-                name, _, n = line_id.rpartition(":")
-                if name in names and n.isdigit():
-                    by_input.setdefault(names[name], set()).add(int(n))
+        for name, n in ids:
+            if name in names:
+                by_input.setdefault(names[name], set()).add(n)
 
         def holds(rec: dict[str, Any]) -> bool:
             wanted = nums | {n + rec["off"] for n in by_input.get(rec["k"], ())}
@@ -286,7 +311,9 @@ class _Replay:
                 outs[pid] = EMPTY
                 continue
             inp = gather(inputs, outs)
-            _, now, spec, failed = step
+            _, now, spec, failed = step[:4]
+            if len(step) > 4 and inp.tags is None:  # the real input had tags (see BatchRecorder.step)
+                inp = Batch(inp.nums, inp.texts, [NO_TAGS] * len(inp.nums))
             if isinstance(spec, dict):
                 out: Batch | dict[str, Batch] = {route: _rebuild(inp, s) for route, s in spec.items()}
             else:

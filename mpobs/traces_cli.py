@@ -28,7 +28,7 @@ def traces(path: str, lines: tuple[str, ...], status: str | None, processor: str
     """
     from mpobs.tracefile import TraceReader
 
-    wanted: list[int | str] = [int(x) if x.isdigit() else x for x in lines]
+    wanted: list[int | str] = [int(x) if x.isdecimal() else x for x in lines]
     reader = TraceReader(path, wanted or None)
     out = sys.stdout
     shown = 0
@@ -48,6 +48,8 @@ def traces(path: str, lines: tuple[str, ...], status: str | None, processor: str
     except BrokenPipeError:  # `mpobs traces t.jsonl | head`: the reader has what it wanted
         sys.stderr.close()
         sys.exit(0)
+    if reader.empty:
+        click.echo(f"mpobs: note: {path} is empty: no traces", err=True)
     if reader.truncated:
         click.echo(f"mpobs: note: {path} ends in a record cut short (the run was killed while writing it); "
                    "every trace before it is here", err=True)  # fmt: skip

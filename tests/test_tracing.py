@@ -322,27 +322,18 @@ def test_every_line_sampled_builds_only_the_traces_that_can_be_shown(tmp_path: P
     assert 20_000 in {t["line_number"] for t in stats["recent_traces"]} or workers > 1
 
 
-@pytest.mark.parametrize("traced_lines", ["all", "most", "one"])
-def test_saved_records_replay_to_the_live_traces(tmp_path: Path, monkeypatch: Any, traced_lines: str) -> None:
-    """A --save-traces record (mpobs.tracefile), read back, gives each line the trace BatchTrace builds live:
-    through a router, fan-in, copies, changed texts and tags, and errors; every line or only some traced."""
+def _live_and_saved(pipeline: Any, texts: list[str], pick: Any, path: Path) -> list[dict[str, Any]]:
+    """Runs two batches of ``texts`` (input 2 of a run, from its line 1001) tracing the lines ``pick(nums)``
+    chooses, live (BatchTrace) and into a --save-traces file at ``path``; returns the live traces."""
     from mpobs.batch import Batch
-    from mpobs.tracefile import BatchRecorder, TraceReader, header
+    from mpobs.tracefile import BatchRecorder, header
     from mpobs.tracing import BatchTrace, expand
-    from tests.test_engine import write_dag
 
-    config = json.loads(write_dag(tmp_path).read_text())
-    config["processors"] += [{"type": "uppercase", "id": "shout", "inputs": ["audit"]},
-                             {"type": "lowercase", "id": "quiet", "inputs": ["annotate"]}]  # fmt: skip
-    monkeypatch.syspath_prepend(str(tmp_path))
-    pipeline = compile_config(config)
-    texts = ["x WARN explode", "x WARN dup me", "ERROR [api] user login failed", "[db] no level", "INFO [web] ok",
-             "DEBUG [db] chatty", "WARN dup login", "INFO login [auth] fine", "ERROR plain", "no tags at all"] * 30
     inputs = [("in.log", "logs/in.log"), ("other.log", "other.log")]
     live, saved = [], [header(pipeline, inputs)]
-    for first in (1001, 1301):  # two batches, of the second input (run lines 1001.. are its lines 1..)
+    for first in (1001, 1001 + len(texts)):
         batch = Batch(list(range(first, first + len(texts))), texts)
-        traced = {"all": batch.nums, "most": [n for n in batch.nums if n % 3], "one": [first + 7]}[traced_lines]
+        traced = pick(batch.nums)
 
         class Both:
             """Both see each step at the same time (a real clock, read once a step)."""
@@ -361,8 +352,26 @@ def test_saved_records_replay_to_the_live_traces(tmp_path: Path, monkeypatch: An
         out = pipeline.run_batch(batch, [0] * (len(pipeline.nodes) * PROC_WIDTH), [], both)
         live += [expand(t, inputs, pipeline.ids) for t in both.trace.finish(out, 1, 1000)]
         saved.append(both.record.line(1, 1000))
-    path = tmp_path / "t.jsonl"
     path.write_bytes(b"".join(saved))
+    return live
+
+
+@pytest.mark.parametrize("traced_lines", ["all", "most", "one"])
+def test_saved_records_replay_to_the_live_traces(tmp_path: Path, monkeypatch: Any, traced_lines: str) -> None:
+    """A --save-traces record (mpobs.tracefile), read back, gives each line the trace BatchTrace builds live:
+    through a router, fan-in, copies, changed texts and tags, and errors; every line or only some traced."""
+    from mpobs.tracefile import TraceReader
+    from tests.test_engine import write_dag
+
+    config = json.loads(write_dag(tmp_path).read_text())
+    config["processors"] += [{"type": "uppercase", "id": "shout", "inputs": ["audit"]},
+                             {"type": "lowercase", "id": "quiet", "inputs": ["annotate"]}]  # fmt: skip
+    monkeypatch.syspath_prepend(str(tmp_path))
+    texts = ["x WARN explode", "x WARN dup me", "ERROR [api] user login failed", "[db] no level", "INFO [web] ok",
+             "DEBUG [db] chatty", "WARN dup login", "INFO login [auth] fine", "ERROR plain", "no tags at all"] * 30
+    pick = {"all": list, "most": lambda nums: [n for n in nums if n % 3], "one": lambda nums: [nums[7]]}[traced_lines]
+    path = tmp_path / "t.jsonl"
+    live = _live_and_saved(compile_config(config), texts, pick, path)
     assert list(TraceReader(str(path))) == live
     statuses = {s["status"] for t in live for s in t["path"]}
     if traced_lines != "one":
@@ -370,9 +379,56 @@ def test_saved_records_replay_to_the_live_traces(tmp_path: Path, monkeypatch: An
         assert any("copies" in s and "texts" in s for t in live for s in t["path"])
     assert live[0]["line_id"] == f"other.log:{live[0]['line_number'] - 1000}" and live[0]["file"] == "other.log"
     # one line, found without replaying the records that cannot hold it
-    pick = live[len(live) // 2]
-    assert list(TraceReader(str(path), [pick["line_number"]])) == [pick]
-    assert list(TraceReader(str(path), [pick["line_id"]])) == [pick]
+    pick_one = live[len(live) // 2]
+    assert list(TraceReader(str(path), [pick_one["line_number"]])) == [pick_one]
+    assert list(TraceReader(str(path), [pick_one["line_id"]])) == [pick_one]
+    name, _, n = pick_one["line_id"].rpartition(":")
+    assert list(TraceReader(str(path), [f"{name}:0{n}"])) == [pick_one]
+
+
+def test_saved_records_replay_fan_in_of_a_tagged_and_an_untagged_branch(tmp_path: Path) -> None:
+    """Merged with a tagged branch, lines of an untagged one have tags () live; traced alone they would
+    have none, and a later step changing another line's tags must not show them as changed."""
+    from mpobs.tracefile import TraceReader
+
+    pipeline = compile_config({"processors": [
+        {"type": "router", "id": "r", "routes": {"a": "^A"}, "default": "b"},
+        {"type": "tag_extractor", "id": "t", "inputs": ["r.a"]},
+        {"type": "tag_extractor", "id": "m", "rules": {"x": "X"}, "inputs": ["t", "r.b"]},
+    ]})  # fmt: skip
+    path = tmp_path / "t.jsonl"
+    live = _live_and_saved(pipeline, ["A ERROR", "X one", "Y two"], lambda nums: nums[1:], path)
+    assert list(TraceReader(str(path))) == live
+    assert live[1]["path"][-1] == {"processor": "m", "status": "emit", "timestamp": live[1]["path"][-1]["timestamp"]}
+
+
+def test_a_batch_function_that_changes_its_list_changes_no_other_branch(tmp_path: Path, monkeypatch: Any,
+                                                                         workers: int) -> None:  # fmt: skip
+    """A batch function gets a copy of the lines: changing it in place leaves what a sibling branch takes,
+    and what traces say came in, as they were."""
+    from mpobs.tracefile import TraceReader
+
+    (tmp_path / "inplace.py").write_text("def shout(lines):\n    for i, x in enumerate(lines):\n"
+                                         "        lines[i] = x.upper()\n    return lines\n")  # fmt: skip
+    monkeypatch.syspath_prepend(str(tmp_path))
+    config = {"processors": [
+        {"type": "python", "id": "shout", "function": "inplace:shout", "batch": True},
+        {"type": "filter", "id": "quiet", "pattern": "error", "inputs": ["input"]},
+    ]}  # fmt: skip
+    texts = ["an error here", "fine", "another error"]
+    path = tmp_path / "t.jsonl"
+    live = _live_and_saved(compile_config(config), texts, list, path)
+    assert list(TraceReader(str(path))) == live
+    assert live[0]["original_content"] == "an error here"
+    assert live[0]["outputs"] == ["AN ERROR HERE", "an error here"]  # the filter saw the line as it came in
+    assert [s.get("text") for s in live[0]["path"]] == ["AN ERROR HERE", None]
+    log = tmp_path / "in.log"
+    log.write_text("".join(t + "\n" for t in texts * 1000))
+    out = tmp_path / "out"
+    opts = RunOptions(str(log), str(out), workers=workers, batch_lines=100, task_bytes=4096)
+    assert Coordinator(compile_config(config), opts).run().exit_code == 0
+    want = "".join(f"{t.upper()}\n" + (f"{t}\n" if "error" in t else "") for t in texts * 1000)
+    assert out.read_text() == want
 
 
 def test_mpobs_traces_prints_picks_and_refuses(tmp_path: Path, cli: Any, make_log: Any) -> None:
@@ -406,8 +462,13 @@ def test_mpobs_traces_prints_picks_and_refuses(tmp_path: Path, cli: Any, make_lo
     got = [json.loads(x) for x in r.stdout.decode().splitlines()]
     assert 0 < len(got) < 3000 and got == every[: len(got)]
 
-    for content, says in ((b"", "is empty"), (b"hello\n", "is not JSON"), (b'{"a": 1}\n', "not an mpobs --save-traces"),
-                          (whole.replace(b'"version": 2', b'"version": 99', 1), "version 99")):  # fmt: skip
+    header = whole[: whole.index(b"\n") + 1]
+    for content, says in ((b"hello\n", "is not JSON"), (b'{"a": 1}\n', "not an mpobs --save-traces"),
+                          (whole.replace(b'"version": 2', b'"version": 99', 1), "version 99"),
+                          (b'{"format": "mpobs-traces", "version": 2}\n', "line 1 is damaged"),
+                          (header + b'{"k": 0, "off": 0}\n', "line 2 is damaged"),
+                          (header + b'{"k": 0, "off": 0, "first": 1, "n": 1, "orig": ["x"], "steps": [[0]]}\n',
+                           "line 2 is damaged")):  # fmt: skip
         bad = tmp_path / "bad.jsonl"
         bad.write_bytes(content)
         r = cli("traces", str(bad))
@@ -415,3 +476,8 @@ def test_mpobs_traces_prints_picks_and_refuses(tmp_path: Path, cli: Any, make_lo
         assert r.returncode == 2 and says in err and "Traceback" not in err, err
     r = cli("traces", str(tmp_path / "missing.jsonl"))
     assert r.returncode == 2 and "cannot read" in r.stderr.decode()
+    r = cli("traces", str(saved), "--line", "\u00b2", "--line", "in.log:\u00b2")  # digits that are not numbers
+    assert r.returncode == 0 and r.stdout == b"" and "no saved trace" in r.stderr.decode()
+    (tmp_path / "empty.jsonl").write_bytes(b"")  # what a run before this format wrote when it traced nothing
+    r = cli("traces", str(tmp_path / "empty.jsonl"))
+    assert r.returncode == 0 and r.stdout == b"" and "empty" in r.stderr.decode()

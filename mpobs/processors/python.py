@@ -87,7 +87,9 @@ class PythonFunction(Processor):
             t0 = time.perf_counter_ns()
             try:
                 try:
-                    answers = func(batch.texts)
+                    # A copy: a function that changes its list in place must not change the
+                    # batch other processors take (fan-out), nor what traces say came in.
+                    answers = func(list(batch.texts))
                 finally:
                     self._timed(time.perf_counter_ns() - t0)
                 if not isinstance(answers, list) or len(answers) != len(batch.texts):
