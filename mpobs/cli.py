@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 from typing import Any
@@ -10,12 +9,11 @@ from typing import Any
 import click
 from click.core import ParameterSource
 
-from mpobs.defaults import (BATCH_LINES, CHECKPOINT_EVERY, DASK_TASK_BYTES, STALL_AFTER, TASK_BYTES, TRACE_SAMPLE,
-                            default_workers)  # fmt: skip
+from mpobs.defaults import (BATCH_LINES, CHECKPOINT_EVERY, DASK_TASK_BYTES, STALL_AFTER, TAIL_SHARES, TASK_BYTES,
+                            TRACE_SAMPLE, default_workers)  # fmt: skip
 from mpobs.alerts_cli import alert_options, alerts, with_alert_options
 from mpobs.traces_cli import traces
-from mpobs.errors import (EXIT_ALERT, EXIT_FAILED, EXIT_MAX_ERRORS, EXIT_OK, EXIT_USAGE, DashboardError, InputError,
-                          MpobsError)  # fmt: skip
+from mpobs.errors import EXIT_FAILED, DashboardError, InputError, MpobsError
 
 SAMPLE_LINES = 200_000
 
@@ -114,6 +112,7 @@ def process(inputs: tuple[str, ...], config_path: str | None, workers: int | Non
     trace = trace or "trace_sample" in given  # asking for a sample rate is asking for tracing
     sample_dir = None
     dash_proc = None
+    code: int | None = None
     try:
         dash = None
         if dashboard:
@@ -143,13 +142,14 @@ def process(inputs: tuple[str, ...], config_path: str | None, workers: int | Non
         if runner is not None and "task_size" not in given:
             task_size = _dask_task_bytes(inputs, runner.capacity)
         opts = RunOptions(
-            list(inputs), output, workers or default_workers(), task_size, batch_lines,
+            list(inputs), output, workers or default_workers(), task_size, TAIL_SHARES if "task_size" not in given else 0,
+            batch_lines,
             trace=trace or bool(save_traces), trace_sample=trace_sample, save_traces=save_traces, save_metrics=save_metrics,
             max_errors=max_errors, checkpoint=checkpoint, checkpoint_every=checkpoint_every, follow=follow,
             stall_after=stall_after, call_timeout=call_timeout,
             dashboard=dash, dashboard_process=dash_proc, alerts=alerting,
         )  # fmt: skip
-        _run(pipeline, opts, runner, quiet)
+        code = _run(pipeline, opts, runner, quiet)
     except MpobsError as err:
         _fail(err)
     except KeyboardInterrupt:  # before the run took over the signals (e.g. while writing the sample)
@@ -164,12 +164,16 @@ def process(inputs: tuple[str, ...], config_path: str | None, workers: int | Non
             import shutil
 
             shutil.rmtree(sample_dir, ignore_errors=True)
+    if code is not None:
+        from mpobs.report import exit_now
+
+        exit_now(code)
 
 
-def _run(pipeline: Any, opts: Any, runner: Any, quiet: bool) -> None:
-    """The run, with the progress line; then the saved metrics and the summary; exits with its code."""
+def _run(pipeline: Any, opts: Any, runner: Any, quiet: bool) -> int:
+    """The run, with the progress line; then the saved metrics and the summary; returns its exit code."""
     from mpobs.coordinator import Coordinator
-    from mpobs.report import Progress, summary
+    from mpobs.report import Progress, report, summary
 
     progress = Progress(enabled=False if quiet else None)
     opts.on_tick = progress.tick
@@ -179,8 +183,8 @@ def _run(pipeline: Any, opts: Any, runner: Any, quiet: bool) -> None:
         progress.close()
         if runner is not None:
             runner.close()  # a run that could not start did not shut it down
-    _report(outcome, opts.save_metrics, None if quiet else summary)
-    sys.exit(outcome.exit_code)
+    report(outcome, opts.save_metrics, None if quiet else summary)
+    return outcome.exit_code
 
 
 def _executor(name: str, scheduler: str | None, workers: int) -> Any:
@@ -216,21 +220,6 @@ def _given_options(dashboard: bool) -> set[str]:
     return given
 
 
-def _report(outcome: Any, save_metrics: str | None, summary: Any) -> None:
-    """After a run: the saved metrics, the summary (unless quiet), the closing message."""
-    if outcome.exit_code == EXIT_OK and outcome.stats["system"]["state"] == "interrupted":
-        _quiet_stdout()  # the reader of stdout went away: not an error
-    if save_metrics:
-        with open(save_metrics, "w", encoding="utf-8") as f:
-            json.dump(outcome.metrics, f, indent=2)
-            f.write("\n")
-    if summary is not None:
-        click.echo(summary(outcome.stats), err=True)
-    if outcome.message:
-        kind = "error: " if outcome.exit_code in (EXIT_FAILED, EXIT_MAX_ERRORS, EXIT_USAGE, EXIT_ALERT) else ""
-        click.echo(f"mpobs: {kind}{outcome.message}", err=True)
-
-
 def _start_resource_tracker() -> None:
     """Start multiprocessing's resource tracker now rather than when the segment is made.
 
@@ -259,15 +248,6 @@ def _make_sample(folder: str) -> str:
     generate_file(path, SAMPLE_LINES, seed=7, awkward=0.001)
     click.echo(f"mpobs: no input given; running on a generated sample log ({SAMPLE_LINES:,} lines)", err=True)
     return path
-
-
-def _quiet_stdout() -> None:
-    try:
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-        os.close(devnull)
-    except OSError:
-        pass
 
 
 @main.command()

@@ -1,11 +1,15 @@
-"""What a person sees on stderr: the progress line while running, the summary table after."""
+"""What a person sees on stderr: the progress line while running, the summary table and the end after."""
 
 from __future__ import annotations
 
+import json
+import os
 import sys
 from typing import Any
 
 import click
+
+from mpobs.errors import EXIT_ALERT, EXIT_FAILED, EXIT_MAX_ERRORS, EXIT_OK, EXIT_USAGE
 
 
 class Progress:
@@ -103,3 +107,46 @@ def summary(stats: dict[str, Any]) -> str:
 def _workers_of(executor: str | None) -> str:
     """What ran the tasks: "worker(s)" of the local pool, "Dask worker thread(s)" of a cluster."""
     return "Dask worker thread(s)" if executor == "dask" else "worker(s)"
+
+
+def report(outcome: Any, save_metrics: str | None, summary: Any) -> None:
+    """After a run: the saved metrics, the summary (unless quiet), the closing message."""
+    if outcome.exit_code == EXIT_OK and outcome.stats["system"]["state"] == "interrupted":
+        quiet_stdout()  # the reader of stdout went away: not an error
+    if save_metrics:
+        with open(save_metrics, "w", encoding="utf-8") as f:
+            json.dump(outcome.metrics, f, indent=2)
+            f.write("\n")
+    if summary is not None:
+        click.echo(summary(outcome.stats), err=True)
+    if outcome.message:
+        kind = "error: " if outcome.exit_code in (EXIT_FAILED, EXIT_MAX_ERRORS, EXIT_USAGE, EXIT_ALERT) else ""
+        click.echo(f"mpobs: {kind}{outcome.message}", err=True)
+
+
+def quiet_stdout() -> None:
+    """Send what is still written to stdout nowhere (its reader went away)."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except OSError:
+        pass
+
+
+def exit_now(code: int) -> None:
+    """End the process after a run, skipping only the interpreter's teardown of its modules.
+
+    Every file of the run is closed by then and every child has ended; what atexit
+    holds (multiprocessing's, a user module's) still runs. The teardown itself took
+    10 ms of a 130 ms run of 50,000 lines (freeing every object of every module).
+    """
+    import atexit
+
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass  # a closed pipe: the run already ended quietly (report)
+    os._exit(code)

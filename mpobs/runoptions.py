@@ -23,6 +23,9 @@ class RunOptions:
     output_path: str | None = None
     workers: int = field(default_factory=default_workers)
     task_bytes: int = TASK_BYTES
+    # The run's last tasks at most 1/tail_shares of what is left; 0: every task task_bytes (what a given
+    # --task-size asks for). `mpobs process` without --task-size: TAIL_SHARES.
+    tail_shares: int = 0
     batch_lines: int = BATCH_LINES
     trace: bool = False
     trace_sample: float = TRACE_SAMPLE

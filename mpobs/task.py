@@ -13,7 +13,6 @@ from mpobs.batch import Batch
 from mpobs.dag import Pipeline
 from mpobs.defaults import BATCH_LINES, ERROR_LINE_CHARS, EVENT_CHUNK, KEEP
 from mpobs.layout import CALL_WIDTH, PROC_WIDTH, Layout
-from mpobs.tracefile import BatchRecorder
 from mpobs.tracing import BatchTrace, sampled
 
 _ZEROS = (0,) * CALL_WIDTH
@@ -185,6 +184,10 @@ class _TaskRun:
         rate = settings.trace_rate
         self.traced = sampled(task.first_line, n_lines, rate) if rate > 0 else []
         self.recorded = self.traced if settings.save_traces else []  # every one, for the file
+        if self.recorded:
+            from mpobs.tracefile import BatchRecorder  # only with --save-traces: every run imports this module
+
+            self.recorder = BatchRecorder
         keep = settings.traces_per_task
         self.skipped = max(0, len(self.traced) - keep) if keep is not None else 0
         if self.skipped:  # no trace built for /trace: only the most recent can be shown
@@ -200,7 +203,7 @@ class _TaskRun:
         errs: list[tuple[int, int, str, BaseException]] = []
         both = _Both()  # a step's time, read once for both observers
         tracer = _lines_of(self.traced, batch, lambda nums, b: BatchTrace(nums, b, both.clock))
-        recorder = _lines_of(self.recorded, batch, lambda nums, b: BatchRecorder(nums, b, both.clock))
+        recorder = _lines_of(self.recorded, batch, lambda nums, b: self.recorder(nums, b, both.clock))
         both.observers = [o for o in (tracer, recorder) if o is not None]
         observer = both if both.observers else None
         out = self.pipeline.run_batch(batch, acc, errs, observer, self.settings.clock)
