@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 NO_TAGS: tuple[str, ...] = ()
 
 
-@dataclass(slots=True)
 class Batch:
     """Lines of one batch, in input order.
 
@@ -17,9 +14,20 @@ class Batch:
     None while no processor has tagged anything. ``nums`` is never decreasing.
     """
 
-    nums: list[int]
-    texts: list[str]
-    tags: list[tuple[str, ...]] | None = None
+    __slots__ = ("nums", "texts", "tags")
+
+    def __init__(self, nums: list[int], texts: list[str], tags: list[tuple[str, ...]] | None = None) -> None:
+        self.nums = nums
+        self.texts = texts
+        self.tags = tags
+
+    def __repr__(self) -> str:
+        return f"Batch({self.nums!r}, {self.texts!r}, {self.tags!r})"
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Batch):
+            return NotImplemented
+        return (self.nums, self.texts, self.tags) == (other.nums, other.texts, other.tags)
 
     def __len__(self) -> int:
         return len(self.texts)

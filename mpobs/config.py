@@ -6,8 +6,7 @@ import hashlib
 import json
 import os
 import sys
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from mpobs.dag import INPUT, Node, Pipeline
 from mpobs.errors import ConfigError
@@ -79,8 +78,7 @@ def compile_config(data: Any, source: str = "config", base_dir: str | None = Non
     return pipeline
 
 
-@dataclass(frozen=True)
-class PipelineSpec:
+class PipelineSpec(NamedTuple):
     """A compiled config's source: ``compile_config(*spec)`` builds the same pipeline in another process."""
 
     data: Any

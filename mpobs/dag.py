@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
 from typing import Any, Callable, Protocol
 
 from mpobs.batch import EMPTY, Batch, merge
@@ -20,14 +19,14 @@ INPUT = "input"
 NodeErrors = list[tuple[int, int, str, BaseException]]
 
 
-@dataclass
 class Node:
     """One processor and where its lines come from: (processor id or INPUT, route or None)."""
 
-    index: int  # position in the config list: the processor's row in every per-processor table
-    proc: Processor
-    inputs: list[tuple[str, str | None]]
-    consumers: list[str] = field(default_factory=list)
+    def __init__(self, index: int, proc: Processor, inputs: list[tuple[str, str | None]]) -> None:
+        self.index = index  # position in the config list: the processor's row in every per-processor table
+        self.proc = proc
+        self.inputs = inputs
+        self.consumers: list[str] = []
 
     @property
     def id(self) -> str:

@@ -11,7 +11,6 @@ import hashlib
 import os
 import threading
 import time
-from dataclasses import replace
 from typing import Any
 
 from mpobs.inputs import Task
@@ -65,7 +64,7 @@ def run_remote(spec: Any, layout: Any, settings: Any, task: Task, part: str | No
     from mpobs.task import KeptRecords, run_task
 
     worker = get_worker()
-    settings = replace(settings, worker=worker.address)
+    settings = settings.for_worker(worker.address)
     records = KeptRecords()
     progress = _Progress(worker, topic, str(worker.get_current_task()), layout.ncols)
     if part is not None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
 from typing import Any, Callable, NamedTuple, Sequence
 
 from mpobs.defaults import (BATCH_LINES, CHECKPOINT_EVERY, EVENT_CHUNK, STALL_AFTER, TASK_BYTES, TRACE_SAMPLE,
@@ -15,33 +14,44 @@ from mpobs.pool import remove_leftover_parts
 from mpobs.segment import remove_leftover_segments
 from mpobs.sources import InputSet
 
-@dataclass
 class RunOptions:
-    """Everything ``mpobs process`` can be told."""
+    """Everything ``mpobs process`` can be told (a plain class: see mpobs.task.TaskSettings)."""
 
-    inputs: str | Sequence[str]  # names as given ("-": standard input); one, or many read as one stream
-    output_path: str | None = None
-    workers: int = field(default_factory=default_workers)
-    task_bytes: int = TASK_BYTES
-    # The run's last tasks at most 1/tail_shares of what is left; 0: every task task_bytes (what a given
-    # --task-size asks for). `mpobs process` without --task-size: TAIL_SHARES.
-    tail_shares: int = 0
-    batch_lines: int = BATCH_LINES
-    trace: bool = False
-    trace_sample: float = TRACE_SAMPLE
-    save_traces: str | None = None
-    save_metrics: str | None = None  # checked with the other outputs; written by the caller (RunOutcome.metrics)
-    max_errors: int | None = None
-    checkpoint: str | None = None  # commit points written here; a run finding one resumes from it
-    checkpoint_every: float = CHECKPOINT_EVERY
-    follow: bool = False  # the last input is followed (tail -F) until SIGINT or SIGTERM
-    stall_after: float = STALL_AFTER  # a call running longer is reported (stderr, /healthz, /metrics)
-    call_timeout: float | None = None  # a python processor's call running longer is stopped: an error of its line
-    event_chunk: int = EVENT_CHUNK  # records per queue message
-    dashboard: Any = None  # dashboard_app.process.DashboardOptions
-    dashboard_process: Any = None  # dashboard_app.process.DashboardProcess, forked early (prestart)
-    alerts: Any = None  # mpobs.alerting.AlertOptions: rules evaluated during the run (--alerts)
-    on_tick: Callable[[Any], None] | None = None  # progress display, given the Coordinator
+    def __init__(
+        self,
+        inputs: str | Sequence[str],  # names as given ("-": standard input); one, or many read as one stream
+        output_path: str | None = None,
+        workers: int | None = None,  # default: the CPU count
+        task_bytes: int = TASK_BYTES,
+        # The run's last tasks at most 1/tail_shares of what is left; 0: every task task_bytes (what a given
+        # --task-size asks for). `mpobs process` without --task-size: TAIL_SHARES.
+        tail_shares: int = 0,
+        batch_lines: int = BATCH_LINES,
+        trace: bool = False,
+        trace_sample: float = TRACE_SAMPLE,
+        save_traces: str | None = None,
+        save_metrics: str | None = None,  # checked with the other outputs; written by the caller (RunOutcome.metrics)
+        max_errors: int | None = None,
+        checkpoint: str | None = None,  # commit points written here; a run finding one resumes from it
+        checkpoint_every: float = CHECKPOINT_EVERY,
+        follow: bool = False,  # the last input is followed (tail -F) until SIGINT or SIGTERM
+        stall_after: float = STALL_AFTER,  # a call running longer is reported (stderr, /healthz, /metrics)
+        call_timeout: float | None = None,  # a python processor's call running longer is stopped: an error of its line
+        event_chunk: int = EVENT_CHUNK,  # records per queue message
+        dashboard: Any = None,  # dashboard_app.process.DashboardOptions
+        dashboard_process: Any = None,  # dashboard_app.process.DashboardProcess, forked early (prestart)
+        alerts: Any = None,  # mpobs.alerting.AlertOptions: rules evaluated during the run (--alerts)
+        on_tick: Callable[[Any], None] | None = None,  # progress display, given the Coordinator
+    ) -> None:
+        self.inputs, self.output_path = inputs, output_path
+        self.workers = workers if workers is not None else default_workers()
+        self.task_bytes, self.tail_shares, self.batch_lines = task_bytes, tail_shares, batch_lines
+        self.trace, self.trace_sample, self.save_traces = trace, trace_sample, save_traces
+        self.save_metrics, self.max_errors = save_metrics, max_errors
+        self.checkpoint, self.checkpoint_every, self.follow = checkpoint, checkpoint_every, follow
+        self.stall_after, self.call_timeout, self.event_chunk = stall_after, call_timeout, event_chunk
+        self.dashboard, self.dashboard_process, self.alerts = dashboard, dashboard_process, alerts
+        self.on_tick = on_tick
 
 
 class RunOutcome(NamedTuple):

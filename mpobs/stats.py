@@ -10,7 +10,6 @@ from __future__ import annotations
 import heapq
 import os
 import time
-from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
@@ -22,24 +21,21 @@ from mpobs.layout import COMPRESSIONS, INPUT_STATES, TIME_FIELDS
 from mpobs.segment import Snapshot
 
 
-@dataclass
 class RunMeta:
     """What a reader of the segment needs to know about the run besides the numbers."""
 
-    input_name: str
-    input_path: str
-    processors: list[dict[str, Any]]  # {"id", "type", "inputs", "routes", "sink", "settings"}
-    edges: list[dict[str, Any]]
-    tags: list[str]
-    workers: int
-    trace: bool = False
-    trace_sample: float = 0.0
-    output: str | None = None
-    executor: str = "local"
-    stall_after: float = STALL_AFTER  # a call running longer is listed in ``stalled_calls``
-    #: Per input, in order: {"name" (as given), "kind", "compression"}; and the names records use.
-    inputs: list[dict[str, Any]] = field(default_factory=list)
-    input_names: list[str] = field(default_factory=list)
+    def __init__(self, input_name: str, input_path: str, processors: list[dict[str, Any]], edges: list[dict[str, Any]],
+                 tags: list[str], workers: int, trace: bool = False, trace_sample: float = 0.0,
+                 output: str | None = None, executor: str = "local", stall_after: float = STALL_AFTER,
+                 inputs: list[dict[str, Any]] | None = None, input_names: list[str] | None = None) -> None:  # fmt: skip
+        self.input_name, self.input_path = input_name, input_path
+        self.processors = processors  # {"id", "type", "inputs", "routes", "sink", "settings"}
+        self.edges, self.tags, self.workers = edges, tags, workers
+        self.trace, self.trace_sample, self.output, self.executor = trace, trace_sample, output, executor
+        self.stall_after = stall_after  # a call running longer is listed in ``stalled_calls``
+        #: Per input, in order: {"name" (as given), "kind", "compression"}; and the names records use.
+        self.inputs = inputs if inputs is not None else []
+        self.input_names = input_names if input_names is not None else []
 
     def record_names(self) -> list[tuple[str, str]]:
         """Per input: (the name records show, the name as given)."""
