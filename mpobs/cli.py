@@ -9,8 +9,8 @@ from typing import Any
 import click
 from click.core import ParameterSource
 
-from mpobs.defaults import (BATCH_LINES, CHECKPOINT_EVERY, DASK_TASK_BYTES, STALL_AFTER, TAIL_SHARES, TASK_BYTES,
-                            TRACE_SAMPLE, default_workers)  # fmt: skip
+from mpobs.defaults import (BATCH_LINES, CHECKPOINT_EVERY, DASK_TASK_BYTES, STALL_AFTER, TASK_BYTES, TRACE_SAMPLE,
+                            default_workers)  # fmt: skip
 from mpobs.alerts_cli import alert_options, alerts, with_alert_options
 from mpobs.traces_cli import traces
 from mpobs.errors import EXIT_FAILED, DashboardError, InputError, MpobsError
@@ -142,8 +142,7 @@ def process(inputs: tuple[str, ...], config_path: str | None, workers: int | Non
         if runner is not None and "task_size" not in given:
             task_size = _dask_task_bytes(inputs, runner.capacity)
         opts = RunOptions(
-            list(inputs), output, workers or default_workers(), task_size, TAIL_SHARES if "task_size" not in given else 0,
-            batch_lines,
+            list(inputs), output, workers or default_workers(), task_size, batch_lines,
             trace=trace or bool(save_traces), trace_sample=trace_sample, save_traces=save_traces, save_metrics=save_metrics,
             max_errors=max_errors, checkpoint=checkpoint, checkpoint_every=checkpoint_every, follow=follow,
             stall_after=stall_after, call_timeout=call_timeout,

@@ -119,7 +119,7 @@ class Coordinator:
                 slots = BLOCKS_PER_WORKER * self.executor.capacity
                 self.store = self.executor.block_store(slots, opts.task_bytes)
             self.executor.start(self._context(source, sink))
-            plan = source.tasks(opts.task_bytes, self.store, opts.tail_shares)
+            plan = source.tasks(opts.task_bytes, self.store)
             self._loop(Scheduler(plan, BACKLOG_PER_WORKER * self.executor.capacity), output)
             self.stalls.check()  # a stall that ended with the last task is said to be over
             if source.damage is not None:  # everything before the damage is in the output and counted

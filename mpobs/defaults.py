@@ -6,11 +6,6 @@ import os
 
 #: Bytes per task of a regular file (planned on line ends).
 TASK_BYTES = 1 << 20
-#: Near the end of the run's last input, a task is at most 1/TAIL_SHARES of what is left (down
-#: to 1/16 of the task size), so the workers finish together. Measured on 2 cores, 50,000 lines
-#: (40 paired rounds): 4 gave 0.88x the plain loop, 8 gave 0.93x, 16 no better than 8.
-#: Not when the task size is given (--task-size): then every task is that size.
-TAIL_SHARES = 8
 #: Bytes per task on the Dask executor: a Dask task costs 1-2 ms of scheduling, so tasks are big.
 DASK_TASK_BYTES = 16 << 20
 #: Bytes read from a stream or a compressed file at a time (by the coordinator's reader thread).

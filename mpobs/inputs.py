@@ -111,9 +111,6 @@ class InputSource(ABC):
     bytes_read = 0
     lines_read = 0
     damage: str | None = None
-    #: Near its end a task is at most 1/tail_shares of what is left (0: never); InputSet.tasks sets it
-    #: for the input that ends the run, so the workers finish together.
-    tail_shares = 0
 
     @abstractmethod
     def check(self) -> None: ...
@@ -171,12 +168,7 @@ class FileSource(InputSource):
         """Byte ranges that end just after a "\\n" (the last one at the end of the file).
 
         Lazy: a task's first line number needs the newlines before it counted, so
-        counting overlaps with the workers' processing of earlier tasks. With
-        ``tail_shares``, a task takes at most that share of what is left, down to 1/16 of
-        ``task_bytes``, so the workers finish together (see defaults.TAIL_SHARES). Where
-        tasks begin depends on the file and these two numbers only: the same for any
-        worker count, and a run that resumes at a task's end plans the tasks after it as
-        the first run did. Counts on a
+        counting overlaps with the workers' processing of earlier tasks. Counts on a
         read-only mapping (``_newline_counter``), and gives each counted RELEASE_BYTES back
         to the kernel (MADV_DONTNEED), so the coordinator's RSS grows with neither the
         input nor the task size.
@@ -191,11 +183,8 @@ class FileSource(InputSource):
             last_is_newline = mm[size - 1] == 0x0A
             while start < size:
                 end = size
-                want = task_bytes
-                if self.tail_shares:
-                    want = max(task_bytes // 16, min(task_bytes, (size - start) // self.tail_shares))
-                if start + want < size:
-                    nl = mm.find(b"\n", start + want - 1)
+                if start + task_bytes < size:
+                    nl = mm.find(b"\n", start + task_bytes - 1)
                     end = size if nl == -1 else nl + 1
                 newlines = 0
                 for lo in range(start, end, RELEASE_BYTES):

@@ -23,9 +23,6 @@ class RunOptions:
         output_path: str | None = None,
         workers: int | None = None,  # default: the CPU count
         task_bytes: int = TASK_BYTES,
-        # The run's last tasks at most 1/tail_shares of what is left; 0: every task task_bytes (what a given
-        # --task-size asks for). `mpobs process` without --task-size: TAIL_SHARES.
-        tail_shares: int = 0,
         batch_lines: int = BATCH_LINES,
         trace: bool = False,
         trace_sample: float = TRACE_SAMPLE,
@@ -45,7 +42,7 @@ class RunOptions:
     ) -> None:
         self.inputs, self.output_path = inputs, output_path
         self.workers = workers if workers is not None else default_workers()
-        self.task_bytes, self.tail_shares, self.batch_lines = task_bytes, tail_shares, batch_lines
+        self.task_bytes, self.batch_lines = task_bytes, batch_lines
         self.trace, self.trace_sample, self.save_traces = trace, trace_sample, save_traces
         self.save_metrics, self.max_errors = save_metrics, max_errors
         self.checkpoint, self.checkpoint_every, self.follow = checkpoint, checkpoint_every, follow

@@ -169,13 +169,8 @@ class InputSet:
                           compression=COMPRESSIONS.index(s.compression))  # fmt: skip
 
     # -- planning ------------------------------------------------------------
-    def tasks(self, task_bytes: int = TASK_BYTES, store: BlockStore | None = None,
-              tail_shares: int = 0) -> Iterator[Any]:  # fmt: skip
-        """Every input's pieces as tasks, in order; NOT_READY while a stream's next block is not read.
-
-        ``tail_shares``: the run's last tasks get smaller (FileSource.pieces), so the workers finish together.
-        """
-        self.sources[-1].tail_shares = tail_shares
+    def tasks(self, task_bytes: int = TASK_BYTES, store: BlockStore | None = None) -> Iterator[Any]:
+        """Every input's pieces as tasks, in order; NOT_READY while a stream's next block is not read."""
         index, line = 0, 1 + sum(self._done_lines)
         for k, source in enumerate(self.sources):
             if self._whole[k]:  # a checkpoint has all of it in the output

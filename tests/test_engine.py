@@ -71,36 +71,6 @@ def test_generated_log_same_with_1_2_3_workers(tmp_path: Path, cli: Any, make_lo
     assert results[0][0] == default_pipeline(log.read_bytes())[0]
 
 
-def test_the_last_tasks_get_smaller_the_same_way_at_any_worker_count(tmp_path: Path, cli: Any, make_log: Any) -> None:
-    """Without --task-size the run's last tasks shrink (at most 1/8 of what is left, down to 1/16 of a task), so
-    the workers finish together; where tasks begin depends on the file only, so tasks and batches are the same
-    at 1, 2 and 3 workers. A given --task-size is every task's size."""
-    from mpobs.defaults import TAIL_SHARES, TASK_BYTES
-    from mpobs.sources import open_inputs
-
-    log = make_log(150_000)  # about 11 MB: 1 MiB tasks, then smaller ones
-    size = log.stat().st_size
-    tasks = list(open_inputs([str(log)]).tasks(TASK_BYTES, None, TAIL_SHARES))
-    sizes = [t.end - t.start for t in tasks]
-    assert sizes[0] == pytest.approx(TASK_BYTES, abs=200) and sum(sizes) == size
-    for t, n in zip(tasks[:-1], sizes):  # each one a line past its share of what was left
-        assert max(TASK_BYTES // 16, min(TASK_BYTES, (size - t.start) // TAIL_SHARES)) <= n < \
-            max(TASK_BYTES // 16, min(TASK_BYTES, (size - t.start) // TAIL_SHARES)) + 500
-    assert min(sizes[:-1]) < TASK_BYTES // 8
-    results = []
-    for w in (1, 2, 3):
-        out, m = tmp_path / f"out{w}.txt", tmp_path / f"m{w}.json"
-        res = cli("process", str(log), "-w", str(w), "-q", "-o", str(out), "--save-metrics", str(m))
-        assert res.returncode == 0, res.stderr.decode()
-        stats = json.loads(m.read_text())
-        results.append((stats["system"]["tasks_done"], {p: r["batches"] for p, r in stats["processors"].items()}))
-        assert out.read_bytes() == default_pipeline(log.read_bytes())[0]
-    assert results[0] == results[1] == results[2] and results[0][0] == len(tasks)
-    res = cli("process", str(log), "-q", "-o", str(tmp_path / "out"), "--save-metrics", str(m), "--task-size", "1048576")
-    assert res.returncode == 0
-    assert json.loads(m.read_text())["system"]["tasks_done"] == -(-size // TASK_BYTES)
-
-
 def write_dag(tmp_path: Path) -> Path:
     (tmp_path / "dagfns.py").write_text(
         "def annotate(line):\n"
