@@ -213,11 +213,11 @@ class _TaskRun:
         batch = Batch(list(range(first, first + len(chunk))), chunk)
         acc = [0] * (len(self.pipeline.nodes) * PROC_WIDTH)
         errs: list[tuple[int, int, str, BaseException]] = []
-        both = _Both()  # a step's time, read once for both observers
-        tracer = _lines_of(self.traced, batch, lambda nums, b: BatchTrace(nums, b, both.clock))
-        recorder = _lines_of(self.recorded, batch, lambda nums, b: self.recorder(nums, b, both.clock))
-        both.observers = [o for o in (tracer, recorder) if o is not None]
-        observer = both if both.observers else None
+        shown, saved = _among(self.traced, batch), _among(self.recorded, batch)
+        clock: Any = _StepTime() if shown and saved else time.time  # one reading a step, for both
+        tracer = BatchTrace(shown, batch, clock) if shown else None
+        recorder = self.recorder(saved, batch, clock) if saved else None
+        observer = _Both(tracer, recorder, clock) if tracer and recorder else tracer or recorder
         out = self.pipeline.run_batch(batch, acc, errs, observer, self.settings.clock)
         data = _encode(out.texts) if out.texts else b""
         self.out_bytes += len(data)
@@ -280,29 +280,41 @@ class _TaskRun:
                           self.out_bytes, self.settings.worker)  # fmt: skip
 
 
-def _lines_of(traced: list[int], batch: Batch, make: Callable[[list[int], Batch], Any]) -> Any:
-    """An observer of ``batch``'s lines among ``traced`` (a task's, ascending), or None if it has none."""
+def _among(traced: list[int], batch: Batch) -> list[int]:
+    """The lines of ``batch`` among ``traced`` (a task's, ascending)."""
     if not traced:
-        return None
+        return []
     first = batch.nums[0]
-    mine = traced[bisect_left(traced, first) : bisect_left(traced, first + len(batch.nums))]
-    return make(mine, batch) if mine else None
+    return traced[bisect_left(traced, first) : bisect_left(traced, first + len(batch.nums))]
+
+
+class _StepTime:
+    """The time of the step being observed, read once for a batch's two observers.
+
+    It holds no reference to them: a cycle through a batch's observers kept every
+    traced batch alive until the cyclic collector found it, and the collector's walks
+    over their lists made --trace 14 % slower (found with callgrind: list_traverse).
+    """
+
+    __slots__ = ("now",)
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
 
 
 class _Both:
-    """The step observers of one batch (the /trace traces, the --save-traces records), told each step at one time."""
+    """A batch's two step observers (the /trace traces, the --save-traces records), told each step at one time."""
 
-    def __init__(self) -> None:
-        self.observers: list[Any] = []
-        self.now = 0.0
-
-    def clock(self) -> float:
-        return self.now
+    def __init__(self, tracer: Any, recorder: Any, clock: _StepTime) -> None:
+        self.tracer, self.recorder, self.clock = tracer, recorder, clock
 
     def step(self, *args: Any) -> None:
-        self.now = time.time()
-        for observer in self.observers:
-            observer.step(*args)
+        self.clock.now = time.time()
+        self.tracer.step(*args)
+        self.recorder.step(*args)
 
 
 def _encode(texts: list[str]) -> bytes:
