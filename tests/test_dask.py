@@ -350,7 +350,7 @@ def watched_dashboard_run(args: list[str], watch: Any, timeout: float = 60) -> t
     finally:
         if proc.poll() is None:
             proc.kill()
-            proc.wait()
+        proc.communicate()  # reaps it and closes its stderr pipe, also when the watch failed
     assert proc.returncode == 0, err.decode()
     return got, err.decode()
 
@@ -360,7 +360,7 @@ def test_stats_and_saved_metrics_show_the_dask_workers(tmp_path: Path, make_log:
     us, CPU and memory as its scheduler sees them, and a link to Dask's own dashboard."""
     from tests.test_reliability import fn_config
 
-    log = make_log(20_000)
+    log = make_log(60_000)  # about 3 s of work: the watch must see the run while it runs, on a busy machine too
     config = fn_config(tmp_path, "daskslow4", SLOW_FNS,
                        [{"type": "python", "id": "slow", "function": "daskslow4:slow", "batch": True}])
     m = tmp_path / "m.json"
@@ -377,7 +377,7 @@ def test_stats_and_saved_metrics_show_the_dask_workers(tmp_path: Path, make_log:
     final = json.loads(m.read_text())
     workers = final["executor"]["workers"]
     assert sum(w["tasks"] for w in workers) == final["system"]["tasks_done"]
-    assert sum(w["lines"] for w in workers) == final["system"]["total_lines"] == 20_000
+    assert sum(w["lines"] for w in workers) == final["system"]["total_lines"] == 60_000
 
 
 def test_a_running_task_shows_its_counts_before_it_is_done(tmp_path: Path, make_log: Any) -> None:
