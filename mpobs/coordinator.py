@@ -36,7 +36,6 @@ from mpobs.segment import StatsSegment
 from mpobs.sources import InputSet, open_inputs
 from mpobs.stats import RunMeta, SlowestTasks, build_stats
 from mpobs.task import TaskResult, TaskSettings
-from mpobs.tracefile import header as traces_header
 from mpobs.tracing import expand as expand_trace
 
 if TYPE_CHECKING:
@@ -100,7 +99,9 @@ class Coordinator:
             self.stalls = StallWatch(self.seg.layout.slots, self.seg.doing_now, opts.stall_after,
                                      [(n.id, getattr(n.proc, "ref", None)) for n in self.pipeline.nodes], meta.input_names)
             if opts.save_traces:
-                self.collector.open_traces(opts.save_traces, traces_header(self.pipeline, names))
+                from mpobs.tracefile import header  # only with --save-traces (as the workers' recorder)
+
+                self.collector.open_traces(opts.save_traces, header(self.pipeline, names))
             self._serve_dashboard()
             if opts.alerts is not None:
                 from mpobs.alerting import AlertWatch

@@ -11,6 +11,11 @@ from typing import IO, Any, Callable
 from mpobs.defaults import KEEP
 
 
+def traces_counted(traces: list[Any], saved: tuple[int, bytes] | None) -> int:
+    """The traces a message counts: its --save-traces records' lines when it has them, else its traces."""
+    return len(traces) if saved is None else saved[0]
+
+
 class QueueEvents:
     """A worker's side: records go in messages ``(task index, chunk, traces, errors, saved)``.
 
@@ -30,7 +35,7 @@ class QueueEvents:
 
     def send(self, task: int, chunk: int, traces: list[Any], errors: list[dict[str, Any]],
              saved: tuple[int, bytes] | None = None) -> tuple[int, int, int, int]:  # fmt: skip
-        nt, ne = len(traces) if saved is None else saved[0], len(errors)
+        nt, ne = traces_counted(traces, saved), len(errors)
         msg = (task, chunk, traces, errors, saved)
         if self.wait:  # a SimpleQueue: written to the pipe before put returns, so before "done"
             self.q.put(msg)
@@ -90,12 +95,12 @@ class EventCollector:
         with self._lock:
             self.messages += 1
             if (task, chunk) in self._seen:
-                self.repeats += (len(traces) if saved is None else saved[0]) + len(errors)
+                self.repeats += traces_counted(traces, saved) + len(errors)
                 return
             self._seen.add((task, chunk))
             self.traces.extend(traces)
             self.errors.extend(errors)
-            self.traces_delivered += len(traces) if saved is None else saved[0]
+            self.traces_delivered += traces_counted(traces, saved)
             self.errors_delivered += len(errors)
             if errors:
                 self.last_error = errors[-1]

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any, Callable, Protocol, Sequence
 from mpobs.batch import Batch
 from mpobs.dag import Pipeline
 from mpobs.defaults import BATCH_LINES, ERROR_LINE_CHARS, EVENT_CHUNK, KEEP
+from mpobs.events import traces_counted
 from mpobs.layout import CALL_WIDTH, PROC_WIDTH, Layout
 from mpobs.tracing import BatchTrace, sampled
 
@@ -52,8 +53,7 @@ class TaskSettings:
 
     def __init__(self, inputs: Sequence[tuple[str, str]], worker: str = "0", batch_lines: int = BATCH_LINES,
                  trace_rate: float = 0.0, event_chunk: int = EVENT_CHUNK, max_errors: int | None = None,
-                 clock: Callable[[], int] = time.perf_counter_ns, traces_per_task: int | None = KEEP,
-                 save_traces: bool = False) -> None:  # fmt: skip
+                 clock: Callable[[], int] = time.perf_counter_ns, save_traces: bool = False) -> None:  # fmt: skip
         self.inputs = inputs  # per input: (the name records show, the name as given)
         self.worker = worker
         self.batch_lines = batch_lines
@@ -61,9 +61,6 @@ class TaskSettings:
         self.event_chunk = event_chunk  # records per queue message
         self.max_errors = max_errors  # workers stop at the next batch once the run counts this many
         self.clock = clock
-        #: How many traces of its sampled lines a task builds for /trace, its last ones (None: all).
-        #: Only the most recent KEEP traces can be shown, so a task builds no more than that.
-        self.traces_per_task = traces_per_task
         #: Record every sampled line for the --save-traces file (mpobs.tracefile), as the task's ``saved``.
         self.save_traces = save_traces
 
@@ -116,7 +113,7 @@ class KeptRecords:
         if saved is not None:
             self.saved_lines += saved[0]
             self.saved.append(saved[1])
-        return (len(traces) if saved is None else saved[0]), 0, len(errors), 0
+        return traces_counted(traces, saved), 0, len(errors), 0
 
     def attach(self, result: TaskResult) -> TaskResult:
         """The task's result, carrying these records."""
@@ -200,8 +197,8 @@ class _TaskRun:
             from mpobs.tracefile import BatchRecorder  # only with --save-traces: every run imports this module
 
             self.recorder = BatchRecorder
-        keep = settings.traces_per_task
-        self.skipped = max(0, len(self.traced) - keep) if keep is not None else 0
+        # Only the most recent KEEP traces can be shown (/trace), so a task builds no more than that.
+        self.skipped = max(0, len(self.traced) - KEEP)
         if self.skipped:  # no trace built for /trace: only the most recent can be shown
             self.traced = self.traced[self.skipped :]
             if settings.save_traces:
