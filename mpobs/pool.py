@@ -289,12 +289,18 @@ class LocalPool(Executor):
         while time.monotonic() < deadline:
             # One look at who is alive: a worker that exits between two looks left an
             # empty list to wait on, and the wait slept its whole 50 ms (half the small runs).
-            alive = [s.proc.sentinel for s in self.slots if s.proc.is_alive()]
+            alive = [s.proc for s in self.slots if s.proc.is_alive()]
             if not alive:
                 break
             if self._records_arrived():  # records still arriving: wait as long as they do
                 deadline = max(deadline, time.monotonic() + timeout)
-            mp_wait(alive, 0.05)
+            ready = mp_wait([p.sentinel for p in alive], 0.05)
+            for p in alive:
+                if p.sentinel in ready:
+                    # Its descriptors are closed: it is exiting, and its records are all sent.
+                    # Its memory is still being freed (a few ms): wait for that here rather
+                    # than look again and again (the looks took a core from the exiting workers).
+                    p.join(max(0.0, deadline - time.monotonic()))
         for s in self.slots:
             if s.proc.is_alive():
                 s.proc.kill()
