@@ -1,14 +1,22 @@
 """``python -m mpobs`` and the ``mpobs`` command."""
 
 import signal
+import sys
 
 
 def main() -> None:
     # logrotate's postrotate may send SIGHUP (reopen the output) while we are still
     # starting: ignored until the run installs its handler (mpobs.coordinator), never fatal.
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
-    from mpobs.cli import main as cli_main
+    try:
+        if sys.argv[1:2] == ["process"]:
+            from mpobs.early import start_resource_tracker
 
+            start_resource_tracker()
+        from mpobs.cli import main as cli_main
+    except KeyboardInterrupt:
+        sys.stderr.write("mpobs: interrupted\n")
+        sys.exit(130)
     cli_main()
 
 

@@ -13,6 +13,7 @@ from mpobs.defaults import (BATCH_LINES, CHECKPOINT_EVERY, DASK_TASK_BYTES, STAL
                             default_workers)  # fmt: skip
 from mpobs.alerts_cli import alert_options, alerts, with_alert_options
 from mpobs.traces_cli import traces
+from mpobs.early import start_resource_tracker
 from mpobs.errors import EXIT_FAILED, DashboardError, InputError, MpobsError
 
 SAMPLE_LINES = 200_000
@@ -102,9 +103,7 @@ def process(inputs: tuple[str, ...], config_path: str | None, workers: int | Non
     bytes), "-" for standard input, or a FIFO, a pipe or a device.
     """
     try:
-        _start_resource_tracker()  # first: it starts up while the imports below run
-    except OSError:
-        pass  # making the stats segment starts it again, and reports what is wrong
+        start_resource_tracker()  # at once, if ``mpobs process`` (mpobs.__main__) has not yet
     except KeyboardInterrupt:
         click.echo("mpobs: interrupted", err=True)
         sys.exit(130)
@@ -217,19 +216,6 @@ def _given_options(dashboard: bool) -> set[str]:
         names = ", ".join("--" + n.replace("_", "-") for n in ignored)
         click.echo(f"mpobs: warning: {names} without --dashboard does nothing", err=True)
     return given
-
-
-def _start_resource_tracker() -> None:
-    """Start multiprocessing's resource tracker now rather than when the segment is made.
-
-    It unlinks the segment if the coordinator is killed outright, and it is a new
-    Python interpreter: started here, its start-up (about 0.1 s of CPU) runs on a core
-    that idles while this process imports and plans, not on the workers' cores; 3-4 %
-    of a 2M-line run on 2 cores (bench/README.md).
-    """
-    from multiprocessing import resource_tracker
-
-    resource_tracker.ensure_running()
 
 
 def _internal_error(err: BaseException) -> None:
