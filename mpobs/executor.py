@@ -14,7 +14,7 @@ Lifecycle: ``prepare``, ``block_store`` (when the input has blocks), ``start(ctx
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import TYPE_CHECKING, Any, NamedTuple, Sequence, Union
+from typing import TYPE_CHECKING, Any, Sequence, Union
 
 if TYPE_CHECKING:
     from mpobs.blocks import BlockStore
@@ -25,40 +25,50 @@ if TYPE_CHECKING:
     from mpobs.task import TaskResult, TaskSettings
 
 
-class TaskDone(NamedTuple):
+class TaskDone:
     """A task finished; its result carries its counts, records and output (or the promise to write it)."""
 
-    task: Task
-    result: TaskResult
+    __slots__ = ("task", "result")
+
+    def __init__(self, task: Task, result: TaskResult) -> None:
+        self.task, self.result = task, result
 
 
-class TaskWritten(NamedTuple):
+class TaskWritten:
     """The executor wrote task ``index``'s output where ``place`` put it: it is in the output now."""
 
-    index: int
+    __slots__ = ("index",)
+
+    def __init__(self, index: int) -> None:
+        self.index = index
 
 
-class TaskLost(NamedTuple):
+class TaskLost:
     """A task's work is gone and it must run again.
 
     ``fault``: it was running when its worker died (it may be what killed it; a task
     lost three times so fails the run). ``finished``: it had been reported done, but
     its output died with its worker before it was written. ``reason`` is for people.
+    ``where``: what it was doing when its worker died (``mpobs.doing.describe``), if known.
     """
 
-    task: Task
-    reason: str
-    fault: bool = False
-    finished: bool = False
-    where: str | None = None  # what it was doing when its worker died (``mpobs.doing.describe``), if known
+    __slots__ = ("task", "reason", "fault", "finished", "where")
+
+    def __init__(self, task: Task, reason: str, fault: bool = False, finished: bool = False,
+                 where: str | None = None) -> None:  # fmt: skip
+        self.task, self.reason, self.fault, self.finished, self.where = task, reason, fault, finished, where
 
 
-class WorkerFailed(NamedTuple):
-    """A worker failed in a way that running again cannot mend (a bug, a broken set-up): the run fails."""
+class WorkerFailed:
+    """A worker failed in a way that running again cannot mend (a bug, a broken set-up): the run fails.
 
-    worker: str
-    detail: str
-    io: bool = False  # it could not write the output (a full disk): an I/O error of the run, not a bug
+    ``io``: it could not write the output (a full disk): an I/O error of the run, not a bug.
+    """
+
+    __slots__ = ("worker", "detail", "io")
+
+    def __init__(self, worker: str, detail: str, io: bool = False) -> None:
+        self.worker, self.detail, self.io = worker, detail, io
 
     def message(self, output: str | None) -> str:
         """What the run says when it fails of this."""
@@ -67,26 +77,35 @@ class WorkerFailed(NamedTuple):
         return (f"worker {self.worker} failed: " if self.worker else "") + self.detail  # "": the executor as a whole
 
 
-class LimitReached(NamedTuple):
+class LimitReached:
     """Workers stopped by themselves because the run reached ``--max-errors``."""
 
+    __slots__ = ()
 
-#: Named tuples, not dataclasses: made once per run at import, a frozen dataclass costs
-#: ~0.4 ms of start-up (its methods are generated with exec), a named tuple ~0.05 ms.
+
+#: Plain classes, not named tuples or dataclasses: these are made at every run's start,
+#: where a named tuple costs ~0.15 ms to define and a frozen dataclass ~0.4 ms.
 Event = Union[TaskDone, TaskWritten, TaskLost, WorkerFailed, LimitReached]
 
 
-class RunContext(NamedTuple):
-    """What an executor is given to run a run's tasks."""
+class RunContext:
+    """What an executor is given to run a run's tasks.
 
-    pipeline: Pipeline
-    settings: TaskSettings
-    segment: StatsSegment  # live in-flight counts, if the executor keeps any; never the committed rows
-    collector: EventCollector  # where records that travel apart from results go
-    wait_traces: bool = False  # every trace must be delivered (--save-traces): wait, never drop
-    out_fd: int | None = None  # the output file, if the executor may write tasks' output into it itself
-    store: BlockStore | None = None  # from its ``block_store``, when the input has blocks
-    call_timeout: float | None = None  # --call-timeout: a python processor's call running longer is stopped
+    ``segment``: live in-flight counts, if the executor keeps any; never the committed rows.
+    ``collector``: where records that travel apart from results go. ``wait_traces``: every
+    trace must be delivered (--save-traces): wait, never drop. ``out_fd``: the output file,
+    if the executor may write tasks' output into it itself. ``store``: from its
+    ``block_store``, when the input has blocks. ``call_timeout``: --call-timeout, a python
+    processor's call running longer is stopped.
+    """
+
+    __slots__ = ("pipeline", "settings", "segment", "collector", "wait_traces", "out_fd", "store", "call_timeout")
+
+    def __init__(self, pipeline: Pipeline, settings: TaskSettings, segment: StatsSegment, collector: EventCollector,
+                 wait_traces: bool = False, out_fd: int | None = None, store: BlockStore | None = None,
+                 call_timeout: float | None = None) -> None:  # fmt: skip
+        self.pipeline, self.settings, self.segment, self.collector = pipeline, settings, segment, collector
+        self.wait_traces, self.out_fd, self.store, self.call_timeout = wait_traces, out_fd, store, call_timeout
 
 
 class Executor(ABC):

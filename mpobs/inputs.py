@@ -79,17 +79,15 @@ class Task(NamedTuple):
             os.close(fd)
 
 
-class Piece(NamedTuple):
+class Piece:
     """What one input plans: a task but for its place in the run (index, run-wide line number)."""
 
-    start: int
-    end: int
-    lines: int
-    path: str | None = None
-    nbytes: int = -1
-    slot: int = -1
-    data: bytes | None = None
-    where: tuple[Any, ...] | None = None
+    __slots__ = ("start", "end", "lines", "path", "nbytes", "slot", "data", "where")
+
+    def __init__(self, start: int, end: int, lines: int, path: str | None = None, nbytes: int = -1, slot: int = -1,
+                 data: bytes | None = None, where: tuple[Any, ...] | None = None) -> None:  # fmt: skip
+        self.start, self.end, self.lines, self.path, self.nbytes = start, end, lines, path, nbytes
+        self.slot, self.data, self.where = slot, data, where
 
 
 class InputSource(ABC):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from typing import Any, Callable, NamedTuple, Sequence
+from typing import Any, Callable, Sequence
 
 from mpobs.defaults import (BATCH_LINES, CHECKPOINT_EVERY, EVENT_CHUNK, STALL_AFTER, TASK_BYTES, TRACE_SAMPLE,
                             default_workers)  # fmt: skip
@@ -51,11 +51,14 @@ class RunOptions:
         self.on_tick = on_tick
 
 
-class RunOutcome(NamedTuple):
-    stats: dict[str, Any]  # the final stats document
-    metrics: dict[str, Any]  # the same, with recent errors and traces: what --save-metrics writes
-    exit_code: int
-    message: str | None
+class RunOutcome:
+    """How a run ended: ``stats``, the final stats document; ``metrics``, the same with recent
+    errors and traces (what --save-metrics writes); its exit code, and a message for stderr."""
+
+    __slots__ = ("stats", "metrics", "exit_code", "message")
+
+    def __init__(self, stats: dict[str, Any], metrics: dict[str, Any], exit_code: int, message: str | None) -> None:
+        self.stats, self.metrics, self.exit_code, self.message = stats, metrics, exit_code, message
 
 
 def check_outputs(source: InputSet, opts: RunOptions) -> None:

@@ -22,7 +22,7 @@ import secrets
 import time
 from functools import cached_property
 from multiprocessing import shared_memory
-from typing import TYPE_CHECKING, Any, Callable, NamedTuple, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from mpobs.histogram import BUCKETS
 from mpobs.layout import DOING_FIELDS, INPUT_FIELDS, STATES, SYSTEM_FIELDS, WORKER_FIELDS, Layout
@@ -220,15 +220,15 @@ class StatsSegment(HolderLock):
         return Snapshot.of(self.layout, memoryview(raw).cast("q").tolist())
 
 
-class Snapshot(NamedTuple):
+class Snapshot:
     """A copy of the segment, with names for its values (plain ints)."""
 
-    layout: Layout
-    committed: list[int]
-    live: list[int]
-    workers: list[list[int]]
-    system: list[int]
-    inputs: list[list[int]]
+    __slots__ = ("layout", "committed", "live", "workers", "system", "inputs")
+
+    def __init__(self, layout: Layout, committed: list[int], live: list[int], workers: list[list[int]],
+                 system: list[int], inputs: list[list[int]]) -> None:  # fmt: skip
+        self.layout, self.committed, self.live, self.workers, self.system, self.inputs = (
+            layout, committed, live, workers, system, inputs)  # fmt: skip
 
     @classmethod
     def of(cls, layout: Layout, values: list[int]) -> Snapshot:

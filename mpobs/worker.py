@@ -8,7 +8,7 @@ import signal
 import time
 from collections import deque
 from multiprocessing.reduction import recv_handle
-from typing import Any, NamedTuple
+from typing import Any
 
 from mpobs.dag import Pipeline
 from mpobs.doing import OutputWait
@@ -39,23 +39,25 @@ def part_path(part_dir: str, index: int) -> str:
     return os.path.join(part_dir, f"part-{index:09d}")
 
 
-class WorkerArgs(NamedTuple):
-    """Everything a worker process is started with (fork: nothing is pickled)."""
+class WorkerArgs:
+    """Everything a worker process is started with (fork: nothing is pickled).
 
-    slot: int
-    conn: Any  # its end of the pipe to the pool
-    seg_name: str
-    layout: Layout
-    lock: Any  # the segment's lock
-    pipeline: Pipeline
-    settings: TaskSettings
-    events_q: Any  # its record queue
-    wait_traces: bool  # a SimpleQueue: wait for room, never drop (--save-traces)
-    stop_event: Any  # set: every worker stops at its next batch
-    parent_pid: int
-    part_dir: str
-    out_fd: int | None = None
-    store: Any = None  # the pool's BlockStore (a shared mapping, inherited), when the input has blocks
+    ``conn``: its end of the pipe to the pool; ``lock``: the segment's lock; ``events_q``:
+    its record queue, a SimpleQueue when ``wait_traces`` (wait for room, never drop:
+    --save-traces); ``stop_event``: set, every worker stops at its next batch; ``store``:
+    the pool's BlockStore (a shared mapping, inherited), when the input has blocks.
+    """
+
+    __slots__ = ("slot", "conn", "seg_name", "layout", "lock", "pipeline", "settings", "events_q", "wait_traces",
+                 "stop_event", "parent_pid", "part_dir", "out_fd", "store")  # fmt: skip
+
+    def __init__(self, slot: int, conn: Any, seg_name: str, layout: Layout, lock: Any, pipeline: Pipeline,
+                 settings: TaskSettings, events_q: Any, wait_traces: bool, stop_event: Any, parent_pid: int,
+                 part_dir: str, out_fd: int | None = None, store: Any = None) -> None:  # fmt: skip
+        self.slot, self.conn, self.seg_name, self.layout, self.lock = slot, conn, seg_name, layout, lock
+        self.pipeline, self.settings, self.events_q, self.wait_traces = pipeline, settings, events_q, wait_traces
+        self.stop_event, self.parent_pid, self.part_dir = stop_event, parent_pid, part_dir
+        self.out_fd, self.store = out_fd, store
 
 
 def worker_main(args: WorkerArgs) -> None:
