@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import sys
 from typing import Any, NamedTuple
@@ -39,6 +37,8 @@ def load_config(path: str | os.PathLike[str] | None) -> Pipeline:
         reason = err.strerror if isinstance(err, OSError) and err.strerror else str(err)
         msg = f"config {str(p)!r}: cannot read it: {reason}"
         raise ConfigError(msg) from err
+    import json  # here: a run of the default pipeline reads no JSON, and this import is 1-2 ms of start-up
+
     try:
         data = json.loads(text)
     except json.JSONDecodeError as err:
@@ -88,6 +88,9 @@ class PipelineSpec(NamedTuple):
     @property
     def token(self) -> str:
         """The same for the same config and folder, on every machine."""
+        import hashlib
+        import json
+
         text = json.dumps([self.data, self.base_dir], sort_keys=True, default=str)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 

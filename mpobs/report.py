@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 from typing import Any
@@ -114,6 +113,8 @@ def report(outcome: Any, save_metrics: str | None, summary: Any) -> None:
     if outcome.exit_code == EXIT_OK and outcome.stats["system"]["state"] == "interrupted":
         quiet_stdout()  # the reader of stdout went away: not an error
     if save_metrics:
+        import json  # here: only --save-metrics writes JSON at the end of a run
+
         with open(save_metrics, "w", encoding="utf-8") as f:
             json.dump(outcome.metrics, f, indent=2)
             f.write("\n")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import sys
 
 import click
@@ -26,6 +25,8 @@ def traces(path: str, lines: tuple[str, ...], status: str | None, processor: str
     document per traced line: its id, original text, every step (processor, status,
     timestamp, what changed) and what it became in the output.
     """
+    import json  # here: `mpobs process` imports this module too (for its command), and reads no JSON
+
     from mpobs.tracefile import TraceReader
 
     wanted: list[int | str] = [int(x) if x.isdecimal() else x for x in lines]
