@@ -166,62 +166,97 @@ class FileSource(InputSource):
         """Byte ranges that end just after a "\\n" (the last one at the end of the file).
 
         Lazy: a task's first line number needs the newlines before it counted, so
-        counting overlaps with the workers' processing of earlier tasks. Counts on a
-        read-only mapping (``_newline_counter``), and gives each counted RELEASE_BYTES back
-        to the kernel (MADV_DONTNEED), so the coordinator's RSS grows with neither the
-        input nor the task size.
+        counting overlaps with the workers' processing of earlier tasks. Reads a task's
+        end and counts its newlines with ``_NewlineCounter``.
         """
         size = self.size or 0
         if size <= self.start:
             return
-        count_newlines = _newline_counter(size - self.start)
-        page = mmap.PAGESIZE
-        with open(self.path, "rb") as f, mmap.mmap(f.fileno(), size, access=mmap.ACCESS_READ) as mm:
-            start, released = self.start, self.start // page * page
-            last_is_newline = mm[size - 1] == 0x0A
+        with open(self.path, "rb") as f, _NewlineCounter(f.fileno(), size, size - self.start) as count:
+            start = self.start
+            last_is_newline = os.pread(f.fileno(), 1, size - 1) == b"\n"
             while start < size:
-                end = size
-                if start + task_bytes < size:
-                    nl = mm.find(b"\n", start + task_bytes - 1)
-                    end = size if nl == -1 else nl + 1
-                newlines = 0
-                for lo in range(start, end, RELEASE_BYTES):
-                    hi = min(end, lo + RELEASE_BYTES)
-                    newlines += count_newlines(mm, lo, hi)
-                    whole = hi // page * page
-                    if whole > released and hasattr(mm, "madvise"):
-                        mm.madvise(mmap.MADV_DONTNEED, released, whole - released)
-                        released = whole
-                lines = newlines + (1 if end == size and not last_is_newline else 0)
+                end = size if start + task_bytes >= size else count.line_end(start + task_bytes - 1)
+                lines = count(start, end) + (1 if end == size and not last_is_newline else 0)
                 self.bytes_read += end - start
                 self.lines_read += lines
                 yield Piece(start, end, lines, self.path)
                 start = end
 
 
-#: Planning gives the mapping's pages back every this many bytes: a big task (Dask's are
-#: 16 MiB) would otherwise add its size to the coordinator's peak RSS.
-RELEASE_BYTES = 1 << 20
 #: From this size on, planning counts newlines with numpy (imported for it).
 NUMPY_PLAN_BYTES = 256 << 20
+#: Without numpy, planning reads the input this many bytes at a time into one buffer.
+COUNT_BYTES = 256 << 10
+#: With numpy, planning gives the mapping's pages back every this many bytes: a big task
+#: (Dask's are 16 MiB) would otherwise add its size to the coordinator's peak RSS.
+RELEASE_BYTES = 1 << 20
 
 
-def _newline_counter(size: int) -> Callable[[mmap.mmap, int, int], int]:
-    """How to count the newlines of a range of the mapping, for an input of ``size`` bytes.
+class _NewlineCounter:
+    """Counts the newlines of byte ranges of a file of ``size`` bytes (``todo`` of them to plan).
 
-    Measured on the 147 MB bench log: numpy on the mapping (no copy) 0.034 s,
-    ``bytes.count`` on a copy of each range 0.073 s; importing numpy costs 50-70 ms.
-    So numpy for inputs from NUMPY_PLAN_BYTES on, or when something imported it already.
+    Measured on the 147 MB bench log: numpy on a mapping of the file (no copy) 0.034 s,
+    ``bytes.count`` 0.07-0.1 s; importing numpy costs 50-70 ms. So numpy for inputs
+    from NUMPY_PLAN_BYTES on, or when something imported it already. Without it, each
+    COUNT_BYTES is read into one reused buffer and counted there: a copy of each range
+    of a mapping (``mm[lo:hi]``, as before) was a new 1 MiB object each time, 256 fresh
+    pages whose faults cost about 0.9 ms a MiB on the benchmark VM, while the workers
+    wanted both cores. Either way the coordinator's RSS grows with neither the input
+    nor the task size: the buffer is reused, and the mapping's pages are given back.
     """
-    if size < NUMPY_PLAN_BYTES and "numpy" not in sys.modules:
-        return lambda mm, start, end: mm[start:end].count(b"\n")
-    import numpy as np
 
-    def count(mm: mmap.mmap, start: int, end: int) -> int:
-        view = np.frombuffer(mm, dtype=np.uint8, count=end - start, offset=start)
-        try:
-            return int(np.count_nonzero(view == 0x0A))
-        finally:
-            del view  # the mapping cannot close while a view of it lives
+    def __init__(self, fd: int, size: int, todo: int) -> None:
+        self.fd, self.size = fd, size
+        self.numpy = todo >= NUMPY_PLAN_BYTES or "numpy" in sys.modules
+        self.buf = bytearray(0 if self.numpy else min(todo, COUNT_BYTES))
+        self.mm = mmap.mmap(fd, size, access=mmap.ACCESS_READ) if self.numpy else None
+        self.released = 0  # with numpy: the mapping's pages before this are given back
 
-    return count
+    def __enter__(self) -> _NewlineCounter:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.mm is not None:
+            self.mm.close()
+
+    def line_end(self, pos: int) -> int:
+        """Just after the first "\\n" at or after ``pos``; the file's size if there is none."""
+        step = 4096
+        while pos < self.size:
+            chunk = os.pread(self.fd, step, pos)
+            if not chunk:
+                break
+            nl = chunk.find(b"\n")
+            if nl >= 0:
+                return pos + nl + 1
+            pos += len(chunk)
+            step = min(step * 4, COUNT_BYTES)  # a long line: bigger reads
+        return self.size
+
+    def __call__(self, start: int, end: int) -> int:
+        if self.mm is None:
+            buf, n = self.buf, 0
+            view = memoryview(buf)
+            for lo in range(start, end, len(buf)):
+                got = os.preadv(self.fd, [view[: min(len(buf), end - lo)]], lo)
+                if got <= 0:
+                    break  # the file shrank under us: the workers' reads tell
+                n += buf.count(b"\n", 0, got)
+            return n
+        import numpy as np
+
+        n, page = 0, mmap.PAGESIZE
+        self.released = max(self.released, start // page * page)
+        for lo in range(start, end, RELEASE_BYTES):
+            hi = min(end, lo + RELEASE_BYTES)
+            view = np.frombuffer(self.mm, dtype=np.uint8, count=hi - lo, offset=lo)
+            try:
+                n += int(np.count_nonzero(view == 0x0A))
+            finally:
+                del view  # the mapping cannot close while a view of it lives
+            whole = hi // page * page
+            if whole > self.released and hasattr(self.mm, "madvise"):
+                self.mm.madvise(mmap.MADV_DONTNEED, self.released, whole - self.released)
+                self.released = whole
+        return n

@@ -889,3 +889,30 @@ def test_ctrl_c_while_reading_a_slow_pipe(tmp_path: Path) -> None:
     assert not processes_using(out)
     assert not [n for n in shm_segments() if n.startswith(f"mpobs_{proc.pid}_")]
     assert not [n for n in os.listdir(tempfile.gettempdir()) if n.startswith(f"mpobs-parts-{proc.pid}-")]
+
+
+@pytest.mark.parametrize("with_numpy", [False, True])
+@pytest.mark.parametrize("tail", [b"\n", b"no newline at the end"])
+def test_a_file_is_planned_into_whole_lines_with_and_without_numpy(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                   with_numpy: bool, tail: bytes) -> None:  # fmt: skip
+    """Task ends and line counts, as the plan makes them, against a count done here."""
+    import mpobs.inputs as inputs
+
+    # Short and long lines, one longer than the planner's read buffer, empty ones, invalid UTF-8.
+    lines = [b"x" * (i * 37 % 300) for i in range(3000)] + [b"L" * (3 * inputs.COUNT_BYTES), b"", b"\xff\xfe"]
+    data = b"\n".join(lines) + tail
+    path = tmp_path / "in.log"
+    path.write_bytes(data)
+    monkeypatch.setattr(inputs, "NUMPY_PLAN_BYTES", 0 if with_numpy else 1 << 40)
+    monkeypatch.setattr(inputs, "RELEASE_BYTES", 4096)  # several releases a task
+    source = inputs.FileSource(str(path), str(path), len(data), start=5)  # starts part way, as stdin may
+    pieces = list(source.pieces(task_bytes=20_000))
+    assert pieces[0].start == 5 and pieces[-1].end == len(data)
+    for a, b in zip(pieces, pieces[1:]):
+        assert a.end == b.start and data[a.end - 1 : a.end] == b"\n"
+    for p in pieces:
+        chunk = data[p.start : p.end]
+        assert p.lines == chunk.count(b"\n") + (0 if chunk.endswith(b"\n") else 1)
+    assert source.lines_read == sum(p.lines for p in pieces)
+    assert len(pieces) > 10  # the long line made one task of its own, bigger than task_bytes
+    assert max(p.end - p.start for p in pieces) > 3 * inputs.COUNT_BYTES
