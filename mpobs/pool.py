@@ -80,10 +80,9 @@ class LocalPool(Executor):
         # worker would otherwise write to (and so copy) every page of objects it inherited.
         gc.freeze()
         self.slots = [self._spawn(s) for s in range(self.n)]
-        # The record readers start at the first poll, after the first tasks are handed
-        # out: so the forks happen from a single thread (a worker started again after a
-        # crash is forked while the readers run; it uses none of their locks), and the
-        # threads' start (1-2 ms) does not delay the workers' first tasks.
+        # After the first forks, so those happen from a single thread (a worker started
+        # again after a crash is forked while the readers run; it uses none of their locks).
+        self._start_readers()
 
     def _spawn(self, slot: int) -> _Slot:
         parent_conn, child_conn = self.mp.Pipe()
@@ -146,7 +145,6 @@ class LocalPool(Executor):
 
     def poll(self, timeout: float, wake: Sequence[int] = ()) -> list[Event]:
         """Wait for messages or deaths (or ``wake``); return what the workers did."""
-        self._start_readers()  # at the first poll, and for workers started again after a crash
         live = [s for s in self.slots if s.alive]
         ready = set(mp_wait([s.conn for s in live] + [s.proc.sentinel for s in live] + list(wake), timeout))
         events: list[Event] = []
@@ -162,7 +160,7 @@ class LocalPool(Executor):
                 events += self._read(i, s)  # what it said before dying still counts
             if s.proc.sentinel in ready:
                 events += self._died(i, s)
-        self._start_readers()  # for workers started again after a crash, above
+        self._start_readers()  # for workers started again after a crash
         if self.ctx.call_timeout is not None:
             self._stop_timed_out_calls(self.ctx.call_timeout)
         return events
