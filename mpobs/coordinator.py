@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 from mpobs.blocks import BlockStore
 from mpobs.dag import Pipeline
 from mpobs.doing import OutputWait, StallWatch
-from mpobs.defaults import BACKLOG_PER_WORKER, BLOCKS_PER_WORKER, SAVED_RECENT
+from mpobs.defaults import BACKLOG_PER_WORKER, BLOCKS_PER_WORKER, ENDING_WAIT, SAVED_RECENT
 from mpobs.errors import (EXIT_ALERT, EXIT_FAILED, EXIT_MAX_ERRORS, EXIT_OK, EXIT_SIGINT, EXIT_SIGTERM, EXIT_USAGE,
                           MpobsError)  # fmt: skip
 from mpobs.events import EventCollector
@@ -74,6 +74,7 @@ class Coordinator:
         self.alerts: AlertWatch | None = None
         self.signals = RunSignals(opts.follow, opts.output_path is not None, self.executor.stop_restarts)
         self._limit_reached = False
+        self._ending: tuple[_Stop, float] | None = None  # --fail-on-alert fired: end once the output has caught up
         self._final: tuple[dict[str, Any], dict[str, Any]] | None = None
 
     # -- the story of a run --------------------------------------------------
@@ -210,7 +211,7 @@ class Coordinator:
         assert source is not None
         wake = [source.waitable()]
         while True:
-            while executor.room() > 0 and (task := sched.next(output.next)) is not None:
+            while self._ending is None and executor.room() > 0 and (task := sched.next(output.next)) is not None:
                 executor.submit(task)
             if (executor.room() > 0 and sched.held_back(output.next)) != held:  # workers wait for the output now
                 held = not held
@@ -231,6 +232,8 @@ class Coordinator:
             self.output_wait.hold()  # a slow output (a pipe's reader) stops the run here
             output.advance()
             self.output_wait.release()
+            if self._ending is not None and (not output.placing or time.monotonic() > self._ending[1]):
+                raise self._ending[0]
             if self.checkpoints is not None and self.checkpoints.due():
                 self._save_checkpoint(output.sink)
             if self.opts.follow:
@@ -380,8 +383,10 @@ class Coordinator:
             return
         if self.dashboard is not None:
             self.dashboard.publish_alerts(self.alerts.doc())
-        if self.alerts.failed is not None:
-            raise _Stop("failed", EXIT_ALERT, self.alerts.failed)
+        if self.alerts.failed is not None and self._ending is None:
+            # Live counts include finished tasks not yet in the output: no task starts now, and the run
+            # ends once those placed are written (``_loop``, within ENDING_WAIT), what the alert counted.
+            self._ending = (_Stop("failed", EXIT_ALERT, self.alerts.failed), time.monotonic() + ENDING_WAIT)
 
     def _poll_dashboard(self) -> None:
         if self.dashboard is not None:

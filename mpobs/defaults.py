@@ -42,6 +42,8 @@ DASHBOARD_QUEUE_MESSAGES = 512
 STALL_AFTER = 30.0
 #: Seconds between evaluations of the --alerts rules (Prometheus's usual scrape and rule interval).
 ALERTS_INTERVAL = 5.0
+#: Seconds a run ended by --fail-on-alert waits for the tasks placed in its output to be written.
+ENDING_WAIT = 5.0
 #: A task that kills its worker this many times fails the run.
 MAX_TASK_ATTEMPTS = 3
 #: Tasks started ahead of the output, per worker: when one task stalls, the others'

@@ -247,3 +247,35 @@ def test_rules_are_evaluated_on_their_own_beat_not_the_loops(tmp_path: Path) -> 
         watch.tick(lambda: _doc(0))
         clock.t += 0.1
     assert watch.rules[0].evaluations == 20
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_a_run_ended_by_an_alert_keeps_what_the_alert_counted(tmp_path: Path, make_log: Any, seed: int) -> None:
+    """The rules read live counts, which include finished tasks whose output is not written yet.
+
+    The run ends (exit 4) only once those are in the output: the test executor writes a placed
+    task's output at a random later poll, so a run that ended at once lost what the alert had
+    counted (its final counts, equal to its output, fell below the alert's value).
+    """
+    import re
+
+    from mpobs.alerts_cli import alert_options
+    from mpobs.config import load_config
+    from mpobs.coordinator import Coordinator, RunOptions
+    from tests.adversarial import AdversarialExecutor
+
+    log = make_log(3000)
+    pipeline = load_config(None)
+    rules = _rules(tmp_path, "sum(mpobs_lines_processed_total) > 0")
+    alerts = alert_options(pipeline, (str(rules),), 0.1, None, ("any",), set())
+    out = tmp_path / "out"
+    opts = RunOptions(str(log), str(out), workers=4, task_bytes=1024, alerts=alerts)
+    executor = AdversarialExecutor(capacity=4, seed=seed, lose=0.0, writes_output=True)
+    outcome = Coordinator(pipeline, opts, executor=executor).run()
+    assert outcome.exit_code == 4, outcome.message
+    m = re.search(r"seen (\d+)", outcome.message or "")
+    assert m is not None, outcome.message
+    counted, final = int(m[1]), outcome.stats["system"]["total_lines"]
+    assert 0 < counted <= final < 3000  # ended early, with all it counted
+    lines_out = sum(p["lines_out"] for k, p in outcome.stats["processors"].items() if k.endswith("_filter"))
+    assert out.read_text().count("\n") == lines_out  # the output is exactly the committed lines
