@@ -123,6 +123,8 @@ class Coordinator:
             self.executor.start(self._context(source, sink))
             plan = source.tasks(opts.task_bytes, self.store)
             self._loop(Scheduler(plan, BACKLOG_PER_WORKER * self.executor.capacity), output)
+            if self._ending is not None:  # every task ended while the alert's run was ending
+                raise self._ending[0]
             self.stalls.check()  # a stall that ended with the last task is said to be over
             if source.damage is not None:  # everything before the damage is in the output and counted
                 raise _Stop("failed", EXIT_USAGE, source.damage)
@@ -232,8 +234,8 @@ class Coordinator:
             self.output_wait.hold()  # a slow output (a pipe's reader) stops the run here
             output.advance()
             self.output_wait.release()
-            if self._ending is not None and (not output.placing or time.monotonic() > self._ending[1]):
-                raise self._ending[0]
+            if self._ending is not None and (not output.waiting or time.monotonic() > self._ending[1]):
+                raise self._ending[0]  # no finished task is left out of the output
             if self.checkpoints is not None and self.checkpoints.due():
                 self._save_checkpoint(output.sink)
             if self.opts.follow:
@@ -385,7 +387,7 @@ class Coordinator:
             self.dashboard.publish_alerts(self.alerts.doc())
         if self.alerts.failed is not None and self._ending is None:
             # Live counts include finished tasks not yet in the output: no task starts now, and the run
-            # ends once those placed are written (``_loop``, within ENDING_WAIT), what the alert counted.
+            # ends once every finished task is in it (``_loop``, within ENDING_WAIT): what the alert counted.
             self._ending = (_Stop("failed", EXIT_ALERT, self.alerts.failed), time.monotonic() + ENDING_WAIT)
 
     def _poll_dashboard(self) -> None:

@@ -224,7 +224,7 @@ class _NewlineCounter:
         """Just after the first "\\n" at or after ``pos``; the file's size if there is none."""
         step = 4096
         while pos < self.size:
-            chunk = os.pread(self.fd, step, pos)
+            chunk = os.pread(self.fd, min(step, self.size - pos), pos)  # not past the size planned: it may grow
             if not chunk:
                 break
             nl = chunk.find(b"\n")
@@ -236,13 +236,14 @@ class _NewlineCounter:
 
     def __call__(self, start: int, end: int) -> int:
         if self.mm is None:
-            buf, n = self.buf, 0
+            buf, n, lo = self.buf, 0, start
             view = memoryview(buf)
-            for lo in range(start, end, len(buf)):
+            while lo < end:
                 got = os.preadv(self.fd, [view[: min(len(buf), end - lo)]], lo)
                 if got <= 0:
                     break  # the file shrank under us: the workers' reads tell
                 n += buf.count(b"\n", 0, got)
+                lo += got  # a short read (a network file system) goes on from where it stopped
             return n
         import numpy as np
 

@@ -916,3 +916,16 @@ def test_a_file_is_planned_into_whole_lines_with_and_without_numpy(tmp_path: Pat
     assert source.lines_read == sum(p.lines for p in pieces)
     assert len(pieces) > 10  # the long line made one task of its own, bigger than task_bytes
     assert max(p.end - p.start for p in pieces) > 3 * inputs.COUNT_BYTES
+
+
+def test_planning_a_file_that_grows_stops_at_the_size_it_was_given(tmp_path: Path) -> None:
+    """A log still being written: the plan ends where the file ended when it was looked at, even
+    inside a long last line that has grown since (its rest is the next run's)."""
+    import mpobs.inputs as inputs
+
+    data = b"a\n" * 2000 + b"L" * 20_000
+    path = tmp_path / "in.log"
+    path.write_bytes(data + b"more of the last line\nand a new one\n")
+    pieces = list(inputs.FileSource(str(path), str(path), len(data)).pieces(task_bytes=1024))
+    assert pieces[-1].end == len(data) and all(p.end <= len(data) for p in pieces)
+    assert sum(p.lines for p in pieces) == 2001
