@@ -14,9 +14,11 @@ part_dir)``
 ``("close",)`` or end of file           it cancels what runs, closes the client (and its LocalCluster), exits
 
 ``kind`` is ``finished`` (``payload``: the task's result and its worker), ``killed``
-(its worker died running it: Dask's KilledWorker), ``lost`` (it finished, but its
-result could not be fetched), ``cancelled`` (the scheduler went away) or ``error``
-(the task raised); ``payload`` is then a text for people. ``("failed", message)``:
+(its worker died running it, Dask's KilledWorker; ``payload``: that worker's address),
+``lost`` (it finished, but its result could not be fetched), ``cancelled`` (the scheduler
+went away) or ``error`` (the task raised); ``payload`` is then a text for people. A
+result lost with its worker before it was fetched is no end: Dask computes it again,
+and the task ends when that run does. ``("failed", message)``:
 the process itself failed, and ends.
 
 Why a process of its own: importing distributed alone costs ~31 MB, and its client
@@ -40,6 +42,7 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 from mpobs.dask_remote import probe, run_remote
+from mpobs.errors import describe
 
 #: Seconds to reach a scheduler given with --scheduler before giving up.
 CONNECT_TIMEOUT = 10
@@ -130,6 +133,20 @@ class Bridge:
         self.futures[key] = fut
         fut.add_done_callback(self._finished)
 
+    def probe(self, files: list[str], spec: Any) -> None:
+        """``mpobs.dask_remote.probe`` on every worker; one that goes away meanwhile is left out (if it comes
+        back, it is the same machine), and a run with none left is refused."""
+        answers = self.client.run(probe, files, spec, on_error="return")
+        gone = {w for w, a in answers.items() if isinstance(a, OSError)}  # CommClosedError: it died
+        failed = {w: a for w, a in answers.items() if isinstance(a, BaseException) and w not in gone}
+        if failed:
+            worker, err = sorted(failed.items())[0]
+            self.send("refused", f"Dask worker {worker} could not run the probe: {describe(err)}")
+        elif len(gone) == len(answers):
+            self.send("refused", "every Dask worker went away while the input was being checked")
+        else:
+            self.send("probed", {w: a for w, a in answers.items() if w not in gone})
+
     def _finished(self, fut: Any) -> None:
         """In the client's event loop: hand the future to the loop (which may block fetching its result)."""
         self.finished.put(fut)
@@ -139,23 +156,40 @@ class Bridge:
             pass
 
     def report(self, fut: Any) -> None:
+        """Tell the coordinator how a task ended: once its future is finished, erred or cancelled."""
         from distributed import KilledWorker
 
-        if self.futures.pop(fut.key, None) is None:
+        if fut.key not in self.futures:
             return
-        if fut.status == "finished":
-            try:
-                self.send("done", fut.key, "finished", fut.result())
-                return
-            except Exception as err:  # noqa: BLE001 - its worker died after it finished, say
-                self.send("done", fut.key, "lost", f"its result was lost ({type(err).__name__}: {err})")
-                return
-        if fut.status == "cancelled":
-            self.send("done", fut.key, "cancelled", "")
+        if fut.status in ("lost", "pending"):
+            # It had finished, and the worker holding its result went away before we fetched it:
+            # Dask computes it again by itself. Not an end, not an error of the task: wait for it.
+            threading.Thread(target=self._finished_again, args=(fut,), name="mpobs-bridge-lost", daemon=True).start()
             return
-        err = fut.exception()
-        kind = "killed" if isinstance(err, KilledWorker) else "error"
-        self.send("done", fut.key, kind, str(err) if kind == "killed" else f"{type(err).__name__}: {err}")
+        del self.futures[fut.key]
+        try:
+            result = fut.result()
+        except KilledWorker as err:
+            self.send("done", fut.key, "killed", err.last_worker.address)
+        except Exception as err:  # noqa: BLE001 - any other end is told, in words
+            if fut.status == "cancelled":
+                self.send("done", fut.key, "cancelled", "")
+            elif fut.status == "error":
+                self.send("done", fut.key, "error", describe(err))
+            else:  # it could not be fetched: run it again
+                self.send("done", fut.key, "lost", f"its result was lost ({describe(err)})")
+        else:
+            self.send("done", fut.key, "finished", result)
+
+    def _finished_again(self, fut: Any) -> None:
+        """In a thread of its own: wait until Dask has computed a lost result again (or given up), then report it."""
+        from distributed import wait
+
+        try:
+            wait(fut)
+        except Exception:  # noqa: BLE001 - cancelled, or the client closing: ``report`` tells which
+            pass
+        self._finished(fut)
 
     def workers(self) -> None:
         try:
@@ -198,7 +232,7 @@ class Bridge:
         elif op == "connect":
             self.connect(*args)
         elif op == "probe":
-            self.send("probed", self.client.run(probe, *args))
+            self.probe(*args)
         elif op == "start":
             self.start(*args)
 
@@ -233,7 +267,7 @@ def main(argv: list[str]) -> int:
     try:
         bridge.serve()
     except Exception as err:  # noqa: BLE001 - say it to the coordinator, in one line
-        bridge.send("failed", f"{type(err).__name__}: {err}")
+        bridge.send("failed", describe(err))
     finally:
         bridge.close()
     return 0

@@ -238,7 +238,7 @@ class DaskExecutor(Executor):
                                     f"while {task.describe()} ran; what is in the output is complete")  # fmt: skip
         if kind == "killed":
             self.restarted += 1
-            return TaskLost(task, f"a Dask worker died running it ({payload})", fault=True)
+            return TaskLost(task, f"its Dask worker {payload} died running it", fault=True)
         if kind == "lost":
             return TaskLost(task, payload)
         return WorkerFailed("dask", f"{task.describe()}: {payload}")

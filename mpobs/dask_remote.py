@@ -13,6 +13,7 @@ import threading
 import time
 from typing import Any
 
+from mpobs.errors import describe
 from mpobs.inputs import Task
 
 #: Bytes of each input file the probe compares (a hash of them).
@@ -98,5 +99,5 @@ def probe(files: list[str], spec: Any) -> dict[str, Any]:
         _pipeline(spec)
         built = None
     except Exception as err:  # noqa: BLE001 - a ConfigError (an import failing there), or worse
-        built = f"{type(err).__name__}: {err}"
+        built = describe(err)
     return {"files": seen, "pipeline": built}

@@ -34,3 +34,9 @@ class DashboardError(MpobsError):
     """The dashboard cannot start (port in use, host cannot be bound, no token)."""
 
     exit_code = EXIT_USAGE
+
+
+def describe(err: BaseException) -> str:
+    """An exception in words, ``Type: message``; ``Type`` alone when it has no message (never an empty cause)."""
+    text = str(err).strip()
+    return f"{type(err).__name__}: {text}" if text else type(err).__name__

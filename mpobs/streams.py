@@ -25,6 +25,7 @@ from typing import Any, Callable, Iterator
 from mpobs.blocks import BlockStore, StoreClosed
 from mpobs.decoders import SNIFF_BYTES, Decoder, decoder_for, sniff
 from mpobs.defaults import READ_BYTES, STREAM_FLUSH
+from mpobs.errors import describe
 from mpobs.inputs import NOT_READY, InputSource, Piece
 
 _END = object()
@@ -118,7 +119,7 @@ class BlockReader(threading.Thread):
         except OSError as err:
             self.source.damage = f"input {self.source.given!r}: read error: {err.strerror or err}"
         except Exception as err:  # noqa: BLE001 - the run must not end as if the input had ended
-            self.source.damage = f"input {self.source.given!r}: reading failed: {type(err).__name__}: {err}"
+            self.source.damage = f"input {self.source.given!r}: reading failed: {describe(err)}"
         finally:
             self.out.put(_END)
             self.wake()
