@@ -8,7 +8,8 @@ a new result element is *pending* from that evaluation, *firing* once it has bee
 and drops a pending one. Each firing or resolution is one line on stderr and an event in
 the document that ``/stats`` (``alerts``), ``/alerts``, ``ALERTS`` in ``/metrics`` and
 ``--save-metrics`` show; ``--alertmanager`` posts them (``mpobs.alertmanager``);
-``--fail-on-alert`` names the alerts that end the run (exit 4).
+``--fail-on-alert`` names the alerts that end the run (exit 4). At the run's end what
+still fires stays firing, as a Prometheus that goes away leaves it (``finish``).
 """
 
 from __future__ import annotations
@@ -91,6 +92,9 @@ class AlertWatch:
         self.events: list[dict[str, Any]] = []
         self.busy_s = 0.0  # CPU time spent evaluating, the run's stats document included (bench reads it)
         self.failed: str | None = None  # set once an alert named by --fail-on-alert fires
+        self.ended_at: float | None = None  # when ``finish`` made the last evaluation
+        # How long a posted firing alert is valid without a new post, as Prometheus's ValidUntil.
+        self.valid_for = 4 * max(RESEND_DELAY_S, opts.interval_s)
         self.notifier = None
         if opts.alertmanager:
             from mpobs.alertmanager import Notifier
@@ -169,6 +173,10 @@ class AlertWatch:
         about = alert.annotations.get("summary") or alert.annotations.get("description") or ""
         if what == "firing":
             line = f"alert {name}{{{shown}}} firing (value {go_e(alert.value)})" + (f": {about}" if about else "")
+        elif what == "still_firing":
+            line = f"alert {name}{{{shown}}} still firing when the run ended ({now - alert.fired_at:.0f} s firing)"
+            if self.notifier is not None:
+                line += f"; Alertmanager resolves it at {rfc3339(now + self.valid_for)} unless it fires again"
         else:
             line = f"alert {name}{{{shown}}} resolved after {now - alert.fired_at:.0f} s firing"
         self.say(line)
@@ -182,14 +190,13 @@ class AlertWatch:
         if self.notifier is None:
             return
         batch = []
-        valid_for = 4 * max(RESEND_DELAY_S, self.opts.interval_s)  # as Prometheus's ValidUntil
         for r in self.rules:
             for alert in r.active.values():
                 if alert.state == "pending":
                     continue
                 if alert.resolved_at > alert.sent_at or alert.sent_at + RESEND_DELAY_S < now:
                     alert.sent_at = now
-                    ends = alert.resolved_at if alert.state == "inactive" else now + valid_for
+                    ends = alert.resolved_at if alert.state == "inactive" else now + self.valid_for
                     batch.append(self._posted(alert, ends))
         if batch:
             self.notifier.send(batch)
@@ -205,18 +212,29 @@ class AlertWatch:
                 self.say(line)
 
     def finish(self, stats: Callable[[], dict[str, Any]]) -> None:
-        """The run is over: a last evaluation, then what still fires is resolved (its run ended) and sent."""
+        """The run is over: a last evaluation, then nothing evaluates these rules any more.
+
+        As when a Prometheus goes away: what still fires is not resolved (its condition was
+        last seen holding). It is posted once more as firing, with ``endsAt`` ``valid_for``
+        from now, and Alertmanager resolves it when that passes; the posts get
+        ``Notifier.close``'s bounded time to be acknowledged. Pending alerts never fired: dropped.
+        """
         self.tick(stats, force=True)
         now = self.clock()
+        self.ended_at = now
+        ends = now + self.valid_for
+        batch = []
         for r in self.rules:
-            for alert in r.active.values():
-                if alert.state == "firing":
-                    alert.state, alert.resolved_at = "inactive", now
-                    self._event("resolved", alert, now)
-                elif alert.state == "pending":
-                    alert.state = "inactive"
-        self._send(now)
+            for fp, alert in list(r.active.items()):
+                if alert.state == "pending":
+                    del r.active[fp]
+                elif alert.state == "firing":
+                    alert.sent_at = now
+                    batch.append(self._posted(alert, ends))
+                    self._event("still_firing", alert, now)
         if self.notifier is not None:
+            if batch:
+                self.notifier.send(batch)
             self.notifier.close()
             self._notifier_news()
 
@@ -227,7 +245,8 @@ class AlertWatch:
                   "interval_s": r.interval_s, "evaluations": r.evaluations, "error": r.last_error,
                   "state": _rule_state(r)} for r in self.rules]  # fmt: skip
         out: dict[str, Any] = {"alerts": active, "rules": rules, "events": list(self.events),
-                               "interval_s": self.opts.interval_s, "busy_s": round(self.busy_s, 6)}  # fmt: skip
+                               "interval_s": self.opts.interval_s, "busy_s": round(self.busy_s, 6),
+                               "ended_at": rfc3339(self.ended_at) if self.ended_at is not None else None}  # fmt: skip
         if self.notifier is not None:
             out["alertmanager"] = self.notifier.status()
         return out

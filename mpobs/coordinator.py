@@ -329,7 +329,7 @@ class Coordinator:
         if failed is not None and clean:
             state, code, message = "failed", EXIT_FAILED, failed
         if self.seg is not None:
-            if self.alerts is not None:  # a last evaluation; what still fires is resolved: the run is over
+            if self.alerts is not None:  # a last evaluation; what still fires stays firing (AlertWatch.finish)
                 self.alerts.finish(self.live_stats)
                 if self.alerts.failed is not None and clean:
                     state, code, message = "failed", EXIT_ALERT, self.alerts.failed

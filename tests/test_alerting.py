@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from mpobs.alerting import AlertOptions, AlertWatch, expand, go_e, go_v
+from mpobs.alerting import AlertOptions, AlertWatch, expand, go_e, go_v, rfc3339
 from mpobs.alertrules import load_rules
 from mpobs.promql import Evaluator
 from mpobs.seriesstore import SeriesStore, labels_of
@@ -128,6 +128,26 @@ def test_pending_firing_kept_then_resolved(tmp_path: Path) -> None:
     assert [e["event"] for e in watch.doc()["events"]] == ["firing", "resolved"]
 
 
+def test_the_run_s_end_leaves_firing_alerts_firing_and_drops_pending_ones(tmp_path: Path) -> None:
+    said: list[str] = []
+    watch, clock = _watch(tmp_path, 1.0, said.append)
+    for errors in (3, 4, 5):  # pending, pending, firing
+        watch.tick(lambda e=errors: _doc(e))
+        clock.t += 1
+    assert [a["state"] for a in watch.doc()["alerts"]] == ["firing"]
+    watch.finish(lambda: _doc(5))
+    doc = watch.doc()
+    assert [a["state"] for a in doc["alerts"]] == ["firing"] and doc["rules"][0]["state"] == "firing"
+    assert [e["event"] for e in doc["events"]] == ["firing", "still_firing"]
+    assert said[-1] == 'alert ErrorsSeen{processor="f",severity="page"} still firing when the run ended (1 s firing)'
+    assert doc["ended_at"] == rfc3339(clock.t)
+    # A pending alert at the end never fired: it is dropped, and nothing is said of it.
+    watch, clock = _watch(tmp_path, 1.0, said.append)
+    watch.tick(lambda: _doc(3))
+    watch.finish(lambda: _doc(3))
+    assert watch.doc()["alerts"] == [] and [e["event"] for e in watch.doc()["events"]] == []
+
+
 def _rules(tmp_path: Path, expr: str, name: str = "Seen") -> Path:
     path = tmp_path / "rules.yml"
     path.write_text(f"groups:\n  - name: g\n    rules:\n      - alert: {name}\n        expr: '{expr}'\n"
@@ -147,9 +167,12 @@ def test_a_run_records_its_alerts_and_fail_on_alert_exits_4(tmp_path: Path, cli:
               "--alerts", str(rules), "--alerts-interval", "0.2", "--save-metrics", str(m))  # fmt: skip
     err = res.stderr.decode()
     assert res.returncode == 0, err
-    assert "alert Seen{} firing (value 4e+01): seen 40" in err and "alert Seen{} resolved" in err
+    assert "alert Seen{} firing (value 4e+01): seen 40" in err, err
+    # The run's end resolves nothing: nobody saw the condition end (as a Prometheus that goes away).
+    assert "alert Seen{} still firing when the run ended" in err and "resolved" not in err, err
     saved = json.loads(m.read_text())["alerts"]
-    assert [e["event"] for e in saved["events"]][-2:] == ["firing", "resolved"] and saved["alerts"] == []
+    assert [e["event"] for e in saved["events"]][-2:] == ["firing", "still_firing"]
+    assert [a["state"] for a in saved["alerts"]] == ["firing"] and saved["ended_at"] is not None
     res = cli("process", str(log), "-c", str(config), "-w", str(workers), "-o", str(tmp_path / "out"), "-q",
               "--alerts", str(rules), "--fail-on-alert", "Seen")  # fmt: skip
     assert res.returncode == 4, res.stderr.decode()

@@ -112,13 +112,12 @@ def alertmanager(tmp_path: Path) -> Iterator[tuple[str, Hook]]:
         hook.close()
 
 
-def _follow(tmp_path: Path, alertmanager_url: str, *extra: str) -> subprocess.Popen[bytes]:
+def _follow(tmp_path: Path, alertmanager_url: str, *extra: str, rules: str = RULES) -> subprocess.Popen[bytes]:
     config = fn_config(tmp_path, "amfns", FNS, [{"type": "python", "id": "f", "function": "amfns:f"}])
-    rules = tmp_path / "rules.yml"
-    rules.write_text(RULES)
+    (tmp_path / "rules.yml").write_text(rules)
     return subprocess.Popen(
         [sys.executable, "-m", "mpobs", "process", str(tmp_path / "app.log"), "-F", "-c", str(config), "-w", "2",
-         "-o", str(tmp_path / "out"), "-q", "--alerts", str(rules), "--alerts-interval", "0.2",
+         "-o", str(tmp_path / "out"), "-q", "--alerts", str(tmp_path / "rules.yml"), "--alerts-interval", "0.2",
          "--alertmanager", alertmanager_url, *extra],
         cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
     )  # fmt: skip
@@ -128,27 +127,69 @@ def _am_alerts(url: str, name: str) -> list[dict[str, Any]]:
     return [a for a in get_json(f"{url}/api/v2/alerts")[1] if a["labels"]["alertname"] == name]
 
 
+def _seconds_left(alert: dict[str, Any]) -> float:
+    ends = datetime.fromisoformat(alert["endsAt"].replace("Z", "+00:00"))
+    return (ends - datetime.now(timezone.utc)).total_seconds()
+
+
 def test_a_real_alertmanager_receives_the_alert_then_its_resolution(tmp_path: Path,
                                                                     alertmanager: tuple[str, Hook]) -> None:  # fmt: skip
+    """Errors for a while, then none: firing, then resolved while the run goes on, in Alertmanager
+    and in the notifications it sends."""
     url, hook = alertmanager
-    (tmp_path / "app.log").write_text(_lines(0, 200))
-    proc = _follow(tmp_path, url)
+    log = tmp_path / "app.log"
+    log.write_text(_lines(0, 200))
+    rules = RULES.replace("expr: sum by (processor) (mpobs_processor_errors_total) > 0",
+                          "expr: sum by (processor) (increase(mpobs_processor_errors_total[2s])) > 0")
+    proc = _follow(tmp_path, url, rules=rules)
+    written = [200]
+
+    def errors_until_notified() -> bool:  # new errors keep the condition true until Alertmanager notified it
+        _append(log, _lines(written[0], 50))
+        written[0] += 50
+        return "firing" in hook.statuses("ErrorsSeen")
+
     try:
-        (alert,) = wait_for(lambda: _am_alerts(url, "ErrorsSeen"), 30, interval=0.2, what="the alert in Alertmanager")
+        wait_for(errors_until_notified, 30, interval=0.3, what="Alertmanager's firing notification")
+        (alert,) = _am_alerts(url, "ErrorsSeen")
         assert alert["labels"] == {"alertname": "ErrorsSeen", "processor": "f", "severity": "page"}
         assert alert["annotations"] == {"summary": "processor f has errors"}
         assert alert["status"]["state"] == "active"
         # While firing it is valid for minutes (resent every 60 s), so only a resolution ends it soon.
-        ends = datetime.fromisoformat(alert["endsAt"].replace("Z", "+00:00"))
-        assert (ends - datetime.now(timezone.utc)).total_seconds() > 120
-        wait_for(lambda: "firing" in hook.statuses("ErrorsSeen"), 30, what="Alertmanager's firing notification")
+        assert _seconds_left(alert) > 120
+        # No new errors: the condition ends while the run goes on, and the resolution reaches Alertmanager.
+        wait_for(lambda: not _am_alerts(url, "ErrorsSeen"), 30, interval=0.2, what="the alert resolved in Alertmanager")
+        wait_for(lambda: hook.statuses("ErrorsSeen")[-1] == "resolved", 30, what="the resolved notification")
     finally:
         err = stop_following(proc)
     assert proc.returncode == 0, err
-    assert 'alert ErrorsSeen{processor="f",severity="page"} resolved' in err and "cannot post" not in err, err
-    # The run's end resolved it: Alertmanager drops it and notifies the resolution.
-    wait_for(lambda: not _am_alerts(url, "ErrorsSeen"), 30, interval=0.2, what="the alert resolved in Alertmanager")
-    wait_for(lambda: hook.statuses("ErrorsSeen")[-1] == "resolved", 30, what="the resolved notification")
+    assert 'alert ErrorsSeen{processor="f",severity="page"} resolved after' in err, err
+    assert "still firing" not in err and "cannot post" not in err, err
+
+
+def test_the_alert_that_ends_a_run_reaches_the_receiver_as_firing(tmp_path: Path, alertmanager: tuple[str, Hook],
+                                                                  cli: Any) -> None:  # fmt: skip
+    """--fail-on-alert: the run ends (exit 4) with its alert firing; Alertmanager keeps it firing (its
+    endsAt minutes away) and notifies it as firing, even though the run ended within its group_wait."""
+    url, hook = alertmanager
+    log = tmp_path / "app.log"
+    log.write_text(_lines(0, 20_000))
+    config = fn_config(tmp_path, "amfns", FNS, [{"type": "python", "id": "f", "function": "amfns:f"}])
+    (tmp_path / "rules.yml").write_text(RULES)
+    m = tmp_path / "m.json"
+    res = cli("process", str(log), "-c", str(config), "-w", "2", "-o", str(tmp_path / "out"), "-q",
+                  "--alerts", str(tmp_path / "rules.yml"), "--alerts-interval", "0.2", "--alertmanager", url,
+                  "--fail-on-alert", "ErrorsSeen", "--save-metrics", str(m))  # fmt: skip
+    err = res.stderr.decode()
+    assert res.returncode == 4, err
+    wait_for(lambda: "firing" in hook.statuses("ErrorsSeen"), 30, what="Alertmanager's firing notification")
+    assert 'alert ErrorsSeen{processor="f",severity="page"} still firing when the run ended' in err, err
+    assert "Alertmanager resolves it at" in err and "resolved after" not in err and "cannot post" not in err, err
+    (alert,) = _am_alerts(url, "ErrorsSeen")  # still active: it expires on its own, minutes later
+    assert alert["status"]["state"] == "active" and 180 < _seconds_left(alert) <= 240
+    saved = json.loads(m.read_text())["alerts"]
+    assert [a["state"] for a in saved["alerts"]] == ["firing"] and saved["events"][-1]["event"] == "still_firing"
+    assert "resolved" not in hook.statuses("ErrorsSeen")
 
 
 class Stuck:

@@ -181,11 +181,14 @@ def test_page_shows_the_alerts_of_a_followed_run(tmp_path: Path, browser_page: t
             cell = page.locator(f"#rule-table tr[data-rule='{rule}'] td[data-field='evaluations']")
             assert int(cell.text_content().replace(",", "")) > 0
         assert _event(page) == ["firing", "ErrorsSeen"]
-        # The run ends (SIGTERM): what fired is resolved, and the lingering page shows it.
+        # The run ends (SIGTERM): what fires stays firing (nothing saw it end), the pending one is
+        # dropped, and the lingering page shows it.
         proc.send_signal(signal.SIGTERM)
-        page.wait_for_selector("#alerts-pill.alerts-none", timeout=30000)
-        assert _event(page) == ["resolved", "ErrorsSeen"]
-        assert page.locator("#alert-table tbody tr").all_text_contents() == ["nothing pending or firing"]
+        page.locator("#alert-events li .chip", has_text="still firing").wait_for(timeout=30000)
+        assert _event(page) == ["still firing", "ErrorsSeen"]
+        assert page.locator("#alert-table tr[data-alert='LongWait']").count() == 0
+        assert page.locator("#alert-table tr[data-alert='ErrorsSeen'][data-state='firing']").count() == 1
+        assert page.locator("#alerts-pill").text_content() == "1 firing"
         assert problems == []
         proc.send_signal(signal.SIGINT)
         err = stop_cli(proc)

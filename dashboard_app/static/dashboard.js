@@ -213,7 +213,7 @@
       const li = el("li", "alert-event");
       const head = el("div", "step-head");
       head.appendChild(el("span", "muted", e.at));
-      head.appendChild(el("span", "chip st-" + e.event, e.event));
+      head.appendChild(el("span", "chip st-" + e.event, e.event.replace("_", " ")));
       head.appendChild(el("span", "id", e.labels.alertname));
       head.appendChild(el("span", "msg", e.annotations.summary || ""));
       li.appendChild(head);
