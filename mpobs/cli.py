@@ -24,7 +24,38 @@ def _fail(err: MpobsError) -> None:
     sys.exit(err.exit_code)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+_NO_ARGS_IS_HELP = getattr(click.exceptions, "NoArgsIsHelpError", ())  # click >= 8.2
+
+
+class _Commands(click.Group):
+    """The ``mpobs`` group: click's usage errors as one ``mpobs: error: ...`` line, as every other error.
+
+    click prints a usage block, a hint and the error on three lines; its "Did you mean"
+    suggestion is part of the message and stays.
+    """
+
+    def main(self, args: Any = None, prog_name: str | None = None, complete_var: str | None = None,
+             standalone_mode: bool = True, **extra: Any) -> Any:  # fmt: skip
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, standalone_mode, **extra)
+        try:
+            code = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except _NO_ARGS_IS_HELP as err:  # bare ``mpobs``: the help, as click shows it
+            err.show()
+            sys.exit(err.exit_code)
+        except click.ClickException as err:
+            message = err.format_message()
+            if isinstance(err, click.UsageError) and err.ctx is not None:
+                message = f"{message[:1].lower()}{message[1:]} (see {err.ctx.command_path} --help)"
+            click.echo(f"mpobs: error: {message}", err=True)
+            sys.exit(err.exit_code)
+        except click.Abort:
+            click.echo("mpobs: interrupted", err=True)
+            sys.exit(130)
+        sys.exit(code if isinstance(code, int) else 0)
+
+
+@click.group(cls=_Commands, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="mpobs")
 def main() -> None:
     """mpobs: run a DAG of line processors over a log on every core, and watch every step."""

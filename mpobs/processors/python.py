@@ -55,7 +55,8 @@ class PythonFunction(Processor):
     Per line (default): ``f(line: str) -> str | None | list[str]`` (replace, drop,
     or emit several). With ``"batch": true``: ``f(lines: list[str]) -> list`` of
     one such answer per line, called once per batch; if it raises, the batch is
-    retried line by line (``f([line])``) so the failing lines are found.
+    retried line by line (``f([line])``) so the failing lines are found; if it answers
+    another count than it was given, every line of the batch is an error saying so.
 
     Every call is timed into ``calls`` (a histogram, then the calls' total ns), which
     the task moves into its count vector once per batch.
@@ -82,7 +83,7 @@ class PythonFunction(Processor):
             answers = self._per_line(func, batch, errors)
         elif self.timed_out_batches and batch.nums[0] in self.timed_out_batches:  # it timed out: line by line now
             self._timed(int(self.timed_out_batches[batch.nums[0]] * 1e9))  # the call that timed out, counted
-            answers = self._per_line(lambda t: func([t])[0], batch, errors)
+            answers = self._per_line(lambda t: _one(func, t), batch, errors)
         else:
             t0 = time.perf_counter_ns()
             try:
@@ -92,13 +93,12 @@ class PythonFunction(Processor):
                     answers = func(list(batch.texts))
                 finally:
                     self._timed(time.perf_counter_ns() - t0)
-                if not isinstance(answers, list) or len(answers) != len(batch.texts):
-                    got = len(answers) if isinstance(answers, list) else type(answers).__name__
-                    msg = f"batch function must return a list with one answer per line ({len(batch.texts)}), got {got}"
-                    raise TypeError(msg)
-                answers = [_results(a) for a in answers]
-            except LINE_ERRORS:
-                answers = self._per_line(lambda t: func([t])[0], batch, errors)
+                if _wrong_count(answers, len(batch.texts), batch, errors):
+                    answers = [None] * len(batch.texts)
+                else:
+                    answers = [_results(a) for a in answers]
+            except LINE_ERRORS:  # one line's error, or an answer of the wrong type: found line by line
+                answers = self._per_line(lambda t: _one(func, t), batch, errors)
         if all(type(a) is list and len(a) == 1 for a in answers):
             return Batch(batch.nums, [a[0] for a in answers], batch.tags)
         nums: list[int] = []
@@ -149,3 +149,29 @@ class PythonFunction(Processor):
             t0 = t1
         calls[BUCKETS] += t0 - start
         return answers
+
+
+def _check_count(answers: Any, lines: int) -> None:
+    """A batch function's answer is a list of one answer per line; TypeError saying what it is otherwise."""
+    if not isinstance(answers, list):
+        raise TypeError(f"batch function returned {type(answers).__name__}, not a list of one answer per line")
+    if len(answers) != lines:
+        raise TypeError(f"batch function returned {len(answers)} result{'s' * (len(answers) != 1)} for {lines} "
+                        f"line{'s' * (lines != 1)}")  # fmt: skip
+
+
+def _wrong_count(answers: Any, lines: int, batch: Batch, errors: ErrorList) -> bool:
+    """True, with every line of ``batch`` an error saying so, when a batch function answered the wrong count."""
+    try:
+        _check_count(answers, lines)
+    except TypeError as exc:
+        errors.extend((num, text, exc) for num, text in zip(batch.nums, batch.texts))
+        return True
+    return False
+
+
+def _one(func: Callable[[list[str]], Any], text: str) -> Any:
+    """A batch function called with one line (to find the line it fails on): its one answer."""
+    answers = func([text])
+    _check_count(answers, 1)
+    return answers[0]
