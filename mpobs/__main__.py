@@ -17,7 +17,7 @@ def main() -> None:
     except KeyboardInterrupt:
         sys.stderr.write("mpobs: interrupted\n")
         sys.exit(130)
-    cli_main()
+    cli_main(prog_name="mpobs")  # also under `python -m mpobs`: messages name the command users type
 
 
 if __name__ == "__main__":

@@ -212,8 +212,7 @@ def _run(pipeline: Any, opts: Any, runner: Any, quiet: bool) -> int:
         progress.close()
         if runner is not None:
             runner.close()  # a run that could not start did not shut it down
-    report(outcome, opts.save_metrics, None if quiet else summary)
-    return outcome.exit_code
+    return report(outcome, opts.save_metrics, None if quiet else summary)
 
 
 def _executor(name: str, scheduler: str | None, workers: int) -> Any:

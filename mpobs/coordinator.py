@@ -372,7 +372,8 @@ class Coordinator:
                 raise _Stop("interrupted", EXIT_SIGTERM, "terminated (SIGTERM)")
             raise _Stop("interrupted", EXIT_SIGINT, "interrupted (Ctrl-C)")
         if self.collector.write_error is not None:
-            raise _Stop("failed", EXIT_FAILED, f"cannot write the --save-traces file: {self.collector.write_error}")
+            raise _Stop("failed", EXIT_FAILED, f"I/O error: cannot write the --save-traces file "
+                                              f"{self.collector.traces_path!r}: {self.collector.write_error}")
         if self.opts.max_errors is not None and self.seg is not None:
             # Workers that saw the limit stop by themselves; the rows of one that has
             # exited are already dropped, so the live total may be lower by now.

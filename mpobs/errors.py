@@ -40,3 +40,16 @@ def describe(err: BaseException) -> str:
     """An exception in words, ``Type: message``; ``Type`` alone when it has no message (never an empty cause)."""
     text = str(err).strip()
     return f"{type(err).__name__}: {text}" if text else type(err).__name__
+
+
+class PathIOError(OSError):
+    """An OSError that names the file it was about: ``cannot write the output '/x': No space left on device``.
+
+    ``str()`` is that sentence alone (no ``[Errno N]``); ``errno`` stays the original's.
+    """
+
+    def __init__(self, err: OSError, doing: str) -> None:
+        super().__init__(err.errno, f"{doing}: {err.strerror or describe(err)}")
+
+    def __str__(self) -> str:
+        return str(self.strerror)

@@ -69,13 +69,15 @@ class EventCollector:
         self.traces_file: IO[bytes] | None = None
         self.forward = forward
         self.last_error: dict[str, Any] | None = None
-        self.write_error: BaseException | None = None
+        self.write_error: BaseException | str | None = None
         self._opened: IO[bytes] | None = None  # the --save-traces file, open until close_traces()
+        self.traces_path = ""
         self._seen: set[tuple[int, int]] = set()
         self._lock = threading.Lock()
 
     def open_traces(self, path: str, header: bytes) -> None:
         """The --save-traces file: ``header`` (mpobs.tracefile.header), then every saved record until ``close_traces``."""
+        self.traces_path = path
         self.traces_file = self._opened = open(path, "wb")  # noqa: SIM115
         self.traces_file.write(header)
 
@@ -87,7 +89,7 @@ class EventCollector:
             if opened is not None:
                 opened.close()
         except OSError as err:
-            return f"I/O error writing --save-traces: {err}"
+            return f"I/O error: cannot write the --save-traces file {self.traces_path!r}: {err.strerror or err}"
         return None
 
     def add(self, task: int, chunk: int, traces: list[Any], errors: list[dict[str, Any]],
@@ -108,7 +110,7 @@ class EventCollector:
                 try:
                     self.traces_file.write(saved[1])
                 except (OSError, ValueError) as err:  # e.g. the disk is full: the run fails, reading goes on
-                    self.write_error = err
+                    self.write_error = err.strerror or err if isinstance(err, OSError) else err
                     self.traces_file = None
             if self.forward is not None:
                 try:

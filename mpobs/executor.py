@@ -73,7 +73,7 @@ class WorkerFailed:
     def message(self, output: str | None) -> str:
         """What the run says when it fails of this."""
         if self.io:  # what is committed stays in the output (and in the last checkpoint)
-            return f"I/O error: cannot write the output {output}: {self.detail}"
+            return f"I/O error: cannot write the output {output!r}: {self.detail}"
         return (f"worker {self.worker} failed: " if self.worker else "") + self.detail  # "": the executor as a whole
 
 

@@ -8,7 +8,7 @@ import sys
 import threading
 from typing import Callable
 
-from mpobs.errors import InputError
+from mpobs.errors import InputError, PathIOError
 
 
 class OutputClosed(Exception):
@@ -106,6 +106,7 @@ class OutputJoiner:
     def __init__(self, path: str | None, resume: tuple[int, int] | None = None) -> None:
         """``resume``: (a descriptor of the output file at ``path``, its length), already cut to a checkpoint's."""
         self.path = path
+        self.name = f"the output {path!r}" if path is not None else "standard output"  # for messages
         self.reopens = 0
         resume_at = None
         if path is not None and resume is not None:
@@ -154,14 +155,23 @@ class OutputJoiner:
                 self.bytes_written += n
         except BrokenPipeError as err:
             raise OutputClosed from err
+        except OSError as err:
+            raise PathIOError(err, f"cannot write {self.name}") from err
 
     def append(self, part: str) -> None:
-        with open(part, "rb") as f:
+        """Append the part file ``part`` (a task's output a worker wrote)."""
+        try:
+            f = open(part, "rb")  # noqa: SIM115 - closed below
+        except OSError as err:
+            raise PathIOError(err, f"cannot read the part file {part!r}") from err
+        with f:
             size = os.fstat(f.fileno()).st_size
             try:
                 self._copy(f.fileno(), size)
             except BrokenPipeError as err:
                 raise OutputClosed from err
+            except OSError as err:
+                raise PathIOError(err, f"cannot write {self.name}") from err
         self.bytes_written += size
 
     def _copy(self, src: int, size: int) -> None:
@@ -247,11 +257,11 @@ class OutputJoiner:
                 # Anything after the committed output is a task a stopped run did not count.
                 os.ftruncate(self.fd, self.at)
         except OSError as err:
-            failed = err
+            failed = PathIOError(err, f"cannot cut {self.name} to its committed end")
         finally:
             if self.own:
                 try:
                     os.close(self.fd)
                 except OSError as err:  # e.g. a delayed write error of a network file system
-                    failed = failed or err
+                    failed = failed or PathIOError(err, f"cannot close {self.name}")
         return failed

@@ -108,21 +108,39 @@ def _workers_of(executor: str | None) -> str:
     return "Dask worker thread(s)" if executor == "dask" else "worker(s)"
 
 
-def report(outcome: Any, save_metrics: str | None, summary: Any) -> None:
-    """After a run: the saved metrics, the summary (unless quiet), the closing message."""
-    if outcome.exit_code == EXIT_OK and outcome.stats["system"]["state"] == "interrupted":
+def report(outcome: Any, save_metrics: str | None, summary: Any) -> int:
+    """After a run: the saved metrics, the summary (unless quiet), the closing message; returns the exit code
+    (the run's, or EXIT_FAILED when the metrics could not be saved after a run that went well)."""
+    code, message = outcome.exit_code, outcome.message
+    if code == EXIT_OK and outcome.stats["system"]["state"] == "interrupted":
         quiet_stdout()  # the reader of stdout went away: not an error
     if save_metrics:
-        import json  # here: only --save-metrics writes JSON at the end of a run
-
-        with open(save_metrics, "w", encoding="utf-8") as f:
-            json.dump(outcome.metrics, f, indent=2)
-            f.write("\n")
+        failed = save_json(save_metrics, outcome.metrics)
+        if failed is not None:
+            failed = f"I/O error: cannot write the --save-metrics file {save_metrics!r}: {failed}"
+            if code == EXIT_OK:
+                code, message = EXIT_FAILED, failed
+            else:  # the run's own failure is the message; this one is said too
+                click.echo(f"mpobs: error: {failed}", err=True)
     if summary is not None:
         click.echo(summary(outcome.stats), err=True)
-    if outcome.message:
-        kind = "error: " if outcome.exit_code in (EXIT_FAILED, EXIT_MAX_ERRORS, EXIT_USAGE, EXIT_ALERT) else ""
-        click.echo(f"mpobs: {kind}{outcome.message}", err=True)
+    if message:
+        kind = "error: " if code in (EXIT_FAILED, EXIT_MAX_ERRORS, EXIT_USAGE, EXIT_ALERT) else ""
+        click.echo(f"mpobs: {kind}{message}", err=True)
+    return code
+
+
+def save_json(path: str, doc: Any) -> str | None:
+    """Write ``doc`` as indented JSON to ``path``; why it could not be written, if it could not."""
+    import json  # here: only --save-metrics writes JSON at the end of a run
+
+    try:
+        with open(path, "w", encoding="utf-8") as f:
+            json.dump(doc, f, indent=2)
+            f.write("\n")
+    except OSError as err:
+        return err.strerror or str(err)
+    return None
 
 
 def quiet_stdout() -> None:

@@ -254,7 +254,7 @@ def pwrite_all(fd: int, chunks: list[bytes], offset: int) -> None:
         try:
             n = os.pwritev(fd, group, offset)
         except OSError as err:
-            raise OutputWriteError(str(err)) from err
+            raise OutputWriteError(err.strerror or str(err)) from err
         offset += n
         for c in group:  # a short write: go on from where it stopped
             if n >= len(c):

@@ -289,7 +289,7 @@ def test_a_full_disk_ends_the_run_and_its_checkpoint_resumes_once_there_is_room(
     err = res.stderr.decode()
     assert res.returncode == 1, err
     # Whichever filled the disk: the output (written by a worker) or the checkpoint.
-    assert f"cannot write the output {out}" in err or f"cannot write the checkpoint {str(ck)!r}" in err, err
+    assert f"cannot write the output {str(out)!r}" in err or f"cannot write the checkpoint {str(ck)!r}" in err, err
     assert "No space left on device" in err and "Traceback" not in err
     from mpobs import checkpoint
 

@@ -202,7 +202,7 @@ def test_a_failing_save_traces_ends_the_run_with_the_dashboard(tmp_path: Path) -
                      "-o", "out.log", "--dashboard", "--dashboard-port", str(port), "--linger", "0", cwd=tmp_path)  # fmt: skip
     err = stop_cli(proc, timeout=60)
     assert proc.returncode == 1, err
-    assert "I/O error writing --save-traces" in err and "Traceback" not in err and "internal error" not in err
+    assert "I/O error: cannot write the --save-traces file '/dev/full'" in err and "Traceback" not in err and "internal error" not in err
     assert not _listening(port)
 
 

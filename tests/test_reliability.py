@@ -467,5 +467,5 @@ def test_save_traces_on_a_full_disk_fails_cleanly(tmp_path: Path, cli: Any, make
               "--save-traces", "/dev/full", timeout=120)  # fmt: skip
     err = res.stderr.decode()
     assert res.returncode == 1, err
-    assert "cannot write the --save-traces file" in err and "No space left on device" in err
+    assert "cannot write the --save-traces file '/dev/full': No space left on device" in err, err
     assert "Traceback" not in err and "Exception in thread" not in err

@@ -1,0 +1,65 @@
+"""The command line's own errors: one ``mpobs: error: ...`` line naming the problem, the documented exit code."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+
+@pytest.mark.parametrize(("args", "says"), [
+    (["process", "--folow"], "mpobs: error: no such option '--folow'. Did you mean '--follow'? "
+                             "(see mpobs process --help)"),
+    (["proces"], "mpobs: error: no such command 'proces'. (Did you mean one of: 'process', 'traces'?) "
+                 "(see mpobs --help)"),
+    (["process", "-w", "abc"], "mpobs: error: invalid value for '-w' / '--workers': 'abc' is not a valid integer "
+                               "range. (see mpobs process --help)"),
+    (["validate"], "mpobs: error: missing argument 'CONFIG_PATH'. (see mpobs validate --help)"),
+])  # fmt: skip
+def test_usage_errors_are_one_line_with_click_s_hint(cli: Any, args: list[str], says: str) -> None:
+    res = cli(*args)
+    assert res.returncode == 2
+    assert res.stderr.decode() == says + "\n" and res.stdout == b""
+
+
+def test_help_and_version_are_as_click_shows_them(cli: Any) -> None:
+    res = cli("process", "--help")
+    assert res.returncode == 0 and res.stdout.decode().startswith("Usage: mpobs process [OPTIONS] [INPUTS]...")
+    assert cli("--version").stdout.decode().startswith("mpobs, version ")
+    bare = cli()  # the group's help, as click gives it for no command
+    assert bare.returncode == 2 and "Commands:" in bare.stderr.decode() + bare.stdout.decode()
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full")
+@pytest.mark.parametrize(("args", "stdout", "says"), [
+    (["-o", "/dev/full"], None, "I/O error: cannot write the output '/dev/full': No space left on device"),
+    (["-o", "{tmp}/out", "--save-metrics", "/dev/full"], None,
+     "I/O error: cannot write the --save-metrics file '/dev/full': No space left on device"),
+    (["-o", "{tmp}/out", "--save-traces", "/dev/full", "--trace-sample", "1"], None,
+     "I/O error: cannot write the --save-traces file '/dev/full': No space left on device"),
+    ([], "/dev/full", "I/O error: cannot write standard output: No space left on device"),
+])  # fmt: skip
+def test_an_io_error_names_the_file_it_was_about(tmp_path: Path, cli: Any, make_log: Any, args: list[str],
+                                                 stdout: str | None, says: str) -> None:  # fmt: skip
+    import subprocess
+    import sys
+
+    log = make_log(20_000)
+    cmd = [sys.executable, "-m", "mpobs", "process", str(log), "-q", *(a.format(tmp=tmp_path) for a in args)]
+    with open(stdout or os.devnull, "wb") as out:
+        res = subprocess.run(cmd, stdout=out, stderr=subprocess.PIPE, timeout=120)
+    err = res.stderr.decode()
+    assert res.returncode == 1, err
+    assert f"mpobs: error: {says}\n" in err and "Traceback" not in err and "internal error" not in err, err
+
+
+def test_a_failed_save_metrics_after_a_failed_run_says_both(tmp_path: Path, cli: Any, make_log: Any) -> None:
+    """The run's own failure stays the exit code and the last line; the metrics that could not be saved are said too."""
+    log = make_log(2000)
+    res = cli("process", str(log), "-q", "-o", "/dev/full", "--save-metrics", "/dev/full")
+    err = res.stderr.decode().splitlines()
+    assert res.returncode == 1
+    assert err == ["mpobs: error: I/O error: cannot write the --save-metrics file '/dev/full': No space left on device",
+                   "mpobs: error: I/O error: cannot write the output '/dev/full': No space left on device"]
