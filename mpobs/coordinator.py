@@ -144,6 +144,12 @@ class Coordinator:
             self.signals.restore()
         if self._final is None:  # it failed before the segment existed: nothing ran
             raise MpobsError(message or "the run could not start")
+        if code == EXIT_MAX_ERRORS and message:
+            # The limit counts errors of tasks still running; the output and the final counts hold
+            # only the tasks that finished: say both, so that the two figures never seem to disagree.
+            s = self._final[0]["system"]
+            message += (f"; the output and the counts cover the {s['total_lines']:,} input lines finished before the "
+                        f"stop ({s['total_errors']:,} errors among them)")  # fmt: skip
         return RunOutcome(*self._final, code, message)
 
     def _check(self, source: InputSet) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Any
@@ -63,3 +64,32 @@ def test_a_failed_save_metrics_after_a_failed_run_says_both(tmp_path: Path, cli:
     assert res.returncode == 1
     assert err == ["mpobs: error: I/O error: cannot write the --save-metrics file '/dev/full': No space left on device",
                    "mpobs: error: I/O error: cannot write the output '/dev/full': No space left on device"]
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_max_errors_says_what_it_counted_and_what_the_output_holds(tmp_path: Path, cli: Any, make_log: Any,
+                                                                    workers: int) -> None:  # fmt: skip
+    """Errors counted in tasks still running pass the limit; the output and the summary hold only finished
+    tasks. The closing line gives both, and its second figure is the summary's and the saved metrics'."""
+    import re
+
+    from tests.test_reliability import fn_config
+
+    log = make_log(20_000)
+    fns = "def f(line):\n    if 'ERROR' in line:\n        raise ValueError('bad')\n    return line\n"
+    config = fn_config(tmp_path, "maxfns", fns, [{"type": "python", "id": "f", "function": "maxfns:f"}])
+    m = tmp_path / "m.json"
+    res = cli("process", str(log), "-c", str(config), "-w", str(workers), "--task-size", "50000", "-o",
+              str(tmp_path / "out"), "--save-metrics", str(m), "--max-errors", "300")  # fmt: skip
+    err = res.stderr.decode()
+    assert res.returncode == 3, err
+    found = re.search(r"--max-errors 300 reached \(([\d,]+) errors counted, last: f on in\.log:\d+: ValueError: bad\); "
+                      r"the output and the counts cover the ([\d,]+) input lines finished before the stop "
+                      r"\(([\d,]+) errors among them\)", err)  # fmt: skip
+    assert found, err
+    counted, lines, errors = (int(g.replace(",", "")) for g in found.groups())
+    saved = json.loads(m.read_text())["system"]
+    assert counted >= 300 and (saved["total_lines"], saved["total_errors"]) == (lines, errors)
+    assert f"failed: {lines:,} lines in" in err and f"{errors:,} errors\n" in err
+    out_lines = (tmp_path / "out").read_bytes().count(b"\n")
+    assert out_lines == lines - errors  # each failing line stops at f; every other line is written
