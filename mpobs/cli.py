@@ -205,14 +205,21 @@ def _run(pipeline: Any, opts: Any, runner: Any, quiet: bool) -> int:
     from mpobs.report import Progress, report, summary
 
     progress = Progress(enabled=False if quiet else None)
-    opts.on_tick = progress.tick
+    codes: list[int] = []
+
+    def ended(outcome: Any) -> None:
+        """The run is over: the report now, while a dashboard may go on serving the final state."""
+        progress.close()
+        codes.append(report(outcome, opts.save_metrics, None if quiet else summary))
+
+    opts.on_tick, opts.on_end = progress.tick, ended
     try:
         outcome = Coordinator(pipeline, opts, executor=runner).run()
     finally:
         progress.close()
         if runner is not None:
             runner.close()  # a run that could not start did not shut it down
-    return report(outcome, opts.save_metrics, None if quiet else summary)
+    return codes[0] if codes else report(outcome, opts.save_metrics, None if quiet else summary)
 
 
 def _executor(name: str, scheduler: str | None, workers: int) -> Any:

@@ -75,7 +75,7 @@ class Coordinator:
         self.signals = RunSignals(opts.follow, opts.output_path is not None, self.executor.stop_restarts)
         self._limit_reached = False
         self._ending: tuple[_Stop, float] | None = None  # --fail-on-alert fired: end once the output has caught up
-        self._final: tuple[dict[str, Any], dict[str, Any]] | None = None
+        self._final: RunOutcome | None = None
 
     # -- the story of a run --------------------------------------------------
     def run(self) -> RunOutcome:
@@ -144,13 +144,7 @@ class Coordinator:
             self.signals.restore()
         if self._final is None:  # it failed before the segment existed: nothing ran
             raise MpobsError(message or "the run could not start")
-        if code == EXIT_MAX_ERRORS and message:
-            # The limit counts errors of tasks still running; the output and the final counts hold
-            # only the tasks that finished: say both, so that the two figures never seem to disagree.
-            s = self._final[0]["system"]
-            message += (f"; the output and the counts cover the {s['total_lines']:,} input lines finished before the "
-                        f"stop ({s['total_errors']:,} errors among them)")  # fmt: skip
-        return RunOutcome(*self._final, code, message)
+        return self._final
 
     def _check(self, source: InputSet) -> None:
         """Before any output is touched: the outputs, the checkpoint and the executor can work."""
@@ -351,8 +345,16 @@ class Coordinator:
             if view is not None:
                 final["executor"] = view  # after shutdown: the workers as last seen, with what they ran
             saved = dict(final, recent_errors=c.recent_errors(SAVED_RECENT), recent_traces=c.recent_traces(SAVED_RECENT))
-            self._final = (final, saved)
+            if code == EXIT_MAX_ERRORS and message:
+                # The limit counts errors of tasks still running; the output and the final counts hold
+                # only the tasks that finished: say both, so that the two figures never seem to disagree.
+                s = final["system"]
+                message += (f"; the output and the counts cover the {s['total_lines']:,} input lines finished "
+                            f"before the stop ({s['total_errors']:,} errors among them)")  # fmt: skip
+            self._final = RunOutcome(final, saved, code, message)
             try:
+                if self.opts.on_end is not None:  # the report, before a dashboard lingers on
+                    self.opts.on_end(self._final)
                 if self.dashboard is not None:
                     self.dashboard.finish(final, lambda: self.signals.stop is not None)
             finally:

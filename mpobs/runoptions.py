@@ -39,6 +39,7 @@ class RunOptions:
         dashboard_process: Any = None,  # dashboard_app.process.DashboardProcess, forked early (prestart)
         alerts: Any = None,  # mpobs.alerting.AlertOptions: rules evaluated during the run (--alerts)
         on_tick: Callable[[Any], None] | None = None,  # progress display, given the Coordinator
+        on_end: Callable[[RunOutcome], None] | None = None,  # the run is over (before the dashboard lingers)
     ) -> None:
         self.inputs, self.output_path = inputs, output_path
         self.workers = workers if workers is not None else default_workers()
@@ -48,7 +49,7 @@ class RunOptions:
         self.checkpoint, self.checkpoint_every, self.follow = checkpoint, checkpoint_every, follow
         self.stall_after, self.call_timeout, self.event_chunk = stall_after, call_timeout, event_chunk
         self.dashboard, self.dashboard_process, self.alerts = dashboard, dashboard_process, alerts
-        self.on_tick = on_tick
+        self.on_tick, self.on_end = on_tick, on_end
 
 
 class RunOutcome:

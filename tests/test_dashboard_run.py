@@ -243,3 +243,29 @@ def test_dashboard_module_imports_cheaply() -> None:
     code = "import sys, mpobs.cli; print(sorted(m for m in ('flask', 'waitress', 'psutil', 'prometheus_client') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_without_linger_the_summary_and_saved_metrics_come_when_the_run_ends(tmp_path: Path) -> None:
+    """--dashboard without --linger serves the final state until Ctrl-C; the summary and the --save-metrics
+    file are written when the run ends, not when the dashboard stops."""
+    log = big_log(tmp_path / "in.log", 20_000, block=20_000)
+    port = free_port()
+    proc = start_cli("process", str(log), "-w", "2", "-o", "out", "--save-metrics", "m.json", "--dashboard",
+                     "--dashboard-port", str(port), cwd=tmp_path)  # fmt: skip
+    try:
+        wait_for(lambda: "dashboard still serving the final state" in (tmp_path / "cli.stderr").read_text(), 60,
+                 what="the run's end")  # fmt: skip
+        err = (tmp_path / "cli.stderr").read_text()
+        assert "done: 20,000 lines in" in err, err
+        assert err.index("done: 20,000 lines") < err.index("dashboard still serving")
+        saved = json.loads((tmp_path / "m.json").read_text())
+        assert saved["system"]["state"] == "done" and saved["system"]["total_lines"] == 20_000
+        code, live = get_json(f"http://127.0.0.1:{port}/stats")  # still serving: the same final numbers
+        assert code == 200 and live["system"]["total_lines"] == 20_000 and live["system"]["state"] == "done"
+        assert proc.poll() is None
+        proc.send_signal(signal.SIGINT)
+        err = stop_cli(proc)
+    finally:
+        kill_if_running(proc)
+    assert proc.returncode == 0, err
+    assert err.count("done: 20,000 lines") == 1
