@@ -44,6 +44,9 @@ STALL_AFTER = 30.0
 ALERTS_INTERVAL = 5.0
 #: Seconds a run ended by --fail-on-alert waits for the tasks placed in its output to be written.
 ENDING_WAIT = 5.0
+#: Seconds a stopped run (Ctrl-C, SIGTERM, --max-errors) waits for a worker inside a processor's
+#: call before it kills it: a hanging function must not hold the exit (what it did is not counted).
+STOP_CALL_GRACE = 0.3
 #: A task that kills its worker this many times fails the run.
 MAX_TASK_ATTEMPTS = 3
 #: Tasks started ahead of the output, per worker: when one task stalls, the others'

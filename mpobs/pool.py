@@ -16,7 +16,7 @@ from multiprocessing.reduction import send_handle
 from typing import Any, Callable, Sequence
 
 from mpobs.blocks import BlockStore
-from mpobs.defaults import PREFETCH, WORKER_QUEUE_MESSAGES
+from mpobs.defaults import PREFETCH, STOP_CALL_GRACE, WORKER_QUEUE_MESSAGES
 from mpobs.doing import describe, where
 from mpobs.events import QueueReader
 from mpobs.executor import Event, Executor, LimitReached, RunContext, TaskDone, TaskLost, TaskWritten, WorkerFailed
@@ -165,6 +165,16 @@ class LocalPool(Executor):
             self._stop_timed_out_calls(self.ctx.call_timeout)
         return events
 
+    def _kill_busy_workers(self) -> None:
+        """A stopping run: SIGKILL the workers still inside a processor's call (a hanging function, say),
+        which would not see the stop before it returns. Their tasks are unfinished: nothing of them counts."""
+        for i, s in enumerate(self.slots):
+            if s.proc.is_alive() and self.seg.doing_now(i)["doing_proc"]:
+                try:
+                    os.kill(s.proc.pid, signal.SIGKILL)
+                except OSError:
+                    pass  # it ended by itself
+
     def _stop_timed_out_calls(self, timeout: float) -> None:
         """SIGKILL a worker whose python processor's call runs longer than ``timeout``; ``_died`` says what timed out."""
         now = time.perf_counter_ns()
@@ -286,12 +296,16 @@ class LocalPool(Executor):
                 except OSError:
                     pass
         deadline = time.monotonic() + timeout
+        calls_end = None if graceful else time.monotonic() + STOP_CALL_GRACE
         while time.monotonic() < deadline:
             # One look at who is alive: a worker that exits between two looks left an
             # empty list to wait on, and the wait slept its whole 50 ms (half the small runs).
             alive = [s.proc for s in self.slots if s.proc.is_alive()]
             if not alive:
                 break
+            if calls_end is not None and time.monotonic() >= calls_end:
+                self._kill_busy_workers()
+                calls_end = None
             if self._records_arrived():  # records still arriving: wait as long as they do
                 deadline = max(deadline, time.monotonic() + timeout)
             ready = mp_wait([p.sentinel for p in alive], 0.05)

@@ -192,3 +192,47 @@ def test_call_timeout_is_refused_with_the_dask_executor(tmp_path: Path, cli: Any
     assert res.returncode == 2
     assert "--call-timeout needs the local executor" in res.stderr.decode()
     assert not (tmp_path / "out").exists()
+
+
+HANGING_FNS = """
+import os, time
+def hang(line):
+    if "HANG-HERE" in line:
+        open(os.environ["STARTED"], "w").close()
+        time.sleep(3600)
+    return line
+"""
+
+
+def test_ctrl_c_while_a_function_hangs_exits_at_once_with_exact_counts(tmp_path: Path, fault_workers: int,
+                                                                       make_log: Any) -> None:  # fmt: skip
+    """SIGINT while a worker is inside a call that never returns: exit 130 promptly (the worker is killed after
+    a short grace; before, the stop waited 5 s for it), and the output and the saved counts agree."""
+    import signal
+    import time
+
+    log, lines = _hang_log(make_log)
+    config = fn_config(tmp_path, "hangingfns", HANGING_FNS, [{"type": "python", "id": "h", "function": "hangingfns:hang"}])
+    out, m, started = tmp_path / "out", tmp_path / "m.json", tmp_path / "started"
+    proc = subprocess.Popen([sys.executable, "-m", "mpobs", "process", str(log), "-c", str(config), "-w",
+                             str(fault_workers), "-o", str(out), "-q", "--save-metrics", str(m), "--task-size", "8192"],
+                            stderr=subprocess.PIPE, env={**os.environ, "STARTED": str(started)})  # fmt: skip
+    try:
+        deadline = time.monotonic() + 60
+        while not started.exists() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert started.exists(), "the function never reached its hanging line"
+        t0 = time.monotonic()
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=30)
+        took = time.monotonic() - t0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 130, err.decode()
+    assert took < 2.5, took  # a generous bound on a busy machine; it used to be 5 s and more
+    stats = json.loads(m.read_text())
+    written = out.read_bytes().count(b"\n")
+    assert stats["processors"]["h"]["lines_out"] == written == stats["system"]["total_lines"] < len(lines)
+    assert out.read_bytes() == "".join(x + "\n" for x in lines[:written]).encode("utf-8", "surrogateescape")
