@@ -10,6 +10,9 @@ import click
 
 from mpobs.errors import EXIT_ALERT, EXIT_FAILED, EXIT_MAX_ERRORS, EXIT_OK, EXIT_USAGE
 
+#: Keys of each counter (and tags) the summary and the page show; the rest are summed.
+TOP_KEYS = 10
+
 
 class Progress:
     """Only on a terminal: click's progress bar over bytes done, with lines/s, when the input's
@@ -96,11 +99,37 @@ def summary(stats: dict[str, Any]) -> str:
         lines.append(f"workers restarted: {s['workers_restarted']}")
     if s.get("trace"):
         lines.append(f"traces: {s['traces_sent']:,} sent, {s['traces_dropped']:,} dropped (queue full)")
+    lines += counts_section("tags", stats.get("tags") or {}, s["total_lines"], "lines")
+    for pid, counts in (stats.get("counters") or {}).items():
+        lines += counts_section(f"counter {pid}", counts, sum(counts.values()), "counted")
     if stats.get("errors_by_type"):
         lines.append("errors by processor and type:")
         for e in sorted(stats["errors_by_type"], key=lambda e: -e["count"]):
             lines.append(f"  {e['processor']}  {e['error_type']}  {e['count']:,}")
     return "\n".join(lines)
+
+
+def top_counts(counts: dict[str, int], n: int = TOP_KEYS) -> tuple[list[tuple[str, int]], int, int]:
+    """The ``n`` biggest counts (ties in key order), and how many keys and how much the rest hold."""
+    ranked = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
+    rest = ranked[n:]
+    return ranked[:n], len(rest), sum(v for _, v in rest)
+
+
+def counts_section(title: str, counts: dict[str, int], total: int, of: str) -> list[str]:
+    """A counter's (or the tags') top keys with counts and shares of ``total``, the rest summed; [] if empty."""
+    if not counts:
+        return []
+    top, others, rest = top_counts(counts)
+    shown = f"top {len(top)} of {len(counts):,} keys, " if others else ""
+    rows = [(k, v) for k, v in top] + ([(f"({others:,} others)", rest)] if others else [])
+    width = max(len(k) for k, _ in rows)
+    nwidth = max(len(f"{v:,}") for _, v in rows)
+    out = [f"{title} ({shown}of {total:,} {of}):"]
+    for k, v in rows:
+        share = f"{v / total * 100:.1f}%".rjust(6) if total else "     –"
+        out.append(f"  {k.ljust(width)}  {v:>{nwidth},} {share}")
+    return out
 
 
 def _workers_of(executor: str | None) -> str:

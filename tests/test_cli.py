@@ -93,3 +93,23 @@ def test_max_errors_says_what_it_counted_and_what_the_output_holds(tmp_path: Pat
     assert f"failed: {lines:,} lines in" in err and f"{errors:,} errors\n" in err
     out_lines = (tmp_path / "out").read_bytes().count(b"\n")
     assert out_lines == lines - errors  # each failing line stops at f; every other line is written
+
+
+def test_the_summary_shows_tags_and_each_counter_s_top_keys_the_rest_summed() -> None:
+    from mpobs.report import counts_section, summary
+
+    counts = {f"k{i:02d}": 100 - i for i in range(15)}  # k00 100 ... k14 86
+    lines = counts_section("counter c", counts, sum(counts.values()), "counted")
+    total = sum(counts.values())
+    assert lines[0] == f"counter c (top 10 of 15 keys, of {total:,} counted):"
+    assert lines[1] == f"  k00         100 {f'{100 / total * 100:.1f}%':>6}"
+    assert lines[10].split()[0] == "k09" and len(lines) == 12
+    rest = sum(range(86, 91))
+    assert lines[11] == f"  (5 others)  {rest} {f'{rest / total * 100:.1f}%':>6}"
+    assert counts_section("tags", {}, 10, "lines") == []
+    doc = {"processors": {}, "system": {"state": "done", "total_lines": 4, "elapsed_s": 1.0, "lines_per_second": 4.0,
+                                        "workers": 1, "total_errors": 0},
+           "tags": {"error": 1, "info": 3}, "counters": {"c": {"a": 2, "b": 2}}}  # fmt: skip
+    text = summary(doc)
+    assert "tags (of 4 lines):\n  info   3  75.0%\n  error  1  25.0%" in text, text
+    assert "counter c (of 4 counted):\n  a  2  50.0%\n  b  2  50.0%" in text, text

@@ -207,3 +207,46 @@ def _seconds(text: str) -> float:
     """A duration as the page shows it ("12.3 µs", "4.1 ms", "2 s") in seconds."""
     value, unit = text.replace(",", "").split()
     return float(value) * {"µs": 1e-6, "ms": 1e-3, "s": 1.0}[unit]
+
+
+def test_page_shows_the_tags_and_each_counter_s_top_keys(tmp_path: Path, browser_page: tuple[Any, list[str]]) -> None:
+    """The page reads like the stderr summary: lines per tag, each counter's top 10 keys with count and share,
+    the rest summed in one row; the numbers are the run's own."""
+    import json
+
+    page, problems = browser_page
+    log = big_log(tmp_path / "in.log", 20_000, block=20_000)
+    (tmp_path / "c.json").write_text(json.dumps({"processors": [
+        {"type": "tag_extractor", "id": "tags"},
+        {"type": "counter", "id": "components", "by": r"\[(\w+)\]"},
+        {"type": "counter", "id": "last_word", "by": r"(\w+)$"},
+    ]}))  # fmt: skip
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    proc = start_cli("process", str(log), "-c", "c.json", "-w", "2", "-o", "out", "--dashboard", "--dashboard-port",
+                     str(port), "--linger", "60", cwd=tmp_path)  # fmt: skip
+    try:
+        wait_for(lambda: "dashboard serving the final state" in (tmp_path / "cli.stderr").read_text(), 60,
+                 what="the run's end")  # fmt: skip
+        stats = get_json(f"{url}/stats")[1]
+        page.goto(url + "/")
+        page.locator("table[data-counter='last_word'] tr[data-others]").wait_for(timeout=15000)
+        for name, counts, total in [("tags", stats["tags"], stats["system"]["total_lines"]),
+                                    *((pid, c, sum(c.values())) for pid, c in stats["counters"].items())]:  # fmt: skip
+            table = page.locator(f"table[data-counter='{name}']")
+            ranked = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
+            shown = [(r.locator("td[data-field='key']").text_content(), r.locator("td[data-field='count']").text_content(),
+                      r.locator("td[data-field='share']").text_content()) for r in table.locator("tbody tr").all()]  # fmt: skip
+            want = [(k, f"{v:,}", f"{v / total * 100:.1f} %".replace(".0 %", " %")) for k, v in ranked[:10]]
+            if len(ranked) > 10:
+                rest = sum(v for _, v in ranked[10:])
+                want.append((f"({len(ranked) - 10:,} others)", f"{rest:,}", f"{rest / total * 100:.1f} %".replace(".0 %", " %")))
+            assert shown == want, name
+        assert len(stats["counters"]["last_word"]) > 1000 and stats["tags"]["info"] > 0
+        assert problems == []
+        proc.send_signal(signal.SIGINT)
+        err = stop_cli(proc)
+    finally:
+        kill_if_running(proc)
+    assert proc.returncode == 0, err
+    assert "counter last_word (top 10 of" in err  # the summary on stderr shows the same tables

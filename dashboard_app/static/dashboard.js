@@ -173,6 +173,49 @@
     ibody.replaceChildren.apply(ibody, irows);
   }
 
+  // -- tags and counters: the top keys of each (as the stderr summary: mpobs.report.counts_section) --
+  const TOP_KEYS = 10;
+  function countsTable(title, name, counts, total) {
+    const ranked = Object.keys(counts).map(function (k) { return [k, counts[k]]; });
+    ranked.sort(function (a, b) { return b[1] - a[1] || (a[0] < b[0] ? -1 : a[0] > b[0] ? 1 : 0); });
+    const rest = ranked.slice(TOP_KEYS);
+    const rows = ranked.slice(0, TOP_KEYS);
+    if (rest.length) rows.push(["(" + fmtN(rest.length) + " others)", rest.reduce(function (t, kv) { return t + kv[1]; }, 0), true]);
+    const table = el("table", "grid counts-table");
+    table.setAttribute("data-counter", name);
+    const cap = el("caption", null, title + (rest.length ? " · top " + TOP_KEYS + " of " + fmtN(ranked.length) + " keys" : "") +
+      " · of " + fmtN(total));
+    table.appendChild(cap);
+    const head = el("thead");
+    const hr = el("tr");
+    [["key", ""], ["count", "num"], ["share", "num"]].forEach(function (h) { hr.appendChild(el("th", h[1], h[0])); });
+    head.appendChild(hr);
+    table.appendChild(head);
+    const body = el("tbody");
+    rows.forEach(function (kv) {
+      body.appendChild(row([
+        { v: kv[0], cls: kv[2] ? "muted" : "id", field: "key" }, { v: fmtN(kv[1]), cls: "num", field: "count" },
+        { v: total ? dec1.format(kv[1] / total * 100) + " %" : "–", cls: "num muted", field: "share" },
+      ], kv[2] ? { "data-others": "" } : { "data-key": kv[0] }));
+    });
+    table.appendChild(body);
+    return table;
+  }
+  function renderCounts(st) {
+    const tables = [];
+    const tags = st.tags || {};
+    if (Object.keys(tags).length) tables.push(countsTable("tags (lines)", "tags", tags, st.system.total_lines));
+    const counters = st.counters || {};
+    Object.keys(counters).forEach(function (pid) {
+      const c = counters[pid];
+      const total = Object.keys(c).reduce(function (t, k) { return t + c[k]; }, 0);
+      tables.push(countsTable("counter " + pid, pid, c, total));
+    });
+    $("counts-panel").classList.toggle("hidden", tables.length === 0);
+    const box = $("counts");
+    box.replaceChildren.apply(box, tables);
+  }
+
   // -- alerts (--alerts rules evaluated by the run; st.alerts is AlertWatch.doc) ----------------
   function renderAlerts(doc) {
     $("alerts-panel").classList.toggle("hidden", !doc);
@@ -318,6 +361,7 @@
       const st = got[0];
       renderSummary(st);
       renderProcessors(st);
+      renderCounts(st);
       renderAlerts(st.alerts || null);
       window.mpobsCharts.drawDag($("dag"), got[1], st.system.state === "running");
       window.mpobsCharts.drawChart($("chart"), got[2]);
