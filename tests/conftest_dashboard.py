@@ -147,14 +147,14 @@ def big_log(path: Path, lines: int = 3_000_000, block: int = 200_000) -> Path:
     return path
 
 
-def start_cli(*args: str, cwd: Path) -> Any:
-    """``python -m mpobs.cli ARGS`` as a subprocess (stdout and stderr to files in ``cwd``)."""
+def start_cli(*args: str, cwd: Path, stdin: Any = None) -> Any:
+    """``python -m mpobs.cli ARGS`` as a subprocess (stdout and stderr to files in ``cwd``; ``stdin`` as Popen's)."""
     import subprocess
     import sys
 
     out = open(cwd / "cli.stdout", "wb")  # noqa: SIM115 - closed by stop_cli
     err = open(cwd / "cli.stderr", "wb")  # noqa: SIM115
-    proc = subprocess.Popen([sys.executable, "-m", "mpobs.cli", *args], cwd=cwd, stdout=out, stderr=err)
+    proc = subprocess.Popen([sys.executable, "-m", "mpobs.cli", *args], cwd=cwd, stdout=out, stderr=err, stdin=stdin)
     proc.files = (out, err)  # type: ignore[attr-defined]
     return proc
 

@@ -15,7 +15,6 @@ import shutil
 import signal
 import subprocess
 import threading
-import time
 import urllib.parse
 import urllib.request
 from dataclasses import dataclass
@@ -253,7 +252,10 @@ def test_promql_values_match_prometheus_over_the_same_samples(scraped: Scraped) 
     # Enough history for the ranges to hold several scrapes and a changing pace.
     wait_for(lambda: float(_query(scraped.prom, "mpobs_run_elapsed_seconds")["result"][0]["value"][1]) > 25, 60,
              interval=0.5, what="25 s of scrapes")  # fmt: skip
-    at = round(time.time() - 3, 3)  # every scrape up to here is in the TSDB
+    # Half a scrape before the newest one in the TSDB: a target's scrapes are stored in order, so every
+    # one up to ``at`` is there (however late Prometheus stored the last ones), and none comes later.
+    newest = float(_query(scraped.prom, "timestamp(mpobs_run_elapsed_seconds)")["result"][0]["value"][1])
+    at = round(newest - 0.5, 3)
     evaluator = Evaluator(_store_from(scraped.prom, at))
     assert {NAME} <= {k for key in evaluator.store.series for k, _ in key}
     t_ms = round(at * 1000)

@@ -192,17 +192,30 @@ def test_the_alert_that_ends_a_run_reaches_the_receiver_as_firing(tmp_path: Path
     assert "resolved" not in hook.statuses("ErrorsSeen")
 
 
+class Post:
+    """One connection to ``Stuck``: ``closed`` once the client gives up; ``released`` once it is no longer held."""
+
+    def __init__(self, held: bool) -> None:
+        self.closed, self.released = threading.Event(), threading.Event()
+        if not held:
+            self.released.set()
+
+
 class Stuck:
     """An 'Alertmanager' that accepts connections and never answers (a hung server).
 
-    ``posts`` holds one Event per connection, set when the client gives up and closes it.
+    ``posts`` holds one Post per connection. A post is held until the test releases it: the server
+    sends it one more byte of a header that never ends every 0.2 s, so that the client's 2 s timeout
+    (on each read) cannot expire however long the test takes to look. Released (or when ``hold`` is
+    False), it gets nothing more, and the client gives up 2 s later, as with a server that hangs.
     """
 
     def __init__(self) -> None:
         self.sock = socket.socket()
         self.sock.bind(("127.0.0.1", 0))
         self.sock.listen(64)
-        self.posts: list[threading.Event] = []
+        self.posts: list[Post] = []
+        self.hold = True
         self._held: list[socket.socket] = []
         self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
         threading.Thread(target=self._accept, daemon=True).start()
@@ -213,19 +226,34 @@ class Stuck:
                 conn = self.sock.accept()[0]
             except OSError:
                 return
-            closed = threading.Event()
+            post = Post(self.hold)
             self._held.append(conn)
-            self.posts.append(closed)
-            threading.Thread(target=self._hold, args=(conn, closed), daemon=True).start()
+            self.posts.append(post)
+            threading.Thread(target=self._hold, args=(conn, post), daemon=True).start()
 
     @staticmethod
-    def _hold(conn: socket.socket, closed: threading.Event) -> None:
+    def _hold(conn: socket.socket, post: Post) -> None:
+        conn.settimeout(0.2)
+        head = b"HTTP/1.1 200 OK\r\nX-Hold: "
         try:
-            while conn.recv(65536):
-                pass
+            while True:
+                try:
+                    if not conn.recv(65536):
+                        break  # the client gave up
+                except TimeoutError:
+                    pass
+                if not post.released.is_set():
+                    conn.sendall(head or b"a")
+                    head = b""
         except OSError:
             pass
-        closed.set()
+        post.closed.set()
+
+    def release_all(self) -> None:
+        """From now on no post is held: each hangs until the client's timeout."""
+        self.hold = False
+        for post in self.posts:
+            post.released.set()
 
     def close(self) -> None:
         self.sock.close()
@@ -251,14 +279,17 @@ def test_an_absent_or_hung_alertmanager_does_not_hold_the_run_and_is_reported_on
         for r in range(3):  # the first errors fire the alert (a post), later rounds meet the retries
             seen = len(stuck.posts) if stuck else 0
             _append(tmp_path / "app.log", _lines(200 + 600 * r, 300))
-            if stuck:  # a new post, hung until its 2 s timeout: the run must not wait for it
+            if stuck:  # a new post, hung until the test releases it: the run must not wait for it
                 wait_for(lambda seen=seen: len(stuck.posts) > seen, 30, interval=0.02, what="a new post")
                 hung = stuck.posts[-1]
             _append(tmp_path / "app.log", _lines(500 + 600 * r, 300))
             ok = 200 + 540 * (r + 1)  # one line in ten is an error of f
             wait_for(lambda ok=ok: _out_lines(out) == ok, 30, interval=0.02, what="the new lines in the output")
             if stuck:
-                assert not hung.is_set(), "the new lines came out only after the hung post gave up"
+                assert not hung.closed.is_set(), "the new lines came out only after the hung post gave up"
+                hung.released.set()  # it times out now: a failed post, retried (the next round's post)
+        if stuck:
+            stuck.release_all()
         wait_for(lambda: posts_failed(3), 60, interval=0.2, what="a third failed post")
     finally:
         err = stop_following(proc)

@@ -15,21 +15,36 @@ from typing import Any
 
 import pytest
 
+from tests.handshake import GATED_SLOW_FNS, gate_env
 from tests.reference import default_pipeline
 from tests.test_reliability import default_with, fn_config, wait_for
 
-SLOW_FNS = """
-import time
+#: As GATED_SLOW_FNS, but the gate opens once the checkpoint at ``GATE_CHECKPOINT`` holds lines.
+CHECKPOINT_GATED_FNS = """
+import json, os, time
+def _checkpointed(path):
+    try:
+        with open(path) as f:
+            return json.load(f)["lines"] > 0
+    except (OSError, ValueError, KeyError):
+        return False
+
 def slow(lines):
     time.sleep({delay})
+    at = os.environ.get("GATE_AT")
+    if at and lines and int(lines[-1].split(":", 1)[0][5:]) >= int(at):
+        deadline = time.monotonic() + 60
+        while not _checkpointed(os.environ["GATE_CHECKPOINT"]) and time.monotonic() < deadline:
+            time.sleep(0.01)
     return lines
 """
 COUNTS = ("lines_in", "lines_out", "errors", "batches")
 
 
-def slow_config(tmp_path: Path, delay: float = 0.01) -> Path:
-    """The default pipeline, ``delay`` s slower per batch: long enough to be killed part way."""
-    return fn_config(tmp_path, "ckfns", SLOW_FNS.format(delay=delay),
+def slow_config(tmp_path: Path, delay: float = 0.01, fns: str = GATED_SLOW_FNS) -> Path:
+    """The default pipeline, ``delay`` s slower per batch: long enough to be killed part way. With the
+    environment of ``gate_env``, no batch from a given line on ends before the test lets it."""
+    return fn_config(tmp_path, "ckfns", fns.format(delay=delay),
                      default_with({"type": "python", "id": "slow", "function": "ckfns:slow", "batch": True}))
 
 
@@ -59,8 +74,12 @@ def committed(tmp_path: Path) -> int:
 
 
 def kill_part_way(cmd: list[str], tmp_path: Path, after_lines: int) -> None:
-    """Start the run; SIGKILL its whole process group once the checkpoint holds ``after_lines`` lines or more."""
-    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, start_new_session=True)
+    """Start the run; SIGKILL its whole process group once the checkpoint holds ``after_lines`` lines or more.
+
+    Lines from ``after_lines`` + 4,000 on wait at a gate that never opens: however late the test looks,
+    the run cannot have ended (the kill lands part way), yet the checkpoint can get past ``after_lines``."""
+    env = {**os.environ, **gate_env(after_lines + 4000, tmp_path / "never-opened")}
+    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, start_new_session=True, env=env)
     try:
         wait_for(lambda: committed(tmp_path) >= after_lines or proc.poll() is not None, 60)
         assert proc.poll() is None, f"it finished before it could be killed: {proc.stderr.read().decode()}"
@@ -77,8 +96,8 @@ def kill_part_way(cmd: list[str], tmp_path: Path, after_lines: int) -> None:
 def test_killed_runs_resume_to_the_output_and_counts_of_an_unkilled_one(tmp_path: Path, make_log: Any,
                                                                         fault_workers: int, kind: str) -> None:
     log = make_log(40_000, awkward=0.002)
-    # 20 ms a batch of 500: a checkpoint (every 0.1 s) about every 5,000 lines at 2 workers,
-    # so that each kill below lands part way, not after the end.
+    # 20 ms a batch of 500: a checkpoint (every 0.1 s) about every 5,000 lines at 2 workers, so that
+    # the kills below land at various moments (the gate of kill_part_way makes sure they land part way).
     config = slow_config(tmp_path, 0.02)
     if kind == "gzip":
         gz = tmp_path / "in.log.gz"
@@ -117,7 +136,8 @@ def test_sigint_writes_a_checkpoint_the_next_run_resumes_from(tmp_path: Path, ma
     log = make_log(30_000)
     config = slow_config(tmp_path)
     cmd = command(tmp_path, [log], 2, config)
-    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE)
+    # From line 15,000 on batches wait at a gate that never opens: the SIGINT always comes part way.
+    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, env={**os.environ, **gate_env(15_000, tmp_path / "never")})
     wait_for(lambda: committed(tmp_path) > 0, 60)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=60)
@@ -151,7 +171,9 @@ def test_a_checkpoint_from_another_config_is_refused(tmp_path: Path, make_log: A
 def test_two_runs_cannot_share_a_checkpoint(tmp_path: Path, make_log: Any) -> None:
     log = make_log(40_000)
     cmd = command(tmp_path, [log], 1, slow_config(tmp_path))
-    first = subprocess.Popen(cmd, stderr=subprocess.PIPE)
+    # From line 20,000 on the first run waits at a gate that never opens: it still runs (and holds
+    # the checkpoint) when the second starts, and when it gets its SIGINT.
+    first = subprocess.Popen(cmd, stderr=subprocess.PIPE, env={**os.environ, **gate_env(20_000, tmp_path / "never")})
     try:
         wait_for(lambda: committed(tmp_path) >= 0, 60)  # it holds the lock once its first checkpoint is out
         second = subprocess.run(cmd, capture_output=True, timeout=60)
@@ -277,7 +299,9 @@ def test_a_full_disk_ends_the_run_and_its_checkpoint_resumes_once_there_is_room(
     error, the last checkpoint good; with room again, the same command finishes with the output and
     counts of a run that never failed."""
     log = make_log(40_000)  # about 3 MB of output
-    config = slow_config(tmp_path)  # so that checkpoints are written before the disk is full
+    # Lines from 5,000 on (about 400 kB of output in front of them) wait until a checkpoint holds
+    # lines: one is written before the disk is full, however the processes are scheduled.
+    config = slow_config(tmp_path, fns=CHECKPOINT_GATED_FNS)
     common = ["-c", str(config), "-q", "--task-size", "65536", "--batch-lines", "500"]
     ref = subprocess.run([sys.executable, "-m", "mpobs", "process", str(log), *common, "-o", str(tmp_path / "ref"),
                           "--save-metrics", str(tmp_path / "ref.json")], capture_output=True, timeout=120)  # fmt: skip
@@ -285,7 +309,8 @@ def test_a_full_disk_ends_the_run_and_its_checkpoint_resumes_once_there_is_room(
     out, ck = small_disk / "out", small_disk / "ck.json"
     cmd = [sys.executable, "-m", "mpobs", "process", str(log), *common, "-w", str(fault_workers), "-o", str(out),
            "--save-metrics", str(tmp_path / "m.json"), "--checkpoint", str(ck), "--checkpoint-every", "0.05"]
-    res = subprocess.run(cmd, capture_output=True, timeout=120)
+    gated = {**os.environ, "GATE_AT": "5000", "GATE_CHECKPOINT": str(ck)}
+    res = subprocess.run(cmd, capture_output=True, timeout=120, env=gated)
     err = res.stderr.decode()
     assert res.returncode == 1, err
     # Whichever filled the disk: the output (written by a worker) or the checkpoint.
@@ -297,7 +322,7 @@ def test_a_full_disk_ends_the_run_and_its_checkpoint_resumes_once_there_is_room(
     assert saved is not None and saved.lines > 0 and out.stat().st_size >= saved.output_length
     assert (tmp_path / "ref").read_bytes().startswith(out.read_bytes()[: saved.output_length])
     subprocess.run(["mount", "-o", "remount,size=64m", str(small_disk)], check=True)
-    res = subprocess.run(cmd, capture_output=True, timeout=120)
+    res = subprocess.run(cmd, capture_output=True, timeout=120, env=gated)
     assert res.returncode == 0, res.stderr.decode()
     assert out.read_bytes() == (tmp_path / "ref").read_bytes()
     assert exact(json.loads((tmp_path / "m.json").read_text())) == exact(json.loads((tmp_path / "ref.json").read_text()))

@@ -64,11 +64,11 @@ def test_prometheus_scrapes_the_line_count(tmp_path: Path) -> None:
         finally:
             log_file.close()
 
-        def scraped_all() -> bool:
-            got = _query(prom, "mpobs_lines_processed_total")
-            return bool(got) and got[0]["value"][1] == str(LINES)
+        def scraped_all() -> bool:  # the last line may be counted in a scrape made before the run was done
+            got, done = _query(prom, "mpobs_lines_processed_total"), _query(prom, "mpobs_run_state{state='done'}")
+            return bool(got) and got[0]["value"][1] == str(LINES) and bool(done) and done[0]["value"][1] == "1"
 
-        wait_for(scraped_all, 60, interval=0.5, what="Prometheus to hold the final line count")
+        wait_for(scraped_all, 60, interval=0.5, what="Prometheus to hold the final line count and state")
         per_proc = _query(prom, "mpobs_processor_lines_in_total")
         assert {r["metric"]["processor"]: r["value"][1] for r in per_proc}["line_counter"] == str(LINES)
         assert all(r["metric"]["job"] == "mpobs" for r in per_proc)

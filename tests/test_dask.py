@@ -22,6 +22,7 @@ import psutil
 import pytest
 
 from tests.dask_faults import PLAN_ENV
+from tests.handshake import WAIT_FOR_FILE
 from tests.shared_procs import SHARED_PIDS
 from tests.test_engine import write_dag
 from tests.test_executor_seam import _traces as traces
@@ -32,6 +33,32 @@ pytestmark = pytest.mark.dask
 
 DASK = shutil.which("dask", path=os.path.dirname(sys.executable)) or "dask"
 SLOW_FNS = "import time\ndef slow(lines):\n    time.sleep(0.05)\n    return lines\n"
+HOLD = "HOLD-HERE"
+
+
+def held_slow_fns(gate: Path, delay: float = 0.05) -> str:
+    """SLOW_FNS (``delay`` s a batch), and a batch holding a line marked HOLD-HERE (``hold_at``) waits until the
+    test creates ``gate``: that task cannot end before the test has seen what it looks for. (The path is
+    in the source: the workers of a cluster started earlier do not have the test's environment.)"""
+    return WAIT_FOR_FILE + f"""
+import time
+def slow(lines):
+    time.sleep({delay})
+    if any({HOLD!r} in line for line in lines):
+        _wait_for_file({str(gate)!r})
+    return lines
+"""
+
+
+def hold_at(log: Path, *line_numbers: int) -> Path:
+    """Mark lines ``line_numbers`` (1-based) of ``log`` with HOLD-HERE, for ``held_slow_fns``."""
+    lines = log.read_bytes().split(b"\n")
+    for n in line_numbers:
+        lines[n - 1] = HOLD.encode() + b" " + lines[n - 1]
+    log.write_bytes(b"\n".join(lines))
+    return log
+
+
 COUNTS = ("lines_in", "lines_out", "errors", "batches")
 
 
@@ -283,7 +310,9 @@ def test_an_unreachable_scheduler_is_exit_2_within_10_s(tmp_path: Path, make_log
     took = time.monotonic() - t0
     err = res.stderr.decode()
     assert res.returncode == 2 and f"cannot reach the Dask scheduler at {address}" in err, err
-    assert took < 15, took  # 10 s to connect, plus the interpreter and imports
+    # 10 s to connect, plus the interpreter and Dask's imports, which a busy machine can make take
+    # seconds; Dask's own connect timeout (30 s) would still be caught.
+    assert took < 25, took
 
 
 def test_without_dask_installed_the_dask_executor_says_how_to_install_it(tmp_path: Path, make_log: Any) -> None:
@@ -299,8 +328,9 @@ def test_without_dask_installed_the_dask_executor_says_how_to_install_it(tmp_pat
 def test_the_scheduler_going_away_fails_the_run_with_exit_1(tmp_path: Path, make_log: Any) -> None:
     from tests.test_reliability import fn_config
 
-    log = make_log(40_000)
-    config = fn_config(tmp_path, "daskslow2", SLOW_FNS,
+    log = hold_at(make_log(40_000), 20_000)  # the run is still going when the scheduler goes
+    gate = tmp_path / "gate"
+    config = fn_config(tmp_path, "daskslow2", held_slow_fns(gate),
                        [{"type": "python", "id": "slow", "function": "daskslow2:slow", "batch": True}])
     (tmp_path / "c").mkdir()
     c = CliCluster(tmp_path / "c", workers=1)
@@ -313,6 +343,7 @@ def test_the_scheduler_going_away_fails_the_run_with_exit_1(tmp_path: Path, make
         c.scheduler.kill()
         _, err = proc.communicate(timeout=120)
     finally:
+        gate.touch()  # the worker's held task returns: the cluster stops at once
         if proc.poll() is None:
             proc.kill()
             proc.wait()
@@ -325,8 +356,9 @@ def test_the_scheduler_going_away_fails_the_run_with_exit_1(tmp_path: Path, make
 def test_ctrl_c_cancels_closes_the_cluster_and_exits_130(tmp_path: Path, make_log: Any) -> None:
     from tests.test_reliability import fn_config
 
-    log = make_log(40_000)
-    config = fn_config(tmp_path, "daskslow3", SLOW_FNS,
+    log = hold_at(make_log(40_000), 20_000)  # the run is still going when Ctrl-C comes
+    gate = tmp_path / "gate"
+    config = fn_config(tmp_path, "daskslow3", held_slow_fns(gate),
                        [{"type": "python", "id": "slow", "function": "daskslow3:slow", "batch": True}])
     out = tmp_path / "out"
     proc = subprocess.Popen([sys.executable, "-m", "mpobs", "process", str(log), "-c", str(config), "-q", "-w", "2",
@@ -339,6 +371,7 @@ def test_ctrl_c_cancels_closes_the_cluster_and_exits_130(tmp_path: Path, make_lo
         os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C reaches the whole foreground group
         _, err = proc.communicate(timeout=60)
     finally:
+        gate.touch()
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
@@ -347,8 +380,9 @@ def test_ctrl_c_cancels_closes_the_cluster_and_exits_130(tmp_path: Path, make_lo
     wait_for(lambda: not [p for p in family if p.is_running() and p.status() != psutil.STATUS_ZOMBIE], 30)
 
 
-def watched_dashboard_run(args: list[str], watch: Any, timeout: float = 60) -> tuple[Any, str]:
-    """``mpobs process ARGS --dashboard``: what ``watch(stats)`` returned first that was truthy while it ran, and its stderr."""
+def watched_dashboard_run(args: list[str], watch: Any, gate: Path, timeout: float = 60) -> tuple[Any, str]:
+    """``mpobs process ARGS --dashboard``: what ``watch(stats)`` returned first that was truthy while it ran, and its
+    stderr. The run's held task (``held_slow_fns``) goes on once the watch has seen it: ``gate`` is made then."""
     from tests.conftest_dashboard import get_json
 
     port = free_port()
@@ -364,8 +398,10 @@ def watched_dashboard_run(args: list[str], watch: Any, timeout: float = 60) -> t
 
     try:
         got = wait_for(seen, timeout)
+        gate.touch()
         _, err = proc.communicate(timeout=120)
     finally:
+        gate.touch()
         if proc.poll() is None:
             proc.kill()
         proc.communicate()  # reaps it and closes its stderr pipe, also when the watch failed
@@ -378,8 +414,10 @@ def test_stats_and_saved_metrics_show_the_dask_workers(tmp_path: Path, make_log:
     us, CPU and memory as its scheduler sees them, and a link to Dask's own dashboard."""
     from tests.test_reliability import fn_config
 
-    log = make_log(60_000)  # about 3 s of work: the watch must see the run while it runs, on a busy machine too
-    config = fn_config(tmp_path, "daskslow4", SLOW_FNS,
+    # A task near the end waits until the watch has seen the cluster busy: the run is still going then.
+    log = hold_at(make_log(20_000), 18_000)
+    gate = tmp_path / "gate"
+    config = fn_config(tmp_path, "daskslow4", held_slow_fns(gate),
                        [{"type": "python", "id": "slow", "function": "daskslow4:slow", "batch": True}])
     m = tmp_path / "m.json"
 
@@ -389,13 +427,13 @@ def test_stats_and_saved_metrics_show_the_dask_workers(tmp_path: Path, make_log:
 
     ex, _ = watched_dashboard_run([str(log), "-c", str(config), "-q", "-w", "2", "--task-size", "65536",
                                    "--batch-lines", "500", "-o", str(tmp_path / "out"), "--executor", "dask",
-                                   "--save-metrics", str(m)], busy_cluster)  # fmt: skip
+                                   "--save-metrics", str(m)], busy_cluster, gate)  # fmt: skip
     assert ex["name"] == "dask" and ex["scheduler"] == "LocalCluster" and ex["dashboard"].startswith("http://127.0.0.1:")
     assert all(w["address"].startswith("tcp://127.0.0.1:") and w["rss_bytes"] > 0 for w in ex["workers"])
     final = json.loads(m.read_text())
     workers = final["executor"]["workers"]
     assert sum(w["tasks"] for w in workers) == final["system"]["tasks_done"]
-    assert sum(w["lines"] for w in workers) == final["system"]["total_lines"] == 60_000
+    assert sum(w["lines"] for w in workers) == final["system"]["total_lines"] == 20_000
 
 
 def test_a_running_task_shows_its_counts_before_it_is_done(tmp_path: Path, make_log: Any) -> None:
@@ -403,8 +441,11 @@ def test_a_running_task_shows_its_counts_before_it_is_done(tmp_path: Path, make_
     done yet); when the run ends, the counts are exact (what was shown live never counts twice)."""
     from tests.test_reliability import fn_config
 
-    log = make_log(8_000)
-    config = fn_config(tmp_path, "daskslow5", SLOW_FNS,
+    # Each task waits half way (lines 2,000 and 6,000: after 19 batches, 0.05 s each, so past the
+    # first live report at 0.5 s) until the watch has seen it: no task can be done by then.
+    log = hold_at(make_log(8_000), 2_000, 6_000)
+    gate = tmp_path / "gate"
+    config = fn_config(tmp_path, "daskslow5", held_slow_fns(gate),
                        [{"type": "python", "id": "slow", "function": "daskslow5:slow", "batch": True}])
     m = tmp_path / "m.json"
 
@@ -412,11 +453,11 @@ def test_a_running_task_shows_its_counts_before_it_is_done(tmp_path: Path, make_
         seen = doc["processors"]["slow"]["lines_in"]
         return seen if doc["system"]["tasks_done"] == 0 and 0 < seen < 8_000 else None
 
-    # Two tasks (one per worker) of 40 batches of 100 lines, 0.05 s each: 2 s per task.
+    # Two tasks (one per worker) of 40 batches of 100 lines.
     seen, _ = watched_dashboard_run([str(log), "-c", str(config), "-q", "-w", "2", "--task-size",
                                      str(log.stat().st_size // 2 + 1), "--batch-lines", "100", "-o",
                                      str(tmp_path / "out"), "--executor", "dask", "--save-metrics", str(m)],
-                                    running_and_counted)  # fmt: skip
+                                    running_and_counted, gate)  # fmt: skip
     assert seen % 100 == 0  # whole batches
     final = json.loads(m.read_text())
     assert final["processors"]["slow"]["lines_in"] == final["system"]["total_lines"] == 8_000

@@ -54,6 +54,18 @@ def hangup_is_handled(pid: int) -> bool:
     return bool((int(fields["SigIgn"], 16) | int(fields["SigCgt"], 16)) & 1)
 
 
+def read_offset(pid: int, path: Path) -> int | None:
+    """Where process ``pid`` is in its open file ``path`` (/proc/PID/fdinfo), None when it has none open."""
+    fds = Path(f"/proc/{pid}/fd")
+    try:
+        for fd in fds.iterdir():
+            if os.readlink(fd) == str(path):
+                return int((Path(f"/proc/{pid}/fdinfo") / fd.name).read_text().split()[1])
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
 def append(log: Path, data: bytes) -> None:
     with open(log, "ab") as f:
         f.write(data)
@@ -106,9 +118,10 @@ def test_a_followed_log_through_rotations_comes_out_exactly_once(tmp_path: Path,
     proc = follow(tmp_path, log, fault_workers)
     try:
         wait_for(lambda: lines_out(out) == 2000, 30)
-        # Half a line waits for its newline. Nothing can be waited for here (it must NOT come
-        # out), so the reader gets a few of its 0.1 s looks at it before the rest arrives.
+        # Half a line waits for its newline. It must NOT come out: once the reader has read it (its
+        # file offset is at the end), it gets a few of its 0.1 s looks at it before the rest arrives.
         append(log, b"INFO half")
+        wait_for(lambda: read_offset(proc.pid, log) == log.stat().st_size, 30)
         time.sleep(0.5)
         assert lines_out(out) == 2000
         append(log, b" and the rest\n")
@@ -355,8 +368,10 @@ def test_a_steady_trickle_on_a_pipe_is_not_held_for_a_full_block(tmp_path: Path)
     config = tmp_path / "numbered.json"
     config.write_text(json.dumps(NUMBERED))
     out = tmp_path / "out"
+    # The writer goes on far longer than any wait below (it is killed at the end): lines that come out
+    # while it still writes were not held for a full block (1 MiB: tens of thousands of ticks).
     writer = ("import sys, time\n"
-              "for k in range(1000):\n"
+              "for k in range(100_000):\n"
               "    sys.stdout.write(f'INFO tick {k}\\n'); sys.stdout.flush(); time.sleep(0.02)\n")  # fmt: skip
     src = subprocess.Popen([sys.executable, "-c", writer], stdout=subprocess.PIPE)
     proc = subprocess.Popen([sys.executable, "-m", "mpobs", "process", "-", "-c", str(config), "-q", "-o", str(out)],
@@ -364,7 +379,7 @@ def test_a_steady_trickle_on_a_pipe_is_not_held_for_a_full_block(tmp_path: Path)
     assert src.stdout is not None
     src.stdout.close()
     try:
-        wait_for(lambda: lines_out(out) >= 10, 10)  # long before the writer's 20 s are over
+        wait_for(lambda: lines_out(out) >= 10, 30)  # a busy machine may take seconds to start the run
         assert src.poll() is None
     finally:
         src.kill()

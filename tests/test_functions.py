@@ -122,20 +122,25 @@ def test_a_stalled_call_is_named_on_stderr_in_healthz_and_in_metrics(tmp_path: P
     release = tmp_path / "release"
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    proc = subprocess.Popen([sys.executable, "-m", "mpobs", "process", str(log), "-c", str(config), "-w", "2", "-o",
-                             str(tmp_path / "out"), "-q", "--stall-after", "0.5", "--task-size", "8192", "--dashboard",
-                             "--dashboard-port", str(port), "--linger", "0"], stderr=subprocess.PIPE,
-                            env={**os.environ, "RELEASE": str(release)})  # fmt: skip
+    stderr = tmp_path / "stderr"
+    with open(stderr, "wb") as err_file:  # a file, so that the test can read what was said while it runs
+        proc = subprocess.Popen([sys.executable, "-m", "mpobs", "process", str(log), "-c", str(config), "-w", "2",
+                                 "-o", str(tmp_path / "out"), "-q", "--stall-after", "0.5", "--task-size", "8192",
+                                 "--dashboard", "--dashboard-port", str(port), "--linger", "0"], stderr=err_file,
+                                env={**os.environ, "RELEASE": str(release)})  # fmt: skip
     try:
         health = wait_for(lambda: _degraded(get_json, url), 30, what="/healthz degraded")
         metrics = urllib.request.urlopen(f"{url}/metrics", timeout=5).read().decode()
+        # The call hangs until released: the coordinator (looking every 0.2 s or so) says it on stderr first.
+        wait_for(lambda: "stalled:" in stderr.read_text(errors="replace"), 30, what="the stall said on stderr")
         release.touch()
-        _, err = proc.communicate(timeout=60)
+        proc.wait(timeout=60)
     finally:
+        release.touch()
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-    text = err.decode()
+    text = stderr.read_text(errors="replace")
     assert proc.returncode == 0, text
     [call] = health["stalled_calls"]
     assert (call["processor"], call["function"], call["line"]) == ("hang", "hangfns:hang", "in.log:1500")
@@ -149,7 +154,7 @@ def test_a_stalled_call_is_named_on_stderr_in_healthz_and_in_metrics(tmp_path: P
 
 
 def _degraded(get_json: Any, url: str) -> Any:
-    """/healthz once degraded for a second (the coordinator, looking every 0.2 s, has said it on stderr)."""
+    """/healthz once degraded for a second."""
     try:
         code, doc = get_json(f"{url}/healthz")
     except OSError:
@@ -231,7 +236,10 @@ def test_ctrl_c_while_a_function_hangs_exits_at_once_with_exact_counts(tmp_path:
             proc.kill()
             proc.communicate()
     assert proc.returncode == 130, err.decode()
-    assert took < 2.5, took  # a generous bound on a busy machine; it used to be 5 s and more
+    # It used to take 5 s and more (the stop waited that long for the worker); now the worker is killed
+    # 0.3 s after the stop. The bound leaves a busy machine seconds for the rest (saving the metrics,
+    # ending the other processes) and still tells the two apart.
+    assert took < 4.0, took
     stats = json.loads(m.read_text())
     written = out.read_bytes().count(b"\n")
     assert stats["processors"]["h"]["lines_out"] == written == stats["system"]["total_lines"] < len(lines)

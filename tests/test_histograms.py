@@ -127,53 +127,116 @@ def test_metrics_expose_prometheus_histograms(tmp_path: Path, make_log: Any) -> 
 
 
 SLOW_ROUTE_FNS = """
-import time
-def crawl(line):
-    time.sleep(0.0005)
-    return line
+import gc, os, time
+from mpobs.histogram import LE_NS, quantile
+
+def _bound_ns():
+    # How long a slow call waits: longer than every fast task took, and than 3 times their 75th percentile.
+    # The first slow call to get here waits until every fast task is done (they come before the slow
+    # ones in the input, so no worker holds one behind a slow task), reads the task histogram of the
+    # worker's stats segment (in-flight rows included) and publishes its bound; every call uses that one.
+    path = os.environ["SLOW_BOUND"]
+    if not os.path.exists(path):
+        seg = next(o for o in gc.get_objects() if type(o).__name__ == "StatsSegment")
+        deadline = time.monotonic() + 60
+        while True:
+            snap = seg.snapshot()
+            if snap.run("tasks_done") >= int(os.environ["FAST_TASKS"]) or time.monotonic() > deadline:
+                break
+            time.sleep(0.001)
+        buckets, _ = snap.task_hist()
+        top = max(k for k, n in enumerate(buckets) if n)  # every fast task took at most LE_NS[top]
+        bound = max(LE_NS[top], int(3 * quantile(buckets, 0.75) * 1e9)) + 1_000_000
+        tmp = f"{path}.{os.getpid()}"
+        with open(tmp, "w") as f:
+            f.write(str(bound))
+        try:
+            os.link(tmp, path)  # the first bound published wins, whole
+        except FileExistsError:
+            pass
+        os.unlink(tmp)
+    with open(path) as f:
+        return int(f.read())
+
+def crawl(lines):
+    # One wait per slow task: the batch holding its first line (marked SLOWSTOP).
+    if any(line.startswith("SLOWSTOP") for line in lines):
+        t0 = time.perf_counter_ns()
+        bound = _bound_ns()
+        while (left := bound - (time.perf_counter_ns() - t0)) >= 0:
+            time.sleep(left / 1e9 + 0.0001)
+    return lines
 """
 
 
 def test_task_durations_show_the_task_with_the_slow_route(tmp_path: Path, cli: Any, workers: int, make_log: Any) -> None:
-    """Lines 3001-3400 take a slow route (0.5 ms each): the task holding them is the slowest, and the
-    task histogram counts every task once."""
+    """The last ten tasks' lines take a slow route: those tasks are the slowest, and the task histogram
+    counts every task once.
+
+    Slower by construction, not by a margin a busy machine can eat: each slow task waits in its slow
+    call until every other task is done, and then longer than the longest of them took (read from the
+    task histogram while the run goes on), so that no fast task held up for a while can overtake it."""
+    from mpobs.sources import open_inputs
     from tests.test_reliability import fn_config
 
     log = make_log(6000)
+    source = open_inputs([str(log)])
+    plan = list(source.tasks(int(SMALL_TASKS[1])))  # the run's tasks (--task-size)
+    source.close()
+    slow = plan[-10:]
+    first_slow = slow[0].first_line
     lines = log.read_bytes().split(b"\n")
-    for i in range(3000, 3400):
-        lines[i] = b"SLOWPATH " + lines[i]
+    starts = {t.first_line for t in slow}
+    for n in range(first_slow, plan[-1].last_line + 1):  # marked in place: the same bytes per line, the same plan
+        lines[n - 1] = (b"SLOWSTOP" if n in starts else b"SLOWPATH") + lines[n - 1][8:]
     log.write_bytes(b"\n".join(lines))
     config = fn_config(tmp_path, "slowroute", SLOW_ROUTE_FNS, [
-        {"type": "router", "id": "route", "routes": {"slow": "^SLOWPATH"}, "default": "fast"},
-        {"type": "python", "id": "crawl", "function": "slowroute:crawl", "inputs": ["route.slow"]},
+        {"type": "router", "id": "route", "routes": {"slow": "^SLOW"}, "default": "fast"},
+        {"type": "python", "id": "crawl", "function": "slowroute:crawl", "batch": True, "inputs": ["route.slow"]},
         {"type": "uppercase", "id": "up", "inputs": ["route.fast"]},
     ])  # fmt: skip
-    stats = _run(tmp_path, cli, log, config, workers)
+    env = {"FAST_TASKS": str(len(plan) - len(slow)), "SLOW_BOUND": str(tmp_path / "slow-bound")}
+    m = tmp_path / f"m{workers}.json"
+    res = cli("process", str(log), "-c", str(config), "-w", str(workers), "-o", str(tmp_path / "out"), "-q",
+              "--save-metrics", str(m), *SMALL_TASKS, env=env)  # fmt: skip
+    assert res.returncode == 0, res.stderr.decode()
+    stats = json.loads(m.read_text())
     tasks = stats["tasks"]
-    assert tasks["count"] == sum(tasks["buckets"].values()) == stats["system"]["tasks_done"] > 10
+    assert tasks["count"] == sum(tasks["buckets"].values()) == stats["system"]["tasks_done"] == len(plan) > 10
     assert 0 < tasks["p50_s"] <= tasks["p90_s"] <= tasks["p99_s"]
     slowest = tasks["slowest"]
     assert len(slowest) == 10 and [s["seconds"] for s in slowest] == sorted((s["seconds"] for s in slowest), reverse=True)
-    for s in slowest:  # the ten slowest are tasks of the slow stretch (small tasks: about 14 lines each)
-        first, last = (int(x) for x in s["lines"].split("-"))
-        slow_lines = min(last, 3400) - max(first, 3001) + 1
-        assert slow_lines > 0 and s["input"] == "in.log", s
-        assert s["seconds"] >= 0.0005 * slow_lines > 0 and s["seconds"] > 3 * tasks["p50_s"], s
+    assert sorted(s["lines"] for s in slowest) == sorted(f"{t.first_line}-{t.last_line}" for t in slow)
+    bound = int((tmp_path / "slow-bound").read_text()) / 1e9
+    for s in slowest:  # the ten slowest are the tasks of the slow stretch
+        assert s["input"] == "in.log" and s["seconds"] > bound - 1e-6 and s["seconds"] > 3 * tasks["p50_s"], s
 
 
 def test_worker_time_shares_show_a_slow_output(tmp_path: Path, fault_workers: int, make_log: Any) -> None:
-    """Workers whose output goes to a pipe nobody reads for a while wait for the output, not for work."""
+    """Workers whose output goes to a pipe nobody reads for a while wait for the output, not for work.
+
+    The reader holds off until the run has stalled on the full pipe (all its processes asleep), and then
+    twice as long as the run took to get there: whatever the machine's speed, the workers then spent
+    more of their lives waiting for the output than working and waiting for work together."""
     import subprocess
     import sys
     import time
 
+    from tests.conftest_dashboard import wait_for
+    from tests.handshake import pipe_is_full, run_is_asleep
+
     log = make_log(100_000)
     m = tmp_path / "m.json"
+    started = time.monotonic()
     proc = subprocess.Popen([sys.executable, "-m", "mpobs", "process", str(log), "-w", str(fault_workers), "-q",
                              "--save-metrics", str(m)], stdout=subprocess.PIPE)  # fmt: skip
     with proc.stdout:  # type: ignore[union-attr]
-        time.sleep(1.5)  # the reader is slow to start: the pipe fills, then the backlog
+        fd = proc.stdout.fileno()  # type: ignore[union-attr]
+        wait_for(lambda: pipe_is_full(fd) and run_is_asleep(proc.pid, fault_workers), 60, interval=0.02,
+                 what="the run held by its full output pipe")  # fmt: skip
+        # Until now each worker was busy or waited for work at most this long; after the read it has
+        # less left to do than it did before (its backlog of finished tasks was most of the run).
+        time.sleep(max(1.0, 2 * (time.monotonic() - started)))  # nobody reads: the run stays held
         proc.stdout.read()  # type: ignore[union-attr]
     assert proc.wait(timeout=60) == 0
     for w in json.loads(m.read_text())["workers"]:

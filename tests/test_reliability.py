@@ -16,6 +16,7 @@ import pytest
 
 from mpobs.tracefile import read_traces
 from tests.conftest import shm_segments
+from tests.handshake import GATED_SLOW_FNS, WAIT_FOR_FILE, gate_env
 from tests.reference import default_pipeline
 
 KILL_FNS = """
@@ -29,11 +30,6 @@ def maybe_die(line):
             open(mark, "w").write(str(n + 1))
             os.kill(os.getpid(), signal.SIGKILL)
     return line
-
-def slow(lines):
-    import time
-    time.sleep(0.01)
-    return lines
 """
 
 
@@ -67,17 +63,24 @@ def default_with(step: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def slow_config(tmp_path: Path) -> Path:
-    """The default pipeline with a pause per batch: runs long enough to be interrupted."""
-    return fn_config(tmp_path, "slowfns", KILL_FNS,
+    """The default pipeline with a pause per batch (and the gate of GATED_SLOW_FNS): long enough to be interrupted."""
+    return fn_config(tmp_path, "slowfns", GATED_SLOW_FNS.format(delay=0.01),
                      default_with({"type": "python", "id": "slow", "function": "slowfns:slow", "batch": True}))
 
 
-def start_slow_run(tmp_path: Path, log: Path, *extra: str, session: bool = False,
-                   workers: int = 2) -> subprocess.Popen[bytes]:  # fmt: skip
-    """``mpobs process`` on the slow pipeline, output in tmp_path/out: long enough to disturb."""
+def start_slow_run(tmp_path: Path, log: Path, *extra: str, session: bool = False, workers: int = 2,
+                   gate_at: int | None = None) -> subprocess.Popen[bytes]:  # fmt: skip
+    """``mpobs process`` on the slow pipeline, output in tmp_path/out: long enough to disturb. With ``gate_at``,
+    no batch from that line on ends before ``open_gate``: the run is still going when the test disturbs it."""
+    env = {**os.environ, **(gate_env(gate_at, tmp_path / "gate-open") if gate_at is not None else {})}
     return subprocess.Popen([sys.executable, "-m", "mpobs", "process", str(log), "-c", str(slow_config(tmp_path)),
                              "-w", str(workers), "-o", str(tmp_path / "out"), "--batch-lines", "500", *extra],
-                            stderr=subprocess.PIPE, start_new_session=session)  # fmt: skip
+                            stderr=subprocess.PIPE, start_new_session=session, env=env)  # fmt: skip
+
+
+def open_gate(tmp_path: Path) -> None:
+    """Let the batches held by ``start_slow_run(gate_at=...)`` go on."""
+    (tmp_path / "gate-open").touch()
 
 
 def processes_using(path: Path) -> list[psutil.Process]:
@@ -158,24 +161,24 @@ def test_task_that_kills_its_worker_three_times_fails_the_run(tmp_path: Path, cl
     assert stats["system"]["total_lines"] == first - 1
 
 
-STALL_FNS = """
-import os, time
+STALL_FNS = WAIT_FOR_FILE + """
+import os
 def stall(line):
     if line.startswith("STALL"):
-        mark = os.environ.get("STALL_MARK")
-        if mark:
-            with open(mark + ".tmp", "w") as f:
-                f.write(str(os.getpid()))
-            os.rename(mark + ".tmp", mark)  # the test sees the whole pid or nothing
-        time.sleep(2.5)  # holds task 0: every later task finishes first and waits for its turn to be written
-        if mark:
-            open(mark + ".done", "w").close()
+        mark = os.environ["STALL_MARK"]
+        with open(mark + ".tmp", "w") as f:
+            f.write(str(os.getpid()))
+        os.rename(mark + ".tmp", mark)  # the test sees the whole pid or nothing
+        # Holds task 0 until the test has seen what it looks for: every later task finishes first
+        # and waits for its turn to be written.
+        _wait_for_file(mark + ".release")
+        open(mark + ".done", "w").close()
     return line
 """
 
 
 def stall_config(tmp_path: Path) -> Path:
-    """The default pipeline behind a step that stalls 2.5 s on a line starting with STALL."""
+    """The default pipeline behind a step that stalls on a line starting with STALL, until released."""
     return fn_config(tmp_path, "stallfns", STALL_FNS, [
         {"type": "python", "id": "stall", "function": "stallfns:stall"},
         {"type": "line_counter", "id": "line_counter"},
@@ -187,12 +190,18 @@ def stall_config(tmp_path: Path) -> Path:
 
 
 def start_stalled_run(tmp_path: Path, log: Path, port: int, *extra: str) -> subprocess.Popen[bytes]:
-    """The stall pipeline on 2 workers with a dashboard on ``port``; its first line stalls task 0 for 2.5 s."""
+    """The stall pipeline on 2 workers with a dashboard on ``port``; its first line stalls task 0 until
+    ``release_stall`` (tmp_path/stalling is there once it stalls)."""
     log.write_bytes(b"STALL INFO the first line\n" + log.read_bytes())
     return subprocess.Popen([sys.executable, "-m", "mpobs", "process", str(log), "-c", str(stall_config(tmp_path)),
                              "-w", "2", "-o", str(tmp_path / "out"), "--task-size", "65536", "--dashboard",
                              "--dashboard-port", str(port), "--linger", "0", *extra], stderr=subprocess.PIPE,
                             env={**os.environ, "STALL_MARK": str(tmp_path / "stalling")})  # fmt: skip
+
+
+def release_stall(tmp_path: Path) -> None:
+    """Let task 0 of a ``start_stalled_run`` go on."""
+    (tmp_path / "stalling.release").touch()
 
 
 def settled_while_stalled(tmp_path: Path, port: int) -> dict[str, Any]:
@@ -214,7 +223,7 @@ def settled_while_stalled(tmp_path: Path, port: int) -> dict[str, Any]:
         second = stats()
         return second if finished(first) and finished(first) == finished(second) else None
 
-    wait_for((tmp_path / "stalling").exists)  # task 0 stalls for 2.5 s
+    wait_for((tmp_path / "stalling").exists)  # task 0 stalls until release_stall
     doc = wait_for(settled)
     assert not (tmp_path / "stalling.done").exists(), "the stall ended before the other worker settled"
     return doc
@@ -234,6 +243,7 @@ def test_worker_killed_holding_finished_output_runs_those_tasks_again(tmp_path: 
         assert busy["tasks"] >= 1
         os.kill(busy["pid"], signal.SIGKILL)
     finally:
+        release_stall(tmp_path)
         finished_with_one_restart(proc, log, tmp_path / "out", m, 60_001)  # each line counted once
 
 
@@ -249,6 +259,7 @@ def test_a_stalled_task_stops_the_others_from_running_far_ahead(tmp_path: Path, 
         count = sum(w["tasks"] for w in settled_while_stalled(tmp_path, port)["workers"])
         assert 1 <= count < BACKLOG_PER_WORKER * 2, count  # 66 when nothing limits it
     finally:
+        release_stall(tmp_path)
         _, err = proc.communicate(timeout=120)
     assert proc.returncode == 0, err.decode()
     assert (tmp_path / "out").read_bytes() == default_pipeline(log.read_bytes())[0]
@@ -257,12 +268,16 @@ def test_a_stalled_task_stops_the_others_from_running_far_ahead(tmp_path: Path, 
 def test_worker_killed_from_outside_is_replaced(tmp_path: Path, make_log: Any, fault_workers: int) -> None:
     log = make_log(200_000)
     out, m = tmp_path / "out", tmp_path / "m.json"
-    proc = start_slow_run(tmp_path, log, "--save-metrics", str(m), "--task-size", "65536", workers=fault_workers)
-    # Mid-run (output has begun) before looking for workers: at the very start, the resource
-    # tracker is for a moment a forked copy of mpobs that has not yet exec'd, and looks like one.
-    wait_for(lambda: out.exists() and out.stat().st_size > 0)
-    victims = wait_for(lambda: len(workers_of(proc)) == fault_workers and workers_of(proc))
-    victims[0].kill()  # like the OOM killer
+    proc = start_slow_run(tmp_path, log, "--save-metrics", str(m), "--task-size", "65536", workers=fault_workers,
+                          gate_at=100_000)  # fmt: skip
+    try:
+        # Mid-run (output has begun) before looking for workers: at the very start, the resource
+        # tracker is for a moment a forked copy of mpobs that has not yet exec'd, and looks like one.
+        wait_for(lambda: out.exists() and out.stat().st_size > 0)
+        victims = wait_for(lambda: len(workers_of(proc)) == fault_workers and workers_of(proc))
+        victims[0].kill()  # like the OOM killer; the second half of the run waits at the gate till then
+    finally:
+        open_gate(tmp_path)
     finished_with_one_restart(proc, log, out, m, 200_000)
 
 
@@ -282,14 +297,18 @@ def test_signal_stops_cleanly_with_a_complete_prefix(tmp_path: Path, make_log: A
                                                      word: str, fault_workers: int) -> None:  # fmt: skip
     log = make_log(200_000)
     out, m = tmp_path / "out", tmp_path / "m.json"
+    # The second half waits at the gate (never opened): the signal always comes part way.
     proc = start_slow_run(tmp_path, log, "--save-metrics", str(m), "--task-size", "65536", session=True,
-                          workers=fault_workers)  # fmt: skip
-    wait_for(lambda: out.exists() and out.stat().st_size > 0)
-    if sig == signal.SIGINT:
-        os.killpg(proc.pid, sig)  # Ctrl-C reaches the whole process group
-    else:
-        proc.send_signal(sig)
-    _, err = proc.communicate(timeout=60)
+                          workers=fault_workers, gate_at=100_000)  # fmt: skip
+    try:
+        wait_for(lambda: out.exists() and out.stat().st_size > 0)
+        if sig == signal.SIGINT:
+            os.killpg(proc.pid, sig)  # Ctrl-C reaches the whole process group
+        else:
+            proc.send_signal(sig)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        open_gate(tmp_path)
     assert proc.returncode == code, err.decode()
     assert b"Traceback" not in err
     assert f"mpobs: {word}".encode() in err
@@ -432,10 +451,14 @@ def test_output_that_is_the_input_is_refused(tmp_path: Path, cli: Any) -> None:
 def test_sigterm_to_the_process_group_is_an_interrupt_not_a_crash(tmp_path: Path, make_log: Any) -> None:
     log = make_log(200_000)
     out, m = tmp_path / "out", tmp_path / "m.json"
-    proc = start_slow_run(tmp_path, log, "--save-metrics", str(m), "--task-size", "65536", session=True)
-    wait_for(lambda: out.exists() and out.stat().st_size > 0)
-    os.killpg(proc.pid, signal.SIGTERM)  # e.g. a container runtime stopping everything
-    _, err = proc.communicate(timeout=60)
+    proc = start_slow_run(tmp_path, log, "--save-metrics", str(m), "--task-size", "65536", session=True,
+                          gate_at=100_000)  # the second half waits at the gate: the signal comes part way
+    try:
+        wait_for(lambda: out.exists() and out.stat().st_size > 0)
+        os.killpg(proc.pid, signal.SIGTERM)  # e.g. a container runtime stopping everything
+        _, err = proc.communicate(timeout=60)
+    finally:
+        open_gate(tmp_path)
     assert proc.returncode == 143, err.decode()
     stats = json.loads(m.read_text())
     assert stats["system"]["state"] == "interrupted"
@@ -446,7 +469,7 @@ def test_sigterm_to_the_process_group_is_an_interrupt_not_a_crash(tmp_path: Path
 def test_leftovers_of_a_killed_process_group_are_removed_by_the_next_run(tmp_path: Path, cli: Any,
                                                                          make_log: Any) -> None:  # fmt: skip
     log = make_log(200_000)
-    proc = start_slow_run(tmp_path, log, session=True)
+    proc = start_slow_run(tmp_path, log, session=True, gate_at=100_000)  # not done before it is killed
     wait_for(lambda: len(workers_of(proc)) == 2)
     mine = wait_for(lambda: [n for n in shm_segments() if n.startswith(f"mpobs_{proc.pid}_")])
     os.killpg(proc.pid, signal.SIGKILL)  # everything at once, the resource tracker too

@@ -164,13 +164,36 @@ class SlowCollector(EventCollector):
         super().add(*message)
 
 
+class StalledCollector(EventCollector):
+    """A consumer that takes nothing until the run's output (``out``) holds all its ``lines``: workers that
+    waited for it instead of dropping records would never get there (it gives up after a minute)."""
+
+    def __init__(self, out: Path, lines: int) -> None:
+        super().__init__()
+        self.out, self.lines, self.stalled = out, lines, True
+
+    def add(self, *message: Any) -> None:
+        deadline = time.monotonic() + 60
+        while self.stalled and time.monotonic() < deadline:
+            try:
+                with open(self.out, "rb") as f:
+                    if sum(chunk.count(b"\n") for chunk in iter(lambda: f.read(1 << 20), b"")) >= self.lines:
+                        break
+            except FileNotFoundError:
+                pass
+            time.sleep(0.05)
+        self.stalled = False
+        super().add(*message)
+
+
 def test_flood_of_traces_drops_and_counts_but_never_blocks_workers(tmp_path: Path, make_log: Any, workers: int) -> None:
     log = make_log(120_000)
     pipeline = compile_config({"processors": [{"type": "line_counter", "id": "n"}]})
-    # 1,200 messages of 100 traces against queues of 16 messages and readers at 100 messages/s each
+    # 1,200 messages of 100 traces against queues of 16 messages, and readers that take none until every
+    # line is in the output: records must be dropped, however fast or slow the workers are.
     opts = RunOptions(str(log), str(tmp_path / "out"), workers=workers, batch_lines=100, trace=True, trace_sample=1.0,
                       event_chunk=100)  # fmt: skip
-    outcome = Coordinator(pipeline, opts, collector=SlowCollector()).run()
+    outcome = Coordinator(pipeline, opts, collector=StalledCollector(tmp_path / "out", 120_000)).run()
     s = outcome.stats["system"]
     assert s["state"] == "done"
     assert s["traces_dropped"] > 0  # the workers went on instead of waiting
