@@ -11,18 +11,18 @@ from pathlib import Path
 
 
 def _generator_digest() -> str:
-    """A short hash of mpobs.loggen's source: a changed generator means a new log."""
-    from mpobs import loggen
+    """A short hash of mpobs.inputs.loggen's source: a changed generator means a new log."""
+    import mpobs.inputs.loggen as loggen
 
     return hashlib.sha256(inspect.getsource(loggen).encode()).hexdigest()[:12]
 
 
 def ensure_log(data_dir: Path, lines: int, seed: int, say: Callable[[str], object] = print) -> Path:
-    """The path of a ``lines``-line log from ``mpobs.loggen.generate_file(path, lines, seed=seed)``.
+    """The path of a ``lines``-line log from ``mpobs.inputs.loggen.generate_file(path, lines, seed=seed)``.
 
     Reused when its metadata (lines, seed, generator hash, byte size) still matches the file.
     """
-    from mpobs.loggen import generate_file
+    from mpobs.inputs.loggen import generate_file
 
     data_dir.mkdir(parents=True, exist_ok=True)
     path = data_dir / f"log-{lines}-seed{seed}.log"

@@ -52,7 +52,7 @@ def free_port() -> int:
 
 def make_log(folder: Path, lines: int) -> Path:
     """A block of generated lines written over and over: big input in a second or two."""
-    from mpobs.loggen import generate_file
+    from mpobs.inputs.loggen import generate_file
 
     block = folder / "block.log"
     n = min(lines, 250_000)
@@ -67,7 +67,7 @@ def make_log(folder: Path, lines: int) -> Path:
 
 
 def mpobs(*args: str) -> list[str]:
-    return [sys.executable, "-m", "mpobs.cli", "process", *args]
+    return [sys.executable, "-m", "mpobs.cli.cli", "process", *args]
 
 
 def run_plain(log: Path, folder: Path, workers: int) -> float:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-INPUT = "input"  # the input file as an edge source (mpobs.dag.INPUT; kept here so this module stays light)
+INPUT = "input"  # the input file as an edge source (mpobs.pipeline.dag.INPUT; kept here so this module stays light)
 
 
 def layers(node_ids: list[str], edges: list[dict[str, Any]]) -> dict[str, int]:

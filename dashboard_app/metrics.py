@@ -1,6 +1,6 @@
 """The /metrics exposition: a prometheus_client custom collector over the dashboard's source.
 
-The series themselves are derived in ``mpobs.series`` (the alert evaluator reads the same
+The series themselves are derived in ``mpobs.metrics.series`` (the alert evaluator reads the same
 ones); this module only hands them to prometheus_client's exposition.
 """
 
@@ -11,7 +11,7 @@ from typing import Any, Iterator
 from prometheus_client.core import Metric
 from prometheus_client.registry import Collector, CollectorRegistry
 
-from mpobs.series import families
+from mpobs.metrics.series import families
 
 
 class StatsCollector(Collector):

@@ -6,14 +6,14 @@ import sys
 
 def main() -> None:
     # logrotate's postrotate may send SIGHUP (reopen the output) while we are still
-    # starting: ignored until the run installs its handler (mpobs.coordinator), never fatal.
+    # starting: ignored until the run installs its handler (mpobs.run.coordinator), never fatal.
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     try:
         if sys.argv[1:2] == ["process"]:
-            from mpobs.early import start_resource_tracker
+            from mpobs.cli.early import start_resource_tracker
 
             start_resource_tracker()
-        from mpobs.cli import main as cli_main
+        from mpobs.cli.cli import main as cli_main
     except KeyboardInterrupt:
         sys.stderr.write("mpobs: interrupted\n")
         sys.exit(130)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from mpobs.loggen import parse_mix, generate_file  # noqa: E402
+from mpobs.inputs.loggen import parse_mix, generate_file  # noqa: E402
 
 
 def main() -> None:

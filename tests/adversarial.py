@@ -14,9 +14,9 @@ import os
 import random
 from typing import Any
 
-from mpobs.executor import Event, Executor, RunContext, TaskDone, TaskLost, TaskWritten
-from mpobs.inputs import Task
-from mpobs.task import KeptRecords, run_task
+from mpobs.executors.executor import Event, Executor, RunContext, TaskDone, TaskLost, TaskWritten
+from mpobs.inputs.inputs import Task
+from mpobs.executors.task import KeptRecords, run_task
 
 
 class AdversarialExecutor(Executor):

@@ -88,7 +88,7 @@ def cli() -> Any:
 @pytest.fixture
 def make_log(tmp_path: Path) -> Any:
     """``make_log(lines, seed=1, awkward=0.0)`` writes a generated log and returns its path."""
-    from mpobs.loggen import generate_file
+    from mpobs.inputs.loggen import generate_file
 
     def make(lines: int, seed: int = 1, awkward: float = 0.0, name: str = "in.log") -> Path:
         path = tmp_path / name

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from mpobs.task import KeptRecords
+    from mpobs.executors.task import KeptRecords
 
 XSS_LINE = '2026-01-01T00:00:00Z ERROR [web] <img src=x onerror="window.__xss=1"> declined'
 
@@ -57,14 +57,14 @@ def small_run(folder: Path, lines: int = 3000, trace_rate: float = 1.0) -> Small
     """Run TEST_CONFIG over a generated log (plus XSS_LINE) in this process, into a new segment."""
     import multiprocessing
 
-    from mpobs.config import compile_config
-    from mpobs.sources import open_inputs
-    from mpobs.loggen import generate_file
-    from mpobs.layout import Layout
-    from mpobs.segment import StatsSegment
-    from mpobs.stats import RunMeta
-    from mpobs.task import KeptRecords, TaskSettings, run_task
-    from mpobs.worker import RowSink
+    from mpobs.pipeline.config import compile_config
+    from mpobs.inputs.sources import open_inputs
+    from mpobs.inputs.loggen import generate_file
+    from mpobs.metrics.layout import Layout
+    from mpobs.metrics.segment import StatsSegment
+    from mpobs.metrics.stats import RunMeta
+    from mpobs.executors.task import KeptRecords, TaskSettings, run_task
+    from mpobs.executors.local.worker import RowSink
 
     path = folder / "small.log"
     generate_file(str(path), lines - 1, seed=3)
@@ -135,7 +135,7 @@ def wait_for(predicate: Any, timeout: float, interval: float = 0.1, what: str = 
 
 def big_log(path: Path, lines: int = 3_000_000, block: int = 200_000) -> Path:
     """A log of ``lines`` lines fast: one generated block (with an XSS line) written over and over."""
-    from mpobs.loggen import generate_file
+    from mpobs.inputs.loggen import generate_file
 
     first = path.with_suffix(".block")
     generate_file(str(first), block - 1, seed=5, awkward=0.0005)
@@ -148,13 +148,13 @@ def big_log(path: Path, lines: int = 3_000_000, block: int = 200_000) -> Path:
 
 
 def start_cli(*args: str, cwd: Path, stdin: Any = None) -> Any:
-    """``python -m mpobs.cli ARGS`` as a subprocess (stdout and stderr to files in ``cwd``; ``stdin`` as Popen's)."""
+    """``python -m mpobs.cli.cli ARGS`` as a subprocess (stdout and stderr to files in ``cwd``; ``stdin`` as Popen's)."""
     import subprocess
     import sys
 
     out = open(cwd / "cli.stdout", "wb")  # noqa: SIM115 - closed by stop_cli
     err = open(cwd / "cli.stderr", "wb")  # noqa: SIM115
-    proc = subprocess.Popen([sys.executable, "-m", "mpobs.cli", *args], cwd=cwd, stdout=out, stderr=err, stdin=stdin)
+    proc = subprocess.Popen([sys.executable, "-m", "mpobs.cli.cli", *args], cwd=cwd, stdout=out, stderr=err, stdin=stdin)
     proc.files = (out, err)  # type: ignore[attr-defined]
     return proc
 

@@ -8,10 +8,10 @@ from typing import Any
 
 import pytest
 
-from mpobs.alerting import AlertOptions, AlertWatch, expand, go_e, go_v, rfc3339
-from mpobs.alertrules import load_rules
-from mpobs.promql import Evaluator
-from mpobs.seriesstore import SeriesStore, labels_of
+from mpobs.alerts.alerting import AlertOptions, AlertWatch, expand, go_e, go_v, rfc3339
+from mpobs.alerts.alertrules import load_rules
+from mpobs.alerts.promql import Evaluator
+from mpobs.alerts.seriesstore import SeriesStore, labels_of
 from tests.test_reliability import fn_config
 
 T0 = 1_700_000_000_000  # ms
@@ -239,7 +239,7 @@ def test_fail_on_alert_stops_a_run_that_would_not_end(tmp_path: Path, cli: Any) 
 def test_the_store_keeps_what_the_rules_read_and_marks_what_left_the_scrape() -> None:
     """A long run's store is trimmed to the longest range (or the lookback): every value the
     rules read is the one an untrimmed store gives; a series gone from the scrape is stale."""
-    from mpobs.promql import LOOKBACK_MS
+    from mpobs.alerts.promql import LOOKBACK_MS
 
     exprs = ["rate(c_total[10m])", "increase(c_total{p='a'}[1m])", "irate(c_total[30s])", "g", "sum(g)"]
     trimmed, full = SeriesStore(max(600_000, LOOKBACK_MS)), SeriesStore(10 * 3_600_000)
@@ -282,9 +282,9 @@ def test_a_run_ended_by_an_alert_keeps_what_the_alert_counted(tmp_path: Path, ma
     """
     import re
 
-    from mpobs.alerts_cli import alert_options
-    from mpobs.config import load_config
-    from mpobs.coordinator import Coordinator, RunOptions
+    from mpobs.cli.alerts_cli import alert_options
+    from mpobs.pipeline.config import load_config
+    from mpobs.run.coordinator import Coordinator, RunOptions
     from tests.adversarial import AdversarialExecutor
 
     log = make_log(3000)

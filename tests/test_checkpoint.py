@@ -260,7 +260,7 @@ def test_a_checkpoint_write_that_fails_keeps_the_last_one(tmp_path: Path, monkey
     """A full disk (ENOSPC) while writing: CheckpointError (the run exits 1), the old checkpoint intact, no temp file."""
     import errno
 
-    from mpobs import checkpoint
+    import mpobs.run.checkpoint as checkpoint
 
     path = tmp_path / "ck.json"
     first = checkpoint.Checkpoint("abc", [checkpoint.InputPosition("in.log", 1, 2, 3, "ff", 10, 10, 2, False)], 42, 2)
@@ -316,7 +316,7 @@ def test_a_full_disk_ends_the_run_and_its_checkpoint_resumes_once_there_is_room(
     # Whichever filled the disk: the output (written by a worker) or the checkpoint.
     assert f"cannot write the output {str(out)!r}" in err or f"cannot write the checkpoint {str(ck)!r}" in err, err
     assert "No space left on device" in err and "Traceback" not in err
-    from mpobs import checkpoint
+    import mpobs.run.checkpoint as checkpoint
 
     saved = checkpoint.read(str(ck))  # valid, and what it says is in the output is there
     assert saved is not None and saved.lines > 0 and out.stat().st_size >= saved.output_length

@@ -96,7 +96,7 @@ def test_max_errors_says_what_it_counted_and_what_the_output_holds(tmp_path: Pat
 
 
 def test_the_summary_shows_tags_and_each_counter_s_top_keys_the_rest_summed() -> None:
-    from mpobs.report import counts_section, summary
+    from mpobs.cli.report import counts_section, summary
 
     counts = {f"k{i:02d}": 100 - i for i in range(15)}  # k00 100 ... k14 86
     lines = counts_section("counter c", counts, sum(counts.values()), "counted")

@@ -219,7 +219,7 @@ def test_the_demo_dashboard_shares_the_runs_resource_tracker(tmp_path: Path) -> 
 
 def test_a_failing_save_traces_ends_the_run_with_the_dashboard(tmp_path: Path) -> None:
     """The last flush of --save-traces fails (a full device): exit 1 with the reason, nothing left running."""
-    from mpobs.loggen import generate_file
+    from mpobs.inputs.loggen import generate_file
 
     log = tmp_path / "in.log"
     generate_file(str(log), 5, seed=1)  # its traces fit the file's buffer: only closing it fails
@@ -266,7 +266,7 @@ def test_dashboard_module_imports_cheaply() -> None:
     import subprocess
     import sys
 
-    code = "import sys, mpobs.cli; print(sorted(m for m in ('flask', 'waitress', 'psutil', 'prometheus_client') if m in sys.modules))"
+    code = "import sys, mpobs.cli.cli; print(sorted(m for m in ('flask', 'waitress', 'psutil', 'prometheus_client') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
 

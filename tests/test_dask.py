@@ -223,7 +223,7 @@ STAGES = [("probing", 0, 0.0), ("running", 3, 0.05), ("finished", 4, 0.0), ("gat
 @pytest.fixture(scope="module")
 def slow_job(tmp_path_factory: pytest.TempPathFactory) -> tuple[list[str], Path, dict[str, Any]]:
     """A run of about 45 tasks of 0.1 s each: its arguments, and the local pool's output and counts."""
-    from mpobs.loggen import generate_file
+    from mpobs.inputs.loggen import generate_file
     from tests.test_reliability import fn_config
 
     folder = tmp_path_factory.mktemp("slow-job")

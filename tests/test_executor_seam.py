@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from mpobs.tracefile import read_traces
+from mpobs.tracing.tracefile import read_traces
 from tests.adversarial import AdversarialExecutor
 from tests.reference import default_pipeline, split_lines
 from tests.test_engine import SMALL_TASKS, expected_dag, write_dag
@@ -39,8 +39,8 @@ def _traces(path: Path) -> list[dict[str, Any]]:
 
 
 def _run_inline(log: Path, config: Path, out: Path, traces: Path, executor: AdversarialExecutor) -> Any:
-    from mpobs.config import load_config
-    from mpobs.coordinator import Coordinator, RunOptions
+    from mpobs.pipeline.config import load_config
+    from mpobs.run.coordinator import Coordinator, RunOptions
 
     opts = RunOptions(str(log), str(out), workers=executor.capacity, task_bytes=1024, batch_lines=7, trace=True,
                       trace_sample=0.05, save_traces=str(traces))  # fmt: skip
@@ -77,9 +77,9 @@ def test_an_adversarial_executor_gives_the_local_pools_answer(tmp_path: Path, cl
 
 
 def test_a_task_lost_three_times_fails_the_run_after_the_tasks_before_it(tmp_path: Path, make_log: Any) -> None:
-    from mpobs.config import load_config
-    from mpobs.coordinator import Coordinator, RunOptions
-    from mpobs.sources import open_inputs
+    from mpobs.pipeline.config import load_config
+    from mpobs.run.coordinator import Coordinator, RunOptions
+    from mpobs.inputs.sources import open_inputs
 
     log = make_log(2000)
     source = open_inputs([str(log)])

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from mpobs.histogram import BUCKETS, LE_LABELS, LE_NS, bucket_of, quantile
+from mpobs.metrics.histogram import BUCKETS, LE_LABELS, LE_NS, bucket_of, quantile
 from tests.conftest import run_cli
 from tests.test_engine import SMALL_TASKS, write_dag
 
@@ -128,7 +128,7 @@ def test_metrics_expose_prometheus_histograms(tmp_path: Path, make_log: Any) -> 
 
 SLOW_ROUTE_FNS = """
 import gc, os, time
-from mpobs.histogram import LE_NS, quantile
+from mpobs.metrics.histogram import LE_NS, quantile
 
 def _bound_ns():
     # How long a slow call waits: longer than every fast task took, and than 3 times their 75th percentile.
@@ -176,7 +176,7 @@ def test_task_durations_show_the_task_with_the_slow_route(tmp_path: Path, cli: A
     Slower by construction, not by a margin a busy machine can eat: each slow task waits in its slow
     call until every other task is done, and then longer than the longest of them took (read from the
     task histogram while the run goes on), so that no fast task held up for a while can overtake it."""
-    from mpobs.sources import open_inputs
+    from mpobs.inputs.sources import open_inputs
     from tests.test_reliability import fn_config
 
     log = make_log(6000)

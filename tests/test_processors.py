@@ -7,10 +7,10 @@ from typing import Any
 
 import pytest
 
-from mpobs.batch import Batch
-from mpobs.config import compile_config
+from mpobs.pipeline.batch import Batch
+from mpobs.pipeline.config import compile_config
 from mpobs.errors import ConfigError
-from mpobs.layout import PROC_WIDTH
+from mpobs.metrics.layout import PROC_WIDTH
 
 
 def run(procs: list[dict[str, Any]], lines: list[str], first: int = 1) -> tuple[list[str], Any]:

@@ -10,8 +10,8 @@ from typing import Any
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from mpobs.config import DEFAULT_CONFIG, compile_config
-from mpobs.coordinator import Coordinator, RunOptions
+from mpobs.pipeline.config import DEFAULT_CONFIG, compile_config
+from mpobs.run.coordinator import Coordinator, RunOptions
 from mpobs.errors import ConfigError
 from tests.reference import default_pipeline
 
@@ -27,7 +27,7 @@ LOG_BYTES = st.lists(
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(data=LOG_BYTES, workers=st.integers(1, 3), task=st.sampled_from([64, 200, 1 << 20]))
 def test_random_bytes_give_the_single_process_output(data: bytes, workers: int, task: int) -> None:
-    from mpobs.decoders import sniff
+    from mpobs.inputs.decoders import sniff
 
     assume(sniff(data[:6]) is None)  # bytes that start like gzip, bzip2, xz or zstd are read as such (test_inputs)
     with tempfile.TemporaryDirectory() as tmp:

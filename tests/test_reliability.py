@@ -14,7 +14,7 @@ from typing import Any
 import psutil
 import pytest
 
-from mpobs.tracefile import read_traces
+from mpobs.tracing.tracefile import read_traces
 from tests.conftest import shm_segments
 from tests.handshake import GATED_SLOW_FNS, WAIT_FOR_FILE, gate_env
 from tests.reference import default_pipeline

@@ -9,12 +9,12 @@ from typing import Any
 
 import pytest
 
-from mpobs.config import compile_config
-from mpobs.coordinator import Coordinator, RunOptions
-from mpobs.layout import PROC_WIDTH
-from mpobs.events import EventCollector
-from mpobs.tracefile import read_traces
-from mpobs.tracing import is_sampled
+from mpobs.pipeline.config import compile_config
+from mpobs.run.coordinator import Coordinator, RunOptions
+from mpobs.metrics.layout import PROC_WIDTH
+from mpobs.tracing.events import EventCollector
+from mpobs.tracing.tracefile import read_traces
+from mpobs.tracing.tracing import is_sampled
 from tests.reference import split_lines
 
 ROUTER_DAG = {"processors": [
@@ -235,7 +235,7 @@ def test_metrics_hold_recent_traces_and_errors(tmp_path: Path, cli: Any, make_lo
 @pytest.mark.parametrize("first", [1, 987_654_321, 2**33 + 5])
 def test_sampled_lines_are_exactly_the_sampled_line_numbers(rate: float, first: int) -> None:
     """The jump table (and numpy, below its rates) picks exactly the lines is_sampled picks."""
-    from mpobs.tracing import sampled
+    from mpobs.tracing.tracing import sampled
 
     for start, count in ((first, 40_000), (first + 7, 1), (first, 0)):
         assert sampled(start, count, rate) == [n for n in range(start, start + count) if is_sampled(n, rate)]
@@ -243,7 +243,7 @@ def test_sampled_lines_are_exactly_the_sampled_line_numbers(rate: float, first: 
 
 @pytest.mark.parametrize("rate", [0.01, 0.3])
 def test_sampling_rate_is_about_right(rate: float) -> None:
-    from mpobs.tracing import sampled
+    from mpobs.tracing.tracing import sampled
 
     picked = sampled(1, 100_000, rate)
     assert abs(len(picked) / 100_000 - rate) < 0.2 * rate
@@ -292,8 +292,8 @@ def _slow_trace(n: int, original: str, recorder: _Recorder, out: Any) -> tuple[A
 
 def test_batch_trace_matches_a_slow_scan_through_router_fan_in_copies_and_errors(tmp_path: Path,
                                                                                   monkeypatch: Any) -> None:
-    from mpobs.batch import Batch
-    from mpobs.tracing import BatchTrace
+    from mpobs.pipeline.batch import Batch
+    from mpobs.tracing.tracing import BatchTrace
     from tests.test_engine import write_dag
 
     config = json.loads(write_dag(tmp_path).read_text())
@@ -348,9 +348,9 @@ def test_every_line_sampled_builds_only_the_traces_that_can_be_shown(tmp_path: P
 def _live_and_saved(pipeline: Any, texts: list[str], pick: Any, path: Path) -> list[dict[str, Any]]:
     """Runs two batches of ``texts`` (input 2 of a run, from its line 1001) tracing the lines ``pick(nums)``
     chooses, live (BatchTrace) and into a --save-traces file at ``path``; returns the live traces."""
-    from mpobs.batch import Batch
-    from mpobs.tracefile import BatchRecorder, header
-    from mpobs.tracing import BatchTrace, expand
+    from mpobs.pipeline.batch import Batch
+    from mpobs.tracing.tracefile import BatchRecorder, header
+    from mpobs.tracing.tracing import BatchTrace, expand
 
     inputs = [("in.log", "logs/in.log"), ("other.log", "other.log")]
     live, saved = [], [header(pipeline, inputs)]
@@ -381,9 +381,9 @@ def _live_and_saved(pipeline: Any, texts: list[str], pick: Any, path: Path) -> l
 
 @pytest.mark.parametrize("traced_lines", ["all", "most", "one"])
 def test_saved_records_replay_to_the_live_traces(tmp_path: Path, monkeypatch: Any, traced_lines: str) -> None:
-    """A --save-traces record (mpobs.tracefile), read back, gives each line the trace BatchTrace builds live:
+    """A --save-traces record (mpobs.tracing.tracefile), read back, gives each line the trace BatchTrace builds live:
     through a router, fan-in, copies, changed texts and tags, and errors; every line or only some traced."""
-    from mpobs.tracefile import TraceReader
+    from mpobs.tracing.tracefile import TraceReader
     from tests.test_engine import write_dag
 
     config = json.loads(write_dag(tmp_path).read_text())
@@ -412,7 +412,7 @@ def test_saved_records_replay_to_the_live_traces(tmp_path: Path, monkeypatch: An
 def test_saved_records_replay_fan_in_of_a_tagged_and_an_untagged_branch(tmp_path: Path) -> None:
     """Merged with a tagged branch, lines of an untagged one have tags () live; traced alone they would
     have none, and a later step changing another line's tags must not show them as changed."""
-    from mpobs.tracefile import TraceReader
+    from mpobs.tracing.tracefile import TraceReader
 
     pipeline = compile_config({"processors": [
         {"type": "router", "id": "r", "routes": {"a": "^A"}, "default": "b"},
@@ -429,7 +429,7 @@ def test_a_batch_function_that_changes_its_list_changes_no_other_branch(tmp_path
                                                                          workers: int) -> None:  # fmt: skip
     """A batch function gets a copy of the lines: changing it in place leaves what a sibling branch takes,
     and what traces say came in, as they were."""
-    from mpobs.tracefile import TraceReader
+    from mpobs.tracing.tracefile import TraceReader
 
     (tmp_path / "inplace.py").write_text("def shout(lines):\n    for i, x in enumerate(lines):\n"
                                          "        lines[i] = x.upper()\n    return lines\n")  # fmt: skip

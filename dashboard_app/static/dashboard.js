@@ -173,7 +173,7 @@
     ibody.replaceChildren.apply(ibody, irows);
   }
 
-  // -- tags and counters: the top keys of each (as the stderr summary: mpobs.report.counts_section) --
+  // -- tags and counters: the top keys of each (as the stderr summary: mpobs.cli.report.counts_section) --
   const TOP_KEYS = 10;
   function countsTable(title, name, counts, total) {
     const ranked = Object.keys(counts).map(function (k) { return [k, counts[k]]; });

@@ -1,0 +1,277 @@
+"""The Dask client process: the one process of a run that imports Dask distributed.
+
+``mpobs.executors.dask.dask_executor`` starts it (``python -m mpobs.executors.dask.dask_bridge FD``) and talks to it
+over a socket pair, in pickled messages (``multiprocessing.connection``):
+
+to it                                   from it
+``("connect", workers, address)``       ``("connected", threads, dashboard_link)`` or ``("refused", message)``
+``("probe", files, spec)``              ``("probed", answers)`` (``mpobs.executors.dask.dask_remote.probe`` on every worker)
+``("start", spec, layout, settings,     nothing
+part_dir)``
+``("submit", key, task, part)``         ``("done", key, kind, payload)`` once it ends; ``("progress", key, counts)``
+                                        while it runs
+(every second, by itself)               ``("workers", scheduler_info_workers, client_status)``
+``("close",)`` or end of file           it cancels what runs, closes the client (and its LocalCluster), exits
+
+``kind`` is ``finished`` (``payload``: the task's result and its worker), ``killed``
+(its worker died running it, Dask's KilledWorker; ``payload``: that worker's address),
+``lost`` (it finished, but its result could not be fetched), ``cancelled`` (the scheduler
+went away) or ``error`` (the task raised); ``payload`` is then a text for people. A
+result lost with its worker before it was fetched is no end: Dask computes it again,
+and the task ends when that run does. ``("failed", message)``:
+the process itself failed, and ends.
+
+Why a process of its own: importing distributed alone costs ~31 MB, and its client
+(threads, an event loop, its comms' buffers; a LocalCluster's scheduler too) ~20 MB
+more; the coordinator, which holds the stats segment and writes the output, stays
+at the size of a local run. The process starts with SIGINT, SIGTERM and SIGHUP
+ignored (the coordinator decides when it stops) and ends when the coordinator's end
+of the socket closes, whatever killed it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import select
+import sys
+import threading
+import time
+from multiprocessing.connection import Connection
+from typing import Any
+
+from mpobs.executors.dask.dask_remote import probe, run_remote
+from mpobs.errors import describe
+
+#: Seconds to reach a scheduler given with --scheduler before giving up.
+CONNECT_TIMEOUT = 10
+#: Seconds between two reports of the cluster's workers.
+WORKERS_EVERY = 1.0
+INSTALL_HINT = "the Dask executor needs Dask distributed: pip install 'mpobs[dask]'"
+
+
+class Bridge:
+    def __init__(self, conn: Connection) -> None:
+        self.conn = conn
+        self.client: Any = None
+        self.cluster: Any = None
+        self.futures: dict[str, Any] = {}
+        self.finished: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self.outbox: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_w, False)
+        # A sender of its own: the loop keeps reading the coordinator's messages while a big
+        # result is on its way to it, so neither end can block the other.
+        self.sender = threading.Thread(target=self._send_all, name="mpobs-bridge-send", daemon=True)
+        self.sender.start()
+
+    def _send_all(self) -> None:
+        while (msg := self.outbox.get()) is not None:
+            try:
+                self.conn.send(msg)
+            except OSError:
+                return  # the coordinator is gone: the loop sees the end of file
+
+    def send(self, *msg: Any) -> None:
+        self.outbox.put(msg)
+
+    # -- connecting ---------------------------------------------------------------
+    def connect(self, workers: int, address: str | None) -> None:
+        try:
+            import dask
+            import distributed
+        except ImportError:
+            self.send("refused", INSTALL_HINT)
+            return
+        _quiet_dask_logs()
+        if address is None:
+            # A worker death is reported at once (KilledWorker), so that our scheduler counts it:
+            # three deaths of one task fail the run, as with the local pool. One task at a time on
+            # each worker thread, so that a death is blamed on the task it ran.
+            dask.config.set({"distributed.scheduler.allowed-failures": 0,
+                             "distributed.scheduler.worker-saturation": 1.0})
+            # Dask's workers give freed memory back to the system at once (MALLOC_TRIM_THRESHOLD_
+            # 64 KiB), so every 16 MiB task faulted its buffers in again: keeping them (and big
+            # buffers on the heap, not in fresh mmaps) took a 6M-line run from 4.6-5.0 s to 4.2-4.3 s.
+            dask.config.set({"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": 256 << 20,
+                             "distributed.nanny.pre-spawn-environ.MALLOC_MMAP_THRESHOLD_": 32 << 20})
+            self.cluster = distributed.LocalCluster(
+                n_workers=workers, threads_per_worker=1, processes=True, memory_limit=0, host="127.0.0.1",
+                dashboard_address="127.0.0.1:0", silence_logs=logging.CRITICAL,
+            )  # fmt: skip
+            self.client = distributed.Client(self.cluster, set_as_default=False)
+        else:
+            try:
+                self.client = distributed.Client(address, timeout=CONNECT_TIMEOUT, set_as_default=False)
+            except (OSError, TimeoutError) as err:
+                self.send("refused", f"cannot reach the Dask scheduler at {address} within {CONNECT_TIMEOUT} s: "
+                                     f"{err}")  # fmt: skip
+                return
+        info = self.client.scheduler_info()
+        found = info.get("workers", {})
+        if not found:
+            self.send("refused", f"the Dask scheduler at {address or 'the LocalCluster'} has no workers")
+            return
+        self.send("connected", sum(w.get("nthreads", 1) for w in found.values()), self.client.dashboard_link)
+
+    # -- running ------------------------------------------------------------------
+    def start(self, spec: Any, layout: Any, settings: Any, part_dir: str | None) -> None:
+        self.args = (spec, layout, settings)
+        self.part_dir = part_dir
+        self.topic = f"mpobs-progress-{os.getpid()}-{id(self)}"
+        self.client.subscribe_topic(self.topic, self._progress)
+
+    def _progress(self, event: tuple[float, dict[str, Any]]) -> None:
+        """In the client's event loop: a running task's counts so far."""
+        msg = event[1]
+        if msg.get("key") in self.futures:
+            self.send("progress", msg["key"], msg["counts"])
+
+    def submit(self, key: str, task: Any, part: str | None) -> None:
+        fut = self.client.submit(run_remote, *self.args, task, part, self.topic, key=key, pure=False)
+        self.futures[key] = fut
+        fut.add_done_callback(self._finished)
+
+    def probe(self, files: list[str], spec: Any) -> None:
+        """``mpobs.executors.dask.dask_remote.probe`` on every worker; one that goes away meanwhile is left out (if it comes
+        back, it is the same machine), and a run with none left is refused."""
+        answers = self.client.run(probe, files, spec, on_error="return")
+        gone = {w for w, a in answers.items() if isinstance(a, OSError)}  # CommClosedError: it died
+        failed = {w: a for w, a in answers.items() if isinstance(a, BaseException) and w not in gone}
+        if failed:
+            worker, err = sorted(failed.items())[0]
+            self.send("refused", f"Dask worker {worker} could not run the probe: {describe(err)}")
+        elif len(gone) == len(answers):
+            self.send("refused", "every Dask worker went away while the input was being checked")
+        else:
+            self.send("probed", {w: a for w, a in answers.items() if w not in gone})
+
+    def _finished(self, fut: Any) -> None:
+        """In the client's event loop: hand the future to the loop (which may block fetching its result)."""
+        self.finished.put(fut)
+        try:
+            os.write(self._wake_w, b"x")
+        except OSError:
+            pass
+
+    def report(self, fut: Any) -> None:
+        """Tell the coordinator how a task ended: once its future is finished, erred or cancelled."""
+        from distributed import KilledWorker
+
+        if fut.key not in self.futures:
+            return
+        if fut.status in ("lost", "pending"):
+            # It had finished, and the worker holding its result went away before we fetched it:
+            # Dask computes it again by itself. Not an end, not an error of the task: wait for it.
+            threading.Thread(target=self._finished_again, args=(fut,), name="mpobs-bridge-lost", daemon=True).start()
+            return
+        del self.futures[fut.key]
+        try:
+            result = fut.result()
+        except KilledWorker as err:
+            self.send("done", fut.key, "killed", err.last_worker.address)
+        except Exception as err:  # noqa: BLE001 - any other end is told, in words
+            if fut.status == "cancelled":
+                self.send("done", fut.key, "cancelled", "")
+            elif fut.status == "error":
+                self.send("done", fut.key, "error", describe(err))
+            else:  # it could not be fetched: run it again
+                self.send("done", fut.key, "lost", f"its result was lost ({describe(err)})")
+        else:
+            self.send("done", fut.key, "finished", result)
+
+    def _finished_again(self, fut: Any) -> None:
+        """In a thread of its own: wait until Dask has computed a lost result again (or given up), then report it."""
+        from distributed import wait
+
+        try:
+            wait(fut)
+        except Exception:  # noqa: BLE001 - cancelled, or the client closing: ``report`` tells which
+            pass
+        self._finished(fut)
+
+    def workers(self) -> None:
+        try:
+            info = self.client.scheduler_info(n_workers=-1).get("workers", {})
+        except Exception:  # noqa: BLE001 - a scheduler going away: the client's status says so
+            info = {}
+        view = {address: {"name": str(w.get("name", "")), "nthreads": w.get("nthreads"),
+                          "cpu_percent": w.get("metrics", {}).get("cpu"),
+                          "rss_bytes": w.get("metrics", {}).get("memory")} for address, w in info.items()}  # fmt: skip
+        self.send("workers", view, self.client.status)
+
+    def serve(self) -> None:
+        """Take the coordinator's messages until it says close, or goes away."""
+        due = 0.0
+        while True:
+            readable, _, _ = select.select([self.conn, self._wake_r], [], [], WORKERS_EVERY)
+            if self._wake_r in readable:
+                os.read(self._wake_r, 1 << 16)
+            while True:
+                try:
+                    self.report(self.finished.get_nowait())
+                except queue.Empty:
+                    break
+            if self.conn in readable:
+                try:
+                    msg = self.conn.recv()
+                except (EOFError, OSError):
+                    return
+                if msg[0] == "close":
+                    return
+                self.handle(msg)
+            if self.client is not None and time.monotonic() >= due:
+                self.workers()
+                due = time.monotonic() + WORKERS_EVERY
+
+    def handle(self, msg: tuple[Any, ...]) -> None:
+        op, *args = msg
+        if op == "submit":
+            self.submit(*args)
+        elif op == "connect":
+            self.connect(*args)
+        elif op == "probe":
+            self.probe(*args)
+        elif op == "start":
+            self.start(*args)
+
+    def close(self) -> None:
+        try:
+            if self.futures and self.client is not None:
+                self.client.cancel(list(self.futures.values()), force=True)
+        except Exception:  # noqa: BLE001 - a scheduler already gone
+            pass
+        self.futures.clear()
+        for thing in (self.client, self.cluster):
+            if thing is not None:
+                try:
+                    thing.close()
+                except Exception:  # noqa: BLE001 - a scheduler already gone
+                    pass
+        self.outbox.put(None)
+        self.sender.join(timeout=10)
+
+
+def _quiet_dask_logs() -> None:
+    """Dask's own log lines (a lost scheduler's reconnect tracebacks, say) are not for our users:
+    mpobs says what went wrong in one line. Its config gives some loggers levels of their own."""
+    for name in ["distributed", *logging.Logger.manager.loggerDict]:
+        if name.startswith("distributed"):
+            logging.getLogger(name).setLevel(logging.CRITICAL)
+
+
+def main(argv: list[str]) -> int:
+    conn = Connection(int(argv[1]))
+    bridge = Bridge(conn)
+    try:
+        bridge.serve()
+    except Exception as err:  # noqa: BLE001 - say it to the coordinator, in one line
+        bridge.send("failed", describe(err))
+    finally:
+        bridge.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))

@@ -1,6 +1,0 @@
-"""Line processors, registered by their config ``type`` name."""
-
-from mpobs.processors import python, select, tags, text  # noqa: F401  (registers the types)
-from mpobs.processors.base import REGISTRY, ErrorList, Processor, Spec, register
-
-__all__ = ["REGISTRY", "ErrorList", "Processor", "Spec", "register"]
