@@ -33,10 +33,10 @@ SIMULATED_S = 600.0
 
 def alerts_cost(work: Path, log: Path, tiny: Path, runs: int = 5) -> dict[str, Any]:
     import mpobs
-    from mpobs.alerts.alerting import AlertOptions, AlertWatch
-    from mpobs.alerts.alertrules import load_rules
+    from mpobs.alerts.watch import AlertOptions, AlertWatch
+    from mpobs.alerts.rules import load_rules
 
-    rules_file = str(Path(mpobs.__file__).parent / "alerts" / "alert_defaults.yml")
+    rules_file = str(Path(mpobs.__file__).parent / "alerts" / "defaults.yml")
     saved = work / "alerts-cost.json"
     argv = [*mpobs_command(), "process", str(log), "--workers", "2", "-q", "-o", str(work / "alerts-cost.out")]
     subprocess.run([*argv, "--save-metrics", str(saved), "--alerts", rules_file, "--alerts-interval", "0.1"],

@@ -6,7 +6,7 @@ would write it, on the same kind of LocalCluster). For the Dask row the run alon
 summary's elapsed time: from the stats segment's creation, after the cluster is up, to the
 run's end, before the cluster closes) is reported apart. Peak RSS is of the mpobs process
 itself (its VmHWM), not of the cluster's workers; the Dask row also reports its Dask client
-process (``mpobs.executors.dask.dask_bridge``, where distributed and the LocalCluster's scheduler live). Every output is checked byte for byte
+process (``mpobs.executors.dask.bridge``, where distributed and the LocalCluster's scheduler live). Every output is checked byte for byte
 against the plain loop's. Run by ``python -m bench`` (``--only dask`` for these rows alone),
 on a 6,000,000-line log (the run's own log with ``--quick``).
 """
@@ -38,7 +38,7 @@ def _peak_rss_mb(pid: int) -> float | None:
 
 
 def _client_pid(pid: int) -> int | None:
-    """The Dask client process (``mpobs.executors.dask.dask_bridge``) among ``pid``'s children, if it has one."""
+    """The Dask client process (``mpobs.executors.dask.bridge``) among ``pid``'s children, if it has one."""
     try:
         with open(f"/proc/{pid}/task/{pid}/children", encoding="ascii") as f:
             children = [int(c) for c in f.read().split()]
@@ -47,7 +47,7 @@ def _client_pid(pid: int) -> int | None:
     for child in children:
         try:
             with open(f"/proc/{child}/cmdline", "rb") as f:
-                if b"mpobs.executors.dask.dask_bridge" in f.read():
+                if b"mpobs.executors.dask.bridge" in f.read():
                     return child
         except OSError:
             pass

@@ -31,7 +31,7 @@ class Row:
     apart: bool = False
     checkpoint: bool = False  # with --checkpoint (removed before each run, so that it never resumes)
     save_traces: bool = False  # with --save-traces into a file beside the output
-    alerts: bool = False  # with --alerts on the shipped default rules (mpobs/alerts/alert_defaults.yml)
+    alerts: bool = False  # with --alerts on the shipped default rules (mpobs/alerts/defaults.yml)
 
 
 @dataclass
@@ -56,7 +56,7 @@ def mpobs_command() -> list[str]:
     found = shutil.which("mpobs")
     if found:
         return [found]
-    return [sys.executable, "-c", "import sys; from mpobs.cli.cli import main; sys.exit(main())"]
+    return [sys.executable, "-c", "import sys; from mpobs.cli.commands import main; sys.exit(main())"]
 
 
 def build_rows(cpus: int) -> list[Row]:
@@ -102,7 +102,7 @@ def command(row: Row, src: Path, out: Path, port: int | None = None) -> list[str
     if row.alerts:
         import mpobs
 
-        argv += ["--alerts", str(Path(mpobs.__file__).parent / "alerts" / "alert_defaults.yml")]
+        argv += ["--alerts", str(Path(mpobs.__file__).parent / "alerts" / "defaults.yml")]
     if row.save_traces:
         argv += ["--save-traces", str(out.with_suffix(".traces.jsonl"))]
     return argv

@@ -67,7 +67,7 @@ def make_log(folder: Path, lines: int) -> Path:
 
 
 def mpobs(*args: str) -> list[str]:
-    return [sys.executable, "-m", "mpobs.cli.cli", "process", *args]
+    return [sys.executable, "-m", "mpobs.cli.commands", "process", *args]
 
 
 def run_plain(log: Path, folder: Path, workers: int) -> float:

@@ -120,7 +120,7 @@ def healthz() -> tuple[dict[str, Any], int]:
         return {"status": "unhealthy", "reason": reason}, 503
     stalled = source.stalled()
     if stalled:
-        from mpobs.metrics.doing import describe
+        from mpobs.metrics.activity import describe
 
         what = "; ".join(f"worker {c['worker']}: {describe(c)} for {c['for_s']:.0f} s" for c in stalled)
         return {"status": "degraded", "reason": f"stalled: {what}", "stalled_calls": stalled}, 200

@@ -280,7 +280,7 @@ def _child_main(sock: socket.socket, conn: Any, lock: Any, q: Any, opts: Dashboa
     import psutil  # noqa: F401  (the sampler's)
     import waitress  # noqa: F401
 
-    import mpobs.metrics.stats  # noqa: F401  (the first /stats request's)
+    import mpobs.metrics.document  # noqa: F401  (the first /stats request's)
     from dashboard_app.app import create_app  # noqa: F401
     from dashboard_app.sources import LiveSource
     from mpobs.metrics.segment import StatsSegment

@@ -14,7 +14,7 @@ from typing import Any, Callable
 from dashboard_app.dagview import build_dag
 from dashboard_app.history import History, Sample
 from mpobs.defaults import KEEP
-from mpobs.tracing.tracing import expand as expand_trace
+from mpobs.tracing.traces import expand as expand_trace
 
 
 class Source:
@@ -69,7 +69,7 @@ class LiveSource(Source):
         self.clock = clock
         self.grace_s = grace_s
         self.cache_s = cache_s
-        self._traces: deque[Any] = deque(maxlen=keep)  # compact: mpobs.tracing.tracing.CompactTrace
+        self._traces: deque[Any] = deque(maxlen=keep)  # compact: mpobs.tracing.traces.CompactTrace
         self._ids = [p["id"] for p in meta.processors]
         self._errors: deque[dict[str, Any]] = deque(maxlen=keep)
         self.received = {"traces": 0, "errors": 0}
@@ -183,7 +183,7 @@ class LiveSource(Source):
         cached = self._cache
         if cached is not None and now - cached[0] < self.cache_s:
             return cached[1]
-        from mpobs.metrics.stats import build_stats, worker_rows
+        from mpobs.metrics.document import build_stats, worker_rows
 
         snap = self.seg.snapshot()
         with self._lock:

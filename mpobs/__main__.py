@@ -13,7 +13,7 @@ def main() -> None:
             from mpobs.cli.early import start_resource_tracker
 
             start_resource_tracker()
-        from mpobs.cli.cli import main as cli_main
+        from mpobs.cli.commands import main as cli_main
     except KeyboardInterrupt:
         sys.stderr.write("mpobs: interrupted\n")
         sys.exit(130)

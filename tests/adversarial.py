@@ -14,8 +14,8 @@ import os
 import random
 from typing import Any
 
-from mpobs.executors.executor import Event, Executor, RunContext, TaskDone, TaskLost, TaskWritten
-from mpobs.inputs.inputs import Task
+from mpobs.executors.base import Event, Executor, RunContext, TaskDone, TaskLost, TaskWritten
+from mpobs.inputs.base import Task
 from mpobs.executors.task import KeptRecords, run_task
 
 

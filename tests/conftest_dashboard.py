@@ -58,11 +58,11 @@ def small_run(folder: Path, lines: int = 3000, trace_rate: float = 1.0) -> Small
     import multiprocessing
 
     from mpobs.pipeline.config import compile_config
-    from mpobs.inputs.sources import open_inputs
+    from mpobs.inputs.inputset import open_inputs
     from mpobs.inputs.loggen import generate_file
     from mpobs.metrics.layout import Layout
     from mpobs.metrics.segment import StatsSegment
-    from mpobs.metrics.stats import RunMeta
+    from mpobs.metrics.document import RunMeta
     from mpobs.executors.task import KeptRecords, TaskSettings, run_task
     from mpobs.executors.local.worker import RowSink
 
@@ -148,13 +148,13 @@ def big_log(path: Path, lines: int = 3_000_000, block: int = 200_000) -> Path:
 
 
 def start_cli(*args: str, cwd: Path, stdin: Any = None) -> Any:
-    """``python -m mpobs.cli.cli ARGS`` as a subprocess (stdout and stderr to files in ``cwd``; ``stdin`` as Popen's)."""
+    """``python -m mpobs.cli.commands ARGS`` as a subprocess (stdout and stderr to files in ``cwd``; ``stdin`` as Popen's)."""
     import subprocess
     import sys
 
     out = open(cwd / "cli.stdout", "wb")  # noqa: SIM115 - closed by stop_cli
     err = open(cwd / "cli.stderr", "wb")  # noqa: SIM115
-    proc = subprocess.Popen([sys.executable, "-m", "mpobs.cli.cli", *args], cwd=cwd, stdout=out, stderr=err, stdin=stdin)
+    proc = subprocess.Popen([sys.executable, "-m", "mpobs.cli.commands", *args], cwd=cwd, stdout=out, stderr=err, stdin=stdin)
     proc.files = (out, err)  # type: ignore[attr-defined]
     return proc
 

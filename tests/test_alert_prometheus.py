@@ -25,7 +25,7 @@ import pytest
 from conftest_dashboard import free_port, get_json, wait_for
 
 from mpobs.alerts.promql import Evaluator
-from mpobs.alerts.seriesstore import NAME, SeriesStore
+from mpobs.alerts.store import NAME, SeriesStore
 from tests.conftest import ROOT
 from tests.shared_procs import SHARED_PIDS
 from tests.test_reliability import fn_config
@@ -96,7 +96,7 @@ def scraped(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Scraped]:
     log.write_text("")
     rules = folder / "rules.yml"
     rules.write_text(RULES)
-    defaults = ROOT / "mpobs" / "alerts" / "alert_defaults.yml"
+    defaults = ROOT / "mpobs" / "alerts" / "defaults.yml"
     config = fn_config(folder, "promfns", FNS, [
         {"type": "tag_extractor", "id": "tags"},
         {"type": "python", "id": "f", "inputs": ["tags"], "function": "promfns:f"},

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from mpobs.alerts.alertrules import defaults_text, load_rules
+from mpobs.alerts.rules import defaults_text, load_rules
 from tests.test_reliability import fn_config
 
 GOOD = """

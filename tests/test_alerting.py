@@ -8,10 +8,10 @@ from typing import Any
 
 import pytest
 
-from mpobs.alerts.alerting import AlertOptions, AlertWatch, expand, go_e, go_v, rfc3339
-from mpobs.alerts.alertrules import load_rules
+from mpobs.alerts.watch import AlertOptions, AlertWatch, expand, go_e, go_v, rfc3339
+from mpobs.alerts.rules import load_rules
 from mpobs.alerts.promql import Evaluator
-from mpobs.alerts.seriesstore import SeriesStore, labels_of
+from mpobs.alerts.store import SeriesStore, labels_of
 from tests.test_reliability import fn_config
 
 T0 = 1_700_000_000_000  # ms
@@ -282,7 +282,7 @@ def test_a_run_ended_by_an_alert_keeps_what_the_alert_counted(tmp_path: Path, ma
     """
     import re
 
-    from mpobs.cli.alerts_cli import alert_options
+    from mpobs.cli.alerts import alert_options
     from mpobs.pipeline.config import load_config
     from mpobs.run.coordinator import Coordinator, RunOptions
     from tests.adversarial import AdversarialExecutor

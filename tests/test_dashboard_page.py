@@ -42,7 +42,7 @@ def test_page_shows_numbers_and_log_text_as_text(tmp_path: Path, browser_page: t
     source = LiveSource(run.seg, run.meta, cache_s=0.0)
     source.handle(("events", run.events.traces, run.events.errors))
     source.handle(("counters", run.counters))
-    # A Dask run's view of its cluster (mpobs.executors.dask.dask_executor.DaskExecutor.view), as the coordinator sends it.
+    # A Dask run's view of its cluster (mpobs.executors.dask.executor.DaskExecutor.view), as the coordinator sends it.
     worker = {"address": "tcp://10.0.0.2:4000", "name": "w-1", "nthreads": 1, "tasks": 3, "lines": 1500,
               "cpu_percent": 12.5, "rss_bytes": 64 << 20}  # fmt: skip
     source.handle(("executor", {"name": "dask", "scheduler": "tcp://10.0.0.1:8786",

@@ -266,7 +266,7 @@ def test_dashboard_module_imports_cheaply() -> None:
     import subprocess
     import sys
 
-    code = "import sys, mpobs.cli.cli; print(sorted(m for m in ('flask', 'waitress', 'psutil', 'prometheus_client') if m in sys.modules))"
+    code = "import sys, mpobs.cli.commands; print(sorted(m for m in ('flask', 'waitress', 'psutil', 'prometheus_client') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
 

@@ -199,7 +199,7 @@ def test_sample_log_when_no_input_given(tmp_path: Path, cli: Any) -> None:
 
 
 def _write_via(path: Path, data: bytes) -> None:
-    from mpobs.output.output import open_replacing
+    from mpobs.output.joiner import open_replacing
 
     fd, closer = open_replacing(str(path))
     try:
@@ -299,7 +299,7 @@ def test_output_device_is_written_not_replaced(tmp_path: Path) -> None:
 
 
 def test_cli_defaults_are_the_engines() -> None:
-    from mpobs.cli.cli import process
+    from mpobs.cli.commands import process
     from mpobs.defaults import BATCH_LINES, TASK_BYTES
 
     defaults = {p.name: p.default for p in process.params}
@@ -308,7 +308,7 @@ def test_cli_defaults_are_the_engines() -> None:
 
 def test_workers_get_one_blas_thread_unless_the_user_set_one(tmp_path: Path, make_log: Any) -> None:
     """Every worker has a core already: BLAS thread pools default to 1 in the workers; a user's own setting wins."""
-    from mpobs.cli.cli import BLAS_THREAD_VARS
+    from mpobs.cli.commands import BLAS_THREAD_VARS
 
     (tmp_path / "blasfns.py").write_text(
         "import os\n"

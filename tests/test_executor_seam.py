@@ -79,7 +79,7 @@ def test_an_adversarial_executor_gives_the_local_pools_answer(tmp_path: Path, cl
 def test_a_task_lost_three_times_fails_the_run_after_the_tasks_before_it(tmp_path: Path, make_log: Any) -> None:
     from mpobs.pipeline.config import load_config
     from mpobs.run.coordinator import Coordinator, RunOptions
-    from mpobs.inputs.sources import open_inputs
+    from mpobs.inputs.inputset import open_inputs
 
     log = make_log(2000)
     source = open_inputs([str(log)])

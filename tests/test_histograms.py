@@ -176,7 +176,7 @@ def test_task_durations_show_the_task_with_the_slow_route(tmp_path: Path, cli: A
     Slower by construction, not by a margin a busy machine can eat: each slow task waits in its slow
     call until every other task is done, and then longer than the longest of them took (read from the
     task histogram while the run goes on), so that no fast task held up for a while can overtake it."""
-    from mpobs.inputs.sources import open_inputs
+    from mpobs.inputs.inputset import open_inputs
     from tests.test_reliability import fn_config
 
     log = make_log(6000)

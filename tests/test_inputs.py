@@ -896,7 +896,7 @@ def test_ctrl_c_while_reading_a_slow_pipe(tmp_path: Path) -> None:
 def test_a_file_is_planned_into_whole_lines_with_and_without_numpy(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                                    with_numpy: bool, tail: bytes) -> None:  # fmt: skip
     """Task ends and line counts, as the plan makes them, against a count done here."""
-    import mpobs.inputs.inputs as inputs
+    import mpobs.inputs.base as inputs
 
     # Short and long lines, one longer than the planner's read buffer, empty ones, invalid UTF-8.
     lines = [b"x" * (i * 37 % 300) for i in range(3000)] + [b"L" * (3 * inputs.COUNT_BYTES), b"", b"\xff\xfe"]
@@ -921,7 +921,7 @@ def test_a_file_is_planned_into_whole_lines_with_and_without_numpy(tmp_path: Pat
 def test_planning_a_file_that_grows_stops_at_the_size_it_was_given(tmp_path: Path) -> None:
     """A log still being written: the plan ends where the file ended when it was looked at, even
     inside a long last line that has grown since (its rest is the next run's)."""
-    import mpobs.inputs.inputs as inputs
+    import mpobs.inputs.base as inputs
 
     data = b"a\n" * 2000 + b"L" * 20_000
     path = tmp_path / "in.log"

@@ -12,9 +12,9 @@ import pytest
 from mpobs.pipeline.config import compile_config
 from mpobs.run.coordinator import Coordinator, RunOptions
 from mpobs.metrics.layout import PROC_WIDTH
-from mpobs.tracing.events import EventCollector
+from mpobs.tracing.records import EventCollector
 from mpobs.tracing.tracefile import read_traces
-from mpobs.tracing.tracing import is_sampled
+from mpobs.tracing.traces import is_sampled
 from tests.reference import split_lines
 
 ROUTER_DAG = {"processors": [
@@ -235,7 +235,7 @@ def test_metrics_hold_recent_traces_and_errors(tmp_path: Path, cli: Any, make_lo
 @pytest.mark.parametrize("first", [1, 987_654_321, 2**33 + 5])
 def test_sampled_lines_are_exactly_the_sampled_line_numbers(rate: float, first: int) -> None:
     """The jump table (and numpy, below its rates) picks exactly the lines is_sampled picks."""
-    from mpobs.tracing.tracing import sampled
+    from mpobs.tracing.traces import sampled
 
     for start, count in ((first, 40_000), (first + 7, 1), (first, 0)):
         assert sampled(start, count, rate) == [n for n in range(start, start + count) if is_sampled(n, rate)]
@@ -243,7 +243,7 @@ def test_sampled_lines_are_exactly_the_sampled_line_numbers(rate: float, first: 
 
 @pytest.mark.parametrize("rate", [0.01, 0.3])
 def test_sampling_rate_is_about_right(rate: float) -> None:
-    from mpobs.tracing.tracing import sampled
+    from mpobs.tracing.traces import sampled
 
     picked = sampled(1, 100_000, rate)
     assert abs(len(picked) / 100_000 - rate) < 0.2 * rate
@@ -293,7 +293,7 @@ def _slow_trace(n: int, original: str, recorder: _Recorder, out: Any) -> tuple[A
 def test_batch_trace_matches_a_slow_scan_through_router_fan_in_copies_and_errors(tmp_path: Path,
                                                                                   monkeypatch: Any) -> None:
     from mpobs.pipeline.batch import Batch
-    from mpobs.tracing.tracing import BatchTrace
+    from mpobs.tracing.traces import BatchTrace
     from tests.test_engine import write_dag
 
     config = json.loads(write_dag(tmp_path).read_text())
@@ -350,7 +350,7 @@ def _live_and_saved(pipeline: Any, texts: list[str], pick: Any, path: Path) -> l
     chooses, live (BatchTrace) and into a --save-traces file at ``path``; returns the live traces."""
     from mpobs.pipeline.batch import Batch
     from mpobs.tracing.tracefile import BatchRecorder, header
-    from mpobs.tracing.tracing import BatchTrace, expand
+    from mpobs.tracing.traces import BatchTrace, expand
 
     inputs = [("in.log", "logs/in.log"), ("other.log", "other.log")]
     live, saved = [], [header(pipeline, inputs)]

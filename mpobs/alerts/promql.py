@@ -14,8 +14,8 @@ samples):
   ``bool``) and ``and``/``or``/``unless`` between vectors (one-to-one, ``on``/``ignoring``)
   and scalars; ``histogram_quantile`` as Prometheus's bucketQuantile; ``absent``.
 
-What is outside this set is refused when the rule file is read (``mpobs.alerts.alertrules``).
-The samples are a ``mpobs.alerts.seriesstore.SeriesStore``.
+What is outside this set is refused when the rule file is read (``mpobs.alerts.rules``).
+The samples are a ``mpobs.alerts.store.SeriesStore``.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ import bisect
 import math
 from typing import Any, Union
 
-from mpobs.alerts.seriesstore import NAME, Labels, SeriesStore, drop_name, sample_time
+from mpobs.alerts.store import NAME, Labels, SeriesStore, drop_name, sample_time
 
 #: How far back an instant selector looks for a sample (Prometheus's --query.lookback-delta default).
 LOOKBACK_MS = 5 * 60 * 1000

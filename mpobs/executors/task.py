@@ -12,15 +12,15 @@ from typing import TYPE_CHECKING, Any, Callable, Protocol, Sequence
 from mpobs.pipeline.batch import Batch
 from mpobs.pipeline.dag import Pipeline
 from mpobs.defaults import BATCH_LINES, ERROR_LINE_CHARS, EVENT_CHUNK, KEEP
-from mpobs.tracing.events import traces_counted
+from mpobs.tracing.records import traces_counted
 from mpobs.metrics.layout import CALL_WIDTH, PROC_WIDTH, Layout
-from mpobs.tracing.tracing import BatchTrace, sampled
+from mpobs.tracing.traces import BatchTrace, sampled
 
 _ZEROS = (0,) * CALL_WIDTH
 
 if TYPE_CHECKING:
-    from mpobs.inputs.blocks import BlockStore
-    from mpobs.inputs.inputs import Task  # the layer above makes tasks; running one needs only its read()
+    from mpobs.inputs.blockstore import BlockStore
+    from mpobs.inputs.base import Task  # the layer above makes tasks; running one needs only its read()
 
 
 class CountSink(Protocol):
@@ -182,7 +182,7 @@ class _TaskRun:
             proc = pipeline.nodes[p].proc
             (proc.timed_out_lines if n <= 1 else proc.timed_out_batches)[line] = seconds
         self.out_lines = self.out_bytes = 0
-        self.traces: list[Any] = []  # compact traces (mpobs.tracing.tracing.expand), not yet sent
+        self.traces: list[Any] = []  # compact traces (mpobs.tracing.traces.expand), not yet sent
         self.errors: list[dict[str, Any]] = []
         self.saved: list[bytes] = []  # --save-traces records (mpobs.tracing.tracefile), not yet sent
         self.saved_lines = 0

@@ -22,11 +22,11 @@ import threading
 import time
 from typing import Any, Callable, Iterator
 
-from mpobs.inputs.blocks import BlockStore, StoreClosed
+from mpobs.inputs.blockstore import BlockStore, StoreClosed
 from mpobs.inputs.decoders import SNIFF_BYTES, Decoder, decoder_for, sniff
 from mpobs.defaults import READ_BYTES, STREAM_FLUSH
 from mpobs.errors import describe
-from mpobs.inputs.inputs import NOT_READY, InputSource, Piece
+from mpobs.inputs.base import NOT_READY, InputSource, Piece
 
 _END = object()
 

@@ -60,7 +60,7 @@ RUN_FIELDS = ("lines_done", "bytes_done", "tasks_done", "task_ns", "traces_skipp
 #: system's monotonic clock, the same in every process).
 DOING_FIELDS = ("doing_proc", "doing_input", "doing_line", "doing_lines", "doing_since_ns")
 #: Where a local worker's time went: running tasks, waiting for a task, and the part of that
-#: wait while the run was held by its output (``mpobs.metrics.doing.OutputWait``: the backlog full, or
+#: wait while the run was held by its output (``mpobs.metrics.activity.OutputWait``: the backlog full, or
 #: the coordinator blocked writing the output).
 TIME_FIELDS = ("busy_ns", "waiting_ns", "output_wait_ns")
 WORKER_FIELDS = (

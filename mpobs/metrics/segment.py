@@ -3,7 +3,7 @@
 Its layout (rows, columns, what each value is) is described once, in ``mpobs.metrics.layout``.
 
 Every read-modify-write and every snapshot holds ``lock`` (one process-shared
-multiprocessing.Lock), through ``held()`` (``mpobs.metrics.seglock``), which records the holder's pid in
+multiprocessing.Lock), through ``held()`` (``mpobs.metrics.lock``), which records the holder's pid in
 ``system[lock_holder]``; a flush costs about a microsecond, so workers take it
 once per batch and readers never stop them for longer.
 
@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from mpobs.metrics.histogram import BUCKETS
 from mpobs.metrics.layout import DOING_FIELDS, INPUT_FIELDS, STATES, SYSTEM_FIELDS, WORKER_FIELDS, Layout
-from mpobs.metrics.seglock import HolderLock
+from mpobs.metrics.lock import HolderLock
 
 if TYPE_CHECKING:
     import numpy as np
@@ -40,7 +40,7 @@ _DOING_AT = WORKER_FIELDS.index(DOING_FIELDS[0])
 class StatsSegment(HolderLock):
     """Views over the shared block. The creator unlinks it; everyone else only closes.
 
-    ``held()`` and the rest of the lock's handling: ``mpobs.metrics.seglock``.
+    ``held()`` and the rest of the lock's handling: ``mpobs.metrics.lock``.
     """
 
     def __init__(self, layout: Layout, shm: shared_memory.SharedMemory, lock: Any, owner: bool) -> None:

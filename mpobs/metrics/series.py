@@ -1,7 +1,7 @@
-"""The run's Prometheus series, derived from one stats document (``mpobs.metrics.stats.build_stats``).
+"""The run's Prometheus series, derived from one stats document (``mpobs.metrics.document.build_stats``).
 
 One derivation for two readers: the dashboard's ``/metrics`` exposes these families as they
-are, and the alert evaluator (``mpobs.alerts.alerting``) samples them into its own store, so a rule
+are, and the alert evaluator (``mpobs.alerts.watch``) samples them into its own store, so a rule
 sees exactly the series a Prometheus server scraping ``/metrics`` sees. A family is named as
 Prometheus's exposition names it (a counter without ``_total``); its samples carry the full
 sample names (``_total``, ``_bucket``/``_count``/``_sum``).
@@ -166,7 +166,7 @@ def pipeline_series_names(pipeline: Any) -> set[str]:
     """The metric names /metrics has for a run of ``pipeline`` (``mpobs alerts check --config``)."""
     from mpobs.metrics.layout import Layout
     from mpobs.metrics.segment import Snapshot
-    from mpobs.metrics.stats import RunMeta, build_stats
+    from mpobs.metrics.document import RunMeta, build_stats
 
     layout = Layout(tuple(pipeline.ids), tuple(pipeline.tags), 1, 1, tuple(pipeline.timed))
     counters = {n.id: {"key": 0} for n in pipeline.nodes if n.proc.counts_keys}  # a key: its series exist

@@ -34,7 +34,7 @@ class Node:
 
 
 class StepObserver(Protocol):
-    """Told about every step of a batch (tracing); see mpobs.tracing.tracing."""
+    """Told about every step of a batch (tracing); see mpobs.tracing.traces."""
 
     def step(self, node: Node, inp: Batch, out: Batch | dict[str, Batch], errors: ErrorList) -> None: ...
 

@@ -5,7 +5,7 @@ flushes the output to disk (fsync), then writes the state atomically: a temp fil
 to the checkpoint, fsync, rename over it, fsync of the folder. A crash at any moment
 leaves either the old checkpoint or the new one, and the output on disk holds at least
 what the checkpoint says it does. The state is what the committed output holds, and
-nothing else (only tasks in the output count, ``mpobs.run.ordered``):
+nothing else (only tasks in the output count, ``mpobs.run.ordered_output``):
 
 - per input (in the order given): its name, device, inode and a hash of its first bytes
   (so another file at the path is noticed), the bytes of it in the output (decoded bytes
@@ -33,7 +33,7 @@ from typing import Any
 
 from mpobs.errors import InputError, MpobsError
 from mpobs.inputs.follow import GENERATIONS, HEAD_BYTES, find_generation, head_is
-from mpobs.output.output_resume import check_output, resume_output
+from mpobs.output.resume import check_output, resume_output
 
 VERSION = 1
 

@@ -1,8 +1,8 @@
 """The coordinator: the story of one run, from checked input to committed output and final stats.
 
-It plans tasks from an InputSource, has an Executor run them (``mpobs.executors.executor``),
+It plans tasks from an InputSource, has an Executor run them (``mpobs.executors.base``),
 lets the Scheduler pick what runs next, puts finished tasks into the output in
-order (``mpobs.run.ordered``) and commits their counts into the stats segment as they
+order (``mpobs.run.ordered_output``) and commits their counts into the stats segment as they
 go in. It knows no processes, queues or shared-memory offsets.
 """
 
@@ -15,31 +15,31 @@ import time
 from collections import Counter
 from typing import TYPE_CHECKING, Any
 
-from mpobs.inputs.blocks import BlockStore
+from mpobs.inputs.blockstore import BlockStore
 from mpobs.pipeline.dag import Pipeline
-from mpobs.metrics.doing import OutputWait, StallWatch
+from mpobs.metrics.activity import OutputWait, StallWatch
 from mpobs.defaults import BACKLOG_PER_WORKER, BLOCKS_PER_WORKER, ENDING_WAIT, SAVED_RECENT
 from mpobs.errors import (EXIT_ALERT, EXIT_FAILED, EXIT_MAX_ERRORS, EXIT_OK, EXIT_SIGINT, EXIT_SIGTERM, EXIT_USAGE,
                           MpobsError)  # fmt: skip
-from mpobs.tracing.events import EventCollector
-from mpobs.executors.executor import Event, Executor, LimitReached, RunContext, TaskDone, TaskLost, TaskWritten, WorkerFailed
-from mpobs.inputs.inputs import FileSource, Task
-from mpobs.run.ordered import OrderedOutput
-from mpobs.output.output import OutputClosed, OutputJoiner
+from mpobs.tracing.records import EventCollector
+from mpobs.executors.base import Event, Executor, LimitReached, RunContext, TaskDone, TaskLost, TaskWritten, WorkerFailed
+from mpobs.inputs.base import FileSource, Task
+from mpobs.run.ordered_output import OrderedOutput
+from mpobs.output.joiner import OutputClosed, OutputJoiner
 from mpobs.executors.local.pool import LocalPool
-from mpobs.run.runoptions import RunOptions, RunOutcome, check_outputs, remove_leftovers
-from mpobs.run.runsignals import RunSignals
+from mpobs.run.options import RunOptions, RunOutcome, check_outputs, remove_leftovers
+from mpobs.run.signals import RunSignals
 from mpobs.run.scheduler import GiveUp, Scheduler
-from mpobs.metrics.seglock import Unsticker
+from mpobs.metrics.lock import Unsticker
 from mpobs.metrics.layout import UNKNOWN, Layout
 from mpobs.metrics.segment import StatsSegment
-from mpobs.inputs.sources import InputSet, open_inputs
-from mpobs.metrics.stats import RunMeta, SlowestTasks, build_stats
+from mpobs.inputs.inputset import InputSet, open_inputs
+from mpobs.metrics.document import RunMeta, SlowestTasks, build_stats
 from mpobs.executors.task import TaskResult, TaskSettings
-from mpobs.tracing.tracing import expand as expand_trace
+from mpobs.tracing.traces import expand as expand_trace
 
 if TYPE_CHECKING:
-    from mpobs.alerts.alerting import AlertWatch
+    from mpobs.alerts.watch import AlertWatch
     from mpobs.run.checkpoint import Checkpointer
 
 
@@ -105,7 +105,7 @@ class Coordinator:
                 self.collector.open_traces(opts.save_traces, header(self.pipeline, names))
             self._serve_dashboard()
             if opts.alerts is not None:
-                from mpobs.alerts.alerting import AlertWatch
+                from mpobs.alerts.watch import AlertWatch
 
                 self.alerts = AlertWatch(opts.alerts, lambda line: sys.stderr.write(f"mpobs: {line}\n"))
             resume = self.checkpoints.resume_output() if self.checkpoints is not None else None

@@ -6,7 +6,7 @@ from collections import Counter
 from typing import Any, Iterator
 
 from mpobs.defaults import MAX_TASK_ATTEMPTS
-from mpobs.inputs.inputs import NOT_READY, Task
+from mpobs.inputs.base import NOT_READY, Task
 
 
 class GiveUp(Exception):

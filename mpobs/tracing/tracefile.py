@@ -28,7 +28,7 @@ line came in twice); otherwise they are listed (tags null: none yet). ``failed``
 tags although its traced lines, merged from branches, may not. A processor whose input
 held none of the traced lines has no step.
 
-``read_traces`` replays a record through ``mpobs.tracing.tracing.BatchTrace``, the code that
+``read_traces`` replays a record through ``mpobs.tracing.traces.BatchTrace``, the code that
 builds /trace's traces, so each line's document is the same as a live trace's. A
 file written by mpobs before version 2 (a document a line) is read as it is.
 """
@@ -45,7 +45,7 @@ from mpobs.pipeline.batch import EMPTY, NO_TAGS, Batch, merge
 from mpobs.pipeline.dag import INPUT, Node, Pipeline, as_batch, gather
 from mpobs.errors import InputError
 from mpobs.pipeline.processors import ErrorList
-from mpobs.tracing.tracing import BatchTrace, describe, expand
+from mpobs.tracing.traces import BatchTrace, describe, expand
 
 FORMAT = "mpobs-traces"
 VERSION = 2

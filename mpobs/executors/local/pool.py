@@ -5,27 +5,25 @@ from __future__ import annotations
 import gc
 import multiprocessing
 import os
-import re
 import shutil
 import signal
-import tempfile
 import time
 from collections import deque
 from multiprocessing.connection import wait as mp_wait
 from multiprocessing.reduction import send_handle
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
-from mpobs.inputs.blocks import BlockStore
+from mpobs.inputs.blockstore import BlockStore
 from mpobs.defaults import PREFETCH, STOP_CALL_GRACE, WORKER_QUEUE_MESSAGES
-from mpobs.metrics.doing import describe, where
-from mpobs.tracing.events import QueueReader
-from mpobs.executors.executor import Event, Executor, LimitReached, RunContext, TaskDone, TaskLost, TaskWritten, WorkerFailed
-from mpobs.inputs.inputs import Task
+from mpobs.metrics.activity import describe, where
+from mpobs.tracing.records import QueueReader
+from mpobs.executors.base import Event, Executor, LimitReached, RunContext, TaskDone, TaskLost, TaskWritten, WorkerFailed
+from mpobs.inputs.base import Task
 from mpobs.metrics.layout import DOING_FIELDS
-from mpobs.executors.local.worker import WorkerArgs, part_path, worker_main
+from mpobs.executors.local.worker import WorkerArgs, worker_main
+from mpobs.executors.parts import make_part_dir, part_path
 
 #: Part folders (stdout output) are named <prefix><coordinator pid>-<random> in the temp folder.
-PARTS_PREFIX = "mpobs-parts-"
 _NOT_DOING = memoryview(bytes(8 * len(DOING_FIELDS))).cast("q")
 
 
@@ -69,13 +67,13 @@ class LocalPool(Executor):
 
     def start(self, ctx: RunContext) -> None:
         self.ctx = ctx
-        self._names = [(n.id, getattr(n.proc, "ref", None)) for n in ctx.pipeline.nodes]  # for mpobs.metrics.doing.where
+        self._names = [(n.id, getattr(n.proc, "ref", None)) for n in ctx.pipeline.nodes]  # for mpobs.metrics.activity.where
         self._timed_out: dict[int, tuple[tuple[int, int, int, float], dict[str, int]]] = {}  # slot -> what, doing
         self.seg = ctx.segment
         self.out_fd = ctx.out_fd
         self.stop_event = self.mp.Event()
         if self.out_fd is None:
-            self.part_dir = tempfile.mkdtemp(prefix=f"{PARTS_PREFIX}{os.getpid()}-")
+            self.part_dir = make_part_dir()
         # Move everything alive now out of the collector's reach: a collection in a fresh
         # worker would otherwise write to (and so copy) every page of objects it inherited.
         gc.freeze()
@@ -333,17 +331,3 @@ class LocalPool(Executor):
         now = self.ctx.collector.messages
         new, self._messages_seen = now - self._messages_seen, now
         return new
-
-
-def remove_leftover_parts(alive: Callable[[int], bool]) -> None:
-    """Remove part folders of runs whose coordinator (the pid in the name) is dead."""
-    pattern = re.compile(rf"^{PARTS_PREFIX}(\d+)-")
-    folder = tempfile.gettempdir()
-    try:
-        names = os.listdir(folder)
-    except OSError:
-        return
-    for name in names:
-        m = pattern.match(name)
-        if m is not None and not alive(int(m[1])):
-            shutil.rmtree(os.path.join(folder, name), ignore_errors=True)

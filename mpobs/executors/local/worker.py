@@ -11,12 +11,13 @@ from multiprocessing.reduction import recv_handle
 from typing import Any
 
 from mpobs.pipeline.dag import Pipeline
-from mpobs.metrics.doing import OutputWait
-from mpobs.tracing.events import QueueEvents
+from mpobs.metrics.activity import OutputWait
+from mpobs.tracing.records import QueueEvents
 from mpobs.lifeline import die_with_parent
 from mpobs.metrics.layout import DOING_FIELDS, Layout
 from mpobs.metrics.segment import StatsSegment
 from mpobs.executors.task import TaskSettings, run_task
+from mpobs.executors.parts import part_path
 
 
 class RowSink:
@@ -32,11 +33,6 @@ class RowSink:
                            errors_sent=errors_sent, errors_dropped=errors_dropped)  # fmt: skip
         else:
             self.seg.flush(self.row, delta)
-
-
-def part_path(part_dir: str, index: int) -> str:
-    """Where task ``index``'s output goes when it is not written into the output file directly."""
-    return os.path.join(part_dir, f"part-{index:09d}")
 
 
 class WorkerArgs:
@@ -66,7 +62,7 @@ def worker_main(args: WorkerArgs) -> None:
     Messages: ``("task", task, seq)``; ``("write", index, offset)``: write a finished
     task's output (kept in memory) into ``out_fd`` at ``offset``, answered by
     ``("written", index)``; None: stop. With ``out_fd`` None each task's output goes
-    to a part file in ``part_dir`` instead, which the ordered output joins (mpobs.run.ordered).
+    to a part file in ``part_dir`` instead, which the ordered output joins (mpobs.run.ordered_output).
     """
     die_with_parent(args.parent_pid)
     # Ctrl-C (and a SIGTERM sent to the process group) reach every process; the
@@ -183,7 +179,7 @@ class _Worker:
 
 
 class DirectOutput:
-    """A worker writing its share of the output file itself (see mpobs.run.ordered and LocalPool.place).
+    """A worker writing its share of the output file itself (see mpobs.run.ordered_output and LocalPool.place).
 
     Once every task before one is written, the ordered output places (grants) that task at the
     offset where its output starts. A task with its grant writes each batch as it

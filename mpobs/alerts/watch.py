@@ -22,10 +22,10 @@ from datetime import datetime, timezone
 from decimal import Decimal
 from typing import Any, Callable
 
-from mpobs.alerts.alertrules import AlertRule
+from mpobs.alerts.rules import AlertRule
 from mpobs.defaults import ALERTS_INTERVAL
 from mpobs.alerts.promql import LOOKBACK_MS, EvalError, Evaluator
-from mpobs.alerts.seriesstore import Labels, SeriesStore, drop_name
+from mpobs.alerts.store import Labels, SeriesStore, drop_name
 from mpobs.metrics.series import samples
 
 #: Resolved alerts are kept (and sent to Alertmanager) this long, as Prometheus does.

@@ -19,12 +19,12 @@ from typing import TYPE_CHECKING, Any, Iterator, Sequence
 from mpobs.inputs.decoders import SNIFF_BYTES, sniff
 from mpobs.defaults import TASK_BYTES
 from mpobs.errors import InputError
-from mpobs.inputs.inputs import NOT_READY, FileSource, InputSource, Task
+from mpobs.inputs.base import NOT_READY, FileSource, InputSource, Task
 from mpobs.metrics.layout import COMPRESSIONS, INPUT_STATES, UNKNOWN
 from mpobs.inputs.streams import StreamSource
 
 if TYPE_CHECKING:
-    from mpobs.inputs.blocks import BlockStore
+    from mpobs.inputs.blockstore import BlockStore
     from mpobs.metrics.segment import StatsSegment
 
 

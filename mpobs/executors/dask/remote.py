@@ -14,7 +14,7 @@ import time
 from typing import Any
 
 from mpobs.errors import describe
-from mpobs.inputs.inputs import Task
+from mpobs.inputs.base import Task
 
 #: Bytes of each input file the probe compares (a hash of them).
 PROBE_HEAD = 1 << 16

@@ -1,11 +1,11 @@
 """The Dask client process: the one process of a run that imports Dask distributed.
 
-``mpobs.executors.dask.dask_executor`` starts it (``python -m mpobs.executors.dask.dask_bridge FD``) and talks to it
+``mpobs.executors.dask.executor`` starts it (``python -m mpobs.executors.dask.bridge FD``) and talks to it
 over a socket pair, in pickled messages (``multiprocessing.connection``):
 
 to it                                   from it
 ``("connect", workers, address)``       ``("connected", threads, dashboard_link)`` or ``("refused", message)``
-``("probe", files, spec)``              ``("probed", answers)`` (``mpobs.executors.dask.dask_remote.probe`` on every worker)
+``("probe", files, spec)``              ``("probed", answers)`` (``mpobs.executors.dask.remote.probe`` on every worker)
 ``("start", spec, layout, settings,     nothing
 part_dir)``
 ``("submit", key, task, part)``         ``("done", key, kind, payload)`` once it ends; ``("progress", key, counts)``
@@ -41,7 +41,7 @@ import time
 from multiprocessing.connection import Connection
 from typing import Any
 
-from mpobs.executors.dask.dask_remote import probe, run_remote
+from mpobs.executors.dask.remote import probe, run_remote
 from mpobs.errors import describe
 
 #: Seconds to reach a scheduler given with --scheduler before giving up.
@@ -134,7 +134,7 @@ class Bridge:
         fut.add_done_callback(self._finished)
 
     def probe(self, files: list[str], spec: Any) -> None:
-        """``mpobs.executors.dask.dask_remote.probe`` on every worker; one that goes away meanwhile is left out (if it comes
+        """``mpobs.executors.dask.remote.probe`` on every worker; one that goes away meanwhile is left out (if it comes
         back, it is the same machine), and a run with none left is refused."""
         answers = self.client.run(probe, files, spec, on_error="return")
         gone = {w for w, a in answers.items() if isinstance(a, OSError)}  # CommClosedError: it died

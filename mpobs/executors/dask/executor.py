@@ -5,7 +5,7 @@
 nanny's pausing and restarting would only stall or kill a run); ``--scheduler ADDRESS``
 (or ``MPOBS_DASK_SCHEDULER``) uses a running cluster instead.
 
-The Dask client lives in a process of its own (``mpobs.executors.dask.dask_bridge``, which has the
+The Dask client lives in a process of its own (``mpobs.executors.dask.bridge``, which has the
 message list); this module, in the coordinator, never imports distributed, so the
 coordinator stays the size of a local run's.
 
@@ -39,17 +39,16 @@ import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 from multiprocessing.connection import Connection
 from typing import Any, Iterator, Sequence
 
-from mpobs.executors.dask.dask_bridge import INSTALL_HINT
-from mpobs.executors.dask.dask_remote import head_hash
+from mpobs.executors.dask.bridge import INSTALL_HINT
+from mpobs.executors.dask.remote import head_hash
 from mpobs.errors import InputError
-from mpobs.executors.executor import Event, Executor, RunContext, TaskDone, TaskLost, WorkerFailed
-from mpobs.inputs.inputs import Task
-from mpobs.executors.local.pool import PARTS_PREFIX
+from mpobs.executors.base import Event, Executor, RunContext, TaskDone, TaskLost, WorkerFailed
+from mpobs.inputs.base import Task
+from mpobs.executors.parts import make_part_dir, part_path
 
 #: Tasks in flight per worker thread: one running, one waiting (its bytes already there).
 IN_FLIGHT_PER_THREAD = 2
@@ -99,7 +98,7 @@ class DaskExecutor(Executor):
         # LocalCluster's workers it starts) begin with SIGINT, SIGTERM and SIGHUP ignored
         # (kept across exec), so that the run decides what stops.
         with theirs, _ignoring(signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-            self.proc = subprocess.Popen([sys.executable, "-m", "mpobs.executors.dask.dask_bridge", str(theirs.fileno())],
+            self.proc = subprocess.Popen([sys.executable, "-m", "mpobs.executors.dask.bridge", str(theirs.fileno())],
                                          stdin=subprocess.DEVNULL, pass_fds=[theirs.fileno()])  # fmt: skip
         self.conn = Connection(ours.detach())
         self._send("connect", self.n, self.address)
@@ -159,7 +158,7 @@ class DaskExecutor(Executor):
             # output joins (the kernel copying): the output never travels through Dask. Measured on
             # a 6M-line run (2 cores): 5.3 s shipping bytes, 4.0 s with outputs held on the workers
             # and written there when placed, 3.4 s with part files.
-            self.part_dir = tempfile.mkdtemp(prefix=f"{PARTS_PREFIX}{os.getpid()}-")
+            self.part_dir = make_part_dir()
         self._send("start", ctx.pipeline.spec, ctx.segment.layout, ctx.settings, self.part_dir)
 
     def room(self) -> int:
@@ -174,7 +173,7 @@ class DaskExecutor(Executor):
         self._attempts[task.index] = attempt + 1
         key = f"mpobs-task-{task.index}-{attempt}-{os.getpid()}"
         # A run lost part way may leave its part: the next run of the task writes its own.
-        part = os.path.join(self.part_dir, f"part-{task.index:09d}-{attempt}") if self.part_dir else None
+        part = part_path(self.part_dir, task.index, attempt) if self.part_dir else None
         self.tasks[key] = (task, self.free_rows.pop())
         self._send("submit", key, shipped, part)
 

@@ -11,14 +11,16 @@ import heapq
 import os
 import time
 from datetime import datetime, timezone
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from mpobs.pipeline.dag import Pipeline
 from mpobs.defaults import STALL_AFTER
-from mpobs.metrics.doing import where
+from mpobs.metrics.activity import where
 from mpobs.metrics.histogram import summary as hist_summary
 from mpobs.metrics.layout import COMPRESSIONS, INPUT_STATES, TIME_FIELDS
 from mpobs.metrics.segment import Snapshot
+
+if TYPE_CHECKING:  # the document is built from a run's parts, not from the pipeline's code
+    from mpobs.pipeline.dag import Pipeline
 
 
 class RunMeta:
@@ -232,7 +234,7 @@ def worker_rows(snap: Snapshot, usage: dict[int, tuple[float | None, int | None]
     """One row per worker slot; ``usage``: CPU % and RSS by pid, where the dashboard measured them.
 
     With ``meta``, ``doing`` says what a live worker is running now: processor, function,
-    line (``mpobs.metrics.doing.where``) and for how long (``for_s``).
+    line (``mpobs.metrics.activity.where``) and for how long (``for_s``).
     """
     now = time.perf_counter_ns()
     named = [(p["id"], p["settings"].get("function") if p["type"] == "python" else None)

@@ -30,7 +30,7 @@ RULE_KEYS = frozenset({"alert", "expr", "for", "keep_firing_for", "labels", "ann
 _TEMPLATE = re.compile(r"\{\{(.*?)\}\}", re.S)
 _TEMPLATE_BODY = re.compile(r"^\s*\$(value|labels(\.[A-Za-z_][A-Za-z0-9_]*)?)\s*$")
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-DEFAULTS = "alert_defaults.yml"
+DEFAULTS = "defaults.yml"
 
 
 class RuleFileError(ConfigError):

@@ -50,7 +50,7 @@ class QueueEvents:
 class EventCollector:
     """The consumer's side: the last KEEP traces and errors, the --save-traces file, a forward queue.
 
-    Traces arrive compact (mpobs.tracing.tracing) and are expanded only when read. The file
+    Traces arrive compact (mpobs.tracing.traces) and are expanded only when read. The file
     gets the records tasks made for it (mpobs.tracing.tracefile) as they are; with --save-traces
     the lines those hold are the traces delivered. ``add`` may run on several reader
     threads (one per worker queue): it holds a lock.

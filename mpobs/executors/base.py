@@ -3,7 +3,7 @@
 An executor runs tasks somewhere (local processes, a cluster, the test suite's
 in-process one) and reports what happened as events from ``poll``. It never
 decides what runs next (``mpobs.run.scheduler``), nor when a result's counts count
-(``mpobs.run.ordered``): the coordinator commits a task's counts when its output is in
+(``mpobs.run.ordered_output``): the coordinator commits a task's counts when its output is in
 the output, so a task that is lost and runs again never counts twice, whatever
 the executor.
 
@@ -17,10 +17,10 @@ from abc import ABC, abstractmethod
 from typing import TYPE_CHECKING, Any, Sequence, Union
 
 if TYPE_CHECKING:
-    from mpobs.inputs.blocks import BlockStore
+    from mpobs.inputs.blockstore import BlockStore
     from mpobs.pipeline.dag import Pipeline
-    from mpobs.tracing.events import EventCollector
-    from mpobs.inputs.inputs import Task
+    from mpobs.tracing.records import EventCollector
+    from mpobs.inputs.base import Task
     from mpobs.metrics.segment import StatsSegment
     from mpobs.executors.task import TaskResult, TaskSettings
 
@@ -49,7 +49,7 @@ class TaskLost:
     ``fault``: it was running when its worker died (it may be what killed it; a task
     lost three times so fails the run). ``finished``: it had been reported done, but
     its output died with its worker before it was written. ``reason`` is for people.
-    ``where``: what it was doing when its worker died (``mpobs.metrics.doing.describe``), if known.
+    ``where``: what it was doing when its worker died (``mpobs.metrics.activity.describe``), if known.
     """
 
     __slots__ = ("task", "reason", "fault", "finished", "where")
@@ -157,7 +157,7 @@ class Executor(ABC):
         The default keeps them in this process: an executor that ships a block's bytes
         with its task (``Task.read(store)``) needs no more.
         """
-        from mpobs.inputs.blocks import BlockStore
+        from mpobs.inputs.blockstore import BlockStore
 
         return BlockStore.in_memory(slots, slot_bytes)
 

@@ -11,8 +11,8 @@ from click.core import ParameterSource
 
 from mpobs.defaults import (BATCH_LINES, CHECKPOINT_EVERY, DASK_TASK_BYTES, STALL_AFTER, TASK_BYTES, TRACE_SAMPLE,
                             default_workers)  # fmt: skip
-from mpobs.cli.alerts_cli import alert_options, alerts, with_alert_options
-from mpobs.cli.traces_cli import traces
+from mpobs.cli.alerts import alert_options, alerts, with_alert_options
+from mpobs.cli.traces import traces
 from mpobs.cli.early import start_resource_tracker
 from mpobs.errors import EXIT_FAILED, DashboardError, InputError, MpobsError
 
@@ -226,7 +226,7 @@ def _executor(name: str, scheduler: str | None, workers: int) -> Any:
     """The Dask executor, connected (exit 2 if it cannot be), or None for the local pool."""
     if name == "local" and scheduler is None:
         return None
-    from mpobs.executors.dask.dask_executor import SCHEDULER_ENV, DaskExecutor
+    from mpobs.executors.dask.executor import SCHEDULER_ENV, DaskExecutor
 
     runner = DaskExecutor(workers, scheduler or os.environ.get(SCHEDULER_ENV) or None)
     runner.connect()

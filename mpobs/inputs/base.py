@@ -13,7 +13,7 @@ from mpobs.defaults import TASK_BYTES
 from mpobs.errors import InputError
 
 if TYPE_CHECKING:
-    from mpobs.inputs.blocks import BlockStore
+    from mpobs.inputs.blockstore import BlockStore
 
 
 class _NotReady:

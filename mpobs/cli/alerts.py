@@ -43,8 +43,8 @@ def alert_options(pipeline: Any, files: tuple[str, ...], interval: float, alertm
         if extra:
             raise ConfigError(f"{', '.join('--' + n.replace('_', '-') for n in extra)} need --alerts RULES.yml")
         return None
-    from mpobs.alerts.alertrules import load_rules
-    from mpobs.alerts.alerting import AlertOptions
+    from mpobs.alerts.rules import load_rules
+    from mpobs.alerts.watch import AlertOptions
     from mpobs.metrics.series import pipeline_series_names
 
     known = pipeline_series_names(pipeline)
@@ -70,7 +70,7 @@ def alerts() -> None:
               help="Also check that the rules' metrics exist for this pipeline.")
 def alerts_check(rule_files: tuple[str, ...], config_path: str | None) -> None:
     """Check rule files as `promtool check rules` does, and that mpobs can evaluate them (exit 0, or 2)."""
-    from mpobs.alerts.alertrules import RuleFileError, load_rules
+    from mpobs.alerts.rules import RuleFileError, load_rules
     from mpobs.pipeline.config import load_config
     from mpobs.metrics.series import pipeline_series_names
 
@@ -95,6 +95,6 @@ def alerts_check(rule_files: tuple[str, ...], config_path: str | None) -> None:
 @alerts.command("defaults")
 def alerts_defaults() -> None:
     """Print mpobs's default alerting rules (error ratio, throughput drop, stalled run, worker restart)."""
-    from mpobs.alerts.alertrules import defaults_text
+    from mpobs.alerts.rules import defaults_text
 
     click.echo(defaults_text(), nl=False)

@@ -9,10 +9,10 @@ from mpobs.defaults import (BATCH_LINES, CHECKPOINT_EVERY, EVENT_CHUNK, STALL_AF
                             default_workers)  # fmt: skip
 from mpobs.errors import InputError
 from mpobs.lifeline import pid_alive
-from mpobs.output.output import check_writable
-from mpobs.executors.local.pool import remove_leftover_parts
+from mpobs.output.joiner import check_writable
+from mpobs.executors.parts import remove_leftover_parts
 from mpobs.metrics.segment import remove_leftover_segments
-from mpobs.inputs.sources import InputSet
+from mpobs.inputs.inputset import InputSet
 
 class RunOptions:
     """Everything ``mpobs process`` can be told (a plain class: see mpobs.executors.task.TaskSettings)."""
@@ -37,7 +37,7 @@ class RunOptions:
         event_chunk: int = EVENT_CHUNK,  # records per queue message
         dashboard: Any = None,  # dashboard_app.process.DashboardOptions
         dashboard_process: Any = None,  # dashboard_app.process.DashboardProcess, forked early (prestart)
-        alerts: Any = None,  # mpobs.alerts.alerting.AlertOptions: rules evaluated during the run (--alerts)
+        alerts: Any = None,  # mpobs.alerts.watch.AlertOptions: rules evaluated during the run (--alerts)
         on_tick: Callable[[Any], None] | None = None,  # progress display, given the Coordinator
         on_end: Callable[[RunOutcome], None] | None = None,  # the run is over (before the dashboard lingers)
     ) -> None:

@@ -5,9 +5,9 @@ from __future__ import annotations
 import os
 from typing import Callable
 
-from mpobs.executors.executor import Executor
-from mpobs.inputs.inputs import Task
-from mpobs.output.output import OutputJoiner
+from mpobs.executors.base import Executor
+from mpobs.inputs.base import Task
+from mpobs.output.joiner import OutputJoiner
 from mpobs.executors.task import TaskResult
 
 
