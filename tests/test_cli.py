@@ -113,3 +113,18 @@ def test_the_summary_shows_tags_and_each_counter_s_top_keys_the_rest_summed() ->
     text = summary(doc)
     assert "tags (of 4 lines):\n  info   3  75.0%\n  error  1  25.0%" in text, text
     assert "counter c (of 4 counted):\n  a  2  50.0%\n  b  2  50.0%" in text, text
+
+
+def test_a_refused_run_writes_no_summary_and_no_saved_metrics(tmp_path: Path, make_log: Any) -> None:
+    """Refused with exit 2 after the run began (stdout closed, found when the output is opened): one line,
+    no summary of a run that never ran, and the --save-metrics path untouched."""
+    import subprocess
+    import sys
+
+    log = make_log(100)
+    m = tmp_path / "m.json"
+    res = subprocess.run(["sh", "-c", f'exec "$0" -m mpobs process {log} --save-metrics {m} >&-', sys.executable],
+                         capture_output=True, timeout=60)  # fmt: skip
+    assert res.returncode == 2
+    assert res.stderr.decode() == "mpobs: error: stdout is closed; give an output file with --output\n"
+    assert not m.exists()

@@ -93,6 +93,7 @@ class AlertWatch:
         self.busy_s = 0.0  # CPU time spent evaluating, the run's stats document included (bench reads it)
         self.failed: str | None = None  # set once an alert named by --fail-on-alert fires
         self.ended_at: float | None = None  # when ``finish`` made the last evaluation
+        self._last_tick = -1.0  # when ``tick`` last evaluated (and posted)
         # How long a posted firing alert is valid without a new post, as Prometheus's ValidUntil.
         self.valid_for = 4 * max(RESEND_DELAY_S, opts.interval_s)
         self.notifier = None
@@ -112,6 +113,7 @@ class AlertWatch:
             self._notifier_news()
             return False
         started = time.thread_time()
+        self._last_tick = now
         t_ms = int(now * 1000)
         self.store.scrape(t_ms, samples(stats(), self.names | {"ALERTS"}))
         for r in due:
@@ -229,8 +231,9 @@ class AlertWatch:
                 if alert.state == "pending":
                     del r.active[fp]
                 elif alert.state == "firing":
-                    alert.sent_at = now
-                    batch.append(self._posted(alert, ends))
+                    if alert.sent_at != self._last_tick:  # not posted by that last evaluation already
+                        alert.sent_at = now
+                        batch.append(self._posted(alert, ends))
                     self._event("still_firing", alert, now)
         if self.notifier is not None:
             if batch:

@@ -91,7 +91,7 @@ class Coordinator:
         remove_leftovers()
         ids, names = self.pipeline.ids, meta.record_names()
         self.collector.expand = lambda t: expand_trace(t, names, ids)
-        outcome: Outcome = ("failed", EXIT_FAILED, None)
+        outcome: Outcome | None = None  # stays None while an exception goes up (a refusal, a bug)
         sink: OutputJoiner | None = None
         self.signals.install()
         try:
@@ -140,7 +140,9 @@ class Coordinator:
         except OSError as err:  # e.g. the disk filled up while writing the output
             outcome = ("failed", EXIT_FAILED, f"I/O error: {err}")
         finally:
-            _, code, message = self._wind_down(outcome, sink)
+            # No report for a run an exception ends: its caller says what went wrong, and the
+            # outputs it refused to touch (--save-metrics) stay untouched.
+            _, code, message = self._wind_down(outcome or ("failed", EXIT_FAILED, None), sink, report=outcome is not None)
             self.signals.restore()
         if self._final is None:  # it failed before the segment existed: nothing ran
             raise MpobsError(message or "the run could not start")
@@ -307,7 +309,7 @@ class Coordinator:
             self.dashboard.publish_counters(self._counters, lambda: self.slowest.rows(self.meta.input_names))
 
     # -- the end -------------------------------------------------------------
-    def _wind_down(self, outcome: Outcome, sink: OutputJoiner | None) -> Outcome:
+    def _wind_down(self, outcome: Outcome, sink: OutputJoiner | None, report: bool = True) -> Outcome:
         """Stop the executor, close the outputs (their failures fail the run), publish the final state."""
         state, code, message = outcome
         self.executor.shutdown(graceful=state == "done")
@@ -353,7 +355,7 @@ class Coordinator:
                             f"before the stop ({s['total_errors']:,} errors among them)")  # fmt: skip
             self._final = RunOutcome(final, saved, code, message)
             try:
-                if self.opts.on_end is not None:  # the report, before a dashboard lingers on
+                if report and self.opts.on_end is not None:  # the report, before a dashboard lingers on
                     self.opts.on_end(self._final)
                 if self.dashboard is not None:
                     self.dashboard.finish(final, lambda: self.signals.stop is not None)

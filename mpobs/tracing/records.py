@@ -133,7 +133,10 @@ class EventCollector:
         while self.last_error is None and time.monotonic() < deadline:
             time.sleep(0.01)
         last = self.last_error
-        what = f"last: {last['processor']} on {last['line_id']}: {last['error_type']}: {last['message']}" if last else ""
+        what = ""
+        if last:  # an exception with no message is named by its type alone
+            what = f"last: {last['processor']} on {last['line_id']}: {last['error_type']}"
+            what += f": {last['message']}" if last["message"] else ""
         counted = f"{total:,} errors counted" if total >= limit else ""
         about = ", ".join(x for x in (counted, what) if x)
         return f"stopped: --max-errors {limit} reached" + (f" ({about})" if about else "")

@@ -48,6 +48,8 @@ from mpobs.errors import describe
 CONNECT_TIMEOUT = 10
 #: Seconds between two reports of the cluster's workers.
 WORKERS_EVERY = 1.0
+#: Seconds a wait for a lost result's new run lasts before its state is looked at again.
+WAIT_AGAIN_S = 5.0
 INSTALL_HINT = "the Dask executor needs Dask distributed: pip install 'mpobs[dask]'"
 
 
@@ -182,13 +184,22 @@ class Bridge:
             self.send("done", fut.key, "finished", result)
 
     def _finished_again(self, fut: Any) -> None:
-        """In a thread of its own: wait until Dask has computed a lost result again (or given up), then report it."""
+        """In a thread of its own: wait until Dask has computed a lost result again (or given up), then report it.
+
+        ``distributed.wait`` needs the client as the thread's current one (ours is not the default);
+        a wait that fails while the result is still being computed again is tried again after a pause,
+        never in a loop that spins; once the client closes, nothing is reported any more.
+        """
         from distributed import wait
 
-        try:
-            wait(fut)
-        except Exception:  # noqa: BLE001 - cancelled, or the client closing: ``report`` tells which
-            pass
+        while fut.status in ("lost", "pending"):
+            if self.client is None or self.client.status in ("closing", "closed"):
+                return
+            try:
+                with self.client.as_current():
+                    wait(fut, timeout=WAIT_AGAIN_S)
+            except Exception:  # noqa: BLE001 - a time-out, or the scheduler going away: look again
+                time.sleep(0.1)
         self._finished(fut)
 
     def workers(self) -> None:
