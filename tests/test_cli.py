@@ -128,3 +128,12 @@ def test_a_refused_run_writes_no_summary_and_no_saved_metrics(tmp_path: Path, ma
     assert res.returncode == 2
     assert res.stderr.decode() == "mpobs: error: stdout is closed; give an output file with --output\n"
     assert not m.exists()
+
+
+def test_a_key_from_the_log_reaches_the_terminal_escaped_and_cut() -> None:
+    """Counter keys are log content: an escape sequence or a newline in one never reaches the terminal as such."""
+    from mpobs.cli.report import counts_section
+
+    lines = counts_section("counter c", {"\x1b[2J\x1b[31mred\nnext": 3, "x" * 500: 1}, 4, "counted")
+    assert lines[1].startswith("  \\x1b[2J\\x1b[31mred\\nnext") and "\x1b" not in "".join(lines)
+    assert lines[2].split()[0] == "x" * 59 + "…" and all("\n" not in line for line in lines)

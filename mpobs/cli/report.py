@@ -12,6 +12,8 @@ from mpobs.errors import EXIT_ALERT, EXIT_FAILED, EXIT_MAX_ERRORS, EXIT_OK, EXIT
 
 #: Keys of each counter (and tags) the summary and the page show; the rest are summed.
 TOP_KEYS = 10
+#: Characters of a key the summary shows (a key is log content: it may be of any length).
+KEY_CHARS = 60
 
 
 class Progress:
@@ -122,7 +124,7 @@ def counts_section(title: str, counts: dict[str, int], total: int, of: str) -> l
         return []
     top, others, rest = top_counts(counts)
     shown = f"top {len(top)} of {len(counts):,} keys, " if others else ""
-    rows = [(k, v) for k, v in top] + ([(f"({others:,} others)", rest)] if others else [])
+    rows = [(shown_key(k), v) for k, v in top] + ([(f"({others:,} others)", rest)] if others else [])
     width = max(len(k) for k, _ in rows)
     nwidth = max(len(f"{v:,}") for _, v in rows)
     out = [f"{title} ({shown}of {total:,} {of}):"]
@@ -130,6 +132,13 @@ def counts_section(title: str, counts: dict[str, int], total: int, of: str) -> l
         share = f"{v / total * 100:.1f}%".rjust(6) if total else "     –"
         out.append(f"  {k.ljust(width)}  {v:>{nwidth},} {share}")
     return out
+
+
+def shown_key(key: str, limit: int = KEY_CHARS) -> str:
+    """A key taken from the log, safe on a terminal: control characters escaped (no escape sequence
+    reaches it), cut to ``limit`` characters."""
+    safe = "".join(c if c.isprintable() else repr(c)[1:-1] for c in key)
+    return safe if len(safe) <= limit else safe[: limit - 1] + "…"
 
 
 def _workers_of(executor: str | None) -> str:
