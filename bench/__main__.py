@@ -10,8 +10,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench import BENCH_DIR, SEED
-from bench import checks, data, report
+from bench import BENCH_DIR, SEED, checks, data, report
 from bench import alerts_cost as bench_alerts
 from bench import dask_rows as bench_dask
 from bench import follow as bench_follow
@@ -30,10 +29,18 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--quick", action="store_true", help="CI smoke run: 100k lines, 1 round, no RSS check")
     p.add_argument("--rounds", type=int, help="rounds, each running every row once (default 3; 1 with --quick)")
     p.add_argument("--only", help=f"comma-separated row keys to run: rows as listed by --list, or {', '.join(EXTRAS)}")
-    p.add_argument("--rss", action=argparse.BooleanOptionalAction, default=None,
-                   help="peak RSS of the process tree at --lines and 3x --lines (default: on, off with --quick)")
-    p.add_argument("--out", type=Path, default=BENCH_DIR / "results",
-                   help="results folder (default bench/results): latest.*, or quick.* / partial.* for --quick / --only")
+    p.add_argument(
+        "--rss",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="peak RSS of the process tree at --lines and 3x --lines (default: on, off with --quick)",
+    )
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=BENCH_DIR / "results",
+        help="results folder (default bench/results): latest.*, or quick.* / partial.* for --quick / --only",
+    )
     p.add_argument("--data", type=Path, default=BENCH_DIR / "data", help="generated logs (default bench/data)")
     p.add_argument("--list", action="store_true", help="list the row keys and exit")
     a = p.parse_args(argv)
@@ -70,8 +77,12 @@ def run_rounds(rows: list[Row], log: Path, work: Path, rounds: int, timeout: flo
             sys.exit(f"bench: the plain loop failed: {got.error}")
     raw = {r.key: {"label": r.label, "runs": [], "errors": [], "extra": []} for r in rows}
     ref_sha: str | None = data.sha256_file(ref) if ref.exists() else None
-    schedule = [(rnd, row) for group in ([r for r in rows if not r.apart], [r for r in rows if r.apart])
-                for rnd in range(1, rounds + 1) for row in group]  # fmt: skip
+    schedule = [
+        (rnd, row)
+        for group in ([r for r in rows if not r.apart], [r for r in rows if r.apart])
+        for rnd in range(1, rounds + 1)
+        for row in group
+    ]
     for rnd, row in schedule:
         out = work / f"{row.key}.out"
         out.unlink(missing_ok=True)
@@ -87,9 +98,10 @@ def run_rounds(rows: list[Row], log: Path, work: Path, rounds: int, timeout: flo
             shutil.copyfile(out, ref)
             ref_sha = data.sha256_file(ref)
         elif data.sha256_file(out) != ref_sha:
-            sys.exit(f"bench: OUTPUT MISMATCH: '{row.label}' differs from the plain loop's output "
-                     f"(sha256) on {log}\n  {first_difference(ref, out)}\n  command: "
-                     + " ".join(command(row, log, out, 0)))  # fmt: skip
+            sys.exit(
+                f"bench: OUTPUT MISMATCH: '{row.label}' differs from the plain loop's output "
+                f"(sha256) on {log}\n  {first_difference(ref, out)}\n  command: " + " ".join(command(row, log, out, 0))
+            )
     return raw
 
 
@@ -120,8 +132,10 @@ def run_rss(data_dir: Path, work: Path, lines: int, timeout: float) -> dict[str,
     gz = bench_inputs.gz_of(data.ensure_log(data_dir, 3 * lines, SEED, say), say)
     gz_argv = [*mpobs_command(), "process", str(gz), "--workers", "2", "-q", "-o", str(work / "rss.out")]
     try:
-        out["big_gz"] = measure_tree(gz_argv + (["--dashboard", "--dashboard-port", str(free_port()), "--linger", "0"]
-                                                if with_dash else []), timeout)  # fmt: skip
+        out["big_gz"] = measure_tree(
+            gz_argv + (["--dashboard", "--dashboard-port", str(free_port()), "--linger", "0"] if with_dash else []),
+            timeout,
+        )
         say(f"  RSS {3 * lines:>10,} lines, gzip: {out['big_gz']}")
     except RuntimeError as err:
         out["big_gz"] = {"error": str(err)}
@@ -155,8 +169,15 @@ def main(argv: list[str] | None = None) -> int:
     work = a.data / "work"
     work.mkdir(parents=True, exist_ok=True)
     timeout = max(180.0, a.lines / 10_000)  # a run slower than 10k lines/s is stuck, not slow
-    doc["config"] = {"lines": a.lines, "bytes": log.stat().st_size, "seed": SEED, "rounds": a.rounds, "quick": a.quick,
-                     "only": sorted(wanted) if wanted else None, "mpobs": mpobs_command()}  # fmt: skip
+    doc["config"] = {
+        "lines": a.lines,
+        "bytes": log.stat().st_size,
+        "seed": SEED,
+        "rounds": a.rounds,
+        "quick": a.quick,
+        "only": sorted(wanted) if wanted else None,
+        "mpobs": mpobs_command(),
+    }
     say(f"bench: {a.lines:,} lines, {a.rounds} round(s), {len(rows)} rows")
     doc["rows"] = run_rounds(rows, log, work, a.rounds, timeout)
     report.summarize_rows(doc["rows"], a.lines)
@@ -168,7 +189,9 @@ def main(argv: list[str] | None = None) -> int:
     if extra("small"):
         n = 3 if a.quick else 25  # 0.1-0.4 s runs on a shared VM: 15 pairs still moved the median by 5 %
         say(f"  small jobs (1, 50,000 and 200,000 lines) against their baselines, {n} pairs each ...")
-        doc["small_jobs"] = checks.small_jobs(a.data, work, n, lambda d, lines, seed: data.ensure_log(d, lines, seed, say))
+        doc["small_jobs"] = checks.small_jobs(
+            a.data, work, n, lambda d, lines, seed: data.ensure_log(d, lines, seed, say)
+        )
     doc.setdefault("small_jobs", {})
     if extra("inputs"):
         say("  input kinds: stdin, gzip, zstd, 16 files, against the plain-file run ...")
@@ -185,8 +208,9 @@ def main(argv: list[str] | None = None) -> int:
     doc.setdefault("stats_load", {"error": "not run"})
     if extra("alerts_cost"):
         say("  alert evaluation, default rules: a real run's share, and 10 simulated minutes at 5 s and 0.1 s ...")
-        doc["alerts_cost"] = bench_alerts.alerts_cost(work, log, data.ensure_log(a.data, 10, SEED, say),
-                                                      runs=3 if a.quick else 9)  # fmt: skip
+        doc["alerts_cost"] = bench_alerts.alerts_cost(
+            work, log, data.ensure_log(a.data, 10, SEED, say), runs=3 if a.quick else 9
+        )
     doc.setdefault("alerts_cost", {"error": "not run"})
     if extra("dask"):
         n = a.lines if a.quick else DASK_LINES  # judged on a bigger log: a cluster takes ~1 s to start
@@ -205,8 +229,17 @@ def main(argv: list[str] | None = None) -> int:
     else:
         doc["rss"] = {"error": "not run", "small_lines": a.lines, "big_lines": 3 * a.lines}
     doc["ratios"] = report.ratios(doc["rows"], doc["rss"])
-    doc["targets"] = report.targets(doc["ratios"], doc["rss"], doc["startup"], doc["stats_load"], doc["rows"],
-                                    doc["small_jobs"], doc["inputs"], doc["follow"], doc["alerts_cost"])  # fmt: skip
+    doc["targets"] = report.targets(
+        doc["ratios"],
+        doc["rss"],
+        doc["startup"],
+        doc["stats_load"],
+        doc["rows"],
+        doc["small_jobs"],
+        doc["inputs"],
+        doc["follow"],
+        doc["alerts_cost"],
+    )
     doc["machine"]["loadavg_end"] = os.getloadavg()
     doc["harness_seconds"] = round(time.perf_counter() - started, 1)
     print(report.render_text(doc))

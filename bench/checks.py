@@ -48,8 +48,11 @@ def small_jobs(data_dir: Path, work: Path, rounds: int, ensure_log: Any) -> dict
     out: dict[str, Any] = {}
     for key, lines, base in SMALL_JOBS:
         log = ensure_log(data_dir, lines, SEED)
-        base_argv = ([sys.executable, "-c", "import numpy"] if base == "numpy"
-                     else [sys.executable, str(BASELINES_DIR / "plain.py"), str(log), str(work / "small-plain.out")])
+        base_argv = (
+            [sys.executable, "-c", "import numpy"]
+            if base == "numpy"
+            else [sys.executable, str(BASELINES_DIR / "plain.py"), str(log), str(work / "small-plain.out")]
+        )
         argv = [*mpobs_command(), "process", str(log), "--workers", "2", "-q", "-o", str(work / "small.out")]
         pairs = []
         for _ in range(rounds):
@@ -60,10 +63,12 @@ def small_jobs(data_dir: Path, work: Path, rounds: int, ensure_log: Any) -> dict
             pairs.append((b, m))
         else:
             out[key] = {
-                "lines": lines, "baseline": base, "baseline_s": round(statistics.median(b for b, _ in pairs), 4),
+                "lines": lines,
+                "baseline": base,
+                "baseline_s": round(statistics.median(b for b, _ in pairs), 4),
                 "mpobs_s": round(statistics.median(m for _, m in pairs), 4),
                 "ratio": round(statistics.median(b / m for b, m in pairs), 3),
-            }  # fmt: skip
+            }
     return out
 
 
@@ -120,8 +125,9 @@ def stats_load(log: Path, timeout: float, quick: bool = False) -> dict[str, Any]
         env["MPOBS_BENCH_LOG"] = str(log)
         argv += ["--seconds", "2", "--rounds", "1"]
     try:
-        proc = subprocess.run(argv, cwd=REPO_DIR, env=env,
-                              stdin=subprocess.DEVNULL, capture_output=True, timeout=timeout)  # fmt: skip
+        proc = subprocess.run(
+            argv, cwd=REPO_DIR, env=env, stdin=subprocess.DEVNULL, capture_output=True, timeout=timeout
+        )
     except subprocess.TimeoutExpired:
         return {"error": f"timed out after {timeout:g} s"}
     if proc.returncode != 0:

@@ -6,9 +6,10 @@ would write it, on the same kind of LocalCluster). For the Dask row the run alon
 summary's elapsed time: from the stats segment's creation, after the cluster is up, to the
 run's end, before the cluster closes) is reported apart. Peak RSS is of the mpobs process
 itself (its VmHWM), not of the cluster's workers; the Dask row also reports its Dask client
-process (``mpobs.executors.dask.bridge``, where distributed and the LocalCluster's scheduler live). Every output is checked byte for byte
-against the plain loop's. Run by ``python -m bench`` (``--only dask`` for these rows alone),
-on a 6,000,000-line log (the run's own log with ``--quick``).
+process (``mpobs.executors.dask.bridge``, where distributed and the LocalCluster's scheduler
+live). Every output is checked byte for byte against the plain loop's. Run by
+``python -m bench`` (``--only dask`` for these rows alone), on a
+6,000,000-line log (the run's own log with ``--quick``).
 """
 
 from __future__ import annotations
@@ -18,8 +19,9 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from bench import BASELINES_DIR
 from bench.data import sha256_file
@@ -84,12 +86,25 @@ def dask_rows(log: Path, work: Path, ref_sha: str, rounds: int, say: Callable[[s
     metrics = work / "dask-metrics.json"
     rows: dict[str, list[str]] = {
         "local": [*mpobs, "process", str(log), "-w", "2", "-q", "-o", str(work / "local.out")],
-        "dask": [*mpobs, "process", str(log), "-w", "2", "-q", "--executor", "dask", "-o", str(work / "dask.out"),
-                 "--save-metrics", str(metrics)],
+        "dask": [
+            *mpobs,
+            "process",
+            str(log),
+            "-w",
+            "2",
+            "-q",
+            "--executor",
+            "dask",
+            "-o",
+            str(work / "dask.out"),
+            "--save-metrics",
+            str(metrics),
+        ],
         "dask_bag": [sys.executable, str(BASELINES_DIR / "dask_bag.py"), str(log), str(work / "dask_bag.out"), "2"],
-    }  # fmt: skip
-    got: dict[str, dict[str, list[float]]] = {k: {"seconds": [], "peak_rss_mb": [], "client_peak_rss_mb": []}
-                                              for k in rows}  # fmt: skip
+    }
+    got: dict[str, dict[str, list[float]]] = {
+        k: {"seconds": [], "peak_rss_mb": [], "client_peak_rss_mb": []} for k in rows
+    }
     run_only: list[float] = []
     for rnd in range(1, rounds + 1):
         for key, argv in rows.items():
@@ -112,7 +127,10 @@ def dask_rows(log: Path, work: Path, ref_sha: str, rounds: int, say: Callable[[s
     client = got["dask"]["client_peak_rss_mb"]
     run_s = statistics.median(run_only)
     return {
-        "rows": got, "median_s": med, "dask_run_only_s": run_only, "median_peak_rss_mb": rss,
+        "rows": got,
+        "median_s": med,
+        "dask_run_only_s": run_only,
+        "median_peak_rss_mb": rss,
         "dask_client_peak_rss_mb": statistics.median(client) if client else None,
         "dask_speed_vs_local": round(med["local"] / med["dask"], 3),  # target >= 0.7
         "dask_run_only_speed_vs_local": round(med["local"] / run_s, 3),  # target >= 0.9
@@ -137,5 +155,4 @@ def render(d: dict[str, Any]) -> str:
         f"Dask vs local: {d['dask_speed_vs_local']}x (target >= 0.7), run only {d['dask_run_only_speed_vs_local']}x "
         f"(>= 0.9); cluster start and stop {d['dask_cluster_start_stop_s']} s; vs dask.bag "
         f"{d['dask_vs_dask_bag']}x faster (>= 2); RSS vs local {d['dask_rss_vs_local']}x (<= 1.2)\n"
-    )  # fmt: skip
-
+    )

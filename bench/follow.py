@@ -38,8 +38,11 @@ def follow_latency(work: Path, seconds: float = 10.0, idle: float = 10.0, rate: 
     log, out = work / "follow.log", work / "follow.out"
     log.write_bytes(b"")
     out.unlink(missing_ok=True)
-    proc = subprocess.Popen([*mpobs_command(), "process", str(log), "--follow", "--workers", "2", "-q", "-o",
-                             str(out)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)  # fmt: skip
+    proc = subprocess.Popen(
+        [*mpobs_command(), "process", str(log), "--follow", "--workers", "2", "-q", "-o", str(out)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     written: dict[int, float] = {}
     seen: dict[int, float] = {}
     stop = threading.Event()
@@ -95,10 +98,14 @@ def follow_latency(work: Path, seconds: float = 10.0, idle: float = 10.0, rate: 
     if len(lat) < len(written):
         return {"error": f"{len(written) - len(lat)} of {len(written)} appended lines never came out"}
     return {
-        "lines": len(lat), "rate_per_s": rate,
-        "p50_ms": round(statistics.median(lat), 1), "p99_ms": round(lat[int(len(lat) * 0.99) - 1], 1),
-        "max_ms": round(lat[-1], 1), "idle_cpu_share": round(idle_share, 4), "idle_s": idle,
-    }  # fmt: skip
+        "lines": len(lat),
+        "rate_per_s": rate,
+        "p50_ms": round(statistics.median(lat), 1),
+        "p99_ms": round(lat[int(len(lat) * 0.99) - 1], 1),
+        "max_ms": round(lat[-1], 1),
+        "idle_cpu_share": round(idle_share, 4),
+        "idle_s": idle,
+    }
 
 
 if __name__ == "__main__":

@@ -33,8 +33,12 @@ from bench.soak import MemorySeries, flat
 from bench.stats_load import Client, free_port, wait_up
 
 HERE = Path(__file__).resolve().parent
-CONFIG = {"processors": [{"type": "line_counter", "id": "n", "format": "{count}|{line}"},
-                         {"type": "tag_extractor", "id": "tags"}]}  # fmt: skip
+CONFIG = {
+    "processors": [
+        {"type": "line_counter", "id": "n", "format": "{count}|{line}"},
+        {"type": "tag_extractor", "id": "tags"},
+    ]
+}
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
@@ -54,8 +58,9 @@ def write_log(log: Path, out: Path, pid: int, rate: int, rotate_every: float, st
     try:
         while not stop.is_set():
             t = time.monotonic()
-            f.write("".join(f"INFO [req-{(n + k) % 97}] request {n + k} served in {k % 50} ms\n"
-                            for k in range(rate // 10)))  # fmt: skip
+            f.write(
+                "".join(f"INFO [req-{(n + k) % 97}] request {n + k} served in {k % 50} ms\n" for k in range(rate // 10))
+            )
             f.flush()
             n += rate // 10
             if t - last_rotation >= rotate_every:
@@ -91,8 +96,28 @@ def main(argv: list[str] | None = None) -> int:
     config.write_text(json.dumps(CONFIG))
     log.touch()
     port = free_port()
-    cmd = [sys.executable, "-m", "mpobs", "process", str(log), "-F", "-c", str(config), "-w", "2", "-q", "-o", str(out),
-           "--checkpoint", str(ck), "--dashboard", "--dashboard-port", str(port), "--linger", "0"]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "mpobs",
+        "process",
+        str(log),
+        "-F",
+        "-c",
+        str(config),
+        "-w",
+        "2",
+        "-q",
+        "-o",
+        str(out),
+        "--checkpoint",
+        str(ck),
+        "--dashboard",
+        "--dashboard-port",
+        str(port),
+        "--linger",
+        "0",
+    ]
     proc = subprocess.Popen(cmd, stderr=subprocess.PIPE)
     stop = threading.Event()
     mem = MemorySeries(proc.pid, stop)
@@ -102,8 +127,9 @@ def main(argv: list[str] | None = None) -> int:
         mem.start()
         client = Client(port, 1.0, stop)
         client.start()
-        writer = threading.Thread(target=lambda: written.append(write_log(log, out, proc.pid, a.rate,
-                                                                          a.rotate_every, stop)))  # fmt: skip
+        writer = threading.Thread(
+            target=lambda: written.append(write_log(log, out, proc.pid, a.rate, a.rotate_every, stop))
+        )
         writer.start()
         time.sleep(a.minutes * 60)
         stop.set()
@@ -125,20 +151,30 @@ def main(argv: list[str] | None = None) -> int:
     got = b"".join(p.read_bytes() for p in outputs_in_order(out) if p.exists())
     exact = _numbered(got, lines)
     result: dict[str, Any] = {
-        "machine": machine(), "minutes": a.minutes, "rate": a.rate, "rotate_every_s": a.rotate_every,
-        "lines": lines, "exit_code": proc.returncode, "exact": exact, "rss": flat(mem.series, "rss_mb"),
-        "anon": flat(mem.series, "anon_mb"), "series": mem.series, "stderr_tail": err.decode()[-2000:],
-    }  # fmt: skip
+        "machine": machine(),
+        "minutes": a.minutes,
+        "rate": a.rate,
+        "rotate_every_s": a.rotate_every,
+        "lines": lines,
+        "exit_code": proc.returncode,
+        "exact": exact,
+        "rss": flat(mem.series, "rss_mb"),
+        "anon": flat(mem.series, "anon_mb"),
+        "series": mem.series,
+        "stderr_tail": err.decode()[-2000:],
+    }
     a.out.mkdir(parents=True, exist_ok=True)
     (a.out / "follow_soak.json").write_text(json.dumps(result, indent=1))
     r, an = result["rss"], result["anon"]
-    md = (f"# Follow soak\n\n{machine_line(result['machine'])}\n\n"
-          f"{a.minutes:g} min at {a.rate:,} lines/s ({lines:,} lines), a rotation of the log and of the output "
-          f"every {a.rotate_every:g} s; exit {proc.returncode}; every line once and in order: {exact}\n\n"
-          "| tree | first quarter | last quarter | ratio | max |\n|---|---|---|---|---|\n"
-          f"| RSS | {r['first_quarter_mb']} MB | {r['last_quarter_mb']} MB | {r['ratio']} | {r['max_mb']} MB |\n"
-          f"| anonymous | {an['first_quarter_mb']} MB | {an['last_quarter_mb']} MB | {an['ratio']} | "
-          f"{an['max_mb']} MB |\n")  # fmt: skip
+    md = (
+        f"# Follow soak\n\n{machine_line(result['machine'])}\n\n"
+        f"{a.minutes:g} min at {a.rate:,} lines/s ({lines:,} lines), a rotation of the log and of the output "
+        f"every {a.rotate_every:g} s; exit {proc.returncode}; every line once and in order: {exact}\n\n"
+        "| tree | first quarter | last quarter | ratio | max |\n|---|---|---|---|---|\n"
+        f"| RSS | {r['first_quarter_mb']} MB | {r['last_quarter_mb']} MB | {r['ratio']} | {r['max_mb']} MB |\n"
+        f"| anonymous | {an['first_quarter_mb']} MB | {an['last_quarter_mb']} MB | {an['ratio']} | "
+        f"{an['max_mb']} MB |\n"
+    )
     (a.out / "follow_soak.md").write_text(md)
     print(md)
     return 0 if exact and proc.returncode == 0 else 1

@@ -14,8 +14,9 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from bench import BASELINES_DIR
 from bench.data import sha256_file
@@ -99,12 +100,17 @@ def input_kinds(log: Path, work: Path, rounds: int, say: Callable[[str], object]
     for r in range(rounds):
         # Untimed: the round's first timed run then follows an mpobs run, as the others do, not the
         # last round's baseline.
-        subprocess.run(["bash", "-c", cmds["file"]], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                       stderr=subprocess.DEVNULL)  # fmt: skip
+        subprocess.run(
+            ["bash", "-c", cmds["file"]], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
         for key, cmd in cmds.items():
             t0 = time.perf_counter()
-            proc = subprocess.run(["bash", "-o", "pipefail", "-c", cmd], stdin=subprocess.DEVNULL,
-                                  stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)  # fmt: skip
+            proc = subprocess.run(
+                ["bash", "-o", "pipefail", "-c", cmd],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+            )
             took = time.perf_counter() - t0
             if proc.returncode != 0:
                 return {"error": f"{key}: exit {proc.returncode}: {proc.stderr.decode('utf-8', 'replace')[-300:]}"}

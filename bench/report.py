@@ -114,14 +114,25 @@ def ratios(rows: dict[str, Any], rss: dict[str, Any]) -> dict[str, float | None]
 
 def _target(name: str, figure: float | None, ok: bool | None, shown: str, why: str = "") -> dict[str, Any]:
     status = "n/a" if figure is None else "PASS" if ok else "MISS"
-    return {"target": name, "figure": figure, "shown": shown if figure is not None else why or "not measured",
-            "status": status}  # fmt: skip
+    return {
+        "target": name,
+        "figure": figure,
+        "shown": shown if figure is not None else why or "not measured",
+        "status": status,
+    }
 
 
-def targets(r: dict[str, Any], rss: dict[str, Any], startup: dict[str, Any], stats: dict[str, Any],
-            rows: dict[str, Any], small: dict[str, Any] | None = None,
-            inputs: dict[str, Any] | None = None, follow: dict[str, Any] | None = None,
-            alerts: dict[str, Any] | None = None) -> list[dict[str, Any]]:  # fmt: skip
+def targets(
+    r: dict[str, Any],
+    rss: dict[str, Any],
+    startup: dict[str, Any],
+    stats: dict[str, Any],
+    rows: dict[str, Any],
+    small: dict[str, Any] | None = None,
+    inputs: dict[str, Any] | None = None,
+    follow: dict[str, Any] | None = None,
+    alerts: dict[str, Any] | None = None,
+) -> list[dict[str, Any]]:
     """Each target of issues 2, 5, 12 and 13 with its figure: PASS, MISS, or n/a with the reason."""
 
     def x(v: float | None) -> str:
@@ -144,24 +155,64 @@ def targets(r: dict[str, Any], rss: dict[str, Any], startup: dict[str, Any], sta
         _target("mpobs w1 within 10% of plain loop (speed >= 0.90x)", w1, (w1 or 0) >= 0.9, x(w1)),
         _target("scaling w1 -> w2 >= 1.7x", sc, (sc or 0) >= 1.7, x(sc)),
         _target("tracing (sample 0.01) overhead <= 10%", tr, (tr or 0) <= 0.10, pct(tr), why("trace")),
-        _target("--trace-sample 1 >= 0.5x the plain loop (issue 16)", r.get("trace1_vs_plain"),
-                (r.get("trace1_vs_plain") or 0) >= 0.5, x(r.get("trace1_vs_plain")), why("trace1")),
-        _target("--trace-sample 1 --save-traces (all kept) >= 0.5x the plain loop", r.get("trace1save_vs_plain"),
-                (r.get("trace1save_vs_plain") or 0) >= 0.5, x(r.get("trace1save_vs_plain")), why("trace1save")),
+        _target(
+            "--trace-sample 1 >= 0.5x the plain loop (issue 16)",
+            r.get("trace1_vs_plain"),
+            (r.get("trace1_vs_plain") or 0) >= 0.5,
+            x(r.get("trace1_vs_plain")),
+            why("trace1"),
+        ),
+        _target(
+            "--trace-sample 1 --save-traces (all kept) >= 0.5x the plain loop",
+            r.get("trace1save_vs_plain"),
+            (r.get("trace1save_vs_plain") or 0) >= 0.5,
+            x(r.get("trace1save_vs_plain")),
+            why("trace1save"),
+        ),
         _target("dashboard + /stats at 10 Hz overhead <= 5%", da, (da or 0) <= 0.05, pct(da), why("dashboard")),
-        _target(f"peak RSS of the tree <= 300 MB at {rss.get('big_lines', 0):,} lines", mb, (mb or 0) <= 300,
-                f"{mb} MB" if mb else "", rss.get("error", "")),
+        _target(
+            f"peak RSS of the tree <= 300 MB at {rss.get('big_lines', 0):,} lines",
+            mb,
+            (mb or 0) <= 300,
+            f"{mb} MB" if mb else "",
+            rss.get("error", ""),
+        ),
         _target("peak RSS at 3x the lines within 20% of 1x", gr, (gr or 0) <= 1.2, x(gr), rss.get("error", "")),
-        _target("/stats p99 <= 20 ms under 50 pollers", p99, (p99 or 0) <= 20,
-                f"{p99:.1f} ms" if p99 is not None else "", stats.get("error", "")),
-        _target("start-up on a 10-line file < 0.5 s (median of 5)", su, (su or 0) < 0.5,
-                f"{su:.3f} s" if su is not None else "", startup.get("error", "")),
-        _target("checkpoints (every 1 s) overhead <= 5%", r.get("checkpoint_overhead"),
-                (r.get("checkpoint_overhead") or 0) <= 0.05, pct(r.get("checkpoint_overhead")), why("checkpoint")),
-        _target("alert evaluation, default rules, overhead <= 2% (issue 17)", r.get("alerts_overhead"),
-                (r.get("alerts_overhead") or 0) <= 0.02, pct(r.get("alerts_overhead")), why("alerts")),
-        _target("... evaluated every 0.1 s (the shortest interval) overhead <= 2%", r.get("alerts_fast_overhead"),
-                (r.get("alerts_fast_overhead") or 0) <= 0.02, pct(r.get("alerts_fast_overhead")), why("alerts_fast")),
+        _target(
+            "/stats p99 <= 20 ms under 50 pollers",
+            p99,
+            (p99 or 0) <= 20,
+            f"{p99:.1f} ms" if p99 is not None else "",
+            stats.get("error", ""),
+        ),
+        _target(
+            "start-up on a 10-line file < 0.5 s (median of 5)",
+            su,
+            (su or 0) < 0.5,
+            f"{su:.3f} s" if su is not None else "",
+            startup.get("error", ""),
+        ),
+        _target(
+            "checkpoints (every 1 s) overhead <= 5%",
+            r.get("checkpoint_overhead"),
+            (r.get("checkpoint_overhead") or 0) <= 0.05,
+            pct(r.get("checkpoint_overhead")),
+            why("checkpoint"),
+        ),
+        _target(
+            "alert evaluation, default rules, overhead <= 2% (issue 17)",
+            r.get("alerts_overhead"),
+            (r.get("alerts_overhead") or 0) <= 0.02,
+            pct(r.get("alerts_overhead")),
+            why("alerts"),
+        ),
+        _target(
+            "... evaluated every 0.1 s (the shortest interval) overhead <= 2%",
+            r.get("alerts_fast_overhead"),
+            (r.get("alerts_fast_overhead") or 0) <= 0.02,
+            pct(r.get("alerts_fast_overhead")),
+            why("alerts_fast"),
+        ),
         *_small_targets(small or {}),
         *_input_targets(inputs or {}, rss),
         *_follow_targets(follow or {}),
@@ -172,12 +223,23 @@ def targets(r: dict[str, Any], rss: dict[str, Any], startup: dict[str, Any], sta
 def _alert_targets(a: dict[str, Any]) -> list[dict[str, Any]]:
     """Issue 17: evaluating the default rules costs <= 2 % (bench/alerts_cost.py)."""
     why = a.get("error", "not run")
-    got = [("a real run, rules every 0.1 s: evaluation time <= 2% of the run", (a.get("run") or {}).get("share_of_the_run"),
-            "per_evaluation_ms"),
-           ("steady state (10 min) every 5 s: <= 2% of one core", (a.get("every_5s") or {}).get("share_of_a_core"),
-            "steady_ms"),
-           ("steady state (10 min) every 0.1 s: <= 2% of one core", (a.get("every_0.1s") or {}).get("share_of_a_core"),
-            "steady_ms")]  # fmt: skip
+    got = [
+        (
+            "a real run, rules every 0.1 s: evaluation time <= 2% of the run",
+            (a.get("run") or {}).get("share_of_the_run"),
+            "per_evaluation_ms",
+        ),
+        (
+            "steady state (10 min) every 5 s: <= 2% of one core",
+            (a.get("every_5s") or {}).get("share_of_a_core"),
+            "steady_ms",
+        ),
+        (
+            "steady state (10 min) every 0.1 s: <= 2% of one core",
+            (a.get("every_0.1s") or {}).get("share_of_a_core"),
+            "steady_ms",
+        ),
+    ]
     out = []
     for (name, share, per), part in zip(got, ("run", "every_5s", "every_0.1s")):
         ms = (a.get(part) or {}).get(per)
@@ -190,10 +252,20 @@ def _follow_targets(f: dict[str, Any]) -> list[dict[str, Any]]:
     p99, idle = f.get("p99_ms"), f.get("idle_cpu_share")
     why = f.get("error", "not run")
     return [
-        _target("follow: append-to-output p99 < 1 s at 100 lines/s", p99, (p99 or 9e9) < 1000,
-                f"p50 {f.get('p50_ms')} ms, p99 {p99} ms" if p99 is not None else "", why),
-        _target("follow: idle costs < 2 % of one core", idle, (idle if idle is not None else 1) < 0.02,
-                f"{idle * 100:.1f} %" if idle is not None else "", why),
+        _target(
+            "follow: append-to-output p99 < 1 s at 100 lines/s",
+            p99,
+            (p99 or 9e9) < 1000,
+            f"p50 {f.get('p50_ms')} ms, p99 {p99} ms" if p99 is not None else "",
+            why,
+        ),
+        _target(
+            "follow: idle costs < 2 % of one core",
+            idle,
+            (idle if idle is not None else 1) < 0.02,
+            f"{idle * 100:.1f} %" if idle is not None else "",
+            why,
+        ),
     ]
 
 
@@ -209,8 +281,15 @@ def _input_targets(inputs: dict[str, Any], rss: dict[str, Any]) -> list[dict[str
     plain, gz = rss.get("big", {}).get("hwm_sum_mb"), rss.get("big_gz", {}).get("hwm_sum_mb")
     share = round(gz / plain, 3) if plain and gz else None
     shown = f"{gz} MB vs {plain} MB ({share:.2f}x)" if share else ""
-    out.append(_target(f"peak RSS on a {rss.get('big_lines', 0):,}-line .gz <= the plain file's +10%", share,
-                       (share or 9) <= 1.10, shown, rss.get("big_gz", {}).get("error", rss.get("error", "not run"))))
+    out.append(
+        _target(
+            f"peak RSS on a {rss.get('big_lines', 0):,}-line .gz <= the plain file's +10%",
+            share,
+            (share or 9) <= 1.10,
+            shown,
+            rss.get("big_gz", {}).get("error", rss.get("error", "not run")),
+        )
+    )
     return out
 
 
@@ -263,9 +342,13 @@ def render_text(doc: dict[str, Any]) -> str:
     widths = [max([len(HEAD[i])] + [len(r[i]) for r in rows]) for i in range(len(HEAD))]
     fmt = "  ".join(f"{{:{'<' if i == 0 else '>'}{w}}}" for i, w in enumerate(widths))
     cfg = doc["config"]
-    out = [f"{cfg['lines']:,} lines ({cfg['bytes'] / 1e6:.0f} MB), {cfg['rounds']} round(s), median (ratios: "
-           "median of the rounds' ratios); "
-           + machine_line(doc["machine"]), "", fmt.format(*HEAD), fmt.format(*("-" * w for w in widths))]  # fmt: skip
+    out = [
+        f"{cfg['lines']:,} lines ({cfg['bytes'] / 1e6:.0f} MB), {cfg['rounds']} round(s), median (ratios: "
+        "median of the rounds' ratios); " + machine_line(doc["machine"]),
+        "",
+        fmt.format(*HEAD),
+        fmt.format(*("-" * w for w in widths)),
+    ]
     out += [fmt.format(*r) for r in rows]
     out += ["", "targets:"]
     w = max(len(t["target"]) for t in doc["targets"])
@@ -274,20 +357,27 @@ def render_text(doc: dict[str, Any]) -> str:
     for size in ("small", "big"):
         if size in rss:
             m = rss[size]
-            out.append(f"  RSS at {rss[size + '_lines']:,} lines ({rss['config']}): sum of per-process peaks "
-                       f"{m['hwm_sum_mb']} MB, sampled tree RSS {m['rss_peak_mb']} MB, PSS {m['pss_peak_mb']} MB, "
-                       f"anon {m['anon_peak_mb']} MB; largest: {_largest(m)}")
+            out.append(
+                f"  RSS at {rss[size + '_lines']:,} lines ({rss['config']}): sum of per-process peaks "
+                f"{m['hwm_sum_mb']} MB, sampled tree RSS {m['rss_peak_mb']} MB, PSS {m['pss_peak_mb']} MB, "
+                f"anon {m['anon_peak_mb']} MB; largest: {_largest(m)}"
+            )
     return "\n".join(out)
 
 
 def render_markdown(doc: dict[str, Any]) -> str:
     cfg = doc["config"]
-    md = [f"Benchmark: `python -m bench` on a generated {cfg['lines']:,}-line log ({cfg['bytes'] / 1e6:.0f} MB), "
-          f"median of {cfg['rounds']} round(s), wall clock end to end. Speed-ups, overheads and targets are the "
-          "median of each round's own ratio (a round runs every row once; the `--trace-sample 1` row's rounds "
-          "come after the others').", "",
-          f"Machine: {machine_line(doc['machine'])}.", "",
-          "| " + " | ".join(HEAD) + " |", "| " + " | ".join(["---"] + ["---:"] * (len(HEAD) - 1)) + " |"]  # fmt: skip
+    md = [
+        f"Benchmark: `python -m bench` on a generated {cfg['lines']:,}-line log ({cfg['bytes'] / 1e6:.0f} MB), "
+        f"median of {cfg['rounds']} round(s), wall clock end to end. Speed-ups, overheads and targets are the "
+        "median of each round's own ratio (a round runs every row once; the `--trace-sample 1` row's rounds "
+        "come after the others').",
+        "",
+        f"Machine: {machine_line(doc['machine'])}.",
+        "",
+        "| " + " | ".join(HEAD) + " |",
+        "| " + " | ".join(["---"] + ["---:"] * (len(HEAD) - 1)) + " |",
+    ]
     md += ["| " + " | ".join(c.replace("|", "\\|") for c in r) + " |" for r in table_rows(doc)]
     md += ["", "| target | figure | result |", "| --- | ---: | --- |"]
     md += [f"| {t['target']} | {t['shown']} | {t['status']} |" for t in doc["targets"]]

@@ -72,15 +72,31 @@ def build_rows(cpus: int) -> list[Row]:
         rows.append(Row("wN", f"mpobs --workers {cpus} (cpu count)", "mpobs", ("--workers", str(cpus))))
     rows += [
         Row("trace", "mpobs w2 --trace (sample 0.01)", "mpobs", ("--workers", "2", "--trace")),
-        Row("trace1", "mpobs w2 --trace --trace-sample 1", "mpobs",
-            ("--workers", "2", "--trace", "--trace-sample", "1"), apart=True),
-        Row("trace1save", "mpobs w2 --trace-sample 1 --save-traces (every trace saved)", "mpobs",
-            ("--workers", "2", "--trace-sample", "1"), apart=True, save_traces=True),
+        Row(
+            "trace1",
+            "mpobs w2 --trace --trace-sample 1",
+            "mpobs",
+            ("--workers", "2", "--trace", "--trace-sample", "1"),
+            apart=True,
+        ),
+        Row(
+            "trace1save",
+            "mpobs w2 --trace-sample 1 --save-traces (every trace saved)",
+            "mpobs",
+            ("--workers", "2", "--trace-sample", "1"),
+            apart=True,
+            save_traces=True,
+        ),
         Row("dashboard", "mpobs w2 --dashboard, /stats at 10 Hz", "mpobs", ("--workers", "2"), dashboard=True),
         Row("checkpoint", "mpobs w2 --checkpoint (every 1 s)", "mpobs", ("--workers", "2"), checkpoint=True),
         Row("alerts", "mpobs w2 --alerts (default rules, every 5 s)", "mpobs", ("--workers", "2"), alerts=True),
-        Row("alerts_fast", "mpobs w2 --alerts (default rules) --alerts-interval 0.1", "mpobs",
-            ("--workers", "2", "--alerts-interval", "0.1"), alerts=True),
+        Row(
+            "alerts_fast",
+            "mpobs w2 --alerts (default rules) --alerts-interval 0.1",
+            "mpobs",
+            ("--workers", "2", "--alerts-interval", "0.1"),
+            alerts=True,
+        ),
     ]
     return rows
 

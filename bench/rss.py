@@ -107,10 +107,13 @@ class TreeMemory:
             "processes_seen": len(self.hwm_kb),
             # Which process holds the memory: the first entry is the run's own process.
             "per_process_hwm_mb": [
-                {"pid": pid, "process": "root" if pid == self.pid else self.names.get(pid, "child"),
-                 "hwm_mb": round(kb / mb, 1)}
+                {
+                    "pid": pid,
+                    "process": "root" if pid == self.pid else self.names.get(pid, "child"),
+                    "hwm_mb": round(kb / mb, 1),
+                }
                 for pid, kb in self.hwm_kb.items()
-            ],  # fmt: skip
+            ],
             "max_processes_at_once": self.max_procs,
             "samples": self.samples,
         }

@@ -65,8 +65,14 @@ class MemorySeries(threading.Thread):
                 st = _status_kb(pid)
                 rss += st.get("VmRSS", 0)
                 anon += st.get("RssAnon", 0)
-            self.series.append({"t_s": round(time.monotonic() - self.t0, 1), "rss_mb": round(rss / 1024, 1),
-                                "anon_mb": round(anon / 1024, 1), "processes": len(pids)})  # fmt: skip
+            self.series.append(
+                {
+                    "t_s": round(time.monotonic() - self.t0, 1),
+                    "rss_mb": round(rss / 1024, 1),
+                    "anon_mb": round(anon / 1024, 1),
+                    "processes": len(pids),
+                }
+            )
             self.stop.wait(1.0)
 
 
@@ -95,8 +101,12 @@ def flat(series: list[dict[str, float]], key: str) -> dict[str, Any]:
     body = [s[key] for s in series if s["t_s"] >= 3] or [s[key] for s in series]
     q = max(1, len(body) // 4)
     first, last = sum(body[:q]) / q, sum(body[-q:]) / q
-    return {"first_quarter_mb": round(first, 1), "last_quarter_mb": round(last, 1),
-            "ratio": round(last / first, 3) if first else None, "max_mb": max(body) if body else None}  # fmt: skip
+    return {
+        "first_quarter_mb": round(first, 1),
+        "last_quarter_mb": round(last, 1),
+        "ratio": round(last / first, 3) if first else None,
+        "max_mb": max(body) if body else None,
+    }
 
 
 def _ms(seconds: float | None) -> float | None:
@@ -113,9 +123,26 @@ def main(argv: list[str] | None = None) -> int:
     want = plain_reference(log, work)
     out, metrics = work / "soak.out", work / "soak-metrics.json"
     port = free_port()
-    argv_run = [sys.executable, "-m", "mpobs", "process", str(log), "-w", "2", "-q", "-o", str(out),
-                "--trace", "--save-metrics", str(metrics), "--dashboard", "--dashboard-port", str(port),
-                "--linger", "120"]  # fmt: skip
+    argv_run = [
+        sys.executable,
+        "-m",
+        "mpobs",
+        "process",
+        str(log),
+        "-w",
+        "2",
+        "-q",
+        "-o",
+        str(out),
+        "--trace",
+        "--save-metrics",
+        str(metrics),
+        "--dashboard",
+        "--dashboard-port",
+        str(port),
+        "--linger",
+        "120",
+    ]
     stop = threading.Event()
     t0 = time.monotonic()
     proc = subprocess.Popen(argv_run, stdin=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -165,8 +192,13 @@ def main(argv: list[str] | None = None) -> int:
         "machine": machine(),
         "rss_series": mem.series,
     }
-    ok = (result["exit_code"] == 0 and result["output_identical_to_plain_loop"] and result["polls_failed"] == 0
-          and result["total_lines"] == args.lines and (result["rss"]["ratio"] or 0) <= 1.10)  # fmt: skip
+    ok = (
+        result["exit_code"] == 0
+        and result["output_identical_to_plain_loop"]
+        and result["polls_failed"] == 0
+        and result["total_lines"] == args.lines
+        and (result["rss"]["ratio"] or 0) <= 1.10
+    )
     result["verdict"] = "PASS" if ok else "MISS"
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "soak.json").write_text(json.dumps(result, indent=1) + "\n")

@@ -35,10 +35,18 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m bench.stats_load", description=__doc__.split("\n")[0])
     p.add_argument("--clients", type=int, default=50, help="concurrent clients (default 50, at most 200)")
     p.add_argument("--seconds", type=float, default=10.0, help="how long the clients poll (default 10)")
-    p.add_argument("--interval", type=float, default=0.2,
-                   help="each client's pause between answers and its next request, s (default 0.2: 250 req/s in all)")
-    p.add_argument("--lines", type=int, default=16_000_000,
-                   help="generated log size when MPOBS_BENCH_LOG is unset (default: a run of 10 s or more)")
+    p.add_argument(
+        "--interval",
+        type=float,
+        default=0.2,
+        help="each client's pause between answers and its next request, s (default 0.2: 250 req/s in all)",
+    )
+    p.add_argument(
+        "--lines",
+        type=int,
+        default=16_000_000,
+        help="generated log size when MPOBS_BENCH_LOG is unset (default: a run of 10 s or more)",
+    )
     p.add_argument("--rounds", type=int, default=2, help="alternating runs with and without the dashboard (default 2)")
     p.add_argument("--workers", type=int, default=2)
     return p.parse_args(argv)
@@ -73,8 +81,11 @@ def mpobs(*args: str) -> list[str]:
 def run_plain(log: Path, folder: Path, workers: int) -> float:
     """The run's own elapsed seconds (from its saved metrics) without a dashboard."""
     m = folder / "plain.json"
-    subprocess.run(mpobs(str(log), "-w", str(workers), "-o", os.devnull, "-q", "--save-metrics", str(m)),
-                   check=True, stdin=subprocess.DEVNULL)  # fmt: skip
+    subprocess.run(
+        mpobs(str(log), "-w", str(workers), "-o", os.devnull, "-q", "--save-metrics", str(m)),
+        check=True,
+        stdin=subprocess.DEVNULL,
+    )
     return float(json.loads(m.read_text())["system"]["elapsed_s"])
 
 
@@ -136,17 +147,30 @@ def wait_up(port: int, timeout: float = 30) -> None:
     raise RuntimeError(f"the dashboard on port {port} did not answer within {timeout} s")
 
 
-def run_loaded(log: Path, folder: Path, workers: int, clients: int, seconds: float,
-               interval: float) -> dict[str, Any]:  # fmt: skip
+def run_loaded(log: Path, folder: Path, workers: int, clients: int, seconds: float, interval: float) -> dict[str, Any]:
     """One run with the dashboard, ``clients`` polling for ``seconds`` from when it answers."""
     m = folder / "dash.json"
     port = free_port()
     linger = str(int(seconds) + 30)
     proc = subprocess.Popen(
-        mpobs(str(log), "-w", str(workers), "-o", os.devnull, "-q", "--save-metrics", str(m), "--dashboard",
-              "--dashboard-port", str(port), "--linger", linger),
-        stdin=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
+        mpobs(
+            str(log),
+            "-w",
+            str(workers),
+            "-o",
+            os.devnull,
+            "-q",
+            "--save-metrics",
+            str(m),
+            "--dashboard",
+            "--dashboard-port",
+            str(port),
+            "--linger",
+            linger,
+        ),
+        stdin=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     stop = threading.Event()
     pool = [Client(port, interval, stop) for _ in range(clients)]
     try:

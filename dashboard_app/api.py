@@ -94,9 +94,10 @@ def errors() -> dict[str, Any]:
     etype = _str_arg("type")
     kept = _source().errors()
     out = [
-        e for e in kept
+        e
+        for e in kept
         if (processor is None or e.get("processor") == processor) and (etype is None or e.get("error_type") == etype)
-    ][: limit or 0]  # fmt: skip
+    ][: limit or 0]
     return {"errors": out, "count": len(out), "kept": len(kept), "limit": limit}
 
 

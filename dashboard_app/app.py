@@ -71,8 +71,11 @@ def _check_token(token: str) -> Response | None:
     auth = request.headers.get("Authorization", "")
     given = auth[7:].strip() if auth[:7].lower() == "bearer " else request.cookies.get(COOKIE)
     if not given or not _same(given, token):
-        resp = _error(401, "Unauthorized", "this dashboard needs a token: send 'Authorization: Bearer <token>' "
-                      "or open /?token=<token> once")  # fmt: skip
+        resp = _error(
+            401,
+            "Unauthorized",
+            "this dashboard needs a token: send 'Authorization: Bearer <token>' or open /?token=<token> once",
+        )
         resp.headers["WWW-Authenticate"] = 'Bearer realm="mpobs"'
         return resp
     return None

@@ -29,8 +29,9 @@ def layers(node_ids: list[str], edges: list[dict[str, Any]]) -> dict[str, int]:
     return out
 
 
-def build_dag(stats: dict[str, Any], processors_meta: list[dict[str, Any]] | None,
-              edges: list[dict[str, Any]]) -> dict[str, Any]:  # fmt: skip
+def build_dag(
+    stats: dict[str, Any], processors_meta: list[dict[str, Any]] | None, edges: list[dict[str, Any]]
+) -> dict[str, Any]:
     """Nodes (config order) and edges with counts, from a stats document and the run's edges.
 
     An edge from the input carries every line read; an edge from a processor
@@ -42,23 +43,32 @@ def build_dag(stats: dict[str, Any], processors_meta: list[dict[str, Any]] | Non
     meta_by_id = {m["id"]: m for m in processors_meta or []}
     ids = [m["id"] for m in processors_meta] if processors_meta else list(procs)
     lay = layers(ids, edges)
-    nodes = [{"id": INPUT, "type": "input", "layer": 0, "lines_out": stats.get("system", {}).get("total_lines", 0),
-              "name": stats.get("system", {}).get("input")}]  # fmt: skip
+    nodes = [
+        {
+            "id": INPUT,
+            "type": "input",
+            "layer": 0,
+            "lines_out": stats.get("system", {}).get("total_lines", 0),
+            "name": stats.get("system", {}).get("input"),
+        }
+    ]
     for pid in ids:
         p = procs.get(pid, {})
         m = meta_by_id.get(pid, {})
-        nodes.append({
-            "id": pid,
-            "type": p.get("type", m.get("type")),
-            "layer": lay.get(pid, 1),
-            "lines_in": p.get("lines_in", 0),
-            "lines_out": p.get("lines_out", 0),
-            "errors": p.get("errors", 0),
-            "share_of_time": p.get("share_of_time", 0.0),
-            "rate_10s": p.get("rate_10s"),
-            "sink": m.get("sink"),
-            "routes": m.get("routes", []),
-        })  # fmt: skip
+        nodes.append(
+            {
+                "id": pid,
+                "type": p.get("type", m.get("type")),
+                "layer": lay.get(pid, 1),
+                "lines_in": p.get("lines_in", 0),
+                "lines_out": p.get("lines_out", 0),
+                "errors": p.get("errors", 0),
+                "share_of_time": p.get("share_of_time", 0.0),
+                "rate_10s": p.get("rate_10s"),
+                "sink": m.get("sink"),
+                "routes": m.get("routes", []),
+            }
+        )
     inputs_of: dict[str, int] = {}
     for e in edges:
         inputs_of[e["to"]] = inputs_of.get(e["to"], 0) + 1

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import threading
 from collections import deque
 from dataclasses import dataclass
@@ -45,7 +46,7 @@ class History:
     def rates(self, window: float) -> dict[str, Any]:
         """Lines/s (total and per processor) and errors/s over the last ``window`` seconds."""
         samples = self._copy()
-        zero = {"lines_per_s": 0.0, "errors_per_s": 0.0, "processors": {p: 0.0 for p in self.processors}}
+        zero = {"lines_per_s": 0.0, "errors_per_s": 0.0, "processors": dict.fromkeys(self.processors, 0.0)}
         if len(samples) < 2:
             return zero
         last = samples[-1]
@@ -72,7 +73,7 @@ class History:
         lines: list[float] = []
         errors: list[float] = []
         procs: dict[str, list[float]] = {p: [] for p in self.processors}
-        for a, b in zip(samples, samples[1:]):
+        for a, b in itertools.pairwise(samples):
             dt = b.t - a.t
             t.append(round(b.t, 3))
             lines.append(round((b.lines - a.lines) / dt, 1))

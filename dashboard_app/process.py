@@ -16,8 +16,9 @@ import socket
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import click
 
@@ -108,8 +109,9 @@ class DashboardHandle:
         self.dead = False
         self._counters_at = self._executor_at = 0.0
 
-    def publish_counters(self, counters: Callable[[], dict[str, dict[str, int]]],
-                         slowest: Callable[[], list[dict[str, Any]]]) -> None:  # fmt: skip
+    def publish_counters(
+        self, counters: Callable[[], dict[str, dict[str, int]]], slowest: Callable[[], list[dict[str, Any]]]
+    ) -> None:
         """Counter-processor keys and the slowest tasks live in the coordinator only: sent at most once
         a second (sorting many keys is not free); never blocks (the next commit sends them again)."""
         now = time.monotonic()
@@ -210,9 +212,11 @@ class DashboardProcess:
         self.queue = ctx.Queue(DASHBOARD_QUEUE_MESSAGES)
         self._conn, child_conn = ctx.Pipe()
         self.proc = ctx.Process(
-            target=_child_main, name="mpobs-dashboard", daemon=True,
+            target=_child_main,
+            name="mpobs-dashboard",
+            daemon=True,
             args=(sock, child_conn, self.lock, self.queue, opts, os.getpid()),
-        )  # fmt: skip
+        )
         # Before multiprocessing's own exit handler, which would SIGTERM it (ignored) and wait
         # forever: whatever path leaves this process (an error before the run, Ctrl-C), it is killed.
         atexit.register(self.stop)
@@ -266,8 +270,7 @@ def _watch_parent(parent_pid: int) -> None:
     threading.Thread(target=check, name="mpobs-parent-watch", daemon=True).start()
 
 
-def _child_main(sock: socket.socket, conn: Any, lock: Any, q: Any, opts: DashboardOptions,
-                parent_pid: int) -> None:  # fmt: skip
+def _child_main(sock: socket.socket, conn: Any, lock: Any, q: Any, opts: DashboardOptions, parent_pid: int) -> None:
     """The dashboard process: import, wait for the run, attach its segment, pump the queue, serve."""
     # Signals to the process group (Ctrl-C, kill -TERM -PGID) are the coordinator's to
     # act on; it ends this process with SIGKILL: nothing here needs flushing (the
@@ -317,7 +320,12 @@ def serve(source: Any, sock: socket.socket, opts: DashboardOptions) -> None:
     loopback_only = is_loopback(opts.host) and not opts.token
     app = create_app(source, token=opts.token, loopback_hosts_only=loopback_only)
     server = waitress.create_server(
-        app, sockets=[sock], threads=THREADS, ident="mpobs", max_request_body_size=64 * 1024,
-        channel_timeout=30, connection_limit=200,
-    )  # fmt: skip
+        app,
+        sockets=[sock],
+        threads=THREADS,
+        ident="mpobs",
+        max_request_body_size=64 * 1024,
+        channel_timeout=30,
+        connection_limit=200,
+    )
     server.run()

@@ -9,7 +9,8 @@ import queue as queue_mod
 import threading
 import time
 from collections import deque
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from dashboard_app.dagview import build_dag
 from dashboard_app.history import History, Sample
@@ -62,8 +63,15 @@ class LiveSource(Source):
 
     kind = "live"
 
-    def __init__(self, seg: Any, meta: Any, keep: int = KEEP, clock: Callable[[], float] = time.time,
-                 grace_s: float = 2.0, cache_s: float = 0.1) -> None:  # fmt: skip
+    def __init__(
+        self,
+        seg: Any,
+        meta: Any,
+        keep: int = KEEP,
+        clock: Callable[[], float] = time.time,
+        grace_s: float = 2.0,
+        cache_s: float = 0.1,
+    ) -> None:
         self.seg = seg
         self.meta = meta
         self.clock = clock
@@ -187,10 +195,20 @@ class LiveSource(Source):
 
         snap = self.seg.snapshot()
         with self._lock:
-            final, counters, usage, executor, slowest = self.final, self.counters, self.usage, self.executor, self.slowest
+            final, counters, usage, executor, slowest = (
+                self.final,
+                self.counters,
+                self.usage,
+                self.executor,
+                self.slowest,
+            )
             alerts = self.alerts
-            kept = {"traces_kept": len(self._traces), "errors_kept": len(self._errors),
-                    "traces_received": self.received["traces"], "errors_received": self.received["errors"]}  # fmt: skip
+            kept = {
+                "traces_kept": len(self._traces),
+                "errors_kept": len(self._errors),
+                "traces_received": self.received["traces"],
+                "errors_received": self.received["errors"],
+            }
         if final is not None:
             doc = copy.deepcopy(final)
             doc["workers"] = worker_rows(snap, usage)  # with CPU and memory now
@@ -201,9 +219,10 @@ class LiveSource(Source):
             row["rate_10s"] = r10["processors"].get(pid, 0.0)
             row["rate_1m"] = r60["processors"].get(pid, 0.0)
         doc["system"].update(
-            lines_per_second_10s=r10["lines_per_s"], lines_per_second_1m=r60["lines_per_s"],
+            lines_per_second_10s=r10["lines_per_s"],
+            lines_per_second_1m=r60["lines_per_s"],
             errors_per_second_10s=r10["errors_per_s"],
-        )  # fmt: skip
+        )
         if executor is not None and final is None:
             doc["executor"] = executor  # a cluster's workers (a final document has its own)
         doc["dashboard"] = dict(kept, source=self.kind, final=final is not None, pid=os.getpid())
@@ -285,8 +304,13 @@ class SavedSource(Source):
             row.setdefault("rate_10s", 0.0)
             row.setdefault("rate_1m", 0.0)
         stats.setdefault("workers", [])
-        stats["dashboard"] = {"source": self.kind, "final": True, "path": path,
-                              "traces_kept": len(self._traces), "errors_kept": len(self._errors)}  # fmt: skip
+        stats["dashboard"] = {
+            "source": self.kind,
+            "final": True,
+            "path": path,
+            "traces_kept": len(self._traces),
+            "errors_kept": len(self._errors),
+        }
         self._stats = stats
 
     @classmethod
@@ -299,8 +323,10 @@ class SavedSource(Source):
             raise ValueError(f"metrics file {path!r}: cannot read it: {err.strerror}") from err
         except json.JSONDecodeError as err:
             raise ValueError(f"metrics file {path!r}: invalid JSON at line {err.lineno}: {err.msg}") from err
-        if not isinstance(doc, dict) or not isinstance(doc.get("processors"), dict) or not isinstance(
-            doc.get("system"), dict
+        if (
+            not isinstance(doc, dict)
+            or not isinstance(doc.get("processors"), dict)
+            or not isinstance(doc.get("system"), dict)
         ):
             raise ValueError(f"metrics file {path!r}: not an mpobs metrics file (no 'processors' and 'system')")
         try:
@@ -314,7 +340,9 @@ class SavedSource(Source):
             source.dag()
             generate_latest(make_registry(source))
         except Exception as err:
-            raise ValueError(f"metrics file {path!r}: not a valid mpobs metrics file ({type(err).__name__}: {err})") from err
+            raise ValueError(
+                f"metrics file {path!r}: not a valid mpobs metrics file ({type(err).__name__}: {err})"
+            ) from err
         return source
 
     def stats(self) -> dict[str, Any]:

@@ -1,5 +1,8 @@
 #!/usr/bin/env python3
-"""Generate a test log: python scripts/genlog.py out.log --lines 2000000 [--seed 42] [--mix INFO=70,ERROR=5] [--awkward 0.01]."""
+"""Generate a test log.
+
+python scripts/genlog.py out.log --lines 2000000 [--seed 42] [--mix INFO=70,ERROR=5] [--awkward 0.01]
+"""
 
 from __future__ import annotations
 
@@ -9,7 +12,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from mpobs.inputs.loggen import parse_mix, generate_file  # noqa: E402
+from mpobs.inputs.loggen import generate_file, parse_mix
 
 
 def main() -> None:
@@ -18,8 +21,11 @@ def main() -> None:
     ap.add_argument("--lines", type=int, default=100_000)
     ap.add_argument("--seed", type=int, default=42)
     ap.add_argument("--awkward", type=float, default=0.0, help="share of awkward lines (0..1)")
-    ap.add_argument("--mix", default="INFO=70,WARN=12,ERROR=5,DEBUG=10,WARNING=3",
-                    help="level weights, e.g. INFO=70,WARN=12,ERROR=5,DEBUG=10,WARNING=3")
+    ap.add_argument(
+        "--mix",
+        default="INFO=70,WARN=12,ERROR=5,DEBUG=10,WARNING=3",
+        help="level weights, e.g. INFO=70,WARN=12,ERROR=5,DEBUG=10,WARNING=3",
+    )
     args = ap.parse_args()
     try:
         mix = parse_mix(args.mix)

@@ -15,8 +15,8 @@ import random
 from typing import Any
 
 from mpobs.executors.base import Event, Executor, RunContext, TaskDone, TaskLost, TaskWritten
-from mpobs.inputs.base import Task
 from mpobs.executors.task import KeptRecords, run_task
+from mpobs.inputs.base import Task
 
 
 class AdversarialExecutor(Executor):
@@ -24,8 +24,14 @@ class AdversarialExecutor(Executor):
 
     name = "adversarial"
 
-    def __init__(self, capacity: int = 4, seed: int = 0, lose: float = 0.2, writes_output: bool = False,
-                 always_lose: frozenset[int] = frozenset()) -> None:  # fmt: skip
+    def __init__(
+        self,
+        capacity: int = 4,
+        seed: int = 0,
+        lose: float = 0.2,
+        writes_output: bool = False,
+        always_lose: frozenset[int] = frozenset(),
+    ) -> None:
         self._capacity = capacity
         self.rng = random.Random(seed)
         self.lose = lose

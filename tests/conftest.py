@@ -70,8 +70,9 @@ def fault_workers(request: pytest.FixtureRequest) -> int:
     return request.param
 
 
-def run_cli(*args: str, cwd: str | os.PathLike[str] | None = None, timeout: float = 120,
-            env: dict[str, str] | None = None) -> subprocess.CompletedProcess[bytes]:  # fmt: skip
+def run_cli(
+    *args: str, cwd: str | os.PathLike[str] | None = None, timeout: float = 120, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[bytes]:
     """Run ``python -m mpobs ARGS`` as a user would; returns the finished process (bytes out/err)."""
     full_env = {**os.environ, **(env or {})}
     return subprocess.run(

@@ -25,7 +25,13 @@ XSS_LINE = '2026-01-01T00:00:00Z ERROR [web] <img src=x onerror="window.__xss=1"
 TEST_CONFIG: dict[str, Any] = {
     "processors": [
         {"type": "tag_extractor", "id": "tags"},
-        {"type": "router", "id": "route", "inputs": ["tags"], "routes": {"errors": {"tag": "error"}}, "default": "rest"},
+        {
+            "type": "router",
+            "id": "route",
+            "inputs": ["tags"],
+            "routes": {"errors": {"tag": "error"}},
+            "default": "rest",
+        },
         {"type": "filter", "id": "db_errors", "inputs": ["route.errors"], "pattern": r"\[db\]"},
         {"type": "python", "id": "check", "inputs": ["tags"], "function": "conftest_dashboard:explode"},
         {"type": "counter", "id": "levels", "inputs": ["tags"]},
@@ -38,8 +44,6 @@ def explode(line: str) -> str:
     if "declined" in line:
         raise ValueError("payment declined, cannot settle")
     return line
-
-
 
 
 @dataclass
@@ -57,14 +61,14 @@ def small_run(folder: Path, lines: int = 3000, trace_rate: float = 1.0) -> Small
     """Run TEST_CONFIG over a generated log (plus XSS_LINE) in this process, into a new segment."""
     import multiprocessing
 
-    from mpobs.pipeline.config import compile_config
+    from mpobs.executors.local.worker import RowSink
+    from mpobs.executors.task import KeptRecords, TaskSettings, run_task
     from mpobs.inputs.inputset import open_inputs
     from mpobs.inputs.loggen import generate_file
+    from mpobs.metrics.document import RunMeta
     from mpobs.metrics.layout import Layout
     from mpobs.metrics.segment import StatsSegment
-    from mpobs.metrics.document import RunMeta
-    from mpobs.executors.task import KeptRecords, TaskSettings, run_task
-    from mpobs.executors.local.worker import RowSink
+    from mpobs.pipeline.config import compile_config
 
     path = folder / "small.log"
     generate_file(str(path), lines - 1, seed=3)
@@ -148,13 +152,18 @@ def big_log(path: Path, lines: int = 3_000_000, block: int = 200_000) -> Path:
 
 
 def start_cli(*args: str, cwd: Path, stdin: Any = None) -> Any:
-    """``python -m mpobs.cli.commands ARGS`` as a subprocess (stdout and stderr to files in ``cwd``; ``stdin`` as Popen's)."""
+    """``python -m mpobs.cli.commands ARGS`` as a subprocess.
+
+    stdout and stderr go to files in ``cwd``; ``stdin`` as Popen's.
+    """
     import subprocess
     import sys
 
     out = open(cwd / "cli.stdout", "wb")  # noqa: SIM115 - closed by stop_cli
     err = open(cwd / "cli.stderr", "wb")  # noqa: SIM115
-    proc = subprocess.Popen([sys.executable, "-m", "mpobs.cli.commands", *args], cwd=cwd, stdout=out, stderr=err, stdin=stdin)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mpobs.cli.commands", *args], cwd=cwd, stdout=out, stderr=err, stdin=stdin
+    )
     proc.files = (out, err)  # type: ignore[attr-defined]
     return proc
 
@@ -202,8 +211,14 @@ def stop_child(proc: Any) -> None:
         proc.join()
 
 
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                 "--no-first-run", "--disable-sync"]  # fmt: skip
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--no-first-run",
+    "--disable-sync",
+]
 
 
 def launch_chromium(pw: Any) -> Any:

@@ -114,14 +114,22 @@ class Faults:
             return
         stage = plan["stage"]
         if index == plan["task"]:
-            if finish == "executing" and stage in ("running", "restart") and _claim(plan, 0):
+            if (
+                (finish == "executing" and stage in ("running", "restart") and _claim(plan, 0))
+                or (finish == "memory" and stage == "finished" and _claim(plan, 0))
+                or (
+                    start == "memory" and finish in ("released", "forgotten") and stage == "between" and _claim(plan, 0)
+                )
+            ):
                 _die(plan["delay"])
-            elif finish == "memory" and stage == "finished" and _claim(plan, 0):
-                _die(plan["delay"])
-            elif start == "memory" and finish in ("released", "forgotten") and stage == "between" and _claim(plan, 0):
-                _die(plan["delay"])
-        elif (finish == "memory" and stage == "behind" and index > plan["task"] and _killed(plan, 0)
-              and not self.holding_back and _claim(plan, 1)):  # fmt: skip
+        elif (
+            finish == "memory"
+            and stage == "behind"
+            and index > plan["task"]
+            and _killed(plan, 0)
+            and not self.holding_back
+            and _claim(plan, 1)
+        ):
             with open(f"{plan['path']}.hold-until") as f:
                 _die(float(f.read()) - 0.05 - time.time())
 

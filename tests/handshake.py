@@ -26,7 +26,9 @@ def _wait_for_file(path, limit=60.0):
 #: 10 ms a batch, and when ``GATE_AT`` is set, every batch from line GATE_AT on waits until the
 #: file ``GATE_OPEN`` exists. The run can then not end before the test has done what it must do
 #: part way (signal it, kill it or a worker), however slow the machine is.
-GATED_SLOW_FNS = WAIT_FOR_FILE + '''
+GATED_SLOW_FNS = (
+    WAIT_FOR_FILE
+    + """
 def slow(lines):
     import os, time
     time.sleep({delay})
@@ -34,7 +36,8 @@ def slow(lines):
     if at and lines and int(lines[-1].split(":", 1)[0][5:]) >= int(at):
         _wait_for_file(os.environ["GATE_OPEN"])
     return lines
-'''
+"""
+)
 
 
 def gate_env(gate_at: int, gate_open: Path) -> dict[str, str]:

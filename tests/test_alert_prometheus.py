@@ -17,9 +17,10 @@ import subprocess
 import threading
 import urllib.parse
 import urllib.request
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 from conftest_dashboard import free_port, get_json, wait_for
@@ -97,10 +98,15 @@ def scraped(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Scraped]:
     rules = folder / "rules.yml"
     rules.write_text(RULES)
     defaults = ROOT / "mpobs" / "alerts" / "defaults.yml"
-    config = fn_config(folder, "promfns", FNS, [
-        {"type": "tag_extractor", "id": "tags"},
-        {"type": "python", "id": "f", "inputs": ["tags"], "function": "promfns:f"},
-    ])  # fmt: skip
+    config = fn_config(
+        folder,
+        "promfns",
+        FNS,
+        [
+            {"type": "tag_extractor", "id": "tags"},
+            {"type": "python", "id": "f", "inputs": ["tags"], "function": "promfns:f"},
+        ],
+    )
     port, prom_port = free_port(), free_port()
     url, prom = f"http://127.0.0.1:{port}", f"http://127.0.0.1:{prom_port}"
     stop = threading.Event()
@@ -108,12 +114,39 @@ def scraped(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Scraped]:
     procs: list[subprocess.Popen[bytes]] = []
     try:
         with open(folder / "mpobs.stderr", "wb") as err:
-            procs.append(subprocess.Popen(
-                [sys.executable, "-m", "mpobs", "process", str(log), "-F", "-c", str(config), "-w", "2",
-                 "-o", str(folder / "out"), "-q", "--dashboard", "--dashboard-port", str(port),
-                 "--linger", "0", "--alerts", str(rules), "--alerts", str(defaults), "--alerts-interval", "1"],
-                cwd=folder, stdout=subprocess.DEVNULL, stderr=err,
-            ))  # fmt: skip
+            procs.append(
+                subprocess.Popen(
+                    [
+                        sys.executable,
+                        "-m",
+                        "mpobs",
+                        "process",
+                        str(log),
+                        "-F",
+                        "-c",
+                        str(config),
+                        "-w",
+                        "2",
+                        "-o",
+                        str(folder / "out"),
+                        "-q",
+                        "--dashboard",
+                        "--dashboard-port",
+                        str(port),
+                        "--linger",
+                        "0",
+                        "--alerts",
+                        str(rules),
+                        "--alerts",
+                        str(defaults),
+                        "--alerts-interval",
+                        "1",
+                    ],
+                    cwd=folder,
+                    stdout=subprocess.DEVNULL,
+                    stderr=err,
+                )
+            )
         (folder / "prometheus.yml").write_text(
             "global: {scrape_interval: 1s, evaluation_interval: 1s}\n"
             f"rule_files: ['{rules}', '{defaults}']\n"
@@ -122,11 +155,19 @@ def scraped(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Scraped]:
             f"    static_configs: [{{targets: ['127.0.0.1:{port}']}}]\n"
         )
         with open(folder / "prometheus.log", "wb") as plog:
-            procs.append(subprocess.Popen(
-                [exe, f"--config.file={folder / 'prometheus.yml'}", f"--storage.tsdb.path={folder / 'tsdb'}",
-                 f"--web.listen-address=127.0.0.1:{prom_port}", "--log.level=warn"],
-                stdout=plog, stderr=subprocess.STDOUT,
-            ))  # fmt: skip
+            procs.append(
+                subprocess.Popen(
+                    [
+                        exe,
+                        f"--config.file={folder / 'prometheus.yml'}",
+                        f"--storage.tsdb.path={folder / 'tsdb'}",
+                        f"--web.listen-address=127.0.0.1:{prom_port}",
+                        "--log.level=warn",
+                    ],
+                    stdout=plog,
+                    stderr=subprocess.STDOUT,
+                )
+            )
         SHARED_PIDS.update(p.pid for p in procs)
         wait_for(lambda: get_json(f"{url}/healthz")[0] == 200, 30, what="the dashboard")
         writer.start()
@@ -155,24 +196,30 @@ def test_prometheus_and_mpobs_fire_the_same_alert(scraped: Scraped) -> None:
         return (ours, theirs) if ours and theirs else None
 
     ours, theirs = wait_for(both_fire, 60, interval=0.5, what="ErrorsSeen firing in mpobs and in Prometheus")
-    assert ours == theirs == [{
-        "labels": {"alertname": "ErrorsSeen", "processor": "f", "severity": "page"},
-        "annotations": {"summary": "processor f has errors"},
-    }]  # fmt: skip
+    assert (
+        ours
+        == theirs
+        == [
+            {
+                "labels": {"alertname": "ErrorsSeen", "processor": "f", "severity": "page"},
+                "annotations": {"summary": "processor f has errors"},
+            }
+        ]
+    )
     # Prometheus evaluates the shipped defaults over the same series without an error.
     with urllib.request.urlopen(f"{scraped.prom}/api/v1/rules", timeout=10) as r:
         groups = json.loads(r.read())["data"]["groups"]
     health = {rule["name"]: (rule["health"], rule.get("lastError", "")) for g in groups for rule in g["rules"]}
-    assert health == {name: ("ok", "") for name in health} and len(health) == 5, health
+    assert health == dict.fromkeys(health, ("ok", "")) and len(health) == 5, health
     err = (scraped.folder / "mpobs.stderr").read_text()
-    assert "alert ErrorsSeen{processor=\"f\",severity=\"page\"} firing" in err and "Traceback" not in err
+    assert 'alert ErrorsSeen{processor="f",severity="page"} firing' in err and "Traceback" not in err
 
 
 #: Expressions a rule writer uses, over counters that grow, gauges, and histograms.
 TABLE = [
     "mpobs_lines_processed_total",
-    "mpobs_processor_lines_in_total{processor=~\"t.*\"}",
-    "mpobs_processor_lines_in_total{processor!=\"tags\"}",
+    'mpobs_processor_lines_in_total{processor=~"t.*"}',
+    'mpobs_processor_lines_in_total{processor!="tags"}',
     "rate(mpobs_lines_processed_total[30s])",
     "rate(mpobs_processor_lines_in_total[1m])",
     "irate(mpobs_lines_processed_total[30s])",
@@ -200,13 +247,13 @@ TABLE = [
     "mpobs_processor_lines_in_total and mpobs_processor_errors_total > 0",
     "mpobs_processor_lines_in_total unless mpobs_processor_errors_total > 0",
     "mpobs_processor_errors_total > 0 or mpobs_processor_lines_in_total",
-    "sum(increase(mpobs_lines_processed_total[1m])) == 0 and on() mpobs_run_state{state=\"running\"} == 1",
-    "mpobs_run_state{state=\"running\"} == 1 and on() mpobs_run_elapsed_seconds > 5",
+    'sum(increase(mpobs_lines_processed_total[1m])) == 0 and on() mpobs_run_state{state="running"} == 1',
+    'mpobs_run_state{state="running"} == 1 and on() mpobs_run_elapsed_seconds > 5',
     "histogram_quantile(0.9, sum by (le, processor) (rate(mpobs_processor_batch_seconds_bucket[30s])))",
     "histogram_quantile(0.5, rate(mpobs_processor_batch_seconds_bucket[1m]))",
     "histogram_quantile(0.99, mpobs_processor_batch_seconds_bucket)",
     "absent(mpobs_no_such_metric)",
-    "absent(mpobs_lines_processed_total{job=\"elsewhere\", instance=~\"x.*\"})",
+    'absent(mpobs_lines_processed_total{job="elsewhere", instance=~"x.*"})',
     "absent(mpobs_lines_processed_total)",
     "increase(mpobs_workers_restarted_total[1m]) > 0",
 ]
@@ -215,7 +262,7 @@ TABLE = [
 #: Conditions that do not hold in this run: they must select nothing in both.
 EMPTY = {
     "sum(rate(mpobs_lines_processed_total[1m])) < 0.5 * sum(rate(mpobs_lines_processed_total[5m]))",
-    "sum(increase(mpobs_lines_processed_total[1m])) == 0 and on() mpobs_run_state{state=\"running\"} == 1",
+    'sum(increase(mpobs_lines_processed_total[1m])) == 0 and on() mpobs_run_state{state="running"} == 1',
     "absent(mpobs_lines_processed_total)",
     "increase(mpobs_workers_restarted_total[1m]) > 0",
 }
@@ -250,8 +297,12 @@ def _same(a: float, b: float) -> bool:
 
 def test_promql_values_match_prometheus_over_the_same_samples(scraped: Scraped) -> None:
     # Enough history for the ranges to hold several scrapes and a changing pace.
-    wait_for(lambda: float(_query(scraped.prom, "mpobs_run_elapsed_seconds")["result"][0]["value"][1]) > 25, 60,
-             interval=0.5, what="25 s of scrapes")  # fmt: skip
+    wait_for(
+        lambda: float(_query(scraped.prom, "mpobs_run_elapsed_seconds")["result"][0]["value"][1]) > 25,
+        60,
+        interval=0.5,
+        what="25 s of scrapes",
+    )
     # Half a scrape before the newest one in the TSDB: a target's scrapes are stored in order, so every
     # one up to ``at`` is there (however late Prometheus stored the last ones), and none comes later.
     newest = float(_query(scraped.prom, "timestamp(mpobs_run_elapsed_seconds)")["result"][0]["value"][1])

@@ -8,10 +8,10 @@ from typing import Any
 
 import pytest
 
-from mpobs.alerts.watch import AlertOptions, AlertWatch, expand, go_e, go_v, rfc3339
-from mpobs.alerts.rules import load_rules
 from mpobs.alerts.promql import Evaluator
+from mpobs.alerts.rules import load_rules
 from mpobs.alerts.store import SeriesStore, labels_of
+from mpobs.alerts.watch import AlertOptions, AlertWatch, expand, go_e, go_v, rfc3339
 from tests.test_reliability import fn_config
 
 T0 = 1_700_000_000_000  # ms
@@ -43,11 +43,15 @@ def test_rate_and_increase_extrapolate_like_prometheus() -> None:
 
 
 def test_aggregation_matching_comparison_and_sets() -> None:
-    ev = _store({
-        ("e_total", (("p", "a"),)): [(0, 5.0)], ("e_total", (("p", "b"),)): [(0, 0.0)],
-        ("l_total", (("p", "a"),)): [(0, 50.0)], ("l_total", (("p", "b"),)): [(0, 100.0)],
-        ("up", ()): [(0, 1.0)],
-    })  # fmt: skip
+    ev = _store(
+        {
+            ("e_total", (("p", "a"),)): [(0, 5.0)],
+            ("e_total", (("p", "b"),)): [(0, 0.0)],
+            ("l_total", (("p", "a"),)): [(0, 50.0)],
+            ("l_total", (("p", "b"),)): [(0, 100.0)],
+            ("up", ()): [(0, 1.0)],
+        }
+    )
     t = T0
     assert _values(ev.query("sum(l_total)", t)) == {(): 150.0}
     assert _values(ev.query("avg(l_total)", t)) == {(): 75.0}
@@ -59,7 +63,7 @@ def test_aggregation_matching_comparison_and_sets() -> None:
     assert _values(ev.query("0.5 * sum(l_total)", t)) == {(): 75.0}
     assert len(ev.query("sum(l_total) > 100 and on() up == 1", t)) == 1
     assert ev.query("sum(l_total) > 100 and on() up == 0", t) == []
-    assert ev.query("absent(nothing_total{p=\"x\"})", t) == [((("p", "x"),), 1.0)]
+    assert ev.query('absent(nothing_total{p="x"})', t) == [((("p", "x"),), 1.0)]
     assert ev.query("absent(up)", t) == []
     assert ev.query("up", t + 6 * 60_000) == []  # older than the 5-minute lookback
 
@@ -67,9 +71,9 @@ def test_aggregation_matching_comparison_and_sets() -> None:
 def test_histogram_quantile_interpolates_in_the_bucket() -> None:
     buckets = {("h_bucket", (("le", le),)): [(0, c)] for le, c in [("0.1", 10.0), ("0.2", 30.0), ("+Inf", 40.0)]}
     ev = _store(buckets)
-    (_, p50), = ev.query("histogram_quantile(0.5, h_bucket)", T0)
+    ((_, p50),) = ev.query("histogram_quantile(0.5, h_bucket)", T0)
     assert p50 == pytest.approx(0.1 + 0.1 * (20 - 10) / 20)
-    (_, p99), = ev.query("histogram_quantile(0.99, h_bucket)", T0)
+    ((_, p99),) = ev.query("histogram_quantile(0.99, h_bucket)", T0)
     assert p99 == pytest.approx(0.2)  # the rank falls in +Inf: the highest finite bound
 
 
@@ -150,8 +154,10 @@ def test_the_run_s_end_leaves_firing_alerts_firing_and_drops_pending_ones(tmp_pa
 
 def _rules(tmp_path: Path, expr: str, name: str = "Seen") -> Path:
     path = tmp_path / "rules.yml"
-    path.write_text(f"groups:\n  - name: g\n    rules:\n      - alert: {name}\n        expr: '{expr}'\n"
-                    "        annotations: {summary: 'seen {{ $value }}'}\n")  # fmt: skip
+    path.write_text(
+        f"groups:\n  - name: g\n    rules:\n      - alert: {name}\n        expr: '{expr}'\n"
+        "        annotations: {summary: 'seen {{ $value }}'}\n"
+    )
     return path
 
 
@@ -163,8 +169,23 @@ def test_a_run_records_its_alerts_and_fail_on_alert_exits_4(tmp_path: Path, cli:
     config = fn_config(tmp_path, "alfns", source, [{"type": "python", "id": "f", "function": "alfns:f"}])
     rules = _rules(tmp_path, "sum(mpobs_processor_errors_total) > 0")
     m = tmp_path / "m.json"
-    res = cli("process", str(log), "-c", str(config), "-w", str(workers), "-o", str(tmp_path / "out"), "-q",
-              "--alerts", str(rules), "--alerts-interval", "0.2", "--save-metrics", str(m))  # fmt: skip
+    res = cli(
+        "process",
+        str(log),
+        "-c",
+        str(config),
+        "-w",
+        str(workers),
+        "-o",
+        str(tmp_path / "out"),
+        "-q",
+        "--alerts",
+        str(rules),
+        "--alerts-interval",
+        "0.2",
+        "--save-metrics",
+        str(m),
+    )
     err = res.stderr.decode()
     assert res.returncode == 0, err
     assert "alert Seen{} firing (value 4e+01): seen 40" in err, err
@@ -173,16 +194,32 @@ def test_a_run_records_its_alerts_and_fail_on_alert_exits_4(tmp_path: Path, cli:
     saved = json.loads(m.read_text())["alerts"]
     assert [e["event"] for e in saved["events"]][-2:] == ["firing", "still_firing"]
     assert [a["state"] for a in saved["alerts"]] == ["firing"] and saved["ended_at"] is not None
-    res = cli("process", str(log), "-c", str(config), "-w", str(workers), "-o", str(tmp_path / "out"), "-q",
-              "--alerts", str(rules), "--fail-on-alert", "Seen")  # fmt: skip
+    res = cli(
+        "process",
+        str(log),
+        "-c",
+        str(config),
+        "-w",
+        str(workers),
+        "-o",
+        str(tmp_path / "out"),
+        "-q",
+        "--alerts",
+        str(rules),
+        "--fail-on-alert",
+        "Seen",
+    )
     assert res.returncode == 4, res.stderr.decode()
     assert "mpobs: error: alert Seen fired: seen 40 (--fail-on-alert)" in res.stderr.decode()
 
 
-@pytest.mark.parametrize(("args", "says"), [
-    (["--fail-on-alert", "Nope"], "--fail-on-alert Nope: no such alert"),
-    (["--alertmanager", "localhost:9093"], "--alertmanager must be an http:// or https:// URL"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (["--fail-on-alert", "Nope"], "--fail-on-alert Nope: no such alert"),
+        (["--alertmanager", "localhost:9093"], "--alertmanager must be an http:// or https:// URL"),
+    ],
+)
 def test_bad_alert_options_exit_2(tmp_path: Path, cli: Any, args: list[str], says: str) -> None:
     log = tmp_path / "in.log"
     log.write_text("a\n")
@@ -229,8 +266,24 @@ def test_fail_on_alert_stops_a_run_that_would_not_end(tmp_path: Path, cli: Any) 
     source = "def f(line):\n    if 'BAD' in line:\n        raise ValueError('bad')\n    return line\n"
     config = fn_config(tmp_path, "alfns", source, [{"type": "python", "id": "f", "function": "alfns:f"}])
     rules = _rules(tmp_path, "sum(mpobs_processor_errors_total) > 0")
-    res = cli("process", str(log), "-F", "-c", str(config), "-w", "1", "-o", str(tmp_path / "out"), "-q",
-              "--alerts", str(rules), "--alerts-interval", "0.2", "--fail-on-alert", "any")  # fmt: skip
+    res = cli(
+        "process",
+        str(log),
+        "-F",
+        "-c",
+        str(config),
+        "-w",
+        "1",
+        "-o",
+        str(tmp_path / "out"),
+        "-q",
+        "--alerts",
+        str(rules),
+        "--alerts-interval",
+        "0.2",
+        "--fail-on-alert",
+        "any",
+    )
     assert res.returncode == 4, res.stderr.decode()
     assert "alert Seen fired: seen 10 (--fail-on-alert)" in res.stderr.decode()
     assert (tmp_path / "out").read_text().count("\n") == 90  # what was read is in the output

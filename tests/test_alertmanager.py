@@ -12,10 +12,11 @@ import socket
 import subprocess
 import sys
 import threading
+from collections.abc import Iterator
 from datetime import datetime, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 from conftest_dashboard import free_port, get_json, wait_for
@@ -56,7 +57,7 @@ class Hook:
         hook = self
 
         class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802 - http.server's name
+            def do_POST(self) -> None:
                 hook.received.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
                 self.send_response(200)
                 self.end_headers()
@@ -90,12 +91,20 @@ def alertmanager(tmp_path: Path) -> Iterator[tuple[str, Hook]]:
     port = free_port()
     with open(tmp_path / "alertmanager.log", "wb") as log:
         proc = subprocess.Popen(
-            [exe, f"--config.file={config}", f"--storage.path={tmp_path / 'am'}",
-             f"--web.listen-address=127.0.0.1:{port}", "--cluster.listen-address=", "--log.level=warn"],
-            stdout=log, stderr=subprocess.STDOUT,
-        )  # fmt: skip
+            [
+                exe,
+                f"--config.file={config}",
+                f"--storage.path={tmp_path / 'am'}",
+                f"--web.listen-address=127.0.0.1:{port}",
+                "--cluster.listen-address=",
+                "--log.level=warn",
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
     url = f"http://127.0.0.1:{port}"
     try:
+
         def up() -> bool:
             assert proc.poll() is None, (tmp_path / "alertmanager.log").read_text()  # it could not start
             return get_json(f"{url}/api/v2/status")[0] == 200
@@ -116,11 +125,32 @@ def _follow(tmp_path: Path, alertmanager_url: str, *extra: str, rules: str = RUL
     config = fn_config(tmp_path, "amfns", FNS, [{"type": "python", "id": "f", "function": "amfns:f"}])
     (tmp_path / "rules.yml").write_text(rules)
     return subprocess.Popen(
-        [sys.executable, "-m", "mpobs", "process", str(tmp_path / "app.log"), "-F", "-c", str(config), "-w", "2",
-         "-o", str(tmp_path / "out"), "-q", "--alerts", str(tmp_path / "rules.yml"), "--alerts-interval", "0.2",
-         "--alertmanager", alertmanager_url, *extra],
-        cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "mpobs",
+            "process",
+            str(tmp_path / "app.log"),
+            "-F",
+            "-c",
+            str(config),
+            "-w",
+            "2",
+            "-o",
+            str(tmp_path / "out"),
+            "-q",
+            "--alerts",
+            str(tmp_path / "rules.yml"),
+            "--alerts-interval",
+            "0.2",
+            "--alertmanager",
+            alertmanager_url,
+            *extra,
+        ],
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
 
 
 def _am_alerts(url: str, name: str) -> list[dict[str, Any]]:
@@ -132,15 +162,18 @@ def _seconds_left(alert: dict[str, Any]) -> float:
     return (ends - datetime.now(timezone.utc)).total_seconds()
 
 
-def test_a_real_alertmanager_receives_the_alert_then_its_resolution(tmp_path: Path,
-                                                                    alertmanager: tuple[str, Hook]) -> None:  # fmt: skip
+def test_a_real_alertmanager_receives_the_alert_then_its_resolution(
+    tmp_path: Path, alertmanager: tuple[str, Hook]
+) -> None:
     """Errors for a while, then none: firing, then resolved while the run goes on, in Alertmanager
     and in the notifications it sends."""
     url, hook = alertmanager
     log = tmp_path / "app.log"
     log.write_text(_lines(0, 200))
-    rules = RULES.replace("expr: sum by (processor) (mpobs_processor_errors_total) > 0",
-                          "expr: sum by (processor) (increase(mpobs_processor_errors_total[2s])) > 0")
+    rules = RULES.replace(
+        "expr: sum by (processor) (mpobs_processor_errors_total) > 0",
+        "expr: sum by (processor) (increase(mpobs_processor_errors_total[2s])) > 0",
+    )
     proc = _follow(tmp_path, url, rules=rules)
     written = [200]
 
@@ -167,8 +200,9 @@ def test_a_real_alertmanager_receives_the_alert_then_its_resolution(tmp_path: Pa
     assert "still firing" not in err and "cannot post" not in err, err
 
 
-def test_the_alert_that_ends_a_run_reaches_the_receiver_as_firing(tmp_path: Path, alertmanager: tuple[str, Hook],
-                                                                  cli: Any) -> None:  # fmt: skip
+def test_the_alert_that_ends_a_run_reaches_the_receiver_as_firing(
+    tmp_path: Path, alertmanager: tuple[str, Hook], cli: Any
+) -> None:
     """--fail-on-alert: the run ends (exit 4) with its alert firing; Alertmanager keeps it firing (its
     endsAt minutes away) and notifies it as firing, even though the run ended within its group_wait."""
     url, hook = alertmanager
@@ -177,9 +211,27 @@ def test_the_alert_that_ends_a_run_reaches_the_receiver_as_firing(tmp_path: Path
     config = fn_config(tmp_path, "amfns", FNS, [{"type": "python", "id": "f", "function": "amfns:f"}])
     (tmp_path / "rules.yml").write_text(RULES)
     m = tmp_path / "m.json"
-    res = cli("process", str(log), "-c", str(config), "-w", "2", "-o", str(tmp_path / "out"), "-q",
-                  "--alerts", str(tmp_path / "rules.yml"), "--alerts-interval", "0.2", "--alertmanager", url,
-                  "--fail-on-alert", "ErrorsSeen", "--save-metrics", str(m))  # fmt: skip
+    res = cli(
+        "process",
+        str(log),
+        "-c",
+        str(config),
+        "-w",
+        "2",
+        "-o",
+        str(tmp_path / "out"),
+        "-q",
+        "--alerts",
+        str(tmp_path / "rules.yml"),
+        "--alerts-interval",
+        "0.2",
+        "--alertmanager",
+        url,
+        "--fail-on-alert",
+        "ErrorsSeen",
+        "--save-metrics",
+        str(m),
+    )
     err = res.stderr.decode()
     assert res.returncode == 4, err
     wait_for(lambda: "firing" in hook.statuses("ErrorsSeen"), 30, what="Alertmanager's firing notification")
@@ -262,8 +314,7 @@ class Stuck:
 
 
 @pytest.mark.parametrize("kind", ["refused", "stuck"])
-def test_an_absent_or_hung_alertmanager_does_not_hold_the_run_and_is_reported_once(tmp_path: Path,
-                                                                                   kind: str) -> None:  # fmt: skip
+def test_an_absent_or_hung_alertmanager_does_not_hold_the_run_and_is_reported_once(tmp_path: Path, kind: str) -> None:
     stuck = Stuck() if kind == "stuck" else None
     url = stuck.url if stuck else f"http://127.0.0.1:{free_port()}"
     port = free_port()
@@ -271,6 +322,7 @@ def test_an_absent_or_hung_alertmanager_does_not_hold_the_run_and_is_reported_on
     out = tmp_path / "out"
     proc = _follow(tmp_path, url, "--dashboard", "--dashboard-port", str(port), "--linger", "0")
     try:
+
         def posts_failed(n: int) -> bool:
             doc = get_json(f"http://127.0.0.1:{port}/stats")[1].get("alerts") or {}
             return (doc.get("alertmanager") or {}).get("failed_posts", 0) >= n

@@ -44,8 +44,12 @@ COUNTS = ("lines_in", "lines_out", "errors", "batches")
 def slow_config(tmp_path: Path, delay: float = 0.01, fns: str = GATED_SLOW_FNS) -> Path:
     """The default pipeline, ``delay`` s slower per batch: long enough to be killed part way. With the
     environment of ``gate_env``, no batch from a given line on ends before the test lets it."""
-    return fn_config(tmp_path, "ckfns", fns.format(delay=delay),
-                     default_with({"type": "python", "id": "slow", "function": "ckfns:slow", "batch": True}))
+    return fn_config(
+        tmp_path,
+        "ckfns",
+        fns.format(delay=delay),
+        default_with({"type": "python", "id": "slow", "function": "ckfns:slow", "batch": True}),
+    )
 
 
 def exact(metrics: dict[str, Any]) -> dict[str, Any]:
@@ -53,16 +57,40 @@ def exact(metrics: dict[str, Any]) -> dict[str, Any]:
     s = metrics["system"]
     return {
         "processors": {p: {k: row[k] for k in COUNTS} for p, row in metrics["processors"].items()},
-        "tags": metrics["tags"], "counters": metrics["counters"], "errors_by_type": metrics["errors_by_type"],
+        "tags": metrics["tags"],
+        "counters": metrics["counters"],
+        "errors_by_type": metrics["errors_by_type"],
         "system": {k: s[k] for k in ("total_lines", "bytes_done", "tasks_done", "total_errors", "state")},
         "inputs": [{k: i[k] for k in ("name", "lines", "lines_done", "state")} for i in metrics["inputs"]],
-    }  # fmt: skip
+    }
 
 
 def command(tmp_path: Path, inputs: list[Path], workers: int, config: Path, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "mpobs", "process", *map(str, inputs), "-c", str(config), "-w", str(workers), "-q",
-            "-o", str(tmp_path / "out"), "--save-metrics", str(tmp_path / "m.json"), "--batch-lines", "500",
-            "--task-size", "65536", "--checkpoint", str(tmp_path / "ck.json"), "--checkpoint-every", "0.1", *extra]
+    return [
+        sys.executable,
+        "-m",
+        "mpobs",
+        "process",
+        *map(str, inputs),
+        "-c",
+        str(config),
+        "-w",
+        str(workers),
+        "-q",
+        "-o",
+        str(tmp_path / "out"),
+        "--save-metrics",
+        str(tmp_path / "m.json"),
+        "--batch-lines",
+        "500",
+        "--task-size",
+        "65536",
+        "--checkpoint",
+        str(tmp_path / "ck.json"),
+        "--checkpoint-every",
+        "0.1",
+        *extra,
+    ]
 
 
 def committed(tmp_path: Path) -> int:
@@ -93,8 +121,9 @@ def kill_part_way(cmd: list[str], tmp_path: Path, after_lines: int) -> None:
 
 
 @pytest.mark.parametrize("kind", ["plain", "gzip", "two-files"])
-def test_killed_runs_resume_to_the_output_and_counts_of_an_unkilled_one(tmp_path: Path, make_log: Any,
-                                                                        fault_workers: int, kind: str) -> None:
+def test_killed_runs_resume_to_the_output_and_counts_of_an_unkilled_one(
+    tmp_path: Path, make_log: Any, fault_workers: int, kind: str
+) -> None:
     log = make_log(40_000, awkward=0.002)
     # 20 ms a batch of 500: a checkpoint (every 0.1 s) about every 5,000 lines at 2 workers, so that
     # the kills below land at various moments (the gate of kill_part_way makes sure they land part way).
@@ -205,10 +234,12 @@ def test_a_changed_file_is_refused_and_a_missing_one_too(tmp_path: Path, make_lo
     assert res.returncode == 2 and f"input {str(log)!r}: no such file" in res.stderr.decode(), res.stderr.decode()
 
 
-@pytest.mark.parametrize("content", [b"{not json", b'{"version": 99}', b"", b'{"version": 1}', b"edit:counts",
-                                     b"edit:offset"])
-def test_a_corrupt_checkpoint_is_refused_never_a_silent_fresh_start(tmp_path: Path, make_log: Any,
-                                                                    content: bytes) -> None:  # fmt: skip
+@pytest.mark.parametrize(
+    "content", [b"{not json", b'{"version": 99}', b"", b'{"version": 1}', b"edit:counts", b"edit:offset"]
+)
+def test_a_corrupt_checkpoint_is_refused_never_a_silent_fresh_start(
+    tmp_path: Path, make_log: Any, content: bytes
+) -> None:
     _, cmd = _checkpointed(tmp_path, make_log)
     out_before = (tmp_path / "out").read_bytes()
     if content.startswith(b"edit:"):  # a hand edit that still parses: a count dropped, an offset made text
@@ -247,17 +278,24 @@ def test_an_output_shorter_than_the_checkpoint_says_is_refused(tmp_path: Path, m
 
 def test_checkpoint_needs_an_output_file_and_files_to_resume(tmp_path: Path, make_log: Any) -> None:
     log = make_log(100)
-    res = subprocess.run([sys.executable, "-m", "mpobs", "process", str(log), "--checkpoint", str(tmp_path / "c")],
-                         capture_output=True, timeout=60)  # fmt: skip
+    res = subprocess.run(
+        [sys.executable, "-m", "mpobs", "process", str(log), "--checkpoint", str(tmp_path / "c")],
+        capture_output=True,
+        timeout=60,
+    )
     assert res.returncode == 2 and "--checkpoint needs --output FILE" in res.stderr.decode(), res.stderr.decode()
-    res = subprocess.run([sys.executable, "-m", "mpobs", "process", "-", "-o", str(tmp_path / "o"), "--checkpoint",
-                          str(tmp_path / "c")], input=log.read_bytes(), capture_output=True, timeout=60)  # fmt: skip
+    res = subprocess.run(
+        [sys.executable, "-m", "mpobs", "process", "-", "-o", str(tmp_path / "o"), "--checkpoint", str(tmp_path / "c")],
+        input=log.read_bytes(),
+        capture_output=True,
+        timeout=60,
+    )
     assert res.returncode == 2 and "cannot resume a stream" in res.stderr.decode(), res.stderr.decode()
     assert not (tmp_path / "c").exists()
 
 
 def test_a_checkpoint_write_that_fails_keeps_the_last_one(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A full disk (ENOSPC) while writing: CheckpointError (the run exits 1), the old checkpoint intact, no temp file."""
+    """A full disk (ENOSPC) while writing: CheckpointError (exit 1), the old checkpoint intact, no temp file."""
     import errno
 
     import mpobs.run.checkpoint as checkpoint
@@ -271,7 +309,7 @@ def test_a_checkpoint_write_that_fails_keeps_the_last_one(tmp_path: Path, monkey
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(checkpoint.os, "fsync", full)
-    with pytest.raises(checkpoint.CheckpointError, match="No space left on device.*stays valid"):
+    with pytest.raises(checkpoint.CheckpointError, match=r"No space left on device.*stays valid"):
         checkpoint.write(str(path), checkpoint.Checkpoint("abc", first.inputs, 99, 5))
     assert path.read_bytes() == before
     assert [p.name for p in tmp_path.iterdir()] == ["ck.json"]
@@ -283,8 +321,13 @@ def small_disk(tmp_path: Path) -> Any:
     """A 1 MiB tmpfs: a real full disk (ENOSPC). Needs root and mount(2) (a CI container may not allow it)."""
     where = tmp_path / "disk"
     where.mkdir()
-    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(where)],
-                                           capture_output=True).returncode != 0:  # fmt: skip
+    if (
+        os.geteuid() != 0
+        or subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(where)], capture_output=True
+        ).returncode
+        != 0
+    ):
         pytest.skip("cannot mount a small tmpfs here (needs root)")
     try:
         yield where
@@ -292,9 +335,9 @@ def small_disk(tmp_path: Path) -> Any:
         subprocess.run(["umount", "-l", str(where)], check=True)
 
 
-def test_a_full_disk_ends_the_run_and_its_checkpoint_resumes_once_there_is_room(tmp_path: Path, make_log: Any,
-                                                                                fault_workers: int,
-                                                                                small_disk: Path) -> None:  # fmt: skip
+def test_a_full_disk_ends_the_run_and_its_checkpoint_resumes_once_there_is_room(
+    tmp_path: Path, make_log: Any, fault_workers: int, small_disk: Path
+) -> None:
     """The output and the checkpoint on a disk that fills up: exit 1 naming the output and the
     error, the last checkpoint good; with room again, the same command finishes with the output and
     counts of a run that never failed."""
@@ -303,12 +346,42 @@ def test_a_full_disk_ends_the_run_and_its_checkpoint_resumes_once_there_is_room(
     # lines: one is written before the disk is full, however the processes are scheduled.
     config = slow_config(tmp_path, fns=CHECKPOINT_GATED_FNS)
     common = ["-c", str(config), "-q", "--task-size", "65536", "--batch-lines", "500"]
-    ref = subprocess.run([sys.executable, "-m", "mpobs", "process", str(log), *common, "-o", str(tmp_path / "ref"),
-                          "--save-metrics", str(tmp_path / "ref.json")], capture_output=True, timeout=120)  # fmt: skip
+    ref = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "mpobs",
+            "process",
+            str(log),
+            *common,
+            "-o",
+            str(tmp_path / "ref"),
+            "--save-metrics",
+            str(tmp_path / "ref.json"),
+        ],
+        capture_output=True,
+        timeout=120,
+    )
     assert ref.returncode == 0, ref.stderr.decode()
     out, ck = small_disk / "out", small_disk / "ck.json"
-    cmd = [sys.executable, "-m", "mpobs", "process", str(log), *common, "-w", str(fault_workers), "-o", str(out),
-           "--save-metrics", str(tmp_path / "m.json"), "--checkpoint", str(ck), "--checkpoint-every", "0.05"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "mpobs",
+        "process",
+        str(log),
+        *common,
+        "-w",
+        str(fault_workers),
+        "-o",
+        str(out),
+        "--save-metrics",
+        str(tmp_path / "m.json"),
+        "--checkpoint",
+        str(ck),
+        "--checkpoint-every",
+        "0.05",
+    ]
     gated = {**os.environ, "GATE_AT": "5000", "GATE_CHECKPOINT": str(ck)}
     res = subprocess.run(cmd, capture_output=True, timeout=120, env=gated)
     err = res.stderr.decode()
@@ -325,4 +398,6 @@ def test_a_full_disk_ends_the_run_and_its_checkpoint_resumes_once_there_is_room(
     res = subprocess.run(cmd, capture_output=True, timeout=120, env=gated)
     assert res.returncode == 0, res.stderr.decode()
     assert out.read_bytes() == (tmp_path / "ref").read_bytes()
-    assert exact(json.loads((tmp_path / "m.json").read_text())) == exact(json.loads((tmp_path / "ref.json").read_text()))
+    assert exact(json.loads((tmp_path / "m.json").read_text())) == exact(
+        json.loads((tmp_path / "ref.json").read_text())
+    )

@@ -10,15 +10,25 @@ from typing import Any
 import pytest
 
 
-@pytest.mark.parametrize(("args", "says"), [
-    (["process", "--folow"], "mpobs: error: no such option '--folow'. Did you mean '--follow'? "
-                             "(see mpobs process --help)"),
-    (["proces"], "mpobs: error: no such command 'proces'. (Did you mean one of: 'process', 'traces'?) "
-                 "(see mpobs --help)"),
-    (["process", "-w", "abc"], "mpobs: error: invalid value for '-w' / '--workers': 'abc' is not a valid integer "
-                               "range. (see mpobs process --help)"),
-    (["validate"], "mpobs: error: missing argument 'CONFIG_PATH'. (see mpobs validate --help)"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (
+            ["process", "--folow"],
+            "mpobs: error: no such option '--folow'. Did you mean '--follow'? (see mpobs process --help)",
+        ),
+        (
+            ["proces"],
+            "mpobs: error: no such command 'proces'. (Did you mean one of: 'process', 'traces'?) (see mpobs --help)",
+        ),
+        (
+            ["process", "-w", "abc"],
+            "mpobs: error: invalid value for '-w' / '--workers': 'abc' is not a valid integer "
+            "range. (see mpobs process --help)",
+        ),
+        (["validate"], "mpobs: error: missing argument 'CONFIG_PATH'. (see mpobs validate --help)"),
+    ],
+)
 def test_usage_errors_are_one_line_with_click_s_hint(cli: Any, args: list[str], says: str) -> None:
     res = cli(*args)
     assert res.returncode == 2
@@ -34,16 +44,26 @@ def test_help_and_version_are_as_click_shows_them(cli: Any) -> None:
 
 
 @pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full")
-@pytest.mark.parametrize(("args", "stdout", "says"), [
-    (["-o", "/dev/full"], None, "I/O error: cannot write the output '/dev/full': No space left on device"),
-    (["-o", "{tmp}/out", "--save-metrics", "/dev/full"], None,
-     "I/O error: cannot write the --save-metrics file '/dev/full': No space left on device"),
-    (["-o", "{tmp}/out", "--save-traces", "/dev/full", "--trace-sample", "1"], None,
-     "I/O error: cannot write the --save-traces file '/dev/full': No space left on device"),
-    ([], "/dev/full", "I/O error: cannot write standard output: No space left on device"),
-])  # fmt: skip
-def test_an_io_error_names_the_file_it_was_about(tmp_path: Path, cli: Any, make_log: Any, args: list[str],
-                                                 stdout: str | None, says: str) -> None:  # fmt: skip
+@pytest.mark.parametrize(
+    ("args", "stdout", "says"),
+    [
+        (["-o", "/dev/full"], None, "I/O error: cannot write the output '/dev/full': No space left on device"),
+        (
+            ["-o", "{tmp}/out", "--save-metrics", "/dev/full"],
+            None,
+            "I/O error: cannot write the --save-metrics file '/dev/full': No space left on device",
+        ),
+        (
+            ["-o", "{tmp}/out", "--save-traces", "/dev/full", "--trace-sample", "1"],
+            None,
+            "I/O error: cannot write the --save-traces file '/dev/full': No space left on device",
+        ),
+        ([], "/dev/full", "I/O error: cannot write standard output: No space left on device"),
+    ],
+)
+def test_an_io_error_names_the_file_it_was_about(
+    tmp_path: Path, cli: Any, make_log: Any, args: list[str], stdout: str | None, says: str
+) -> None:
     import subprocess
     import sys
 
@@ -62,13 +82,16 @@ def test_a_failed_save_metrics_after_a_failed_run_says_both(tmp_path: Path, cli:
     res = cli("process", str(log), "-q", "-o", "/dev/full", "--save-metrics", "/dev/full")
     err = res.stderr.decode().splitlines()
     assert res.returncode == 1
-    assert err == ["mpobs: error: I/O error: cannot write the --save-metrics file '/dev/full': No space left on device",
-                   "mpobs: error: I/O error: cannot write the output '/dev/full': No space left on device"]
+    assert err == [
+        "mpobs: error: I/O error: cannot write the --save-metrics file '/dev/full': No space left on device",
+        "mpobs: error: I/O error: cannot write the output '/dev/full': No space left on device",
+    ]
 
 
 @pytest.mark.parametrize("workers", [1, 2])
-def test_max_errors_says_what_it_counted_and_what_the_output_holds(tmp_path: Path, cli: Any, make_log: Any,
-                                                                    workers: int) -> None:  # fmt: skip
+def test_max_errors_says_what_it_counted_and_what_the_output_holds(
+    tmp_path: Path, cli: Any, make_log: Any, workers: int
+) -> None:
     """Errors counted in tasks still running pass the limit; the output and the summary hold only finished
     tasks. The closing line gives both, and its second figure is the summary's and the saved metrics'."""
     import re
@@ -79,13 +102,30 @@ def test_max_errors_says_what_it_counted_and_what_the_output_holds(tmp_path: Pat
     fns = "def f(line):\n    if 'ERROR' in line:\n        raise ValueError('bad')\n    return line\n"
     config = fn_config(tmp_path, "maxfns", fns, [{"type": "python", "id": "f", "function": "maxfns:f"}])
     m = tmp_path / "m.json"
-    res = cli("process", str(log), "-c", str(config), "-w", str(workers), "--task-size", "50000", "-o",
-              str(tmp_path / "out"), "--save-metrics", str(m), "--max-errors", "300")  # fmt: skip
+    res = cli(
+        "process",
+        str(log),
+        "-c",
+        str(config),
+        "-w",
+        str(workers),
+        "--task-size",
+        "50000",
+        "-o",
+        str(tmp_path / "out"),
+        "--save-metrics",
+        str(m),
+        "--max-errors",
+        "300",
+    )
     err = res.stderr.decode()
     assert res.returncode == 3, err
-    found = re.search(r"--max-errors 300 reached \(([\d,]+) errors counted, last: f on in\.log:\d+: ValueError: bad\); "
-                      r"the output and the counts cover the ([\d,]+) input lines finished before the stop "
-                      r"\(([\d,]+) errors among them\)", err)  # fmt: skip
+    found = re.search(
+        r"--max-errors 300 reached \(([\d,]+) errors counted, last: f on in\.log:\d+: ValueError: bad\); "
+        r"the output and the counts cover the ([\d,]+) input lines finished before the stop "
+        r"\(([\d,]+) errors among them\)",
+        err,
+    )
     assert found, err
     counted, lines, errors = (int(g.replace(",", "")) for g in found.groups())
     saved = json.loads(m.read_text())["system"]
@@ -107,9 +147,19 @@ def test_the_summary_shows_tags_and_each_counter_s_top_keys_the_rest_summed() ->
     rest = sum(range(86, 91))
     assert lines[11] == f"  (5 others)  {rest} {f'{rest / total * 100:.1f}%':>6}"
     assert counts_section("tags", {}, 10, "lines") == []
-    doc = {"processors": {}, "system": {"state": "done", "total_lines": 4, "elapsed_s": 1.0, "lines_per_second": 4.0,
-                                        "workers": 1, "total_errors": 0},
-           "tags": {"error": 1, "info": 3}, "counters": {"c": {"a": 2, "b": 2}}}  # fmt: skip
+    doc = {
+        "processors": {},
+        "system": {
+            "state": "done",
+            "total_lines": 4,
+            "elapsed_s": 1.0,
+            "lines_per_second": 4.0,
+            "workers": 1,
+            "total_errors": 0,
+        },
+        "tags": {"error": 1, "info": 3},
+        "counters": {"c": {"a": 2, "b": 2}},
+    }
     text = summary(doc)
     assert "tags (of 4 lines):\n  info   3  75.0%\n  error  1  25.0%" in text, text
     assert "counter c (of 4 counted):\n  a  2  50.0%\n  b  2  50.0%" in text, text
@@ -123,8 +173,11 @@ def test_a_refused_run_writes_no_summary_and_no_saved_metrics(tmp_path: Path, ma
 
     log = make_log(100)
     m = tmp_path / "m.json"
-    res = subprocess.run(["sh", "-c", f'exec "$0" -m mpobs process {log} --save-metrics {m} >&-', sys.executable],
-                         capture_output=True, timeout=60)  # fmt: skip
+    res = subprocess.run(
+        ["sh", "-c", f'exec "$0" -m mpobs process {log} --save-metrics {m} >&-', sys.executable],
+        capture_output=True,
+        timeout=60,
+    )
     assert res.returncode == 2
     assert res.stderr.decode() == "mpobs: error: stdout is closed; give an output file with --output\n"
     assert not m.exists()

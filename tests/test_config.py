@@ -13,49 +13,107 @@ from typing import Any
 import pytest
 
 BAD_CONFIGS = [
-    ("invalid-json", '{"processors": [\n  {"type": "uppercase", "id": "u"},\n]}',
-     r"invalid JSON at line 3 column 1"),
+    ("invalid-json", '{"processors": [\n  {"type": "uppercase", "id": "u"},\n]}', r"invalid JSON at line 3 column 1"),
     ("not-an-object", "[1, 2]", r"the top level must be an object"),
     ("no-processors", "{}", r"'processors' must be a non-empty list, got nothing"),
-    ("unknown-type", {"processors": [{"type": "uppercasse", "id": "u"}]},
-     r"processor 'u': unknown type 'uppercasse' \(known: counter, filter, "),
+    (
+        "unknown-type",
+        {"processors": [{"type": "uppercasse", "id": "u"}]},
+        r"processor 'u': unknown type 'uppercasse' \(known: counter, filter, ",
+    ),
     ("missing-id", {"processors": [{"type": "uppercase"}]}, r"processor #1 \(uppercase\): missing key 'id'"),
-    ("missing-key", {"processors": [{"type": "python", "id": "p"}]}, r"processor 'p' \(python\): missing key 'function'"),
-    ("wrong-type", {"processors": [{"type": "tag_extractor", "id": "tags", "rules": ["a"]}]},
-     r"processor 'tags' \(tag_extractor\): rules must be an object, got a list"),
-    ("wrong-type-bool", {"processors": [{"type": "filter", "id": "f", "pattern": "x", "invert": "yes"}]},
-     r"processor 'f' \(filter\): invert must be a boolean, got a string"),
-    ("unknown-key", {"processors": [{"type": "filter", "id": "f", "patern": "x"}]},
-     r"processor 'f' \(filter\): unknown key 'patern'"),
-    ("bad-regex", {"processors": [{"type": "filter", "id": "f", "pattern": "(unclosed"}]},
-     r"processor 'f' \(filter\): pattern is not a valid regex \('\(unclosed'\): missing \), unterminated subpattern"),
-    ("duplicate-id", {"processors": [{"type": "uppercase", "id": "x"}, {"type": "lowercase", "id": "x"}]},
-     r"processor 'x' \(lowercase\): duplicate id"),
-    ("unknown-input", {"processors": [{"type": "uppercase", "id": "u", "inputs": ["nope"]}]},
-     r"processor 'u' \(uppercase\): unknown input 'nope'"),
-    ("cycle", {"processors": [{"type": "uppercase", "id": "a", "inputs": ["b"]},
-                              {"type": "lowercase", "id": "b", "inputs": ["a"]}]},
-     r"the DAG has a cycle: (a -> b -> a|b -> a -> b)"),
-    ("unknown-route", {"processors": [{"type": "router", "id": "r", "routes": {"x": "x"}},
-                                      {"type": "uppercase", "id": "u", "inputs": ["r.y"]}]},
-     r"processor 'u' \(uppercase\): unknown route 'y' of router 'r' \(routes: x\)"),
-    ("route-of-non-router", {"processors": [{"type": "uppercase", "id": "a"},
-                                            {"type": "uppercase", "id": "u", "inputs": ["a.y"]}]},
-     r"'a' is a uppercase, not a router"),
-    ("unimportable-function", {"processors": [{"type": "python", "id": "p", "function": "no_such_mod:f"}]},
-     r"processor 'p' \(python\): cannot import module 'no_such_mod' for function 'no_such_mod:f': "
-     r"ModuleNotFoundError"),
-    ("function-missing-attr", {"processors": [{"type": "python", "id": "p", "function": "json:nope"}]},
-     r"processor 'p' \(python\): module 'json' has no attribute 'nope'"),
-    ("function-bad-ref", {"processors": [{"type": "python", "id": "p", "function": "just_a_name"}]},
-     r"function must look like \"module:name\""),
-    ("counter-groups", {"processors": [{"type": "counter", "id": "c", "by": "(a)(b)"}]},
-     r"processor 'c' \(counter\): by must be \"tag\" or a regex with exactly one group"),
-    ("filter-both", {"processors": [{"type": "filter", "id": "f", "pattern": "a", "tag": "error"}]},
-     r"give exactly one of 'pattern' \(a regex\) or 'tag'"),
-    ("router-bad-route", {"processors": [{"type": "router", "id": "r", "routes": {"a": 5}}]},
-     r"routes.a must be a regex string or \{\"tag\": \"<tag>\"\}, got a number"),
-]  # fmt: skip
+    (
+        "missing-key",
+        {"processors": [{"type": "python", "id": "p"}]},
+        r"processor 'p' \(python\): missing key 'function'",
+    ),
+    (
+        "wrong-type",
+        {"processors": [{"type": "tag_extractor", "id": "tags", "rules": ["a"]}]},
+        r"processor 'tags' \(tag_extractor\): rules must be an object, got a list",
+    ),
+    (
+        "wrong-type-bool",
+        {"processors": [{"type": "filter", "id": "f", "pattern": "x", "invert": "yes"}]},
+        r"processor 'f' \(filter\): invert must be a boolean, got a string",
+    ),
+    (
+        "unknown-key",
+        {"processors": [{"type": "filter", "id": "f", "patern": "x"}]},
+        r"processor 'f' \(filter\): unknown key 'patern'",
+    ),
+    (
+        "bad-regex",
+        {"processors": [{"type": "filter", "id": "f", "pattern": "(unclosed"}]},
+        r"processor 'f' \(filter\): pattern is not a valid regex \('\(unclosed'\): missing \), unterminated subpattern",
+    ),
+    (
+        "duplicate-id",
+        {"processors": [{"type": "uppercase", "id": "x"}, {"type": "lowercase", "id": "x"}]},
+        r"processor 'x' \(lowercase\): duplicate id",
+    ),
+    (
+        "unknown-input",
+        {"processors": [{"type": "uppercase", "id": "u", "inputs": ["nope"]}]},
+        r"processor 'u' \(uppercase\): unknown input 'nope'",
+    ),
+    (
+        "cycle",
+        {
+            "processors": [
+                {"type": "uppercase", "id": "a", "inputs": ["b"]},
+                {"type": "lowercase", "id": "b", "inputs": ["a"]},
+            ]
+        },
+        r"the DAG has a cycle: (a -> b -> a|b -> a -> b)",
+    ),
+    (
+        "unknown-route",
+        {
+            "processors": [
+                {"type": "router", "id": "r", "routes": {"x": "x"}},
+                {"type": "uppercase", "id": "u", "inputs": ["r.y"]},
+            ]
+        },
+        r"processor 'u' \(uppercase\): unknown route 'y' of router 'r' \(routes: x\)",
+    ),
+    (
+        "route-of-non-router",
+        {"processors": [{"type": "uppercase", "id": "a"}, {"type": "uppercase", "id": "u", "inputs": ["a.y"]}]},
+        r"'a' is a uppercase, not a router",
+    ),
+    (
+        "unimportable-function",
+        {"processors": [{"type": "python", "id": "p", "function": "no_such_mod:f"}]},
+        r"processor 'p' \(python\): cannot import module 'no_such_mod' for function 'no_such_mod:f': "
+        r"ModuleNotFoundError",
+    ),
+    (
+        "function-missing-attr",
+        {"processors": [{"type": "python", "id": "p", "function": "json:nope"}]},
+        r"processor 'p' \(python\): module 'json' has no attribute 'nope'",
+    ),
+    (
+        "function-bad-ref",
+        {"processors": [{"type": "python", "id": "p", "function": "just_a_name"}]},
+        r"function must look like \"module:name\"",
+    ),
+    (
+        "counter-groups",
+        {"processors": [{"type": "counter", "id": "c", "by": "(a)(b)"}]},
+        r"processor 'c' \(counter\): by must be \"tag\" or a regex with exactly one group",
+    ),
+    (
+        "filter-both",
+        {"processors": [{"type": "filter", "id": "f", "pattern": "a", "tag": "error"}]},
+        r"give exactly one of 'pattern' \(a regex\) or 'tag'",
+    ),
+    (
+        "router-bad-route",
+        {"processors": [{"type": "router", "id": "r", "routes": {"a": 5}}]},
+        r"routes.a must be a regex string or \{\"tag\": \"<tag>\"\}, got a number",
+    ),
+]
 
 
 def write_config(tmp_path: Path, config: Any) -> Path:
@@ -90,11 +148,13 @@ def test_process_rejects_bad_config_before_any_work(tmp_path: Path, cli: Any, ca
 
 
 def test_validate_prints_the_dag(tmp_path: Path, cli: Any) -> None:
-    config = {"processors": [
-        {"type": "tag_extractor", "id": "tags"},
-        {"type": "router", "id": "r", "routes": {"err": {"tag": "error"}}, "default": "rest"},
-        {"type": "uppercase", "id": "u", "inputs": ["r.err"]},
-    ]}  # fmt: skip
+    config = {
+        "processors": [
+            {"type": "tag_extractor", "id": "tags"},
+            {"type": "router", "id": "r", "routes": {"err": {"tag": "error"}}, "default": "rest"},
+            {"type": "uppercase", "id": "u", "inputs": ["r.err"]},
+        ]
+    }
     res = cli("validate", str(write_config(tmp_path, config)))
     assert res.returncode == 0
     text = res.stdout.decode()

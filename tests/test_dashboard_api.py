@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 from conftest_dashboard import XSS_LINE, SmallRun, small_run
@@ -114,7 +115,9 @@ def test_errors_with_filters(client: Any, run: SmallRun) -> None:
     doc = client.get("/errors?limit=5").get_json()
     assert doc["count"] == 5 and doc["kept"] == len(run.events.errors)
     assert doc["errors"][0]["line"] == XSS_LINE
-    assert client.get("/errors?type=ValueError&processor=check&limit=1000").get_json()["count"] == len(run.events.errors)
+    assert client.get("/errors?type=ValueError&processor=check&limit=1000").get_json()["count"] == len(
+        run.events.errors
+    )
     assert client.get("/errors?type=KeyError").get_json()["errors"] == []
 
 
@@ -161,12 +164,25 @@ def test_healthz_reports_a_dead_worker(client: Any, run: SmallRun) -> None:
 @pytest.mark.parametrize(
     "url",
     [
-        "/trace?limit=abc", "/trace?limit=-1", "/trace?limit=1001", "/trace?limit=99999999999999999999",
-        "/trace?limit=1.5", "/trace?limit=%EF%BC%91", "/trace?line=0", "/trace?line=x", "/trace?status=bogus",
-        "/trace?processor=nope", "/errors?limit=abc", "/errors?limit=-1", "/errors?limit=100000",
-        "/errors?processor=nope", "/errors?type=" + "x" * 300, "/history?limit=0", "/history?limit=abc",
+        "/trace?limit=abc",
+        "/trace?limit=-1",
+        "/trace?limit=1001",
+        "/trace?limit=99999999999999999999",
+        "/trace?limit=1.5",
+        "/trace?limit=%EF%BC%91",
+        "/trace?line=0",
+        "/trace?line=x",
+        "/trace?status=bogus",
+        "/trace?processor=nope",
+        "/errors?limit=abc",
+        "/errors?limit=-1",
+        "/errors?limit=100000",
+        "/errors?processor=nope",
+        "/errors?type=" + "x" * 300,
+        "/history?limit=0",
+        "/history?limit=abc",
     ],
-)  # fmt: skip
+)
 def test_bad_parameters_get_400_json(client: Any, url: str) -> None:
     r = client.get(url)
     assert r.status_code == 400, r.get_data(as_text=True)

@@ -5,14 +5,25 @@ from __future__ import annotations
 import math
 import os
 import signal
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 from conftest_dashboard import (
-    XSS_LINE, big_log, free_port, get_json, kill_if_running, launch_chromium, serve_in_child, small_run, start_cli,
-    stop_child, stop_cli, wait_for,
-)  # fmt: skip
+    XSS_LINE,
+    big_log,
+    free_port,
+    get_json,
+    kill_if_running,
+    launch_chromium,
+    serve_in_child,
+    small_run,
+    start_cli,
+    stop_child,
+    stop_cli,
+    wait_for,
+)
 
 from dashboard_app.sources import LiveSource
 
@@ -43,10 +54,26 @@ def test_page_shows_numbers_and_log_text_as_text(tmp_path: Path, browser_page: t
     source.handle(("events", run.events.traces, run.events.errors))
     source.handle(("counters", run.counters))
     # A Dask run's view of its cluster (mpobs.executors.dask.executor.DaskExecutor.view), as the coordinator sends it.
-    worker = {"address": "tcp://10.0.0.2:4000", "name": "w-1", "nthreads": 1, "tasks": 3, "lines": 1500,
-              "cpu_percent": 12.5, "rss_bytes": 64 << 20}  # fmt: skip
-    source.handle(("executor", {"name": "dask", "scheduler": "tcp://10.0.0.1:8786",
-                                "dashboard": "http://127.0.0.1:8787/status", "workers": [worker]}))  # fmt: skip
+    worker = {
+        "address": "tcp://10.0.0.2:4000",
+        "name": "w-1",
+        "nthreads": 1,
+        "tasks": 3,
+        "lines": 1500,
+        "cpu_percent": 12.5,
+        "rss_bytes": 64 << 20,
+    }
+    source.handle(
+        (
+            "executor",
+            {
+                "name": "dask",
+                "scheduler": "tcp://10.0.0.1:8786",
+                "dashboard": "http://127.0.0.1:8787/status",
+                "workers": [worker],
+            },
+        )
+    )
     source.sample()
     port = free_port()
     server = serve_in_child(source, port)
@@ -105,8 +132,24 @@ def test_page_during_a_real_run_and_screenshot(tmp_path: Path, browser_page: tup
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     # Lingers until the test's SIGINT (or 600 s): on a busy machine the run alone can take a minute.
-    proc = start_cli("process", str(log), "--workers", "2", "--dashboard", "--dashboard-port", str(port),
-                     "--linger", "600", "--trace", "--trace-sample", "0.001", "-o", "out.log", "-q", cwd=tmp_path)  # fmt: skip
+    proc = start_cli(
+        "process",
+        str(log),
+        "--workers",
+        "2",
+        "--dashboard",
+        "--dashboard-port",
+        str(port),
+        "--linger",
+        "600",
+        "--trace",
+        "--trace-sample",
+        "0.001",
+        "-o",
+        "out.log",
+        "-q",
+        cwd=tmp_path,
+    )
     try:
         wait_for(lambda: get_json(f"{url}/healthz")[0] == 200, 30, what="the dashboard")
         page.goto(url + "/")
@@ -129,7 +172,9 @@ def test_page_during_a_real_run_and_screenshot(tmp_path: Path, browser_page: tup
         page.locator("#traces li.trace").first.wait_for(**shown)
         for w in stats["workers"]:  # each worker's time: busy / waiting for work / waiting for the output
             shares = page.locator(f"#worker-table tr[data-slot='{w['slot']}'] td[data-field='time_shares']")
-            want = " / ".join(f"{math.floor(w['time_shares'][k] * 100 + 0.5)} %" for k in ("busy", "waiting", "output_wait"))  # JS Math.round
+            want = " / ".join(
+                f"{math.floor(w['time_shares'][k] * 100 + 0.5)} %" for k in ("busy", "waiting", "output_wait")
+            )  # JS Math.round
             expect(shares).to_have_text(want, **shown)
         assert problems == []
         # Into tmp_path only: a test never writes into the tree. The README's picture is
@@ -169,9 +214,28 @@ def test_page_shows_the_alerts_of_a_followed_run(tmp_path: Path, browser_page: t
     (tmp_path / "rules.yml").write_text(ALERT_RULES)
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    proc = start_cli("process", str(log), "-F", "-c", str(config), "-w", "2", "--dashboard", "--dashboard-port",
-                     str(port), "--linger", "60", "--alerts", "rules.yml", "--alerts-interval", "0.2", "-o", "out",
-                     "-q", cwd=tmp_path)  # fmt: skip
+    proc = start_cli(
+        "process",
+        str(log),
+        "-F",
+        "-c",
+        str(config),
+        "-w",
+        "2",
+        "--dashboard",
+        "--dashboard-port",
+        str(port),
+        "--linger",
+        "60",
+        "--alerts",
+        "rules.yml",
+        "--alerts-interval",
+        "0.2",
+        "-o",
+        "out",
+        "-q",
+        cwd=tmp_path,
+    )
     try:
         wait_for(lambda: get_json(f"{url}/healthz")[0] == 200, 30, what="the dashboard")
         page.goto(url + "/")
@@ -222,31 +286,64 @@ def test_page_shows_the_tags_and_each_counter_s_top_keys(tmp_path: Path, browser
 
     page, problems = browser_page
     log = big_log(tmp_path / "in.log", 20_000, block=20_000)
-    (tmp_path / "c.json").write_text(json.dumps({"processors": [
-        {"type": "tag_extractor", "id": "tags"},
-        {"type": "counter", "id": "components", "by": r"\[(\w+)\]"},
-        {"type": "counter", "id": "last_word", "by": r"(\w+)$"},
-    ]}))  # fmt: skip
+    (tmp_path / "c.json").write_text(
+        json.dumps(
+            {
+                "processors": [
+                    {"type": "tag_extractor", "id": "tags"},
+                    {"type": "counter", "id": "components", "by": r"\[(\w+)\]"},
+                    {"type": "counter", "id": "last_word", "by": r"(\w+)$"},
+                ]
+            }
+        )
+    )
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    proc = start_cli("process", str(log), "-c", "c.json", "-w", "2", "-o", "out", "--dashboard", "--dashboard-port",
-                     str(port), "--linger", "60", cwd=tmp_path)  # fmt: skip
+    proc = start_cli(
+        "process",
+        str(log),
+        "-c",
+        "c.json",
+        "-w",
+        "2",
+        "-o",
+        "out",
+        "--dashboard",
+        "--dashboard-port",
+        str(port),
+        "--linger",
+        "60",
+        cwd=tmp_path,
+    )
     try:
-        wait_for(lambda: "dashboard serving the final state" in (tmp_path / "cli.stderr").read_text(), 60,
-                 what="the run's end")  # fmt: skip
+        wait_for(
+            lambda: "dashboard serving the final state" in (tmp_path / "cli.stderr").read_text(),
+            60,
+            what="the run's end",
+        )
         stats = get_json(f"{url}/stats")[1]
         page.goto(url + "/")
         page.locator("table[data-counter='last_word'] tr[data-others]").wait_for(timeout=15000)
-        for name, counts, total in [("tags", stats["tags"], stats["system"]["total_lines"]),
-                                    *((pid, c, sum(c.values())) for pid, c in stats["counters"].items())]:  # fmt: skip
+        for name, counts, total in [
+            ("tags", stats["tags"], stats["system"]["total_lines"]),
+            *((pid, c, sum(c.values())) for pid, c in stats["counters"].items()),
+        ]:
             table = page.locator(f"table[data-counter='{name}']")
             ranked = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
-            shown = [(r.locator("td[data-field='key']").text_content(), r.locator("td[data-field='count']").text_content(),
-                      r.locator("td[data-field='share']").text_content()) for r in table.locator("tbody tr").all()]  # fmt: skip
+            shown = [
+                (
+                    r.locator("td[data-field='key']").text_content(),
+                    r.locator("td[data-field='count']").text_content(),
+                    r.locator("td[data-field='share']").text_content(),
+                )
+                for r in table.locator("tbody tr").all()
+            ]
             want = [(k, f"{v:,}", f"{v / total * 100:.1f} %".replace(".0 %", " %")) for k, v in ranked[:10]]
             if len(ranked) > 10:
                 rest = sum(v for _, v in ranked[10:])
-                want.append((f"({len(ranked) - 10:,} others)", f"{rest:,}", f"{rest / total * 100:.1f} %".replace(".0 %", " %")))
+                want.append(
+                    (f"({len(ranked) - 10:,} others)", f"{rest:,}", f"{rest / total * 100:.1f} %".replace(".0 %", " %"))
+                )
             assert shown == want, name
         assert len(stats["counters"]["last_word"]) > 1000 and stats["tags"]["info"] > 0
         assert problems == []

@@ -37,8 +37,21 @@ def test_prometheus_scrapes_the_line_count(tmp_path: Path) -> None:
     log = big_log(tmp_path / "in.log", LINES)
     port, prom_port = free_port(), free_port()
     url, prom = f"http://127.0.0.1:{port}", f"http://127.0.0.1:{prom_port}"
-    run = start_cli("process", str(log), "--workers", "2", "--dashboard", "--dashboard-port", str(port),
-                    "--linger", "120", "-o", "out.log", "-q", cwd=tmp_path)  # fmt: skip
+    run = start_cli(
+        "process",
+        str(log),
+        "--workers",
+        "2",
+        "--dashboard",
+        "--dashboard-port",
+        str(port),
+        "--linger",
+        "120",
+        "-o",
+        "out.log",
+        "-q",
+        cwd=tmp_path,
+    )
     server = None
     try:
         wait_for(lambda: get_json(f"{url}/healthz")[0] == 200, 30, what="the dashboard")
@@ -57,10 +70,16 @@ def test_prometheus_scrapes_the_line_count(tmp_path: Path) -> None:
         log_file = open(tmp_path / "prometheus.log", "wb")  # noqa: SIM115
         try:
             server = subprocess.Popen(
-                [exe, f"--config.file={config}", f"--storage.tsdb.path={tmp_path / 'tsdb'}",
-                 f"--web.listen-address=127.0.0.1:{prom_port}", "--log.level=warn"],
-                stdout=log_file, stderr=subprocess.STDOUT,
-            )  # fmt: skip
+                [
+                    exe,
+                    f"--config.file={config}",
+                    f"--storage.tsdb.path={tmp_path / 'tsdb'}",
+                    f"--web.listen-address=127.0.0.1:{prom_port}",
+                    "--log.level=warn",
+                ],
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+            )
         finally:
             log_file.close()
 

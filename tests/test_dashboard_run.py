@@ -11,7 +11,6 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-
 from conftest_dashboard import big_log, free_port, get_json, kill_if_running, start_cli, stop_cli, wait_for
 
 COMPARE = ("lines_in", "lines_out", "errors", "processing_time_ms", "batches", "share_of_time")
@@ -22,8 +21,24 @@ def test_live_stats_rise_and_final_state_equals_saved_metrics(tmp_path: Path) ->
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     # Lingers until the test's SIGINT (or 600 s): on a busy machine the run alone can take a minute.
-    proc = start_cli("process", str(log), "--workers", "2", "--dashboard", "--dashboard-port", str(port),
-                     "--linger", "600", "--trace", "--save-metrics", "m.json", "-o", "out.log", "-q", cwd=tmp_path)  # fmt: skip
+    proc = start_cli(
+        "process",
+        str(log),
+        "--workers",
+        "2",
+        "--dashboard",
+        "--dashboard-port",
+        str(port),
+        "--linger",
+        "600",
+        "--trace",
+        "--save-metrics",
+        "m.json",
+        "-o",
+        "out.log",
+        "-q",
+        cwd=tmp_path,
+    )
     try:
         seen: list[int] = []
 
@@ -65,8 +80,21 @@ def test_live_stats_rise_and_final_state_equals_saved_metrics(tmp_path: Path) ->
 def test_linger_zero_exits_with_the_run(tmp_path: Path) -> None:
     log = big_log(tmp_path / "in.log", 200_000)
     port = free_port()
-    proc = start_cli("process", str(log), "--workers", "2", "--dashboard", "--dashboard-port", str(port),
-                     "--linger", "0", "-o", "out.log", "-q", cwd=tmp_path)  # fmt: skip
+    proc = start_cli(
+        "process",
+        str(log),
+        "--workers",
+        "2",
+        "--dashboard",
+        "--dashboard-port",
+        str(port),
+        "--linger",
+        "0",
+        "-o",
+        "out.log",
+        "-q",
+        cwd=tmp_path,
+    )
     err = stop_cli(proc, timeout=60)
     assert proc.returncode == 0, err
     assert not _listening(port)
@@ -93,8 +121,24 @@ def test_a_dead_dashboard_does_not_stop_the_run(tmp_path: Path) -> None:
             except BrokenPipeError:
                 pass  # the run ended early: the asserts below say why
 
-    proc = start_cli("process", "-", "--workers", "2", "--dashboard", "--dashboard-port", str(port), "--linger", "0",
-                     "--save-metrics", "m.json", "-o", "out.log", "-q", cwd=tmp_path, stdin=r)  # fmt: skip
+    proc = start_cli(
+        "process",
+        "-",
+        "--workers",
+        "2",
+        "--dashboard",
+        "--dashboard-port",
+        str(port),
+        "--linger",
+        "0",
+        "--save-metrics",
+        "m.json",
+        "-o",
+        "out.log",
+        "-q",
+        cwd=tmp_path,
+        stdin=r,
+    )
     os.close(r)
     feeder = threading.Thread(target=feed, daemon=True)
     feeder.start()
@@ -119,8 +163,9 @@ def test_port_in_use_fails_before_any_work(tmp_path: Path) -> None:
         s.bind(("127.0.0.1", 0))
         s.listen(1)
         port = s.getsockname()[1]
-        proc = start_cli("process", str(log), "--dashboard", "--dashboard-port", str(port), "-o", "out.log",
-                         cwd=tmp_path)  # fmt: skip
+        proc = start_cli(
+            "process", str(log), "--dashboard", "--dashboard-port", str(port), "-o", "out.log", cwd=tmp_path
+        )
         err = stop_cli(proc)
     assert proc.returncode == 2
     assert f"port {port} on 127.0.0.1 is in use" in err and "Traceback" not in err
@@ -131,8 +176,18 @@ def test_a_start_that_fails_after_the_dashboard_forked_leaves_nothing_behind(tmp
     """The dashboard's process is forked before the config is read: a bad config must still end it."""
     log = big_log(tmp_path / "in.log", 200_000)
     port = free_port()
-    proc = start_cli("process", str(log), "-c", "missing.json", "--dashboard", "--dashboard-port", str(port),
-                     "-o", "out.log", cwd=tmp_path)  # fmt: skip
+    proc = start_cli(
+        "process",
+        str(log),
+        "-c",
+        "missing.json",
+        "--dashboard",
+        "--dashboard-port",
+        str(port),
+        "-o",
+        "out.log",
+        cwd=tmp_path,
+    )
     err = stop_cli(proc)
     assert proc.returncode == 2 and "missing.json" in err and "Traceback" not in err
     assert "dashboard at" not in err  # announced only once it serves a run
@@ -144,8 +199,22 @@ def test_the_dashboard_process_never_loads_numpy(tmp_path: Path) -> None:
     """It reads the segment without numpy, so its start-up costs the workers no numpy import."""
     log = big_log(tmp_path / "in.log", 200_000)
     port = free_port()
-    proc = start_cli("process", str(log), "--workers", "2", "--trace", "--dashboard", "--dashboard-port", str(port),
-                     "--linger", "30", "-o", "out.log", "-q", cwd=tmp_path)  # fmt: skip
+    proc = start_cli(
+        "process",
+        str(log),
+        "--workers",
+        "2",
+        "--trace",
+        "--dashboard",
+        "--dashboard-port",
+        str(port),
+        "--linger",
+        "30",
+        "-o",
+        "out.log",
+        "-q",
+        cwd=tmp_path,
+    )
     try:
         url = f"http://127.0.0.1:{port}"
         wait_for(lambda: get_json(f"{url}/stats")[1]["system"]["state"] == "done", 60, what="the run to finish")
@@ -168,8 +237,18 @@ def test_bad_host_and_public_host_without_token_exit_2(tmp_path: Path) -> None:
     proc = start_cli("process", str(log), "--dashboard", "--dashboard-host", "0.0.0.0", "-o", "out.log", cwd=tmp_path)
     err = stop_cli(proc)
     assert proc.returncode == 2 and "token" in err and "Traceback" not in err
-    proc = start_cli("process", str(log), "--dashboard", "--dashboard-host", "192.0.2.1", "--dashboard-token", "t",
-                     "-o", "out.log", cwd=tmp_path)  # fmt: skip
+    proc = start_cli(
+        "process",
+        str(log),
+        "--dashboard",
+        "--dashboard-host",
+        "192.0.2.1",
+        "--dashboard-token",
+        "t",
+        "-o",
+        "out.log",
+        cwd=tmp_path,
+    )
     err = stop_cli(proc)
     assert proc.returncode == 2 and "cannot bind host '192.0.2.1'" in err and "Traceback" not in err
 
@@ -179,8 +258,19 @@ def test_token_on_a_real_server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
     port = free_port()
     env_token = "tok-" + os.urandom(4).hex()
     monkeypatch.setenv("MPOBS_DASHBOARD_TOKEN", env_token)
-    proc = start_cli("process", str(log), "--dashboard", "--dashboard-port", str(port), "--linger", "30",
-                     "-o", "out.log", "-q", cwd=tmp_path)  # fmt: skip
+    proc = start_cli(
+        "process",
+        str(log),
+        "--dashboard",
+        "--dashboard-port",
+        str(port),
+        "--linger",
+        "30",
+        "-o",
+        "out.log",
+        "-q",
+        cwd=tmp_path,
+    )
     try:
         url = f"http://127.0.0.1:{port}"
         wait_for(lambda: get_json(f"{url}/healthz")[0] == 200, 30, what="the dashboard")
@@ -205,8 +295,11 @@ def test_the_demo_dashboard_shares_the_runs_resource_tracker(tmp_path: Path) -> 
     try:
         url = f"http://127.0.0.1:{port}"
         wait_for(lambda: get_json(f"{url}/stats")[1]["system"]["state"] == "done", 60, what="the demo run")
-        trackers = [p for p in psutil.Process(proc.pid).children(recursive=True)
-                    if any("resource_tracker" in part for part in p.cmdline())]  # fmt: skip
+        trackers = [
+            p
+            for p in psutil.Process(proc.pid).children(recursive=True)
+            if any("resource_tracker" in part for part in p.cmdline())
+        ]
         assert len(trackers) == 1, [(p.pid, p.ppid()) for p in trackers]
         assert trackers[0].ppid() == proc.pid
         proc.send_signal(signal.SIGINT)
@@ -224,11 +317,32 @@ def test_a_failing_save_traces_ends_the_run_with_the_dashboard(tmp_path: Path) -
     log = tmp_path / "in.log"
     generate_file(str(log), 5, seed=1)  # its traces fit the file's buffer: only closing it fails
     port = free_port()
-    proc = start_cli("process", str(log), "-w", "1", "-q", "--save-traces", "/dev/full", "--trace-sample", "1",
-                     "-o", "out.log", "--dashboard", "--dashboard-port", str(port), "--linger", "0", cwd=tmp_path)  # fmt: skip
+    proc = start_cli(
+        "process",
+        str(log),
+        "-w",
+        "1",
+        "-q",
+        "--save-traces",
+        "/dev/full",
+        "--trace-sample",
+        "1",
+        "-o",
+        "out.log",
+        "--dashboard",
+        "--dashboard-port",
+        str(port),
+        "--linger",
+        "0",
+        cwd=tmp_path,
+    )
     err = stop_cli(proc, timeout=60)
     assert proc.returncode == 1, err
-    assert "I/O error: cannot write the --save-traces file '/dev/full'" in err and "Traceback" not in err and "internal error" not in err
+    assert (
+        "I/O error: cannot write the --save-traces file '/dev/full'" in err
+        and "Traceback" not in err
+        and "internal error" not in err
+    )
     assert not _listening(port)
 
 
@@ -266,7 +380,8 @@ def test_dashboard_module_imports_cheaply() -> None:
     import subprocess
     import sys
 
-    code = "import sys, mpobs.cli.commands; print(sorted(m for m in ('flask', 'waitress', 'psutil', 'prometheus_client') if m in sys.modules))"
+    heavy = "('flask', 'waitress', 'psutil', 'prometheus_client')"
+    code = f"import sys, mpobs.cli.commands; print(sorted(m for m in {heavy} if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
 
@@ -276,11 +391,26 @@ def test_without_linger_the_summary_and_saved_metrics_come_when_the_run_ends(tmp
     file are written when the run ends, not when the dashboard stops."""
     log = big_log(tmp_path / "in.log", 20_000, block=20_000)
     port = free_port()
-    proc = start_cli("process", str(log), "-w", "2", "-o", "out", "--save-metrics", "m.json", "--dashboard",
-                     "--dashboard-port", str(port), cwd=tmp_path)  # fmt: skip
+    proc = start_cli(
+        "process",
+        str(log),
+        "-w",
+        "2",
+        "-o",
+        "out",
+        "--save-metrics",
+        "m.json",
+        "--dashboard",
+        "--dashboard-port",
+        str(port),
+        cwd=tmp_path,
+    )
     try:
-        wait_for(lambda: "dashboard still serving the final state" in (tmp_path / "cli.stderr").read_text(), 60,
-                 what="the run's end")  # fmt: skip
+        wait_for(
+            lambda: "dashboard still serving the final state" in (tmp_path / "cli.stderr").read_text(),
+            60,
+            what="the run's end",
+        )
         err = (tmp_path / "cli.stderr").read_text()
         assert "done: 20,000 lines in" in err, err
         assert err.index("done: 20,000 lines") < err.index("dashboard still serving")

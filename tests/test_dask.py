@@ -15,8 +15,9 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import psutil
 import pytest
@@ -40,7 +41,9 @@ def held_slow_fns(gate: Path, delay: float = 0.05) -> str:
     """SLOW_FNS (``delay`` s a batch), and a batch holding a line marked HOLD-HERE (``hold_at``) waits until the
     test creates ``gate``: that task cannot end before the test has seen what it looks for. (The path is
     in the source: the workers of a cluster started earlier do not have the test's environment.)"""
-    return WAIT_FOR_FILE + f"""
+    return (
+        WAIT_FOR_FILE
+        + f"""
 import time
 def slow(lines):
     time.sleep({delay})
@@ -48,6 +51,7 @@ def slow(lines):
         _wait_for_file({str(gate)!r})
     return lines
 """
+    )
 
 
 def hold_at(log: Path, *line_numbers: int) -> Path:
@@ -80,26 +84,60 @@ class CliCluster:
         self.folder = folder
         self.plan = folder / "faults" / "plan.json"
         self.plan.parent.mkdir()
-        self.scheduler = self._start([DASK, "scheduler", "--host", "127.0.0.1", "--port", str(self.port),
-                                      "--dashboard-address", "127.0.0.1:0", "--no-show"])  # fmt: skip
+        self.scheduler = self._start(
+            [
+                DASK,
+                "scheduler",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+                "--dashboard-address",
+                "127.0.0.1:0",
+                "--no-show",
+            ]
+        )
         self.workers = [self.add_worker() for _ in range(workers)]
         self.wait_for_workers(workers)
 
     def _start(self, cmd: list[str], prefix: list[str] = ()) -> subprocess.Popen[bytes]:  # type: ignore[assignment]
         log = open(self.folder / f"{len(list(self.folder.iterdir()))}.log", "wb")  # noqa: SIM115 - closed with it
-        proc = subprocess.Popen([*prefix, *cmd], stdout=log, stderr=log, cwd=self.folder, start_new_session=True,
-                                env={**os.environ, PLAN_ENV: str(self.plan)})  # fmt: skip
+        proc = subprocess.Popen(
+            [*prefix, *cmd],
+            stdout=log,
+            stderr=log,
+            cwd=self.folder,
+            start_new_session=True,
+            env={**os.environ, PLAN_ENV: str(self.plan)},
+        )
         log.close()
         SHARED_PIDS.add(proc.pid)
         return proc
 
     def add_worker(self, prefix: list[str] = ()) -> subprocess.Popen[bytes]:  # type: ignore[assignment]
-        return self._start([DASK, "worker", self.address, "--nthreads", "1", "--memory-limit", "0", "--host",
-                            "127.0.0.1", "--no-dashboard", "--preload", str(FAULTS)], prefix)  # fmt: skip
+        return self._start(
+            [
+                DASK,
+                "worker",
+                self.address,
+                "--nthreads",
+                "1",
+                "--memory-limit",
+                "0",
+                "--host",
+                "127.0.0.1",
+                "--no-dashboard",
+                "--preload",
+                str(FAULTS),
+            ],
+            prefix,
+        )
 
     def wait_for_workers(self, n: int) -> None:
-        code = ("import sys; from distributed import Client\n"
-                f"c = Client({self.address!r}, timeout=30); c.wait_for_workers({n}, timeout=60); c.close()")
+        code = (
+            "import sys; from distributed import Client\n"
+            f"c = Client({self.address!r}, timeout=30); c.wait_for_workers({n}, timeout=60); c.close()"
+        )
         subprocess.run([sys.executable, "-c", code], check=True, timeout=120, capture_output=True)
 
     def worker_processes(self) -> list[psutil.Process]:
@@ -137,8 +175,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CliCluster]:
 
 
 def run(*args: str, timeout: float = 180, **kw: Any) -> subprocess.CompletedProcess[bytes]:
-    return subprocess.run([sys.executable, "-m", "mpobs", "process", *args], capture_output=True, timeout=timeout,
-                          **kw)  # fmt: skip
+    return subprocess.run([sys.executable, "-m", "mpobs", "process", *args], capture_output=True, timeout=timeout, **kw)
 
 
 def comparable(m: dict[str, Any], tasks: bool = True) -> dict[str, Any]:
@@ -148,11 +185,14 @@ def comparable(m: dict[str, Any], tasks: bool = True) -> dict[str, Any]:
     counts = COUNTS if tasks else ("lines_in", "lines_out", "errors")
     return {
         "processors": {p: {k: row[k] for k in counts} for p, row in m["processors"].items()},
-        "tags": m["tags"], "counters": m["counters"], "errors_by_type": m["errors_by_type"],
-        "system": {k: s[k] for k in ("total_lines", "bytes_done", "total_errors", "state")
-                   + (("tasks_done",) if tasks else ())},
+        "tags": m["tags"],
+        "counters": m["counters"],
+        "errors_by_type": m["errors_by_type"],
+        "system": {
+            k: s[k] for k in ("total_lines", "bytes_done", "total_errors", "state") + (("tasks_done",) if tasks else ())
+        },
         "inputs": [{k: i[k] for k in ("name", "lines", "lines_done", "state")} for i in m["inputs"]],
-    }  # fmt: skip
+    }
 
 
 def errors(m: dict[str, Any]) -> list[tuple[Any, ...]]:
@@ -165,16 +205,40 @@ def dag_log(make_log: Any) -> Path:
     return log
 
 
-def both(tmp_path: Path, inputs: list[str], workers: int, *dask_args: str, stdin: bytes | None = None,
-         extra: tuple[str, ...] = ()) -> tuple[dict[str, Any], dict[str, Any]]:  # fmt: skip
+def both(
+    tmp_path: Path,
+    inputs: list[str],
+    workers: int,
+    *dask_args: str,
+    stdin: bytes | None = None,
+    extra: tuple[str, ...] = (),
+) -> tuple[dict[str, Any], dict[str, Any]]:
     """The same run on the local pool and on Dask; asserts identical output, counts, traces and errors."""
     config = write_dag(tmp_path)
     got: dict[str, dict[str, Any]] = {}
     for name, how in (("local", ()), ("dask", dask_args)):
         out, m, t = tmp_path / f"{name}.out", tmp_path / f"{name}.json", tmp_path / f"{name}.jsonl"
-        res = run(*inputs, "-c", str(config), "-w", str(workers), "-q", "-o", str(out), "--save-metrics", str(m),
-                  "--trace-sample", "0.01", "--save-traces", str(t), "--task-size", "65536", *extra, *how,
-                  input=stdin)  # fmt: skip
+        res = run(
+            *inputs,
+            "-c",
+            str(config),
+            "-w",
+            str(workers),
+            "-q",
+            "-o",
+            str(out),
+            "--save-metrics",
+            str(m),
+            "--trace-sample",
+            "0.01",
+            "--save-traces",
+            str(t),
+            "--task-size",
+            "65536",
+            *extra,
+            *how,
+            input=stdin,
+        )
         assert res.returncode == 0, res.stderr.decode()
         got[name] = json.loads(m.read_text())
     assert (tmp_path / "dask.out").read_bytes() == (tmp_path / "local.out").read_bytes()
@@ -190,22 +254,32 @@ def test_a_local_cluster_gives_the_local_pools_answer(tmp_path: Path, make_log: 
     both(tmp_path, [str(dag_log(make_log))], workers, "--executor", "dask")
 
 
-def test_a_cluster_started_from_the_command_line_gives_the_same_answer(tmp_path: Path, make_log: Any,
-                                                                      cluster: CliCluster) -> None:  # fmt: skip
+def test_a_cluster_started_from_the_command_line_gives_the_same_answer(
+    tmp_path: Path, make_log: Any, cluster: CliCluster
+) -> None:
     both(tmp_path, [str(dag_log(make_log))], 2, "--scheduler", cluster.address)
 
 
 def test_the_scheduler_from_the_environment(tmp_path: Path, make_log: Any, cluster: CliCluster) -> None:
     log = make_log(2000)
-    res = run(str(log), "--executor", "dask", "-o", str(tmp_path / "out"), "--save-metrics", str(tmp_path / "m.json"),
-              env={**os.environ, "MPOBS_DASK_SCHEDULER": cluster.address})  # fmt: skip
+    res = run(
+        str(log),
+        "--executor",
+        "dask",
+        "-o",
+        str(tmp_path / "out"),
+        "--save-metrics",
+        str(tmp_path / "m.json"),
+        env={**os.environ, "MPOBS_DASK_SCHEDULER": cluster.address},
+    )
     assert res.returncode == 0, res.stderr.decode()
     assert "on 2 Dask worker thread(s)" in res.stderr.decode()  # the summary says which executor ran
     assert json.loads((tmp_path / "m.json").read_text())["system"]["total_lines"] == 2000
 
 
-def test_streams_and_compressed_inputs_are_shipped_as_blocks(tmp_path: Path, make_log: Any,
-                                                             cluster: CliCluster) -> None:  # fmt: skip
+def test_streams_and_compressed_inputs_are_shipped_as_blocks(
+    tmp_path: Path, make_log: Any, cluster: CliCluster
+) -> None:
     import gzip
 
     log = dag_log(make_log)
@@ -216,8 +290,15 @@ def test_streams_and_compressed_inputs_are_shipped_as_blocks(tmp_path: Path, mak
 
 FAULTS = Path(__file__).with_name("dask_faults.py")
 #: Every moment a Dask worker can go away (tests/dask_faults.py), as (stage, task, delay in s).
-STAGES = [("probing", 0, 0.0), ("running", 3, 0.05), ("finished", 4, 0.0), ("gathering", 5, 0.0),
-          ("behind", 4, 2.0), ("between", 5, 0.0), ("restart", 5, 0.05)]  # fmt: skip
+STAGES = [
+    ("probing", 0, 0.0),
+    ("running", 3, 0.05),
+    ("finished", 4, 0.0),
+    ("gathering", 5, 0.0),
+    ("behind", 4, 2.0),
+    ("between", 5, 0.0),
+    ("restart", 5, 0.05),
+]
 
 
 @pytest.fixture(scope="module")
@@ -229,17 +310,29 @@ def slow_job(tmp_path_factory: pytest.TempPathFactory) -> tuple[list[str], Path,
     folder = tmp_path_factory.mktemp("slow-job")
     log = folder / "in.log"
     generate_file(str(log), 40_000, seed=1)
-    config = fn_config(folder, "daskslow", SLOW_FNS,
-                       [{"type": "python", "id": "slow", "function": "daskslow:slow", "batch": True},
-                        {"type": "line_counter", "id": "n", "format": "{count}|{line}"}])  # fmt: skip
+    config = fn_config(
+        folder,
+        "daskslow",
+        SLOW_FNS,
+        [
+            {"type": "python", "id": "slow", "function": "daskslow:slow", "batch": True},
+            {"type": "line_counter", "id": "n", "format": "{count}|{line}"},
+        ],
+    )
     common = [str(log), "-c", str(config), "-q", "-w", "2", "--task-size", "65536", "--batch-lines", "500"]
     ref = run(*common, "-o", str(folder / "ref"), "--save-metrics", str(folder / "ref.json"))
     assert ref.returncode == 0, ref.stderr.decode()
     return common, folder / "ref", json.loads((folder / "ref.json").read_text())
 
 
-def faulty_runs(tmp_path: Path, slow_job: Any, how: list[str], plan: Path, env: dict[str, str],
-                stages: list[tuple[str, int, float]] = STAGES) -> list[str]:  # fmt: skip
+def faulty_runs(
+    tmp_path: Path,
+    slow_job: Any,
+    how: list[str],
+    plan: Path,
+    env: dict[str, str],
+    stages: list[tuple[str, int, float]] = STAGES,
+) -> list[str]:
     """The slow job on Dask (``how``) once per stage of ``stages``, a worker dying there; asserts every run is
     exact (the local pool's output and counts) and that the worker died; returns the runs' stderr."""
     common, ref, ref_metrics = slow_job
@@ -261,8 +354,9 @@ def faulty_runs(tmp_path: Path, slow_job: Any, how: list[str], plan: Path, env: 
     return said
 
 
-def test_a_dask_worker_that_goes_away_at_any_moment_loses_nothing(tmp_path: Path, slow_job: Any,
-                                                                  cluster: CliCluster) -> None:  # fmt: skip
+def test_a_dask_worker_that_goes_away_at_any_moment_loses_nothing(
+    tmp_path: Path, slow_job: Any, cluster: CliCluster
+) -> None:
     """A worker of a cluster of our own dies while running a task, after finishing it, while its result
     is fetched, while another result is fetched, between tasks, and while its nanny restarts it: every
     run exits 0 with the local pool's output and counts."""
@@ -292,8 +386,15 @@ def test_a_worker_that_cannot_see_the_input_is_named(tmp_path: Path, make_log: A
     (tmp_path / "cluster-files").mkdir()
     c = CliCluster(tmp_path / "cluster-files", workers=1)
     try:
-        hidden = ["unshare", "--mount", "--propagation", "private", "sh", "-c",
-                  f"mount -t tmpfs tmpfs {folder} && exec \"$0\" \"$@\""]  # fmt: skip
+        hidden = [
+            "unshare",
+            "--mount",
+            "--propagation",
+            "private",
+            "sh",
+            "-c",
+            f'mount -t tmpfs tmpfs {folder} && exec "$0" "$@"',
+        ]
         c.workers.append(c.add_worker(hidden))
         c.wait_for_workers(2)
         res = run(str(log), "--scheduler", c.address, "-o", str(tmp_path / "out"), timeout=60)
@@ -320,10 +421,12 @@ def test_an_unreachable_scheduler_is_exit_2_within_10_s(tmp_path: Path, make_log
 
 def test_without_dask_installed_the_dask_executor_says_how_to_install_it(tmp_path: Path, make_log: Any) -> None:
     log = make_log(100)
-    code = ("import sys; sys.modules['distributed'] = None\n"
-            "from mpobs.__main__ import main; sys.argv[0] = 'mpobs'; main()")  # fmt: skip
-    res = subprocess.run([sys.executable, "-c", code, "process", str(log), "--executor", "dask"], capture_output=True,
-                         timeout=60)  # fmt: skip
+    code = (
+        "import sys; sys.modules['distributed'] = None\nfrom mpobs.__main__ import main; sys.argv[0] = 'mpobs'; main()"
+    )
+    res = subprocess.run(
+        [sys.executable, "-c", code, "process", str(log), "--executor", "dask"], capture_output=True, timeout=60
+    )
     assert res.returncode == 2, res.stderr.decode()
     assert "pip install 'mpobs[dask]'" in res.stderr.decode()
 
@@ -333,15 +436,37 @@ def test_the_scheduler_going_away_fails_the_run_with_exit_1(tmp_path: Path, make
 
     log = hold_at(make_log(40_000), 20_000)  # the run is still going when the scheduler goes
     gate = tmp_path / "gate"
-    config = fn_config(tmp_path, "daskslow2", held_slow_fns(gate),
-                       [{"type": "python", "id": "slow", "function": "daskslow2:slow", "batch": True}])
+    config = fn_config(
+        tmp_path,
+        "daskslow2",
+        held_slow_fns(gate),
+        [{"type": "python", "id": "slow", "function": "daskslow2:slow", "batch": True}],
+    )
     (tmp_path / "c").mkdir()
     c = CliCluster(tmp_path / "c", workers=1)
     out = tmp_path / "out"
     try:
-        proc = subprocess.Popen([sys.executable, "-m", "mpobs", "process", str(log), "-c", str(config), "-q",
-                                 "--task-size", "65536", "--batch-lines", "500", "-o", str(out), "--scheduler",
-                                 c.address], stderr=subprocess.PIPE)  # fmt: skip
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "mpobs",
+                "process",
+                str(log),
+                "-c",
+                str(config),
+                "-q",
+                "--task-size",
+                "65536",
+                "--batch-lines",
+                "500",
+                "-o",
+                str(out),
+                "--scheduler",
+                c.address,
+            ],
+            stderr=subprocess.PIPE,
+        )
         wait_for(lambda: out.exists() and out.stat().st_size > 0, 60)
         c.scheduler.kill()
         _, err = proc.communicate(timeout=120)
@@ -361,12 +486,37 @@ def test_ctrl_c_cancels_closes_the_cluster_and_exits_130(tmp_path: Path, make_lo
 
     log = hold_at(make_log(40_000), 20_000)  # the run is still going when Ctrl-C comes
     gate = tmp_path / "gate"
-    config = fn_config(tmp_path, "daskslow3", held_slow_fns(gate),
-                       [{"type": "python", "id": "slow", "function": "daskslow3:slow", "batch": True}])
+    config = fn_config(
+        tmp_path,
+        "daskslow3",
+        held_slow_fns(gate),
+        [{"type": "python", "id": "slow", "function": "daskslow3:slow", "batch": True}],
+    )
     out = tmp_path / "out"
-    proc = subprocess.Popen([sys.executable, "-m", "mpobs", "process", str(log), "-c", str(config), "-q", "-w", "2",
-                             "--task-size", "65536", "--batch-lines", "500", "-o", str(out), "--executor", "dask"],
-                            stderr=subprocess.PIPE, start_new_session=True)  # fmt: skip
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "mpobs",
+            "process",
+            str(log),
+            "-c",
+            str(config),
+            "-q",
+            "-w",
+            "2",
+            "--task-size",
+            "65536",
+            "--batch-lines",
+            "500",
+            "-o",
+            str(out),
+            "--executor",
+            "dask",
+        ],
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
     try:
         wait_for(lambda: out.exists() and out.stat().st_size > 0, 60)
         family = psutil.Process(proc.pid).children(recursive=True)
@@ -389,8 +539,21 @@ def watched_dashboard_run(args: list[str], watch: Any, gate: Path, timeout: floa
     from tests.conftest_dashboard import get_json
 
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "mpobs", "process", *args, "--dashboard", "--dashboard-port",
-                             str(port), "--linger", "0"], stderr=subprocess.PIPE)  # fmt: skip
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "mpobs",
+            "process",
+            *args,
+            "--dashboard",
+            "--dashboard-port",
+            str(port),
+            "--linger",
+            "0",
+        ],
+        stderr=subprocess.PIPE,
+    )
 
     def seen() -> Any:
         try:
@@ -420,18 +583,43 @@ def test_stats_and_saved_metrics_show_the_dask_workers(tmp_path: Path, make_log:
     # A task near the end waits until the watch has seen the cluster busy: the run is still going then.
     log = hold_at(make_log(20_000), 18_000)
     gate = tmp_path / "gate"
-    config = fn_config(tmp_path, "daskslow4", held_slow_fns(gate),
-                       [{"type": "python", "id": "slow", "function": "daskslow4:slow", "batch": True}])
+    config = fn_config(
+        tmp_path,
+        "daskslow4",
+        held_slow_fns(gate),
+        [{"type": "python", "id": "slow", "function": "daskslow4:slow", "batch": True}],
+    )
     m = tmp_path / "m.json"
 
     def busy_cluster(doc: dict[str, Any]) -> Any:
         ex = doc.get("executor")
         return ex if ex and len(ex["workers"]) == 2 and sum(w["tasks"] for w in ex["workers"]) > 0 else None
 
-    ex, _ = watched_dashboard_run([str(log), "-c", str(config), "-q", "-w", "2", "--task-size", "65536",
-                                   "--batch-lines", "500", "-o", str(tmp_path / "out"), "--executor", "dask",
-                                   "--save-metrics", str(m)], busy_cluster, gate)  # fmt: skip
-    assert ex["name"] == "dask" and ex["scheduler"] == "LocalCluster" and ex["dashboard"].startswith("http://127.0.0.1:")
+    ex, _ = watched_dashboard_run(
+        [
+            str(log),
+            "-c",
+            str(config),
+            "-q",
+            "-w",
+            "2",
+            "--task-size",
+            "65536",
+            "--batch-lines",
+            "500",
+            "-o",
+            str(tmp_path / "out"),
+            "--executor",
+            "dask",
+            "--save-metrics",
+            str(m),
+        ],
+        busy_cluster,
+        gate,
+    )
+    assert (
+        ex["name"] == "dask" and ex["scheduler"] == "LocalCluster" and ex["dashboard"].startswith("http://127.0.0.1:")
+    )
     assert all(w["address"].startswith("tcp://127.0.0.1:") and w["rss_bytes"] > 0 for w in ex["workers"])
     final = json.loads(m.read_text())
     workers = final["executor"]["workers"]
@@ -448,8 +636,12 @@ def test_a_running_task_shows_its_counts_before_it_is_done(tmp_path: Path, make_
     # first live report at 0.5 s) until the watch has seen it: no task can be done by then.
     log = hold_at(make_log(8_000), 2_000, 6_000)
     gate = tmp_path / "gate"
-    config = fn_config(tmp_path, "daskslow5", held_slow_fns(gate),
-                       [{"type": "python", "id": "slow", "function": "daskslow5:slow", "batch": True}])
+    config = fn_config(
+        tmp_path,
+        "daskslow5",
+        held_slow_fns(gate),
+        [{"type": "python", "id": "slow", "function": "daskslow5:slow", "batch": True}],
+    )
     m = tmp_path / "m.json"
 
     def running_and_counted(doc: dict[str, Any]) -> Any:
@@ -457,10 +649,28 @@ def test_a_running_task_shows_its_counts_before_it_is_done(tmp_path: Path, make_
         return seen if doc["system"]["tasks_done"] == 0 and 0 < seen < 8_000 else None
 
     # Two tasks (one per worker) of 40 batches of 100 lines.
-    seen, _ = watched_dashboard_run([str(log), "-c", str(config), "-q", "-w", "2", "--task-size",
-                                     str(log.stat().st_size // 2 + 1), "--batch-lines", "100", "-o",
-                                     str(tmp_path / "out"), "--executor", "dask", "--save-metrics", str(m)],
-                                    running_and_counted, gate)  # fmt: skip
+    seen, _ = watched_dashboard_run(
+        [
+            str(log),
+            "-c",
+            str(config),
+            "-q",
+            "-w",
+            "2",
+            "--task-size",
+            str(log.stat().st_size // 2 + 1),
+            "--batch-lines",
+            "100",
+            "-o",
+            str(tmp_path / "out"),
+            "--executor",
+            "dask",
+            "--save-metrics",
+            str(m),
+        ],
+        running_and_counted,
+        gate,
+    )
     assert seen % 100 == 0  # whole batches
     final = json.loads(m.read_text())
     assert final["processors"]["slow"]["lines_in"] == final["system"]["total_lines"] == 8_000

@@ -64,8 +64,10 @@ def test_generated_log_same_with_1_2_3_workers(tmp_path: Path, cli: Any, make_lo
         res = cli("process", str(log), "-w", str(w), "-o", str(out), "--save-metrics", str(m), "--task-size", "65536")
         assert res.returncode == 0, res.stderr.decode()
         stats = json.loads(m.read_text())
-        counts = {pid: {k: v for k, v in p.items() if k in ("lines_in", "lines_out", "errors")}
-                  for pid, p in stats["processors"].items()}  # fmt: skip
+        counts = {
+            pid: {k: v for k, v in p.items() if k in ("lines_in", "lines_out", "errors")}
+            for pid, p in stats["processors"].items()
+        }
         results.append((out.read_bytes(), counts, stats["tags"], stats["system"]["total_lines"]))
     assert results[0] == results[1] == results[2]
     assert results[0][0] == default_pipeline(log.read_bytes())[0]
@@ -78,17 +80,28 @@ def write_dag(tmp_path: Path) -> Path:
         "        raise RuntimeError('cannot annotate')\n"
         "    return [line + ' [a]', line + ' [b]'] if 'dup' in line else line + ' [a]'\n"
     )
-    config = {"processors": [
-        {"type": "tag_extractor", "id": "tags"},
-        {"type": "router", "id": "route", "routes": {"err": {"tag": "error"}, "warn": {"tag": "warn"}},
-         "default": "rest"},
-        {"type": "uppercase", "id": "up", "inputs": ["route.err"]},
-        {"type": "python", "id": "annotate", "function": "dagfns:annotate", "inputs": ["route.warn"]},
-        {"type": "counter", "id": "services", "by": r"\[(\w+)\]", "inputs": ["route.rest"]},
-        {"type": "filter", "id": "no_debug", "tag": "debug", "invert": True, "inputs": ["services"]},
-        {"type": "line_counter", "id": "number", "format": "{count}|{line}", "inputs": ["up", "annotate", "no_debug"]},
-        {"type": "filter", "id": "audit", "pattern": "login", "inputs": ["tags"]},
-    ]}  # fmt: skip
+    config = {
+        "processors": [
+            {"type": "tag_extractor", "id": "tags"},
+            {
+                "type": "router",
+                "id": "route",
+                "routes": {"err": {"tag": "error"}, "warn": {"tag": "warn"}},
+                "default": "rest",
+            },
+            {"type": "uppercase", "id": "up", "inputs": ["route.err"]},
+            {"type": "python", "id": "annotate", "function": "dagfns:annotate", "inputs": ["route.warn"]},
+            {"type": "counter", "id": "services", "by": r"\[(\w+)\]", "inputs": ["route.rest"]},
+            {"type": "filter", "id": "no_debug", "tag": "debug", "invert": True, "inputs": ["services"]},
+            {
+                "type": "line_counter",
+                "id": "number",
+                "format": "{count}|{line}",
+                "inputs": ["up", "annotate", "no_debug"],
+            },
+            {"type": "filter", "id": "audit", "pattern": "login", "inputs": ["tags"]},
+        ]
+    }
     path = tmp_path / "dag.json"
     path.write_text(json.dumps(config))
     return path
@@ -132,8 +145,19 @@ def test_dag_with_fan_out_router_fan_in_and_python(tmp_path: Path, cli: Any, wor
     log.write_bytes(log.read_bytes() + extra)
     config = write_dag(tmp_path)
     out, m = tmp_path / "out.txt", tmp_path / "m.json"
-    res = cli("process", str(log), "-c", str(config), "-w", str(workers), "-o", str(out), "--save-metrics", str(m),
-              *SMALL_TASKS)  # fmt: skip
+    res = cli(
+        "process",
+        str(log),
+        "-c",
+        str(config),
+        "-w",
+        str(workers),
+        "-o",
+        str(out),
+        "--save-metrics",
+        str(m),
+        *SMALL_TASKS,
+    )
     assert res.returncode == 0, res.stderr.decode()
     lines = split_lines(log.read_bytes())
     want, services, errors = expected_dag(lines)
@@ -156,8 +180,9 @@ def test_results_go_to_stdout_and_nothing_else_does(tmp_path: Path, cli: Any) ->
 
 def test_closed_stdout_pipe_ends_quietly(tmp_path: Path, make_log: Any) -> None:
     log = make_log(300_000)
-    proc = subprocess.Popen([sys.executable, "-m", "mpobs", "process", str(log), "-w", "2"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mpobs", "process", str(log), "-w", "2"], stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
     assert proc.stdout is not None and proc.stderr is not None
     first = proc.stdout.readline()
     proc.stdout.close()  # like `| head -1`
@@ -184,8 +209,11 @@ def test_no_shared_memory_left_after_runs(tmp_path: Path, cli: Any) -> None:
         (["-w", "2", "--max-errors", "0"], 2),  # refused before any work
     )
     for args, code in runs:
-        proc = subprocess.Popen([sys.executable, "-m", "mpobs", "process", str(log), *args],
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "mpobs", "process", str(log), *args],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         assert proc.wait(timeout=60) == code
         assert not [n for n in shm_segments() if n.startswith(f"mpobs_{proc.pid}_")]
 
@@ -311,8 +339,7 @@ def test_workers_get_one_blas_thread_unless_the_user_set_one(tmp_path: Path, mak
     from mpobs.cli.commands import BLAS_THREAD_VARS
 
     (tmp_path / "blasfns.py").write_text(
-        "import os\n"
-        f"def env(line):\n    return ','.join(os.environ.get(v, '-') for v in {BLAS_THREAD_VARS!r})\n"
+        f"import os\ndef env(line):\n    return ','.join(os.environ.get(v, '-') for v in {BLAS_THREAD_VARS!r})\n"
     )
     config = tmp_path / "blas.json"
     config.write_text(json.dumps({"processors": [{"type": "python", "id": "env", "function": "blasfns:env"}]}))
@@ -334,11 +361,36 @@ def test_a_run_imports_no_numpy_unless_something_asks(tmp_path: Path, make_log: 
     """numpy costs every process 50-70 ms to import; counting, planning and tracing at 0.01 do without it."""
     (tmp_path / "probe.py").write_text("import sys\ndef probe(line):\n    return str('numpy' in sys.modules)\n")
     config = tmp_path / "probe.json"
-    config.write_text(json.dumps({"processors": [{"type": "tag_extractor", "id": "tags"},
-                                                 {"type": "python", "id": "probe", "function": "probe:probe"}]}))
+    config.write_text(
+        json.dumps(
+            {
+                "processors": [
+                    {"type": "tag_extractor", "id": "tags"},
+                    {"type": "python", "id": "probe", "function": "probe:probe"},
+                ]
+            }
+        )
+    )
     log, out = make_log(20_000), tmp_path / "out.txt"
-    res = subprocess.run([sys.executable, "-m", "mpobs", "process", str(log), "-c", str(config), "-w", str(workers),
-                          "-q", "-o", str(out), "--trace"], capture_output=True, timeout=60)  # fmt: skip
+    res = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "mpobs",
+            "process",
+            str(log),
+            "-c",
+            str(config),
+            "-w",
+            str(workers),
+            "-q",
+            "-o",
+            str(out),
+            "--trace",
+        ],
+        capture_output=True,
+        timeout=60,
+    )
     assert res.returncode == 0, res.stderr.decode()
     assert set(out.read_text().splitlines()) == {"False"}
 
@@ -356,8 +408,12 @@ def test_the_command_ends_fast_but_runs_what_atexit_holds(tmp_path: Path, make_l
     log = make_log(30_000)
     mark = tmp_path / "mark"
     env = dict(os.environ, MARK=str(mark), PYTHONPATH=str(tmp_path))
-    res = subprocess.run([sys.executable, "-m", "mpobs", "process", str(log), "-c", str(config), "-w", "2"],
-                         capture_output=True, env=env, timeout=120)  # fmt: skip
+    res = subprocess.run(
+        [sys.executable, "-m", "mpobs", "process", str(log), "-c", str(config), "-w", "2"],
+        capture_output=True,
+        env=env,
+        timeout=120,
+    )
     assert res.returncode == 0, res.stderr.decode()
     assert res.stdout == log.read_bytes() and b"done: 30,000 lines" in res.stderr
     assert len(mark.read_text().split()) == 1  # the coordinator's; workers end without atexit, as before

@@ -24,7 +24,9 @@ def _comparable(stats: dict[str, Any]) -> dict[str, Any]:
         "tags": stats["tags"],
         "counters": stats["counters"],
         "errors_by_type": stats["errors_by_type"],
-        "system": {k: s[k] for k in ("total_lines", "bytes_done", "bytes_total", "tasks_done", "state", "total_errors")},
+        "system": {
+            k: s[k] for k in ("total_lines", "bytes_done", "bytes_total", "tasks_done", "state", "total_errors")
+        },
     }
 
 
@@ -42,21 +44,45 @@ def _run_inline(log: Path, config: Path, out: Path, traces: Path, executor: Adve
     from mpobs.pipeline.config import load_config
     from mpobs.run.coordinator import Coordinator, RunOptions
 
-    opts = RunOptions(str(log), str(out), workers=executor.capacity, task_bytes=1024, batch_lines=7, trace=True,
-                      trace_sample=0.05, save_traces=str(traces))  # fmt: skip
+    opts = RunOptions(
+        str(log),
+        str(out),
+        workers=executor.capacity,
+        task_bytes=1024,
+        batch_lines=7,
+        trace=True,
+        trace_sample=0.05,
+        save_traces=str(traces),
+    )
     return Coordinator(load_config(config), opts, executor=executor).run()
 
 
 @pytest.mark.parametrize("writes_output", [False, True], ids=["results-carry-output", "executor-writes-output"])
 @pytest.mark.parametrize("seed", [1, 2, 3])
-def test_an_adversarial_executor_gives_the_local_pools_answer(tmp_path: Path, cli: Any, make_log: Any, seed: int,
-                                                              writes_output: bool) -> None:  # fmt: skip
+def test_an_adversarial_executor_gives_the_local_pools_answer(
+    tmp_path: Path, cli: Any, make_log: Any, seed: int, writes_output: bool
+) -> None:
     log = make_log(3000, awkward=0.01)
     log.write_bytes(log.read_bytes() + b"x WARN explode\nx WARN dup me\nERROR [api] user login failed\n")
     config = write_dag(tmp_path)
     local_out, local_m, local_t = tmp_path / "local.txt", tmp_path / "local.json", tmp_path / "local.jsonl"
-    res = cli("process", str(log), "-c", str(config), "-w", "2", "-o", str(local_out), "--save-metrics",
-              str(local_m), "--trace-sample", "0.05", "--save-traces", str(local_t), *SMALL_TASKS)  # fmt: skip
+    res = cli(
+        "process",
+        str(log),
+        "-c",
+        str(config),
+        "-w",
+        "2",
+        "-o",
+        str(local_out),
+        "--save-metrics",
+        str(local_m),
+        "--trace-sample",
+        "0.05",
+        "--save-traces",
+        str(local_t),
+        *SMALL_TASKS,
+    )
     assert res.returncode == 0, res.stderr.decode()
 
     executor = AdversarialExecutor(capacity=4, seed=seed, lose=0.2, writes_output=writes_output)
@@ -77,9 +103,9 @@ def test_an_adversarial_executor_gives_the_local_pools_answer(tmp_path: Path, cl
 
 
 def test_a_task_lost_three_times_fails_the_run_after_the_tasks_before_it(tmp_path: Path, make_log: Any) -> None:
+    from mpobs.inputs.inputset import open_inputs
     from mpobs.pipeline.config import load_config
     from mpobs.run.coordinator import Coordinator, RunOptions
-    from mpobs.inputs.inputset import open_inputs
 
     log = make_log(2000)
     source = open_inputs([str(log)])
@@ -103,8 +129,9 @@ def test_a_task_lost_three_times_fails_the_run_after_the_tasks_before_it(tmp_pat
 
 
 @pytest.mark.parametrize("seed", [1, 2])
-def test_an_adversarial_executor_runs_blocks_of_a_compressed_input(tmp_path: Path, cli: Any, make_log: Any,
-                                                                   seed: int) -> None:  # fmt: skip
+def test_an_adversarial_executor_runs_blocks_of_a_compressed_input(
+    tmp_path: Path, cli: Any, make_log: Any, seed: int
+) -> None:
     """Blocks (decoded by the coordinator, in an in-memory store) lost and run again give the file's answer."""
     import gzip
 
@@ -113,8 +140,19 @@ def test_an_adversarial_executor_runs_blocks_of_a_compressed_input(tmp_path: Pat
     gz.write_bytes(gzip.compress(log.read_bytes()))
     config = write_dag(tmp_path)
     local_out, local_m = tmp_path / "local.txt", tmp_path / "local.json"
-    res = cli("process", str(log), "-c", str(config), "-w", "2", "-o", str(local_out), "--save-metrics", str(local_m),
-              *SMALL_TASKS)  # fmt: skip
+    res = cli(
+        "process",
+        str(log),
+        "-c",
+        str(config),
+        "-w",
+        "2",
+        "-o",
+        str(local_out),
+        "--save-metrics",
+        str(local_m),
+        *SMALL_TASKS,
+    )
     assert res.returncode == 0, res.stderr.decode()
 
     executor = AdversarialExecutor(capacity=3, seed=seed, lose=0.25)
@@ -132,6 +170,13 @@ def test_an_adversarial_executor_runs_blocks_of_a_compressed_input(tmp_path: Pat
             p.pop("batches")
     assert got == want
     assert outcome.metrics["inputs"][0] | {"bytes_read": 0} == {
-        "name": str(gz), "kind": "file", "compression": "gzip", "bytes_read": 0, "bytes_total": gz.stat().st_size,
-        "lines": 3000, "lines_done": 3000, "state": "done"}  # fmt: skip
+        "name": str(gz),
+        "kind": "file",
+        "compression": "gzip",
+        "bytes_read": 0,
+        "bytes_total": gz.stat().st_size,
+        "lines": 3000,
+        "lines_done": 3000,
+        "state": "done",
+    }
     assert outcome.metrics["system"]["bytes_done"] == gz.stat().st_size

@@ -9,8 +9,9 @@ import signal
 import subprocess
 import sys
 import time
-from typing import Any
 from pathlib import Path
+from typing import Any
+
 import pytest
 
 from tests.test_reliability import wait_for
@@ -34,8 +35,7 @@ def rotate_output(tmp_path: Path, out: Path, pid: int | None) -> None:
     conf = tmp_path / "out-logrotate.conf"
     hup = f"  postrotate\n    kill -HUP {pid}\n  endscript\n" if pid is not None else ""
     conf.write_text(f"{out} {{\n  rotate 9\n  create\n  missingok\n  nocompress\n{hup}}}\n")
-    res = subprocess.run([LOGROTATE, "-f", "-s", str(tmp_path / "out-logrotate.state"), str(conf)],
-                         capture_output=True)  # fmt: skip
+    res = subprocess.run([LOGROTATE, "-f", "-s", str(tmp_path / "out-logrotate.state"), str(conf)], capture_output=True)
     assert res.returncode == 0, res.stderr.decode()
 
 
@@ -81,9 +81,26 @@ def lines_out(out: Path) -> int:
 def follow(tmp_path: Path, log: Path, workers: int) -> subprocess.Popen[bytes]:
     config = tmp_path / "numbered.json"
     config.write_text(json.dumps(NUMBERED))
-    return subprocess.Popen([sys.executable, "-m", "mpobs", "process", str(log), "--follow", "-c", str(config), "-w",
-                             str(workers), "-q", "-o", str(tmp_path / "out"), "--save-metrics",
-                             str(tmp_path / "m.json")], stderr=subprocess.PIPE)  # fmt: skip
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "mpobs",
+            "process",
+            str(log),
+            "--follow",
+            "-c",
+            str(config),
+            "-w",
+            str(workers),
+            "-q",
+            "-o",
+            str(tmp_path / "out"),
+            "--save-metrics",
+            str(tmp_path / "m.json"),
+        ],
+        stderr=subprocess.PIPE,
+    )
 
 
 def stop_following(proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM) -> str:
@@ -109,8 +126,7 @@ def batch(n: int, start: int) -> list[str]:
 
 
 @pytest.mark.parametrize("mode", ["create", "copytruncate"])
-def test_a_followed_log_through_rotations_comes_out_exactly_once(tmp_path: Path, fault_workers: int,
-                                                                   mode: str) -> None:  # fmt: skip
+def test_a_followed_log_through_rotations_comes_out_exactly_once(tmp_path: Path, fault_workers: int, mode: str) -> None:
     log = tmp_path / "app.log"
     written = batch(2000, 0)
     log.write_text("".join(t + "\n" for t in written))
@@ -190,8 +206,9 @@ def test_follow_refuses_a_stream_and_a_compressed_file(tmp_path: Path) -> None:
     gz.write_bytes(gzip.compress(b"x\n"))
     res = subprocess.run([sys.executable, "-m", "mpobs", "process", str(gz), "-F"], capture_output=True, timeout=60)
     assert res.returncode == 2 and "gzip compressed" in res.stderr.decode(), res.stderr.decode()
-    res = subprocess.run([sys.executable, "-m", "mpobs", "process", "-", "-F"], input=b"x\n", capture_output=True,
-                         timeout=60)  # fmt: skip
+    res = subprocess.run(
+        [sys.executable, "-m", "mpobs", "process", "-", "-F"], input=b"x\n", capture_output=True, timeout=60
+    )
     assert res.returncode == 2 and "is standard input" in res.stderr.decode(), res.stderr.decode()
 
 
@@ -202,15 +219,29 @@ def test_generations_before_the_followed_file_are_read_first(tmp_path: Path) -> 
     config = tmp_path / "numbered.json"
     config.write_text(json.dumps(NUMBERED))
     out = tmp_path / "out"
-    proc = subprocess.Popen([sys.executable, "-m", "mpobs", "process", str(tmp_path / "app.log.1"), str(log), "-F",
-                             "-c", str(config), "-q", "-o", str(out)], stderr=subprocess.PIPE)  # fmt: skip
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "mpobs",
+            "process",
+            str(tmp_path / "app.log.1"),
+            str(log),
+            "-F",
+            "-c",
+            str(config),
+            "-q",
+            "-o",
+            str(out),
+        ],
+        stderr=subprocess.PIPE,
+    )
     try:
         wait_for(lambda: lines_out(out) == 3, 30)
     finally:
         err = stop_following(proc, signal.SIGTERM)
     assert proc.returncode == 0, err
     assert out.read_bytes() == b"1|1|INFO old 1\n2|2|INFO old 2\n3|1|INFO new 1\n"
-
 
 
 def committed_lines(ck: Path) -> int:
@@ -222,8 +253,9 @@ def committed_lines(ck: Path) -> int:
 
 @pytest.mark.parametrize("seed", [int(s) for s in os.environ.get("MPOBS_FOLLOW_SEEDS", "1,2").split(",")])
 @pytest.mark.parametrize("mode", ["create", "copytruncate"])
-def test_kills_and_rotations_while_following_lose_nothing_and_repeat_nothing(tmp_path: Path, fault_workers: int,
-                                                                            mode: str, seed: int) -> None:  # fmt: skip
+def test_kills_and_rotations_while_following_lose_nothing_and_repeat_nothing(
+    tmp_path: Path, fault_workers: int, mode: str, seed: int
+) -> None:
     """Appends (some of half lines), logrotate rotations and SIGKILLs of the whole run at random, each
     followed by the same command again; then SIGTERM. The output is one batch run's over all that was
     written, byte for byte, and the saved counts are that run's."""
@@ -236,9 +268,27 @@ def test_kills_and_rotations_while_following_lose_nothing_and_repeat_nothing(tmp
     written, half = ["INFO first"], ""
     config = tmp_path / "numbered.json"
     config.write_text(json.dumps(NUMBERED))
-    cmd = [sys.executable, "-m", "mpobs", "process", str(log), "--follow", "-c", str(config), "-w", str(fault_workers),
-           "-q", "-o", str(out), "--checkpoint", str(ck), "--checkpoint-every", "0.2", "--save-metrics",
-           str(tmp_path / "m.json")]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "mpobs",
+        "process",
+        str(log),
+        "--follow",
+        "-c",
+        str(config),
+        "-w",
+        str(fault_workers),
+        "-q",
+        "-o",
+        str(out),
+        "--checkpoint",
+        str(ck),
+        "--checkpoint-every",
+        "0.2",
+        "--save-metrics",
+        str(tmp_path / "m.json"),
+    ]
 
     def start() -> subprocess.Popen[bytes]:
         p = subprocess.Popen(cmd, stderr=subprocess.PIPE, start_new_session=True)
@@ -255,7 +305,7 @@ def test_kills_and_rotations_while_following_lose_nothing_and_repeat_nothing(tmp
             if action == "append" or (action == "half" and half):
                 texts = [f"INFO {len(written) + k} {'x' * rng.randint(0, 80)}" for k in range(rng.randint(1, 400))]
                 append(log, "".join(t + "\n" for t in texts).encode())
-                written += [half + texts[0]] + texts[1:]
+                written += [half + texts[0], *texts[1:]]
                 half = ""
             elif action == "half":
                 half = f"INFO half {len(written)} "
@@ -283,8 +333,10 @@ def test_kills_and_rotations_while_following_lose_nothing_and_repeat_nothing(tmp
         try:
             wait_for(lambda: committed_lines(ck) == len(written), 60)
         except AssertionError:
-            raise AssertionError(f"{committed_lines(ck)} of {len(written)} lines committed; the last run "
-                                 f"(exit {proc.poll()}) said: {stop_following(proc, signal.SIGTERM)}") from None
+            raise AssertionError(
+                f"{committed_lines(ck)} of {len(written)} lines committed; the last run "
+                f"(exit {proc.poll()}) said: {stop_following(proc, signal.SIGTERM)}"
+            ) from None
     finally:
         err = stop_following(proc, signal.SIGTERM)
     assert proc.returncode == 0, err
@@ -306,9 +358,27 @@ def test_stats_and_healthz_while_a_followed_file_is_quiet(tmp_path: Path) -> Non
     config.write_text(json.dumps(NUMBERED))
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    proc = subprocess.Popen([sys.executable, "-m", "mpobs", "process", str(log), "-F", "-c", str(config), "-q", "-o",
-                             str(tmp_path / "out"), "--dashboard", "--dashboard-port", str(port), "--linger", "0"],
-                            stderr=subprocess.PIPE)  # fmt: skip
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "mpobs",
+            "process",
+            str(log),
+            "-F",
+            "-c",
+            str(config),
+            "-q",
+            "-o",
+            str(tmp_path / "out"),
+            "--dashboard",
+            "--dashboard-port",
+            str(port),
+            "--linger",
+            "0",
+        ],
+        stderr=subprocess.PIPE,
+    )
 
     def stats_with(lines: int, rotations: int) -> Any:
         try:
@@ -338,14 +408,30 @@ def test_a_stopped_followed_run_restarted_follows_on(tmp_path: Path) -> None:
     log.write_text("INFO a\n")
     config = tmp_path / "numbered.json"
     config.write_text(json.dumps(NUMBERED))
-    cmd = [sys.executable, "-m", "mpobs", "process", str(log), "-F", "-c", str(config), "-q", "-o", str(out),
-           "--checkpoint", str(ck), "--checkpoint-every", "0.1"]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "mpobs",
+        "process",
+        str(log),
+        "-F",
+        "-c",
+        str(config),
+        "-q",
+        "-o",
+        str(out),
+        "--checkpoint",
+        str(ck),
+        "--checkpoint-every",
+        "0.1",
+    ]
     for text in ("INFO b", "INFO c"):
         proc = subprocess.Popen(cmd, stderr=subprocess.PIPE)
         try:
             append(log, f"{text}\n".encode())
-            wait_for(lambda: committed_lines(ck) == lines_out(out) and out.read_bytes().endswith(f"{text}\n".encode()),
-                     30)  # fmt: skip
+            wait_for(
+                lambda: committed_lines(ck) == lines_out(out) and out.read_bytes().endswith(f"{text}\n".encode()), 30
+            )
         finally:
             err = stop_following(proc, signal.SIGTERM)
         assert proc.returncode == 0, err
@@ -357,8 +443,21 @@ def test_a_stopped_followed_run_restarted_follows_on(tmp_path: Path) -> None:
 def test_the_checkpoint_cannot_be_the_output(tmp_path: Path) -> None:
     log = tmp_path / "app.log"
     log.write_text("INFO a\n")
-    res = subprocess.run([sys.executable, "-m", "mpobs", "process", str(log), "-o", str(tmp_path / "o"),
-                          "--checkpoint", str(tmp_path / "o")], capture_output=True, timeout=60)  # fmt: skip
+    res = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "mpobs",
+            "process",
+            str(log),
+            "-o",
+            str(tmp_path / "o"),
+            "--checkpoint",
+            str(tmp_path / "o"),
+        ],
+        capture_output=True,
+        timeout=60,
+    )
     assert res.returncode == 2 and "is also the output" in res.stderr.decode(), res.stderr.decode()
     assert not (tmp_path / "o").exists()
 
@@ -370,12 +469,17 @@ def test_a_steady_trickle_on_a_pipe_is_not_held_for_a_full_block(tmp_path: Path)
     out = tmp_path / "out"
     # The writer goes on far longer than any wait below (it is killed at the end): lines that come out
     # while it still writes were not held for a full block (1 MiB: tens of thousands of ticks).
-    writer = ("import sys, time\n"
-              "for k in range(100_000):\n"
-              "    sys.stdout.write(f'INFO tick {k}\\n'); sys.stdout.flush(); time.sleep(0.02)\n")  # fmt: skip
+    writer = (
+        "import sys, time\n"
+        "for k in range(100_000):\n"
+        "    sys.stdout.write(f'INFO tick {k}\\n'); sys.stdout.flush(); time.sleep(0.02)\n"
+    )
     src = subprocess.Popen([sys.executable, "-c", writer], stdout=subprocess.PIPE)
-    proc = subprocess.Popen([sys.executable, "-m", "mpobs", "process", "-", "-c", str(config), "-q", "-o", str(out)],
-                            stdin=src.stdout, stderr=subprocess.PIPE)  # fmt: skip
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mpobs", "process", "-", "-c", str(config), "-q", "-o", str(out)],
+        stdin=src.stdout,
+        stderr=subprocess.PIPE,
+    )
     assert src.stdout is not None
     src.stdout.close()
     try:
@@ -397,8 +501,11 @@ def test_sigterm_stops_a_followed_run_still_reading_an_open_stream_before_it(tmp
     config.write_text(json.dumps(NUMBERED))
     out = tmp_path / "out"
     r, w = os.pipe()
-    proc = subprocess.Popen([sys.executable, "-m", "mpobs", "process", "-", str(log), "-F", "-c", str(config), "-q",
-                             "-o", str(out)], stdin=r, stderr=subprocess.PIPE)  # fmt: skip
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mpobs", "process", "-", str(log), "-F", "-c", str(config), "-q", "-o", str(out)],
+        stdin=r,
+        stderr=subprocess.PIPE,
+    )
     os.close(r)
     try:
         os.write(w, b"INFO one\nINFO two\n")

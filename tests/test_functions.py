@@ -33,8 +33,21 @@ def test_sys_exit_and_keyboard_interrupt_in_a_function_are_errors_of_their_lines
     log = make_log(3000)
     config = fn_config(tmp_path, "exitfns", EXIT_FNS, [{"type": "python", "id": "leave", "function": "exitfns:leave"}])
     out, m = tmp_path / "out", tmp_path / "m.json"
-    res = cli("process", str(log), "-c", str(config), "-w", str(fault_workers), "-o", str(out), "-q",
-              "--save-metrics", str(m), "--task-size", "4096")  # fmt: skip
+    res = cli(
+        "process",
+        str(log),
+        "-c",
+        str(config),
+        "-w",
+        str(fault_workers),
+        "-o",
+        str(out),
+        "-q",
+        "--save-metrics",
+        str(m),
+        "--task-size",
+        "4096",
+    )
     assert res.returncode == 0, res.stderr.decode()
     lines = split_lines(log.read_bytes())
     kept = [x for x in lines if "ERROR" not in x and "WARN" not in x]
@@ -43,8 +56,10 @@ def test_sys_exit_and_keyboard_interrupt_in_a_function_are_errors_of_their_lines
     assert stats["processors"]["leave"]["errors"] == len(lines) - len(kept) > 0
     assert stats["system"]["workers_restarted"] == 0
     by_type = {e["error_type"]: e["count"] for e in stats["errors_by_type"]}
-    assert by_type == {"SystemExit": sum("ERROR" in x for x in lines),
-                       "KeyboardInterrupt": sum("WARN" in x and "ERROR" not in x for x in lines)}  # fmt: skip
+    assert by_type == {
+        "SystemExit": sum("ERROR" in x for x in lines),
+        "KeyboardInterrupt": sum("WARN" in x and "ERROR" not in x for x in lines),
+    }
 
 
 CRASH_FNS = """
@@ -70,18 +85,39 @@ def test_a_function_that_kills_its_worker_is_named_with_its_line(
     lines = log.read_bytes().split(b"\n")
     lines[1499] = b"INFO CRASH-HERE " + lines[1499]
     log.write_bytes(b"\n".join(lines))
-    config = fn_config(tmp_path, "crashfns", CRASH_FNS, [
-        {"type": "filter", "id": "keep", "pattern": "."},
-        {"type": "python", "id": "crash", "function": f"crashfns:{fn}"},
-    ])  # fmt: skip
+    config = fn_config(
+        tmp_path,
+        "crashfns",
+        CRASH_FNS,
+        [
+            {"type": "filter", "id": "keep", "pattern": "."},
+            {"type": "python", "id": "crash", "function": f"crashfns:{fn}"},
+        ],
+    )
     out, m = tmp_path / "out", tmp_path / "m.json"
-    res = cli("process", str(log), "-c", str(config), "-w", str(fault_workers), "-o", str(out), "-q",
-              "--save-metrics", str(m), "--task-size", "8192")  # fmt: skip
+    res = cli(
+        "process",
+        str(log),
+        "-c",
+        str(config),
+        "-w",
+        str(fault_workers),
+        "-o",
+        str(out),
+        "-q",
+        "--save-metrics",
+        str(m),
+        "--task-size",
+        "8192",
+    )
     err = res.stderr.decode()
     assert res.returncode == 1, err
     assert "Traceback" not in err
-    found = re.search(rf"mpobs: error: processor 'crash' \(function crashfns:{fn}\) at line in\.log:1500 killed its "
-                      r"worker 3 times \(task \d+ \(lines (\d+)-\d+, bytes \d+-\d+\)\); giving up", err)  # fmt: skip
+    found = re.search(
+        rf"mpobs: error: processor 'crash' \(function crashfns:{fn}\) at line in\.log:1500 killed its "
+        r"worker 3 times \(task \d+ \(lines (\d+)-\d+, bytes \d+-\d+\)\); giving up",
+        err,
+    )
     assert found, err
     first = int(found[1])
     stats = json.loads(m.read_text())
@@ -124,10 +160,33 @@ def test_a_stalled_call_is_named_on_stderr_in_healthz_and_in_metrics(tmp_path: P
     url = f"http://127.0.0.1:{port}"
     stderr = tmp_path / "stderr"
     with open(stderr, "wb") as err_file:  # a file, so that the test can read what was said while it runs
-        proc = subprocess.Popen([sys.executable, "-m", "mpobs", "process", str(log), "-c", str(config), "-w", "2",
-                                 "-o", str(tmp_path / "out"), "-q", "--stall-after", "0.5", "--task-size", "8192",
-                                 "--dashboard", "--dashboard-port", str(port), "--linger", "0"], stderr=err_file,
-                                env={**os.environ, "RELEASE": str(release)})  # fmt: skip
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "mpobs",
+                "process",
+                str(log),
+                "-c",
+                str(config),
+                "-w",
+                "2",
+                "-o",
+                str(tmp_path / "out"),
+                "-q",
+                "--stall-after",
+                "0.5",
+                "--task-size",
+                "8192",
+                "--dashboard",
+                "--dashboard-port",
+                str(port),
+                "--linger",
+                "0",
+            ],
+            stderr=err_file,
+            env={**os.environ, "RELEASE": str(release)},
+        )
     try:
         health = wait_for(lambda: _degraded(get_json, url), 30, what="/healthz degraded")
         metrics = urllib.request.urlopen(f"{url}/metrics", timeout=5).read().decode()
@@ -169,14 +228,36 @@ def test_call_timeout_makes_the_hanging_line_an_error_and_the_run_goes_on(
     """--call-timeout: the call is stopped (its worker replaced) and that line is an error of that processor,
     "timed out after S s"; every other line is in the output once, and the counts are exact."""
     log, lines = _hang_log(make_log)
-    config = fn_config(tmp_path, "hangfns", HANG_FNS, [
-        {"type": "tag_extractor", "id": "tags"},
-        {"type": "python", "id": "hang", "function": f"hangfns:{fn}", "batch": fn == "hang_batch"},
-    ])  # fmt: skip
+    config = fn_config(
+        tmp_path,
+        "hangfns",
+        HANG_FNS,
+        [
+            {"type": "tag_extractor", "id": "tags"},
+            {"type": "python", "id": "hang", "function": f"hangfns:{fn}", "batch": fn == "hang_batch"},
+        ],
+    )
     out, m = tmp_path / "out", tmp_path / "m.json"
-    res = cli("process", str(log), "-c", str(config), "-w", str(fault_workers), "-o", str(out), "-q",
-              "--save-metrics", str(m), "--task-size", "8192", "--batch-lines", "100", "--call-timeout", "0.5",
-              env={"RELEASE": str(tmp_path / "never")})  # fmt: skip
+    res = cli(
+        "process",
+        str(log),
+        "-c",
+        str(config),
+        "-w",
+        str(fault_workers),
+        "-o",
+        str(out),
+        "-q",
+        "--save-metrics",
+        str(m),
+        "--task-size",
+        "8192",
+        "--batch-lines",
+        "100",
+        "--call-timeout",
+        "0.5",
+        env={"RELEASE": str(tmp_path / "never")},
+    )
     assert res.returncode == 0, res.stderr.decode()
     want = [x for x in lines if "HANG-HERE" not in x]
     assert out.read_bytes() == "".join(x + "\n" for x in want).encode("utf-8", "surrogateescape")
@@ -209,19 +290,41 @@ def hang(line):
 """
 
 
-def test_ctrl_c_while_a_function_hangs_exits_at_once_with_exact_counts(tmp_path: Path, fault_workers: int,
-                                                                       make_log: Any) -> None:  # fmt: skip
+def test_ctrl_c_while_a_function_hangs_exits_at_once_with_exact_counts(
+    tmp_path: Path, fault_workers: int, make_log: Any
+) -> None:
     """SIGINT while a worker is inside a call that never returns: exit 130 promptly (the worker is killed after
     a short grace; before, the stop waited 5 s for it), and the output and the saved counts agree."""
     import signal
     import time
 
     log, lines = _hang_log(make_log)
-    config = fn_config(tmp_path, "hangingfns", HANGING_FNS, [{"type": "python", "id": "h", "function": "hangingfns:hang"}])
+    config = fn_config(
+        tmp_path, "hangingfns", HANGING_FNS, [{"type": "python", "id": "h", "function": "hangingfns:hang"}]
+    )
     out, m, started = tmp_path / "out", tmp_path / "m.json", tmp_path / "started"
-    proc = subprocess.Popen([sys.executable, "-m", "mpobs", "process", str(log), "-c", str(config), "-w",
-                             str(fault_workers), "-o", str(out), "-q", "--save-metrics", str(m), "--task-size", "8192"],
-                            stderr=subprocess.PIPE, env={**os.environ, "STARTED": str(started)})  # fmt: skip
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "mpobs",
+            "process",
+            str(log),
+            "-c",
+            str(config),
+            "-w",
+            str(fault_workers),
+            "-o",
+            str(out),
+            "-q",
+            "--save-metrics",
+            str(m),
+            "--task-size",
+            "8192",
+        ],
+        stderr=subprocess.PIPE,
+        env={**os.environ, "STARTED": str(started)},
+    )
     try:
         deadline = time.monotonic() + 60
         while not started.exists() and time.monotonic() < deadline:

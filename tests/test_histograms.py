@@ -45,8 +45,9 @@ def _config(tmp_path: Path) -> Path:
     """The engine tests' DAG (a per-line python function among others), plus a batch function."""
     (tmp_path / "histfns.py").write_text(BATCH_FNS)
     config = json.loads(write_dag(tmp_path).read_text())
-    config["processors"].append({"type": "python", "id": "shout", "function": "histfns:shout", "batch": True,
-                                 "inputs": ["audit"]})  # fmt: skip
+    config["processors"].append(
+        {"type": "python", "id": "shout", "function": "histfns:shout", "batch": True, "inputs": ["audit"]}
+    )
     path = tmp_path / "hist.json"
     path.write_text(json.dumps(config))
     return path
@@ -54,8 +55,20 @@ def _config(tmp_path: Path) -> Path:
 
 def _run(tmp_path: Path, cli: Any, log: Path, config: Path, workers: int) -> dict[str, Any]:
     m = tmp_path / f"m{workers}.json"
-    res = cli("process", str(log), "-c", str(config), "-w", str(workers), "-o", str(tmp_path / "out"), "-q",
-              "--save-metrics", str(m), *SMALL_TASKS)  # fmt: skip
+    res = cli(
+        "process",
+        str(log),
+        "-c",
+        str(config),
+        "-w",
+        str(workers),
+        "-o",
+        str(tmp_path / "out"),
+        "-q",
+        "--save-metrics",
+        str(m),
+        *SMALL_TASKS,
+    )
     assert res.returncode == 0, res.stderr.decode()
     return json.loads(m.read_text())
 
@@ -89,8 +102,12 @@ def test_the_same_counts_at_every_worker_count(tmp_path: Path, cli: Any, make_lo
     got = []
     for w in (1, 2, 3):
         procs = _run(tmp_path, cli, log, config, w)["processors"]
-        got.append({pid: (row["batch_latency"]["count"], row.get("call_latency", {}).get("count"))
-                    for pid, row in procs.items()})  # fmt: skip
+        got.append(
+            {
+                pid: (row["batch_latency"]["count"], row.get("call_latency", {}).get("count"))
+                for pid, row in procs.items()
+            }
+        )
     assert got[0] == got[1] == got[2]
 
 
@@ -110,12 +127,15 @@ def test_metrics_expose_prometheus_histograms(tmp_path: Path, make_log: Any) -> 
 
     text = generate_latest(make_registry(Source())).decode()
     fams = {f.name: f for f in text_string_to_metric_families(text)}
-    for name, key in (("mpobs_processor_batch_seconds", "batch_latency"), ("mpobs_function_call_seconds", "call_latency")):
+    for name, key in (
+        ("mpobs_processor_batch_seconds", "batch_latency"),
+        ("mpobs_function_call_seconds", "call_latency"),
+    ):
         fam = fams[name]
         assert fam.type == "histogram"
         by_proc: dict[str, dict[str, float]] = {}
         for s in fam.samples:
-            by_proc.setdefault(s.labels["processor"], {})[s.name[len(name):] + s.labels.get("le", "")] = s.value
+            by_proc.setdefault(s.labels["processor"], {})[s.name[len(name) :] + s.labels.get("le", "")] = s.value
         for pid, got in by_proc.items():
             h = stats["processors"][pid][key]
             assert got["_bucket+Inf"] == got["_count"] == h["count"]
@@ -169,7 +189,9 @@ def crawl(lines):
 """
 
 
-def test_task_durations_show_the_task_with_the_slow_route(tmp_path: Path, cli: Any, workers: int, make_log: Any) -> None:
+def test_task_durations_show_the_task_with_the_slow_route(
+    tmp_path: Path, cli: Any, workers: int, make_log: Any
+) -> None:
     """The last ten tasks' lines take a slow route: those tasks are the slowest, and the task histogram
     counts every task once.
 
@@ -190,22 +212,42 @@ def test_task_durations_show_the_task_with_the_slow_route(tmp_path: Path, cli: A
     for n in range(first_slow, plan[-1].last_line + 1):  # marked in place: the same bytes per line, the same plan
         lines[n - 1] = (b"SLOWSTOP" if n in starts else b"SLOWPATH") + lines[n - 1][8:]
     log.write_bytes(b"\n".join(lines))
-    config = fn_config(tmp_path, "slowroute", SLOW_ROUTE_FNS, [
-        {"type": "router", "id": "route", "routes": {"slow": "^SLOW"}, "default": "fast"},
-        {"type": "python", "id": "crawl", "function": "slowroute:crawl", "batch": True, "inputs": ["route.slow"]},
-        {"type": "uppercase", "id": "up", "inputs": ["route.fast"]},
-    ])  # fmt: skip
+    config = fn_config(
+        tmp_path,
+        "slowroute",
+        SLOW_ROUTE_FNS,
+        [
+            {"type": "router", "id": "route", "routes": {"slow": "^SLOW"}, "default": "fast"},
+            {"type": "python", "id": "crawl", "function": "slowroute:crawl", "batch": True, "inputs": ["route.slow"]},
+            {"type": "uppercase", "id": "up", "inputs": ["route.fast"]},
+        ],
+    )
     env = {"FAST_TASKS": str(len(plan) - len(slow)), "SLOW_BOUND": str(tmp_path / "slow-bound")}
     m = tmp_path / f"m{workers}.json"
-    res = cli("process", str(log), "-c", str(config), "-w", str(workers), "-o", str(tmp_path / "out"), "-q",
-              "--save-metrics", str(m), *SMALL_TASKS, env=env)  # fmt: skip
+    res = cli(
+        "process",
+        str(log),
+        "-c",
+        str(config),
+        "-w",
+        str(workers),
+        "-o",
+        str(tmp_path / "out"),
+        "-q",
+        "--save-metrics",
+        str(m),
+        *SMALL_TASKS,
+        env=env,
+    )
     assert res.returncode == 0, res.stderr.decode()
     stats = json.loads(m.read_text())
     tasks = stats["tasks"]
     assert tasks["count"] == sum(tasks["buckets"].values()) == stats["system"]["tasks_done"] == len(plan) > 10
     assert 0 < tasks["p50_s"] <= tasks["p90_s"] <= tasks["p99_s"]
     slowest = tasks["slowest"]
-    assert len(slowest) == 10 and [s["seconds"] for s in slowest] == sorted((s["seconds"] for s in slowest), reverse=True)
+    assert len(slowest) == 10 and [s["seconds"] for s in slowest] == sorted(
+        (s["seconds"] for s in slowest), reverse=True
+    )
     assert sorted(s["lines"] for s in slowest) == sorted(f"{t.first_line}-{t.last_line}" for t in slow)
     bound = int((tmp_path / "slow-bound").read_text()) / 1e9
     for s in slowest:  # the ten slowest are the tasks of the slow stretch
@@ -228,12 +270,18 @@ def test_worker_time_shares_show_a_slow_output(tmp_path: Path, fault_workers: in
     log = make_log(100_000)
     m = tmp_path / "m.json"
     started = time.monotonic()
-    proc = subprocess.Popen([sys.executable, "-m", "mpobs", "process", str(log), "-w", str(fault_workers), "-q",
-                             "--save-metrics", str(m)], stdout=subprocess.PIPE)  # fmt: skip
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mpobs", "process", str(log), "-w", str(fault_workers), "-q", "--save-metrics", str(m)],
+        stdout=subprocess.PIPE,
+    )
     with proc.stdout:  # type: ignore[union-attr]
         fd = proc.stdout.fileno()  # type: ignore[union-attr]
-        wait_for(lambda: pipe_is_full(fd) and run_is_asleep(proc.pid, fault_workers), 60, interval=0.02,
-                 what="the run held by its full output pipe")  # fmt: skip
+        wait_for(
+            lambda: pipe_is_full(fd) and run_is_asleep(proc.pid, fault_workers),
+            60,
+            interval=0.02,
+            what="the run held by its full output pipe",
+        )
         # Until now each worker was busy or waited for work at most this long; after the read it has
         # less left to do than it did before (its backlog of finished tasks was most of the run).
         time.sleep(max(1.0, 2 * (time.monotonic() - started)))  # nobody reads: the run stays held
@@ -245,8 +293,23 @@ def test_worker_time_shares_show_a_slow_output(tmp_path: Path, fault_workers: in
         assert shares["output_wait"] > 0.5 > shares["waiting"], w
         assert w["busy_s"] > 0 and w["output_wait_s"] > 0.5
     out = tmp_path / "out"
-    res = subprocess.run([sys.executable, "-m", "mpobs", "process", str(log), "-w", str(fault_workers), "-q", "-o",
-                          str(out), "--save-metrics", str(m)], capture_output=True)  # fmt: skip
+    res = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "mpobs",
+            "process",
+            str(log),
+            "-w",
+            str(fault_workers),
+            "-q",
+            "-o",
+            str(out),
+            "--save-metrics",
+            str(m),
+        ],
+        capture_output=True,
+    )
     assert res.returncode == 0
     for w in json.loads(m.read_text())["workers"]:
         assert w["time_shares"]["output_wait"] < 0.1, w  # into a file: nothing holds the output

@@ -10,6 +10,7 @@ import bz2
 import fcntl
 import gzip
 import io
+import itertools
 import json
 import lzma
 import os
@@ -22,9 +23,10 @@ import sys
 import tempfile
 import termios
 import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import psutil
 import pytest
@@ -113,9 +115,19 @@ class Run:
         return self.stats["inputs"]
 
 
-def run(tmp_path: Path, *inputs: str, config: Path | None = None, workers: int = 2, extra: tuple[str, ...] = (),
-        stdin: Any = subprocess.DEVNULL, input: bytes | None = None, cwd: Path | None = None,
-        env: dict[str, str] | None = None, tag: str = "run", timeout: float = 120) -> Run:  # fmt: skip
+def run(
+    tmp_path: Path,
+    *inputs: str,
+    config: Path | None = None,
+    workers: int = 2,
+    extra: tuple[str, ...] = (),
+    stdin: Any = subprocess.DEVNULL,
+    input: bytes | None = None,
+    cwd: Path | None = None,
+    env: dict[str, str] | None = None,
+    tag: str = "run",
+    timeout: float = 120,
+) -> Run:
     """``mpobs process INPUTS -q -w N -o OUT --save-metrics M``, stdin from ``stdin`` or the bytes ``input``."""
     out, metrics = tmp_path / f"{tag}.out", tmp_path / f"{tag}.json"
     for p in (out, metrics):
@@ -124,11 +136,17 @@ def run(tmp_path: Path, *inputs: str, config: Path | None = None, workers: int =
     args = [*inputs, "-q", "-w", str(workers), "-o", str(out), "--save-metrics", str(metrics), *extra]
     if config is not None:
         args += ["-c", str(config)]
-    res = subprocess.run([sys.executable, "-m", "mpobs", "process", *args], capture_output=True, timeout=timeout,
-                         cwd=cwd, env={**os.environ, **(env or {})}, **({"input": input} if input is not None
-                                                                        else {"stdin": stdin}))  # fmt: skip
-    return Run(res, out.read_bytes() if out.exists() else None,
-               json.loads(metrics.read_text()) if metrics.exists() else None)  # fmt: skip
+    res = subprocess.run(
+        [sys.executable, "-m", "mpobs", "process", *args],
+        capture_output=True,
+        timeout=timeout,
+        cwd=cwd,
+        env={**os.environ, **(env or {})},
+        **({"input": input} if input is not None else {"stdin": stdin}),
+    )
+    return Run(
+        res, out.read_bytes() if out.exists() else None, json.loads(metrics.read_text()) if metrics.exists() else None
+    )
 
 
 def ok(r: Run) -> Run:
@@ -150,13 +168,28 @@ def assert_default_counts(stats: dict[str, Any], data: bytes) -> None:
     assert procs["info_filter"]["lines_out"] == tags["info"]
 
 
-def assert_input(entry: dict[str, Any], *, name: str, kind: str, compression: str | None, lines: int,
-                 bytes_total: int | None, bytes_read: int | None = None, state: str = "done") -> None:  # fmt: skip
+def assert_input(
+    entry: dict[str, Any],
+    *,
+    name: str,
+    kind: str,
+    compression: str | None,
+    lines: int,
+    bytes_total: int | None,
+    bytes_read: int | None = None,
+    state: str = "done",
+) -> None:
     """One row of the stats' ``inputs``."""
     assert set(entry) >= {"name", "kind", "compression", "bytes_read", "bytes_total", "lines", "state"}, entry
     got = {k: entry[k] for k in ("name", "kind", "compression", "lines", "bytes_total", "state")}
-    assert got == {"name": name, "kind": kind, "compression": compression, "lines": lines,
-                   "bytes_total": bytes_total, "state": state}  # fmt: skip
+    assert got == {
+        "name": name,
+        "kind": kind,
+        "compression": compression,
+        "lines": lines,
+        "bytes_total": bytes_total,
+        "state": state,
+    }
     if bytes_read is not None:
         assert entry["bytes_read"] == bytes_read, entry
 
@@ -172,7 +205,7 @@ def prefix_lines(out: bytes, data: bytes) -> int:
     for n, line in enumerate(out.split(b"\n")[:-1], 1):
         head = b"Line %d: " % n
         assert line.startswith(head), (n, line[:100])
-        texts.append(line[len(head):])
+        texts.append(line[len(head) :])
     assert data.startswith(b"\n".join(texts)), "the output is not what the input starts with"
     return len(texts)
 
@@ -200,19 +233,19 @@ def _fails_before_any_wrong_byte(fmt: str, blob: bytes, data: bytes, pos: int) -
     def pieces() -> Iterator[bytes]:
         yield blob[:pos]
         for i in range(pos, len(blob)):
-            yield blob[i:i + 1]
+            yield blob[i : i + 1]
 
     try:
         for piece in pieces():
             while piece:
                 got = dec.decompress(piece)
-                if data[done:done + len(got)] != got:
+                if data[done : done + len(got)] != got:
                     return False  # garbage first: no decoder could stop before it
                 done += len(got)
                 piece = b""
                 if dec.eof:  # the next member or frame, if any
                     piece, dec = dec.unused_data, new_decoder(fmt)
-    except Exception:  # noqa: BLE001  (each library has its own error type)
+    except Exception:
         return True
     return False
 
@@ -269,8 +302,9 @@ def test_stdin_pipe_gives_the_files_output(tmp_path: Path) -> None:
     assert r.stats is not None
     assert_default_counts(r.stats, data)
     assert r.stats["system"]["state"] == "done"
-    assert_input(r.inputs[0], name="-", kind="stream", compression=None, lines=3000, bytes_total=None,
-                 bytes_read=len(data))  # fmt: skip
+    assert_input(
+        r.inputs[0], name="-", kind="stream", compression=None, lines=3000, bytes_total=None, bytes_read=len(data)
+    )
     assert len(r.inputs) == 1
 
 
@@ -323,8 +357,9 @@ def test_fifo_with_a_slow_writer(tmp_path: Path) -> None:
     assert r.out == default_pipeline(data)[0]
     assert r.stats is not None
     assert_default_counts(r.stats, data)
-    assert_input(r.inputs[0], name=str(fifo), kind="stream", compression=None, lines=4000, bytes_total=None,
-                 bytes_read=len(data))  # fmt: skip
+    assert_input(
+        r.inputs[0], name=str(fifo), kind="stream", compression=None, lines=4000, bytes_total=None, bytes_read=len(data)
+    )
 
 
 def test_process_substitution(tmp_path: Path) -> None:
@@ -332,8 +367,10 @@ def test_process_substitution(tmp_path: Path) -> None:
     src, out, m = tmp_path / "src.log", tmp_path / "out", tmp_path / "m.json"
     src.write_bytes(data)
     q = shlex.quote
-    script = (f"{q(sys.executable)} -m mpobs process <(cat {q(str(src))}) -q -w 2 -o {q(str(out))} "
-              f"--save-metrics {q(str(m))} --task-size 1024")  # fmt: skip
+    script = (
+        f"{q(sys.executable)} -m mpobs process <(cat {q(str(src))}) -q -w 2 -o {q(str(out))} "
+        f"--save-metrics {q(str(m))} --task-size 1024"
+    )
     res = subprocess.run(["bash", "-c", script], capture_output=True, timeout=120, stdin=subprocess.DEVNULL)
     assert res.returncode == 0, res.stderr.decode()
     assert out.read_bytes() == default_pipeline(data)[0]
@@ -353,7 +390,7 @@ def test_stdin_closed_early_by_the_writer(tmp_path: Path) -> None:
     src = tmp_path / "src.log"
     src.write_bytes(data)
     cut = len(data) // 2
-    while data[cut - 1:cut] == b"\n":
+    while data[cut - 1 : cut] == b"\n":
         cut += 1  # cut in the middle of a line
     head = subprocess.Popen(["head", "-c", str(cut), str(src)], stdout=subprocess.PIPE)
     try:
@@ -381,8 +418,9 @@ def test_compressed_file_told_by_its_first_bytes(tmp_path: Path, fmt: str) -> No
     assert r.stats is not None
     assert_default_counts(r.stats, data)
     size = packed.stat().st_size
-    assert_input(r.inputs[0], name=str(packed), kind="file", compression=fmt, lines=3000, bytes_total=size,
-                 bytes_read=size)  # fmt: skip
+    assert_input(
+        r.inputs[0], name=str(packed), kind="file", compression=fmt, lines=3000, bytes_total=size, bytes_read=size
+    )
 
 
 @pytest.mark.parametrize("fmt", FORMATS)
@@ -393,8 +431,9 @@ def test_compressed_stdin(tmp_path: Path, fmt: str) -> None:
     assert r.out == default_pipeline(data)[0]
     assert r.stats is not None
     assert_default_counts(r.stats, data)
-    assert_input(r.inputs[0], name="-", kind="stream", compression=fmt, lines=3000, bytes_total=None,
-                 bytes_read=len(blob))  # fmt: skip
+    assert_input(
+        r.inputs[0], name="-", kind="stream", compression=fmt, lines=3000, bytes_total=None, bytes_read=len(blob)
+    )
 
 
 def test_concatenated_gzip_members_read_as_zcat_reads_them(tmp_path: Path) -> None:
@@ -406,8 +445,9 @@ def test_concatenated_gzip_members_read_as_zcat_reads_them(tmp_path: Path) -> No
     assert r.out == default_pipeline(a + b)[0]
     assert r.stats is not None
     assert_default_counts(r.stats, a + b)
-    assert_input(r.inputs[0], name=str(both), kind="file", compression="gzip", lines=1600,
-                 bytes_total=both.stat().st_size)  # fmt: skip
+    assert_input(
+        r.inputs[0], name=str(both), kind="file", compression="gzip", lines=1600, bytes_total=both.stat().st_size
+    )
 
 
 def test_plain_text_named_gz_is_plain_text(tmp_path: Path) -> None:
@@ -428,8 +468,7 @@ def test_empty_compressed_file(tmp_path: Path, fmt: str) -> None:
     assert r.out == b""
     assert r.stats is not None
     assert r.stats["system"]["total_lines"] == 0
-    assert_input(r.inputs[0], name=str(empty), kind="file", compression=fmt, lines=0,
-                 bytes_total=empty.stat().st_size)  # fmt: skip
+    assert_input(r.inputs[0], name=str(empty), kind="file", compression=fmt, lines=0, bytes_total=empty.stat().st_size)
 
 
 @pytest.mark.parametrize("fmt", FORMATS)
@@ -439,8 +478,9 @@ def test_compressed_last_line_without_newline(tmp_path: Path, fmt: str) -> None:
     packed.write_bytes(compress_bytes(fmt, data))
     r = ok(run(tmp_path, str(packed)))
     assert r.out == default_pipeline(data)[0] == b"Line 1: a ERROR one\nLine 2: b WARN two\nLine 4: c INFO three\n"
-    assert_input(r.inputs[0], name=str(packed), kind="file", compression=fmt, lines=4,
-                 bytes_total=packed.stat().st_size)  # fmt: skip
+    assert_input(
+        r.inputs[0], name=str(packed), kind="file", compression=fmt, lines=4, bytes_total=packed.stat().st_size
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -547,9 +587,13 @@ def test_every_unreadable_input_is_named(tmp_path: Path) -> None:
     (tmp_path / "adir").mkdir()
     out = tmp_path / "kept.out"
     out.write_bytes(b"old output\n")
-    res = subprocess.run([sys.executable, "-m", "mpobs", "process", "nothere.log", "a.log", "adir", "-q",
-                          "-o", str(out)], capture_output=True, timeout=60, cwd=tmp_path,
-                         stdin=subprocess.DEVNULL)  # fmt: skip
+    res = subprocess.run(
+        [sys.executable, "-m", "mpobs", "process", "nothere.log", "a.log", "adir", "-q", "-o", str(out)],
+        capture_output=True,
+        timeout=60,
+        cwd=tmp_path,
+        stdin=subprocess.DEVNULL,
+    )
     err = res.stderr.decode()
     assert res.returncode == 2, err
     assert "Traceback" not in err
@@ -614,14 +658,14 @@ def test_mixed_plain_compressed_and_stdin_inputs_and_their_stats(tmp_path: Path)
     given, want = [], []
     (tmp_path / "plain.log").write_bytes(parts[0])
     given.append("plain.log")
-    want.append(dict(kind="file", compression=None, bytes_total=len(parts[0])))
+    want.append({"kind": "file", "compression": None, "bytes_total": len(parts[0])})
     for fmt, part in zip(fmts, parts[1:]):
         name = f"part.{fmt}.log"
         (tmp_path / name).write_bytes(compress_bytes(fmt, part))
         given.append(name)
-        want.append(dict(kind="file", compression=fmt, bytes_total=(tmp_path / name).stat().st_size))
+        want.append({"kind": "file", "compression": fmt, "bytes_total": (tmp_path / name).stat().st_size})
     given.append("-")  # the last part comes on a pipe
-    want.append(dict(kind="stream", compression=None, bytes_total=None))
+    want.append({"kind": "stream", "compression": None, "bytes_total": None})
     r = ok(run(tmp_path, *given, cwd=tmp_path, input=parts[-1], extra=SMALL_TASKS))
     whole = b"".join(parts)
     assert r.out == default_pipeline(whole)[0]
@@ -677,7 +721,7 @@ def split_content(draw: Any) -> tuple[list[bytes], list[bool]]:
     cuts = sorted(draw(st.lists(st.integers(0, len(lines)), min_size=n_files - 1, max_size=n_files - 1)))
     bounds = [0, *cuts, len(lines)]
     parts = []
-    for i, (lo, hi) in enumerate(zip(bounds, bounds[1:])):
+    for i, (lo, hi) in enumerate(itertools.pairwise(bounds)):
         chunk = lines[lo:hi]
         last = i == len(bounds) - 2
         text = "\n".join(chunk) + ("\n" if chunk and (final_newline or not last) else "")
@@ -700,8 +744,9 @@ def test_files_split_at_line_ends_give_the_single_files_output(case: tuple[list[
         config = write_config(folder, [{"type": "line_counter", "id": "num", "format": "{count}:{line}"}])
         r = ok(run(folder, *names, cwd=folder, config=config, extra=("--task-size", "1024", "--batch-lines", "3")))
         whole = b"".join(parts)
-        want = b"".join(b"%d:%s\n" % (n, line.encode("utf-8", "surrogateescape"))
-                        for n, line in enumerate(split_lines(whole), 1))  # fmt: skip
+        want = b"".join(
+            b"%d:%s\n" % (n, line.encode("utf-8", "surrogateescape")) for n, line in enumerate(split_lines(whole), 1)
+        )
         assert r.out == want
         assert [e["lines"] for e in r.inputs] == [len(split_lines(p)) for p in parts]
         assert [e["compression"] for e in r.inputs] == ["gzip" if p else None for p in packed]
@@ -737,8 +782,9 @@ def expected_lines(given: list[str], parts: list[bytes]) -> list[dict[str, Any]]
         base = "stdin" if name == "-" else os.path.basename(name)
         for file_line, text in enumerate(split_lines(part), 1):
             n += 1
-            rows.append({"file": name, "file_line": file_line, "line_number": n, "line_id": f"{base}:{file_line}",
-                         "text": text})  # fmt: skip
+            rows.append(
+                {"file": name, "file_line": file_line, "line_number": n, "line_id": f"{base}:{file_line}", "text": text}
+            )
     return rows
 
 
@@ -747,13 +793,18 @@ def test_error_records_name_the_file_and_its_line(tmp_path: Path) -> None:
     check = {"type": "python", "id": "check", "function": "checkfns:check"}
     config = fn_config(tmp_path, "checkfns", CHECK_FNS, [check])
     r = ok(run(tmp_path, *given, cwd=tmp_path, input=parts[1], config=config, extra=SMALL_TASKS))
-    want = [{k: row[k] for k in ("file", "file_line", "line_number", "line_id")}
-            for row in expected_lines(given, parts) if "BOOM" in row["text"]]  # fmt: skip
+    want = [
+        {k: row[k] for k in ("file", "file_line", "line_number", "line_id")}
+        for row in expected_lines(given, parts)
+        if "BOOM" in row["text"]
+    ]
     assert len(want) == 6
     assert r.stats is not None
     assert r.stats["processors"]["check"]["errors"] == 6
-    got = sorted(({k: rec[k] for k in ("file", "file_line", "line_number", "line_id")}
-                  for rec in r.stats["recent_errors"]), key=lambda x: x["line_number"])  # fmt: skip
+    got = sorted(
+        ({k: rec[k] for k in ("file", "file_line", "line_number", "line_id")} for rec in r.stats["recent_errors"]),
+        key=lambda x: x["line_number"],
+    )
     assert got == want
     for rec in r.stats["recent_errors"]:
         assert rec["processor"] == "check" and rec["error_type"] == "ValueError"
@@ -762,8 +813,15 @@ def test_error_records_name_the_file_and_its_line(tmp_path: Path) -> None:
 def test_traces_name_the_file_and_its_line(tmp_path: Path) -> None:
     given, parts = records_inputs(tmp_path)
     saved = tmp_path / "traces.jsonl"
-    r = ok(run(tmp_path, *given, cwd=tmp_path, input=parts[1], extra=(*SMALL_TASKS, "--trace", "--trace-sample", "1",
-                                                                      "--save-traces", str(saved))))  # fmt: skip
+    r = ok(
+        run(
+            tmp_path,
+            *given,
+            cwd=tmp_path,
+            input=parts[1],
+            extra=(*SMALL_TASKS, "--trace", "--trace-sample", "1", "--save-traces", str(saved)),
+        )
+    )
     rows = expected_lines(given, parts)
     traces = sorted(read_traces(str(saved)), key=lambda t: t["line_number"])
     assert [t["line_number"] for t in traces] == list(range(1, len(rows) + 1))
@@ -784,10 +842,15 @@ def check(line):
 
 def test_max_errors_on_stdin_stops_with_exit_3(tmp_path: Path) -> None:
     data = log_bytes(20_000, seed=4)
-    config = fn_config(tmp_path, "failfns", FAIL_FNS, [
-        {"type": "line_counter", "id": "num"},
-        {"type": "python", "id": "check", "function": "failfns:check"},
-    ])  # fmt: skip
+    config = fn_config(
+        tmp_path,
+        "failfns",
+        FAIL_FNS,
+        [
+            {"type": "line_counter", "id": "num"},
+            {"type": "python", "id": "check", "function": "failfns:check"},
+        ],
+    )
     r = run(tmp_path, "-", input=data, config=config, extra=("--max-errors", "5", "--task-size", "8192"))
     assert r.code == 3, r.err
     assert_no_traceback(r)
@@ -818,8 +881,12 @@ def gate(lines):
 
 def gate_config(tmp_path: Path) -> Path:
     """The default pipeline with a gate: nothing from line GATE_AT on finishes before the test opens it."""
-    return fn_config(tmp_path, "gatefns", GATE_FNS,
-                     default_with({"type": "python", "id": "gate", "function": "gatefns:gate", "batch": True}))
+    return fn_config(
+        tmp_path,
+        "gatefns",
+        GATE_FNS,
+        default_with({"type": "python", "id": "gate", "function": "gatefns:gate", "batch": True}),
+    )
 
 
 @pytest.mark.parametrize("kind", ["gzip-file", "stdin-pipe"])
@@ -835,10 +902,31 @@ def test_killed_worker_loses_nothing(tmp_path: Path, fault_workers: int, kind: s
     else:
         cat = subprocess.Popen(["cat", str(src)], stdout=subprocess.PIPE)
         inp, stdin = "-", cat.stdout
-    proc = subprocess.Popen([sys.executable, "-m", "mpobs", "process", inp, "-c", str(gate_config(tmp_path)), "-q",
-                             "-w", str(fault_workers), "-o", str(out), "--save-metrics", str(m),
-                             "--task-size", "65536", "--batch-lines", "500"],
-                            stdin=stdin, stderr=subprocess.PIPE, env=env)  # fmt: skip
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "mpobs",
+            "process",
+            inp,
+            "-c",
+            str(gate_config(tmp_path)),
+            "-q",
+            "-w",
+            str(fault_workers),
+            "-o",
+            str(out),
+            "--save-metrics",
+            str(m),
+            "--task-size",
+            "65536",
+            "--batch-lines",
+            "500",
+        ],
+        stdin=stdin,
+        stderr=subprocess.PIPE,
+        env=env,
+    )
     if cat is not None:
         assert cat.stdout is not None
         cat.stdout.close()
@@ -863,9 +951,27 @@ def test_ctrl_c_while_reading_a_slow_pipe(tmp_path: Path) -> None:
     data = log_bytes(3000, seed=7)
     out, m = tmp_path / "out", tmp_path / "m.json"
     r_fd, w_fd = os.pipe()
-    proc = subprocess.Popen([sys.executable, "-m", "mpobs", "process", "-", "-q", "-w", "2", "-o", str(out),
-                             "--save-metrics", str(m), "--task-size", "1024"],
-                            stdin=r_fd, stderr=subprocess.PIPE, start_new_session=True)  # fmt: skip
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "mpobs",
+            "process",
+            "-",
+            "-q",
+            "-w",
+            "2",
+            "-o",
+            str(out),
+            "--save-metrics",
+            str(m),
+            "--task-size",
+            "1024",
+        ],
+        stdin=r_fd,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
     os.close(r_fd)
     try:
         os.write(w_fd, data[:30_000])  # then nothing more: a slow writer that keeps the pipe open
@@ -893,8 +999,9 @@ def test_ctrl_c_while_reading_a_slow_pipe(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("with_numpy", [False, True])
 @pytest.mark.parametrize("tail", [b"\n", b"no newline at the end"])
-def test_a_file_is_planned_into_whole_lines_with_and_without_numpy(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                                                   with_numpy: bool, tail: bytes) -> None:  # fmt: skip
+def test_a_file_is_planned_into_whole_lines_with_and_without_numpy(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, with_numpy: bool, tail: bytes
+) -> None:
     """Task ends and line counts, as the plan makes them, against a count done here."""
     import mpobs.inputs.base as inputs
 
@@ -908,7 +1015,7 @@ def test_a_file_is_planned_into_whole_lines_with_and_without_numpy(tmp_path: Pat
     source = inputs.FileSource(str(path), str(path), len(data), start=5)  # starts part way, as stdin may
     pieces = list(source.pieces(task_bytes=20_000))
     assert pieces[0].start == 5 and pieces[-1].end == len(data)
-    for a, b in zip(pieces, pieces[1:]):
+    for a, b in itertools.pairwise(pieces):
         assert a.end == b.start and data[a.end - 1 : a.end] == b"\n"
     for p in pieces:
         chunk = data[p.start : p.end]

@@ -11,8 +11,18 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_follow import LOGROTATE, NUMBERED, append, batch, committed_lines, expected, lines_out, rotate_output
-from tests.test_follow import stop_following, whole_output
+from tests.test_follow import (
+    LOGROTATE,
+    NUMBERED,
+    append,
+    batch,
+    committed_lines,
+    expected,
+    lines_out,
+    rotate_output,
+    stop_following,
+    whole_output,
+)
 from tests.test_reliability import wait_for
 
 pytestmark = pytest.mark.skipif(not Path(LOGROTATE).exists(), reason="needs Debian logrotate (scripts/setup.sh)")
@@ -21,8 +31,24 @@ pytestmark = pytest.mark.skipif(not Path(LOGROTATE).exists(), reason="needs Debi
 def service(tmp_path: Path, log: Path, workers: int, *extra: str) -> list[str]:
     config = tmp_path / "numbered.json"
     config.write_text(json.dumps(NUMBERED))
-    return [sys.executable, "-m", "mpobs", "process", str(log), "-F", "-c", str(config), "-w", str(workers), "-q",
-            "-o", str(tmp_path / "out"), "--save-metrics", str(tmp_path / "m.json"), *extra]  # fmt: skip
+    return [
+        sys.executable,
+        "-m",
+        "mpobs",
+        "process",
+        str(log),
+        "-F",
+        "-c",
+        str(config),
+        "-w",
+        str(workers),
+        "-q",
+        "-o",
+        str(tmp_path / "out"),
+        "--save-metrics",
+        str(tmp_path / "m.json"),
+        *extra,
+    ]
 
 
 def test_sighup_after_logrotate_goes_on_in_the_new_output(tmp_path: Path, fault_workers: int) -> None:

@@ -7,10 +7,10 @@ from typing import Any
 
 import pytest
 
-from mpobs.pipeline.batch import Batch
-from mpobs.pipeline.config import compile_config
 from mpobs.errors import ConfigError
 from mpobs.metrics.layout import PROC_WIDTH
+from mpobs.pipeline.batch import Batch
+from mpobs.pipeline.config import compile_config
 
 
 def run(procs: list[dict[str, Any]], lines: list[str], first: int = 1) -> tuple[list[str], Any]:
@@ -36,9 +36,7 @@ def test_line_counter_rejects_unknown_fields() -> None:
         compile_config({"processors": [{"type": "line_counter", "id": "n", "format": "{user}: {line}"}]})
 
 
-@pytest.mark.parametrize(
-    ("ptype", "expected"), [("uppercase", ["ABC SS→Σ", "X"]), ("lowercase", ["abc ß→σ", "x"])]
-)
+@pytest.mark.parametrize(("ptype", "expected"), [("uppercase", ["ABC SS→Σ", "X"]), ("lowercase", ["abc ß→σ", "x"])])
 def test_case_processors(ptype: str, expected: list[str]) -> None:
     assert run([{"type": ptype, "id": "c"}], ["aBc ß→σ" if ptype == "uppercase" else "aBC ß→Σ", "x"])[0] == expected
 
@@ -133,23 +131,23 @@ def test_python_batch_function_and_fallback_to_lines(tmp_path: Any, monkeypatch:
     assert [(n, type(e).__name__) for _, n, _, e in errors] == [(2, "ValueError")]
 
 
-def test_a_batch_function_with_a_wrong_count_of_results_says_so(tmp_path: Any,
-                                                                monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+def test_a_batch_function_with_a_wrong_count_of_results_says_so(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     """It returns one result too few, or a dict: every line is an error naming what is wrong, not IndexError."""
-    (tmp_path / "countfns.py").write_text("def short(lines):\n    return lines[1:]\n"
-                                          "def wrong(lines):\n    return {}\n")  # fmt: skip
+    (tmp_path / "countfns.py").write_text("def short(lines):\n    return lines[1:]\ndef wrong(lines):\n    return {}\n")
     monkeypatch.syspath_prepend(str(tmp_path))
     sys.modules.pop("countfns", None)
     out, errors = run([{"type": "python", "id": "p", "function": "countfns:short", "batch": True}], ["a", "b", "c"])
     assert out == []
     assert [(n, type(e).__name__, str(e)) for _, n, _, e in errors] == [
-        (k, "TypeError", "batch function returned 2 results for 3 lines") for k in (1, 2, 3)]
+        (k, "TypeError", "batch function returned 2 results for 3 lines") for k in (1, 2, 3)
+    ]
     out, errors = run([{"type": "python", "id": "p", "function": "countfns:wrong", "batch": True}], ["a"])
     assert str(errors[0][3]) == "batch function returned dict, not a list of one answer per line"
 
 
-def test_python_function_wrong_return_type_is_an_error_of_that_line(tmp_path: Any,
-                                                                   monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+def test_python_function_wrong_return_type_is_an_error_of_that_line(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
     (tmp_path / "retfns.py").write_text("def f(line):\n    return 42 if line == 'x' else line\n")
     monkeypatch.syspath_prepend(str(tmp_path))
     sys.modules.pop("retfns", None)

@@ -10,9 +10,9 @@ from typing import Any
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
+from mpobs.errors import ConfigError
 from mpobs.pipeline.config import DEFAULT_CONFIG, compile_config
 from mpobs.run.coordinator import Coordinator, RunOptions
-from mpobs.errors import ConfigError
 from tests.reference import default_pipeline
 
 LOG_BYTES = st.lists(
@@ -41,8 +41,19 @@ def test_random_bytes_give_the_single_process_output(data: bytes, workers: int, 
             assert f.read() == default_pipeline(data)[0]
 
 
-PROC_TYPES = ["line_counter", "uppercase", "lowercase", "filter", "tag_extractor", "router", "counter", "python",
-              "nope", 3, None]  # fmt: skip
+PROC_TYPES = [
+    "line_counter",
+    "uppercase",
+    "lowercase",
+    "filter",
+    "tag_extractor",
+    "router",
+    "counter",
+    "python",
+    "nope",
+    3,
+    None,
+]
 JSON_VALUES = st.recursive(
     st.none() | st.booleans() | st.integers() | st.text(max_size=8),
     lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner, max_size=3),
@@ -55,8 +66,10 @@ PROCESSOR = st.fixed_dictionaries(
         "pattern": st.sampled_from(["a", "(", "[x]", ""]) | JSON_VALUES,
         "tag": st.text(max_size=5) | JSON_VALUES,
         "format": st.sampled_from(["{line}", "{count}", "{", "{x}", "%s {line}"]) | JSON_VALUES,
-        "routes": st.dictionaries(st.sampled_from(["x", "y", "a.b", ""]), st.sampled_from(["a", "(", {"tag": "t"}, 5]),
-                                  max_size=2) | JSON_VALUES,  # fmt: skip
+        "routes": st.dictionaries(
+            st.sampled_from(["x", "y", "a.b", ""]), st.sampled_from(["a", "(", {"tag": "t"}, 5]), max_size=2
+        )
+        | JSON_VALUES,
         "rules": st.dictionaries(st.text(max_size=3), st.sampled_from(["a", "(", 1]), max_size=2) | JSON_VALUES,
         "by": st.sampled_from(["tag", "(a)", "a", "(a)(b)"]) | JSON_VALUES,
         "function": st.sampled_from(["json:dumps", "json:nope", "nomod:x", "bad"]) | JSON_VALUES,

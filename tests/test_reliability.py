@@ -42,12 +42,17 @@ def fn_config(tmp_path: Path, module: str, source: str, processors: list[dict[st
 
 
 def kill_config(tmp_path: Path) -> Path:
-    return fn_config(tmp_path, "killfns", KILL_FNS, [
-        {"type": "line_counter", "id": "num"},
-        {"type": "tag_extractor", "id": "tags"},
-        {"type": "python", "id": "die", "function": "killfns:maybe_die"},
-        {"type": "filter", "id": "errors", "tag": "error"},
-    ])  # fmt: skip
+    return fn_config(
+        tmp_path,
+        "killfns",
+        KILL_FNS,
+        [
+            {"type": "line_counter", "id": "num"},
+            {"type": "tag_extractor", "id": "tags"},
+            {"type": "python", "id": "die", "function": "killfns:maybe_die"},
+            {"type": "filter", "id": "errors", "tag": "error"},
+        ],
+    )
 
 
 def default_with(step: dict[str, Any]) -> list[dict[str, Any]]:
@@ -59,23 +64,46 @@ def default_with(step: dict[str, Any]) -> list[dict[str, Any]]:
         {"type": "filter", "id": "error_filter", "tag": "error", "inputs": ["tag_extractor"]},
         {"type": "filter", "id": "warn_filter", "tag": "warn", "inputs": ["tag_extractor"]},
         {"type": "filter", "id": "info_filter", "tag": "info", "inputs": ["tag_extractor"]},
-    ]  # fmt: skip
+    ]
 
 
 def slow_config(tmp_path: Path) -> Path:
     """The default pipeline with a pause per batch (and the gate of GATED_SLOW_FNS): long enough to be interrupted."""
-    return fn_config(tmp_path, "slowfns", GATED_SLOW_FNS.format(delay=0.01),
-                     default_with({"type": "python", "id": "slow", "function": "slowfns:slow", "batch": True}))
+    return fn_config(
+        tmp_path,
+        "slowfns",
+        GATED_SLOW_FNS.format(delay=0.01),
+        default_with({"type": "python", "id": "slow", "function": "slowfns:slow", "batch": True}),
+    )
 
 
-def start_slow_run(tmp_path: Path, log: Path, *extra: str, session: bool = False, workers: int = 2,
-                   gate_at: int | None = None) -> subprocess.Popen[bytes]:  # fmt: skip
+def start_slow_run(
+    tmp_path: Path, log: Path, *extra: str, session: bool = False, workers: int = 2, gate_at: int | None = None
+) -> subprocess.Popen[bytes]:
     """``mpobs process`` on the slow pipeline, output in tmp_path/out: long enough to disturb. With ``gate_at``,
     no batch from that line on ends before ``open_gate``: the run is still going when the test disturbs it."""
     env = {**os.environ, **(gate_env(gate_at, tmp_path / "gate-open") if gate_at is not None else {})}
-    return subprocess.Popen([sys.executable, "-m", "mpobs", "process", str(log), "-c", str(slow_config(tmp_path)),
-                             "-w", str(workers), "-o", str(tmp_path / "out"), "--batch-lines", "500", *extra],
-                            stderr=subprocess.PIPE, start_new_session=session, env=env)  # fmt: skip
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "mpobs",
+            "process",
+            str(log),
+            "-c",
+            str(slow_config(tmp_path)),
+            "-w",
+            str(workers),
+            "-o",
+            str(tmp_path / "out"),
+            "--batch-lines",
+            "500",
+            *extra,
+        ],
+        stderr=subprocess.PIPE,
+        start_new_session=session,
+        env=env,
+    )
 
 
 def open_gate(tmp_path: Path) -> None:
@@ -110,12 +138,25 @@ def wait_for(cond: Any, timeout: float = 20.0) -> Any:
     raise AssertionError("condition not met in time")
 
 
-def run_killing(cli: Any, tmp_path: Path, log: Path, times: int, out: Path, metrics: Path, *extra: str,
-                workers: int = 2) -> Any:  # fmt: skip
+def run_killing(
+    cli: Any, tmp_path: Path, log: Path, times: int, out: Path, metrics: Path, *extra: str, workers: int = 2
+) -> Any:
     """The kill pipeline: line 20000 kills its worker the first ``times`` times it is seen."""
     env = {"KILL_AT": "Line 20000:", "KILL_MARK": str(tmp_path / "mark"), "KILL_TIMES": str(times)}
-    return cli("process", str(log), "-c", str(kill_config(tmp_path)), "-w", str(workers), "-o", str(out),
-               "--save-metrics", str(metrics), *extra, env=env)  # fmt: skip
+    return cli(
+        "process",
+        str(log),
+        "-c",
+        str(kill_config(tmp_path)),
+        "-w",
+        str(workers),
+        "-o",
+        str(out),
+        "--save-metrics",
+        str(metrics),
+        *extra,
+        env=env,
+    )
 
 
 def test_task_that_kills_its_worker_runs_again(tmp_path: Path, cli: Any, make_log: Any, fault_workers: int) -> None:
@@ -135,8 +176,9 @@ def test_task_that_kills_its_worker_runs_again(tmp_path: Path, cli: Any, make_lo
     assert stats["system"]["total_lines"] == 40_000
 
 
-def test_task_that_kills_its_worker_three_times_fails_the_run(tmp_path: Path, cli: Any, make_log: Any,
-                                                              fault_workers: int) -> None:  # fmt: skip
+def test_task_that_kills_its_worker_three_times_fails_the_run(
+    tmp_path: Path, cli: Any, make_log: Any, fault_workers: int
+) -> None:
     log = make_log(40_000)
     out, m = tmp_path / "out", tmp_path / "m.json"
     res = run_killing(cli, tmp_path, log, 99, out, m, "--task-size", "65536", workers=fault_workers)
@@ -146,22 +188,27 @@ def test_task_that_kills_its_worker_three_times_fails_the_run(tmp_path: Path, cl
     import re
 
     # It names the processor, its function and the line (num numbers lines "Line N: ..." before die sees them).
-    found = re.search(r"mpobs: error: processor 'die' \(function killfns:maybe_die\) at line in\.log:20000 killed "
-                      r"its worker 3 times \(task (\d+) \(lines (\d+)-(\d+), bytes \d+-\d+\)\); giving up", err)
+    found = re.search(
+        r"mpobs: error: processor 'die' \(function killfns:maybe_die\) at line in\.log:20000 killed "
+        r"its worker 3 times \(task (\d+) \(lines (\d+)-(\d+), bytes \d+-\d+\)\); giving up",
+        err,
+    )
     assert found, err
     first, last = int(found[2]), int(found[3])
     assert first <= 20_000 <= last
     stats = json.loads(m.read_text())
     assert stats["system"]["state"] == "failed"
     # what finished before the bad task is written, in order, and counted
-    expected = b"".join(l + b"\n" for l in out.read_bytes().split(b"\n")[:-1])
+    expected = b"".join(line + b"\n" for line in out.read_bytes().split(b"\n")[:-1])
     assert out.read_bytes() == expected
     written = out.read_bytes().count(b"\n")
     assert written == stats["processors"]["errors"]["lines_out"]
     assert stats["system"]["total_lines"] == first - 1
 
 
-STALL_FNS = WAIT_FOR_FILE + """
+STALL_FNS = (
+    WAIT_FOR_FILE
+    + """
 import os
 def stall(line):
     if line.startswith("STALL"):
@@ -175,28 +222,55 @@ def stall(line):
         open(mark + ".done", "w").close()
     return line
 """
+)
 
 
 def stall_config(tmp_path: Path) -> Path:
     """The default pipeline behind a step that stalls on a line starting with STALL, until released."""
-    return fn_config(tmp_path, "stallfns", STALL_FNS, [
-        {"type": "python", "id": "stall", "function": "stallfns:stall"},
-        {"type": "line_counter", "id": "line_counter"},
-        {"type": "tag_extractor", "id": "tag_extractor"},
-        {"type": "filter", "id": "error_filter", "tag": "error", "inputs": ["tag_extractor"]},
-        {"type": "filter", "id": "warn_filter", "tag": "warn", "inputs": ["tag_extractor"]},
-        {"type": "filter", "id": "info_filter", "tag": "info", "inputs": ["tag_extractor"]},
-    ])  # fmt: skip
+    return fn_config(
+        tmp_path,
+        "stallfns",
+        STALL_FNS,
+        [
+            {"type": "python", "id": "stall", "function": "stallfns:stall"},
+            {"type": "line_counter", "id": "line_counter"},
+            {"type": "tag_extractor", "id": "tag_extractor"},
+            {"type": "filter", "id": "error_filter", "tag": "error", "inputs": ["tag_extractor"]},
+            {"type": "filter", "id": "warn_filter", "tag": "warn", "inputs": ["tag_extractor"]},
+            {"type": "filter", "id": "info_filter", "tag": "info", "inputs": ["tag_extractor"]},
+        ],
+    )
 
 
 def start_stalled_run(tmp_path: Path, log: Path, port: int, *extra: str) -> subprocess.Popen[bytes]:
     """The stall pipeline on 2 workers with a dashboard on ``port``; its first line stalls task 0 until
     ``release_stall`` (tmp_path/stalling is there once it stalls)."""
     log.write_bytes(b"STALL INFO the first line\n" + log.read_bytes())
-    return subprocess.Popen([sys.executable, "-m", "mpobs", "process", str(log), "-c", str(stall_config(tmp_path)),
-                             "-w", "2", "-o", str(tmp_path / "out"), "--task-size", "65536", "--dashboard",
-                             "--dashboard-port", str(port), "--linger", "0", *extra], stderr=subprocess.PIPE,
-                            env={**os.environ, "STALL_MARK": str(tmp_path / "stalling")})  # fmt: skip
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "mpobs",
+            "process",
+            str(log),
+            "-c",
+            str(stall_config(tmp_path)),
+            "-w",
+            "2",
+            "-o",
+            str(tmp_path / "out"),
+            "--task-size",
+            "65536",
+            "--dashboard",
+            "--dashboard-port",
+            str(port),
+            "--linger",
+            "0",
+            *extra,
+        ],
+        stderr=subprocess.PIPE,
+        env={**os.environ, "STALL_MARK": str(tmp_path / "stalling")},
+    )
 
 
 def release_stall(tmp_path: Path) -> None:
@@ -268,8 +342,9 @@ def test_a_stalled_task_stops_the_others_from_running_far_ahead(tmp_path: Path, 
 def test_worker_killed_from_outside_is_replaced(tmp_path: Path, make_log: Any, fault_workers: int) -> None:
     log = make_log(200_000)
     out, m = tmp_path / "out", tmp_path / "m.json"
-    proc = start_slow_run(tmp_path, log, "--save-metrics", str(m), "--task-size", "65536", workers=fault_workers,
-                          gate_at=100_000)  # fmt: skip
+    proc = start_slow_run(
+        tmp_path, log, "--save-metrics", str(m), "--task-size", "65536", workers=fault_workers, gate_at=100_000
+    )
     try:
         # Mid-run (output has begun) before looking for workers: at the very start, the resource
         # tracker is for a moment a forked copy of mpobs that has not yet exec'd, and looks like one.
@@ -292,14 +367,26 @@ def finished_with_one_restart(proc: Any, log: Path, out: Path, metrics: Path, li
     assert stats["processors"]["line_counter"]["lines_in"] == lines
 
 
-@pytest.mark.parametrize(("sig", "code", "word"), [(signal.SIGINT, 130, "interrupted"), (signal.SIGTERM, 143, "terminated")])
-def test_signal_stops_cleanly_with_a_complete_prefix(tmp_path: Path, make_log: Any, sig: int, code: int,
-                                                     word: str, fault_workers: int) -> None:  # fmt: skip
+@pytest.mark.parametrize(
+    ("sig", "code", "word"), [(signal.SIGINT, 130, "interrupted"), (signal.SIGTERM, 143, "terminated")]
+)
+def test_signal_stops_cleanly_with_a_complete_prefix(
+    tmp_path: Path, make_log: Any, sig: int, code: int, word: str, fault_workers: int
+) -> None:
     log = make_log(200_000)
     out, m = tmp_path / "out", tmp_path / "m.json"
     # The second half waits at the gate (never opened): the signal always comes part way.
-    proc = start_slow_run(tmp_path, log, "--save-metrics", str(m), "--task-size", "65536", session=True,
-                          workers=fault_workers, gate_at=100_000)  # fmt: skip
+    proc = start_slow_run(
+        tmp_path,
+        log,
+        "--save-metrics",
+        str(m),
+        "--task-size",
+        "65536",
+        session=True,
+        workers=fault_workers,
+        gate_at=100_000,
+    )
     try:
         wait_for(lambda: out.exists() and out.stat().st_size > 0)
         if sig == signal.SIGINT:
@@ -354,8 +441,20 @@ def test_bad_bytes_lose_no_line(tmp_path: Path, cli: Any, name: str) -> None:
     config = tmp_path / "all.json"
     config.write_text(json.dumps({"processors": [{"type": "line_counter", "id": "n", "format": "{line}"}]}))
     out, m = tmp_path / "out", tmp_path / "m.json"
-    res = cli("process", str(log), "-c", str(config), "-w", "2", "-o", str(out), "--save-metrics", str(m),
-              "--task-size", "1024")  # fmt: skip
+    res = cli(
+        "process",
+        str(log),
+        "-c",
+        str(config),
+        "-w",
+        "2",
+        "-o",
+        str(out),
+        "--save-metrics",
+        str(m),
+        "--task-size",
+        "1024",
+    )
     assert res.returncode == 0, res.stderr.decode()
     # every input line comes out unchanged: the same bytes, plus a final "\n" if missing
     assert out.read_bytes() == (data if data.endswith(b"\n") else data + b"\n")
@@ -413,10 +512,15 @@ def die_holding_queue_lock(line):
 
 
 def grab_config(tmp_path: Path, fn: str) -> Path:
-    return fn_config(tmp_path, "grabfns", GRAB_FNS, [
-        {"type": "line_counter", "id": "num"},
-        {"type": "python", "id": "grab", "function": f"grabfns:{fn}"},
-    ])  # fmt: skip
+    return fn_config(
+        tmp_path,
+        "grabfns",
+        GRAB_FNS,
+        [
+            {"type": "line_counter", "id": "num"},
+            {"type": "python", "id": "grab", "function": f"grabfns:{fn}"},
+        ],
+    )
 
 
 @pytest.mark.parametrize("fn", ["die_holding_stats_lock", "die_holding_queue_lock"])
@@ -424,9 +528,28 @@ def test_worker_killed_holding_a_lock_does_not_stop_the_run(tmp_path: Path, cli:
     log = make_log(60_000)
     env = {"KILL_AT": "Line 30000:", "KILL_MARK": str(tmp_path / "mark")}
     out, m, saved = tmp_path / "out", tmp_path / "m.json", tmp_path / "t.jsonl"
-    res = cli("process", str(log), "-c", str(grab_config(tmp_path, fn)), "-w", "2", "-o", str(out),
-              "--save-metrics", str(m), "--save-traces", str(saved), "--trace-sample", "1",
-              "--task-size", "65536", "--max-errors", "1000", env=env, timeout=120)  # fmt: skip
+    res = cli(
+        "process",
+        str(log),
+        "-c",
+        str(grab_config(tmp_path, fn)),
+        "-w",
+        "2",
+        "-o",
+        str(out),
+        "--save-metrics",
+        str(m),
+        "--save-traces",
+        str(saved),
+        "--trace-sample",
+        "1",
+        "--task-size",
+        "65536",
+        "--max-errors",
+        "1000",
+        env=env,
+        timeout=120,
+    )
     assert res.returncode == 0, res.stderr.decode()
     lines = log.read_bytes().split(b"\n")[:-1]
     assert out.read_bytes() == b"".join(b"Line %d: %s\n" % (n, x) for n, x in enumerate(lines, 1))
@@ -451,8 +574,9 @@ def test_output_that_is_the_input_is_refused(tmp_path: Path, cli: Any) -> None:
 def test_sigterm_to_the_process_group_is_an_interrupt_not_a_crash(tmp_path: Path, make_log: Any) -> None:
     log = make_log(200_000)
     out, m = tmp_path / "out", tmp_path / "m.json"
-    proc = start_slow_run(tmp_path, log, "--save-metrics", str(m), "--task-size", "65536", session=True,
-                          gate_at=100_000)  # the second half waits at the gate: the signal comes part way
+    proc = start_slow_run(
+        tmp_path, log, "--save-metrics", str(m), "--task-size", "65536", session=True, gate_at=100_000
+    )  # the second half waits at the gate: the signal comes part way
     try:
         wait_for(lambda: out.exists() and out.stat().st_size > 0)
         os.killpg(proc.pid, signal.SIGTERM)  # e.g. a container runtime stopping everything
@@ -466,8 +590,9 @@ def test_sigterm_to_the_process_group_is_an_interrupt_not_a_crash(tmp_path: Path
     assert not processes_using(log)
 
 
-def test_leftovers_of_a_killed_process_group_are_removed_by_the_next_run(tmp_path: Path, cli: Any,
-                                                                         make_log: Any) -> None:  # fmt: skip
+def test_leftovers_of_a_killed_process_group_are_removed_by_the_next_run(
+    tmp_path: Path, cli: Any, make_log: Any
+) -> None:
     log = make_log(200_000)
     proc = start_slow_run(tmp_path, log, session=True, gate_at=100_000)  # not done before it is killed
     wait_for(lambda: len(workers_of(proc)) == 2)
@@ -486,8 +611,19 @@ def test_leftovers_of_a_killed_process_group_are_removed_by_the_next_run(tmp_pat
 
 def test_save_traces_on_a_full_disk_fails_cleanly(tmp_path: Path, cli: Any, make_log: Any) -> None:
     log = make_log(30_000)
-    res = cli("process", str(log), "-w", "2", "-o", str(tmp_path / "out"), "--trace-sample", "1",
-              "--save-traces", "/dev/full", timeout=120)  # fmt: skip
+    res = cli(
+        "process",
+        str(log),
+        "-w",
+        "2",
+        "-o",
+        str(tmp_path / "out"),
+        "--trace-sample",
+        "1",
+        "--save-traces",
+        "/dev/full",
+        timeout=120,
+    )
     err = res.stderr.decode()
     assert res.returncode == 1, err
     assert "cannot write the --save-traces file '/dev/full': No space left on device" in err, err

@@ -9,20 +9,22 @@ from typing import Any
 
 import pytest
 
+from mpobs.metrics.layout import PROC_WIDTH
 from mpobs.pipeline.config import compile_config
 from mpobs.run.coordinator import Coordinator, RunOptions
-from mpobs.metrics.layout import PROC_WIDTH
 from mpobs.tracing.records import EventCollector
 from mpobs.tracing.tracefile import read_traces
 from mpobs.tracing.traces import is_sampled
 from tests.reference import split_lines
 
-ROUTER_DAG = {"processors": [
-    {"type": "tag_extractor", "id": "tags"},
-    {"type": "router", "id": "route", "routes": {"err": {"tag": "error"}, "db": r"\[db\]"}},
-    {"type": "uppercase", "id": "up", "inputs": ["route.err"]},
-    {"type": "filter", "id": "slow", "pattern": r"slow", "inputs": ["route.db"]},
-]}  # fmt: skip
+ROUTER_DAG = {
+    "processors": [
+        {"type": "tag_extractor", "id": "tags"},
+        {"type": "router", "id": "route", "routes": {"err": {"tag": "error"}, "db": r"\[db\]"}},
+        {"type": "uppercase", "id": "up", "inputs": ["route.err"]},
+        {"type": "filter", "id": "slow", "pattern": r"slow", "inputs": ["route.db"]},
+    ]
+}
 
 
 def saved_traces(path: Path) -> dict[int, dict[str, Any]]:
@@ -42,8 +44,24 @@ def test_router_traces_follow_each_branch_and_match_across_workers(tmp_path: Pat
     runs = []
     for w in (1, 2):
         saved = tmp_path / f"traces{w}.jsonl"
-        res = cli("process", str(log), "-c", str(config), "-w", str(w), "-o", str(tmp_path / "out"),
-                  "--trace-sample", "1", "--save-traces", str(saved), "--task-size", "4096", "--batch-lines", "50")
+        res = cli(
+            "process",
+            str(log),
+            "-c",
+            str(config),
+            "-w",
+            str(w),
+            "-o",
+            str(tmp_path / "out"),
+            "--trace-sample",
+            "1",
+            "--save-traces",
+            str(saved),
+            "--task-size",
+            "4096",
+            "--batch-lines",
+            "50",
+        )
         assert res.returncode == 0, res.stderr.decode()
         runs.append(saved_traces(saved))
     assert runs[0] == runs[1]
@@ -77,8 +95,19 @@ def test_default_sample_is_a_function_of_the_line_number(tmp_path: Path, cli: An
     seen = []
     for w in (1, 2):
         saved = tmp_path / f"t{w}.jsonl"
-        res = cli("process", str(log), "-w", str(w), "-o", str(tmp_path / "o"), "--trace", "--save-traces", str(saved),
-                  "--task-size", "65536")  # fmt: skip
+        res = cli(
+            "process",
+            str(log),
+            "-w",
+            str(w),
+            "-o",
+            str(tmp_path / "o"),
+            "--trace",
+            "--save-traces",
+            str(saved),
+            "--task-size",
+            "65536",
+        )
         assert res.returncode == 0, res.stderr.decode()
         seen.append(sorted(saved_traces(saved)))
     assert seen[0] == seen[1] == [n for n in range(1, 20_001) if is_sampled(n, 0.01)]
@@ -95,21 +124,40 @@ def write_failing_fn(tmp_path: Path) -> Path:
         "    return line\n"
     )
     config = tmp_path / "fail.json"
-    config.write_text(json.dumps({"processors": [
-        {"type": "line_counter", "id": "num"},
-        {"type": "python", "id": "check", "function": "failfns:check"},
-    ]}))  # fmt: skip
+    config.write_text(
+        json.dumps(
+            {
+                "processors": [
+                    {"type": "line_counter", "id": "num"},
+                    {"type": "python", "id": "check", "function": "failfns:check"},
+                ]
+            }
+        )
+    )
     return config
 
 
-def test_processor_errors_are_counted_exactly_and_recorded(tmp_path: Path, cli: Any, workers: int,
-                                                           make_log: Any) -> None:  # fmt: skip
+def test_processor_errors_are_counted_exactly_and_recorded(
+    tmp_path: Path, cli: Any, workers: int, make_log: Any
+) -> None:
     log = make_log(5000)
     lines = split_lines(log.read_bytes())
     config = write_failing_fn(tmp_path)
     m = tmp_path / "m.json"
-    res = cli("process", str(log), "-c", str(config), "-w", str(workers), "-o", str(tmp_path / "o"),
-              "--save-metrics", str(m), "--task-size", "8192")  # fmt: skip
+    res = cli(
+        "process",
+        str(log),
+        "-c",
+        str(config),
+        "-w",
+        str(workers),
+        "-o",
+        str(tmp_path / "o"),
+        "--save-metrics",
+        str(m),
+        "--task-size",
+        "8192",
+    )
     assert res.returncode == 0, res.stderr.decode()
     value_errors = [n for n, x in enumerate(lines, 1) if "ERROR" in x]
     key_errors = [n for n, x in enumerate(lines, 1) if "WARN" in x and "ERROR" not in x]
@@ -137,8 +185,20 @@ def test_max_errors_stops_the_run_with_exit_3(tmp_path: Path, cli: Any, make_log
     config = write_failing_fn(tmp_path)
     m = tmp_path / "m.json"
     out = tmp_path / "o"
-    res = cli("process", str(log), "-c", str(config), "-w", str(workers), "-o", str(out), "--max-errors", "50",
-              "--save-metrics", str(m))  # fmt: skip
+    res = cli(
+        "process",
+        str(log),
+        "-c",
+        str(config),
+        "-w",
+        str(workers),
+        "-o",
+        str(out),
+        "--max-errors",
+        "50",
+        "--save-metrics",
+        str(m),
+    )
     err = res.stderr.decode()
     assert res.returncode == 3, err
     assert "Traceback" not in err
@@ -191,8 +251,9 @@ def test_flood_of_traces_drops_and_counts_but_never_blocks_workers(tmp_path: Pat
     pipeline = compile_config({"processors": [{"type": "line_counter", "id": "n"}]})
     # 1,200 messages of 100 traces against queues of 16 messages, and readers that take none until every
     # line is in the output: records must be dropped, however fast or slow the workers are.
-    opts = RunOptions(str(log), str(tmp_path / "out"), workers=workers, batch_lines=100, trace=True, trace_sample=1.0,
-                      event_chunk=100)  # fmt: skip
+    opts = RunOptions(
+        str(log), str(tmp_path / "out"), workers=workers, batch_lines=100, trace=True, trace_sample=1.0, event_chunk=100
+    )
     outcome = Coordinator(pipeline, opts, collector=StalledCollector(tmp_path / "out", 120_000)).run()
     s = outcome.stats["system"]
     assert s["state"] == "done"
@@ -208,8 +269,15 @@ def test_save_traces_waits_instead_of_dropping(tmp_path: Path, make_log: Any, wo
     log = make_log(20_000)
     pipeline = compile_config({"processors": [{"type": "line_counter", "id": "n"}]})
     saved = tmp_path / "t.jsonl"
-    opts = RunOptions(str(log), str(tmp_path / "out"), workers=workers, batch_lines=500, trace=True, trace_sample=1.0,
-                      save_traces=str(saved))  # fmt: skip
+    opts = RunOptions(
+        str(log),
+        str(tmp_path / "out"),
+        workers=workers,
+        batch_lines=500,
+        trace=True,
+        trace_sample=1.0,
+        save_traces=str(saved),
+    )
     outcome = Coordinator(pipeline, opts, collector=SlowCollector()).run()
     s = outcome.stats["system"]
     assert s["traces_dropped"] == 0
@@ -220,8 +288,19 @@ def test_save_traces_waits_instead_of_dropping(tmp_path: Path, make_log: Any, wo
 def test_metrics_hold_recent_traces_and_errors(tmp_path: Path, cli: Any, make_log: Any) -> None:
     log = make_log(5000)
     m = tmp_path / "m.json"
-    res = cli("process", str(log), "-w", "2", "-o", str(tmp_path / "o"), "--trace", "--trace-sample", "0.5",
-              "--save-metrics", str(m))  # fmt: skip
+    res = cli(
+        "process",
+        str(log),
+        "-w",
+        "2",
+        "-o",
+        str(tmp_path / "o"),
+        "--trace",
+        "--trace-sample",
+        "0.5",
+        "--save-metrics",
+        str(m),
+    )
     assert res.returncode == 0
     stats = json.loads(m.read_text())
     assert len(stats["recent_traces"]) == 100
@@ -277,7 +356,9 @@ def _slow_trace(n: int, original: str, recorder: _Recorder, out: Any) -> tuple[A
             if at:
                 olo, ohi = at[0], at[-1] + 1
                 if res.texts[olo:ohi] != inp.texts[lo:hi]:
-                    extra.update({"text": res.texts[olo]} if ohi - olo == 1 == hi - lo else {"texts": res.texts[olo:ohi]})
+                    extra.update(
+                        {"text": res.texts[olo]} if ohi - olo == 1 == hi - lo else {"texts": res.texts[olo:ohi]}
+                    )
                 if res.tags is not None and (inp.tags is None or res.tags[olo] != inp.tags[lo]):
                     extra["tags"] = list(res.tags[olo])
         if hi - lo > 1:
@@ -290,8 +371,9 @@ def _slow_trace(n: int, original: str, recorder: _Recorder, out: Any) -> tuple[A
     return (n, original, path, [t for m, t in zip(out.nums, out.texts) if m == n])
 
 
-def test_batch_trace_matches_a_slow_scan_through_router_fan_in_copies_and_errors(tmp_path: Path,
-                                                                                  monkeypatch: Any) -> None:
+def test_batch_trace_matches_a_slow_scan_through_router_fan_in_copies_and_errors(
+    tmp_path: Path, monkeypatch: Any
+) -> None:
     from mpobs.pipeline.batch import Batch
     from mpobs.tracing.traces import BatchTrace
     from tests.test_engine import write_dag
@@ -299,12 +381,24 @@ def test_batch_trace_matches_a_slow_scan_through_router_fan_in_copies_and_errors
     config = json.loads(write_dag(tmp_path).read_text())
     # Steps after a filter and after a step that copies lines: they take batches whose traced
     # lines moved (positions kept, not searched).
-    config["processors"] += [{"type": "uppercase", "id": "shout", "inputs": ["audit"]},
-                             {"type": "lowercase", "id": "quiet", "inputs": ["annotate"]}]  # takes the copies
+    config["processors"] += [
+        {"type": "uppercase", "id": "shout", "inputs": ["audit"]},
+        {"type": "lowercase", "id": "quiet", "inputs": ["annotate"]},
+    ]  # takes the copies
     monkeypatch.syspath_prepend(str(tmp_path))
     pipeline = compile_config(config)
-    texts = ["x WARN explode", "x WARN dup me", "ERROR [api] user login failed", "[db] no level", "INFO [web] ok",
-             "DEBUG [db] chatty", "WARN dup login", "INFO login [auth] fine", "ERROR plain", "no tags at all"] * 30
+    texts = [
+        "x WARN explode",
+        "x WARN dup me",
+        "ERROR [api] user login failed",
+        "[db] no level",
+        "INFO [web] ok",
+        "DEBUG [db] chatty",
+        "WARN dup login",
+        "INFO login [auth] fine",
+        "ERROR plain",
+        "no tags at all",
+    ] * 30
     first = 1001
     batch = Batch(list(range(first, first + len(texts))), texts)
     traced = [n for n in batch.nums if n % 3]  # most lines, not all
@@ -328,14 +422,27 @@ def test_batch_trace_matches_a_slow_scan_through_router_fan_in_copies_and_errors
     assert any(x and "copies" in x for _, _, path, _ in got for _, _, x in path)
 
 
-def test_every_line_sampled_builds_only_the_traces_that_can_be_shown(tmp_path: Path, cli: Any, make_log: Any,
-                                                                     workers: int) -> None:  # fmt: skip
+def test_every_line_sampled_builds_only_the_traces_that_can_be_shown(
+    tmp_path: Path, cli: Any, make_log: Any, workers: int
+) -> None:
     """--trace-sample 1 without --save-traces: each task builds the traces of its last 1,000 lines (only the
     most recent 1,000 can be shown); the others are counted as skipped, and the newest line is traced."""
     log = make_log(20_000)
     m = tmp_path / "m.json"
-    res = cli("process", str(log), "-w", str(workers), "-o", str(tmp_path / "out"), "--trace-sample", "1",
-              "--task-size", "262144", "--save-metrics", str(m))  # fmt: skip
+    res = cli(
+        "process",
+        str(log),
+        "-w",
+        str(workers),
+        "-o",
+        str(tmp_path / "out"),
+        "--trace-sample",
+        "1",
+        "--task-size",
+        "262144",
+        "--save-metrics",
+        str(m),
+    )
     assert res.returncode == 0, res.stderr.decode()
     stats = json.loads(m.read_text())
     s = stats["system"]
@@ -387,11 +494,23 @@ def test_saved_records_replay_to_the_live_traces(tmp_path: Path, monkeypatch: An
     from tests.test_engine import write_dag
 
     config = json.loads(write_dag(tmp_path).read_text())
-    config["processors"] += [{"type": "uppercase", "id": "shout", "inputs": ["audit"]},
-                             {"type": "lowercase", "id": "quiet", "inputs": ["annotate"]}]  # fmt: skip
+    config["processors"] += [
+        {"type": "uppercase", "id": "shout", "inputs": ["audit"]},
+        {"type": "lowercase", "id": "quiet", "inputs": ["annotate"]},
+    ]
     monkeypatch.syspath_prepend(str(tmp_path))
-    texts = ["x WARN explode", "x WARN dup me", "ERROR [api] user login failed", "[db] no level", "INFO [web] ok",
-             "DEBUG [db] chatty", "WARN dup login", "INFO login [auth] fine", "ERROR plain", "no tags at all"] * 30
+    texts = [
+        "x WARN explode",
+        "x WARN dup me",
+        "ERROR [api] user login failed",
+        "[db] no level",
+        "INFO [web] ok",
+        "DEBUG [db] chatty",
+        "WARN dup login",
+        "INFO login [auth] fine",
+        "ERROR plain",
+        "no tags at all",
+    ] * 30
     pick = {"all": list, "most": lambda nums: [n for n in nums if n % 3], "one": lambda nums: [nums[7]]}[traced_lines]
     path = tmp_path / "t.jsonl"
     live = _live_and_saved(compile_config(config), texts, pick, path)
@@ -414,30 +533,38 @@ def test_saved_records_replay_fan_in_of_a_tagged_and_an_untagged_branch(tmp_path
     have none, and a later step changing another line's tags must not show them as changed."""
     from mpobs.tracing.tracefile import TraceReader
 
-    pipeline = compile_config({"processors": [
-        {"type": "router", "id": "r", "routes": {"a": "^A"}, "default": "b"},
-        {"type": "tag_extractor", "id": "t", "inputs": ["r.a"]},
-        {"type": "tag_extractor", "id": "m", "rules": {"x": "X"}, "inputs": ["t", "r.b"]},
-    ]})  # fmt: skip
+    pipeline = compile_config(
+        {
+            "processors": [
+                {"type": "router", "id": "r", "routes": {"a": "^A"}, "default": "b"},
+                {"type": "tag_extractor", "id": "t", "inputs": ["r.a"]},
+                {"type": "tag_extractor", "id": "m", "rules": {"x": "X"}, "inputs": ["t", "r.b"]},
+            ]
+        }
+    )
     path = tmp_path / "t.jsonl"
     live = _live_and_saved(pipeline, ["A ERROR", "X one", "Y two"], lambda nums: nums[1:], path)
     assert list(TraceReader(str(path))) == live
     assert live[1]["path"][-1] == {"processor": "m", "status": "emit", "timestamp": live[1]["path"][-1]["timestamp"]}
 
 
-def test_a_batch_function_that_changes_its_list_changes_no_other_branch(tmp_path: Path, monkeypatch: Any,
-                                                                         workers: int) -> None:  # fmt: skip
+def test_a_batch_function_that_changes_its_list_changes_no_other_branch(
+    tmp_path: Path, monkeypatch: Any, workers: int
+) -> None:
     """A batch function gets a copy of the lines: changing it in place leaves what a sibling branch takes,
     and what traces say came in, as they were."""
     from mpobs.tracing.tracefile import TraceReader
 
-    (tmp_path / "inplace.py").write_text("def shout(lines):\n    for i, x in enumerate(lines):\n"
-                                         "        lines[i] = x.upper()\n    return lines\n")  # fmt: skip
+    (tmp_path / "inplace.py").write_text(
+        "def shout(lines):\n    for i, x in enumerate(lines):\n        lines[i] = x.upper()\n    return lines\n"
+    )
     monkeypatch.syspath_prepend(str(tmp_path))
-    config = {"processors": [
-        {"type": "python", "id": "shout", "function": "inplace:shout", "batch": True},
-        {"type": "filter", "id": "quiet", "pattern": "error", "inputs": ["input"]},
-    ]}  # fmt: skip
+    config = {
+        "processors": [
+            {"type": "python", "id": "shout", "function": "inplace:shout", "batch": True},
+            {"type": "filter", "id": "quiet", "pattern": "error", "inputs": ["input"]},
+        ]
+    }
     texts = ["an error here", "fine", "another error"]
     path = tmp_path / "t.jsonl"
     live = _live_and_saved(compile_config(config), texts, list, path)
@@ -461,8 +588,24 @@ def test_mpobs_traces_prints_picks_and_refuses(tmp_path: Path, cli: Any, make_lo
     config = tmp_path / "dag.json"
     config.write_text(json.dumps(ROUTER_DAG))
     saved = tmp_path / "t.jsonl"
-    res = cli("process", str(log), "-c", str(config), "-w", "2", "-o", str(tmp_path / "out"), "--trace-sample", "1",
-              "--save-traces", str(saved), "--task-size", "65536", "--batch-lines", "500")  # fmt: skip
+    res = cli(
+        "process",
+        str(log),
+        "-c",
+        str(config),
+        "-w",
+        "2",
+        "-o",
+        str(tmp_path / "out"),
+        "--trace-sample",
+        "1",
+        "--save-traces",
+        str(saved),
+        "--task-size",
+        "65536",
+        "--batch-lines",
+        "500",
+    )
     assert res.returncode == 0, res.stderr.decode()
 
     def traces(*args: str) -> list[dict[str, Any]]:
@@ -472,10 +615,14 @@ def test_mpobs_traces_prints_picks_and_refuses(tmp_path: Path, cli: Any, make_lo
 
     every = traces(str(saved))
     assert sorted(t["line_number"] for t in every) == list(range(1, 3001))
-    assert traces(str(saved), "--line", "1234", "--line", "in.log:7") == [t for t in every if t["line_number"] in (7, 1234)]
+    assert traces(str(saved), "--line", "1234", "--line", "in.log:7") == [
+        t for t in every if t["line_number"] in (7, 1234)
+    ]
     routed = traces(str(saved), "--status", "route:err", "--processor", "route")
     assert routed and routed == [t for t in every if any(s["status"] == "route:err" for s in t["path"])]
-    assert traces(str(saved), "--processor", "slow") == [t for t in every if "slow" in [s["processor"] for s in t["path"]]]
+    assert traces(str(saved), "--processor", "slow") == [
+        t for t in every if "slow" in [s["processor"] for s in t["path"]]
+    ]
 
     whole = saved.read_bytes()
     cut = tmp_path / "cut.jsonl"
@@ -486,12 +633,14 @@ def test_mpobs_traces_prints_picks_and_refuses(tmp_path: Path, cli: Any, make_lo
     assert 0 < len(got) < 3000 and got == every[: len(got)]
 
     header = whole[: whole.index(b"\n") + 1]
-    for content, says in ((b"hello\n", "is not JSON"), (b'{"a": 1}\n', "not an mpobs --save-traces"),
-                          (whole.replace(b'"version": 2', b'"version": 99', 1), "version 99"),
-                          (b'{"format": "mpobs-traces", "version": 2}\n', "line 1 is damaged"),
-                          (header + b'{"k": 0, "off": 0}\n', "line 2 is damaged"),
-                          (header + b'{"k": 0, "off": 0, "first": 1, "n": 1, "orig": ["x"], "steps": [[0]]}\n',
-                           "line 2 is damaged")):  # fmt: skip
+    for content, says in (
+        (b"hello\n", "is not JSON"),
+        (b'{"a": 1}\n', "not an mpobs --save-traces"),
+        (whole.replace(b'"version": 2', b'"version": 99', 1), "version 99"),
+        (b'{"format": "mpobs-traces", "version": 2}\n', "line 1 is damaged"),
+        (header + b'{"k": 0, "off": 0}\n', "line 2 is damaged"),
+        (header + b'{"k": 0, "off": 0, "first": 1, "n": 1, "orig": ["x"], "steps": [[0]]}\n', "line 2 is damaged"),
+    ):
         bad = tmp_path / "bad.jsonl"
         bad.write_bytes(content)
         r = cli("traces", str(bad))

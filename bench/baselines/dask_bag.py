@@ -15,7 +15,7 @@ import itertools
 import logging
 import re
 import sys
-from typing import Iterable
+from collections.abc import Iterable
 
 LEVEL_RX = re.compile(r"\b(ERROR|WARN|WARNING|INFO|DEBUG)\b")
 KEEP = frozenset({"ERROR", "WARN", "WARNING", "INFO"})
@@ -44,12 +44,21 @@ def main(src: str, dst: str, processes: int = 2) -> None:
     import dask.bag as db
     from distributed import Client, LocalCluster
 
-    with LocalCluster(n_workers=processes, threads_per_worker=1, processes=True, memory_limit=0,
-                      host="127.0.0.1", dashboard_address=None, silence_logs=logging.ERROR) as cluster, \
-            Client(cluster) as client:  # fmt: skip
+    with (
+        LocalCluster(
+            n_workers=processes,
+            threads_per_worker=1,
+            processes=True,
+            memory_limit=0,
+            host="127.0.0.1",
+            dashboard_address=None,
+            silence_logs=logging.ERROR,
+        ) as cluster,
+        Client(cluster) as client,
+    ):
         lines = db.read_text(src, blocksize=BLOCKSIZE, encoding="utf-8", errors="surrogateescape")
         sizes = [n for [n] in client.gather(client.compute(lines.map_partitions(count).to_delayed()))]
-        firsts = list(itertools.accumulate([1] + sizes[:-1]))
+        firsts = list(itertools.accumulate([1, *sizes[:-1]]))
         numbered = lines.map_partitions(work, db.from_sequence(firsts, npartitions=len(firsts)))
         parts = client.compute(numbered.to_delayed())
         with open(dst, "w", encoding="utf-8", errors="surrogateescape", newline="\n") as out:

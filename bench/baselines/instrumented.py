@@ -31,8 +31,10 @@ def main(src: str, dst: str) -> None:
             stats[3 * i + 2] += dt
 
     search = LEVEL_RX.search
-    with open(src, encoding="utf-8", errors="surrogateescape", newline="\n") as f, \
-            open(dst, "w", encoding="utf-8", errors="surrogateescape", newline="\n") as out:  # fmt: skip
+    with (
+        open(src, encoding="utf-8", errors="surrogateescape", newline="\n") as f,
+        open(dst, "w", encoding="utf-8", errors="surrogateescape", newline="\n") as out,
+    ):
         write = out.write
         for n, line in enumerate(f, 1):
             if line.endswith("\n"):

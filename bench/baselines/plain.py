@@ -15,8 +15,10 @@ KEEP = frozenset({"ERROR", "WARN", "WARNING", "INFO"})  # tags error, warn, info
 def main(src: str, dst: str) -> None:
     search = LEVEL_RX.search
     # newline="\n": split on "\n" only and keep "\r" etc. as text; surrogateescape keeps invalid bytes.
-    with open(src, encoding="utf-8", errors="surrogateescape", newline="\n") as f, \
-            open(dst, "w", encoding="utf-8", errors="surrogateescape", newline="\n") as out:  # fmt: skip
+    with (
+        open(src, encoding="utf-8", errors="surrogateescape", newline="\n") as f,
+        open(dst, "w", encoding="utf-8", errors="surrogateescape", newline="\n") as out,
+    ):
         write = out.write
         for n, line in enumerate(f, 1):
             if line.endswith("\n"):

@@ -45,9 +45,11 @@ def chunks(f: Iterable[str]) -> Iterator[tuple[int, list[str]]]:
 
 
 def main(src: str, dst: str, processes: int = 2) -> None:
-    with open(src, encoding="utf-8", errors="surrogateescape", newline="\n") as f, \
-            open(dst, "w", encoding="utf-8", errors="surrogateescape", newline="\n") as out, \
-            multiprocessing.Pool(processes) as pool:  # fmt: skip
+    with (
+        open(src, encoding="utf-8", errors="surrogateescape", newline="\n") as f,
+        open(dst, "w", encoding="utf-8", errors="surrogateescape", newline="\n") as out,
+        multiprocessing.Pool(processes) as pool,
+    ):
         for text in pool.imap(work, chunks(f)):
             out.write(text)
 

@@ -22,14 +22,14 @@ from __future__ import annotations
 
 import bisect
 import math
-from typing import Any, Union
+from typing import Any
 
 from mpobs.alerts.store import NAME, Labels, SeriesStore, drop_name, sample_time
 
 #: How far back an instant selector looks for a sample (Prometheus's --query.lookback-delta default).
 LOOKBACK_MS = 5 * 60 * 1000
 Vector = list[tuple[Labels, float]]
-Value = Union[float, Vector]  # a scalar or an instant vector
+Value = float | Vector  # a scalar or an instant vector
 
 
 class EvalError(Exception):
@@ -82,7 +82,7 @@ class Evaluator:
         return sorted(out)
 
     def _range(self, ms: Any, t: int) -> tuple[int, list[tuple[Labels, list[tuple[int, float]]]]]:
-        range_ms = int(round(ms.range.total_seconds() * 1000))
+        range_ms = round(ms.range.total_seconds() * 1000)
         out = []
         for key, points in self.store.select(_matchers(ms.vector_selector)):
             got = [p for p in self.store.between(points, t - range_ms, t) if p[1] is not None]
@@ -222,8 +222,11 @@ def _elem(op: str, a: float, b: float) -> tuple[float, bool]:
     if op == "*":
         return a * b, True
     if op == "/":
-        return (a / b if b != 0 else (math.nan if a == 0 or math.isnan(a) else math.copysign(math.inf, a) *
-                                      math.copysign(1, b))), True  # fmt: skip
+        return (
+            a / b
+            if b != 0
+            else (math.nan if a == 0 or math.isnan(a) else math.copysign(math.inf, a) * math.copysign(1, b))
+        ), True
     if op == "%":
         return (math.fmod(a, b) if b != 0 else math.nan), True
     if op == "^":

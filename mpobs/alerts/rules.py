@@ -11,9 +11,10 @@ the rule and the construct. Recording rules are refused the same way.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from importlib import resources
-from typing import Any, Iterable
+from typing import Any
 
 from mpobs.errors import ConfigError
 
@@ -108,7 +109,9 @@ def _groups(doc: Any, problems: list[str]) -> list[AlertRule]:
         seen.add(name)
         for key in sorted(set(group) - GROUP_KEYS):
             problems.append(f"group {name!r}: unknown key {key!r}")
-        interval = _duration(group.get("interval"), f"group {name!r}: interval", problems) if "interval" in group else None
+        interval = (
+            _duration(group.get("interval"), f"group {name!r}: interval", problems) if "interval" in group else None
+        )
         if not isinstance(group.get("rules"), list):
             problems.append(f"group {name!r}: rules must be a list")
             continue
@@ -124,8 +127,10 @@ def _rule(group: str, j: int, raw: Any, problems: list[str]) -> AlertRule | None
         problems.append(f"group {group!r}, rule {j + 1}: a rule is a mapping")
         return None
     if "record" in raw:
-        problems.append(f"group {group!r}, rule {j + 1} (record {raw.get('record')!r}): recording rules are not "
-                        "supported; mpobs evaluates alerting rules")  # fmt: skip
+        problems.append(
+            f"group {group!r}, rule {j + 1} (record {raw.get('record')!r}): recording rules are not "
+            "supported; mpobs evaluates alerting rules"
+        )
         return None
     name = raw.get("alert")
     if not isinstance(name, str) or not _NAME.match(name):
@@ -145,10 +150,16 @@ def _rule(group: str, j: int, raw: Any, problems: list[str]) -> AlertRule | None
     for key, value in {**labels, **annotations}.items():
         for body in _TEMPLATE.findall(value):
             if not _TEMPLATE_BODY.match(body):
-                problems.append(f"{where}: template {{{{{body}}}}} in {key!r}: only {{{{ $labels.NAME }}}} and "
-                                "{{ $value }} are supported")  # fmt: skip
+                problems.append(
+                    f"{where}: template {{{{{body}}}}} in {key!r}: only {{{{ $labels.NAME }}}} and "
+                    "{{ $value }} are supported"
+                )
     for_s = _duration(raw.get("for"), f"{where}: for", problems) if "for" in raw else 0.0
-    keep = _duration(raw.get("keep_firing_for"), f"{where}: keep_firing_for", problems) if "keep_firing_for" in raw else 0.0
+    keep = (
+        _duration(raw.get("keep_firing_for"), f"{where}: keep_firing_for", problems)
+        if "keep_firing_for" in raw
+        else 0.0
+    )
     if len(problems) > before:
         return None
     return AlertRule(group, name, expr, for_s or 0.0, keep or 0.0, labels, annotations, frozenset(metrics))
@@ -169,7 +180,7 @@ def _duration(value: Any, where: str, problems: list[str]) -> float | None:
 
     try:
         return promql_parser.parse_duration(str(value)).total_seconds()
-    except Exception:  # noqa: BLE001 - the parser's own error types
+    except Exception:
         problems.append(f"{where}: {value!r} is not a duration (like 30s, 5m, 1h)")
         return None
 
@@ -180,7 +191,7 @@ def check_expr(expr: str, where: str, problems: list[str]) -> set[str]:
 
     try:
         tree = promql_parser.parse(expr)
-    except Exception as err:  # noqa: BLE001 - ValueError with the parser's message
+    except Exception as err:
         problems.append(f"{where}: expr does not parse: {err}")
         return set()
     names: set[str] = set()
@@ -228,7 +239,11 @@ def _walk(node: Any, where: str, problems: list[str], names: set[str], in_range:
         if op not in ARITHMETIC | COMPARISONS | SET_OPERATORS:
             refuse(f"the operator {op}")
         mod = node.modifier
-        if mod is not None and mod.card not in (None, p.VectorMatchCardinality.OneToOne, p.VectorMatchCardinality.ManyToMany):
+        if mod is not None and mod.card not in (
+            None,
+            p.VectorMatchCardinality.OneToOne,
+            p.VectorMatchCardinality.ManyToMany,
+        ):
             refuse("group_left/group_right")
         _walk(node.lhs, where, problems, names)
         _walk(node.rhs, where, problems, names)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import bisect
 import re
-from typing import Iterable
+from collections.abc import Iterable
 
 NAME = "__name__"
 
@@ -64,13 +64,15 @@ class SeriesStore:
         for key in list(self.series):
             points = self.series[key]
             if points and points[0][0] < oldest:
-                del points[:bisect.bisect_left(points, oldest, key=sample_time)]
+                del points[: bisect.bisect_left(points, oldest, key=sample_time)]
             if not points:
                 del self.series[key]
 
     def between(self, points: list[tuple[int, float | None]], lo: int, hi: int) -> list[tuple[int, float | None]]:
         """The samples of one series with ``lo <= t <= hi``."""
-        return points[bisect.bisect_left(points, lo, key=sample_time):bisect.bisect_right(points, hi, key=sample_time)]
+        return points[
+            bisect.bisect_left(points, lo, key=sample_time) : bisect.bisect_right(points, hi, key=sample_time)
+        ]
 
     def select(self, matchers: list[tuple[str, str, str]]) -> Iterable[tuple[Labels, list[tuple[int, float | None]]]]:
         for key, points in self.series.items():

@@ -17,15 +17,16 @@ from __future__ import annotations
 import math
 import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from decimal import Decimal
-from typing import Any, Callable
+from typing import Any
 
-from mpobs.alerts.rules import AlertRule
-from mpobs.defaults import ALERTS_INTERVAL
 from mpobs.alerts.promql import LOOKBACK_MS, EvalError, Evaluator
+from mpobs.alerts.rules import AlertRule
 from mpobs.alerts.store import Labels, SeriesStore, drop_name
+from mpobs.defaults import ALERTS_INTERVAL
 from mpobs.metrics.series import samples
 
 #: Resolved alerts are kept (and sent to Alertmanager) this long, as Prometheus does.
@@ -62,8 +63,13 @@ class Alert:
 
     def doc(self) -> dict[str, Any]:
         """One alert as Prometheus's /api/v1/alerts shows it."""
-        return {"labels": dict(self.labels), "annotations": dict(self.annotations), "state": self.state,
-                "activeAt": rfc3339(self.active_at), "value": go_e(self.value)}  # fmt: skip
+        return {
+            "labels": dict(self.labels),
+            "annotations": dict(self.annotations),
+            "state": self.state,
+            "activeAt": rfc3339(self.active_at),
+            "value": go_e(self.value),
+        }
 
 
 @dataclass
@@ -141,8 +147,11 @@ class AlertWatch:
         seen: dict[Labels, Alert] = {}
         for key, value in vector:
             element = dict(drop_name(key))
-            labels = {**element, **{k: expand(v, element, value) for k, v in r.rule.labels.items()},
-                      "alertname": r.rule.name}  # fmt: skip
+            labels = {
+                **element,
+                **{k: expand(v, element, value) for k, v in r.rule.labels.items()},
+                "alertname": r.rule.name,
+            }
             annotations = {k: expand(v, element, value) for k, v in r.rule.annotations.items()}
             fp = tuple(sorted(labels.items()))
             seen[fp] = Alert(labels, annotations, value, now)
@@ -182,8 +191,15 @@ class AlertWatch:
         else:
             line = f"alert {name}{{{shown}}} resolved after {now - alert.fired_at:.0f} s firing"
         self.say(line)
-        self.events.append({"event": what, "at": rfc3339(now), "labels": dict(alert.labels),
-                            "annotations": dict(alert.annotations), "value": alert.value})  # fmt: skip
+        self.events.append(
+            {
+                "event": what,
+                "at": rfc3339(now),
+                "labels": dict(alert.labels),
+                "annotations": dict(alert.annotations),
+                "value": alert.value,
+            }
+        )
         del self.events[:-KEEP_EVENTS]
         if what == "firing" and self.failed is None and ("any" in self.opts.fail_on or name in self.opts.fail_on):
             self.failed = f"alert {name} fired" + (f": {about}" if about else "") + " (--fail-on-alert)"
@@ -205,8 +221,13 @@ class AlertWatch:
         self._notifier_news()
 
     def _posted(self, alert: Alert, ends_at: float) -> dict[str, Any]:
-        return {"labels": dict(alert.labels), "annotations": dict(alert.annotations), "startsAt": rfc3339(alert.fired_at),
-                "endsAt": rfc3339(ends_at), "generatorURL": self.opts.generator_url}  # fmt: skip
+        return {
+            "labels": dict(alert.labels),
+            "annotations": dict(alert.annotations),
+            "startsAt": rfc3339(alert.fired_at),
+            "endsAt": rfc3339(ends_at),
+            "generatorURL": self.opts.generator_url,
+        }
 
     def _notifier_news(self) -> None:
         if self.notifier is not None:
@@ -244,12 +265,27 @@ class AlertWatch:
     def doc(self) -> dict[str, Any]:
         """The ``alerts`` part of the stats document: active alerts as /api/v1/alerts, rules, events."""
         active = [a.doc() for r in self.rules for a in r.active.values() if a.state in ("pending", "firing")]
-        rules = [{"name": r.rule.name, "group": r.rule.group, "expr": r.rule.expr, "for_s": r.rule.for_s,
-                  "interval_s": r.interval_s, "evaluations": r.evaluations, "error": r.last_error,
-                  "state": _rule_state(r)} for r in self.rules]  # fmt: skip
-        out: dict[str, Any] = {"alerts": active, "rules": rules, "events": list(self.events),
-                               "interval_s": self.opts.interval_s, "busy_s": round(self.busy_s, 6),
-                               "ended_at": rfc3339(self.ended_at) if self.ended_at is not None else None}  # fmt: skip
+        rules = [
+            {
+                "name": r.rule.name,
+                "group": r.rule.group,
+                "expr": r.rule.expr,
+                "for_s": r.rule.for_s,
+                "interval_s": r.interval_s,
+                "evaluations": r.evaluations,
+                "error": r.last_error,
+                "state": _rule_state(r),
+            }
+            for r in self.rules
+        ]
+        out: dict[str, Any] = {
+            "alerts": active,
+            "rules": rules,
+            "events": list(self.events),
+            "interval_s": self.opts.interval_s,
+            "busy_s": round(self.busy_s, 6),
+            "ended_at": rfc3339(self.ended_at) if self.ended_at is not None else None,
+        }
         if self.notifier is not None:
             out["alertmanager"] = self.notifier.status()
         return out
@@ -269,7 +305,7 @@ def _longest_range(tree: Any) -> int:
     def visit(node: Any) -> None:
         nonlocal longest
         if isinstance(node, p.MatrixSelector):
-            longest = max(longest, int(round(node.range.total_seconds() * 1000)))  # as Evaluator._range
+            longest = max(longest, round(node.range.total_seconds() * 1000))  # as Evaluator._range
         for name in ("expr", "lhs", "rhs"):
             child = getattr(node, name, None)
             if child is not None and not isinstance(child, (str, float)):
@@ -325,7 +361,7 @@ def _special(value: float, zero: str) -> str | None:
 
 
 def _shortest(value: float) -> tuple[str, int]:
-    sign, digits, exponent = Decimal(repr(abs(value))).as_tuple()
+    _sign, digits, exponent = Decimal(repr(abs(value))).as_tuple()
     text = "".join(map(str, digits)).rstrip("0") or "0"
     return text, len(digits) + int(exponent) - 1
 

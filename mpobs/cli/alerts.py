@@ -16,16 +16,35 @@ from mpobs.errors import EXIT_OK, EXIT_USAGE, ConfigError, MpobsError
 
 #: The options of ``mpobs process`` that go with --alerts (see ``alert_options``).
 ALERT_OPTIONS = (
-    click.option("--alerts", "alert_files", multiple=True, type=click.Path(dir_okay=False, path_type=str),
-                 metavar="RULES.yml", help="Evaluate these Prometheus alerting-rule files during the run (repeatable; "
-                 "`mpobs alerts defaults` prints a start).  Firing and resolved alerts go to stderr, /alerts, /metrics "
-                 "(ALERTS) and --save-metrics."),  # fmt: skip
-    click.option("--alerts-interval", type=click.FloatRange(0.1), default=ALERTS_INTERVAL, show_default=True,
-                 metavar="S", help="Seconds between evaluations of the --alerts rules (a group's own interval wins)."),
-    click.option("--alertmanager", metavar="URL",
-                 help="Also post firing and resolved alerts to this Alertmanager (URL/api/v2/alerts)."),
-    click.option("--fail-on-alert", multiple=True, metavar="NAME|any",
-                 help="End the run with exit 4 when this alert (or any) fires (repeatable)."),
+    click.option(
+        "--alerts",
+        "alert_files",
+        multiple=True,
+        type=click.Path(dir_okay=False, path_type=str),
+        metavar="RULES.yml",
+        help="Evaluate these Prometheus alerting-rule files during the run (repeatable; "
+        "`mpobs alerts defaults` prints a start).  Firing and resolved alerts go to stderr, /alerts, /metrics "
+        "(ALERTS) and --save-metrics.",
+    ),
+    click.option(
+        "--alerts-interval",
+        type=click.FloatRange(0.1),
+        default=ALERTS_INTERVAL,
+        show_default=True,
+        metavar="S",
+        help="Seconds between evaluations of the --alerts rules (a group's own interval wins).",
+    ),
+    click.option(
+        "--alertmanager",
+        metavar="URL",
+        help="Also post firing and resolved alerts to this Alertmanager (URL/api/v2/alerts).",
+    ),
+    click.option(
+        "--fail-on-alert",
+        multiple=True,
+        metavar="NAME|any",
+        help="End the run with exit 4 when this alert (or any) fires (repeatable).",
+    ),
 )
 
 
@@ -35,8 +54,15 @@ def with_alert_options(fn: Any) -> Any:
     return fn
 
 
-def alert_options(pipeline: Any, files: tuple[str, ...], interval: float, alertmanager: str | None,
-                  fail_on: tuple[str, ...], given: set[str], generator_url: str = "") -> Any:  # fmt: skip
+def alert_options(
+    pipeline: Any,
+    files: tuple[str, ...],
+    interval: float,
+    alertmanager: str | None,
+    fail_on: tuple[str, ...],
+    given: set[str],
+    generator_url: str = "",
+) -> Any:
     """The checked ``AlertOptions`` for a run, or None without --alerts; ConfigError (exit 2) says what is wrong."""
     if not files:
         extra = sorted(given & {"alerts_interval", "alertmanager", "fail_on_alert"})
@@ -52,8 +78,10 @@ def alert_options(pipeline: Any, files: tuple[str, ...], interval: float, alertm
     names = {r.name for r in rules}
     unknown = sorted(set(fail_on) - names - {"any"})
     if unknown:
-        raise ConfigError(f"--fail-on-alert {', '.join(unknown)}: no such alert in {', '.join(files)} "
-                          f"(the rules name {', '.join(sorted(names)) or 'none'}; or give 'any')")  # fmt: skip
+        raise ConfigError(
+            f"--fail-on-alert {', '.join(unknown)}: no such alert in {', '.join(files)} "
+            f"(the rules name {', '.join(sorted(names)) or 'none'}; or give 'any')"
+        )
     if alertmanager is not None and not alertmanager.startswith(("http://", "https://")):
         raise ConfigError(f"--alertmanager must be an http:// or https:// URL, got {alertmanager!r}")
     return AlertOptions(tuple(rules), interval, alertmanager, tuple(fail_on), generator_url)
@@ -66,13 +94,18 @@ def alerts() -> None:
 
 @alerts.command("check")
 @click.argument("rule_files", nargs=-1, required=True, type=click.Path(path_type=str))
-@click.option("-c", "--config", "config_path", type=click.Path(path_type=str),
-              help="Also check that the rules' metrics exist for this pipeline.")
+@click.option(
+    "-c",
+    "--config",
+    "config_path",
+    type=click.Path(path_type=str),
+    help="Also check that the rules' metrics exist for this pipeline.",
+)
 def alerts_check(rule_files: tuple[str, ...], config_path: str | None) -> None:
     """Check rule files as `promtool check rules` does, and that mpobs can evaluate them (exit 0, or 2)."""
     from mpobs.alerts.rules import RuleFileError, load_rules
-    from mpobs.pipeline.config import load_config
     from mpobs.metrics.series import pipeline_series_names
+    from mpobs.pipeline.config import load_config
 
     try:
         known = pipeline_series_names(load_config(config_path)) if config_path else None

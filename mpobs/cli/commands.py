@@ -9,11 +9,18 @@ from typing import Any
 import click
 from click.core import ParameterSource
 
-from mpobs.defaults import (BATCH_LINES, CHECKPOINT_EVERY, DASK_TASK_BYTES, STALL_AFTER, TASK_BYTES, TRACE_SAMPLE,
-                            default_workers)  # fmt: skip
 from mpobs.cli.alerts import alert_options, alerts, with_alert_options
-from mpobs.cli.traces import traces
 from mpobs.cli.early import start_resource_tracker
+from mpobs.cli.traces import traces
+from mpobs.defaults import (
+    BATCH_LINES,
+    CHECKPOINT_EVERY,
+    DASK_TASK_BYTES,
+    STALL_AFTER,
+    TASK_BYTES,
+    TRACE_SAMPLE,
+    default_workers,
+)
 from mpobs.errors import EXIT_FAILED, DashboardError, InputError, MpobsError
 
 SAMPLE_LINES = 200_000
@@ -34,8 +41,14 @@ class _Commands(click.Group):
     suggestion is part of the message and stays.
     """
 
-    def main(self, args: Any = None, prog_name: str | None = None, complete_var: str | None = None,
-             standalone_mode: bool = True, **extra: Any) -> Any:  # fmt: skip
+    def main(
+        self,
+        args: Any = None,
+        prog_name: str | None = None,
+        complete_var: str | None = None,
+        standalone_mode: bool = True,
+        **extra: Any,
+    ) -> Any:
         if not standalone_mode:
             return super().main(args, prog_name, complete_var, standalone_mode, **extra)
         try:
@@ -78,56 +91,139 @@ def _one_blas_thread() -> None:
         os.environ.setdefault(var, "1")
 
 
-@main.command(epilog="Exit codes: 0 done, 1 run failed, 2 bad config/input/option, 3 --max-errors reached, "
-                     "4 an alert named by --fail-on-alert fired, 130/143 interrupted by SIGINT/SIGTERM.")
+@main.command(
+    epilog="Exit codes: 0 done, 1 run failed, 2 bad config/input/option, 3 --max-errors reached, "
+    "4 an alert named by --fail-on-alert fired, 130/143 interrupted by SIGINT/SIGTERM."
+)
 @click.argument("inputs", nargs=-1, type=click.Path(readable=False, allow_dash=True, path_type=str))
-@click.option("-c", "--config", "config_path", type=click.Path(dir_okay=True, path_type=str),
-              help="Pipeline config (JSON). Default: the log-level pipeline.")
-@click.option("-w", "--workers", type=click.IntRange(1, 1024), default=None,
-              help="Worker processes. Default: the CPU count.")
+@click.option(
+    "-c",
+    "--config",
+    "config_path",
+    type=click.Path(dir_okay=True, path_type=str),
+    help="Pipeline config (JSON). Default: the log-level pipeline.",
+)
+@click.option(
+    "-w", "--workers", type=click.IntRange(1, 1024), default=None, help="Worker processes. Default: the CPU count."
+)
 @click.option("-o", "--output", type=click.Path(path_type=str), help="Output file. Default: stdout.")
 @click.option("--save-metrics", type=click.Path(path_type=str), help="Write the final stats as JSON here.")
 @click.option("--trace", is_flag=True, help="Trace sampled lines through the DAG.")
-@click.option("--trace-sample", type=click.FloatRange(0, 1, min_open=True), default=TRACE_SAMPLE, show_default=True,
-              help="Share of lines traced (by line number, so the same with any worker count). Implies --trace.")
-@click.option("--save-traces", type=click.Path(path_type=str),
-              help="Write every traced line as JSON Lines (nothing dropped; workers wait). Implies --trace.")
+@click.option(
+    "--trace-sample",
+    type=click.FloatRange(0, 1, min_open=True),
+    default=TRACE_SAMPLE,
+    show_default=True,
+    help="Share of lines traced (by line number, so the same with any worker count). Implies --trace.",
+)
+@click.option(
+    "--save-traces",
+    type=click.Path(path_type=str),
+    help="Write every traced line as JSON Lines (nothing dropped; workers wait). Implies --trace.",
+)
 @click.option("--max-errors", type=click.IntRange(1), help="Stop (exit 3) after this many processor errors.")
-@click.option("-F", "--follow", is_flag=True,
-              help="Follow the last input as it grows and is rotated (tail -F), until SIGINT or SIGTERM (exit 0).")
-@click.option("--checkpoint", "checkpoint", type=click.Path(dir_okay=False, path_type=str),
-              help="Write commit points here (needs --output FILE); a run that finds one resumes from it.")
-@click.option("--checkpoint-every", type=click.FloatRange(0.05), default=CHECKPOINT_EVERY, show_default=True,
-              help="Seconds between commit points.")
-@click.option("--stall-after", type=click.FloatRange(0, min_open=True), default=STALL_AFTER, show_default=True,
-              help="Seconds a processor's call may run before it is reported as stalled (stderr, /healthz, /metrics).")
-@click.option("--call-timeout", type=click.FloatRange(0, min_open=True), metavar="S",
-              help="Stop a python processor's call that runs longer (its worker is replaced): an error of that line.")
-@click.option("--task-size", type=click.IntRange(1024), default=TASK_BYTES, show_default=True, hidden=True,
-              help="Bytes per task.")
+@click.option(
+    "-F",
+    "--follow",
+    is_flag=True,
+    help="Follow the last input as it grows and is rotated (tail -F), until SIGINT or SIGTERM (exit 0).",
+)
+@click.option(
+    "--checkpoint",
+    "checkpoint",
+    type=click.Path(dir_okay=False, path_type=str),
+    help="Write commit points here (needs --output FILE); a run that finds one resumes from it.",
+)
+@click.option(
+    "--checkpoint-every",
+    type=click.FloatRange(0.05),
+    default=CHECKPOINT_EVERY,
+    show_default=True,
+    help="Seconds between commit points.",
+)
+@click.option(
+    "--stall-after",
+    type=click.FloatRange(0, min_open=True),
+    default=STALL_AFTER,
+    show_default=True,
+    help="Seconds a processor's call may run before it is reported as stalled (stderr, /healthz, /metrics).",
+)
+@click.option(
+    "--call-timeout",
+    type=click.FloatRange(0, min_open=True),
+    metavar="S",
+    help="Stop a python processor's call that runs longer (its worker is replaced): an error of that line.",
+)
+@click.option(
+    "--task-size", type=click.IntRange(1024), default=TASK_BYTES, show_default=True, hidden=True, help="Bytes per task."
+)
 @click.option("--batch-lines", type=click.IntRange(1), default=BATCH_LINES, show_default=True, hidden=True)
-@click.option("--executor", type=click.Choice(["local", "dask"]), default="local", show_default=True,
-              help="Where tasks run: local worker processes, or a Dask distributed cluster (pip install 'mpobs[dask]').")
-@click.option("--scheduler", metavar="ADDRESS",
-              help="A running Dask scheduler (tcp://host:8786) to run on; implies --executor dask. Default with "
-                   "--executor dask: $MPOBS_DASK_SCHEDULER, else a LocalCluster of --workers processes.")
+@click.option(
+    "--executor",
+    type=click.Choice(["local", "dask"]),
+    default="local",
+    show_default=True,
+    help="Where tasks run: local worker processes, or a Dask distributed cluster (pip install 'mpobs[dask]').",
+)
+@click.option(
+    "--scheduler",
+    metavar="ADDRESS",
+    help="A running Dask scheduler (tcp://host:8786) to run on; implies --executor dask. Default with "
+    "--executor dask: $MPOBS_DASK_SCHEDULER, else a LocalCluster of --workers processes.",
+)
 @click.option("-q", "--quiet", is_flag=True, help="No progress line and no summary on stderr.")
 @click.option("--dashboard", is_flag=True, help="Serve the live dashboard while running.")
-@click.option("--dashboard-host", default="127.0.0.1", show_default=True,
-              help="Address to serve on; a non-loopback one needs a token.")
-@click.option("--dashboard-port", type=click.IntRange(0, 65535), default=8000, show_default=True,
-              help="Port to serve on (0: any free port, printed).")
+@click.option(
+    "--dashboard-host",
+    default="127.0.0.1",
+    show_default=True,
+    help="Address to serve on; a non-loopback one needs a token.",
+)
+@click.option(
+    "--dashboard-port",
+    type=click.IntRange(0, 65535),
+    default=8000,
+    show_default=True,
+    help="Port to serve on (0: any free port, printed).",
+)
 @click.option("--dashboard-token", envvar="MPOBS_DASHBOARD_TOKEN", help="Bearer token the dashboard requires.")
-@click.option("--linger", type=click.FloatRange(0), default=None,
-              help="Keep the dashboard up this many seconds after the run (default: until Ctrl-C; 0: exit).")
+@click.option(
+    "--linger",
+    type=click.FloatRange(0),
+    default=None,
+    help="Keep the dashboard up this many seconds after the run (default: until Ctrl-C; 0: exit).",
+)
 @with_alert_options
-def process(inputs: tuple[str, ...], config_path: str | None, workers: int | None, output: str | None,
-            save_metrics: str | None, trace: bool, trace_sample: float, save_traces: str | None,
-            max_errors: int | None, follow: bool, checkpoint: str | None, checkpoint_every: float,
-            stall_after: float, call_timeout: float | None, task_size: int, batch_lines: int, executor: str, scheduler: str | None, quiet: bool, dashboard: bool,
-            dashboard_host: str, dashboard_port: int, dashboard_token: str | None,
-            linger: float | None, alert_files: tuple[str, ...], alerts_interval: float, alertmanager: str | None,
-            fail_on_alert: tuple[str, ...]) -> None:  # fmt: skip
+def process(
+    inputs: tuple[str, ...],
+    config_path: str | None,
+    workers: int | None,
+    output: str | None,
+    save_metrics: str | None,
+    trace: bool,
+    trace_sample: float,
+    save_traces: str | None,
+    max_errors: int | None,
+    follow: bool,
+    checkpoint: str | None,
+    checkpoint_every: float,
+    stall_after: float,
+    call_timeout: float | None,
+    task_size: int,
+    batch_lines: int,
+    executor: str,
+    scheduler: str | None,
+    quiet: bool,
+    dashboard: bool,
+    dashboard_host: str,
+    dashboard_port: int,
+    dashboard_token: str | None,
+    linger: float | None,
+    alert_files: tuple[str, ...],
+    alerts_interval: float,
+    alertmanager: str | None,
+    fail_on_alert: tuple[str, ...],
+) -> None:
     """Run the pipeline over INPUTS, one stream in the order given (default: a generated sample log).
 
     An input is a file (plain, or gzip, bzip2, xz or zstd compressed: told by its first
@@ -155,8 +251,15 @@ def process(inputs: tuple[str, ...], config_path: str | None, workers: int | Non
         from mpobs.run.coordinator import RunOptions
 
         pipeline = load_config(config_path)
-        alerting = alert_options(pipeline, alert_files, alerts_interval, alertmanager, fail_on_alert, given,
-                                 dash_proc.url if dash_proc is not None else "")  # fmt: skip
+        alerting = alert_options(
+            pipeline,
+            alert_files,
+            alerts_interval,
+            alertmanager,
+            fail_on_alert,
+            given,
+            dash_proc.url if dash_proc is not None else "",
+        )
         if not inputs:
             import tempfile
 
@@ -172,12 +275,25 @@ def process(inputs: tuple[str, ...], config_path: str | None, workers: int | Non
         if runner is not None and "task_size" not in given:
             task_size = _dask_task_bytes(inputs, runner.capacity)
         opts = RunOptions(
-            list(inputs), output, workers or default_workers(), task_size, batch_lines,
-            trace=trace or bool(save_traces), trace_sample=trace_sample, save_traces=save_traces, save_metrics=save_metrics,
-            max_errors=max_errors, checkpoint=checkpoint, checkpoint_every=checkpoint_every, follow=follow,
-            stall_after=stall_after, call_timeout=call_timeout,
-            dashboard=dash, dashboard_process=dash_proc, alerts=alerting,
-        )  # fmt: skip
+            list(inputs),
+            output,
+            workers or default_workers(),
+            task_size,
+            batch_lines,
+            trace=trace or bool(save_traces),
+            trace_sample=trace_sample,
+            save_traces=save_traces,
+            save_metrics=save_metrics,
+            max_errors=max_errors,
+            checkpoint=checkpoint,
+            checkpoint_every=checkpoint_every,
+            follow=follow,
+            stall_after=stall_after,
+            call_timeout=call_timeout,
+            dashboard=dash,
+            dashboard_process=dash_proc,
+            alerts=alerting,
+        )
         code = _run(pipeline, opts, runner, quiet)
     except MpobsError as err:
         _fail(err)
@@ -201,8 +317,8 @@ def process(inputs: tuple[str, ...], config_path: str | None, workers: int | Non
 
 def _run(pipeline: Any, opts: Any, runner: Any, quiet: bool) -> int:
     """The run, with the progress line; then the saved metrics and the summary; returns its exit code."""
-    from mpobs.run.coordinator import Coordinator
     from mpobs.cli.report import Progress, report, summary
+    from mpobs.run.coordinator import Coordinator
 
     progress = Progress(enabled=False if quiet else None)
     codes: list[int] = []
@@ -258,8 +374,11 @@ def _given_options(dashboard: bool) -> set[str]:
 def _internal_error(err: BaseException) -> None:
     if os.environ.get("MPOBS_DEBUG"):
         raise err
-    click.echo(f"mpobs: error: internal error: {type(err).__name__}: {err} (MPOBS_DEBUG=1 shows the traceback; "
-               "please report it)", err=True)  # fmt: skip
+    click.echo(
+        f"mpobs: error: internal error: {type(err).__name__}: {err} (MPOBS_DEBUG=1 shows the traceback; "
+        "please report it)",
+        err=True,
+    )
     sys.exit(EXIT_FAILED)
 
 
@@ -292,8 +411,7 @@ def validate(config_path: str) -> None:
 @click.option("--lines", type=click.IntRange(0), default=100_000, show_default=True)
 @click.option("--seed", type=int, default=42, show_default=True)
 @click.option("--awkward", type=click.FloatRange(0, 1), default=0.0, help="Share of awkward lines.")
-@click.option("--mix", default="INFO=70,WARN=12,ERROR=5,DEBUG=10,WARNING=3", show_default=True,
-              help="Level weights.")
+@click.option("--mix", default="INFO=70,WARN=12,ERROR=5,DEBUG=10,WARNING=3", show_default=True, help="Level weights.")
 def generate(path: str, lines: int, seed: int, awkward: float, mix: str) -> None:
     """Write a generated log file (for trying mpobs and for benchmarks)."""
     from mpobs.inputs.loggen import generate_file, parse_mix
@@ -315,16 +433,22 @@ main.add_command(traces)
 
 
 @main.command("dashboard")
-@click.option("--metrics", "metrics_path", type=click.Path(dir_okay=False, path_type=str),
-              help="Serve a saved run (the JSON that --save-metrics writes). Default: run a demo.")
+@click.option(
+    "--metrics",
+    "metrics_path",
+    type=click.Path(dir_okay=False, path_type=str),
+    help="Serve a saved run (the JSON that --save-metrics writes). Default: run a demo.",
+)
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True)
 @click.option("--token", envvar="MPOBS_DASHBOARD_TOKEN", help="Bearer token the dashboard requires.")
-@click.option("--lines", type=click.IntRange(1000), default=3_000_000, show_default=True,
-              help="Demo: lines of the generated log.")
+@click.option(
+    "--lines", type=click.IntRange(1000), default=3_000_000, show_default=True, help="Demo: lines of the generated log."
+)
 @click.option("--workers", type=click.IntRange(1, 1024), default=None, help="Demo: worker processes.")
-def dashboard_command(metrics_path: str | None, host: str, port: int, token: str | None, lines: int,
-                      workers: int | None) -> None:  # fmt: skip
+def dashboard_command(
+    metrics_path: str | None, host: str, port: int, token: str | None, lines: int, workers: int | None
+) -> None:
     """Serve the dashboard for a saved run, or (no --metrics) watch a demo run on a generated log."""
     from dashboard_app.process import DashboardOptions
 
@@ -364,17 +488,16 @@ def _demo(opts: Any, lines: int, workers: int) -> None:
     import tempfile
 
     from dashboard_app.process import say
+    from mpobs.inputs.loggen import generate_file
     from mpobs.pipeline.config import load_config
     from mpobs.run.coordinator import Coordinator, RunOptions
-    from mpobs.inputs.loggen import generate_file
 
     folder = tempfile.mkdtemp(prefix="mpobs-demo-")
     try:
         path = os.path.join(folder, "demo.log")
         say(f"demo: generating a {lines:,}-line log")
         generate_file(path, lines, seed=11, awkward=0.001)
-        run = RunOptions(path, os.path.join(folder, "out.log"), workers, trace=True, trace_sample=0.002,
-                         dashboard=opts)  # fmt: skip
+        run = RunOptions(path, os.path.join(folder, "out.log"), workers, trace=True, trace_sample=0.002, dashboard=opts)
         outcome = Coordinator(load_config(None), run).run()
         s = outcome.stats["system"]
         say(f"demo: {s['state']}, {s['total_lines']:,} lines in {s['elapsed_s']:.2f} s")

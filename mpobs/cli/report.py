@@ -33,8 +33,10 @@ class Progress:
         stats = doc["system"]
         followed = [i for i in doc.get("inputs", []) if i.get("following")]
         if followed or stats["bytes_total"] is None:
-            line = (f"mpobs  {stats['total_lines']:,} lines  {_mb(stats['bytes_done'])}  "
-                    f"{stats['lines_per_second']:,.0f} lines/s")  # fmt: skip
+            line = (
+                f"mpobs  {stats['total_lines']:,} lines  {_mb(stats['bytes_done'])}  "
+                f"{stats['lines_per_second']:,.0f} lines/s"
+            )
             for i in followed:  # how far behind each followed file, and when it last had a line
                 last = (i["last_line_at"] or "")[11:19] or "none yet"
                 line += f"  following {i['name']}: lag {_mb(i['lag_bytes'])}, last line {last}"
@@ -44,9 +46,13 @@ class Progress:
             return
         if self.bar is None:
             self.bar = click.progressbar(
-                length=max(stats["bytes_total"], 1), label="mpobs", file=sys.stderr, show_eta=True,
-                show_percent=True, item_show_func=lambda _: f"{self.rate:,.0f} lines/s",
-            )  # fmt: skip
+                length=max(stats["bytes_total"], 1),
+                label="mpobs",
+                file=sys.stderr,
+                show_eta=True,
+                show_percent=True,
+                item_show_func=lambda _: f"{self.rate:,.0f} lines/s",
+            )
             self.bar.__enter__()
         self.rate = stats["lines_per_second"]
         step = stats["bytes_done"] - self.shown
@@ -77,10 +83,17 @@ def summary(stats: dict[str, Any]) -> str:
     """The end-of-run table: one row per processor, then totals and errors by type."""
     rows = [("processor", "type", "in", "out", "errors", "ms", "share")]
     for pid, p in stats["processors"].items():
-        rows.append((
-            pid, p["type"], f"{p['lines_in']:,}", f"{p['lines_out']:,}", f"{p['errors']:,}",
-            f"{p['processing_time_ms']:,.1f}", f"{p['share_of_time'] * 100:.1f}%",
-        ))  # fmt: skip
+        rows.append(
+            (
+                pid,
+                p["type"],
+                f"{p['lines_in']:,}",
+                f"{p['lines_out']:,}",
+                f"{p['errors']:,}",
+                f"{p['processing_time_ms']:,.1f}",
+                f"{p['share_of_time'] * 100:.1f}%",
+            )
+        )
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = []
     for n, r in enumerate(rows):
@@ -129,7 +142,7 @@ def counts_section(title: str, counts: dict[str, int], total: int, of: str) -> l
     nwidth = max(len(f"{v:,}") for _, v in rows)
     out = [f"{title} ({shown}of {total:,} {of}):"]
     for k, v in rows:
-        share = f"{v / total * 100:.1f}%".rjust(6) if total else "     –"
+        share = f"{v / total * 100:.1f}%".rjust(6) if total else "     –"  # noqa: RUF001 (an en dash: no share of nothing)
         out.append(f"  {k.ljust(width)}  {v:>{nwidth},} {share}")
     return out
 

@@ -11,13 +11,19 @@ from mpobs.errors import MpobsError
 
 @click.command()
 @click.argument("path", type=click.Path(dir_okay=False, path_type=str))
-@click.option("--line", "lines", multiple=True, metavar="N|NAME:N",
-              help="Only this line: its number in the run, or its id (input name and line, as traces show it). "
-                   "Repeatable.")  # fmt: skip
-@click.option("--status", metavar="STATUS",
-              help="Only traces with a step of this status: emit, drop, error, route:NAME.")
-@click.option("--processor", metavar="ID", help="Only traces that reached this processor (with --status: had that "
-                                                "status there).")  # fmt: skip
+@click.option(
+    "--line",
+    "lines",
+    multiple=True,
+    metavar="N|NAME:N",
+    help="Only this line: its number in the run, or its id (input name and line, as traces show it). Repeatable.",
+)
+@click.option(
+    "--status", metavar="STATUS", help="Only traces with a step of this status: emit, drop, error, route:NAME."
+)
+@click.option(
+    "--processor", metavar="ID", help="Only traces that reached this processor (with --status: had that status there)."
+)
 def traces(path: str, lines: tuple[str, ...], status: str | None, processor: str | None) -> None:
     """Print the traces a run saved with --save-traces (JSON Lines, in the order the run saved them).
 
@@ -52,7 +58,10 @@ def traces(path: str, lines: tuple[str, ...], status: str | None, processor: str
     if reader.empty:
         click.echo(f"mpobs: note: {path} is empty: no traces", err=True)
     if reader.truncated:
-        click.echo(f"mpobs: note: {path} ends in a record cut short (the run was killed while writing it); "
-                   "every trace before it is here", err=True)  # fmt: skip
+        click.echo(
+            f"mpobs: note: {path} ends in a record cut short (the run was killed while writing it); "
+            "every trace before it is here",
+            err=True,
+        )
     if lines and not shown:
         click.echo(f"mpobs: note: no saved trace of line {', '.join(lines)}", err=True)

@@ -11,7 +11,7 @@ import os
 import re
 import shutil
 import tempfile
-from typing import Callable
+from collections.abc import Callable
 
 PARTS_PREFIX = "mpobs-parts-"
 

@@ -7,27 +7,29 @@ import operator
 import time
 from bisect import bisect_left
 from collections import Counter
-from typing import TYPE_CHECKING, Any, Callable, Protocol, Sequence
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any, Protocol
 
+from mpobs.defaults import BATCH_LINES, ERROR_LINE_CHARS, EVENT_CHUNK, KEEP
+from mpobs.metrics.layout import CALL_WIDTH, PROC_WIDTH, Layout
 from mpobs.pipeline.batch import Batch
 from mpobs.pipeline.dag import Pipeline
-from mpobs.defaults import BATCH_LINES, ERROR_LINE_CHARS, EVENT_CHUNK, KEEP
 from mpobs.tracing.records import traces_counted
-from mpobs.metrics.layout import CALL_WIDTH, PROC_WIDTH, Layout
 from mpobs.tracing.traces import BatchTrace, sampled
 
 _ZEROS = (0,) * CALL_WIDTH
 
 if TYPE_CHECKING:
-    from mpobs.inputs.blockstore import BlockStore
     from mpobs.inputs.base import Task  # the layer above makes tasks; running one needs only its read()
+    from mpobs.inputs.blockstore import BlockStore
 
 
 class CountSink(Protocol):
     """Where a running task's counts go once per batch, for live stats (the local pool: an in-flight row)."""
 
-    def flush(self, delta: list[int], traces_sent: int, traces_dropped: int, errors_sent: int,
-              errors_dropped: int) -> None: ...  # fmt: skip
+    def flush(
+        self, delta: list[int], traces_sent: int, traces_dropped: int, errors_sent: int, errors_dropped: int
+    ) -> None: ...
 
 
 #: Traced lines recorded for the --save-traces file: (how many lines, their records: lines of mpobs.tracing.tracefile).
@@ -40,8 +42,9 @@ class EventSink(Protocol):
     ``saved``: the chunk's --save-traces records, whose lines are what counts as traces sent then.
     """
 
-    def send(self, task: int, chunk: int, traces: list[Any], errors: list[dict[str, Any]],
-             saved: Saved | None = None) -> tuple[int, int, int, int]: ...  # fmt: skip
+    def send(
+        self, task: int, chunk: int, traces: list[Any], errors: list[dict[str, Any]], saved: Saved | None = None
+    ) -> tuple[int, int, int, int]: ...
 
 
 class TaskSettings:
@@ -51,9 +54,17 @@ class TaskSettings:
     generated code (about 0.7 ms each, 5 ms of every start for the seven there were).
     """
 
-    def __init__(self, inputs: Sequence[tuple[str, str]], worker: str = "0", batch_lines: int = BATCH_LINES,
-                 trace_rate: float = 0.0, event_chunk: int = EVENT_CHUNK, max_errors: int | None = None,
-                 clock: Callable[[], int] = time.perf_counter_ns, save_traces: bool = False) -> None:  # fmt: skip
+    def __init__(
+        self,
+        inputs: Sequence[tuple[str, str]],
+        worker: str = "0",
+        batch_lines: int = BATCH_LINES,
+        trace_rate: float = 0.0,
+        event_chunk: int = EVENT_CHUNK,
+        max_errors: int | None = None,
+        clock: Callable[[], int] = time.perf_counter_ns,
+        save_traces: bool = False,
+    ) -> None:
         self.inputs = inputs  # per input: (the name records show, the name as given)
         self.worker = worker
         self.batch_lines = batch_lines
@@ -76,15 +87,23 @@ class TaskResult:
 
     ``counts`` is the task's count vector (``segment.Layout.vector``); ``pending`` says
     that the executor has already moved them from its in-flight row of the segment to
-    the pending row (``StatsSegment.complete``); otherwise the coordinator does. ``output`` is the task's output: bytes, a part file's
-    path, or None when the executor writes it itself where it is placed
+    the pending row (``StatsSegment.complete``); otherwise the coordinator does. ``output`` is the task's
+    output: bytes, a part file's path, or None when the executor writes it itself where it is placed
     (``Executor.place``). ``traces`` and ``errors`` are its records, when they travel
     with the result rather than on a queue of their own.
     """
 
-    def __init__(self, index: int, lines: int, out_lines: int, counts: list[int],
-                 key_counts: dict[str, dict[str, int]] | None = None, error_types: dict[tuple[str, str], int] | None = None,
-                 out_bytes: int = 0, worker: str = "") -> None:  # fmt: skip
+    def __init__(
+        self,
+        index: int,
+        lines: int,
+        out_lines: int,
+        counts: list[int],
+        key_counts: dict[str, dict[str, int]] | None = None,
+        error_types: dict[tuple[str, str], int] | None = None,
+        out_bytes: int = 0,
+        worker: str = "",
+    ) -> None:
         self.index, self.lines, self.out_lines, self.counts = index, lines, out_lines, counts
         self.key_counts = key_counts if key_counts is not None else {}
         self.error_types = error_types if error_types is not None else {}
@@ -106,8 +125,9 @@ class KeptRecords:
         self.saved: list[bytes] = []
         self.saved_lines = 0
 
-    def send(self, task: int, chunk: int, traces: list[Any], errors: list[dict[str, Any]],
-             saved: Saved | None = None) -> tuple[int, int, int, int]:  # fmt: skip
+    def send(
+        self, task: int, chunk: int, traces: list[Any], errors: list[dict[str, Any]], saved: Saved | None = None
+    ) -> tuple[int, int, int, int]:
         self.traces += traces
         self.errors += errors
         if saved is not None:
@@ -166,8 +186,16 @@ def run_task(
 class _TaskRun:
     """One task's state between its batches: totals, counter keys, records not yet sent."""
 
-    def __init__(self, task: Task, pipeline: Pipeline, layout: Layout, settings: TaskSettings,
-                 events: EventSink | None, n_lines: int, started: int = 0) -> None:  # fmt: skip
+    def __init__(
+        self,
+        task: Task,
+        pipeline: Pipeline,
+        layout: Layout,
+        settings: TaskSettings,
+        events: EventSink | None,
+        n_lines: int,
+        started: int = 0,
+    ) -> None:
         self.task, self.pipeline, self.layout, self.settings, self.events = task, pipeline, layout, settings, events
         self.n_lines, self.started = n_lines, started
         pipeline.at(settings.inputs[task.input][1], task.first_line - task.file_line, task.input)
@@ -273,8 +301,16 @@ class _TaskRun:
 
     def result(self) -> TaskResult:
         keys = {k: dict(v) for k, v in self.key_counts.items()}
-        return TaskResult(self.task.index, self.n_lines, self.out_lines, self.total, keys, dict(self.error_types),
-                          self.out_bytes, self.settings.worker)  # fmt: skip
+        return TaskResult(
+            self.task.index,
+            self.n_lines,
+            self.out_lines,
+            self.total,
+            keys,
+            dict(self.error_types),
+            self.out_bytes,
+            self.settings.worker,
+        )
 
 
 def _among(traced: list[int], batch: Batch) -> list[int]:
@@ -331,8 +367,9 @@ def _encode_line(text: str) -> bytes:
         return (text + "\n").encode("utf-8", "backslashreplace")
 
 
-def _error_record(pipeline: Pipeline, settings: TaskSettings, task: Task, p: int, num: int, text: str,
-                  exc: BaseException) -> dict[str, Any]:  # fmt: skip
+def _error_record(
+    pipeline: Pipeline, settings: TaskSettings, task: Task, p: int, num: int, text: str, exc: BaseException
+) -> dict[str, Any]:
     name, given = settings.inputs[task.input]
     file_line = num - task.first_line + task.file_line
     return {

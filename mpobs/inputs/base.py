@@ -7,7 +7,8 @@ import mmap
 import os
 import sys
 from abc import ABC, abstractmethod
-from typing import TYPE_CHECKING, Any, Callable, Iterator, NamedTuple
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from mpobs.defaults import TASK_BYTES
 from mpobs.errors import InputError
@@ -62,7 +63,9 @@ class Task(NamedTuple):
         return self.end - self.start if self.nbytes < 0 else self.nbytes
 
     def describe(self) -> str:
-        where = f"bytes {self.start}-{self.end}" if self.path is not None else f"a block of {self.end - self.start} bytes"
+        where = (
+            f"bytes {self.start}-{self.end}" if self.path is not None else f"a block of {self.end - self.start} bytes"
+        )
         return f"task {self.index} (lines {self.first_line}-{self.last_line}, {where})"
 
     def read(self, store: BlockStore | None = None) -> bytes | memoryview:
@@ -82,10 +85,19 @@ class Task(NamedTuple):
 class Piece:
     """What one input plans: a task but for its place in the run (index, run-wide line number)."""
 
-    __slots__ = ("start", "end", "lines", "path", "nbytes", "slot", "data", "where")
+    __slots__ = ("data", "end", "lines", "nbytes", "path", "slot", "start", "where")
 
-    def __init__(self, start: int, end: int, lines: int, path: str | None = None, nbytes: int = -1, slot: int = -1,
-                 data: bytes | None = None, where: tuple[Any, ...] | None = None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        start: int,
+        end: int,
+        lines: int,
+        path: str | None = None,
+        nbytes: int = -1,
+        slot: int = -1,
+        data: bytes | None = None,
+        where: tuple[Any, ...] | None = None,
+    ) -> None:
         self.start, self.end, self.lines, self.path, self.nbytes = start, end, lines, path, nbytes
         self.slot, self.data, self.where = slot, data, where
 
@@ -161,8 +173,9 @@ class FileSource(InputSource):
     def skip(self, offset: int, raw: int) -> None:
         self.start = self.bytes_read = offset
 
-    def pieces(self, task_bytes: int = TASK_BYTES, store: BlockStore | None = None,
-               wake: Callable[[], None] = lambda: None) -> Iterator[Piece]:  # fmt: skip
+    def pieces(
+        self, task_bytes: int = TASK_BYTES, store: BlockStore | None = None, wake: Callable[[], None] = lambda: None
+    ) -> Iterator[Piece]:
         """Byte ranges that end just after a "\\n" (the last one at the end of the file).
 
         Lazy: a task's first line number needs the newlines before it counted, so

@@ -19,7 +19,8 @@ import bz2
 import lzma
 import struct
 import zlib
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 #: Bytes of input given to a decompressor at a time.
 FEED = 64 << 10

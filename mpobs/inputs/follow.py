@@ -127,8 +127,11 @@ class FollowReader(BlockReader):
         assert src.path is not None
         at = os.lseek(fd, 0, os.SEEK_CUR)
         mine = os.fstat(fd)
-        copy = find_generation(src.path, [mine.st_dev, -1, len(self.head), hashlib.sha256(self.head).hexdigest(), at],
-                               exclude=(mine.st_dev, mine.st_ino))  # fmt: skip
+        copy = find_generation(
+            src.path,
+            [mine.st_dev, -1, len(self.head), hashlib.sha256(self.head).hexdigest(), at],
+            exclude=(mine.st_dev, mine.st_ino),
+        )
         if copy is None:
             return
         cfd = os.open(copy, os.O_RDONLY)

@@ -14,14 +14,15 @@ import fcntl
 import os
 import stat
 import threading
-from typing import TYPE_CHECKING, Any, Iterator, Sequence
+from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING, Any
 
-from mpobs.inputs.decoders import SNIFF_BYTES, sniff
 from mpobs.defaults import TASK_BYTES
 from mpobs.errors import InputError
 from mpobs.inputs.base import NOT_READY, FileSource, InputSource, Task
-from mpobs.metrics.layout import COMPRESSIONS, INPUT_STATES, UNKNOWN
+from mpobs.inputs.decoders import SNIFF_BYTES, sniff
 from mpobs.inputs.streams import StreamSource
+from mpobs.metrics.layout import COMPRESSIONS, INPUT_STATES, UNKNOWN
 
 if TYPE_CHECKING:
     from mpobs.inputs.blockstore import BlockStore
@@ -87,14 +88,21 @@ def _followed(given: str) -> InputSource:
 
     source = classify(given)
     if not isinstance(source, FileSource) or given == "-":
-        what = ("standard input" if given == "-" else "a stream" if source.kind == "stream"
-                else f"{source.compression} compressed")  # fmt: skip
+        what = (
+            "standard input"
+            if given == "-"
+            else "a stream"
+            if source.kind == "stream"
+            else f"{source.compression} compressed"
+        )
         raise InputError(f"--follow follows a growing file of text by its name; {given!r} is {what}")
     return FollowSource(given, source.path, source.size or 0)
 
 
 def _unreadable(given: str, err: OSError) -> InputError:
-    why = {errno.ENOENT: "no such file", errno.EACCES: "permission denied"}.get(err.errno or 0, err.strerror or str(err))
+    why = {errno.ENOENT: "no such file", errno.EACCES: "permission denied"}.get(
+        err.errno or 0, err.strerror or str(err)
+    )
     return InputError(f"input {given!r}: {why}")
 
 
@@ -155,8 +163,15 @@ class InputSet:
 
     def describe(self) -> list[dict[str, Any]]:
         """What /stats shows of each input, besides its live values (``RunMeta.inputs``)."""
-        return [{"name": s.given, "kind": s.kind, "compression": s.compression,
-                 **({"follow": True} if getattr(s, "following", False) else {})} for s in self.sources]
+        return [
+            {
+                "name": s.given,
+                "kind": s.kind,
+                "compression": s.compression,
+                **({"follow": True} if getattr(s, "following", False) else {}),
+            }
+            for s in self.sources
+        ]
 
     def is_file(self, path: str) -> bool:
         return any(s.is_file(path) for s in self.sources)
@@ -165,8 +180,9 @@ class InputSet:
         """Keep the inputs' rows of ``seg`` from now on."""
         self.seg = seg
         for k, s in enumerate(self.sources):
-            seg.set_input(k, bytes_total=UNKNOWN if s.size is None else s.size,
-                          compression=COMPRESSIONS.index(s.compression))  # fmt: skip
+            seg.set_input(
+                k, bytes_total=UNKNOWN if s.size is None else s.size, compression=COMPRESSIONS.index(s.compression)
+            )
 
     # -- planning ------------------------------------------------------------
     def tasks(self, task_bytes: int = TASK_BYTES, store: BlockStore | None = None) -> Iterator[Any]:
@@ -187,13 +203,29 @@ class InputSet:
                 if piece is NOT_READY:
                     yield NOT_READY
                     continue
-                task = Task(index, piece.start, piece.end, line, piece.lines, piece.path, k, file_line, piece.nbytes,
-                            piece.slot, piece.data, piece.where)  # fmt: skip
+                task = Task(
+                    index,
+                    piece.start,
+                    piece.end,
+                    line,
+                    piece.lines,
+                    piece.path,
+                    k,
+                    file_line,
+                    piece.nbytes,
+                    piece.slot,
+                    piece.data,
+                    piece.where,
+                )
                 index, line, file_line = index + 1, line + piece.lines, file_line + piece.lines
                 self.tasks_planned += 1
                 self.lines_planned += piece.lines
-                self._set(k, bytes_read=source.bytes_read, lines_read=source.lines_read,
-                          compression=COMPRESSIONS.index(source.compression))  # fmt: skip
+                self._set(
+                    k,
+                    bytes_read=source.bytes_read,
+                    lines_read=source.lines_read,
+                    compression=COMPRESSIONS.index(source.compression),
+                )
                 yield task
             self._read_all[k] = True
             self._set(k, bytes_read=source.bytes_read, lines_read=source.lines_read)
@@ -214,8 +246,13 @@ class InputSet:
         """The followed inputs' live values (lag, rotations, last line), which change while nothing is planned."""
         for k, s in enumerate(self.sources):
             if getattr(s, "following", False):
-                self._set(k, following=0 if self.stopped else 1, rotations=s.rotations, lag_bytes=s.lag_bytes,
-                          last_line_ms=int(s.last_line_at * 1000))  # fmt: skip
+                self._set(
+                    k,
+                    following=0 if self.stopped else 1,
+                    rotations=s.rotations,
+                    lag_bytes=s.lag_bytes,
+                    last_line_ms=int(s.last_line_at * 1000),
+                )
 
     def committed(self, task: Task, store: BlockStore | None) -> None:
         """``task`` is in the output: its block's slot is free again; its input's lines count as done."""
@@ -246,11 +283,18 @@ class InputSet:
     def positions(self) -> list[dict[str, Any]]:
         """Per input, what of it is in the output now: bytes, input bytes, lines, and whether all of it is."""
         return [
-            {"offset": self._offset[k], "raw": self._raw[k], "lines": self._done_lines[k], "where": self._where[k],
-             "done": not getattr(s, "following", False) and (self._whole[k] or (
-                 self._read_all[k] and s.damage is None and self._done_lines[k] == s.lines_read))}
+            {
+                "offset": self._offset[k],
+                "raw": self._raw[k],
+                "lines": self._done_lines[k],
+                "where": self._where[k],
+                "done": not getattr(s, "following", False)
+                and (
+                    self._whole[k] or (self._read_all[k] and s.damage is None and self._done_lines[k] == s.lines_read)
+                ),
+            }
             for k, s in enumerate(self.sources)
-        ]  # fmt: skip
+        ]
 
     def _settle(self, k: int) -> None:
         source = self.sources[k]

@@ -33,8 +33,9 @@ AWKWARD = (
 )
 
 
-def generate(out: BinaryIO, lines: int, seed: int = 42, mix: tuple[float, ...] = DEFAULT_MIX,
-             awkward: float = 0.0) -> int:  # fmt: skip
+def generate(
+    out: BinaryIO, lines: int, seed: int = 42, mix: tuple[float, ...] = DEFAULT_MIX, awkward: float = 0.0
+) -> int:
     """Write ``lines`` lines to ``out``; ``awkward`` is the share of AWKWARD lines. Returns bytes written."""
     rng = random.Random(seed)
     levels = rng.choices(LEVELS, weights=mix, k=lines)
@@ -44,9 +45,11 @@ def generate(out: BinaryIO, lines: int, seed: int = 42, mix: tuple[float, ...] =
         if awkward and rng.random() < awkward:
             line = rng.choice(AWKWARD)
         else:
-            msg = rng.choice(MESSAGES).format(n=rng.randrange(100000), ms=rng.randrange(2000),
-                                              a=rng.randrange(256), b=rng.randrange(256))  # fmt: skip
-            ts = f"2026-11-{1 + i // 3_000_000 % 28:02d}T{i // 360000 % 24:02d}:{i // 6000 % 60:02d}:{i // 100 % 60:02d}.{i % 100:02d}0Z"
+            msg = rng.choice(MESSAGES).format(
+                n=rng.randrange(100000), ms=rng.randrange(2000), a=rng.randrange(256), b=rng.randrange(256)
+            )
+            day, hour, minute = 1 + i // 3_000_000 % 28, i // 360000 % 24, i // 6000 % 60
+            ts = f"2026-11-{day:02d}T{hour:02d}:{minute:02d}:{i // 100 % 60:02d}.{i % 100:02d}0Z"
             line = f"{ts} {levels[i]} [{rng.choice(SERVICES)}] {msg}".encode()
         buf.append(line)
         if len(buf) >= 10000:
@@ -81,7 +84,8 @@ def parse_mix(text: str) -> tuple[float, ...]:
     return tuple(weights[level] for level in LEVELS)
 
 
-def generate_file(path: str, lines: int, seed: int = 42, awkward: float = 0.0,
-                  mix: tuple[float, ...] = DEFAULT_MIX) -> int:  # fmt: skip
+def generate_file(
+    path: str, lines: int, seed: int = 42, awkward: float = 0.0, mix: tuple[float, ...] = DEFAULT_MIX
+) -> int:
     with open(path, "wb") as f:
         return generate(f, lines, seed=seed, mix=mix, awkward=awkward)

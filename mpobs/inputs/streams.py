@@ -20,13 +20,14 @@ import select
 import stat
 import threading
 import time
-from typing import Any, Callable, Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
-from mpobs.inputs.blockstore import BlockStore, StoreClosed
-from mpobs.inputs.decoders import SNIFF_BYTES, Decoder, decoder_for, sniff
 from mpobs.defaults import READ_BYTES, STREAM_FLUSH
 from mpobs.errors import describe
 from mpobs.inputs.base import NOT_READY, InputSource, Piece
+from mpobs.inputs.blockstore import BlockStore, StoreClosed
+from mpobs.inputs.decoders import SNIFF_BYTES, Decoder, decoder_for, sniff
 
 _END = object()
 
@@ -36,8 +37,16 @@ class StreamSource(InputSource):
 
     needs_store = True
 
-    def __init__(self, given: str, path: str | None, kind: str, compression: str | None = None,
-                 size: int | None = None, fd: int | None = None, name: str | None = None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        given: str,
+        path: str | None,
+        kind: str,
+        compression: str | None = None,
+        size: int | None = None,
+        fd: int | None = None,
+        name: str | None = None,
+    ) -> None:
         self.given, self.path, self.kind, self.compression, self.size = given, path, kind, compression, size
         self.name = name or os.path.basename(given)
         self._fd = fd  # already open (standard input); else ``path`` is opened when reading starts
@@ -99,8 +108,9 @@ class StreamSource(InputSource):
 class BlockReader(threading.Thread):
     """Reads one input to its end (or damage, or ``stop``), putting Pieces on ``out``, then _END."""
 
-    def __init__(self, source: StreamSource, store: BlockStore, block_bytes: int, out: Any,
-                 wake: Callable[[], None]) -> None:  # fmt: skip
+    def __init__(
+        self, source: StreamSource, store: BlockStore, block_bytes: int, out: Any, wake: Callable[[], None]
+    ) -> None:
         super().__init__(name=f"mpobs-read-{source.name}", daemon=True)
         self.source, self.store, self.block_bytes, self.out, self.wake = source, store, block_bytes, out, wake
         self.stop = threading.Event()
@@ -118,7 +128,7 @@ class BlockReader(threading.Thread):
             pass  # the run is over
         except OSError as err:
             self.source.damage = f"input {self.source.given!r}: read error: {err.strerror or err}"
-        except Exception as err:  # noqa: BLE001 - the run must not end as if the input had ended
+        except Exception as err:
             self.source.damage = f"input {self.source.given!r}: reading failed: {describe(err)}"
         finally:
             self.out.put(_END)
@@ -216,5 +226,7 @@ class BlockReader(threading.Thread):
         d, src = self.decoder, self.source
         assert d is not None
         of = f" of {src.size:,}" if src.size is not None else ""
-        return (f"input {src.given!r} is damaged: {src.compression} data {d.damage}, at compressed byte "
-                f"{d.consumed:,}{of}; the {self.lines:,} lines ({self.offset:,} bytes) decoded before it were processed")
+        return (
+            f"input {src.given!r} is damaged: {src.compression} data {d.damage}, at compressed byte "
+            f"{d.consumed:,}{of}; the {self.lines:,} lines ({self.offset:,} bytes) decoded before it were processed"
+        )

@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import sys
 import time
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 
-def where(doing: dict[str, int], processors: Sequence[tuple[str, str | None]], inputs: Sequence[str]) -> dict[str, Any] | None:
+def where(
+    doing: dict[str, int], processors: Sequence[tuple[str, str | None]], inputs: Sequence[str]
+) -> dict[str, Any] | None:
     """The call ``doing`` describes, or None between calls.
 
     ``processors``: (id, function or None) per processor in config order; ``inputs``: the
@@ -39,9 +42,15 @@ class StallWatch:
     ``doing(slot)``: what the worker in ``slot`` does now (``StatsSegment.doing_now``).
     """
 
-    def __init__(self, slots: int, doing: Callable[[int], dict[str, int]], stall_after: float,
-                 processors: Sequence[tuple[str, str | None]], inputs: Sequence[str],
-                 say: Callable[[str], Any] = sys.stderr.write) -> None:  # fmt: skip
+    def __init__(
+        self,
+        slots: int,
+        doing: Callable[[int], dict[str, int]],
+        stall_after: float,
+        processors: Sequence[tuple[str, str | None]],
+        inputs: Sequence[str],
+        say: Callable[[str], Any] = sys.stderr.write,
+    ) -> None:
         self.slots, self.doing, self.after_ns = slots, doing, int(stall_after * 1e9)
         self.processors, self.inputs, self.say = processors, inputs, say
         self.reported: dict[int, tuple[int, str]] = {}  # slot -> (since_ns, what) of the stall it said
@@ -57,8 +66,9 @@ class StallWatch:
                 del self.reported[slot]
             if w is not None and slot not in self.reported and now - w["since_ns"] >= self.after_ns:
                 what = describe(w)
-                self.say(f"mpobs: warning: worker {slot} stalled: {what} has run for "
-                         f"{(now - w['since_ns']) / 1e9:.0f} s\n")  # fmt: skip
+                self.say(
+                    f"mpobs: warning: worker {slot} stalled: {what} has run for {(now - w['since_ns']) / 1e9:.0f} s\n"
+                )
                 self.reported[slot] = (w["since_ns"], what)
 
 

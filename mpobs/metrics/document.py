@@ -26,10 +26,22 @@ if TYPE_CHECKING:  # the document is built from a run's parts, not from the pipe
 class RunMeta:
     """What a reader of the segment needs to know about the run besides the numbers."""
 
-    def __init__(self, input_name: str, input_path: str, processors: list[dict[str, Any]], edges: list[dict[str, Any]],
-                 tags: list[str], workers: int, trace: bool = False, trace_sample: float = 0.0,
-                 output: str | None = None, executor: str = "local", stall_after: float = STALL_AFTER,
-                 inputs: list[dict[str, Any]] | None = None, input_names: list[str] | None = None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        input_name: str,
+        input_path: str,
+        processors: list[dict[str, Any]],
+        edges: list[dict[str, Any]],
+        tags: list[str],
+        workers: int,
+        trace: bool = False,
+        trace_sample: float = 0.0,
+        output: str | None = None,
+        executor: str = "local",
+        stall_after: float = STALL_AFTER,
+        inputs: list[dict[str, Any]] | None = None,
+        input_names: list[str] | None = None,
+    ) -> None:
         self.input_name, self.input_path = input_name, input_path
         self.processors = processors  # {"id", "type", "inputs", "routes", "sink", "settings"}
         self.edges, self.tags, self.workers = edges, tags, workers
@@ -63,8 +75,9 @@ class RunMeta:
         else:
             name, path = inputs.name, " ".join(s.given for s in inputs.sources)
             described, names = inputs.describe(), inputs.names
-        return cls(name, path, procs, pipeline.edges(), list(pipeline.tags), workers, **kw, inputs=described,
-                   input_names=names)  # fmt: skip
+        return cls(
+            name, path, procs, pipeline.edges(), list(pipeline.tags), workers, **kw, inputs=described, input_names=names
+        )
 
 
 class SlowestTasks:
@@ -86,8 +99,15 @@ class SlowestTasks:
         out = []
         for ns, index, (k, first, n, worker) in sorted(self._heap, reverse=True):
             name = names[k] if k < len(names) else f"input {k}"
-            out.append({"task": index, "input": name, "lines": f"{first}-{first + n - 1}", "seconds": round(ns / 1e9, 6),
-                        "worker": worker})  # fmt: skip
+            out.append(
+                {
+                    "task": index,
+                    "input": name,
+                    "lines": f"{first}-{first + n - 1}",
+                    "seconds": round(ns / 1e9, 6),
+                    "worker": worker,
+                }
+            )
         return out
 
 
@@ -112,8 +132,11 @@ def build_stats(
     procs = _processor_rows(snap, meta, live)
     system = _system(snap, meta, live, time.time() if now is None else now, procs)
     workers = worker_rows(snap, usage, meta)
-    system["stalled_calls"] = [dict(w["doing"], worker=w["slot"]) for w in workers
-                               if w["doing"] is not None and w["doing"]["for_s"] >= meta.stall_after]  # fmt: skip
+    system["stalled_calls"] = [
+        dict(w["doing"], worker=w["slot"])
+        for w in workers
+        if w["doing"] is not None and w["doing"]["for_s"] >= meta.stall_after
+    ]
     doc = {
         "processors": procs,
         "tags": {t: snap.tag(t, live) for t in meta.tags},
@@ -128,7 +151,9 @@ def build_stats(
     if alerts is not None:
         doc["alerts"] = alerts
     if error_types is not None:
-        doc["errors_by_type"] = [{"processor": p, "error_type": t, "count": n} for (p, t), n in sorted(error_types.items())]
+        doc["errors_by_type"] = [
+            {"processor": p, "error_type": t, "count": n} for (p, t), n in sorted(error_types.items())
+        ]
     return doc
 
 
@@ -149,7 +174,9 @@ def _processor_rows(snap: Snapshot, meta: RunMeta, live: bool) -> dict[str, Any]
         }
         if p in snap.layout.timed:  # a user function: each of its calls timed too
             counts, call_ns = snap.call_hist(p, live)
-            procs[pm["id"]]["call_latency"] = dict(hist_summary(counts, call_ns), function=pm["settings"].get("function"))
+            procs[pm["id"]]["call_latency"] = dict(
+                hist_summary(counts, call_ns), function=pm["settings"].get("function")
+            )
     return procs
 
 
@@ -176,7 +203,8 @@ def _system(snap: Snapshot, meta: RunMeta, live: bool, now: float, procs: dict[s
         "started_at": _iso(started),
         "elapsed_s": round(elapsed, 3),
         "progress": round(bytes_done / bytes_total, 4) if bytes_total > 0 else (1.0 if snap.state == "done" else None),
-        "eta_s": round((bytes_total - bytes_done) / byte_rate, 1) if byte_rate > 0 and running and bytes_total >= 0
+        "eta_s": round((bytes_total - bytes_done) / byte_rate, 1)
+        if byte_rate > 0 and running and bytes_total >= 0
         else None,
         "tasks_done": snap.run("tasks_done", live),
         "tasks_total": snap.sys("tasks_total") or None,
@@ -200,8 +228,11 @@ def _system(snap: Snapshot, meta: RunMeta, live: bool, now: float, procs: dict[s
         "trace_sample": meta.trace_sample if meta.trace else None,
     }
     if snap.sys("checkpoint_at_ms"):
-        system["checkpoint"] = {"at": _iso(snap.sys("checkpoint_at_ms") / 1000), "lines": snap.sys("checkpoint_lines"),
-                                "output_bytes": snap.sys("checkpoint_output")}  # fmt: skip
+        system["checkpoint"] = {
+            "at": _iso(snap.sys("checkpoint_at_ms") / 1000),
+            "lines": snap.sys("checkpoint_lines"),
+            "output_bytes": snap.sys("checkpoint_output"),
+        }
     if ended:
         system["ended_at"] = _iso(ended)
         system["traces_delivered"] = snap.sys("traces_delivered")
@@ -214,37 +245,56 @@ def input_rows(snap: Snapshot, meta: RunMeta) -> list[dict[str, Any]]:
     rows = []
     for k, described in enumerate(meta.inputs[: snap.layout.inputs]):
         v = snap.input(k)
-        rows.append({
-            **described,
-            "bytes_read": v["bytes_read"],
-            "bytes_total": v["bytes_total"] if v["bytes_total"] >= 0 else None,
-            "lines": v["lines_read"],
-            "lines_done": v["lines_done"],
-            "state": INPUT_STATES[v["state"]],
-            "compression": COMPRESSIONS[v["compression"]],
-            **({"following": bool(v["following"]), "rotations": v["rotations"], "lag_bytes": v["lag_bytes"],
-                "last_line_at": _iso(v["last_line_ms"] / 1000) if v["last_line_ms"] else None}
-               if described.get("follow") else {}),
-        })  # fmt: skip
+        rows.append(
+            {
+                **described,
+                "bytes_read": v["bytes_read"],
+                "bytes_total": v["bytes_total"] if v["bytes_total"] >= 0 else None,
+                "lines": v["lines_read"],
+                "lines_done": v["lines_done"],
+                "state": INPUT_STATES[v["state"]],
+                "compression": COMPRESSIONS[v["compression"]],
+                **(
+                    {
+                        "following": bool(v["following"]),
+                        "rotations": v["rotations"],
+                        "lag_bytes": v["lag_bytes"],
+                        "last_line_at": _iso(v["last_line_ms"] / 1000) if v["last_line_ms"] else None,
+                    }
+                    if described.get("follow")
+                    else {}
+                ),
+            }
+        )
     return rows
 
 
-def worker_rows(snap: Snapshot, usage: dict[int, tuple[float | None, int | None]] | None = None,
-                meta: RunMeta | None = None) -> list[dict[str, Any]]:  # fmt: skip
+def worker_rows(
+    snap: Snapshot, usage: dict[int, tuple[float | None, int | None]] | None = None, meta: RunMeta | None = None
+) -> list[dict[str, Any]]:
     """One row per worker slot; ``usage``: CPU % and RSS by pid, where the dashboard measured them.
 
     With ``meta``, ``doing`` says what a live worker is running now: processor, function,
     line (``mpobs.metrics.activity.where``) and for how long (``for_s``).
     """
     now = time.perf_counter_ns()
-    named = [(p["id"], p["settings"].get("function") if p["type"] == "python" else None)
-             for p in meta.processors] if meta is not None else []  # fmt: skip
+    named = (
+        [(p["id"], p["settings"].get("function") if p["type"] == "python" else None) for p in meta.processors]
+        if meta is not None
+        else []
+    )
     names = meta.input_names if meta is not None else []
     return [_worker_row(slot, snap.worker(slot), usage or {}, named, names, now) for slot in range(snap.layout.slots)]
 
 
-def _worker_row(slot: int, w: dict[str, int], usage: dict[int, tuple[float | None, int | None]],
-                named: list[tuple[str, str | None]], names: list[str], now: int) -> dict[str, Any]:  # fmt: skip
+def _worker_row(
+    slot: int,
+    w: dict[str, int],
+    usage: dict[int, tuple[float | None, int | None]],
+    named: list[tuple[str, str | None]],
+    names: list[str],
+    now: int,
+) -> dict[str, Any]:
     cpu, rss = usage.get(w["pid"], (None, None))
     doing = where(w, named, names) if w["alive"] else None
     if doing is not None:
@@ -253,10 +303,23 @@ def _worker_row(slot: int, w: dict[str, int], usage: dict[int, tuple[float | Non
     total = sum(spent.values())
     time_s = {f[: -len("_ns")] + "_s": round(ns / 1e9, 3) for f, ns in spent.items()}
     shares = {f[: -len("_ns")]: round(ns / total, 4) if total else 0.0 for f, ns in spent.items()}
-    return {"slot": slot, "pid": w["pid"] or None, "alive": bool(w["alive"]), "lines": w["lines"], "tasks": w["tasks"],
-            "bytes": w["bytes"], "cpu_percent": cpu, "rss_bytes": rss, "traces_sent": w["traces_sent"],
-            "traces_dropped": w["traces_dropped"], "errors_sent": w["errors_sent"],
-            "errors_dropped": w["errors_dropped"], "doing": doing, **time_s, "time_shares": shares}  # fmt: skip
+    return {
+        "slot": slot,
+        "pid": w["pid"] or None,
+        "alive": bool(w["alive"]),
+        "lines": w["lines"],
+        "tasks": w["tasks"],
+        "bytes": w["bytes"],
+        "cpu_percent": cpu,
+        "rss_bytes": rss,
+        "traces_sent": w["traces_sent"],
+        "traces_dropped": w["traces_dropped"],
+        "errors_sent": w["errors_sent"],
+        "errors_dropped": w["errors_dropped"],
+        "doing": doing,
+        **time_s,
+        "time_shares": shares,
+    }
 
 
 def _iso(ts: float) -> str | None:

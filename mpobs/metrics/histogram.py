@@ -15,7 +15,7 @@ bucket answering with the highest finite bound.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 #: Buckets per histogram, +Inf included.
 BUCKETS = 27
@@ -23,7 +23,7 @@ _FIRST_BITS = 10
 #: Upper bounds (inclusive, in ns) of every bucket but the last (+Inf).
 LE_NS = tuple(1 << (_FIRST_BITS + k) for k in range(BUCKETS - 1))
 #: The same in seconds, as /metrics labels them (``le``); the last is "+Inf".
-LE_LABELS = tuple(repr(ns / 1e9) for ns in LE_NS) + ("+Inf",)
+LE_LABELS = (*(repr(ns / 1e9) for ns in LE_NS), "+Inf")
 #: ``(ns - 1).bit_length()`` -> bucket (``bucket_of``), for any duration an int64 holds.
 BUCKET_BY_BITS = tuple(min(max(bits - _FIRST_BITS, 0), BUCKETS - 1) for bits in range(65))
 

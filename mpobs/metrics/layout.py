@@ -42,7 +42,8 @@ One int64 block of ``Layout.size`` values, in this order:
 
 from __future__ import annotations
 
-from typing import Mapping, NamedTuple, Sequence
+from collections.abc import Mapping, Sequence
+from typing import NamedTuple
 
 from mpobs.metrics.histogram import BUCKETS, bucket_of
 
@@ -64,19 +65,51 @@ DOING_FIELDS = ("doing_proc", "doing_input", "doing_line", "doing_lines", "doing
 #: the coordinator blocked writing the output).
 TIME_FIELDS = ("busy_ns", "waiting_ns", "output_wait_ns")
 WORKER_FIELDS = (
-    "pid", "tasks", "lines", "bytes", "alive",
-    "traces_sent", "traces_dropped", "errors_sent", "errors_dropped", *DOING_FIELDS, *TIME_FIELDS,
-)  # fmt: skip
+    "pid",
+    "tasks",
+    "lines",
+    "bytes",
+    "alive",
+    "traces_sent",
+    "traces_dropped",
+    "errors_sent",
+    "errors_dropped",
+    *DOING_FIELDS,
+    *TIME_FIELDS,
+)
 SYSTEM_FIELDS = (
-    "state", "started_at_ms", "ended_at_ms", "bytes_total", "workers", "workers_restarted",
-    "tasks_total", "lines_total", "traces_delivered", "errors_delivered", "records_repeated",
-    "dashboard_dropped", "checkpoint_at_ms", "checkpoint_lines", "checkpoint_output", "lock_holder",
-    "output_reopens", "output_held_ns", "output_held_since_ns",
-)  # fmt: skip
+    "state",
+    "started_at_ms",
+    "ended_at_ms",
+    "bytes_total",
+    "workers",
+    "workers_restarted",
+    "tasks_total",
+    "lines_total",
+    "traces_delivered",
+    "errors_delivered",
+    "records_repeated",
+    "dashboard_dropped",
+    "checkpoint_at_ms",
+    "checkpoint_lines",
+    "checkpoint_output",
+    "lock_holder",
+    "output_reopens",
+    "output_held_ns",
+    "output_held_since_ns",
+)
 INPUT_FIELDS = (
-    "bytes_read", "bytes_total", "lines_read", "lines_done", "state", "compression",
-    "following", "rotations", "lag_bytes", "last_line_ms",
-)  # fmt: skip
+    "bytes_read",
+    "bytes_total",
+    "lines_read",
+    "lines_done",
+    "state",
+    "compression",
+    "following",
+    "rotations",
+    "lag_bytes",
+    "last_line_ms",
+)
 #: An input's compression (a stream's is known once its first bytes are read): index here.
 COMPRESSIONS = (None, "gzip", "bzip2", "xz", "zstd")
 #: bytes_total of an input whose size is not known (a pipe).
@@ -164,8 +197,16 @@ class Layout(NamedTuple):
     def inflight_row(slot: int, task_seq: int) -> int:
         return 2 + 2 * slot + (task_seq & 1)
 
-    def vector(self, procs: Sequence[int], tags: Mapping[str, int], lines: int, nbytes: int, tasks: int,
-               calls: Sequence[int] = (), task_ns: int | None = None) -> list[int]:  # fmt: skip
+    def vector(
+        self,
+        procs: Sequence[int],
+        tags: Mapping[str, int],
+        lines: int,
+        nbytes: int,
+        tasks: int,
+        calls: Sequence[int] = (),
+        task_ns: int | None = None,
+    ) -> list[int]:
         """A count vector (one row, plain ints): ``procs`` is PROC_WIDTH values per processor, in config
         order; ``calls`` CALL_WIDTH values per timed processor, in ``timed`` order."""
         vec = [0] * self.ncols

@@ -9,8 +9,9 @@ coordinator sees that the holder is dead and releases the lock for it
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any, Callable, Iterator
+from typing import Any
 
 #: Seconds a process waits for the lock before it asks ``on_stuck`` for help.
 LOCK_WAIT = 0.5

@@ -20,9 +20,10 @@ from __future__ import annotations
 import os
 import secrets
 import time
+from collections.abc import Callable, Sequence
 from functools import cached_property
 from multiprocessing import shared_memory
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
 from mpobs.metrics.histogram import BUCKETS
 from mpobs.metrics.layout import DOING_FIELDS, INPUT_FIELDS, STATES, SYSTEM_FIELDS, WORKER_FIELDS, Layout
@@ -61,7 +62,11 @@ class StatsSegment(HolderLock):
         layout = self.layout
         flat = np.ndarray((layout.size,), dtype=np.int64, buffer=self.shm.buf)
         w, s = layout.workers_at, layout.system_at
-        return flat[:w].reshape(layout.nrows, layout.ncols), flat[w:s].reshape(layout.slots, -1), flat[s : layout.inputs_at]
+        return (
+            flat[:w].reshape(layout.nrows, layout.ncols),
+            flat[w:s].reshape(layout.slots, -1),
+            flat[s : layout.inputs_at],
+        )
 
     @property
     def counts(self) -> np.ndarray:
@@ -223,12 +228,25 @@ class StatsSegment(HolderLock):
 class Snapshot:
     """A copy of the segment, with names for its values (plain ints)."""
 
-    __slots__ = ("layout", "committed", "live", "workers", "system", "inputs")
+    __slots__ = ("committed", "inputs", "layout", "live", "system", "workers")
 
-    def __init__(self, layout: Layout, committed: list[int], live: list[int], workers: list[list[int]],
-                 system: list[int], inputs: list[list[int]]) -> None:  # fmt: skip
+    def __init__(
+        self,
+        layout: Layout,
+        committed: list[int],
+        live: list[int],
+        workers: list[list[int]],
+        system: list[int],
+        inputs: list[list[int]],
+    ) -> None:
         self.layout, self.committed, self.live, self.workers, self.system, self.inputs = (
-            layout, committed, live, workers, system, inputs)  # fmt: skip
+            layout,
+            committed,
+            live,
+            workers,
+            system,
+            inputs,
+        )
 
     @classmethod
     def of(cls, layout: Layout, values: list[int]) -> Snapshot:
@@ -237,8 +255,14 @@ class Snapshot:
         workers = [values[w + s * nw : w + (s + 1) * nw] for s in range(layout.slots)]
         ni, i = len(INPUT_FIELDS), layout.inputs_at
         inputs = [values[i + k * ni : i + (k + 1) * ni] for k in range(layout.inputs)]
-        return cls(layout, rows[0], [sum(col) for col in zip(*rows)], workers,
-                   values[layout.system_at : layout.inputs_at], inputs)  # fmt: skip
+        return cls(
+            layout,
+            rows[0],
+            [sum(col) for col in zip(*rows)],
+            workers,
+            values[layout.system_at : layout.inputs_at],
+            inputs,
+        )
 
     def proc(self, p: int, fname: str, live: bool = True) -> int:
         return (self.live if live else self.committed)[self.layout.proc_col(p, fname)]

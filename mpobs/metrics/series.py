@@ -9,8 +9,9 @@ sample names (``_total``, ``_bucket``/``_count``/``_sum``).
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Iterator
+from typing import Any
 
 from mpobs.metrics.histogram import LE_LABELS
 from mpobs.metrics.layout import STATES
@@ -107,15 +108,24 @@ def _one(fam: Family, value: Any) -> Family:
 
 
 def _run_gauges(system: dict[str, Any]) -> Iterator[Family]:
-    yield _one(Family("mpobs_lines_per_second", "gauge", "Input lines per second over the last 10 s."),
-               system.get("lines_per_second_10s"))  # fmt: skip
+    yield _one(
+        Family("mpobs_lines_per_second", "gauge", "Input lines per second over the last 10 s."),
+        system.get("lines_per_second_10s"),
+    )
     yield _one(Family("mpobs_progress_ratio", "gauge", "Share of the input bytes processed."), system.get("progress"))
     stalled = system.get("stalled_calls") or []
     yield _one(Family("mpobs_stalled_calls", "gauge", "Calls running longer than --stall-after now."), len(stalled))
     running = Family("mpobs_stalled_call_seconds", "gauge", "How long each stalled call has been running.")
     for c in stalled:
-        running.add({"processor": c["processor"], "function": str(c.get("function") or ""), "line": c["line"],
-                     "worker": str(c["worker"])}, c["for_s"])  # fmt: skip
+        running.add(
+            {
+                "processor": c["processor"],
+                "function": str(c.get("function") or ""),
+                "line": c["line"],
+                "worker": str(c["worker"]),
+            },
+            c["for_s"],
+        )
     yield running
     yield _one(Family("mpobs_workers", "gauge", "Worker processes of the run."), system.get("workers"))
     yield _one(Family("mpobs_workers_alive", "gauge", "Worker processes alive."), system.get("workers_alive"))
@@ -129,8 +139,9 @@ def _run_gauges(system: dict[str, Any]) -> Iterator[Family]:
 def _histograms(procs: dict[str, Any]) -> list[Family]:
     """Each processor's batch durations, and each user function's call durations, as Prometheus histograms."""
     batch = Family("mpobs_processor_batch_seconds", "histogram", "Duration of each batch call of the processor.")
-    calls = Family("mpobs_function_call_seconds", "histogram",
-                   "Duration of each call of a python processor's function.")  # fmt: skip
+    calls = Family(
+        "mpobs_function_call_seconds", "histogram", "Duration of each call of a python processor's function."
+    )
     for pid, row in procs.items():
         if "batch_latency" in row:
             batch.add_histogram({"processor": pid}, row["batch_latency"])
@@ -164,9 +175,9 @@ def series_names(stats: dict[str, Any]) -> set[str]:
 
 def pipeline_series_names(pipeline: Any) -> set[str]:
     """The metric names /metrics has for a run of ``pipeline`` (``mpobs alerts check --config``)."""
+    from mpobs.metrics.document import RunMeta, build_stats
     from mpobs.metrics.layout import Layout
     from mpobs.metrics.segment import Snapshot
-    from mpobs.metrics.document import RunMeta, build_stats
 
     layout = Layout(tuple(pipeline.ids), tuple(pipeline.tags), 1, 1, tuple(pipeline.timed))
     counters = {n.id: {"key": 0} for n in pipeline.nodes if n.proc.counts_keys}  # a key: its series exist

@@ -6,7 +6,7 @@ import os
 import stat
 import sys
 import threading
-from typing import Callable
+from collections.abc import Callable
 
 from mpobs.errors import InputError, PathIOError
 
@@ -54,8 +54,13 @@ def open_replacing(path: str) -> tuple[int, threading.Thread | None]:
     flags = os.O_WRONLY | os.O_CREAT
     try:
         st = os.lstat(path)
-        replace = (stat.S_ISREG(st.st_mode) and st.st_nlink == 1 and st.st_uid == os.geteuid() and st.st_size > 0
-                   and not _has_xattrs(path))  # fmt: skip
+        replace = (
+            stat.S_ISREG(st.st_mode)
+            and st.st_nlink == 1
+            and st.st_uid == os.geteuid()
+            and st.st_size > 0
+            and not _has_xattrs(path)
+        )
     except OSError:
         replace = False
     if not replace:
@@ -147,10 +152,7 @@ class OutputJoiner:
         view = memoryview(data)
         try:
             while view:
-                if self.direct:
-                    n = os.pwrite(self.fd, view, self.at)
-                else:
-                    n = os.write(self.fd, view)
+                n = os.pwrite(self.fd, view, self.at) if self.direct else os.write(self.fd, view)
                 view = view[n:]
                 self.bytes_written += n
         except BrokenPipeError as err:

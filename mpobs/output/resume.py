@@ -30,12 +30,16 @@ def check_output(output_id: list[int], length: int, where: str, output_path: str
     if found is None:
         if st is None:
             raise InputError(f"{where}: its output {output_path!r} is gone")
-        raise InputError(f"{where}: {output_path!r} is not the output file it wrote (another inode), and that "
-                         "file is not next to it (rotated and compressed, or removed); remove the checkpoint "
-                         "to start afresh")  # fmt: skip
+        raise InputError(
+            f"{where}: {output_path!r} is not the output file it wrote (another inode), and that "
+            "file is not next to it (rotated and compressed, or removed); remove the checkpoint "
+            "to start afresh"
+        )
     if st is not None and st.st_size > 0:
-        raise InputError(f"{where}: its output was rotated to {found!r}, but the new {output_path!r} is not "
-                         "empty; something else writes it")  # fmt: skip
+        raise InputError(
+            f"{where}: its output was rotated to {found!r}, but the new {output_path!r} is not "
+            "empty; something else writes it"
+        )
     _long_enough(os.stat(found).st_size, length, where, found)
 
 
@@ -55,8 +59,10 @@ def resume_output(output_id: list[int], length: int, where: str, output_path: st
             raise InputError(f"{where}: {output_path!r} is another file than the output it wrote, and not empty")
         old = _open_rotated_output(output_path, output_id)
         if old is None:
-            raise InputError(f"{where}: the output it wrote is not at {output_path!r} nor next to it any more "
-                             "(rotated and compressed, or removed); remove the checkpoint to start afresh")
+            raise InputError(
+                f"{where}: the output it wrote is not at {output_path!r} nor next to it any more "
+                "(rotated and compressed, or removed); remove the checkpoint to start afresh"
+            )
         try:
             _cut(old, length, where, output_path)
         finally:
@@ -69,8 +75,10 @@ def resume_output(output_id: list[int], length: int, where: str, output_path: st
 
 def _long_enough(size: int, length: int, where: str, name: str) -> None:
     if size < length:
-        raise InputError(f"{where}: its output {name!r} holds {size:,} bytes, fewer than the {length:,} it "
-                         "recorded; it was changed since")  # fmt: skip
+        raise InputError(
+            f"{where}: its output {name!r} holds {size:,} bytes, fewer than the {length:,} it "
+            "recorded; it was changed since"
+        )
 
 
 def _cut(fd: int, length: int, where: str, name: str) -> None:

@@ -14,7 +14,7 @@ class Batch:
     None while no processor has tagged anything. ``nums`` is never decreasing.
     """
 
-    __slots__ = ("nums", "texts", "tags")
+    __slots__ = ("nums", "tags", "texts")
 
     def __init__(self, nums: list[int], texts: list[str], tags: list[tuple[str, ...]] | None = None) -> None:
         self.nums = nums

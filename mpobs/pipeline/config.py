@@ -6,8 +6,8 @@ import os
 import sys
 from typing import Any, NamedTuple
 
-from mpobs.pipeline.dag import INPUT, Node, Pipeline
 from mpobs.errors import ConfigError
+from mpobs.pipeline.dag import INPUT, Node, Pipeline
 from mpobs.pipeline.processors import REGISTRY, Processor, Spec
 from mpobs.pipeline.processors.base import json_type
 
@@ -58,7 +58,13 @@ def compile_config(data: Any, source: str = "config", base_dir: str | None = Non
         raise ConfigError(f"{source}: unknown top-level key {sorted(unknown)[0]!r} (only 'processors' is known)")
     raw_list = data.get("processors")
     if not isinstance(raw_list, list) or not raw_list:
-        got = "nothing" if raw_list is None else json_type(raw_list) if not isinstance(raw_list, list) else "an empty list"
+        got = (
+            "nothing"
+            if raw_list is None
+            else json_type(raw_list)
+            if not isinstance(raw_list, list)
+            else "an empty list"
+        )
         raise ConfigError(f"{source}: 'processors' must be a non-empty list, got {got}")
     if base_dir is not None and base_dir not in sys.path:
         # User functions live next to their config.

@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import time
-from typing import Any, Callable, Protocol
+from collections.abc import Callable
+from typing import Any, Protocol
 
-from mpobs.pipeline.batch import EMPTY, Batch, merge
 from mpobs.errors import ConfigError
-from mpobs.pipeline.processors import ErrorList, Processor
-from mpobs.pipeline.processors.base import Position
 from mpobs.metrics.histogram import BUCKET_BY_BITS
 from mpobs.metrics.layout import DOING_FIELDS, NF, PROC_WIDTH
+from mpobs.pipeline.batch import EMPTY, Batch, merge
+from mpobs.pipeline.processors import ErrorList, Processor
+from mpobs.pipeline.processors.base import Position
 
 #: The name of the input file as an edge source ("inputs": ["input"]).
 INPUT = "input"
@@ -199,5 +200,5 @@ def _find_cycle(nodes: list[Node], by_id: dict[str, Node], indeg: dict[str, int]
     while cur not in path:
         path.append(cur)
         cur = next(src for src, _ in by_id[cur].inputs if src in stuck)
-    cycle = path[path.index(cur):] + [cur]
+    cycle = [*path[path.index(cur) :], cur]
     return cycle[::-1]

@@ -91,8 +91,9 @@ def _lock(path: str) -> int:
     except BlockingIOError:
         other = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "?"
         os.close(fd)
-        raise InputError(f"checkpoint {path!r} is in use by another mpobs run (pid {other}); "
-                         "one run per checkpoint") from None  # fmt: skip
+        raise InputError(
+            f"checkpoint {path!r} is in use by another mpobs run (pid {other}); one run per checkpoint"
+        ) from None
     os.ftruncate(fd, 0)
     os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
     return fd
@@ -137,8 +138,9 @@ def read(path: str) -> Checkpoint | None:
 
 def _check_shape(cp: Checkpoint) -> None:
     """Types and lengths a resume relies on (a hand-edited file must be refused, not crash the run)."""
-    ints = [cp.output_length, cp.lines, *cp.counts] + [v for i in cp.inputs for v in (i.dev, i.ino, i.offset, i.raw,
-                                                                                    i.lines)]  # fmt: skip
+    ints = [cp.output_length, cp.lines, *cp.counts] + [
+        v for i in cp.inputs for v in (i.dev, i.ino, i.offset, i.raw, i.lines)
+    ]
     if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in ints):
         raise ValueError("a count or offset is not a whole number >= 0")
     if len(cp.counts) != len(cp.columns) or not all(isinstance(c, str) for c in cp.columns):
@@ -198,12 +200,20 @@ def write(path: str, cp: Checkpoint) -> None:
             os.unlink(tmp)
         except OSError:
             pass
-        raise CheckpointError(f"cannot write the checkpoint {path!r}: {err.strerror or err}; "
-                              "the last one written stays valid") from err  # fmt: skip
+        raise CheckpointError(
+            f"cannot write the checkpoint {path!r}: {err.strerror or err}; the last one written stays valid"
+        ) from err
 
 
-def check(cp: Checkpoint, path: str, config_sha: str, inputs: list[tuple[str, str]], columns: list[str],
-          output_path: str, followed: set[str] = frozenset()) -> None:  # type: ignore[assignment]  # fmt: skip
+def check(
+    cp: Checkpoint,
+    path: str,
+    config_sha: str,
+    inputs: list[tuple[str, str]],
+    columns: list[str],
+    output_path: str,
+    followed: set[str] = frozenset(),
+) -> None:  # type: ignore[assignment]
     """Refuse (InputError, exit 2) a checkpoint this run cannot resume, saying what differs.
 
     ``inputs``: per input, (the name as given, the path to open it at).
@@ -215,8 +225,10 @@ def check(cp: Checkpoint, path: str, config_sha: str, inputs: list[tuple[str, st
     if cp.config_sha256 != config_sha:
         raise InputError(f"{where} was made with another pipeline config; run with that config, or remove it")
     if cp.columns != columns:  # e.g. before the latency histograms: counts this version cannot go on from
-        raise InputError(f"{where} was made by another mpobs version (its counts have other columns); finish the "
-                         "run with that version, or remove the checkpoint")
+        raise InputError(
+            f"{where} was made by another mpobs version (its counts have other columns); finish the "
+            "run with that version, or remove the checkpoint"
+        )
     names = [name for name, _ in inputs]
     if [i.name for i in cp.inputs] != names:
         raise InputError(f"{where} was made for the inputs {[i.name for i in cp.inputs]}, not {names}")
@@ -224,32 +236,45 @@ def check(cp: Checkpoint, path: str, config_sha: str, inputs: list[tuple[str, st
         if name in followed:  # rotated since, maybe: its generation is looked for next to the path
             gen = pos.where or [pos.dev, pos.ino, pos.head_len, pos.head_sha256, 0]
             if find_generation(at, gen) is None:
-                raise InputError(f"{where}: the generation of the followed {name!r} it stopped in (inode "
-                                 f"{gen[1]}) is not next to it any more (rotated further than "
-                                 f"{name}.{GENERATIONS}, deleted or compressed); remove the checkpoint to start "
-                                 "afresh")  # fmt: skip
+                raise InputError(
+                    f"{where}: the generation of the followed {name!r} it stopped in (inode "
+                    f"{gen[1]}) is not next to it any more (rotated further than "
+                    f"{name}.{GENERATIONS}, deleted or compressed); remove the checkpoint to start "
+                    "afresh"
+                )
             continue
         try:
             st = os.stat(at)
         except OSError as err:
             raise InputError(f"{where}: input {name!r} is gone ({err.strerror})") from err
         if (st.st_dev, st.st_ino) != (pos.dev, pos.ino) or not head_matches(at, pos):
-            raise InputError(f"{where}: input {name!r} is not the file the checkpoint was made for "
-                             f"(inode {pos.ino}, now {st.st_ino}, or its first bytes differ)")  # fmt: skip
+            raise InputError(
+                f"{where}: input {name!r} is not the file the checkpoint was made for "
+                f"(inode {pos.ino}, now {st.st_ino}, or its first bytes differ)"
+            )
     check_output(cp.output_id, cp.output_length, where, output_path)
 
 
 class Checkpointer:
     """The coordinator's side: load and check a checkpoint at start, restore it, write one at commit points."""
 
-    def __init__(self, path: str, every: float, processors: list[dict[str, Any]], columns: list[str],
-                 source: Any, output_path: str | None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        path: str,
+        every: float,
+        processors: list[dict[str, Any]],
+        columns: list[str],
+        source: Any,
+        output_path: str | None,
+    ) -> None:
         if output_path is None:
             raise InputError("--checkpoint needs --output FILE: what went to stdout cannot be cut back to a checkpoint")
         streams = [s.given for s in source.sources if s.kind == "stream" or s.given == "-"]
         if streams:
-            raise InputError(f"--checkpoint cannot resume a stream or standard input ({', '.join(streams)}); "
-                             "give files by their names")  # fmt: skip
+            raise InputError(
+                f"--checkpoint cannot resume a stream or standard input ({', '.join(streams)}); "
+                "give files by their names"
+            )
         self.path, self.every, self.columns = path, every, columns
         self.output_path = output_path
         self.config_sha = config_hash(processors)
@@ -299,8 +324,16 @@ class Checkpointer:
     def due(self) -> bool:
         return time.monotonic() - self._last >= self.every
 
-    def save(self, out_fd: int, output_length: int, seg: Any, counters: dict[str, dict[str, int]],
-             error_types: dict[tuple[str, str], int], source: Any, force: bool = False) -> Checkpoint | None:  # fmt: skip
+    def save(
+        self,
+        out_fd: int,
+        output_length: int,
+        seg: Any,
+        counters: dict[str, dict[str, int]],
+        error_types: dict[tuple[str, str], int],
+        source: Any,
+        force: bool = False,
+    ) -> Checkpoint | None:
         """A commit point: the output to disk, then the state (``seg``'s committed counts); the one
         written, or None when nothing was new. The segment's system row then says when it was
         written and what it holds (for /stats).
@@ -315,17 +348,40 @@ class Checkpointer:
         try:
             os.fsync(out_fd)
         except OSError as err:
-            raise CheckpointError(f"cannot flush the output to disk: {err.strerror or err}; "
-                                  "the last checkpoint stays valid") from err  # fmt: skip
-        inputs = [InputPosition(i.name, i.dev, i.ino, i.head_len, i.head_sha256, p["offset"], p["raw"], p["lines"],
-                                p["done"], list(p["where"]) if p["where"] else None)
-                  for i, p in zip(self.identities, positions)]  # fmt: skip
+            raise CheckpointError(
+                f"cannot flush the output to disk: {err.strerror or err}; the last checkpoint stays valid"
+            ) from err
+        inputs = [
+            InputPosition(
+                i.name,
+                i.dev,
+                i.ino,
+                i.head_len,
+                i.head_sha256,
+                p["offset"],
+                p["raw"],
+                p["lines"],
+                p["done"],
+                list(p["where"]) if p["where"] else None,
+            )
+            for i, p in zip(self.identities, positions)
+        ]
         st = os.fstat(out_fd)
-        cp = Checkpoint(self.config_sha, inputs, output_length, lines, list(seg.snapshot().committed), self.columns,
-                        counters, [[p, t, n] for (p, t), n in sorted(error_types.items())], follow=self.follow,
-                        output_id=[st.st_dev, st.st_ino])  # fmt: skip
+        cp = Checkpoint(
+            self.config_sha,
+            inputs,
+            output_length,
+            lines,
+            list(seg.snapshot().committed),
+            self.columns,
+            counters,
+            [[p, t, n] for (p, t), n in sorted(error_types.items())],
+            follow=self.follow,
+            output_id=[st.st_dev, st.st_ino],
+        )
         write(self.path, cp)
         self._saved_key = key
-        seg.set_system(checkpoint_at_ms=int(cp.written_at * 1000), checkpoint_lines=lines,
-                       checkpoint_output=output_length)  # fmt: skip
+        seg.set_system(
+            checkpoint_at_ms=int(cp.written_at * 1000), checkpoint_lines=lines, checkpoint_output=output_length
+        )
         return cp

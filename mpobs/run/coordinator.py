@@ -15,27 +15,44 @@ import time
 from collections import Counter
 from typing import TYPE_CHECKING, Any
 
-from mpobs.inputs.blockstore import BlockStore
-from mpobs.pipeline.dag import Pipeline
-from mpobs.metrics.activity import OutputWait, StallWatch
 from mpobs.defaults import BACKLOG_PER_WORKER, BLOCKS_PER_WORKER, ENDING_WAIT, SAVED_RECENT
-from mpobs.errors import (EXIT_ALERT, EXIT_FAILED, EXIT_MAX_ERRORS, EXIT_OK, EXIT_SIGINT, EXIT_SIGTERM, EXIT_USAGE,
-                          MpobsError)  # fmt: skip
-from mpobs.tracing.records import EventCollector
-from mpobs.executors.base import Event, Executor, LimitReached, RunContext, TaskDone, TaskLost, TaskWritten, WorkerFailed
-from mpobs.inputs.base import FileSource, Task
-from mpobs.run.ordered_output import OrderedOutput
-from mpobs.output.joiner import OutputClosed, OutputJoiner
+from mpobs.errors import (
+    EXIT_ALERT,
+    EXIT_FAILED,
+    EXIT_MAX_ERRORS,
+    EXIT_OK,
+    EXIT_SIGINT,
+    EXIT_SIGTERM,
+    EXIT_USAGE,
+    MpobsError,
+)
+from mpobs.executors.base import (
+    Event,
+    Executor,
+    LimitReached,
+    RunContext,
+    TaskDone,
+    TaskLost,
+    TaskWritten,
+    WorkerFailed,
+)
 from mpobs.executors.local.pool import LocalPool
-from mpobs.run.options import RunOptions, RunOutcome, check_outputs, remove_leftovers
-from mpobs.run.signals import RunSignals
-from mpobs.run.scheduler import GiveUp, Scheduler
-from mpobs.metrics.lock import Unsticker
-from mpobs.metrics.layout import UNKNOWN, Layout
-from mpobs.metrics.segment import StatsSegment
-from mpobs.inputs.inputset import InputSet, open_inputs
-from mpobs.metrics.document import RunMeta, SlowestTasks, build_stats
 from mpobs.executors.task import TaskResult, TaskSettings
+from mpobs.inputs.base import FileSource, Task
+from mpobs.inputs.blockstore import BlockStore
+from mpobs.inputs.inputset import InputSet, open_inputs
+from mpobs.metrics.activity import OutputWait, StallWatch
+from mpobs.metrics.document import RunMeta, SlowestTasks, build_stats
+from mpobs.metrics.layout import UNKNOWN, Layout
+from mpobs.metrics.lock import Unsticker
+from mpobs.metrics.segment import StatsSegment
+from mpobs.output.joiner import OutputClosed, OutputJoiner
+from mpobs.pipeline.dag import Pipeline
+from mpobs.run.options import RunOptions, RunOutcome, check_outputs, remove_leftovers
+from mpobs.run.ordered_output import OrderedOutput
+from mpobs.run.scheduler import GiveUp, Scheduler
+from mpobs.run.signals import RunSignals
+from mpobs.tracing.records import EventCollector
 from mpobs.tracing.traces import expand as expand_trace
 
 if TYPE_CHECKING:
@@ -55,8 +72,13 @@ class _Stop(Exception):
 class Coordinator:
     """Runs one pipeline over one input, once. ``run`` always cleans up what it made."""
 
-    def __init__(self, pipeline: Pipeline, opts: RunOptions, collector: EventCollector | None = None,
-                 executor: Executor | None = None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        pipeline: Pipeline,
+        opts: RunOptions,
+        collector: EventCollector | None = None,
+        executor: Executor | None = None,
+    ) -> None:
         self.pipeline = pipeline
         self.opts = opts
         self.executor: Executor = executor or LocalPool(opts.workers)
@@ -80,13 +102,19 @@ class Coordinator:
     # -- the story of a run --------------------------------------------------
     def run(self) -> RunOutcome:
         opts = self.opts
-        self.source = source = open_inputs([opts.inputs] if isinstance(opts.inputs, str) else opts.inputs,
-                                           follow=opts.follow)  # fmt: skip
+        self.source = source = open_inputs(
+            [opts.inputs] if isinstance(opts.inputs, str) else opts.inputs, follow=opts.follow
+        )
         self.meta = meta = RunMeta.of(
-            self.pipeline, source, self.executor.capacity, trace=opts.trace,
-            trace_sample=opts.trace_sample if opts.trace else 0.0, output=opts.output_path, executor=self.executor.name,
+            self.pipeline,
+            source,
+            self.executor.capacity,
+            trace=opts.trace,
+            trace_sample=opts.trace_sample if opts.trace else 0.0,
+            output=opts.output_path,
+            executor=self.executor.name,
             stall_after=opts.stall_after,
-        )  # fmt: skip
+        )
         self._check(source)
         remove_leftovers()
         ids, names = self.pipeline.ids, meta.record_names()
@@ -97,8 +125,13 @@ class Coordinator:
         try:
             self.seg = self._make_segment(source)
             self.output_wait = OutputWait(self.seg)
-            self.stalls = StallWatch(self.seg.layout.slots, self.seg.doing_now, opts.stall_after,
-                                     [(n.id, getattr(n.proc, "ref", None)) for n in self.pipeline.nodes], meta.input_names)
+            self.stalls = StallWatch(
+                self.seg.layout.slots,
+                self.seg.doing_now,
+                opts.stall_after,
+                [(n.id, getattr(n.proc, "ref", None)) for n in self.pipeline.nodes],
+                meta.input_names,
+            )
             if opts.save_traces:
                 from mpobs.tracing.tracefile import header  # only with --save-traces (as the workers' recorder)
 
@@ -129,8 +162,13 @@ class Coordinator:
             if source.damage is not None:  # everything before the damage is in the output and counted
                 raise _Stop("failed", EXIT_USAGE, source.damage)
             stopped = self.signals.stop_following
-            outcome = ("done", EXIT_OK, None if stopped is None else
-                       f"stopped following ({signal.Signals(stopped).name}); everything read is in the output")
+            outcome = (
+                "done",
+                EXIT_OK,
+                None
+                if stopped is None
+                else f"stopped following ({signal.Signals(stopped).name}); everything read is in the output",
+            )
         except _Stop as stop:
             outcome = (stop.state, stop.code, stop.message)
         except OutputClosed:
@@ -142,7 +180,9 @@ class Coordinator:
         finally:
             # No report for a run an exception ends: its caller says what went wrong, and the
             # outputs it refused to touch (--save-metrics) stay untouched.
-            _, code, message = self._wind_down(outcome or ("failed", EXIT_FAILED, None), sink, report=outcome is not None)
+            _, _, message = self._wind_down(
+                outcome or ("failed", EXIT_FAILED, None), sink, report=outcome is not None
+            )
             self.signals.restore()
         if self._final is None:  # it failed before the segment existed: nothing ran
             raise MpobsError(message or "the run could not start")
@@ -156,8 +196,14 @@ class Coordinator:
             if opts.checkpoint is not None:
                 from mpobs.run.checkpoint import Checkpointer  # its hashing and JSON: only for runs that ask
 
-                self.checkpoints = Checkpointer(opts.checkpoint, opts.checkpoint_every, self.meta.processors,
-                                                self._layout(source).columns(), source, opts.output_path)  # fmt: skip
+                self.checkpoints = Checkpointer(
+                    opts.checkpoint,
+                    opts.checkpoint_every,
+                    self.meta.processors,
+                    self._layout(source).columns(),
+                    source,
+                    opts.output_path,
+                )
             # The input files tasks read by path (not blocks): an executor elsewhere must see them.
             self.executor.prepare(self.pipeline, [s.path for s in source.sources if isinstance(s, FileSource)])
         except BaseException:
@@ -181,8 +227,13 @@ class Coordinator:
         return seg
 
     def _layout(self, source: InputSet) -> Layout:
-        return Layout(tuple(self.pipeline.ids), tuple(self.pipeline.tags), self.executor.capacity, len(source.sources),
-                      tuple(self.pipeline.timed))
+        return Layout(
+            tuple(self.pipeline.ids),
+            tuple(self.pipeline.tags),
+            self.executor.capacity,
+            len(source.sources),
+            tuple(self.pipeline.timed),
+        )
 
     def _serve_dashboard(self) -> None:
         if self.dash_proc is None:
@@ -202,13 +253,23 @@ class Coordinator:
         opts = self.opts
         assert self.meta is not None and self.seg is not None
         settings = TaskSettings(
-            self.meta.record_names(), batch_lines=opts.batch_lines, trace_rate=opts.trace_sample if opts.trace else 0.0,
-            event_chunk=opts.event_chunk, max_errors=opts.max_errors,
+            self.meta.record_names(),
+            batch_lines=opts.batch_lines,
+            trace_rate=opts.trace_sample if opts.trace else 0.0,
+            event_chunk=opts.event_chunk,
+            max_errors=opts.max_errors,
             save_traces=bool(opts.save_traces),
-        )  # fmt: skip
-        return RunContext(self.pipeline, settings, self.seg, self.collector, wait_traces=bool(opts.save_traces),
-                          out_fd=sink.fd if sink.direct else None, store=self.store,
-                          call_timeout=opts.call_timeout)  # fmt: skip
+        )
+        return RunContext(
+            self.pipeline,
+            settings,
+            self.seg,
+            self.collector,
+            wait_traces=bool(opts.save_traces),
+            out_fd=sink.fd if sink.direct else None,
+            store=self.store,
+            call_timeout=opts.call_timeout,
+        )
 
     def _loop(self, sched: Scheduler, output: OrderedOutput) -> None:
         executor, source, last_tick, announced, held = self.executor, self.source, 0.0, False, False
@@ -268,8 +329,10 @@ class Coordinator:
         elif isinstance(event, TaskLost):
             finished = output.lost(event.task)
             if (finished is not None) != event.finished:
-                raise RuntimeError(f"internal error: {event.task.describe()} lost, finished={event.finished}, "
-                                   f"but the output {'had' if finished else 'did not have'} its result")  # fmt: skip
+                raise RuntimeError(
+                    f"internal error: {event.task.describe()} lost, finished={event.finished}, "
+                    f"but the output {'had' if finished else 'did not have'} its result"
+                )
             if finished is not None:  # its counts were pending; they come again with its next run
                 self.seg.uncomplete(finished.counts)
             sched.lost(event.task, event.fault, event.where)
@@ -283,8 +346,9 @@ class Coordinator:
         from mpobs.run.checkpoint import CheckpointError
 
         try:
-            self.checkpoints.save(sink.fd, sink.at, self.seg, self._counters(), dict(self.error_types), self.source,
-                                  force=force)  # fmt: skip
+            self.checkpoints.save(
+                sink.fd, sink.at, self.seg, self._counters(), dict(self.error_types), self.source, force=force
+            )
         except CheckpointError as err:
             raise _Stop("failed", EXIT_FAILED, str(err)) from None
 
@@ -337,22 +401,29 @@ class Coordinator:
                     state, code, message = "failed", EXIT_ALERT, self.alerts.failed
             c = self.collector
             self._set_system(
-                ended_at_ms=int(time.time() * 1000), workers_restarted=self.executor.restarted,
-                traces_delivered=c.traces_delivered, errors_delivered=c.errors_delivered, records_repeated=c.repeats,
+                ended_at_ms=int(time.time() * 1000),
+                workers_restarted=self.executor.restarted,
+                traces_delivered=c.traces_delivered,
+                errors_delivered=c.errors_delivered,
+                records_repeated=c.repeats,
                 dashboard_dropped=c.forward_dropped,
-            )  # fmt: skip
+            )
             self.seg.set_state(state)
             final = self.final_stats()
             view = self.executor.view()
             if view is not None:
                 final["executor"] = view  # after shutdown: the workers as last seen, with what they ran
-            saved = dict(final, recent_errors=c.recent_errors(SAVED_RECENT), recent_traces=c.recent_traces(SAVED_RECENT))
+            saved = dict(
+                final, recent_errors=c.recent_errors(SAVED_RECENT), recent_traces=c.recent_traces(SAVED_RECENT)
+            )
             if code == EXIT_MAX_ERRORS and message:
                 # The limit counts errors of tasks still running; the output and the final counts hold
                 # only the tasks that finished: say both, so that the two figures never seem to disagree.
                 s = final["system"]
-                message += (f"; the output and the counts cover the {s['total_lines']:,} input lines finished "
-                            f"before the stop ({s['total_errors']:,} errors among them)")  # fmt: skip
+                message += (
+                    f"; the output and the counts cover the {s['total_lines']:,} input lines finished "
+                    f"before the stop ({s['total_errors']:,} errors among them)"
+                )
             self._final = RunOutcome(final, saved, code, message)
             try:
                 if report and self.opts.on_end is not None:  # the report, before a dashboard lingers on
@@ -370,10 +441,17 @@ class Coordinator:
 
     def final_stats(self, live: bool = False) -> dict[str, Any]:
         assert self.seg is not None and self.meta is not None
-        ended = {} if live else {"error_types": dict(self.error_types),
-                                 "slowest": self.slowest.rows(self.meta.input_names)}  # fmt: skip
-        return build_stats(self.seg.snapshot(), self.meta, self._counters(), live=live,
-                           alerts=self.alerts.doc() if self.alerts is not None else None, **ended)  # fmt: skip
+        ended = (
+            {} if live else {"error_types": dict(self.error_types), "slowest": self.slowest.rows(self.meta.input_names)}
+        )
+        return build_stats(
+            self.seg.snapshot(),
+            self.meta,
+            self._counters(),
+            live=live,
+            alerts=self.alerts.doc() if self.alerts is not None else None,
+            **ended,
+        )
 
     # -- watching --------------------------------------------------------------
     def _check_stop(self) -> None:
@@ -382,8 +460,12 @@ class Coordinator:
                 raise _Stop("interrupted", EXIT_SIGTERM, "terminated (SIGTERM)")
             raise _Stop("interrupted", EXIT_SIGINT, "interrupted (Ctrl-C)")
         if self.collector.write_error is not None:
-            raise _Stop("failed", EXIT_FAILED, f"I/O error: cannot write the --save-traces file "
-                                              f"{self.collector.traces_path!r}: {self.collector.write_error}")
+            raise _Stop(
+                "failed",
+                EXIT_FAILED,
+                f"I/O error: cannot write the --save-traces file "
+                f"{self.collector.traces_path!r}: {self.collector.write_error}",
+            )
         if self.opts.max_errors is not None and self.seg is not None:
             # Workers that saw the limit stop by themselves; the rows of one that has
             # exited are already dropped, so the live total may be lower by now.

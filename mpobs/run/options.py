@@ -3,16 +3,25 @@
 from __future__ import annotations
 
 import os
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
-from mpobs.defaults import (BATCH_LINES, CHECKPOINT_EVERY, EVENT_CHUNK, STALL_AFTER, TASK_BYTES, TRACE_SAMPLE,
-                            default_workers)  # fmt: skip
+from mpobs.defaults import (
+    BATCH_LINES,
+    CHECKPOINT_EVERY,
+    EVENT_CHUNK,
+    STALL_AFTER,
+    TASK_BYTES,
+    TRACE_SAMPLE,
+    default_workers,
+)
 from mpobs.errors import InputError
-from mpobs.lifeline import pid_alive
-from mpobs.output.joiner import check_writable
 from mpobs.executors.parts import remove_leftover_parts
-from mpobs.metrics.segment import remove_leftover_segments
 from mpobs.inputs.inputset import InputSet
+from mpobs.lifeline import pid_alive
+from mpobs.metrics.segment import remove_leftover_segments
+from mpobs.output.joiner import check_writable
+
 
 class RunOptions:
     """Everything ``mpobs process`` can be told (a plain class: see mpobs.executors.task.TaskSettings)."""
@@ -56,7 +65,7 @@ class RunOutcome:
     """How a run ended: ``stats``, the final stats document; ``metrics``, the same with recent
     errors and traces (what --save-metrics writes); its exit code, and a message for stderr."""
 
-    __slots__ = ("stats", "metrics", "exit_code", "message")
+    __slots__ = ("exit_code", "message", "metrics", "stats")
 
     def __init__(self, stats: dict[str, Any], metrics: dict[str, Any], exit_code: int, message: str | None) -> None:
         self.stats, self.metrics, self.exit_code, self.message = stats, metrics, exit_code, message
@@ -72,8 +81,11 @@ def check_outputs(source: InputSet, opts: RunOptions) -> None:
         check_writable(opts.save_metrics, "--save-metrics file", source.is_file)
     if opts.checkpoint:
         check_writable(opts.checkpoint, "--checkpoint file", source.is_file)
-        others = {"output": opts.output_path, "--save-metrics file": opts.save_metrics,
-                  "--save-traces file": opts.save_traces}  # fmt: skip
+        others = {
+            "output": opts.output_path,
+            "--save-metrics file": opts.save_metrics,
+            "--save-traces file": opts.save_traces,
+        }
         for what, path in others.items():
             if path is not None and os.path.abspath(path) == os.path.abspath(opts.checkpoint):
                 raise InputError(f"--checkpoint file {opts.checkpoint!r} is also the {what}; give it a path of its own")

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import os
-from typing import Callable
+from collections.abc import Callable
 
 from mpobs.executors.base import Executor
+from mpobs.executors.task import TaskResult
 from mpobs.inputs.base import Task
 from mpobs.output.joiner import OutputJoiner
-from mpobs.executors.task import TaskResult
 
 
 class OrderedOutput:
@@ -23,8 +23,13 @@ class OrderedOutput:
     way its counts are committed when it is in the output, and never before.
     """
 
-    def __init__(self, sink: OutputJoiner, executor: Executor, commit: Callable[[Task, TaskResult], None],
-                 reopened: Callable[[OutputJoiner, str], None] | None = None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        sink: OutputJoiner,
+        executor: Executor,
+        commit: Callable[[Task, TaskResult], None],
+        reopened: Callable[[OutputJoiner, str], None] | None = None,
+    ) -> None:
         self.sink = sink
         self.executor = executor
         self.commit = commit

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from collections import Counter
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 from mpobs.defaults import MAX_TASK_ATTEMPTS
 from mpobs.inputs.base import NOT_READY, Task
@@ -14,7 +15,9 @@ class GiveUp(Exception):
 
 
 class Scheduler:
-    """Hands out tasks from ``plan`` (Tasks, or NOT_READY while the input is not read that far) and takes lost ones back.
+    """Hands out tasks from ``plan`` and takes lost ones back.
+
+    ``plan`` yields Tasks, or NOT_READY while the input is not read that far.
 
     At most ``backlog`` tasks are planned but not yet in the output: when one task
     stalls, the others' finished output waits for it, so no more is started. A task
@@ -54,8 +57,10 @@ class Scheduler:
             if self.attempts[task.index] >= self.max_attempts:
                 msg = f"{task.describe()} killed its worker {self.max_attempts} times; giving up"
                 if where is not None:
-                    msg = (f"{where} killed its worker {self.max_attempts} times ({task.describe()}); giving up: "
-                           "what is in the output is complete")
+                    msg = (
+                        f"{where} killed its worker {self.max_attempts} times ({task.describe()}); giving up: "
+                        "what is in the output is complete"
+                    )
                 if self.giving_up is None or task.index < self.giving_up[0]:
                     self.giving_up = (task.index, msg)
         self.retry.append(task)

@@ -6,7 +6,8 @@ import queue as queue_mod
 import threading
 import time
 from collections import deque
-from typing import IO, Any, Callable
+from collections.abc import Callable
+from typing import IO, Any
 
 from mpobs.defaults import KEEP
 
@@ -33,8 +34,14 @@ class QueueEvents:
         self.q = q
         self.wait = wait
 
-    def send(self, task: int, chunk: int, traces: list[Any], errors: list[dict[str, Any]],
-             saved: tuple[int, bytes] | None = None) -> tuple[int, int, int, int]:  # fmt: skip
+    def send(
+        self,
+        task: int,
+        chunk: int,
+        traces: list[Any],
+        errors: list[dict[str, Any]],
+        saved: tuple[int, bytes] | None = None,
+    ) -> tuple[int, int, int, int]:
         nt, ne = traces_counted(traces, saved), len(errors)
         msg = (task, chunk, traces, errors, saved)
         if self.wait:  # a SimpleQueue: written to the pipe before put returns, so before "done"
@@ -56,8 +63,9 @@ class EventCollector:
     threads (one per worker queue): it holds a lock.
     """
 
-    def __init__(self, keep: int = KEEP, forward: Any = None,
-                 expand: Callable[[Any], dict[str, Any]] = lambda t: t) -> None:  # fmt: skip
+    def __init__(
+        self, keep: int = KEEP, forward: Any = None, expand: Callable[[Any], dict[str, Any]] = lambda t: t
+    ) -> None:
         self.expand = expand
         self.traces: deque[Any] = deque(maxlen=keep)
         self.errors: deque[dict[str, Any]] = deque(maxlen=keep)
@@ -76,7 +84,10 @@ class EventCollector:
         self._lock = threading.Lock()
 
     def open_traces(self, path: str, header: bytes) -> None:
-        """The --save-traces file: ``header`` (mpobs.tracing.tracefile.header), then every saved record until ``close_traces``."""
+        """The --save-traces file: ``header`` (mpobs.tracing.tracefile.header).
+
+        Then every saved record, until ``close_traces``.
+        """
         self.traces_path = path
         self.traces_file = self._opened = open(path, "wb")  # noqa: SIM115
         self.traces_file.write(header)
@@ -92,8 +103,14 @@ class EventCollector:
             return f"I/O error: cannot write the --save-traces file {self.traces_path!r}: {err.strerror or err}"
         return None
 
-    def add(self, task: int, chunk: int, traces: list[Any], errors: list[dict[str, Any]],
-            saved: tuple[int, bytes] | None = None) -> None:  # fmt: skip
+    def add(
+        self,
+        task: int,
+        chunk: int,
+        traces: list[Any],
+        errors: list[dict[str, Any]],
+        saved: tuple[int, bytes] | None = None,
+    ) -> None:
         with self._lock:
             self.messages += 1
             if (task, chunk) in self._seen:

@@ -39,11 +39,12 @@ import itertools
 import json
 import time
 from bisect import bisect_left, bisect_right
-from typing import Any, Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Any
 
+from mpobs.errors import InputError
 from mpobs.pipeline.batch import EMPTY, NO_TAGS, Batch, merge
 from mpobs.pipeline.dag import INPUT, Node, Pipeline, as_batch, gather
-from mpobs.errors import InputError
 from mpobs.pipeline.processors import ErrorList
 from mpobs.tracing.traces import BatchTrace, describe, expand
 
@@ -60,8 +61,9 @@ def header(pipeline: Pipeline, inputs: Sequence[tuple[str, str]]) -> bytes:
         "format": FORMAT,
         "version": VERSION,
         "inputs": [list(i) for i in inputs],
-        "processors": [{"id": n.id, "inputs": [list(i) for i in n.inputs], "routes": list(n.proc.routes)}
-                       for n in pipeline.nodes],  # fmt: skip
+        "processors": [
+            {"id": n.id, "inputs": [list(i) for i in n.inputs], "routes": list(n.proc.routes)} for n in pipeline.nodes
+        ],
         "order": [n.index for n in pipeline.order],
         "sinks": [n.index for n in pipeline.sinks],
     }
@@ -256,16 +258,19 @@ class TraceReader:
 
     def _check_header(self, head: dict[str, Any]) -> dict[str, Any]:
         if head.get("format") != FORMAT:
-            raise TraceFileError(f"{self.path!r} is not an mpobs --save-traces file (its first line has no "
-                                 f"\"format\": \"{FORMAT}\")")  # fmt: skip
+            raise TraceFileError(
+                f'{self.path!r} is not an mpobs --save-traces file (its first line has no "format": "{FORMAT}")'
+            )
         if head.get("version") != VERSION:
-            raise TraceFileError(f"{self.path!r} is an mpobs --save-traces file of version {head.get('version')!r}; "
-                                 f"this mpobs reads version {VERSION}")  # fmt: skip
+            raise TraceFileError(
+                f"{self.path!r} is an mpobs --save-traces file of version {head.get('version')!r}; "
+                f"this mpobs reads version {VERSION}"
+            )
         return head
 
 
 def _split_id(line: int | str) -> tuple[str, int] | None:
-    """"name:N" -> (name, N); None for a run line number or an id without a line number."""
+    """ "name:N" -> (name, N); None for a run line number or an id without a line number."""
     if not isinstance(line, str):
         return None
     name, _, n = line.rpartition(":")
@@ -318,7 +323,7 @@ class _Replay:
                 out: Batch | dict[str, Batch] = {route: _rebuild(inp, s) for route, s in spec.items()}
             else:
                 out = _rebuild(inp, spec)
-            trace.record(p, inp, out, {n: text for n, text in failed} if failed else None, now)
+            trace.record(p, inp, out, dict(failed) if failed else None, now)
             outs[pid] = out
             step = next(steps, None)
         final = merge([as_batch(outs[s]) for s in self.sinks])

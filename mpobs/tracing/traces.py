@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import time
 from bisect import bisect_left, bisect_right
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from mpobs.pipeline.batch import Batch
 from mpobs.pipeline.dag import Node
@@ -128,8 +129,15 @@ def expand(trace: CompactTrace, inputs: Sequence[tuple[str, str]], ids: list[str
         if extra:
             entry.update(extra)
         path.append(entry)
-    return {"line_id": f"{name}:{file_line}", "line_number": n, "file": given, "file_line": file_line,
-            "original_content": original, "path": path, "outputs": outputs}  # fmt: skip
+    return {
+        "line_id": f"{name}:{file_line}",
+        "line_number": n,
+        "file": given,
+        "file_line": file_line,
+        "original_content": original,
+        "path": path,
+        "outputs": outputs,
+    }
 
 
 class BatchTrace:
@@ -182,8 +190,9 @@ class BatchTrace:
         failed = {n: describe(e) for n, _, e in errors} if errors else None
         self.record(node.index, inp, out, failed, self.clock())
 
-    def record(self, p: int, inp: Batch, out: Batch | dict[str, Batch], failed: dict[int, str] | None,
-               now: float) -> None:  # fmt: skip
+    def record(
+        self, p: int, inp: Batch, out: Batch | dict[str, Batch], failed: dict[int, str] | None, now: float
+    ) -> None:
         """One step of processor ``p``; ``failed``: the lines it failed on, with ``describe`` of their error."""
         in_texts, in_tags = inp.texts, inp.tags
         nums, paths = self.nums, self.paths

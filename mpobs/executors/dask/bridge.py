@@ -41,8 +41,8 @@ import time
 from multiprocessing.connection import Connection
 from typing import Any
 
-from mpobs.executors.dask.remote import probe, run_remote
 from mpobs.errors import describe
+from mpobs.executors.dask.remote import probe, run_remote
 
 #: Seconds to reach a scheduler given with --scheduler before giving up.
 CONNECT_TIMEOUT = 10
@@ -91,24 +91,33 @@ class Bridge:
             # A worker death is reported at once (KilledWorker), so that our scheduler counts it:
             # three deaths of one task fail the run, as with the local pool. One task at a time on
             # each worker thread, so that a death is blamed on the task it ran.
-            dask.config.set({"distributed.scheduler.allowed-failures": 0,
-                             "distributed.scheduler.worker-saturation": 1.0})
+            dask.config.set(
+                {"distributed.scheduler.allowed-failures": 0, "distributed.scheduler.worker-saturation": 1.0}
+            )
             # Dask's workers give freed memory back to the system at once (MALLOC_TRIM_THRESHOLD_
             # 64 KiB), so every 16 MiB task faulted its buffers in again: keeping them (and big
             # buffers on the heap, not in fresh mmaps) took a 6M-line run from 4.6-5.0 s to 4.2-4.3 s.
-            dask.config.set({"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": 256 << 20,
-                             "distributed.nanny.pre-spawn-environ.MALLOC_MMAP_THRESHOLD_": 32 << 20})
+            dask.config.set(
+                {
+                    "distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": 256 << 20,
+                    "distributed.nanny.pre-spawn-environ.MALLOC_MMAP_THRESHOLD_": 32 << 20,
+                }
+            )
             self.cluster = distributed.LocalCluster(
-                n_workers=workers, threads_per_worker=1, processes=True, memory_limit=0, host="127.0.0.1",
-                dashboard_address="127.0.0.1:0", silence_logs=logging.CRITICAL,
-            )  # fmt: skip
+                n_workers=workers,
+                threads_per_worker=1,
+                processes=True,
+                memory_limit=0,
+                host="127.0.0.1",
+                dashboard_address="127.0.0.1:0",
+                silence_logs=logging.CRITICAL,
+            )
             self.client = distributed.Client(self.cluster, set_as_default=False)
         else:
             try:
                 self.client = distributed.Client(address, timeout=CONNECT_TIMEOUT, set_as_default=False)
             except (OSError, TimeoutError) as err:
-                self.send("refused", f"cannot reach the Dask scheduler at {address} within {CONNECT_TIMEOUT} s: "
-                                     f"{err}")  # fmt: skip
+                self.send("refused", f"cannot reach the Dask scheduler at {address} within {CONNECT_TIMEOUT} s: {err}")
                 return
         info = self.client.scheduler_info()
         found = info.get("workers", {})
@@ -173,7 +182,7 @@ class Bridge:
             result = fut.result()
         except KilledWorker as err:
             self.send("done", fut.key, "killed", err.last_worker.address)
-        except Exception as err:  # noqa: BLE001 - any other end is told, in words
+        except Exception as err:
             if fut.status == "cancelled":
                 self.send("done", fut.key, "cancelled", "")
             elif fut.status == "error":
@@ -198,18 +207,24 @@ class Bridge:
             try:
                 with self.client.as_current():
                     wait(fut, timeout=WAIT_AGAIN_S)
-            except Exception:  # noqa: BLE001 - a time-out, or the scheduler going away: look again
+            except Exception:
                 time.sleep(0.1)
         self._finished(fut)
 
     def workers(self) -> None:
         try:
             info = self.client.scheduler_info(n_workers=-1).get("workers", {})
-        except Exception:  # noqa: BLE001 - a scheduler going away: the client's status says so
+        except Exception:
             info = {}
-        view = {address: {"name": str(w.get("name", "")), "nthreads": w.get("nthreads"),
-                          "cpu_percent": w.get("metrics", {}).get("cpu"),
-                          "rss_bytes": w.get("metrics", {}).get("memory")} for address, w in info.items()}  # fmt: skip
+        view = {
+            address: {
+                "name": str(w.get("name", "")),
+                "nthreads": w.get("nthreads"),
+                "cpu_percent": w.get("metrics", {}).get("cpu"),
+                "rss_bytes": w.get("metrics", {}).get("memory"),
+            }
+            for address, w in info.items()
+        }
         self.send("workers", view, self.client.status)
 
     def serve(self) -> None:
@@ -251,14 +266,14 @@ class Bridge:
         try:
             if self.futures and self.client is not None:
                 self.client.cancel(list(self.futures.values()), force=True)
-        except Exception:  # noqa: BLE001 - a scheduler already gone
+        except Exception:
             pass
         self.futures.clear()
         for thing in (self.client, self.cluster):
             if thing is not None:
                 try:
                     thing.close()
-                except Exception:  # noqa: BLE001 - a scheduler already gone
+                except Exception:
                     pass
         self.outbox.put(None)
         self.sender.join(timeout=10)
@@ -277,7 +292,7 @@ def main(argv: list[str]) -> int:
     bridge = Bridge(conn)
     try:
         bridge.serve()
-    except Exception as err:  # noqa: BLE001 - say it to the coordinator, in one line
+    except Exception as err:
         bridge.send("failed", describe(err))
     finally:
         bridge.close()

@@ -40,15 +40,16 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator, Sequence
 from multiprocessing.connection import Connection
-from typing import Any, Iterator, Sequence
+from typing import Any
 
-from mpobs.executors.dask.bridge import INSTALL_HINT
-from mpobs.executors.dask.remote import head_hash
 from mpobs.errors import InputError
 from mpobs.executors.base import Event, Executor, RunContext, TaskDone, TaskLost, WorkerFailed
-from mpobs.inputs.base import Task
+from mpobs.executors.dask.bridge import INSTALL_HINT
+from mpobs.executors.dask.remote import head_hash
 from mpobs.executors.parts import make_part_dir, part_path
+from mpobs.inputs.base import Task
 
 #: Tasks in flight per worker thread: one running, one waiting (its bytes already there).
 IN_FLIGHT_PER_THREAD = 2
@@ -67,7 +68,10 @@ def _installed() -> bool:
 
 
 class DaskExecutor(Executor):
-    """Runs tasks as Dask futures, through the client process; ``connect`` first (the CLI does), so that ``capacity`` is known."""
+    """Runs tasks as Dask futures, through the client process.
+
+    ``connect`` first (the CLI does), so that ``capacity`` is known.
+    """
 
     name = "dask"
 
@@ -90,7 +94,10 @@ class DaskExecutor(Executor):
 
     # -- the client process ---------------------------------------------------------
     def connect(self) -> None:
-        """Start the client process, and in it a LocalCluster or a client of ``address``; InputError (exit 2) if it cannot."""
+        """Start the client process, and in it a LocalCluster or a client of ``address``.
+
+        InputError (exit 2) if it cannot.
+        """
         if not _installed():
             raise InputError(INSTALL_HINT)
         ours, theirs = socket.socketpair()
@@ -98,8 +105,11 @@ class DaskExecutor(Executor):
         # LocalCluster's workers it starts) begin with SIGINT, SIGTERM and SIGHUP ignored
         # (kept across exec), so that the run decides what stops.
         with theirs, _ignoring(signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-            self.proc = subprocess.Popen([sys.executable, "-m", "mpobs.executors.dask.bridge", str(theirs.fileno())],
-                                         stdin=subprocess.DEVNULL, pass_fds=[theirs.fileno()])  # fmt: skip
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "mpobs.executors.dask.bridge", str(theirs.fileno())],
+                stdin=subprocess.DEVNULL,
+                pass_fds=[theirs.fileno()],
+            )
         self.conn = Connection(ours.detach())
         self._send("connect", self.n, self.address)
         reply = self._wait_for("connected", START_TIMEOUT)
@@ -233,8 +243,11 @@ class DaskExecutor(Executor):
             done[0], done[1] = done[0] + 1, done[1] + result.lines
             return TaskDone(task, result)
         if kind == "cancelled":
-            return WorkerFailed("", f"lost the Dask scheduler at {self.where} (it went away, or was restarted) "
-                                    f"while {task.describe()} ran; what is in the output is complete")  # fmt: skip
+            return WorkerFailed(
+                "",
+                f"lost the Dask scheduler at {self.where} (it went away, or was restarted) "
+                f"while {task.describe()} ran; what is in the output is complete",
+            )
         if kind == "killed":
             self.restarted += 1
             return TaskLost(task, f"its Dask worker {payload} died running it", fault=True)
@@ -250,10 +263,24 @@ class DaskExecutor(Executor):
             workers.append(dict(address=address, **w, tasks=tasks, lines=lines))
         for address in sorted(a for a in self.by_worker if a not in self.cluster_workers):
             tasks, lines = self.by_worker[address]  # died or left: what they ran still shows
-            workers.append({"address": address, "name": "", "nthreads": None, "tasks": tasks, "lines": lines,
-                            "cpu_percent": None, "rss_bytes": None, "gone": True})  # fmt: skip
-        return {"name": self.name, "scheduler": self.address or "LocalCluster", "dashboard": self.dashboard_link,
-                "workers": workers}
+            workers.append(
+                {
+                    "address": address,
+                    "name": "",
+                    "nthreads": None,
+                    "tasks": tasks,
+                    "lines": lines,
+                    "cpu_percent": None,
+                    "rss_bytes": None,
+                    "gone": True,
+                }
+            )
+        return {
+            "name": self.name,
+            "scheduler": self.address or "LocalCluster",
+            "dashboard": self.dashboard_link,
+            "workers": workers,
+        }
 
     def shutdown(self, graceful: bool) -> None:
         """Tell the client process to stop; it closes its cluster while the run finishes (``close`` waits for it)."""
@@ -288,15 +315,22 @@ class DaskExecutor(Executor):
 
 
 def check_probes(answers: dict[str, Any], want: dict[str, list[Any]]) -> None:
-    """Every worker saw the input files as we do (``want``) and built the pipeline; InputError (exit 2) naming the first that did not."""
+    """Every worker saw the input files as we do (``want``) and built the pipeline.
+
+    InputError (exit 2) naming the first that did not.
+    """
     for worker, got in sorted(answers.items()):
         for path, seen in got["files"].items():
             if isinstance(seen, str):
-                raise InputError(f"Dask worker {worker} cannot read the input {path!r}: {seen} (the input must be "
-                                 "at the same path on every worker: a shared file system)")  # fmt: skip
+                raise InputError(
+                    f"Dask worker {worker} cannot read the input {path!r}: {seen} (the input must be "
+                    "at the same path on every worker: a shared file system)"
+                )
             if seen != want[path]:
-                raise InputError(f"Dask worker {worker} sees another file at {path!r} ({seen[0]:,} bytes, not "
-                                 f"{want[path][0]:,}, or other first bytes): give every worker the same file")
+                raise InputError(
+                    f"Dask worker {worker} sees another file at {path!r} ({seen[0]:,} bytes, not "
+                    f"{want[path][0]:,}, or other first bytes): give every worker the same file"
+                )
         if got["pipeline"] is not None:
             raise InputError(f"Dask worker {worker} cannot build the pipeline: {got['pipeline']}")
 

@@ -9,19 +9,29 @@ import shutil
 import signal
 import time
 from collections import deque
+from collections.abc import Sequence
 from multiprocessing.connection import wait as mp_wait
 from multiprocessing.reduction import send_handle
-from typing import Any, Sequence
+from typing import Any
 
-from mpobs.inputs.blockstore import BlockStore
 from mpobs.defaults import PREFETCH, STOP_CALL_GRACE, WORKER_QUEUE_MESSAGES
-from mpobs.metrics.activity import describe, where
-from mpobs.tracing.records import QueueReader
-from mpobs.executors.base import Event, Executor, LimitReached, RunContext, TaskDone, TaskLost, TaskWritten, WorkerFailed
-from mpobs.inputs.base import Task
-from mpobs.metrics.layout import DOING_FIELDS
+from mpobs.executors.base import (
+    Event,
+    Executor,
+    LimitReached,
+    RunContext,
+    TaskDone,
+    TaskLost,
+    TaskWritten,
+    WorkerFailed,
+)
 from mpobs.executors.local.worker import WorkerArgs, worker_main
 from mpobs.executors.parts import make_part_dir, part_path
+from mpobs.inputs.base import Task
+from mpobs.inputs.blockstore import BlockStore
+from mpobs.metrics.activity import describe, where
+from mpobs.metrics.layout import DOING_FIELDS
+from mpobs.tracing.records import QueueReader
 
 #: Part folders (stdout output) are named <prefix><coordinator pid>-<random> in the temp folder.
 _NOT_DOING = memoryview(bytes(8 * len(DOING_FIELDS))).cast("q")
@@ -67,7 +77,9 @@ class LocalPool(Executor):
 
     def start(self, ctx: RunContext) -> None:
         self.ctx = ctx
-        self._names = [(n.id, getattr(n.proc, "ref", None)) for n in ctx.pipeline.nodes]  # for mpobs.metrics.activity.where
+        self._names = [
+            (n.id, getattr(n.proc, "ref", None)) for n in ctx.pipeline.nodes
+        ]  # for mpobs.metrics.activity.where
         self._timed_out: dict[int, tuple[tuple[int, int, int, float], dict[str, int]]] = {}  # slot -> what, doing
         self.seg = ctx.segment
         self.out_fd = ctx.out_fd
@@ -89,8 +101,22 @@ class LocalPool(Executor):
         events_q = self.mp.SimpleQueue() if wait else self.mp.Queue(WORKER_QUEUE_MESSAGES)
         self.readers.append(QueueReader(events_q, self.ctx.collector, name=f"mpobs-records-{len(self.readers)}"))
         seg, ctx = self.seg, self.ctx
-        args = WorkerArgs(slot, child_conn, seg.name, seg.layout, seg.lock, ctx.pipeline, ctx.settings, events_q, wait,
-                          self.stop_event, os.getpid(), self.part_dir, self.out_fd, ctx.store)  # fmt: skip
+        args = WorkerArgs(
+            slot,
+            child_conn,
+            seg.name,
+            seg.layout,
+            seg.lock,
+            ctx.pipeline,
+            ctx.settings,
+            events_q,
+            wait,
+            self.stop_event,
+            os.getpid(),
+            self.part_dir,
+            self.out_fd,
+            ctx.store,
+        )
         proc = self.mp.Process(target=worker_main, name=f"mpobs-worker-{slot}", args=(args,), daemon=True)
         proc.start()
         child_conn.close()
@@ -174,7 +200,10 @@ class LocalPool(Executor):
                     pass  # it ended by itself
 
     def _stop_timed_out_calls(self, timeout: float) -> None:
-        """SIGKILL a worker whose python processor's call runs longer than ``timeout``; ``_died`` says what timed out."""
+        """SIGKILL a worker whose python processor's call runs longer than ``timeout``.
+
+        ``_died`` says what timed out.
+        """
         now = time.perf_counter_ns()
         timed = self.seg.layout.timed
         for i, s in enumerate(self.slots):
@@ -223,18 +252,24 @@ class LocalPool(Executor):
         s.proc.join()
         s.alive = False
         stopped = self._timed_out.pop(i, None)
-        doing = where(stopped[1] if stopped else self.seg.doing_now(i), self._names,
-                      [name for name, _ in self.ctx.settings.inputs])  # fmt: skip
+        doing = where(
+            stopped[1] if stopped else self.seg.doing_now(i),
+            self._names,
+            [name for name, _ in self.ctx.settings.inputs],
+        )
         named = describe(doing) if doing is not None and s.inflight else None
         self.seg.doing(i)[:] = _NOT_DOING  # its successor starts with nothing in hand
         reason = f"worker {i} died (exit code {s.proc.exitcode})" + (f" in {named}" if named else "")
         # The first task is the one it was running; the rest only waited.
-        events: list[Event] = [TaskLost(t, reason, fault=k == 0, where=named if k == 0 else None)
-                               for k, (t, _) in enumerate(s.inflight)]  # fmt: skip
+        events: list[Event] = [
+            TaskLost(t, reason, fault=k == 0, where=named if k == 0 else None) for k, (t, _) in enumerate(s.inflight)
+        ]
         if stopped is not None and events:  # not a crash: its call timed out, and is an error of its line now
             task = events[0].task  # type: ignore[union-attr]
-            events[0] = TaskLost(task._replace(timed_out=(*task.timed_out, stopped[0])),
-                                 f"{named}: timed out after {stopped[0][3]:g} s; its worker was replaced")
+            events[0] = TaskLost(
+                task._replace(timed_out=(*task.timed_out, stopped[0])),
+                f"{named}: timed out after {stopped[0][3]:g} s; its worker was replaced",
+            )
         events += [TaskLost(t, reason, finished=True) for t in sorted(s.held.values(), key=lambda t: t.index)]
         s.inflight.clear()
         s.held.clear()

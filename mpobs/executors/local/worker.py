@@ -10,14 +10,14 @@ from collections import deque
 from multiprocessing.reduction import recv_handle
 from typing import Any
 
-from mpobs.pipeline.dag import Pipeline
-from mpobs.metrics.activity import OutputWait
-from mpobs.tracing.records import QueueEvents
+from mpobs.executors.parts import part_path
+from mpobs.executors.task import TaskSettings, run_task
 from mpobs.lifeline import die_with_parent
+from mpobs.metrics.activity import OutputWait
 from mpobs.metrics.layout import DOING_FIELDS, Layout
 from mpobs.metrics.segment import StatsSegment
-from mpobs.executors.task import TaskSettings, run_task
-from mpobs.executors.parts import part_path
+from mpobs.pipeline.dag import Pipeline
+from mpobs.tracing.records import QueueEvents
 
 
 class RowSink:
@@ -26,11 +26,19 @@ class RowSink:
     def __init__(self, seg: StatsSegment, row: int, slot: int) -> None:
         self.seg, self.row, self.slot = seg, row, slot
 
-    def flush(self, delta: list[int], traces_sent: int, traces_dropped: int, errors_sent: int,
-              errors_dropped: int) -> None:  # fmt: skip
+    def flush(
+        self, delta: list[int], traces_sent: int, traces_dropped: int, errors_sent: int, errors_dropped: int
+    ) -> None:
         if traces_sent or traces_dropped or errors_sent or errors_dropped:
-            self.seg.flush(self.row, delta, self.slot, traces_sent=traces_sent, traces_dropped=traces_dropped,
-                           errors_sent=errors_sent, errors_dropped=errors_dropped)  # fmt: skip
+            self.seg.flush(
+                self.row,
+                delta,
+                self.slot,
+                traces_sent=traces_sent,
+                traces_dropped=traces_dropped,
+                errors_sent=errors_sent,
+                errors_dropped=errors_dropped,
+            )
         else:
             self.seg.flush(self.row, delta)
 
@@ -44,12 +52,40 @@ class WorkerArgs:
     the pool's BlockStore (a shared mapping, inherited), when the input has blocks.
     """
 
-    __slots__ = ("slot", "conn", "seg_name", "layout", "lock", "pipeline", "settings", "events_q", "wait_traces",
-                 "stop_event", "parent_pid", "part_dir", "out_fd", "store")  # fmt: skip
+    __slots__ = (
+        "conn",
+        "events_q",
+        "layout",
+        "lock",
+        "out_fd",
+        "parent_pid",
+        "part_dir",
+        "pipeline",
+        "seg_name",
+        "settings",
+        "slot",
+        "stop_event",
+        "store",
+        "wait_traces",
+    )
 
-    def __init__(self, slot: int, conn: Any, seg_name: str, layout: Layout, lock: Any, pipeline: Pipeline,
-                 settings: TaskSettings, events_q: Any, wait_traces: bool, stop_event: Any, parent_pid: int,
-                 part_dir: str, out_fd: int | None = None, store: Any = None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        slot: int,
+        conn: Any,
+        seg_name: str,
+        layout: Layout,
+        lock: Any,
+        pipeline: Pipeline,
+        settings: TaskSettings,
+        events_q: Any,
+        wait_traces: bool,
+        stop_event: Any,
+        parent_pid: int,
+        part_dir: str,
+        out_fd: int | None = None,
+        store: Any = None,
+    ) -> None:
         self.slot, self.conn, self.seg_name, self.layout, self.lock = slot, conn, seg_name, layout, lock
         self.pipeline, self.settings, self.events_q, self.wait_traces = pipeline, settings, events_q, wait_traces
         self.stop_event, self.parent_pid, self.part_dir = stop_event, parent_pid, part_dir
@@ -138,8 +174,17 @@ class _Worker:
     def _run_task(self, task: Any, seq: int) -> bool:
         a = self.args
         sink = RowSink(self.seg, a.layout.inflight_row(a.slot, seq), a.slot)
-        run = functools.partial(run_task, task, a.pipeline, a.layout, a.settings, counts=sink, events=self.events,
-                                should_stop=self._should_stop, store=a.store)  # fmt: skip
+        run = functools.partial(
+            run_task,
+            task,
+            a.pipeline,
+            a.layout,
+            a.settings,
+            counts=sink,
+            events=self.events,
+            should_stop=self._should_stop,
+            store=a.store,
+        )
         if self.direct is None:
             with open(part_path(a.part_dir, task.index), "wb") as part:
                 result = run(part.write)

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import re
 from collections import Counter
-from typing import Any, Callable, ClassVar
+from collections.abc import Callable
+from typing import Any, ClassVar
 
-from mpobs.pipeline.batch import Batch
 from mpobs.errors import ConfigError
+from mpobs.pipeline.batch import Batch
 
 #: type name -> processor class. Filled by :func:`register`.
 REGISTRY: dict[str, type[Processor]] = {}
@@ -90,7 +91,7 @@ class Position:
     such that a line's number within that input is its run-wide number minus ``offset``.
     One per pipeline, set before each task (a task never spans two inputs)."""
 
-    __slots__ = ("file", "offset", "input")
+    __slots__ = ("file", "input", "offset")
 
     def __init__(self) -> None:
         self.file = ""

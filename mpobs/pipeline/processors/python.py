@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import importlib
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
-from mpobs.pipeline.batch import Batch
 from mpobs.metrics.histogram import BUCKET_BY_BITS, BUCKETS
+from mpobs.pipeline.batch import Batch
 from mpobs.pipeline.processors.base import ErrorList, Processor, Spec, register
 
 #: What a user function may raise that is an error of the line it was given, not the end of
@@ -19,7 +20,7 @@ def import_function(ref: str, spec: Spec) -> Callable[..., Any]:
     """``"package.module:name"`` -> the callable. The config file's folder is on sys.path."""
     module_name, sep, attr = ref.partition(":")
     if not sep or not module_name or not attr:
-        raise spec.error(f"function must look like \"module:name\", got {ref!r}")
+        raise spec.error(f'function must look like "module:name", got {ref!r}')
     try:
         module = importlib.import_module(module_name)
     except Exception as err:  # an ImportError, or whatever the module raised while importing
@@ -156,8 +157,10 @@ def _check_count(answers: Any, lines: int) -> None:
     if not isinstance(answers, list):
         raise TypeError(f"batch function returned {type(answers).__name__}, not a list of one answer per line")
     if len(answers) != lines:
-        raise TypeError(f"batch function returned {len(answers)} result{'s' * (len(answers) != 1)} for {lines} "
-                        f"line{'s' * (lines != 1)}")  # fmt: skip
+        raise TypeError(
+            f"batch function returned {len(answers)} result{'s' * (len(answers) != 1)} for {lines} "
+            f"line{'s' * (lines != 1)}"
+        )
 
 
 def _wrong_count(answers: Any, lines: int, batch: Batch, errors: ErrorList) -> bool:

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from itertools import compress
-from typing import Any, Callable
+from typing import Any
 
 from mpobs.pipeline.batch import Batch
 from mpobs.pipeline.processors.base import ErrorList, Processor, Spec, json_type, register
@@ -98,7 +99,7 @@ class Router(Processor):
             return _regex_selector(spec.regex(f"routes.{name}", cond, flags))
         if isinstance(cond, dict) and set(cond) == {"tag"} and isinstance(cond["tag"], str):
             return _tag_selector(cond["tag"])
-        msg = f"routes.{name} must be a regex string or {{\"tag\": \"<tag>\"}}, got {json_type(cond)}"
+        msg = f'routes.{name} must be a regex string or {{"tag": "<tag>"}}, got {json_type(cond)}'
         raise spec.error(msg)
 
     def process(self, batch: Batch, errors: ErrorList) -> dict[str, Batch]:

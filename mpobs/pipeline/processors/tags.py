@@ -104,7 +104,7 @@ class KeyCounter(Processor):
         else:
             self.rx = spec.regex("by", by)
             if self.rx.groups != 1:
-                raise spec.error(f"by must be \"tag\" or a regex with exactly one group, {by!r} has {self.rx.groups}")
+                raise spec.error(f'by must be "tag" or a regex with exactly one group, {by!r} has {self.rx.groups}')
 
     def process(self, batch: Batch, errors: ErrorList) -> Batch:
         if self.rx is None:
