@@ -65,7 +65,7 @@ def trace() -> dict[str, Any]:
         raise BadRequest(f"status must be one of {', '.join(STATUSES)} or route:<name>, got {status!r}")
     line = _int_arg("line", None, 1, 10**12)
     kept = _source().traces()
-    out = []
+    out: list[dict[str, Any]] = []
     for t in kept:
         if len(out) >= (limit or 0):
             break

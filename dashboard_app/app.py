@@ -8,6 +8,7 @@ from typing import Any
 
 from flask import Flask, Response, jsonify, redirect, request
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
+from werkzeug.wrappers import Response as ResponseBase
 
 from mpobs.defaults import is_loopback
 
@@ -58,7 +59,7 @@ def create_app(source: Any, token: str | None = None, loopback_hosts_only: bool 
     return app
 
 
-def _check_token(token: str) -> Response | None:
+def _check_token(token: str) -> ResponseBase | None:
     """None when the request carries the token (header or cookie); else a 401, or the redirect that sets the cookie."""
     given = request.args.get("token") if request.endpoint == "views.index" else None
     if given is not None:
@@ -92,7 +93,7 @@ def _security_headers(resp: Response) -> Response:
     return resp
 
 
-def _http_error(err: HTTPException) -> Response:
+def _http_error(err: HTTPException) -> ResponseBase:
     resp = err.get_response()
     body = jsonify(error=err.name, status=err.code, message=err.description)
     resp.set_data(body.get_data())

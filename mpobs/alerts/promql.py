@@ -77,15 +77,16 @@ class Evaluator:
         out: Vector = []
         for key, points in self.store.select(_matchers(vs)):
             i = bisect.bisect_right(points, t, key=sample_time) - 1
-            if i >= 0 and points[i][0] >= t - LOOKBACK_MS and points[i][1] is not None:
-                out.append((key, points[i][1]))
+            value = points[i][1] if i >= 0 and points[i][0] >= t - LOOKBACK_MS else None
+            if value is not None:
+                out.append((key, value))
         return sorted(out)
 
     def _range(self, ms: Any, t: int) -> tuple[int, list[tuple[Labels, list[tuple[int, float]]]]]:
         range_ms = round(ms.range.total_seconds() * 1000)
-        out = []
+        out: list[tuple[Labels, list[tuple[int, float]]]] = []
         for key, points in self.store.select(_matchers(ms.vector_selector)):
-            got = [p for p in self.store.between(points, t - range_ms, t) if p[1] is not None]
+            got = [(at, v) for at, v in self.store.between(points, t - range_ms, t) if v is not None]
             if got:
                 out.append((key, got))
         return range_ms, sorted(out)
@@ -335,11 +336,11 @@ def _bucket_quantile(q: float, buckets: list[tuple[float, float]]) -> float:
         else:
             merged.append([upper, count])
     top = -math.inf
-    for b in merged:  # counts must not fall (a scrape between two increments)
-        if b[1] > top:
-            top = b[1]
-        elif b[1] < top:
-            b[1] = top
+    for bucket in merged:  # counts must not fall (a scrape between two increments)
+        if bucket[1] > top:
+            top = bucket[1]
+        elif bucket[1] < top:
+            bucket[1] = top
     if len(merged) < 2:
         return math.nan
     observations = merged[-1][1]

@@ -49,6 +49,7 @@ class StatsSegment(HolderLock):
         self.shm = shm
         self.lock = lock
         self.owner = owner
+        assert shm.buf is not None  # an open segment
         self._flat = shm.buf[: layout.size * 8].cast("q")  # the whole block as int64s, without numpy
         self._holder = layout.system_at + _HOLDER
         self.pid = os.getpid()

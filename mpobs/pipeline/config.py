@@ -136,6 +136,7 @@ def _wire(procs: list[Processor], raw_inputs: list[list[str] | None]) -> Pipelin
     by_id = {p.id: i for i, p in enumerate(procs)}
     nodes: list[Node] = []
     for i, (proc, inputs) in enumerate(zip(procs, raw_inputs)):
+        edges: list[tuple[str, str | None]]
         if inputs is None:
             edges = [(INPUT, None)] if i == 0 else [(procs[i - 1].id, None)]
         else:

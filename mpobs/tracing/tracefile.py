@@ -333,6 +333,7 @@ class _Replay:
 
 def _rebuild(inp: Batch, spec: Out) -> Batch:
     nums, texts, tags = spec
+    in_texts: list[str] | None
     if nums == 0:
         nums, in_texts, in_tags = inp.nums, inp.texts, inp.tags
     else:

@@ -206,10 +206,10 @@ class BatchTrace:
                     if i < len(b.nums) and b.nums[i] == n:
                         status = "route:" + route
                         break
-                extra = {"copies": hi - lo} if hi - lo > 1 else None
+                routed: dict[str, Any] | None = {"copies": hi - lo} if hi - lo > 1 else None
                 if failed is not None and n in failed:
-                    status, extra = "error", dict(extra or {}, error=failed[n])
-                paths[k].append((p, status, now, extra))
+                    status, routed = "error", {**(routed or {}), "error": failed[n]}
+                paths[k].append((p, status, now, routed))
             return
         # Steps that keep every line in place (line_counter, tag_extractor, ...)
         # return the same nums list: output positions are input positions.
@@ -232,11 +232,11 @@ class BatchTrace:
                 if out_tags is not None:
                     tg = out_tags[olo]
                     if in_tags is None or (tg is not in_tags[lo] and tg != in_tags[lo]):
-                        extra = dict(extra or {}, tags=list(tg))
+                        extra = {**(extra or {}), "tags": list(tg)}
             if hi - lo > 1:
-                extra = dict(extra or {}, copies=hi - lo)
+                extra = {**(extra or {}), "copies": hi - lo}
             if failed is not None and n in failed:
-                status, extra = "error", dict(extra or {}, error=failed[n])
+                status, extra = "error", {**(extra or {}), "error": failed[n]}
             paths[k].append((p, status, now, extra))
         self._where[id(out)] = (out, kept)
 

@@ -231,7 +231,7 @@ class Bridge:
         """Take the coordinator's messages until it says close, or goes away."""
         due = 0.0
         while True:
-            readable, _, _ = select.select([self.conn, self._wake_r], [], [], WORKERS_EVERY)
+            readable, _, _ = select.select([self.conn.fileno(), self._wake_r], [], [], WORKERS_EVERY)
             if self._wake_r in readable:
                 os.read(self._wake_r, 1 << 16)
             while True:
@@ -239,7 +239,7 @@ class Bridge:
                     self.report(self.finished.get_nowait())
                 except queue.Empty:
                     break
-            if self.conn in readable:
+            if self.conn.fileno() in readable:
                 try:
                     msg = self.conn.recv()
                 except (EOFError, OSError):

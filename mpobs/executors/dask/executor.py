@@ -191,7 +191,7 @@ class DaskExecutor(Executor):
         if self.conn is None:
             return [WorkerFailed("", f"the Dask client process ended ({self._exit()})")]
         if not self._events:
-            select.select([self.conn, *wake], [], [], timeout)
+            select.select([self.conn.fileno(), *wake], [], [], timeout)
         try:
             while self.conn.poll(0):
                 self._take(self.conn.recv())
