@@ -155,15 +155,20 @@ class DashboardHandle:
         self.on_gone(self.proc.pid)
         say(f"warning: the dashboard process exited (code {self.proc.exitcode}); the run goes on without it")
 
-    def finish(self, final_stats: dict[str, Any], stop_requested: Callable[[], bool]) -> None:
+    def publish_final(self, final_stats: dict[str, Any]) -> None:
+        """The run is over: from now on /stats serves ``final_stats`` (with worker usage and rates as they go)."""
+        self.poll()
+        if not self.dead:
+            try:
+                self.queue.put(("final", final_stats), timeout=2)
+            except (queue_mod.Full, ValueError, OSError):
+                pass
+
+    def finish(self, stop_requested: Callable[[], bool]) -> None:
         """Serve the final state for ``linger`` seconds (None: until Ctrl-C), then stop the process."""
         try:
             self.poll()
             if not self.dead:
-                try:
-                    self.queue.put(("final", final_stats), timeout=2)
-                except (queue_mod.Full, ValueError, OSError):
-                    pass
                 self._linger(stop_requested)
         finally:
             self.stop()
@@ -319,7 +324,8 @@ def serve(source: Any, sock: socket.socket, opts: DashboardOptions) -> None:
     sys.setswitchinterval(0.001)
     loopback_only = is_loopback(opts.host) and not opts.token
     app = create_app(source, token=opts.token, loopback_hosts_only=loopback_only)
-    server = waitress.create_server(
+    # waitress.create_server is its documented API, missing from its stubs.
+    server = waitress.create_server(  # type: ignore[attr-defined]
         app,
         sockets=[sock],
         threads=THREADS,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import json
 import os
 import queue as queue_mod
@@ -191,7 +190,7 @@ class LiveSource(Source):
         cached = self._cache
         if cached is not None and now - cached[0] < self.cache_s:
             return cached[1]
-        from mpobs.metrics.document import build_stats, worker_rows
+        from mpobs.metrics.document import Parts, build_stats, with_workers_now
 
         snap = self.seg.snapshot()
         with self._lock:
@@ -209,23 +208,19 @@ class LiveSource(Source):
                 "traces_received": self.received["traces"],
                 "errors_received": self.received["errors"],
             }
-        if final is not None:
-            doc = copy.deepcopy(final)
-            doc["workers"] = worker_rows(snap, usage)  # with CPU and memory now
-        else:
-            doc = build_stats(snap, self.meta, counters, live=True, usage=usage, slowest=slowest, alerts=alerts)
-        r10, r60 = self.hist.rates(10), self.hist.rates(60)
-        for pid, row in doc["processors"].items():
-            row["rate_10s"] = r10["processors"].get(pid, 0.0)
-            row["rate_1m"] = r60["processors"].get(pid, 0.0)
-        doc["system"].update(
-            lines_per_second_10s=r10["lines_per_s"],
-            lines_per_second_1m=r60["lines_per_s"],
-            errors_per_second_10s=r10["errors_per_s"],
+        parts = Parts(
+            counters,
+            usage=usage,
+            slowest=slowest,
+            alerts=alerts,
+            executor=executor if final is None else None,  # a final document has its own, as last seen
+            rates=(self.hist.rates(10), self.hist.rates(60)),
+            dashboard=dict(kept, source=self.kind, final=final is not None, pid=os.getpid()),
         )
-        if executor is not None and final is None:
-            doc["executor"] = executor  # a cluster's workers (a final document has its own)
-        doc["dashboard"] = dict(kept, source=self.kind, final=final is not None, pid=os.getpid())
+        if final is not None:
+            doc = with_workers_now(final, snap, Parts(usage=usage, rates=parts.rates, dashboard=parts.dashboard))
+        else:
+            doc = build_stats(snap, self.meta, parts, live=True)
         self._cache = (now, doc)
         self._json = None
         return doc
@@ -295,6 +290,8 @@ class SavedSource(Source):
     kind = "saved"
 
     def __init__(self, doc: dict[str, Any], path: str = "") -> None:
+        from mpobs.metrics.document import Parts, place
+
         self.doc = doc
         self.path = path
         self._traces = list(doc.get("recent_traces") or [])
@@ -304,13 +301,14 @@ class SavedSource(Source):
             row.setdefault("rate_10s", 0.0)
             row.setdefault("rate_1m", 0.0)
         stats.setdefault("workers", [])
-        stats["dashboard"] = {
+        dashboard = {
             "source": self.kind,
             "final": True,
             "path": path,
             "traces_kept": len(self._traces),
             "errors_kept": len(self._errors),
         }
+        place(stats, Parts(dashboard=dashboard))
         self._stats = stats
 
     @classmethod

@@ -337,7 +337,8 @@ def test_a_run_ended_by_an_alert_keeps_what_the_alert_counted(tmp_path: Path, ma
 
     from mpobs.cli.alerts import alert_options
     from mpobs.pipeline.config import load_config
-    from mpobs.run.coordinator import Coordinator, RunOptions
+    from mpobs.run.coordinator import Coordinator
+    from mpobs.run.options import RunOptions
     from tests.adversarial import AdversarialExecutor
 
     log = make_log(3000)

@@ -47,9 +47,10 @@ def test_live_stats_rise_and_final_state_equals_saved_metrics(tmp_path: Path) ->
             assert status == 200
             if doc["system"]["state"] == "running":
                 seen.append(doc["system"]["total_lines"])
-            return doc if doc["system"]["state"] == "done" else None
+            return doc if doc["dashboard"]["final"] else None
 
         final = wait_for(done, 240, interval=0.05, what="the run to finish")
+        assert final["system"]["state"] == "done"
         assert seen == sorted(seen), "live total_lines went down"
         # Seen part-way, more than once: the last value while "running" may already be the total.
         partial = {n for n in seen if 0 < n < 3_000_000}

@@ -42,7 +42,8 @@ def _traces(path: Path) -> list[dict[str, Any]]:
 
 def _run_inline(log: Path, config: Path, out: Path, traces: Path, executor: AdversarialExecutor) -> Any:
     from mpobs.pipeline.config import load_config
-    from mpobs.run.coordinator import Coordinator, RunOptions
+    from mpobs.run.coordinator import Coordinator
+    from mpobs.run.options import RunOptions, Tracing
 
     opts = RunOptions(
         str(log),
@@ -50,9 +51,7 @@ def _run_inline(log: Path, config: Path, out: Path, traces: Path, executor: Adve
         workers=executor.capacity,
         task_bytes=1024,
         batch_lines=7,
-        trace=True,
-        trace_sample=0.05,
-        save_traces=str(traces),
+        tracing=Tracing(0.05, save=str(traces)),
     )
     return Coordinator(load_config(config), opts, executor=executor).run()
 
@@ -105,7 +104,8 @@ def test_an_adversarial_executor_gives_the_local_pools_answer(
 def test_a_task_lost_three_times_fails_the_run_after_the_tasks_before_it(tmp_path: Path, make_log: Any) -> None:
     from mpobs.inputs.inputset import open_inputs
     from mpobs.pipeline.config import load_config
-    from mpobs.run.coordinator import Coordinator, RunOptions
+    from mpobs.run.coordinator import Coordinator
+    from mpobs.run.options import RunOptions
 
     log = make_log(2000)
     source = open_inputs([str(log)])

@@ -12,7 +12,8 @@ from hypothesis import strategies as st
 
 from mpobs.errors import ConfigError
 from mpobs.pipeline.config import DEFAULT_CONFIG, compile_config
-from mpobs.run.coordinator import Coordinator, RunOptions
+from mpobs.run.coordinator import Coordinator
+from mpobs.run.options import RunOptions
 from tests.reference import default_pipeline
 
 LOG_BYTES = st.lists(

@@ -11,7 +11,8 @@ import pytest
 
 from mpobs.metrics.layout import PROC_WIDTH
 from mpobs.pipeline.config import compile_config
-from mpobs.run.coordinator import Coordinator, RunOptions
+from mpobs.run.coordinator import Coordinator
+from mpobs.run.options import RunOptions, Tracing
 from mpobs.tracing.records import EventCollector
 from mpobs.tracing.tracefile import read_traces
 from mpobs.tracing.traces import is_sampled
@@ -252,7 +253,7 @@ def test_flood_of_traces_drops_and_counts_but_never_blocks_workers(tmp_path: Pat
     # 1,200 messages of 100 traces against queues of 16 messages, and readers that take none until every
     # line is in the output: records must be dropped, however fast or slow the workers are.
     opts = RunOptions(
-        str(log), str(tmp_path / "out"), workers=workers, batch_lines=100, trace=True, trace_sample=1.0, event_chunk=100
+        str(log), str(tmp_path / "out"), workers=workers, batch_lines=100, tracing=Tracing(1.0), event_chunk=100
     )
     outcome = Coordinator(pipeline, opts, collector=StalledCollector(tmp_path / "out", 120_000)).run()
     s = outcome.stats["system"]
@@ -274,9 +275,7 @@ def test_save_traces_waits_instead_of_dropping(tmp_path: Path, make_log: Any, wo
         str(tmp_path / "out"),
         workers=workers,
         batch_lines=500,
-        trace=True,
-        trace_sample=1.0,
-        save_traces=str(saved),
+        tracing=Tracing(1.0, save=str(saved)),
     )
     outcome = Coordinator(pipeline, opts, collector=SlowCollector()).run()
     s = outcome.stats["system"]

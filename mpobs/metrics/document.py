@@ -1,12 +1,14 @@
 """The stats document: the one builder behind ``/stats``, ``--save-metrics``, the summary and bench.
 
-Everything in it comes from a segment snapshot and the run's RunMeta, plus what only
-the coordinator knows (counter keys, errors by type) and what only the dashboard
-measures (worker CPU and memory, rates; added by ``dashboard_app.sources``).
+Everything in it comes from a segment snapshot and the run's RunMeta, plus ``Parts``:
+what only the coordinator knows (counter keys, errors by type, the executor's view) and
+what only the dashboard measures (worker CPU and memory, rates). This module alone
+knows where each goes (``build_stats``, ``place``).
 """
 
 from __future__ import annotations
 
+import copy
 import heapq
 import os
 import time
@@ -111,27 +113,55 @@ class SlowestTasks:
         return out
 
 
-def build_stats(
-    snap: Snapshot,
-    meta: RunMeta,
-    counters: dict[str, dict[str, int]] | None = None,
-    live: bool = True,
-    now: float | None = None,
-    error_types: dict[tuple[str, str], int] | None = None,
-    usage: dict[int, tuple[float | None, int | None]] | None = None,
-    slowest: list[dict[str, Any]] | None = None,
-    alerts: dict[str, Any] | None = None,
-) -> dict[str, Any]:
-    """The stats shape of the README. ``live``: committed + in flight; else committed only.
+class Parts:
+    """What the segment does not hold, each from the one part of the run that knows it.
 
-    ``error_types``: errors by (processor, type), known when the run is over (the
-    document then has ``errors_by_type``); ``usage``: CPU % and RSS by worker pid;
-    ``slowest``: the slowest tasks (``SlowestTasks.rows``), which only the coordinator knows;
-    ``alerts``: the state of the --alerts rules (``AlertWatch.doc``), also the coordinator's.
+    The coordinator knows the counter keys, errors by type, the slowest tasks, the
+    alerts' state, what the executor last saw and the recent records; the dashboard
+    measures worker CPU and memory and the rates, and says what it is. ``place`` puts
+    each where it belongs in the document: a new field is added here and nowhere else.
     """
+
+    __slots__ = (
+        "alerts",
+        "counters",
+        "dashboard",
+        "error_types",
+        "executor",
+        "rates",
+        "recent_errors",
+        "recent_traces",
+        "slowest",
+        "usage",
+    )
+
+    def __init__(
+        self,
+        counters: dict[str, dict[str, int]] | None = None,
+        *,
+        error_types: dict[tuple[str, str], int] | None = None,  # known when the run is over
+        slowest: list[dict[str, Any]] | None = None,  # SlowestTasks.rows
+        alerts: dict[str, Any] | None = None,  # AlertWatch.doc
+        executor: dict[str, Any] | None = None,  # Executor.view: a cluster's workers
+        usage: dict[int, tuple[float | None, int | None]] | None = None,  # CPU % and RSS by worker pid
+        rates: tuple[dict[str, Any], dict[str, Any]] | None = None,  # the last 10 s and 1 min (History.rates)
+        dashboard: dict[str, Any] | None = None,  # the dashboard's own: source, final, records kept
+        recent_errors: list[dict[str, Any]] | None = None,  # the saved document's (--save-metrics)
+        recent_traces: list[dict[str, Any]] | None = None,
+    ) -> None:
+        self.counters, self.error_types, self.slowest, self.alerts = counters, error_types, slowest, alerts
+        self.executor, self.usage, self.rates, self.dashboard = executor, usage, rates, dashboard
+        self.recent_errors, self.recent_traces = recent_errors, recent_traces
+
+
+def build_stats(
+    snap: Snapshot, meta: RunMeta, parts: Parts | None = None, live: bool = True, now: float | None = None
+) -> dict[str, Any]:
+    """The stats document (the /stats reference in the docs). ``live``: committed + in flight; else committed only."""
+    parts = parts or Parts()
     procs = _processor_rows(snap, meta, live)
     system = _system(snap, meta, live, time.time() if now is None else now, procs)
-    workers = worker_rows(snap, usage, meta)
+    workers = worker_rows(snap, parts.usage, meta)
     system["stalled_calls"] = [
         dict(w["doing"], worker=w["slot"])
         for w in workers
@@ -140,20 +170,51 @@ def build_stats(
     doc = {
         "processors": procs,
         "tags": {t: snap.tag(t, live) for t in meta.tags},
-        "counters": counters or {},
+        "counters": parts.counters or {},
         "system": system,
         "workers": workers,
-        "tasks": dict(hist_summary(*snap.task_hist(live)), slowest=slowest or []),
+        "tasks": dict(hist_summary(*snap.task_hist(live)), slowest=parts.slowest or []),
         "inputs": input_rows(snap, meta),
         "edges": meta.edges,  # so `mpobs dashboard --metrics` can draw the DAG
         "meta": {"processors": meta.processors, "input": meta.input_name, "executor": meta.executor},
     }
-    if alerts is not None:
-        doc["alerts"] = alerts
-    if error_types is not None:
+    place(doc, parts)
+    return doc
+
+
+def place(doc: dict[str, Any], parts: Parts) -> None:
+    """Put the parts that are given into ``doc`` (a built or a saved document)."""
+    if parts.alerts is not None:
+        doc["alerts"] = parts.alerts
+    if parts.error_types is not None:
         doc["errors_by_type"] = [
-            {"processor": p, "error_type": t, "count": n} for (p, t), n in sorted(error_types.items())
+            {"processor": p, "error_type": t, "count": n} for (p, t), n in sorted(parts.error_types.items())
         ]
+    if parts.executor is not None:
+        doc["executor"] = parts.executor
+    if parts.rates is not None:
+        r10, r60 = parts.rates
+        for pid, row in doc["processors"].items():
+            row["rate_10s"] = r10["processors"].get(pid, 0.0)
+            row["rate_1m"] = r60["processors"].get(pid, 0.0)
+        doc["system"].update(
+            lines_per_second_10s=r10["lines_per_s"],
+            lines_per_second_1m=r60["lines_per_s"],
+            errors_per_second_10s=r10["errors_per_s"],
+        )
+    if parts.dashboard is not None:
+        doc["dashboard"] = parts.dashboard
+    if parts.recent_errors is not None:
+        doc["recent_errors"] = parts.recent_errors
+    if parts.recent_traces is not None:
+        doc["recent_traces"] = parts.recent_traces
+
+
+def with_workers_now(final: dict[str, Any], snap: Snapshot, parts: Parts) -> dict[str, Any]:
+    """A copy of a final document, its worker rows read again (CPU and memory now) and ``parts`` placed."""
+    doc = copy.deepcopy(final)
+    doc["workers"] = worker_rows(snap, parts.usage)
+    place(doc, parts)
     return doc
 
 

@@ -175,11 +175,11 @@ def series_names(stats: dict[str, Any]) -> set[str]:
 
 def pipeline_series_names(pipeline: Any) -> set[str]:
     """The metric names /metrics has for a run of ``pipeline`` (``mpobs alerts check --config``)."""
-    from mpobs.metrics.document import RunMeta, build_stats
+    from mpobs.metrics.document import Parts, RunMeta, build_stats
     from mpobs.metrics.layout import Layout
     from mpobs.metrics.segment import Snapshot
 
     layout = Layout(tuple(pipeline.ids), tuple(pipeline.tags), 1, 1, tuple(pipeline.timed))
     counters = {n.id: {"key": 0} for n in pipeline.nodes if n.proc.counts_keys}  # a key: its series exist
-    doc = build_stats(Snapshot.of(layout, [0] * layout.size), RunMeta.of(pipeline, "input", 1), counters)
+    doc = build_stats(Snapshot.of(layout, [0] * layout.size), RunMeta.of(pipeline, "input", 1), Parts(counters))
     return series_names(doc)
