@@ -11,7 +11,9 @@ VENV=${MPOBS_VENV:-.venv}
 
 extras=""
 if [ "${1:-}" = "--test" ]; then
-  extras="[test,dask]"  # the Dask executor's tests run on a real LocalCluster and a CLI-started cluster
+  # dask: the Dask executor's tests run on a real LocalCluster and a CLI-started cluster;
+  # docs: CI builds the documentation site with mkdocs build --strict.
+  extras="[test,dask,docs]"
   need=()
   command -v chromium >/dev/null 2>&1 || need+=(chromium)
   command -v prometheus >/dev/null 2>&1 || need+=(prometheus)
