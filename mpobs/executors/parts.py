@@ -13,6 +13,8 @@ import shutil
 import tempfile
 from collections.abc import Callable
 
+from mpobs.lifeline import remove_left_over
+
 PARTS_PREFIX = "mpobs-parts-"
 
 
@@ -29,13 +31,9 @@ def part_path(part_dir: str, index: int, attempt: int | None = None) -> str:
 
 def remove_leftover_parts(alive: Callable[[int], bool]) -> None:
     """Remove part folders of runs whose coordinator (the pid in the name) is dead."""
-    pattern = re.compile(rf"^{PARTS_PREFIX}(\d+)-")
-    folder = tempfile.gettempdir()
-    try:
-        names = os.listdir(folder)
-    except OSError:
-        return
-    for name in names:
-        m = pattern.match(name)
-        if m is not None and not alive(int(m[1])):
-            shutil.rmtree(os.path.join(folder, name), ignore_errors=True)
+    remove_left_over(
+        tempfile.gettempdir(),
+        re.compile(rf"^{PARTS_PREFIX}(\d+)-"),
+        lambda m: not alive(int(m[1])),
+        lambda path: shutil.rmtree(path, ignore_errors=True),
+    )

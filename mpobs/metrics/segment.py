@@ -308,18 +308,9 @@ def remove_leftover_segments(alive: Callable[[int], bool]) -> None:
     """Unlink segments of runs whose owner (the pid in the name) is dead: a killed process group leaves them."""
     import re
 
-    pattern = re.compile(rf"^{SEGMENT_PREFIX}(\d+)_[0-9a-f]+$")
-    try:
-        names = os.listdir(SHM_DIR)
-    except OSError:
-        return
-    for name in names:
-        m = pattern.match(name)
-        if m is not None and not alive(int(m[1])):
-            try:
-                os.unlink(os.path.join(SHM_DIR, name))
-            except OSError:
-                pass
+    from mpobs.lifeline import remove_left_over
+
+    remove_left_over(SHM_DIR, re.compile(rf"^{SEGMENT_PREFIX}(\d+)_[0-9a-f]+$"), lambda m: not alive(int(m[1])))
 
 
 def _zeros(n: int) -> memoryview:

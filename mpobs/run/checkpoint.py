@@ -33,6 +33,7 @@ from typing import Any
 
 from mpobs.errors import InputError, MpobsError
 from mpobs.inputs.follow import GENERATIONS, HEAD_BYTES, find_generation, head_is
+from mpobs.lifeline import remove_left_over
 from mpobs.output.resume import check_output, resume_output
 
 VERSION = 1
@@ -161,17 +162,7 @@ def _temp_path(path: str) -> str:
 
 def _remove_temp_files(path: str) -> None:
     folder, name = os.path.split(os.path.abspath(path))
-    pattern = re.compile(rf"^\.{re.escape(name)}\.\d+\.tmp$")
-    try:
-        names = os.listdir(folder)
-    except OSError:
-        return
-    for other in names:
-        if pattern.match(other):
-            try:
-                os.unlink(os.path.join(folder, other))
-            except OSError:
-                pass
+    remove_left_over(folder, re.compile(rf"^\.{re.escape(name)}\.\d+\.tmp$"))
 
 
 def write(path: str, cp: Checkpoint) -> None:
