@@ -25,7 +25,7 @@ class QueueEvents:
     full queue drops the message (and counts it) instead of blocking the worker.
     When every trace must be saved (``wait``), a multiprocessing.SimpleQueue:
     ``put`` writes to the pipe itself (the worker waits for room), so a task's
-    records are in the pipe before its "done", and a worker killed later loses
+    records are in the pipe before its ``Done`` message, and a worker killed later loses
     none of them. Chunks are numbered per task, so a task that runs again after
     a crash sends the same (task, chunk) keys and the reader drops repeats.
     """
@@ -44,7 +44,7 @@ class QueueEvents:
     ) -> tuple[int, int, int, int]:
         nt, ne = traces_counted(traces, saved), len(errors)
         msg = (task, chunk, traces, errors, saved)
-        if self.wait:  # a SimpleQueue: written to the pipe before put returns, so before "done"
+        if self.wait:  # a SimpleQueue: written to the pipe before put returns, so before ``Done``
             self.q.put(msg)
             return nt, 0, ne, 0
         try:

@@ -25,6 +25,7 @@ from mpobs.executors.base import (
     TaskWritten,
     WorkerFailed,
 )
+from mpobs.executors.local.messages import Done, Fatal, Place, Reopen, RunTask, Stop, Written
 from mpobs.executors.local.worker import WorkerArgs, worker_main
 from mpobs.executors.parts import make_part_dir, part_path
 from mpobs.inputs.base import Task
@@ -50,11 +51,12 @@ class _Slot:
 class LocalPool(Executor):
     """Worker processes on this machine; each counts into its own in-flight rows of the segment.
 
-    Each worker gets up to PREFETCH tasks ahead, over its pipe, and reads their bytes
-    itself. Its trace and error records go on a queue of its own, read here by a
-    thread each into the run's collector. With our own output file, workers write
-    their output into it themselves where they are placed (``place``); otherwise each
-    task's output is a part file in a temp folder of the pool's.
+    Each worker gets up to PREFETCH tasks ahead, over its pipe (the messages:
+    mpobs.executors.local.messages), and reads their bytes itself. Its trace and
+    error records go on a queue of its own, read here by a thread each into the
+    run's collector. With our own output file, workers write their output into it
+    themselves where they are placed (``place``); otherwise each task's output is a
+    part file in a temp folder of the pool's.
     """
 
     name = "local"
@@ -138,7 +140,7 @@ class LocalPool(Executor):
         s.seq += 1
         s.inflight.append((task, seq))
         try:
-            s.conn.send(("task", task, seq))
+            s.conn.send(RunTask(task, seq))
         except OSError:
             pass  # it died; poll() reports the lost task
 
@@ -147,7 +149,7 @@ class LocalPool(Executor):
         for s in self.slots:
             if s.alive and (index in s.held or any(t.index == index for t, _ in s.inflight)):
                 try:
-                    s.conn.send(("write", index, offset))
+                    s.conn.send(Place(index, offset))
                 except OSError:
                     pass  # it died; poll() reports the task as lost
                 return True
@@ -158,7 +160,7 @@ class LocalPool(Executor):
         for s in self.slots:
             if s.alive:
                 try:
-                    s.conn.send(("reopen",))
+                    s.conn.send(Reopen())
                     send_handle(s.conn, fd, s.proc.pid)
                 except OSError:
                     pass  # it died; poll() reports its tasks as lost
@@ -224,26 +226,24 @@ class LocalPool(Executor):
         events: list[Event] = []
         try:
             while s.conn.poll():
-                msg = s.conn.recv()
-                if msg[0] == "done":
-                    _, seq, result = msg
-                    task, expected = s.inflight.popleft()
-                    assert seq == expected, (seq, expected)
-                    # Out of its in-flight row now, before a death handled below zeroes the row.
-                    self.seg.complete(result.counts, live_row=self.seg.layout.inflight_row(i, seq))
-                    result.pending = True
-                    if self.out_fd is None:
-                        result.output = part_path(self.part_dir, task.index)
-                    else:
-                        s.held[task.index] = task
-                    self.seg.add_worker(i, tasks=1, lines=result.lines, bytes=task.input_bytes)
-                    events.append(TaskDone(task, result))
-                elif msg[0] == "written":
-                    del s.held[msg[1]]
-                    events.append(TaskWritten(msg[1]))  # its output is now in the file
-                elif msg[0] == "fatal":
-                    _, detail, io = msg
-                    events.append(WorkerFailed(str(i), detail if io else detail.strip().splitlines()[-1], io))
+                match s.conn.recv():
+                    case Done(seq=seq, result=result):
+                        task, expected = s.inflight.popleft()
+                        assert seq == expected, (seq, expected)
+                        # Out of its in-flight row now, before a death handled below zeroes the row.
+                        self.seg.complete(result.counts, live_row=self.seg.layout.inflight_row(i, seq))
+                        result.pending = True
+                        if self.out_fd is None:
+                            result.output = part_path(self.part_dir, task.index)
+                        else:
+                            s.held[task.index] = task
+                        self.seg.add_worker(i, tasks=1, lines=result.lines, bytes=task.input_bytes)
+                        events.append(TaskDone(task, result))
+                    case Written(index=index):
+                        del s.held[index]
+                        events.append(TaskWritten(index))  # its output is now in the file
+                    case Fatal(detail=detail, io=io):
+                        events.append(WorkerFailed(str(i), detail if io else detail.strip().splitlines()[-1], io))
         except (EOFError, OSError):
             pass
         return events
@@ -325,7 +325,7 @@ class LocalPool(Executor):
         for s in self.slots:
             if s.alive:
                 try:
-                    s.conn.send(None)
+                    s.conn.send(Stop())
                 except OSError:
                     pass
         deadline = time.monotonic() + timeout
