@@ -14,6 +14,8 @@ from mpobs.defaults import BATCH_LINES, ERROR_LINE_CHARS, EVENT_CHUNK, KEEP
 from mpobs.metrics.layout import CALL_WIDTH, PROC_WIDTH, Layout
 from mpobs.pipeline.batch import Batch
 from mpobs.pipeline.dag import Pipeline
+from mpobs.pipeline.processors.base import Processor
+from mpobs.pipeline.processors.python import PythonFunction
 from mpobs.tracing.records import traces_counted
 from mpobs.tracing.traces import BatchTrace, sampled
 
@@ -203,12 +205,12 @@ class _TaskRun:
         self.key_counts: dict[str, Counter[str]] = {n.id: Counter() for n in pipeline.nodes if n.proc.counts_keys}
         self.error_types: Counter[tuple[str, str]] = Counter()
         self.tag_procs = [n.proc for n in pipeline.nodes if n.proc.tags_added]
-        self.timed_procs = [pipeline.nodes[p].proc for p in layout.timed]
+        self.timed_procs = [_timed(pipeline.nodes[p].proc) for p in layout.timed]
         for proc in self.timed_procs:
             proc.timed_out_lines, proc.timed_out_batches = {}, {}
-        for p, line, n, seconds in task.timed_out:
-            proc = pipeline.nodes[p].proc
-            (proc.timed_out_lines if n <= 1 else proc.timed_out_batches)[line] = seconds
+        for call in task.timed_out:
+            proc = _timed(pipeline.nodes[call.processor].proc)
+            (proc.timed_out_lines if call.lines <= 1 else proc.timed_out_batches)[call.first_line] = call.seconds
         self.out_lines = self.out_bytes = 0
         self.traces: list[Any] = []  # compact traces (mpobs.tracing.traces.expand), not yet sent
         self.errors: list[dict[str, Any]] = []
@@ -311,6 +313,15 @@ class _TaskRun:
             self.out_bytes,
             self.settings.worker,
         )
+
+
+def _timed(proc: Processor) -> PythonFunction:
+    """A processor that times its calls (``Layout.timed``): a python one, whose call histogram
+    and timed-out calls each task sets."""
+    if not isinstance(proc, PythonFunction):
+        msg = f"processor {proc.id!r} ({proc.type_name}) times its calls, which only a python processor does"
+        raise TypeError(msg)
+    return proc
 
 
 def _among(traced: list[int], batch: Batch) -> list[int]:

@@ -26,6 +26,44 @@ class _NotReady:
 NOT_READY: Any = _NotReady()
 
 
+class TimedOutCall:
+    """A python processor's call that ran past --call-timeout in an earlier run of its task.
+
+    Processor number ``processor`` was called on ``lines`` lines from run-wide line
+    ``first_line`` (one line, or a batch call's lines) and was stopped after ``seconds``:
+    its worker was killed (``LocalPool``). When the task runs again that call is not made:
+    a line's call is an error of that line, a batch call's lines are called one by one.
+
+    A plain class, not a named tuple: this module is imported at every run's start.
+    Compared and hashed by value, as the tuple it replaces was (a Task compares as its fields).
+    """
+
+    __slots__ = ("first_line", "lines", "processor", "seconds")
+
+    def __init__(self, processor: int, first_line: int, lines: int, seconds: float) -> None:
+        self.processor, self.first_line, self.lines, self.seconds = processor, first_line, lines, seconds
+
+    def _key(self) -> tuple[int, int, int, float]:
+        return self.processor, self.first_line, self.lines, self.seconds
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, TimedOutCall):
+            return NotImplemented
+        return self._key() == other._key()
+
+    def __hash__(self) -> int:
+        return hash(self._key())
+
+    def __repr__(self) -> str:
+        return (
+            f"TimedOutCall(processor={self.processor}, first_line={self.first_line}, lines={self.lines}, "
+            f"seconds={self.seconds})"
+        )
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return TimedOutCall, self._key()
+
+
 class Task(NamedTuple):
     """A run's unit of work: lines ``first_line ..`` (1-based, run-wide) of input number ``input``.
 
@@ -49,10 +87,8 @@ class Task(NamedTuple):
     slot: int = -1
     data: bytes | None = None
     where: tuple[Any, ...] | None = None  # a followed file's generation at the task's end (mpobs.inputs.follow)
-    #: Calls that timed out in an earlier run of it (--call-timeout): (processor index, run-wide
-    #: first line, lines, seconds). A line's call is not made again but is an error of that
-    #: line; a batch call's lines are called one by one.
-    timed_out: tuple[tuple[int, int, int, float], ...] = ()
+    #: Calls that timed out in an earlier run of it (--call-timeout).
+    timed_out: tuple[TimedOutCall, ...] = ()
 
     @property
     def last_line(self) -> int:

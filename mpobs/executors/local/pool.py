@@ -28,7 +28,7 @@ from mpobs.executors.base import (
 from mpobs.executors.local.messages import Done, Fatal, Place, Reopen, RunTask, Stop, Written
 from mpobs.executors.local.worker import WorkerArgs, worker_main
 from mpobs.executors.parts import make_part_dir, part_path
-from mpobs.inputs.base import Task
+from mpobs.inputs.base import Task, TimedOutCall
 from mpobs.inputs.blockstore import BlockStore
 from mpobs.metrics.activity import describe, where
 from mpobs.metrics.layout import DOING_FIELDS
@@ -36,6 +36,15 @@ from mpobs.tracing.records import QueueReader
 
 #: Part folders (stdout output) are named <prefix><coordinator pid>-<random> in the temp folder.
 _NOT_DOING = memoryview(bytes(8 * len(DOING_FIELDS))).cast("q")
+
+
+class _StoppedCall:
+    """A worker killed because its call ran past --call-timeout: the call, and its row of what it was doing then."""
+
+    __slots__ = ("call", "doing")
+
+    def __init__(self, call: TimedOutCall, doing: dict[str, int]) -> None:
+        self.call, self.doing = call, doing
 
 
 class _Slot:
@@ -82,7 +91,7 @@ class LocalPool(Executor):
         self._names = [
             (n.id, getattr(n.proc, "ref", None)) for n in ctx.pipeline.nodes
         ]  # for mpobs.metrics.activity.where
-        self._timed_out: dict[int, tuple[tuple[int, int, int, float], dict[str, int]]] = {}  # slot -> what, doing
+        self._timed_out: dict[int, _StoppedCall] = {}  # by slot, until its death is handled
         self.seg = ctx.segment
         self.out_fd = ctx.out_fd
         self.stop_event = self.mp.Event()
@@ -216,7 +225,7 @@ class LocalPool(Executor):
             if p in timed and now - d["doing_since_ns"] > timeout * 1e9:
                 task = s.inflight[0][0]
                 first = d["doing_line"] + task.first_line - task.file_line  # run-wide
-                self._timed_out[i] = ((p, first, d["doing_lines"], timeout), d)
+                self._timed_out[i] = _StoppedCall(TimedOutCall(p, first, d["doing_lines"], timeout), d)
                 try:
                     os.kill(s.proc.pid, signal.SIGKILL)
                 except OSError:
@@ -253,7 +262,7 @@ class LocalPool(Executor):
         s.alive = False
         stopped = self._timed_out.pop(i, None)
         doing = where(
-            stopped[1] if stopped else self.seg.doing_now(i),
+            stopped.doing if stopped is not None else self.seg.doing_now(i),
             self._names,
             [name for name, _ in self.ctx.settings.inputs],
         )
@@ -261,16 +270,17 @@ class LocalPool(Executor):
         self.seg.doing(i)[:] = _NOT_DOING  # its successor starts with nothing in hand
         reason = f"worker {i} died (exit code {s.proc.exitcode})" + (f" in {named}" if named else "")
         # The first task is the one it was running; the rest only waited.
-        events: list[Event] = [
+        lost = [
             TaskLost(t, reason, fault=k == 0, where=named if k == 0 else None) for k, (t, _) in enumerate(s.inflight)
         ]
-        if stopped is not None and events:  # not a crash: its call timed out, and is an error of its line now
-            task = events[0].task  # type: ignore[union-attr]
-            events[0] = TaskLost(
-                task._replace(timed_out=(*task.timed_out, stopped[0])),
-                f"{named}: timed out after {stopped[0][3]:g} s; its worker was replaced",
+        if stopped is not None and lost:  # not a crash: its call timed out, and is an error of its line now
+            task = lost[0].task
+            lost[0] = TaskLost(
+                task._replace(timed_out=(*task.timed_out, stopped.call)),
+                f"{named}: timed out after {stopped.call.seconds:g} s; its worker was replaced",
             )
-        events += [TaskLost(t, reason, finished=True) for t in sorted(s.held.values(), key=lambda t: t.index)]
+        lost += [TaskLost(t, reason, finished=True) for t in sorted(s.held.values(), key=lambda t: t.index)]
+        events: list[Event] = list(lost)
         s.inflight.clear()
         s.held.clear()
         s.conn.close()
