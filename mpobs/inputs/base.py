@@ -15,6 +15,7 @@ from mpobs.errors import InputError
 
 if TYPE_CHECKING:
     from mpobs.inputs.blockstore import BlockStore
+    from mpobs.inputs.follow import Generation
 
 
 class _NotReady:
@@ -86,7 +87,7 @@ class Task(NamedTuple):
     nbytes: int = -1
     slot: int = -1
     data: bytes | None = None
-    where: tuple[Any, ...] | None = None  # a followed file's generation at the task's end (mpobs.inputs.follow)
+    where: Generation | None = None  # a followed file's generation, at the task's end
     #: Calls that timed out in an earlier run of it (--call-timeout).
     timed_out: tuple[TimedOutCall, ...] = ()
 
@@ -132,7 +133,7 @@ class Piece:
         nbytes: int = -1,
         slot: int = -1,
         data: bytes | None = None,
-        where: tuple[Any, ...] | None = None,
+        where: Generation | None = None,
     ) -> None:
         self.start, self.end, self.lines, self.path, self.nbytes = start, end, lines, path, nbytes
         self.slot, self.data, self.where = slot, data, where
