@@ -301,11 +301,11 @@ class _NewlineCounter:
         self.released = max(self.released, start // page * page)
         for lo in range(start, end, RELEASE_BYTES):
             hi = min(end, lo + RELEASE_BYTES)
-            view = np.frombuffer(self.mm, dtype=np.uint8, count=hi - lo, offset=lo)
+            mapped = np.frombuffer(self.mm, dtype=np.uint8, count=hi - lo, offset=lo)
             try:
-                n += int(np.count_nonzero(view == 0x0A))
+                n += int(np.count_nonzero(mapped == 0x0A))
             finally:
-                del view  # the mapping cannot close while a view of it lives
+                del mapped  # the mapping cannot close while a view of it lives
             whole = hi // page * page
             if whole > self.released and hasattr(self.mm, "madvise"):
                 self.mm.madvise(mmap.MADV_DONTNEED, self.released, whole - self.released)

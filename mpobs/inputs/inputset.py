@@ -15,7 +15,7 @@ import os
 import stat
 import threading
 from collections.abc import Iterator, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from mpobs.defaults import TASK_BYTES
 from mpobs.errors import InputError
@@ -26,7 +26,7 @@ from mpobs.metrics.layout import COMPRESSIONS, INPUT_STATES, UNKNOWN
 
 if TYPE_CHECKING:
     from mpobs.inputs.blockstore import BlockStore
-    from mpobs.inputs.follow import Generation
+    from mpobs.inputs.follow import FollowSource, Generation
     from mpobs.metrics.segment import StatsSegment
 
 
@@ -247,6 +247,7 @@ class InputSet:
         """The followed inputs' live values (lag, rotations, last line), which change while nothing is planned."""
         for k, s in enumerate(self.sources):
             if getattr(s, "following", False):
+                s = cast("FollowSource", s)
                 self._set(
                     k,
                     following=0 if self.stopped else 1,

@@ -224,8 +224,8 @@ def check(
     inputs: list[tuple[str, str]],
     columns: list[str],
     output_path: str,
-    followed: set[str] = frozenset(),
-) -> None:  # type: ignore[assignment]
+    followed: frozenset[str] | set[str] = frozenset(),
+) -> None:
     """Refuse (InputError, exit 2) a checkpoint this run cannot resume, saying what differs.
 
     ``inputs``: per input, (the name as given, the path to open it at).
