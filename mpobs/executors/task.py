@@ -14,7 +14,9 @@ from mpobs.defaults import BATCH_LINES, ERROR_LINE_CHARS, EVENT_CHUNK, KEEP
 from mpobs.metrics.layout import CALL_WIDTH, PROC_WIDTH, Layout
 from mpobs.pipeline.batch import Batch
 from mpobs.pipeline.dag import Pipeline
-from mpobs.tracing.records import traces_counted
+from mpobs.pipeline.processors.base import Processor
+from mpobs.pipeline.processors.python import PythonFunction
+from mpobs.tracing.records import SavedTraces, traces_counted
 from mpobs.tracing.traces import BatchTrace, sampled
 
 _ZEROS = (0,) * CALL_WIDTH
@@ -32,10 +34,6 @@ class CountSink(Protocol):
     ) -> None: ...
 
 
-#: Traced lines recorded for the --save-traces file: (how many lines, their records: lines of mpobs.tracing.tracefile).
-Saved = tuple[int, bytes]
-
-
 class EventSink(Protocol):
     """Where trace and error records go, in numbered chunks per task. Returns (sent, dropped) for each kind.
 
@@ -43,7 +41,7 @@ class EventSink(Protocol):
     """
 
     def send(
-        self, task: int, chunk: int, traces: list[Any], errors: list[dict[str, Any]], saved: Saved | None = None
+        self, task: int, chunk: int, traces: list[Any], errors: list[dict[str, Any]], saved: SavedTraces | None = None
     ) -> tuple[int, int, int, int]: ...
 
 
@@ -113,7 +111,7 @@ class TaskResult:
         self.output: bytes | str | None = None
         self.traces: list[Any] = []
         self.errors: list[dict[str, Any]] = []
-        self.saved: Saved | None = None
+        self.saved: SavedTraces | None = None
 
 
 class KeptRecords:
@@ -126,19 +124,19 @@ class KeptRecords:
         self.saved_lines = 0
 
     def send(
-        self, task: int, chunk: int, traces: list[Any], errors: list[dict[str, Any]], saved: Saved | None = None
+        self, task: int, chunk: int, traces: list[Any], errors: list[dict[str, Any]], saved: SavedTraces | None = None
     ) -> tuple[int, int, int, int]:
         self.traces += traces
         self.errors += errors
         if saved is not None:
-            self.saved_lines += saved[0]
-            self.saved.append(saved[1])
+            self.saved_lines += saved.lines
+            self.saved.append(saved.data)
         return traces_counted(traces, saved), 0, len(errors), 0
 
     def attach(self, result: TaskResult) -> TaskResult:
         """The task's result, carrying these records."""
         result.traces, result.errors = self.traces, self.errors
-        result.saved = (self.saved_lines, b"".join(self.saved)) if self.saved else None
+        result.saved = SavedTraces(self.saved_lines, b"".join(self.saved)) if self.saved else None
         return result
 
 
@@ -198,17 +196,18 @@ class _TaskRun:
     ) -> None:
         self.task, self.pipeline, self.layout, self.settings, self.events = task, pipeline, layout, settings, events
         self.n_lines, self.started = n_lines, started
-        pipeline.at(settings.inputs[task.input][1], task.first_line - task.file_line, task.input)
+        _, given = settings.inputs[task.input]
+        pipeline.at(given, task.first_line - task.file_line, task.input)
         self.total = [0] * layout.ncols
         self.key_counts: dict[str, Counter[str]] = {n.id: Counter() for n in pipeline.nodes if n.proc.counts_keys}
         self.error_types: Counter[tuple[str, str]] = Counter()
         self.tag_procs = [n.proc for n in pipeline.nodes if n.proc.tags_added]
-        self.timed_procs = [pipeline.nodes[p].proc for p in layout.timed]
+        self.timed_procs = [_timed(pipeline.nodes[p].proc) for p in layout.timed]
         for proc in self.timed_procs:
             proc.timed_out_lines, proc.timed_out_batches = {}, {}
-        for p, line, n, seconds in task.timed_out:
-            proc = pipeline.nodes[p].proc
-            (proc.timed_out_lines if n <= 1 else proc.timed_out_batches)[line] = seconds
+        for call in task.timed_out:
+            proc = _timed(pipeline.nodes[call.processor].proc)
+            (proc.timed_out_lines if call.lines <= 1 else proc.timed_out_batches)[call.first_line] = call.seconds
         self.out_lines = self.out_bytes = 0
         self.traces: list[Any] = []  # compact traces (mpobs.tracing.traces.expand), not yet sent
         self.errors: list[dict[str, Any]] = []
@@ -248,8 +247,8 @@ class _TaskRun:
         self.out_bytes += len(data)
         self.out_lines += len(out.texts)
         self._count(acc, lo, lo + len(chunk))
-        for e in errs:
-            self.error_types[(self.pipeline.nodes[e[0]].id, type(e[3]).__name__)] += 1
+        for p, _, _, exc in errs:  # (processor, line number, text, exception): Pipeline.run_batch's
+            self.error_types[(self.pipeline.nodes[p].id, type(exc).__name__)] += 1
         self.sent = (0, 0, 0, 0)
         if self.events is not None:
             self.errors += [_error_record(self.pipeline, self.settings, self.task, *e) for e in errs]
@@ -293,7 +292,7 @@ class _TaskRun:
         pending = len(self.traces) + len(self.errors) + self.saved_lines
         if self.events is None or not pending or (pending < self.settings.event_chunk and not final):
             return None
-        saved = (self.saved_lines, b"".join(self.saved)) if self.settings.save_traces else None
+        saved = SavedTraces(self.saved_lines, b"".join(self.saved)) if self.settings.save_traces else None
         sent = self.events.send(self.task.index, self.chunks_sent, self.traces, self.errors, saved)
         self.traces, self.errors, self.saved, self.saved_lines = [], [], [], 0
         self.chunks_sent += 1
@@ -311,6 +310,15 @@ class _TaskRun:
             self.out_bytes,
             self.settings.worker,
         )
+
+
+def _timed(proc: Processor) -> PythonFunction:
+    """A processor that times its calls (``Layout.timed``): a python one, whose call histogram
+    and timed-out calls each task sets."""
+    if not isinstance(proc, PythonFunction):
+        msg = f"processor {proc.id!r} ({proc.type_name}) times its calls, which only a python processor does"
+        raise TypeError(msg)
+    return proc
 
 
 def _among(traced: list[int], batch: Batch) -> list[int]:

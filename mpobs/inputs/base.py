@@ -15,6 +15,7 @@ from mpobs.errors import InputError
 
 if TYPE_CHECKING:
     from mpobs.inputs.blockstore import BlockStore
+    from mpobs.inputs.follow import Generation
 
 
 class _NotReady:
@@ -24,6 +25,44 @@ class _NotReady:
 
 #: What a source's plan yields when its next task is not read yet (a stream waiting for data).
 NOT_READY: Any = _NotReady()
+
+
+class TimedOutCall:
+    """A python processor's call that ran past --call-timeout in an earlier run of its task.
+
+    Processor number ``processor`` was called on ``lines`` lines from run-wide line
+    ``first_line`` (one line, or a batch call's lines) and was stopped after ``seconds``:
+    its worker was killed (``LocalPool``). When the task runs again that call is not made:
+    a line's call is an error of that line, a batch call's lines are called one by one.
+
+    A plain class, not a named tuple: this module is imported at every run's start.
+    Compared and hashed by value, as the tuple it replaces was (a Task compares as its fields).
+    """
+
+    __slots__ = ("first_line", "lines", "processor", "seconds")
+
+    def __init__(self, processor: int, first_line: int, lines: int, seconds: float) -> None:
+        self.processor, self.first_line, self.lines, self.seconds = processor, first_line, lines, seconds
+
+    def _key(self) -> tuple[int, int, int, float]:
+        return self.processor, self.first_line, self.lines, self.seconds
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, TimedOutCall):
+            return NotImplemented
+        return self._key() == other._key()
+
+    def __hash__(self) -> int:
+        return hash(self._key())
+
+    def __repr__(self) -> str:
+        return (
+            f"TimedOutCall(processor={self.processor}, first_line={self.first_line}, lines={self.lines}, "
+            f"seconds={self.seconds})"
+        )
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return TimedOutCall, self._key()
 
 
 class Task(NamedTuple):
@@ -48,11 +87,9 @@ class Task(NamedTuple):
     nbytes: int = -1
     slot: int = -1
     data: bytes | None = None
-    where: tuple[Any, ...] | None = None  # a followed file's generation at the task's end (mpobs.inputs.follow)
-    #: Calls that timed out in an earlier run of it (--call-timeout): (processor index, run-wide
-    #: first line, lines, seconds). A line's call is not made again but is an error of that
-    #: line; a batch call's lines are called one by one.
-    timed_out: tuple[tuple[int, int, int, float], ...] = ()
+    where: Generation | None = None  # a followed file's generation, at the task's end
+    #: Calls that timed out in an earlier run of it (--call-timeout).
+    timed_out: tuple[TimedOutCall, ...] = ()
 
     @property
     def last_line(self) -> int:
@@ -96,7 +133,7 @@ class Piece:
         nbytes: int = -1,
         slot: int = -1,
         data: bytes | None = None,
-        where: tuple[Any, ...] | None = None,
+        where: Generation | None = None,
     ) -> None:
         self.start, self.end, self.lines, self.path, self.nbytes = start, end, lines, path, nbytes
         self.slot, self.data, self.where = slot, data, where

@@ -29,13 +29,33 @@ from __future__ import annotations
 import hashlib
 import os
 import time
-from typing import Any
+from typing import Any, NamedTuple
 
 from mpobs.defaults import FOLLOW_POLL, READ_BYTES
 from mpobs.inputs.streams import BlockReader, StreamSource
 
 #: Bytes of a file's start whose hash tells it from another file (a rewritten one, another at its path).
 HEAD_BYTES = 4096
+
+
+class Generation(NamedTuple):
+    """One generation of a followed file and a place in it: where a task ends, where a checkpoint resumes.
+
+    The file is the one on device ``dev`` with inode ``ino`` whose first ``head_len`` bytes
+    hash to ``head_sha256``; ``offset`` is a byte offset in it. ``find_generation`` finds it
+    again next to the followed path, by inode, or by its head alone once copytruncate has
+    copied it away. A checkpoint keeps it as the JSON list ``[dev, ino, head_len,
+    head_sha256, offset]`` (``mpobs.run.checkpoint``).
+
+    A named tuple: compared by value (a checkpoint is written only when the positions
+    changed), and this module is imported only by runs that follow or checkpoint.
+    """
+
+    dev: int
+    ino: int
+    head_len: int
+    head_sha256: str
+    offset: int
 
 
 class FollowSource(StreamSource):
@@ -49,7 +69,7 @@ class FollowSource(StreamSource):
         self.lag_bytes = 0  # what the file holds beyond what was read, at the last look
         self.size_at_start = size
 
-        self.resume_where: list[Any] | None = None  # a checkpoint's generation and offset in it
+        self.resume_where: Generation | None = None  # a checkpoint's generation and offset in it
 
     def reader(self, *args: Any) -> BlockReader:
         return FollowReader(self, *args)
@@ -57,8 +77,7 @@ class FollowSource(StreamSource):
     def resume_from(self, pos: Any) -> None:
         """Resume in the generation the checkpoint's output ends in, found by inode (``find_generation``)."""
         self.skip_to, self.raw_start = pos.offset, pos.raw
-        # Nothing of it committed yet: the generation it began in, as the checkpoint first saw it.
-        self.resume_where = pos.where or [pos.dev, pos.ino, pos.head_len, pos.head_sha256, 0]
+        self.resume_where = pos.generation()
         self.bytes_read = pos.raw
 
 
@@ -116,7 +135,7 @@ class FollowReader(BlockReader):
             raise OSError(f"the generation of {src.given!r} the checkpoint stopped in is gone")
         fd = os.open(name, os.O_RDONLY)
         self.head = os.pread(fd, HEAD_BYTES, 0)
-        os.lseek(fd, src.resume_where[4], os.SEEK_SET)
+        os.lseek(fd, src.resume_where.offset, os.SEEK_SET)
         self.skip = 0  # BlockReader's skip is for decoding from the start; here we seek
         return fd
 
@@ -129,7 +148,7 @@ class FollowReader(BlockReader):
         mine = os.fstat(fd)
         copy = find_generation(
             src.path,
-            [mine.st_dev, -1, len(self.head), hashlib.sha256(self.head).hexdigest(), at],
+            Generation(mine.st_dev, -1, len(self.head), hashlib.sha256(self.head).hexdigest(), at),
             exclude=(mine.st_dev, mine.st_ino),
         )
         if copy is None:
@@ -144,12 +163,12 @@ class FollowReader(BlockReader):
             self._fd_now = fd
             os.close(cfd)
 
-    def where(self) -> tuple[Any, ...] | None:
-        """This generation (device, inode, its head's length and hash) and the offset in it after the block."""
+    def where(self) -> Generation:
+        """This generation and the offset in it after the block."""
         st = os.fstat(self._fd_now)
         head = self.head
         at = os.lseek(self._fd_now, 0, os.SEEK_CUR) - len(self.pending)
-        return (st.st_dev, st.st_ino, len(head), hashlib.sha256(head).hexdigest(), at)
+        return Generation(st.st_dev, st.st_ino, len(head), hashlib.sha256(head).hexdigest(), at)
 
     def _open(self, path: str | None = None) -> int:
         """Open ``path`` (default: the followed path); wait while there is none (deleted, not created again yet)."""
@@ -244,21 +263,20 @@ def head_is(path: str, head_len: int, head_sha256: str) -> bool:
     return len(head) == head_len and hashlib.sha256(head).hexdigest() == head_sha256
 
 
-def find_generation(path: str, where: list[Any], exclude: tuple[int, int] | None = None) -> str | None:
-    """The file ``where`` names (dev, ino, head_len, head_sha256, offset), among ``path`` and ``path.1 ..``:
-    by inode with the same first bytes, else (copied away by copytruncate) by its first bytes alone."""
-    dev, ino, head_len, head_sha, offset = where
+def find_generation(path: str, where: Generation, exclude: tuple[int, int] | None = None) -> str | None:
+    """The file ``where`` names, among ``path`` and ``path.1 ..``: by inode with the same first bytes,
+    else (copied away by copytruncate) by its first bytes alone, if it holds ``where.offset`` bytes."""
     by_head = None
     for name in [path] + [f"{path}.{n}" for n in range(1, GENERATIONS + 1)]:
         try:
             st = os.stat(name)
-            same_head = head_is(name, head_len, head_sha)
+            same_head = head_is(name, where.head_len, where.head_sha256)
         except OSError:
             continue
         if (st.st_dev, st.st_ino) == exclude:
             continue
-        if (st.st_dev, st.st_ino) == (dev, ino) and same_head:
+        if (st.st_dev, st.st_ino) == (where.dev, where.ino) and same_head:
             return name
-        if same_head and by_head is None and st.st_size >= offset:
+        if same_head and by_head is None and st.st_size >= where.offset:
             by_head = name
     return by_head

@@ -26,7 +26,7 @@ from mpobs.metrics.layout import COMPRESSIONS, INPUT_STATES, UNKNOWN
 
 if TYPE_CHECKING:
     from mpobs.inputs.blockstore import BlockStore
-    from mpobs.inputs.follow import FollowSource
+    from mpobs.inputs.follow import FollowSource, Generation
     from mpobs.metrics.segment import StatsSegment
 
 
@@ -151,7 +151,7 @@ class InputSet:
         self._offset = [0] * len(sources)
         self._raw = [0] * len(sources)
         self._whole: list[bool] = [False] * len(sources)  # all of it is in the output (from a checkpoint)
-        self._where: list[Any] = [None] * len(sources)  # a followed input's generation, at the output's end
+        self._where: list[Generation | None] = [None] * len(sources)  # a followed input's, at the output's end
         self.stopped = False  # told to stop reading (a followed run being stopped): nothing more is planned
         self._wake_lock = threading.Lock()  # a reader's wake never writes into a closed (reused) fd
         self._wake_r, self._wake_w = os.pipe()

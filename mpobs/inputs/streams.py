@@ -21,13 +21,16 @@ import stat
 import threading
 import time
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mpobs.defaults import READ_BYTES, STREAM_FLUSH
 from mpobs.errors import describe
 from mpobs.inputs.base import NOT_READY, InputSource, Piece
 from mpobs.inputs.blockstore import BlockStore, StoreClosed
 from mpobs.inputs.decoders import SNIFF_BYTES, Decoder, decoder_for, sniff
+
+if TYPE_CHECKING:
+    from mpobs.inputs.follow import Generation
 
 _END = object()
 
@@ -218,7 +221,7 @@ class BlockReader(threading.Thread):
         self.offset += n
         self.wake()
 
-    def where(self) -> tuple[Any, ...] | None:
+    def where(self) -> Generation | None:
         """What a checkpoint needs beyond the offset to resume after the block just cut (follow mode)."""
         return None
 

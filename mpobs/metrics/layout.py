@@ -12,7 +12,7 @@ One int64 block of ``Layout.size`` values, in this order:
             (``Layout.inflight_row``). A worker adds a task's counts to its row
             once per batch; when the task is finished the coordinator moves its
             counts to row 1 (``complete``: the local pool does, as it reads the
-            worker's "done"), and from there to row 0 when its
+            worker's ``Done`` message), and from there to row 0 when its
             output is written (``commit``); when a worker dies its rows are
             zeroed (``drop``) and its tasks run again. An executor without
             in-flight rows (its results carry their counts) goes straight to

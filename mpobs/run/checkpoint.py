@@ -32,7 +32,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from mpobs.errors import InputError, MpobsError
-from mpobs.inputs.follow import GENERATIONS, HEAD_BYTES, find_generation, head_is
+from mpobs.inputs.follow import GENERATIONS, HEAD_BYTES, Generation, find_generation, head_is
 from mpobs.lifeline import remove_left_over
 from mpobs.output.resume import check_output, resume_output
 
@@ -54,9 +54,14 @@ class InputPosition:
     raw: int = 0  # the input's own bytes those account for (compressed bytes)
     lines: int = 0
     done: bool = False
-    # A followed input (--follow): the generation the output ends in, as [dev, ino, head_len,
-    # head_sha256, offset in it]; found again by inode (or, copied away by copytruncate, by its head).
-    where: list[Any] | None = None
+    # A followed input (--follow): the generation the output ends in, and the offset in it; in the
+    # file the list [dev, ino, head_len, head_sha256, offset] (``read`` and ``to_json`` convert).
+    where: Generation | None = None
+
+    def generation(self) -> Generation:
+        """Where a followed input resumes: ``where``; with nothing of it in the output yet, the
+        start of the generation it began in, as the checkpoint first saw it."""
+        return self.where or Generation(self.dev, self.ino, self.head_len, self.head_sha256, 0)
 
 
 @dataclass
@@ -75,7 +80,11 @@ class Checkpoint:
     version: int = VERSION
 
     def to_json(self) -> str:
-        return json.dumps(asdict(self), sort_keys=True)
+        doc = asdict(self)
+        for i in doc["inputs"]:
+            if i["where"] is not None:
+                i["where"] = list(i["where"])  # a Generation: the list it always was in the file
+        return json.dumps(doc, sort_keys=True)
 
 
 def _lock(path: str) -> int:
@@ -132,6 +141,9 @@ def read(path: str) -> Checkpoint | None:
         raw["inputs"] = [InputPosition(**i) for i in raw["inputs"]]
         cp = Checkpoint(**raw)
         _check_shape(cp)
+        for i in cp.inputs:
+            if i.where is not None:
+                i.where = Generation(*i.where)  # a list in the file
         return cp
     except (ValueError, TypeError, KeyError, AttributeError) as err:
         raise InputError(f"checkpoint {path!r} is corrupt ({err}); remove it to start afresh") from err
@@ -225,11 +237,11 @@ def check(
         raise InputError(f"{where} was made for the inputs {[i.name for i in cp.inputs]}, not {names}")
     for pos, (name, at) in zip(cp.inputs, inputs):
         if name in followed:  # rotated since, maybe: its generation is looked for next to the path
-            gen = pos.where or [pos.dev, pos.ino, pos.head_len, pos.head_sha256, 0]
+            gen = pos.generation()
             if find_generation(at, gen) is None:
                 raise InputError(
                     f"{where}: the generation of the followed {name!r} it stopped in (inode "
-                    f"{gen[1]}) is not next to it any more (rotated further than "
+                    f"{gen.ino}) is not next to it any more (rotated further than "
                     f"{name}.{GENERATIONS}, deleted or compressed); remove the checkpoint to start "
                     "afresh"
                 )
@@ -281,7 +293,7 @@ class Checkpointer:
         else:
             self.identities = [identify(name, at) for name, at in opened]
         self._last = time.monotonic()
-        self._saved_key: tuple[int, list[Any]] | None = None
+        self._saved_key: tuple[int, list[Generation | None]] | None = None
 
     def resume_output(self) -> tuple[int, int] | None:
         """When resuming: the output file to go on in (a descriptor, opened here) and its length.
@@ -353,7 +365,7 @@ class Checkpointer:
                 p["raw"],
                 p["lines"],
                 p["done"],
-                list(p["where"]) if p["where"] else None,
+                p["where"],
             )
             for i, p in zip(self.identities, positions)
         ]

@@ -12,9 +12,22 @@ from typing import IO, Any
 from mpobs.defaults import KEEP
 
 
-def traces_counted(traces: list[Any], saved: tuple[int, bytes] | None) -> int:
+class SavedTraces:
+    """A task's --save-traces records of one message: ``data``, lines of the trace file
+    (mpobs.tracing.tracefile), which hold ``lines`` traced lines (the traces it delivers)."""
+
+    __slots__ = ("data", "lines")
+
+    def __init__(self, lines: int, data: bytes) -> None:
+        self.lines, self.data = lines, data
+
+    def __reduce__(self) -> tuple[Any, ...]:  # it goes on a worker's queue: its class and two fields
+        return SavedTraces, (self.lines, self.data)
+
+
+def traces_counted(traces: list[Any], saved: SavedTraces | None) -> int:
     """The traces a message counts: its --save-traces records' lines when it has them, else its traces."""
-    return len(traces) if saved is None else saved[0]
+    return len(traces) if saved is None else saved.lines
 
 
 class QueueEvents:
@@ -25,7 +38,7 @@ class QueueEvents:
     full queue drops the message (and counts it) instead of blocking the worker.
     When every trace must be saved (``wait``), a multiprocessing.SimpleQueue:
     ``put`` writes to the pipe itself (the worker waits for room), so a task's
-    records are in the pipe before its "done", and a worker killed later loses
+    records are in the pipe before its ``Done`` message, and a worker killed later loses
     none of them. Chunks are numbered per task, so a task that runs again after
     a crash sends the same (task, chunk) keys and the reader drops repeats.
     """
@@ -40,11 +53,11 @@ class QueueEvents:
         chunk: int,
         traces: list[Any],
         errors: list[dict[str, Any]],
-        saved: tuple[int, bytes] | None = None,
+        saved: SavedTraces | None = None,
     ) -> tuple[int, int, int, int]:
         nt, ne = traces_counted(traces, saved), len(errors)
         msg = (task, chunk, traces, errors, saved)
-        if self.wait:  # a SimpleQueue: written to the pipe before put returns, so before "done"
+        if self.wait:  # a SimpleQueue: written to the pipe before put returns, so before ``Done``
             self.q.put(msg)
             return nt, 0, ne, 0
         try:
@@ -109,7 +122,7 @@ class EventCollector:
         chunk: int,
         traces: list[Any],
         errors: list[dict[str, Any]],
-        saved: tuple[int, bytes] | None = None,
+        saved: SavedTraces | None = None,
     ) -> None:
         with self._lock:
             self.messages += 1
@@ -125,7 +138,7 @@ class EventCollector:
                 self.last_error = errors[-1]
             if self.traces_file is not None and saved is not None:
                 try:
-                    self.traces_file.write(saved[1])
+                    self.traces_file.write(saved.data)
                 except (OSError, ValueError) as err:  # e.g. the disk is full: the run fails, reading goes on
                     self.write_error = err.strerror or err if isinstance(err, OSError) else err
                     self.traces_file = None

@@ -1,25 +1,8 @@
 """The Dask client process: the one process of a run that imports Dask distributed.
 
 ``mpobs.executors.dask.executor`` starts it (``python -m mpobs.executors.dask.bridge FD``) and talks to it
-over a socket pair, in pickled messages (``multiprocessing.connection``):
-
-to it                                   from it
-``("connect", workers, address)``       ``("connected", threads, dashboard_link)`` or ``("refused", message)``
-``("probe", files, spec)``              ``("probed", answers)`` (``mpobs.executors.dask.remote.probe`` on every worker)
-``("start", spec, layout, settings,     nothing
-part_dir)``
-``("submit", key, task, part)``         ``("done", key, kind, payload)`` once it ends; ``("progress", key, counts)``
-                                        while it runs
-(every second, by itself)               ``("workers", scheduler_info_workers, client_status)``
-``("close",)`` or end of file           it cancels what runs, closes the client (and its LocalCluster), exits
-
-``kind`` is ``finished`` (``payload``: the task's result and its worker), ``killed``
-(its worker died running it, Dask's KilledWorker; ``payload``: that worker's address),
-``lost`` (it finished, but its result could not be fetched), ``cancelled`` (the scheduler
-went away) or ``error`` (the task raised); ``payload`` is then a text for people. A
-result lost with its worker before it was fetched is no end: Dask computes it again,
-and the task ends when that run does. ``("failed", message)``:
-the process itself failed, and ends.
+over a socket pair, in the messages of ``mpobs.executors.dask.messages`` (which says who sends
+what, and when).
 
 Why a process of its own: importing distributed alone costs ~31 MB, and its client
 (threads, an event loop, its comms' buffers; a LocalCluster's scheduler too) ~20 MB
@@ -42,6 +25,22 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 from mpobs.errors import describe
+from mpobs.executors.dask.messages import (
+    Close,
+    Connect,
+    Connected,
+    Ended,
+    Failed,
+    Probe,
+    Probed,
+    Progress,
+    Refused,
+    Start,
+    Submit,
+    ToBridge,
+    ToExecutor,
+    Workers,
+)
 from mpobs.executors.dask.remote import probe, run_remote
 
 #: Seconds to reach a scheduler given with --scheduler before giving up.
@@ -60,7 +59,7 @@ class Bridge:
         self.cluster: Any = None
         self.futures: dict[str, Any] = {}
         self.finished: queue.SimpleQueue[Any] = queue.SimpleQueue()
-        self.outbox: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self.outbox: queue.SimpleQueue[ToExecutor | None] = queue.SimpleQueue()
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_w, False)
         # A sender of its own: the loop keeps reading the coordinator's messages while a big
@@ -75,7 +74,7 @@ class Bridge:
             except OSError:
                 return  # the coordinator is gone: the loop sees the end of file
 
-    def send(self, *msg: Any) -> None:
+    def send(self, msg: ToExecutor) -> None:
         self.outbox.put(msg)
 
     # -- connecting ---------------------------------------------------------------
@@ -84,7 +83,7 @@ class Bridge:
             import dask
             import distributed
         except ImportError:
-            self.send("refused", INSTALL_HINT)
+            self.send(Refused(INSTALL_HINT))
             return
         _quiet_dask_logs()
         if address is None:
@@ -117,14 +116,14 @@ class Bridge:
             try:
                 self.client = distributed.Client(address, timeout=CONNECT_TIMEOUT, set_as_default=False)
             except (OSError, TimeoutError) as err:
-                self.send("refused", f"cannot reach the Dask scheduler at {address} within {CONNECT_TIMEOUT} s: {err}")
+                self.send(Refused(f"cannot reach the Dask scheduler at {address} within {CONNECT_TIMEOUT} s: {err}"))
                 return
         info = self.client.scheduler_info()
         found = info.get("workers", {})
         if not found:
-            self.send("refused", f"the Dask scheduler at {address or 'the LocalCluster'} has no workers")
+            self.send(Refused(f"the Dask scheduler at {address or 'the LocalCluster'} has no workers"))
             return
-        self.send("connected", sum(w.get("nthreads", 1) for w in found.values()), self.client.dashboard_link)
+        self.send(Connected(sum(w.get("nthreads", 1) for w in found.values()), self.client.dashboard_link))
 
     # -- running ------------------------------------------------------------------
     def start(self, spec: Any, layout: Any, settings: Any, part_dir: str | None) -> None:
@@ -137,7 +136,7 @@ class Bridge:
         """In the client's event loop: a running task's counts so far."""
         msg = event[1]
         if msg.get("key") in self.futures:
-            self.send("progress", msg["key"], msg["counts"])
+            self.send(Progress(msg["key"], msg["counts"]))
 
     def submit(self, key: str, task: Any, part: str | None) -> None:
         fut = self.client.submit(run_remote, *self.args, task, part, self.topic, key=key, pure=False)
@@ -152,11 +151,11 @@ class Bridge:
         failed = {w: a for w, a in answers.items() if isinstance(a, BaseException) and w not in gone}
         if failed:
             worker, err = sorted(failed.items())[0]
-            self.send("refused", f"Dask worker {worker} could not run the probe: {describe(err)}")
+            self.send(Refused(f"Dask worker {worker} could not run the probe: {describe(err)}"))
         elif len(gone) == len(answers):
-            self.send("refused", "every Dask worker went away while the input was being checked")
+            self.send(Refused("every Dask worker went away while the input was being checked"))
         else:
-            self.send("probed", {w: a for w, a in answers.items() if w not in gone})
+            self.send(Probed({w: a for w, a in answers.items() if w not in gone}))
 
     def _finished(self, fut: Any) -> None:
         """In the client's event loop: hand the future to the loop (which may block fetching its result)."""
@@ -181,16 +180,16 @@ class Bridge:
         try:
             result = fut.result()
         except KilledWorker as err:
-            self.send("done", fut.key, "killed", err.last_worker.address)
+            self.send(Ended(fut.key, "killed", err.last_worker.address))
         except Exception as err:
             if fut.status == "cancelled":
-                self.send("done", fut.key, "cancelled", "")
+                self.send(Ended(fut.key, "cancelled", ""))
             elif fut.status == "error":
-                self.send("done", fut.key, "error", describe(err))
+                self.send(Ended(fut.key, "error", describe(err)))
             else:  # it could not be fetched: run it again
-                self.send("done", fut.key, "lost", f"its result was lost ({describe(err)})")
+                self.send(Ended(fut.key, "lost", f"its result was lost ({describe(err)})"))
         else:
-            self.send("done", fut.key, "finished", result)
+            self.send(Ended(fut.key, "finished", result))
 
     def _finished_again(self, fut: Any) -> None:
         """In a thread of its own: wait until Dask has computed a lost result again (or given up), then report it.
@@ -225,7 +224,7 @@ class Bridge:
             }
             for address, w in info.items()
         }
-        self.send("workers", view, self.client.status)
+        self.send(Workers(view, self.client.status))
 
     def serve(self) -> None:
         """Take the coordinator's messages until it says close, or goes away."""
@@ -244,23 +243,23 @@ class Bridge:
                     msg = self.conn.recv()
                 except (EOFError, OSError):
                     return
-                if msg[0] == "close":
+                if isinstance(msg, Close):
                     return
                 self.handle(msg)
             if self.client is not None and time.monotonic() >= due:
                 self.workers()
                 due = time.monotonic() + WORKERS_EVERY
 
-    def handle(self, msg: tuple[Any, ...]) -> None:
-        op, *args = msg
-        if op == "submit":
-            self.submit(*args)
-        elif op == "connect":
-            self.connect(*args)
-        elif op == "probe":
-            self.probe(*args)
-        elif op == "start":
-            self.start(*args)
+    def handle(self, msg: ToBridge) -> None:
+        match msg:
+            case Submit(key=key, task=task, part=part):
+                self.submit(key, task, part)
+            case Connect(workers=workers, address=address):
+                self.connect(workers, address)
+            case Probe(files=files, spec=spec):
+                self.probe(files, spec)
+            case Start(spec=spec, layout=layout, settings=settings, part_dir=part_dir):
+                self.start(spec, layout, settings, part_dir)
 
     def close(self) -> None:
         try:
@@ -293,7 +292,7 @@ def main(argv: list[str]) -> int:
     try:
         bridge.serve()
     except Exception as err:
-        bridge.send("failed", describe(err))
+        bridge.send(Failed(describe(err)))
     finally:
         bridge.close()
     return 0

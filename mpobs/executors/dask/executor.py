@@ -5,9 +5,9 @@
 nanny's pausing and restarting would only stall or kill a run); ``--scheduler ADDRESS``
 (or ``MPOBS_DASK_SCHEDULER``) uses a running cluster instead.
 
-The Dask client lives in a process of its own (``mpobs.executors.dask.bridge``, which has the
-message list); this module, in the coordinator, never imports distributed, so the
-coordinator stays the size of a local run's.
+The Dask client lives in a process of its own (``mpobs.executors.dask.bridge``; the messages
+between it and this module: ``mpobs.executors.dask.messages``); this module, in the
+coordinator, never imports distributed, so the coordinator stays the size of a local run's.
 
 What goes where: a plain file is read by the Dask workers themselves, by byte range (it
 must be at the same path on every worker: a shared file system); blocks of a stream,
@@ -42,11 +42,27 @@ import sys
 import time
 from collections.abc import Iterator, Sequence
 from multiprocessing.connection import Connection
-from typing import Any
+from typing import Any, TypeVar
 
 from mpobs.errors import InputError
 from mpobs.executors.base import Event, Executor, RunContext, TaskDone, TaskLost, WorkerFailed
 from mpobs.executors.dask.bridge import INSTALL_HINT
+from mpobs.executors.dask.messages import (
+    Close,
+    Connect,
+    Connected,
+    Ended,
+    Failed,
+    Probe,
+    Probed,
+    Progress,
+    Refused,
+    Start,
+    Submit,
+    ToBridge,
+    ToExecutor,
+    Workers,
+)
 from mpobs.executors.dask.remote import head_hash
 from mpobs.executors.parts import make_part_dir, part_path
 from mpobs.inputs.base import Task
@@ -58,6 +74,8 @@ START_TIMEOUT = 120
 #: Seconds the client process has to cancel, close its cluster and exit.
 CLOSE_TIMEOUT = 30
 SCHEDULER_ENV = "MPOBS_DASK_SCHEDULER"
+
+_Reply = TypeVar("_Reply", Connected, Probed)
 
 
 def _installed() -> bool:
@@ -111,36 +129,36 @@ class DaskExecutor(Executor):
                 pass_fds=[theirs.fileno()],
             )
         self.conn = Connection(ours.detach())
-        self._send("connect", self.n, self.address)
-        reply = self._wait_for("connected", START_TIMEOUT)
-        if reply[0] != "connected":
+        self._send(Connect(self.n, self.address))
+        reply = self._wait_for(Connected, START_TIMEOUT)
+        if isinstance(reply, Refused):
             self.close()
-            raise InputError(reply[1])
-        self.threads, self.dashboard_link = reply[1], reply[2]
+            raise InputError(reply.message)
+        self.threads, self.dashboard_link = reply.threads, reply.dashboard_link
         self.free_rows = list(range(2, 2 + IN_FLIGHT_PER_THREAD * self.threads))
 
-    def _send(self, *msg: Any) -> None:
+    def _send(self, msg: ToBridge) -> None:
         assert self.conn is not None
         self.conn.send(msg)
 
-    def _wait_for(self, op: str, timeout: float) -> tuple[Any, ...]:
-        """The client process's reply ``op`` (or its refusal, as ``("refused", message)``)."""
+    def _wait_for(self, reply: type[_Reply], timeout: float) -> _Reply | Refused:
+        """The client process's ``reply``, or its refusal (its failure, no answer in time: a ``Refused`` too)."""
         assert self.conn is not None
         deadline = time.monotonic() + timeout
         while True:
             left = deadline - time.monotonic()
             if left <= 0 or not self.conn.poll(left):
-                return ("refused", f"the Dask client process did not answer within {timeout} s")
+                return Refused(f"the Dask client process did not answer within {timeout} s")
             try:
-                msg = self.conn.recv()
+                msg: ToExecutor = self.conn.recv()
             except (EOFError, OSError):
-                return ("refused", f"the Dask client process ended ({self._exit()})")
-            if msg[0] in (op, "refused"):
+                return Refused(f"the Dask client process ended ({self._exit()})")
+            if isinstance(msg, (reply, Refused)):
                 return msg
-            if msg[0] == "failed":
-                return ("refused", f"the Dask client failed: {msg[1]}")
-            if msg[0] == "workers":
-                self._workers(*msg[1:])
+            if isinstance(msg, Failed):
+                return Refused(f"the Dask client failed: {msg.message}")
+            if isinstance(msg, Workers):
+                self._workers(msg.workers, msg.status)
 
     def _exit(self) -> str:
         code = self.proc.poll() if self.proc is not None else None
@@ -155,11 +173,11 @@ class DaskExecutor(Executor):
         if self.conn is None:
             self.connect()
         want = {path: list(head_hash(path)) for path in files}
-        self._send("probe", files, pipeline.spec)
-        reply = self._wait_for("probed", START_TIMEOUT)
-        if reply[0] != "probed":
-            raise InputError(reply[1])
-        check_probes(reply[1], want)
+        self._send(Probe(files, pipeline.spec))
+        reply = self._wait_for(Probed, START_TIMEOUT)
+        if isinstance(reply, Refused):
+            raise InputError(reply.message)
+        check_probes(reply.answers, want)
 
     def start(self, ctx: RunContext) -> None:
         self.ctx = ctx
@@ -169,7 +187,7 @@ class DaskExecutor(Executor):
             # a 6M-line run (2 cores): 5.3 s shipping bytes, 4.0 s with outputs held on the workers
             # and written there when placed, 3.4 s with part files.
             self.part_dir = make_part_dir()
-        self._send("start", ctx.pipeline.spec, ctx.segment.layout, ctx.settings, self.part_dir)
+        self._send(Start(ctx.pipeline.spec, ctx.segment.layout, ctx.settings, self.part_dir))
 
     def room(self) -> int:
         return IN_FLIGHT_PER_THREAD * self.threads - len(self.tasks)
@@ -185,7 +203,7 @@ class DaskExecutor(Executor):
         # A run lost part way may leave its part: the next run of the task writes its own.
         part = part_path(self.part_dir, task.index, attempt) if self.part_dir else None
         self.tasks[key] = (task, self.free_rows.pop())
-        self._send("submit", key, shipped, part)
+        self._send(Submit(key, shipped, part))
 
     def poll(self, timeout: float, wake: Sequence[int] = ()) -> list[Event]:
         if self.conn is None:
@@ -203,25 +221,23 @@ class DaskExecutor(Executor):
             return [WorkerFailed("", f"lost the Dask scheduler at {self.where} (the client is {self.status})")]
         return events
 
-    def _take(self, msg: tuple[Any, ...]) -> None:
-        op = msg[0]
-        if op == "done":
-            _, key, kind, payload = msg
-            if key in self.tasks:
-                task, row = self.tasks.pop(key)
-                self._forget_live(key, row)
-                self.free_rows.append(row)
-                self._events.append(self._event(task, kind, payload))
-        elif op == "progress":
-            _, key, counts = msg
-            if key in self.tasks:
-                old = self.live.setdefault(key, [0] * len(counts))
-                self.ctx.segment.flush(self.tasks[key][1], [n - o for n, o in zip(counts, old)])
-                self.live[key] = counts
-        elif op == "workers":
-            self._workers(*msg[1:])
-        elif op == "failed":
-            self._events.append(WorkerFailed("", f"the Dask client failed: {msg[1]}"))
+    def _take(self, msg: ToExecutor) -> None:
+        match msg:
+            case Ended(key=key, kind=kind, payload=payload):
+                if key in self.tasks:
+                    task, row = self.tasks.pop(key)
+                    self._forget_live(key, row)
+                    self.free_rows.append(row)
+                    self._events.append(self._event(task, kind, payload))
+            case Progress(key=key, counts=counts):
+                if key in self.tasks:
+                    old = self.live.setdefault(key, [0] * len(counts))
+                    self.ctx.segment.flush(self.tasks[key][1], [n - o for n, o in zip(counts, old)])
+                    self.live[key] = counts
+            case Workers(workers=workers, status=status):
+                self._workers(workers, status)
+            case Failed(message=message):
+                self._events.append(WorkerFailed("", f"the Dask client failed: {message}"))
 
     def _forget_live(self, key: str, row: int) -> None:
         """A task's live counts leave its row: its result (or its next run) brings them."""
@@ -296,7 +312,7 @@ class DaskExecutor(Executor):
         """Tell the client process to cancel what runs, close its client and cluster, and exit."""
         if self.conn is not None:
             try:
-                self._send("close")
+                self._send(Close())
             except OSError:
                 pass  # it is gone already
             self.conn.close()

@@ -25,9 +25,10 @@ from mpobs.executors.base import (
     TaskWritten,
     WorkerFailed,
 )
+from mpobs.executors.local.messages import Done, Fatal, Place, Reopen, RunTask, Stop, Written
 from mpobs.executors.local.worker import WorkerArgs, worker_main
 from mpobs.executors.parts import make_part_dir, part_path
-from mpobs.inputs.base import Task
+from mpobs.inputs.base import Task, TimedOutCall
 from mpobs.inputs.blockstore import BlockStore
 from mpobs.metrics.activity import describe, where
 from mpobs.metrics.layout import DOING_FIELDS
@@ -35,6 +36,15 @@ from mpobs.tracing.records import QueueReader
 
 #: Part folders (stdout output) are named <prefix><coordinator pid>-<random> in the temp folder.
 _NOT_DOING = memoryview(bytes(8 * len(DOING_FIELDS))).cast("q")
+
+
+class _StoppedCall:
+    """A worker killed because its call ran past --call-timeout: the call, and its row of what it was doing then."""
+
+    __slots__ = ("call", "doing")
+
+    def __init__(self, call: TimedOutCall, doing: dict[str, int]) -> None:
+        self.call, self.doing = call, doing
 
 
 class _Slot:
@@ -50,11 +60,12 @@ class _Slot:
 class LocalPool(Executor):
     """Worker processes on this machine; each counts into its own in-flight rows of the segment.
 
-    Each worker gets up to PREFETCH tasks ahead, over its pipe, and reads their bytes
-    itself. Its trace and error records go on a queue of its own, read here by a
-    thread each into the run's collector. With our own output file, workers write
-    their output into it themselves where they are placed (``place``); otherwise each
-    task's output is a part file in a temp folder of the pool's.
+    Each worker gets up to PREFETCH tasks ahead, over its pipe (the messages:
+    mpobs.executors.local.messages), and reads their bytes itself. Its trace and
+    error records go on a queue of its own, read here by a thread each into the
+    run's collector. With our own output file, workers write their output into it
+    themselves where they are placed (``place``); otherwise each task's output is a
+    part file in a temp folder of the pool's.
     """
 
     name = "local"
@@ -80,7 +91,7 @@ class LocalPool(Executor):
         self._names = [
             (n.id, getattr(n.proc, "ref", None)) for n in ctx.pipeline.nodes
         ]  # for mpobs.metrics.activity.where
-        self._timed_out: dict[int, tuple[tuple[int, int, int, float], dict[str, int]]] = {}  # slot -> what, doing
+        self._timed_out: dict[int, _StoppedCall] = {}  # by slot, until its death is handled
         self.seg = ctx.segment
         self.out_fd = ctx.out_fd
         self.stop_event = self.mp.Event()
@@ -138,7 +149,7 @@ class LocalPool(Executor):
         s.seq += 1
         s.inflight.append((task, seq))
         try:
-            s.conn.send(("task", task, seq))
+            s.conn.send(RunTask(task, seq))
         except OSError:
             pass  # it died; poll() reports the lost task
 
@@ -147,7 +158,7 @@ class LocalPool(Executor):
         for s in self.slots:
             if s.alive and (index in s.held or any(t.index == index for t, _ in s.inflight)):
                 try:
-                    s.conn.send(("write", index, offset))
+                    s.conn.send(Place(index, offset))
                 except OSError:
                     pass  # it died; poll() reports the task as lost
                 return True
@@ -158,7 +169,7 @@ class LocalPool(Executor):
         for s in self.slots:
             if s.alive:
                 try:
-                    s.conn.send(("reopen",))
+                    s.conn.send(Reopen())
                     send_handle(s.conn, fd, s.proc.pid)
                 except OSError:
                     pass  # it died; poll() reports its tasks as lost
@@ -214,7 +225,7 @@ class LocalPool(Executor):
             if p in timed and now - d["doing_since_ns"] > timeout * 1e9:
                 task = s.inflight[0][0]
                 first = d["doing_line"] + task.first_line - task.file_line  # run-wide
-                self._timed_out[i] = ((p, first, d["doing_lines"], timeout), d)
+                self._timed_out[i] = _StoppedCall(TimedOutCall(p, first, d["doing_lines"], timeout), d)
                 try:
                     os.kill(s.proc.pid, signal.SIGKILL)
                 except OSError:
@@ -224,26 +235,24 @@ class LocalPool(Executor):
         events: list[Event] = []
         try:
             while s.conn.poll():
-                msg = s.conn.recv()
-                if msg[0] == "done":
-                    _, seq, result = msg
-                    task, expected = s.inflight.popleft()
-                    assert seq == expected, (seq, expected)
-                    # Out of its in-flight row now, before a death handled below zeroes the row.
-                    self.seg.complete(result.counts, live_row=self.seg.layout.inflight_row(i, seq))
-                    result.pending = True
-                    if self.out_fd is None:
-                        result.output = part_path(self.part_dir, task.index)
-                    else:
-                        s.held[task.index] = task
-                    self.seg.add_worker(i, tasks=1, lines=result.lines, bytes=task.input_bytes)
-                    events.append(TaskDone(task, result))
-                elif msg[0] == "written":
-                    del s.held[msg[1]]
-                    events.append(TaskWritten(msg[1]))  # its output is now in the file
-                elif msg[0] == "fatal":
-                    _, detail, io = msg
-                    events.append(WorkerFailed(str(i), detail if io else detail.strip().splitlines()[-1], io))
+                match s.conn.recv():
+                    case Done(seq=seq, result=result):
+                        task, expected = s.inflight.popleft()
+                        assert seq == expected, (seq, expected)
+                        # Out of its in-flight row now, before a death handled below zeroes the row.
+                        self.seg.complete(result.counts, live_row=self.seg.layout.inflight_row(i, seq))
+                        result.pending = True
+                        if self.out_fd is None:
+                            result.output = part_path(self.part_dir, task.index)
+                        else:
+                            s.held[task.index] = task
+                        self.seg.add_worker(i, tasks=1, lines=result.lines, bytes=task.input_bytes)
+                        events.append(TaskDone(task, result))
+                    case Written(index=index):
+                        del s.held[index]
+                        events.append(TaskWritten(index))  # its output is now in the file
+                    case Fatal(detail=detail, io=io):
+                        events.append(WorkerFailed(str(i), detail if io else detail.strip().splitlines()[-1], io))
         except (EOFError, OSError):
             pass
         return events
@@ -253,7 +262,7 @@ class LocalPool(Executor):
         s.alive = False
         stopped = self._timed_out.pop(i, None)
         doing = where(
-            stopped[1] if stopped else self.seg.doing_now(i),
+            stopped.doing if stopped is not None else self.seg.doing_now(i),
             self._names,
             [name for name, _ in self.ctx.settings.inputs],
         )
@@ -261,16 +270,17 @@ class LocalPool(Executor):
         self.seg.doing(i)[:] = _NOT_DOING  # its successor starts with nothing in hand
         reason = f"worker {i} died (exit code {s.proc.exitcode})" + (f" in {named}" if named else "")
         # The first task is the one it was running; the rest only waited.
-        events: list[Event] = [
+        lost = [
             TaskLost(t, reason, fault=k == 0, where=named if k == 0 else None) for k, (t, _) in enumerate(s.inflight)
         ]
-        if stopped is not None and events:  # not a crash: its call timed out, and is an error of its line now
-            task = events[0].task  # type: ignore[union-attr]
-            events[0] = TaskLost(
-                task._replace(timed_out=(*task.timed_out, stopped[0])),
-                f"{named}: timed out after {stopped[0][3]:g} s; its worker was replaced",
+        if stopped is not None and lost:  # not a crash: its call timed out, and is an error of its line now
+            task = lost[0].task
+            lost[0] = TaskLost(
+                task._replace(timed_out=(*task.timed_out, stopped.call)),
+                f"{named}: timed out after {stopped.call.seconds:g} s; its worker was replaced",
             )
-        events += [TaskLost(t, reason, finished=True) for t in sorted(s.held.values(), key=lambda t: t.index)]
+        lost += [TaskLost(t, reason, finished=True) for t in sorted(s.held.values(), key=lambda t: t.index)]
+        events: list[Event] = list(lost)
         s.inflight.clear()
         s.held.clear()
         s.conn.close()
@@ -325,7 +335,7 @@ class LocalPool(Executor):
         for s in self.slots:
             if s.alive:
                 try:
-                    s.conn.send(None)
+                    s.conn.send(Stop())
                 except OSError:
                     pass
         deadline = time.monotonic() + timeout

@@ -8,8 +8,9 @@ import signal
 import time
 from collections import deque
 from multiprocessing.reduction import recv_handle
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from mpobs.executors.local.messages import Done, Fatal, Place, Reopen, RunTask, Stop, ToWorker, Written
 from mpobs.executors.parts import part_path
 from mpobs.executors.task import TaskSettings, run_task
 from mpobs.lifeline import die_with_parent
@@ -18,6 +19,9 @@ from mpobs.metrics.layout import DOING_FIELDS, Layout
 from mpobs.metrics.segment import StatsSegment
 from mpobs.pipeline.dag import Pipeline
 from mpobs.tracing.records import QueueEvents
+
+if TYPE_CHECKING:
+    from mpobs.inputs.base import Task
 
 
 class RowSink:
@@ -93,12 +97,11 @@ class WorkerArgs:
 
 
 def worker_main(args: WorkerArgs) -> None:
-    """Run tasks until told to stop (None), the pipe closes, or the parent dies.
+    """Run tasks until told to stop (``Stop``), the pipe closes, or the parent dies.
 
-    Messages: ``("task", task, seq)``; ``("write", index, offset)``: write a finished
-    task's output (kept in memory) into ``out_fd`` at ``offset``, answered by
-    ``("written", index)``; None: stop. With ``out_fd`` None each task's output goes
-    to a part file in ``part_dir`` instead, which the ordered output joins (mpobs.run.ordered_output).
+    The messages are in mpobs.executors.local.messages. With ``out_fd`` each task's output
+    is written into it where the pool places it (``DirectOutput``); with ``out_fd`` None it
+    goes to a part file in ``part_dir`` instead, which the ordered output joins (mpobs.run.ordered_output).
     """
     die_with_parent(args.parent_pid)
     # Ctrl-C (and a SIGTERM sent to the process group) reach every process; the
@@ -113,14 +116,14 @@ def worker_main(args: WorkerArgs) -> None:
         worker.serve()
     except OutputWriteError as err:
         try:
-            args.conn.send(("fatal", str(err), True))
+            args.conn.send(Fatal(str(err), True))
         except OSError:
             pass
     except Exception:
         import traceback  # here: the module and textwrap cost every run's start-up 2 ms
 
         try:
-            args.conn.send(("fatal", traceback.format_exc(), False))
+            args.conn.send(Fatal(traceback.format_exc(), False))
         except OSError:
             pass
     finally:
@@ -135,7 +138,7 @@ class _Worker:
         args.settings.worker = str(args.slot)
         self.events = QueueEvents(args.events_q, args.wait_traces) if args.events_q is not None else None
         self.direct = DirectOutput(args.out_fd, args.conn) if args.out_fd is not None else None
-        self.early: deque[Any] = deque()  # messages read while serving grants between batches
+        self.early: deque[ToWorker] = deque()  # messages read while serving grants between batches
         args.pipeline.watch(seg.doing(args.slot))  # what it runs, for the coordinator to name its stalls and deaths
 
     def serve(self) -> None:
@@ -144,16 +147,26 @@ class _Worker:
                 msg = self.early.popleft() if self.early else self._wait()
             except (EOFError, OSError):
                 return
-            if msg is None:
-                return
-            if msg[0] == "write":
-                self.direct.grant(msg[1], msg[2])  # type: ignore[union-attr]
-            elif msg[0] == "reopen":
-                self.direct.reopen()  # type: ignore[union-attr]
-            elif not self._run(*msg[1:]):
-                return  # stopped (--max-errors, or the parent died)
+            match msg:
+                case RunTask(task=task, seq=seq):
+                    if not self._run(task, seq):
+                        return  # stopped (--max-errors, or the parent died)
+                case Place(index=index, offset=offset):
+                    self._direct().grant(index, offset)
+                case Reopen():
+                    self._direct().reopen()
+                case Stop():
+                    return
+                case _:
+                    raise TypeError(f"worker {self.args.slot}: unexpected message {msg!r}")
 
-    def _wait(self) -> Any:
+    def _direct(self) -> DirectOutput:
+        """Our share of the output file: the pool places tasks and reopens the output only when we write into it."""
+        if self.direct is None:
+            raise TypeError(f"worker {self.args.slot}: told to write the output, but it has no output file")
+        return self.direct
+
+    def _wait(self) -> ToWorker:
         """The next message; the time waited counts as waiting for work, but the part of it while the
         run was held by its output (``OutputWait``) as waiting for the output."""
         t0 = time.perf_counter_ns()
@@ -164,14 +177,14 @@ class _Worker:
         self.seg.add_worker(self.args.slot, waiting_ns=t1 - t0 - held, output_wait_ns=held)
         return msg
 
-    def _run(self, task: Any, seq: int) -> bool:
+    def _run(self, task: Task, seq: int) -> bool:
         t0 = time.perf_counter_ns()
         try:
             return self._run_task(task, seq)
         finally:
             self.seg.add_worker(self.args.slot, busy_ns=time.perf_counter_ns() - t0)
 
-    def _run_task(self, task: Any, seq: int) -> bool:
+    def _run_task(self, task: Task, seq: int) -> bool:
         a = self.args
         sink = RowSink(self.seg, a.layout.inflight_row(a.slot, seq), a.slot)
         run = functools.partial(
@@ -189,26 +202,26 @@ class _Worker:
             with open(part_path(a.part_dir, task.index), "wb") as part:
                 result = run(part.write)
             if result is not None:
-                self.conn.send(("done", seq, result))
+                self.conn.send(Done(seq, result))
             return result is not None
         self.direct.start(task.index)
         result = run(self.direct.write)
         if result is None:
             return False
         written = self.direct.finish(task.index)
-        self.conn.send(("done", seq, result))
+        self.conn.send(Done(seq, result))
         if written:
-            self.conn.send(("written", task.index))
+            self.conn.send(Written(task.index))
         return True
 
-    def _serve_grants(self) -> None:
+    def _serve_grants(self, direct: DirectOutput) -> None:
         """Between batches: take the grants (placements) now; keep other messages for later."""
         while self.conn.poll():
             msg = self.conn.recv()
-            if msg is not None and msg[0] == "write":
-                self.direct.grant(msg[1], msg[2])  # type: ignore[union-attr]
-            elif msg is not None and msg[0] == "reopen":
-                self.direct.reopen()  # type: ignore[union-attr]  # its descriptor follows at once on the pipe
+            if isinstance(msg, Place):
+                direct.grant(msg.index, msg.offset)
+            elif isinstance(msg, Reopen):
+                direct.reopen()  # its descriptor follows at once on the pipe
             else:
                 self.early.append(msg)
 
@@ -217,7 +230,7 @@ class _Worker:
         if self.direct is not None:
             # The output is written in task order: a grant left waiting here would hold
             # up every task after it.
-            self._serve_grants()
+            self._serve_grants(self.direct)
         if a.settings.max_errors is not None and self.seg.live_errors() >= a.settings.max_errors:
             a.stop_event.set()  # every worker stops at its next batch; the coordinator reports it
         return a.stop_event.is_set() or os.getppid() != a.parent_pid
@@ -230,7 +243,7 @@ class DirectOutput:
     offset where its output starts. A task with its grant writes each batch as it
     comes (still in cache); one without keeps its output until the grant arrives,
     between two batches or after it ended. Its bytes are in the file when it says
-    ``("written", index)``.
+    ``Written(index)`` (mpobs.executors.local.messages).
     """
 
     def __init__(self, fd: int, conn: Any) -> None:
@@ -274,7 +287,7 @@ class DirectOutput:
     def grant(self, index: int, offset: int) -> None:
         if index in self.held:
             pwrite_all(self.fd, self.held.pop(index), offset)
-            self.conn.send(("written", index))
+            self.conn.send(Written(index))
         elif index == self.running:
             self.next_at[index] = offset + sum(map(len, self.chunks))
             pwrite_all(self.fd, self.chunks, offset)

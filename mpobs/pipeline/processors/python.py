@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 from mpobs.metrics.histogram import BUCKET_BY_BITS, BUCKETS
 from mpobs.pipeline.batch import Batch
@@ -101,7 +101,7 @@ class PythonFunction(Processor):
             except LINE_ERRORS:  # one line's error, or an answer of the wrong type: found line by line
                 answers = self._per_line(lambda t: _one(func, t), batch, errors)
         if all(type(a) is list and len(a) == 1 for a in answers):
-            return Batch(batch.nums, [a[0] for a in answers], batch.tags)
+            return Batch(batch.nums, [a[0] for a in cast("list[list[str]]", answers)], batch.tags)
         nums: list[int] = []
         texts: list[str] = []
         tags: list[tuple[str, ...]] | None = None if batch.tags is None else []
