@@ -76,7 +76,8 @@ class Task(NamedTuple):
     bytes for a compressed input) when not ``end - start``.
     """
 
-    index: int
+    # The task's number: it shadows tuple.index, which nothing calls on a Task.
+    index: int  # type: ignore[assignment]
     start: int
     end: int
     first_line: int
