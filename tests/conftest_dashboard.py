@@ -1,6 +1,6 @@
 """Dashboard test helpers: a real stats segment from a small real run, the app over it, free ports.
 
-Import what a test needs (``from conftest_dashboard import ...``); fixtures are plain
+Import what a test needs (``from tests.conftest_dashboard import ...``); fixtures are plain
 functions here and wrapped by each test module, so tests/conftest.py stays the lead's.
 """
 
@@ -33,7 +33,7 @@ TEST_CONFIG: dict[str, Any] = {
             "default": "rest",
         },
         {"type": "filter", "id": "db_errors", "inputs": ["route.errors"], "pattern": r"\[db\]"},
-        {"type": "python", "id": "check", "inputs": ["tags"], "function": "conftest_dashboard:explode"},
+        {"type": "python", "id": "check", "inputs": ["tags"], "function": "tests.conftest_dashboard:explode"},
         {"type": "counter", "id": "levels", "inputs": ["tags"]},
     ]
 }
@@ -74,7 +74,7 @@ def small_run(folder: Path, lines: int = 3000, trace_rate: float = 1.0) -> Small
     generate_file(str(path), lines - 1, seed=3)
     with open(path, "a", encoding="utf-8") as f:
         f.write(XSS_LINE + "\n")
-    pipeline = compile_config(TEST_CONFIG, source="test config", base_dir=str(Path(__file__).parent))
+    pipeline = compile_config(TEST_CONFIG, source="test config")  # its function is this module's: imported once
     layout = Layout(tuple(pipeline.ids), tuple(pipeline.tags), 1, timed=tuple(pipeline.timed))
     seg = StatsSegment.create(layout, multiprocessing.get_context("fork").Lock())
     source = open_inputs([str(path)])

@@ -19,8 +19,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest_dashboard import free_port, get_json, wait_for
 
+from tests.conftest_dashboard import free_port, get_json, wait_for
 from tests.test_follow import stop_following
 from tests.test_reliability import fn_config
 

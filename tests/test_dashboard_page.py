@@ -10,7 +10,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest_dashboard import (
+
+from dashboard_app.sources import LiveSource
+from tests.conftest_dashboard import (
     XSS_LINE,
     big_log,
     free_port,
@@ -24,8 +26,6 @@ from conftest_dashboard import (
     stop_cli,
     wait_for,
 )
-
-from dashboard_app.sources import LiveSource
 
 pytestmark = pytest.mark.browser
 

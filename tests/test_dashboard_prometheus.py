@@ -11,7 +11,8 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from conftest_dashboard import big_log, free_port, get_json, start_cli, stop_cli, wait_for
+
+from tests.conftest_dashboard import big_log, free_port, get_json, start_cli, stop_cli, wait_for
 
 pytestmark = pytest.mark.prometheus
 LINES = 400_000
