@@ -27,7 +27,7 @@ import pytest
 from mpobs.alerts.promql import Evaluator
 from mpobs.alerts.store import NAME, SeriesStore
 from tests.conftest import ROOT
-from tests.conftest_dashboard import free_port, get_json, wait_for
+from tests.helpers import free_port, get_json, wait_for
 from tests.shared_procs import SHARED_PIDS
 from tests.test_reliability import fn_config
 

@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest_dashboard import free_port, get_json, wait_for
+from tests.helpers import free_port, get_json, wait_for
 from tests.test_follow import stop_following
 from tests.test_reliability import fn_config
 

@@ -10,7 +10,7 @@ import pytest
 
 from dashboard_app import create_app
 from dashboard_app.sources import LiveSource, SavedSource
-from tests.conftest_dashboard import XSS_LINE, SmallRun, small_run
+from tests.helpers import XSS_LINE, SmallRun, small_run
 
 
 @pytest.fixture

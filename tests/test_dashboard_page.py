@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from dashboard_app.sources import LiveSource
-from tests.conftest_dashboard import (
+from tests.helpers import (
     XSS_LINE,
     big_log,
     free_port,

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest_dashboard import big_log, free_port, get_json, start_cli, stop_cli, wait_for
+from tests.helpers import big_log, free_port, get_json, start_cli, stop_cli, wait_for
 
 pytestmark = pytest.mark.prometheus
 LINES = 400_000

@@ -536,7 +536,7 @@ def test_ctrl_c_cancels_closes_the_cluster_and_exits_130(tmp_path: Path, make_lo
 def watched_dashboard_run(args: list[str], watch: Any, gate: Path, timeout: float = 60) -> tuple[Any, str]:
     """``mpobs process ARGS --dashboard``: what ``watch(stats)`` returned first that was truthy while it ran, and its
     stderr. The run's held task (``held_slow_fns``) goes on once the watch has seen it: ``gate`` is made then."""
-    from tests.conftest_dashboard import get_json
+    from tests.helpers import get_json
 
     port = free_port()
     proc = subprocess.Popen(

@@ -350,7 +350,7 @@ def test_kills_and_rotations_while_following_lose_nothing_and_repeat_nothing(
 
 def test_stats_and_healthz_while_a_followed_file_is_quiet(tmp_path: Path) -> None:
     """/stats shows the followed input (following, lag, rotations, last line); /healthz stays OK while it is quiet."""
-    from tests.conftest_dashboard import free_port, get_json
+    from tests.helpers import free_port, get_json
 
     log = tmp_path / "app.log"
     log.write_text("INFO a\nINFO b\n")

@@ -264,8 +264,8 @@ def test_worker_time_shares_show_a_slow_output(tmp_path: Path, fault_workers: in
     import sys
     import time
 
-    from tests.conftest_dashboard import wait_for
     from tests.handshake import pipe_is_full, run_is_asleep
+    from tests.helpers import wait_for
 
     log = make_log(100_000)
     m = tmp_path / "m.json"

@@ -280,7 +280,7 @@ def release_stall(tmp_path: Path) -> None:
 
 def settled_while_stalled(tmp_path: Path, port: int) -> dict[str, Any]:
     """/stats once task 0 stalls and the other worker has stopped taking tasks (two reads 0.3 s apart agree)."""
-    from tests.conftest_dashboard import get_json
+    from tests.helpers import get_json
 
     def stats() -> dict[str, Any] | None:
         try:
@@ -304,7 +304,7 @@ def settled_while_stalled(tmp_path: Path, port: int) -> dict[str, Any]:
 
 
 def test_worker_killed_holding_finished_output_runs_those_tasks_again(tmp_path: Path, make_log: Any) -> None:
-    from tests.conftest_dashboard import free_port
+    from tests.helpers import free_port
 
     log = make_log(60_000)
     m, port = tmp_path / "m.json", free_port()
@@ -323,7 +323,7 @@ def test_worker_killed_holding_finished_output_runs_those_tasks_again(tmp_path: 
 
 def test_a_stalled_task_stops_the_others_from_running_far_ahead(tmp_path: Path, make_log: Any) -> None:
     from mpobs.defaults import BACKLOG_PER_WORKER
-    from tests.conftest_dashboard import free_port
+    from tests.helpers import free_port
 
     log = make_log(60_000)
     port = free_port()

@@ -1,7 +1,7 @@
-"""Dashboard test helpers: a real stats segment from a small real run, the app over it, free ports.
+"""Helpers the test files share (fixtures are in conftest.py): a real stats segment from a small run, the
+dashboard over it, free ports, waiting for a condition, running the command line.
 
-Import what a test needs (``from tests.conftest_dashboard import ...``); fixtures are plain
-functions here and wrapped by each test module, so tests/conftest.py stays the lead's.
+Test files import what they need (``from tests.helpers import ...``); no test file imports another.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ TEST_CONFIG: dict[str, Any] = {
             "default": "rest",
         },
         {"type": "filter", "id": "db_errors", "inputs": ["route.errors"], "pattern": r"\[db\]"},
-        {"type": "python", "id": "check", "inputs": ["tags"], "function": "tests.conftest_dashboard:explode"},
+        {"type": "python", "id": "check", "inputs": ["tags"], "function": "tests.helpers:explode"},
         {"type": "counter", "id": "levels", "inputs": ["tags"]},
     ]
 }
