@@ -2,25 +2,13 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from tests.helpers import run_cli, shm_segments
 from tests.shared_procs import SHARED_PIDS
-
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def shm_segments() -> set[str]:
-    """mpobs stats segments in /dev/shm (named mpobs_<owner pid>_<random>)."""
-    try:
-        return {n for n in os.listdir("/dev/shm") if n.startswith("mpobs_")}
-    except FileNotFoundError:
-        return set()
 
 
 def orphaned_segments() -> set[str]:
@@ -68,16 +56,6 @@ def workers(request: pytest.FixtureRequest) -> int:
 def fault_workers(request: pytest.FixtureRequest) -> int:
     """Fault tests (slow: each disturbs a real run) run with one worker and with two."""
     return request.param
-
-
-def run_cli(
-    *args: str, cwd: str | os.PathLike[str] | None = None, timeout: float = 120, env: dict[str, str] | None = None
-) -> subprocess.CompletedProcess[bytes]:
-    """Run ``python -m mpobs ARGS`` as a user would; returns the finished process (bytes out/err)."""
-    full_env = {**os.environ, **(env or {})}
-    return subprocess.run(
-        [sys.executable, "-m", "mpobs", *args], cwd=cwd, capture_output=True, timeout=timeout, env=full_env
-    )
 
 
 @pytest.fixture

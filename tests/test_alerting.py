@@ -12,7 +12,7 @@ from mpobs.alerts.promql import Evaluator
 from mpobs.alerts.rules import load_rules
 from mpobs.alerts.store import SeriesStore, labels_of
 from mpobs.alerts.watch import AlertOptions, AlertWatch, expand, go_e, go_v, rfc3339
-from tests.test_reliability import fn_config
+from tests.helpers import fn_config
 
 T0 = 1_700_000_000_000  # ms
 

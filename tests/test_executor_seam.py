@@ -8,10 +8,9 @@ from typing import Any
 
 import pytest
 
-from mpobs.tracing.tracefile import read_traces
 from tests.adversarial import AdversarialExecutor
+from tests.helpers import SMALL_TASKS, expected_dag, saved_traces, write_dag
 from tests.reference import default_pipeline, split_lines
-from tests.test_engine import SMALL_TASKS, expected_dag, write_dag
 
 COUNT_FIELDS = ("lines_in", "lines_out", "errors", "batches")
 
@@ -28,16 +27,6 @@ def _comparable(stats: dict[str, Any]) -> dict[str, Any]:
             k: s[k] for k in ("total_lines", "bytes_done", "bytes_total", "tasks_done", "state", "total_errors")
         },
     }
-
-
-def _traces(path: Path) -> list[dict[str, Any]]:
-    """Saved traces without their timestamps, in line order."""
-    out = []
-    for t in read_traces(str(path)):
-        for step in t["path"]:
-            step.pop("timestamp")
-        out.append(t)
-    return sorted(out, key=lambda t: t["line_number"])
 
 
 def _run_inline(log: Path, config: Path, out: Path, traces: Path, executor: AdversarialExecutor) -> Any:
@@ -98,7 +87,7 @@ def test_an_adversarial_executor_gives_the_local_pools_answer(
     want, _, _ = expected_dag(split_lines(log.read_bytes()))
     assert out.read_bytes() == "".join(x + "\n" for x in want).encode("utf-8", "surrogateescape")
     assert _comparable(outcome.metrics) == _comparable(json.loads(local_m.read_text()))
-    assert _traces(traces) == _traces(local_t)  # every sampled line once, though its task ran again
+    assert saved_traces(traces) == saved_traces(local_t)  # every sampled line once, though its task ran again
     assert outcome.metrics["meta"]["executor"] == "adversarial"
 
 

@@ -14,8 +14,8 @@ from typing import Any
 import pytest
 
 from mpobs.metrics.histogram import BUCKETS, LE_LABELS, LE_NS, bucket_of, quantile
-from tests.conftest import run_cli
-from tests.test_engine import SMALL_TASKS, write_dag
+from tests.handshake import pipe_is_full, run_is_asleep
+from tests.helpers import SMALL_TASKS, fn_config, run_cli, wait_for, write_dag
 
 BATCH_FNS = "def shout(lines):\n    return [line.upper() for line in lines]\n"
 
@@ -199,7 +199,6 @@ def test_task_durations_show_the_task_with_the_slow_route(
     call until every other task is done, and then longer than the longest of them took (read from the
     task histogram while the run goes on), so that no fast task held up for a while can overtake it."""
     from mpobs.inputs.inputset import open_inputs
-    from tests.test_reliability import fn_config
 
     log = make_log(6000)
     source = open_inputs([str(log)])
@@ -263,9 +262,6 @@ def test_worker_time_shares_show_a_slow_output(tmp_path: Path, fault_workers: in
     import subprocess
     import sys
     import time
-
-    from tests.handshake import pipe_is_full, run_is_asleep
-    from tests.helpers import wait_for
 
     log = make_log(100_000)
     m = tmp_path / "m.json"

@@ -7,7 +7,6 @@ reference (tests/reference.py) over the bytes the inputs hold, one after the oth
 from __future__ import annotations
 
 import bz2
-import fcntl
 import gzip
 import io
 import itertools
@@ -17,28 +16,33 @@ import os
 import shlex
 import shutil
 import signal
-import struct
 import subprocess
 import sys
 import tempfile
-import termios
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import psutil
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from mpobs.tracing.tracefile import read_traces
-from tests.conftest import shm_segments
+from tests.handshake import gate_env, pipe_pending
+from tests.helpers import (
+    SMALL_TASKS,
+    fn_config,
+    processes_using,
+    segments_of,
+    slow_config,
+    wait_for,
+    workers_of,
+    write_config,
+)
 from tests.reference import default_pipeline, split_lines
-from tests.test_reliability import default_with, fn_config, processes_using, wait_for
 
-SMALL_TASKS = ("--task-size", "1024", "--batch-lines", "7")  # many tasks and batches on small inputs
 FORMATS = ["gzip", "bzip2", "xz", "zstd"]
 # bzip2 -1: blocks of 100 kB, so half a file still holds whole blocks that decode.
 COMPRESS = {"gzip": ["gzip", "-c"], "bzip2": ["bzip2", "-1", "-c"], "xz": ["xz", "-c"], "zstd": ["zstd", "-q", "-c"]}
@@ -87,12 +91,6 @@ def all_lines(data: bytes) -> bytes:
 def joined(*parts: bytes) -> bytes:
     """The one stream many inputs make: each input's last line is a line of its own."""
     return b"".join(p if not p or p.endswith(b"\n") else p + b"\n" for p in parts)
-
-
-def write_config(tmp_path: Path, processors: list[dict[str, Any]], name: str = "config.json") -> Path:
-    path = tmp_path / name
-    path.write_text(json.dumps({"processors": processors}))
-    return path
 
 
 @dataclass
@@ -258,29 +256,6 @@ def detected_flip(fmt: str, blob: bytes, data: bytes, start: int, span: int = 40
         if _fails_before_any_wrong_byte(fmt, bytes(flipped), data, pos):
             return bytes(flipped)
     raise AssertionError(f"test set-up: no byte after {start} of the {fmt} file breaks it at once")
-
-
-def mpobs_workers(proc: subprocess.Popen[bytes]) -> list[psutil.Process]:
-    """The worker processes of a running mpobs: its Python children but the resource tracker."""
-    try:
-        me = psutil.Process(proc.pid)
-        exe = me.exe()
-        kids = me.children()
-    except psutil.NoSuchProcess:
-        return []
-    found = []
-    for k in kids:
-        try:
-            if k.exe() == exe and not any("resource_tracker" in a for a in k.cmdline()):
-                found.append(k)
-        except (psutil.NoSuchProcess, psutil.AccessDenied):
-            pass
-    return found
-
-
-def pipe_pending(fd: int) -> int:
-    """Bytes written into the pipe of ``fd`` that nobody has read yet."""
-    return struct.unpack("i", fcntl.ioctl(fd, termios.FIONREAD, b"\0\0\0\0"))[0]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -867,35 +842,13 @@ def test_max_errors_on_stdin_stops_with_exit_3(tmp_path: Path) -> None:
 # faults: a killed worker, Ctrl-C
 
 
-GATE_FNS = """
-import os, time
-def gate(lines):
-    # From line GATE_AT on, wait until the test has killed a worker (GATE_OPEN exists).
-    if lines and int(lines[-1].split(":", 1)[0][5:]) >= int(os.environ["GATE_AT"]):
-        deadline = time.monotonic() + 60
-        while not os.path.exists(os.environ["GATE_OPEN"]) and time.monotonic() < deadline:
-            time.sleep(0.01)
-    return lines
-"""
-
-
-def gate_config(tmp_path: Path) -> Path:
-    """The default pipeline with a gate: nothing from line GATE_AT on finishes before the test opens it."""
-    return fn_config(
-        tmp_path,
-        "gatefns",
-        GATE_FNS,
-        default_with({"type": "python", "id": "gate", "function": "gatefns:gate", "batch": True}),
-    )
-
-
 @pytest.mark.parametrize("kind", ["gzip-file", "stdin-pipe"])
 def test_killed_worker_loses_nothing(tmp_path: Path, fault_workers: int, kind: str) -> None:
     data = log_bytes(20_000, seed=6)
     src = tmp_path / "in.log"
     src.write_bytes(data)
     out, m, gate_open = tmp_path / "out", tmp_path / "m.json", tmp_path / "open"
-    env = {**os.environ, "GATE_AT": "8000", "GATE_OPEN": str(gate_open)}
+    env = {**os.environ, **gate_env(8000, gate_open)}
     cat = None
     if kind == "gzip-file":
         inp, stdin = str(compress("gzip", src, tmp_path / "in.log.gz")), subprocess.DEVNULL
@@ -910,7 +863,7 @@ def test_killed_worker_loses_nothing(tmp_path: Path, fault_workers: int, kind: s
             "process",
             inp,
             "-c",
-            str(gate_config(tmp_path)),
+            str(slow_config(tmp_path, delay=0)),
             "-q",
             "-w",
             str(fault_workers),
@@ -932,7 +885,7 @@ def test_killed_worker_loses_nothing(tmp_path: Path, fault_workers: int, kind: s
         cat.stdout.close()
     try:
         wait_for(lambda: out.exists() and out.stat().st_size > 0)  # the lines before the gate are written
-        victims = wait_for(lambda: len(mpobs_workers(proc)) == fault_workers and mpobs_workers(proc))
+        victims = wait_for(lambda: len(workers_of(proc)) == fault_workers and workers_of(proc))
         victims[0].kill()  # it holds a task that waits at the gate
     finally:
         gate_open.touch()
@@ -975,7 +928,7 @@ def test_ctrl_c_while_reading_a_slow_pipe(tmp_path: Path) -> None:
     os.close(r_fd)
     try:
         os.write(w_fd, data[:30_000])  # then nothing more: a slow writer that keeps the pipe open
-        wait_for(lambda: pipe_pending(w_fd) == 0 and [n for n in shm_segments() if n.startswith(f"mpobs_{proc.pid}_")])
+        wait_for(lambda: pipe_pending(w_fd) == 0 and segments_of(proc.pid))
         os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C reaches the whole process group
         _, err = proc.communicate(timeout=60)
     finally:
@@ -993,7 +946,7 @@ def test_ctrl_c_while_reading_a_slow_pipe(tmp_path: Path) -> None:
     sinks = ("error_filter", "warn_filter", "info_filter")
     assert got.count(b"\n") == sum(stats["processors"][s]["lines_out"] for s in sinks)
     assert not processes_using(out)
-    assert not [n for n in shm_segments() if n.startswith(f"mpobs_{proc.pid}_")]
+    assert not segments_of(proc.pid)
     assert not [n for n in os.listdir(tempfile.gettempdir()) if n.startswith(f"mpobs-parts-{proc.pid}-")]
 
 

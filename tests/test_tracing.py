@@ -15,6 +15,7 @@ from mpobs.run.coordinator import Coordinator, RunOptions
 from mpobs.tracing.records import EventCollector
 from mpobs.tracing.tracefile import read_traces
 from mpobs.tracing.traces import is_sampled
+from tests.helpers import saved_traces, write_dag
 from tests.reference import split_lines
 
 ROUTER_DAG = {
@@ -25,16 +26,6 @@ ROUTER_DAG = {
         {"type": "filter", "id": "slow", "pattern": r"slow", "inputs": ["route.db"]},
     ]
 }
-
-
-def saved_traces(path: Path) -> dict[int, dict[str, Any]]:
-    """The --save-traces file's traces by line number, timestamps checked and taken out."""
-    traces = {}
-    for t in read_traces(str(path)):
-        for step in t["path"]:
-            assert isinstance(step.pop("timestamp"), float)
-        traces[t["line_number"]] = t
-    return traces
 
 
 def test_router_traces_follow_each_branch_and_match_across_workers(tmp_path: Path, cli: Any, make_log: Any) -> None:
@@ -63,7 +54,7 @@ def test_router_traces_follow_each_branch_and_match_across_workers(tmp_path: Pat
             "50",
         )
         assert res.returncode == 0, res.stderr.decode()
-        runs.append(saved_traces(saved))
+        runs.append({t["line_number"]: t for t in saved_traces(saved)})
     assert runs[0] == runs[1]
     lines = split_lines(log.read_bytes())
     traces = runs[0]
@@ -109,7 +100,7 @@ def test_default_sample_is_a_function_of_the_line_number(tmp_path: Path, cli: An
             "65536",
         )
         assert res.returncode == 0, res.stderr.decode()
-        seen.append(sorted(saved_traces(saved)))
+        seen.append([t["line_number"] for t in saved_traces(saved)])
     assert seen[0] == seen[1] == [n for n in range(1, 20_001) if is_sampled(n, 0.01)]
     assert 120 < len(seen[0]) < 280  # about 1 %
 
@@ -376,7 +367,6 @@ def test_batch_trace_matches_a_slow_scan_through_router_fan_in_copies_and_errors
 ) -> None:
     from mpobs.pipeline.batch import Batch
     from mpobs.tracing.traces import BatchTrace
-    from tests.test_engine import write_dag
 
     config = json.loads(write_dag(tmp_path).read_text())
     # Steps after a filter and after a step that copies lines: they take batches whose traced
@@ -491,7 +481,6 @@ def test_saved_records_replay_to_the_live_traces(tmp_path: Path, monkeypatch: An
     """A --save-traces record (mpobs.tracing.tracefile), read back, gives each line the trace BatchTrace builds live:
     through a router, fan-in, copies, changed texts and tags, and errors; every line or only some traced."""
     from mpobs.tracing.tracefile import TraceReader
-    from tests.test_engine import write_dag
 
     config = json.loads(write_dag(tmp_path).read_text())
     config["processors"] += [
