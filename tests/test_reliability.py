@@ -443,7 +443,8 @@ def die_holding_stats_lock(line):
     if line.startswith(os.environ["KILL_AT"]) and not os.path.exists(os.environ["KILL_MARK"]):
         open(os.environ["KILL_MARK"], "w").close()
         seg = _find("StatsSegment")
-        seg.held().__enter__()
+        held = seg.held()  # kept: dropped at once, the context manager would give the lock back as it goes
+        held.__enter__()
         os.kill(os.getpid(), signal.SIGKILL)
     return line
 
