@@ -336,9 +336,9 @@ def test_a_run_ended_by_an_alert_keeps_what_the_alert_counted(tmp_path: Path, ma
     import re
 
     from mpobs.cli.alerts import alert_options
+    from mpobs.executors.testing import AdversarialExecutor
     from mpobs.pipeline.config import load_config
     from mpobs.run.coordinator import Coordinator, RunOptions
-    from tests.adversarial import AdversarialExecutor
 
     log = make_log(3000)
     pipeline = load_config(None)

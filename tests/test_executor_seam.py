@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from tests.adversarial import AdversarialExecutor
+from mpobs.executors.testing import AdversarialExecutor
 from tests.helpers import SMALL_TASKS, expected_dag, saved_traces, write_dag
 from tests.reference import default_pipeline, split_lines
 
