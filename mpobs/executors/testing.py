@@ -5,7 +5,8 @@ ordered output drive it, with no process, queue or in-flight row involved. Resul
 carry their counts and records. With ``writes_output`` it also plays an executor
 that writes tasks' output itself (as the local pool does): it keeps finished output
 until the task is placed, writes it later, and sometimes loses a finished task whose
-output it still holds."""
+output it still holds. ``mpobs.testing`` runs pipelines on it, for tests.
+"""
 
 from __future__ import annotations
 
