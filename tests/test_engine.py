@@ -13,7 +13,9 @@ from typing import Any
 
 import pytest
 
-from tests.helpers import SMALL_TASKS, expected_dag, segments_of, write_dag
+from mpobs.pipeline.config import DEFAULT_CONFIG
+from mpobs.testing import run_pipeline
+from tests.helpers import DAG_CONFIG, DAG_FNS, expected_dag, segments_of
 from tests.reference import default_pipeline, split_lines
 
 AWKWARD_INPUTS = {
@@ -31,16 +33,12 @@ AWKWARD_INPUTS = {
 
 
 @pytest.mark.parametrize("name", list(AWKWARD_INPUTS))
-def test_default_pipeline_matches_one_plain_process(tmp_path: Path, cli: Any, workers: int, name: str) -> None:
+def test_default_pipeline_matches_one_plain_process(workers: int, name: str) -> None:
     data = AWKWARD_INPUTS[name]
-    log = tmp_path / "in.log"
-    log.write_bytes(data)
-    out, metrics = tmp_path / "out.txt", tmp_path / "m.json"
-    res = cli("process", str(log), "-w", str(workers), "-o", str(out), "--save-metrics", str(metrics), *SMALL_TASKS)
-    assert res.returncode == 0, res.stderr.decode()
+    result = run_pipeline(DEFAULT_CONFIG, data, workers=workers)  # many tasks and batches (SMALL_TASKS)
     expected, tags = default_pipeline(data)
-    assert out.read_bytes() == expected
-    stats = json.loads(metrics.read_text())
+    assert result.output == expected
+    stats = result.stats
     n = len(split_lines(data))
     assert stats["system"]["total_lines"] == n
     assert stats["system"]["bytes_done"] == stats["system"]["bytes_total"] == len(data)
@@ -72,30 +70,14 @@ def test_generated_log_same_with_1_2_3_workers(tmp_path: Path, cli: Any, make_lo
     assert results[0][0] == default_pipeline(log.read_bytes())[0]
 
 
-def test_dag_with_fan_out_router_fan_in_and_python(tmp_path: Path, cli: Any, workers: int, make_log: Any) -> None:
+def test_dag_with_fan_out_router_fan_in_and_python(workers: int, make_log: Any) -> None:
     log = make_log(4000, awkward=0.01)
-    extra = b"x WARN explode\nx WARN dup me\nERROR [api] user login failed\n[db] no level\n"
-    log.write_bytes(log.read_bytes() + extra)
-    config = write_dag(tmp_path)
-    out, m = tmp_path / "out.txt", tmp_path / "m.json"
-    res = cli(
-        "process",
-        str(log),
-        "-c",
-        str(config),
-        "-w",
-        str(workers),
-        "-o",
-        str(out),
-        "--save-metrics",
-        str(m),
-        *SMALL_TASKS,
-    )
-    assert res.returncode == 0, res.stderr.decode()
-    lines = split_lines(log.read_bytes())
+    data = log.read_bytes() + b"x WARN explode\nx WARN dup me\nERROR [api] user login failed\n[db] no level\n"
+    result = run_pipeline(DAG_CONFIG, data, workers=workers, functions={"dagfns": DAG_FNS})
+    lines = split_lines(data)
     want, services, errors = expected_dag(lines)
-    assert out.read_bytes() == "".join(x + "\n" for x in want).encode("utf-8", "surrogateescape")
-    stats = json.loads(m.read_text())
+    assert result.output == "".join(x + "\n" for x in want).encode("utf-8", "surrogateescape")
+    stats = result.stats
     assert stats["counters"]["services"] == services
     assert stats["processors"]["annotate"]["errors"] == errors >= 1
     assert stats["processors"]["number"]["lines_out"] == len(want) - stats["processors"]["audit"]["lines_out"]
