@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from mpobs.testing import run_pipeline
 from mpobs.tracing.tracefile import read_traces
 from tests.handshake import WAIT_FOR_FILE, gate_env
 from tests.helpers import (
@@ -381,31 +382,13 @@ BAD_BYTES = {
 
 
 @pytest.mark.parametrize("name", list(BAD_BYTES))
-def test_bad_bytes_lose_no_line(tmp_path: Path, cli: Any, name: str) -> None:
+def test_bad_bytes_lose_no_line(workers: int, name: str) -> None:
     data = BAD_BYTES[name]
-    log = tmp_path / "in.log"
-    log.write_bytes(data)
-    config = tmp_path / "all.json"
-    config.write_text(json.dumps({"processors": [{"type": "line_counter", "id": "n", "format": "{line}"}]}))
-    out, m = tmp_path / "out", tmp_path / "m.json"
-    res = cli(
-        "process",
-        str(log),
-        "-c",
-        str(config),
-        "-w",
-        "2",
-        "-o",
-        str(out),
-        "--save-metrics",
-        str(m),
-        "--task-size",
-        "1024",
-    )
-    assert res.returncode == 0, res.stderr.decode()
+    everything = {"processors": [{"type": "line_counter", "id": "n", "format": "{line}"}]}
+    result = run_pipeline(everything, data, workers=workers, batch_lines=5000)
     # every input line comes out unchanged: the same bytes, plus a final "\n" if missing
-    assert out.read_bytes() == (data if data.endswith(b"\n") else data + b"\n")
-    assert json.loads(m.read_text())["system"]["total_lines"] == out.read_bytes().count(b"\n")
+    assert result.output == (data if data.endswith(b"\n") else data + b"\n")
+    assert result.stats["system"]["total_lines"] == result.output.count(b"\n")
 
 
 def test_a_100_mb_line_without_newline(tmp_path: Path, cli: Any) -> None:
