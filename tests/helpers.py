@@ -1,13 +1,14 @@
 """Helpers the test files share (fixtures are in conftest.py): each written once, here.
 
 Sections: processes and waiting; configs and the pipelines several files run; saved traces;
-follow mode and logrotate; the dashboard (a real stats segment from a small run, the app over
-it, the browser). Test files import what they need (``from tests.helpers import ...``); no test
-file imports another, nor conftest.
+follow mode and logrotate; inputs (generated, compressed, run through the CLI); the dashboard (a
+real stats segment from a small run, the app over it, the browser). Test files import what they
+need (``from tests.helpers import ...``); no test file imports another, nor conftest.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import shutil
@@ -23,7 +24,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import pytest
+
 from tests.handshake import GATED_SLOW_FNS
+from tests.reference import default_pipeline, split_lines
 
 if TYPE_CHECKING:
     import psutil
@@ -335,6 +339,153 @@ def stop_following(proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM) -> 
             proc.kill()
             proc.wait()
     return err.decode()
+
+
+# ---------------------------------------------------------------------------------------------
+# inputs: generated logs, compressed by the real tools, run through the command line
+
+#: The compressed formats mpobs reads, each made by its real tool.
+FORMATS = ["gzip", "bzip2", "xz", "zstd"]
+# bzip2 -1: blocks of 100 kB, so half a file still holds whole blocks that decode.
+COMPRESS = {"gzip": ["gzip", "-c"], "bzip2": ["bzip2", "-1", "-c"], "xz": ["xz", "-c"], "zstd": ["zstd", "-q", "-c"]}
+ALL_LINES = [{"type": "line_counter", "id": "num", "format": "Line {count}: {line}"}]  # every line, numbered
+
+
+def log_bytes(lines: int, seed: int = 1, awkward: float = 0.0) -> bytes:
+    """A generated log (mpobs generate), as bytes; every line ends with a newline."""
+    from mpobs.inputs.loggen import generate
+
+    buf = io.BytesIO()
+    generate(buf, lines, seed=seed, awkward=awkward)
+    return buf.getvalue()
+
+
+def need(fmt: str) -> None:
+    """Skip the test when the command-line tool of ``fmt`` is not installed."""
+    if shutil.which(fmt) is None:
+        pytest.skip(f"{fmt} is not installed")
+
+
+def compress_bytes(fmt: str, data: bytes) -> bytes:
+    """``data`` compressed by the real tool (``gzip -c``, ``bzip2 -1 -c``, ``xz -c``, ``zstd -q -c``)."""
+    need(fmt)
+    return subprocess.run(COMPRESS[fmt], input=data, capture_output=True, check=True, timeout=60).stdout
+
+
+def all_lines(data: bytes) -> bytes:
+    """What the ALL_LINES pipeline writes for ``data``: ``Line N: <line>`` for every line."""
+    lines = data.split(b"\n")
+    if lines[-1] == b"":
+        lines.pop()
+    return b"".join(b"Line %d: %s\n" % (n, line) for n, line in enumerate(lines, 1))
+
+
+@dataclass
+class ProcessRun:
+    """A finished ``run_process``: the process, its -o file and its --save-metrics file."""
+
+    res: subprocess.CompletedProcess[bytes]
+    out: bytes | None  # the -o file, None when it was not created
+    stats: dict[str, Any] | None  # the --save-metrics file, None when it was not written
+
+    @property
+    def err(self) -> str:
+        return self.res.stderr.decode("utf-8", "replace")
+
+    @property
+    def code(self) -> int:
+        return self.res.returncode
+
+    @property
+    def inputs(self) -> list[dict[str, Any]]:
+        assert self.stats is not None, "no metrics saved"
+        return self.stats["inputs"]
+
+
+def run_process(
+    folder: Path,
+    *inputs: str,
+    config: Path | None = None,
+    workers: int = 2,
+    extra: tuple[str, ...] = (),
+    stdin: Any = subprocess.DEVNULL,
+    input: bytes | None = None,
+    cwd: Path | None = None,
+    env: dict[str, str] | None = None,
+    tag: str = "run",
+    timeout: float = 120,
+) -> ProcessRun:
+    """``mpobs process INPUTS -q -w N -o OUT --save-metrics M`` (OUT and M in ``folder``).
+
+    Standard input is ``stdin``, or the bytes ``input``."""
+    out, metrics = folder / f"{tag}.out", folder / f"{tag}.json"
+    for p in (out, metrics):
+        if p.exists():
+            p.unlink()
+    args = [*inputs, "-q", "-w", str(workers), "-o", str(out), "--save-metrics", str(metrics), *extra]
+    if config is not None:
+        args += ["-c", str(config)]
+    res = subprocess.run(
+        [sys.executable, "-m", "mpobs", "process", *args],
+        capture_output=True,
+        timeout=timeout,
+        cwd=cwd,
+        env={**os.environ, **(env or {})},
+        **({"input": input} if input is not None else {"stdin": stdin}),
+    )
+    return ProcessRun(
+        res, out.read_bytes() if out.exists() else None, json.loads(metrics.read_text()) if metrics.exists() else None
+    )
+
+
+def ok(r: ProcessRun) -> ProcessRun:
+    """``r``, once it is known to have ended well (exit 0, no traceback)."""
+    assert r.code == 0, r.err
+    assert "Traceback" not in r.err
+    return r
+
+
+def assert_default_counts(stats: dict[str, Any], data: bytes) -> None:
+    """The saved counts of the default pipeline are the reference's over ``data``."""
+    _, tags = default_pipeline(data)
+    n = len(split_lines(data))
+    assert stats["system"]["total_lines"] == n
+    assert stats["tags"] == tags
+    procs = stats["processors"]
+    assert procs["line_counter"]["lines_in"] == procs["line_counter"]["lines_out"] == n
+    assert procs["error_filter"]["lines_out"] == tags["error"]
+    assert procs["warn_filter"]["lines_out"] == tags["warn"]
+    assert procs["info_filter"]["lines_out"] == tags["info"]
+
+
+def assert_input(
+    entry: dict[str, Any],
+    *,
+    name: str,
+    kind: str,
+    compression: str | None,
+    lines: int,
+    bytes_total: int | None,
+    bytes_read: int | None = None,
+    state: str = "done",
+) -> None:
+    """One row of the stats' ``inputs``."""
+    assert set(entry) >= {"name", "kind", "compression", "bytes_read", "bytes_total", "lines", "state"}, entry
+    got = {k: entry[k] for k in ("name", "kind", "compression", "lines", "bytes_total", "state")}
+    assert got == {
+        "name": name,
+        "kind": kind,
+        "compression": compression,
+        "lines": lines,
+        "bytes_total": bytes_total,
+        "state": state,
+    }
+    if bytes_read is not None:
+        assert entry["bytes_read"] == bytes_read, entry
+
+
+def assert_no_traceback(r: ProcessRun) -> None:
+    assert "Traceback" not in r.err, r.err
 
 
 # ---------------------------------------------------------------------------------------------
