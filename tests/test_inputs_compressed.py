@@ -1,5 +1,8 @@
 """Compressed inputs (gzip, bzip2, xz, zstd, told by their first bytes), and damaged ones.
 
+A compressed file is decoded by the coordinator whatever runs its blocks: its semantics are checked
+in-process (mpobs.testing); a compressed stdin and damage (exit 2 and its message) on the command line.
+
 What a run must give is computed without mpobs: the reference (tests/reference.py) over the bytes the inputs hold.
 """
 
@@ -15,6 +18,8 @@ from typing import Any
 
 import pytest
 
+from mpobs.pipeline.config import DEFAULT_CONFIG
+from mpobs.testing import run_pipeline
 from tests.helpers import (
     ALL_LINES,
     FORMATS,
@@ -100,17 +105,22 @@ def detected_flip(fmt: str, blob: bytes, data: bytes, start: int, span: int = 40
 
 
 @pytest.mark.parametrize("fmt", FORMATS)
-def test_compressed_file_told_by_its_first_bytes(tmp_path: Path, fmt: str) -> None:
+def test_compressed_file_told_by_its_first_bytes(tmp_path: Path, fmt: str, workers: int) -> None:
     data = log_bytes(3000, awkward=0.02)
     packed = tmp_path / "packed.dat"  # a name that says nothing
     packed.write_bytes(compress_bytes(fmt, data))
-    r = ok(run_process(tmp_path, str(packed), extra=SMALL_TASKS))
-    assert r.out == default_pipeline(data)[0]
-    assert r.stats is not None
+    r = run_pipeline(DEFAULT_CONFIG, packed, workers=workers)  # in-process, many tasks and batches
+    assert r.output == default_pipeline(data)[0]
     assert_default_counts(r.stats, data)
     size = packed.stat().st_size
     assert_input(
-        r.inputs[0], name=str(packed), kind="file", compression=fmt, lines=3000, bytes_total=size, bytes_read=size
+        r.stats["inputs"][0],
+        name=str(packed),
+        kind="file",
+        compression=fmt,
+        lines=3000,
+        bytes_total=size,
+        bytes_read=size,
     )
 
 
@@ -132,12 +142,16 @@ def test_concatenated_gzip_members_read_as_zcat_reads_them(tmp_path: Path) -> No
     both = tmp_path / "both.gz"
     both.write_bytes(compress_bytes("gzip", a) + compress_bytes("gzip", b))  # cat a.gz b.gz
     assert subprocess.run(["gzip", "-dc", str(both)], capture_output=True, check=True).stdout == a + b
-    r = ok(run_process(tmp_path, str(both), extra=SMALL_TASKS))
-    assert r.out == default_pipeline(a + b)[0]
-    assert r.stats is not None
+    r = run_pipeline(DEFAULT_CONFIG, both, workers=2)
+    assert r.output == default_pipeline(a + b)[0]
     assert_default_counts(r.stats, a + b)
     assert_input(
-        r.inputs[0], name=str(both), kind="file", compression="gzip", lines=1600, bytes_total=both.stat().st_size
+        r.stats["inputs"][0],
+        name=str(both),
+        kind="file",
+        compression="gzip",
+        lines=1600,
+        bytes_total=both.stat().st_size,
     )
 
 
@@ -145,9 +159,9 @@ def test_plain_text_named_gz_is_plain_text(tmp_path: Path) -> None:
     data = log_bytes(800)
     fake = tmp_path / "x.gz"
     fake.write_bytes(data)
-    r = ok(run_process(tmp_path, str(fake), extra=SMALL_TASKS))
-    assert r.out == default_pipeline(data)[0]
-    assert_input(r.inputs[0], name=str(fake), kind="file", compression=None, lines=800, bytes_total=len(data))
+    r = run_pipeline(DEFAULT_CONFIG, fake, workers=2)
+    assert r.output == default_pipeline(data)[0]
+    assert_input(r.stats["inputs"][0], name=str(fake), kind="file", compression=None, lines=800, bytes_total=len(data))
 
 
 @pytest.mark.parametrize("fmt", FORMATS)
@@ -155,11 +169,11 @@ def test_empty_compressed_file(tmp_path: Path, fmt: str) -> None:
     empty = tmp_path / "empty.bin"
     empty.write_bytes(compress_bytes(fmt, b""))  # <tool> -c < /dev/null
     assert empty.stat().st_size > 0
-    r = ok(run_process(tmp_path, str(empty)))
-    assert r.out == b""
-    assert r.stats is not None
+    r = run_pipeline(DEFAULT_CONFIG, empty, workers=2)
+    assert r.output == b""
     assert r.stats["system"]["total_lines"] == 0
-    assert_input(r.inputs[0], name=str(empty), kind="file", compression=fmt, lines=0, bytes_total=empty.stat().st_size)
+    size = empty.stat().st_size
+    assert_input(r.stats["inputs"][0], name=str(empty), kind="file", compression=fmt, lines=0, bytes_total=size)
 
 
 @pytest.mark.parametrize("fmt", FORMATS)
@@ -167,11 +181,10 @@ def test_compressed_last_line_without_newline(tmp_path: Path, fmt: str) -> None:
     data = b"a ERROR one\nb WARN two\n\nc INFO three"
     packed = tmp_path / "packed.bin"
     packed.write_bytes(compress_bytes(fmt, data))
-    r = ok(run_process(tmp_path, str(packed)))
-    assert r.out == default_pipeline(data)[0] == b"Line 1: a ERROR one\nLine 2: b WARN two\nLine 4: c INFO three\n"
-    assert_input(
-        r.inputs[0], name=str(packed), kind="file", compression=fmt, lines=4, bytes_total=packed.stat().st_size
-    )
+    r = run_pipeline(DEFAULT_CONFIG, packed, workers=2)
+    assert r.output == default_pipeline(data)[0] == b"Line 1: a ERROR one\nLine 2: b WARN two\nLine 4: c INFO three\n"
+    size = packed.stat().st_size
+    assert_input(r.stats["inputs"][0], name=str(packed), kind="file", compression=fmt, lines=4, bytes_total=size)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,5 +1,7 @@
 """Many inputs read as one stream: files, compressed files and stdin together, at any worker count.
 
+Files alone are checked in-process (mpobs.testing); stdin among them, and refusals, on the command line.
+
 What a run must give is computed without mpobs: the reference (tests/reference.py) over the bytes the inputs hold.
 """
 
@@ -18,6 +20,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from mpobs.pipeline.config import DEFAULT_CONFIG
+from mpobs.testing import run_pipeline
 from tests.helpers import (
     FORMATS,
     SMALL_TASKS,
@@ -74,27 +78,26 @@ def test_every_unreadable_input_is_named(tmp_path: Path) -> None:
 
 def test_many_files_are_one_stream(tmp_path: Path, workers: int) -> None:
     parts = [log_bytes(900, seed=s, awkward=0.02) for s in (1, 2, 3)]
-    names = []
+    paths = []
     for i, part in enumerate(parts):
         (tmp_path / f"p{i}.log").write_bytes(part)
-        names.append(str(tmp_path / f"p{i}.log"))
-    r = ok(run_process(tmp_path, *names, workers=workers, extra=SMALL_TASKS))
+        paths.append(tmp_path / f"p{i}.log")
+    r = run_pipeline(DEFAULT_CONFIG, paths, workers=workers)  # in-process, many tasks and batches
     whole = b"".join(parts)  # cat p0 p1 p2
-    assert r.out == default_pipeline(whole)[0]
-    assert r.stats is not None
+    assert r.output == default_pipeline(whole)[0]
     assert_default_counts(r.stats, whole)
-    assert [e["lines"] for e in r.inputs] == [900, 900, 900]
-    assert [e["name"] for e in r.inputs] == names
+    assert [e["lines"] for e in r.stats["inputs"]] == [900, 900, 900]
+    assert [e["name"] for e in r.stats["inputs"]] == [str(p) for p in paths]
 
 
 def test_a_file_without_final_newline_ends_its_own_line(tmp_path: Path) -> None:
     a, b, c = b"x ERROR one\ny INFO two", b"z WARN three\n", b"ERROR four"
     for name, part in (("a.log", a), ("b.log", b), ("c.log", c)):
         (tmp_path / name).write_bytes(part)
-    r = ok(run_process(tmp_path, "a.log", "b.log", "c.log", cwd=tmp_path))
-    assert r.out == default_pipeline(joined(a, b, c))[0]
-    assert r.out == b"Line 1: x ERROR one\nLine 2: y INFO two\nLine 3: z WARN three\nLine 4: ERROR four\n"
-    assert [e["lines"] for e in r.inputs] == [2, 1, 1]
+    r = run_pipeline(DEFAULT_CONFIG, [tmp_path / "a.log", tmp_path / "b.log", tmp_path / "c.log"], workers=2)
+    assert r.output == default_pipeline(joined(a, b, c))[0]
+    assert r.output == b"Line 1: x ERROR one\nLine 2: y INFO two\nLine 3: z WARN three\nLine 4: ERROR four\n"
+    assert [e["lines"] for e in r.stats["inputs"]] == [2, 1, 1]
 
 
 def test_file_and_file_line_fields(tmp_path: Path, workers: int) -> None:
@@ -207,19 +210,17 @@ def test_files_split_at_line_ends_give_the_single_files_output(case: tuple[list[
     parts, packed = case
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
-        names = []
+        paths = []
         for i, (part, pack) in enumerate(zip(parts, packed)):
-            name = f"part{i}.log"
-            (folder / name).write_bytes(gzip.compress(part) if pack else part)
-            names.append(name)
-        config = write_config(folder, [{"type": "line_counter", "id": "num", "format": "{count}:{line}"}])
-        r = ok(
-            run_process(folder, *names, cwd=folder, config=config, extra=("--task-size", "1024", "--batch-lines", "3"))
-        )
+            path = folder / f"part{i}.log"
+            path.write_bytes(gzip.compress(part) if pack else part)
+            paths.append(path)
+        config = {"processors": [{"type": "line_counter", "id": "num", "format": "{count}:{line}"}]}
+        r = run_pipeline(config, paths, workers=2, task_bytes=1024, batch_lines=3)
         whole = b"".join(parts)
         want = b"".join(
             b"%d:%s\n" % (n, line.encode("utf-8", "surrogateescape")) for n, line in enumerate(split_lines(whole), 1)
         )
-        assert r.out == want
-        assert [e["lines"] for e in r.inputs] == [len(split_lines(p)) for p in parts]
-        assert [e["compression"] for e in r.inputs] == ["gzip" if p else None for p in packed]
+        assert r.output == want
+        assert [e["lines"] for e in r.stats["inputs"]] == [len(split_lines(p)) for p in parts]
+        assert [e["compression"] for e in r.stats["inputs"]] == ["gzip" if p else None for p in packed]
