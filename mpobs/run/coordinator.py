@@ -180,9 +180,7 @@ class Coordinator:
         finally:
             # No report for a run an exception ends: its caller says what went wrong, and the
             # outputs it refused to touch (--save-metrics) stay untouched.
-            _, _, message = self._wind_down(
-                outcome or ("failed", EXIT_FAILED, None), sink, report=outcome is not None
-            )
+            _, _, message = self._wind_down(outcome or ("failed", EXIT_FAILED, None), sink, report=outcome is not None)
             self.signals.restore()
         if self._final is None:  # it failed before the segment existed: nothing ran
             raise MpobsError(message or "the run could not start")
