@@ -4,30 +4,44 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from tests.helpers import run_cli, shm_segments
 from tests.shared_procs import SHARED_PIDS
 
-ROOT = Path(__file__).resolve().parent.parent
+#: Every process the tests started (subprocess.Popen) in this session.
+STARTED: set[int] = set()
 
 
-def shm_segments() -> set[str]:
-    """mpobs stats segments in /dev/shm (named mpobs_<owner pid>_<random>)."""
+@pytest.fixture(scope="session", autouse=True)
+def started_processes() -> Iterator[set[int]]:
+    """Records the pid of every process a test starts, so that leftovers are judged by the session's own:
+    another suite on the same machine (another checkout's, killing its runs) leaves segments too."""
+    init = subprocess.Popen.__init__
+
+    def recording(self: subprocess.Popen[Any], *args: Any, **kwargs: Any) -> None:
+        init(self, *args, **kwargs)
+        STARTED.add(self.pid)
+
+    subprocess.Popen.__init__ = recording  # type: ignore[method-assign]
     try:
-        return {n for n in os.listdir("/dev/shm") if n.startswith("mpobs_")}
-    except FileNotFoundError:
-        return set()
+        yield STARTED
+    finally:
+        subprocess.Popen.__init__ = init  # type: ignore[method-assign]
 
 
 def orphaned_segments() -> set[str]:
-    """Segments whose owner process is gone: leaked. (A live owner may be another run in progress.)"""
+    """Segments of this process or of one it started whose owner is gone: leaked. (A live owner may be a run
+    in progress.)"""
     import psutil
 
-    return {n for n in shm_segments() if not psutil.pid_exists(int(n.split("_")[1]))}
+    ours = STARTED | {os.getpid()}
+    owners = {n: int(n.split("_")[1]) for n in shm_segments()}
+    return {n for n, pid in owners.items() if pid in ours and not psutil.pid_exists(pid)}
 
 
 def _is_ours(proc: Any) -> bool:
@@ -68,16 +82,6 @@ def workers(request: pytest.FixtureRequest) -> int:
 def fault_workers(request: pytest.FixtureRequest) -> int:
     """Fault tests (slow: each disturbs a real run) run with one worker and with two."""
     return request.param
-
-
-def run_cli(
-    *args: str, cwd: str | os.PathLike[str] | None = None, timeout: float = 120, env: dict[str, str] | None = None
-) -> subprocess.CompletedProcess[bytes]:
-    """Run ``python -m mpobs ARGS`` as a user would; returns the finished process (bytes out/err)."""
-    full_env = {**os.environ, **(env or {})}
-    return subprocess.run(
-        [sys.executable, "-m", "mpobs", *args], cwd=cwd, capture_output=True, timeout=timeout, env=full_env
-    )
 
 
 @pytest.fixture

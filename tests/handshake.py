@@ -45,14 +45,20 @@ def gate_env(gate_at: int, gate_open: Path) -> dict[str, str]:
     return {"GATE_AT": str(gate_at), "GATE_OPEN": str(gate_open)}
 
 
-def pipe_is_full(fd: int) -> bool:
-    """Whether the pipe of ``fd`` holds all it can: its writer blocks until someone reads."""
+def pipe_pending(fd: int) -> int:
+    """Bytes written into the pipe of ``fd`` that nobody has read yet."""
     import fcntl
     import struct
     import termios
 
-    pending = struct.unpack("i", fcntl.ioctl(fd, termios.FIONREAD, b"\0\0\0\0"))[0]
-    return pending >= fcntl.fcntl(fd, 1032)  # F_GETPIPE_SZ
+    return int(struct.unpack("i", fcntl.ioctl(fd, termios.FIONREAD, b"\0\0\0\0"))[0])
+
+
+def pipe_is_full(fd: int) -> bool:
+    """Whether the pipe of ``fd`` holds all it can: its writer blocks until someone reads."""
+    import fcntl
+
+    return pipe_pending(fd) >= fcntl.fcntl(fd, 1032)  # F_GETPIPE_SZ
 
 
 def run_is_asleep(pid: int, workers: int) -> bool:

@@ -23,13 +23,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest_dashboard import free_port, get_json, wait_for
 
 from mpobs.alerts.promql import Evaluator
 from mpobs.alerts.store import NAME, SeriesStore
-from tests.conftest import ROOT
+from tests.helpers import ROOT, fn_config, free_port, get_json, prom_query, wait_for
 from tests.shared_procs import SHARED_PIDS
-from tests.test_reliability import fn_config
 
 pytestmark = pytest.mark.prometheus
 
@@ -56,14 +54,6 @@ class Scraped:
     url: str
     prom: str
     folder: Path
-
-
-def _query(prom: str, expr: str, at: float | None = None) -> dict[str, Any]:
-    params = {"query": expr, **({"time": f"{at:.3f}"} if at is not None else {})}
-    with urllib.request.urlopen(f"{prom}/api/v1/query?{urllib.parse.urlencode(params)}", timeout=10) as r:
-        doc = json.loads(r.read())
-    assert doc["status"] == "success", doc
-    return doc["data"]
 
 
 def _writer(log: Path, stop: threading.Event) -> None:
@@ -171,7 +161,7 @@ def scraped(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Scraped]:
         SHARED_PIDS.update(p.pid for p in procs)
         wait_for(lambda: get_json(f"{url}/healthz")[0] == 200, 30, what="the dashboard")
         writer.start()
-        wait_for(lambda: _query(prom, "up")["result"], 30, interval=0.5, what="Prometheus's first scrape")
+        wait_for(lambda: prom_query(prom, "up")["result"], 30, interval=0.5, what="Prometheus's first scrape")
         yield Scraped(url, prom, folder)
     finally:
         stop.set()
@@ -271,7 +261,7 @@ EMPTY = {
 def _store_from(prom: str, at: float) -> SeriesStore:
     """Prometheus's raw samples of every mpobs series in the last 10 minutes before ``at``."""
     store = SeriesStore(3_600_000)
-    for series in _query(prom, '{__name__=~"mpobs_.+"}[10m]', at)["result"]:
+    for series in prom_query(prom, '{__name__=~"mpobs_.+"}[10m]', at)["result"]:
         key = tuple(sorted(series["metric"].items()))
         for ts, value in series["values"]:
             store.add(key, round(float(ts) * 1000), float(value))
@@ -279,7 +269,7 @@ def _store_from(prom: str, at: float) -> SeriesStore:
 
 
 def _theirs(prom: str, expr: str, at: float) -> dict[tuple[tuple[str, str], ...], float]:
-    data = _query(prom, expr, at)
+    data = prom_query(prom, expr, at)
     if data["resultType"] == "scalar":
         return {(): float(data["result"][1])}
     return {tuple(sorted(r["metric"].items())): float(r["value"][1]) for r in data["result"]}
@@ -298,14 +288,14 @@ def _same(a: float, b: float) -> bool:
 def test_promql_values_match_prometheus_over_the_same_samples(scraped: Scraped) -> None:
     # Enough history for the ranges to hold several scrapes and a changing pace.
     wait_for(
-        lambda: float(_query(scraped.prom, "mpobs_run_elapsed_seconds")["result"][0]["value"][1]) > 25,
+        lambda: float(prom_query(scraped.prom, "mpobs_run_elapsed_seconds")["result"][0]["value"][1]) > 25,
         60,
         interval=0.5,
         what="25 s of scrapes",
     )
     # Half a scrape before the newest one in the TSDB: a target's scrapes are stored in order, so every
     # one up to ``at`` is there (however late Prometheus stored the last ones), and none comes later.
-    newest = float(_query(scraped.prom, "timestamp(mpobs_run_elapsed_seconds)")["result"][0]["value"][1])
+    newest = float(prom_query(scraped.prom, "timestamp(mpobs_run_elapsed_seconds)")["result"][0]["value"][1])
     at = round(newest - 0.5, 3)
     evaluator = Evaluator(_store_from(scraped.prom, at))
     assert {NAME} <= {k for key in evaluator.store.series for k, _ in key}

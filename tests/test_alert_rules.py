@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from mpobs.alerts.rules import defaults_text, load_rules
-from tests.test_reliability import fn_config
+from tests.helpers import fn_config
 
 GOOD = """
 groups:

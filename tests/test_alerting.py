@@ -12,7 +12,7 @@ from mpobs.alerts.promql import Evaluator
 from mpobs.alerts.rules import load_rules
 from mpobs.alerts.store import SeriesStore, labels_of
 from mpobs.alerts.watch import AlertOptions, AlertWatch, expand, go_e, go_v, rfc3339
-from tests.test_reliability import fn_config
+from tests.helpers import fn_config
 
 T0 = 1_700_000_000_000  # ms
 
@@ -336,10 +336,10 @@ def test_a_run_ended_by_an_alert_keeps_what_the_alert_counted(tmp_path: Path, ma
     import re
 
     from mpobs.cli.alerts import alert_options
+    from mpobs.executors.testing import AdversarialExecutor
     from mpobs.pipeline.config import load_config
     from mpobs.run.coordinator import Coordinator
     from mpobs.run.options import RunOptions
-    from tests.adversarial import AdversarialExecutor
 
     log = make_log(3000)
     pipeline = load_config(None)

@@ -19,10 +19,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest_dashboard import free_port, get_json, wait_for
 
-from tests.test_follow import stop_following
-from tests.test_reliability import fn_config
+from tests.helpers import append, fn_config, free_port, get_json, lines_out, stop_following, wait_for
 
 FNS = "def f(line):\n    if 'BAD' in line:\n        raise ValueError('bad line')\n    return line\n"
 RULES = """\
@@ -38,15 +36,6 @@ groups:
 
 def _lines(start: int, count: int) -> str:
     return "".join(f"line {i} {'BAD' if i % 10 == 0 else 'ok'}\n" for i in range(start, start + count))
-
-
-def _append(path: Path, text: str) -> None:
-    with open(path, "a") as f:
-        f.write(text)
-
-
-def _out_lines(path: Path) -> int:
-    return path.read_bytes().count(b"\n") if path.exists() else 0
 
 
 class Hook:
@@ -178,7 +167,7 @@ def test_a_real_alertmanager_receives_the_alert_then_its_resolution(
     written = [200]
 
     def errors_until_notified() -> bool:  # new errors keep the condition true until Alertmanager notified it
-        _append(log, _lines(written[0], 50))
+        append(log, _lines(written[0], 50).encode())
         written[0] += 50
         return "firing" in hook.statuses("ErrorsSeen")
 
@@ -327,16 +316,16 @@ def test_an_absent_or_hung_alertmanager_does_not_hold_the_run_and_is_reported_on
             doc = get_json(f"http://127.0.0.1:{port}/stats")[1].get("alerts") or {}
             return (doc.get("alertmanager") or {}).get("failed_posts", 0) >= n
 
-        wait_for(lambda: _out_lines(out) == 200, 30, what="the first lines")
+        wait_for(lambda: lines_out(out) == 200, 30, what="the first lines")
         for r in range(3):  # the first errors fire the alert (a post), later rounds meet the retries
             seen = len(stuck.posts) if stuck else 0
-            _append(tmp_path / "app.log", _lines(200 + 600 * r, 300))
+            append(tmp_path / "app.log", _lines(200 + 600 * r, 300).encode())
             if stuck:  # a new post, hung until the test releases it: the run must not wait for it
                 wait_for(lambda seen=seen: len(stuck.posts) > seen, 30, interval=0.02, what="a new post")
                 hung = stuck.posts[-1]
-            _append(tmp_path / "app.log", _lines(500 + 600 * r, 300))
+            append(tmp_path / "app.log", _lines(500 + 600 * r, 300).encode())
             ok = 200 + 540 * (r + 1)  # one line in ten is an error of f
-            wait_for(lambda ok=ok: _out_lines(out) == ok, 30, interval=0.02, what="the new lines in the output")
+            wait_for(lambda ok=ok: lines_out(out) == ok, 30, interval=0.02, what="the new lines in the output")
             if stuck:
                 assert not hung.closed.is_set(), "the new lines came out only after the hung post gave up"
                 hung.released.set()  # it times out now: a failed post, retried (the next round's post)
@@ -350,4 +339,4 @@ def test_an_absent_or_hung_alertmanager_does_not_hold_the_run_and_is_reported_on
     assert proc.returncode == 0, err
     assert err.count("cannot post alerts") == 1, err
     assert "not delivered to" in err and "reachable again" not in err, err
-    assert _out_lines(out) == 1820 and "Traceback" not in err
+    assert lines_out(out) == 1820 and "Traceback" not in err

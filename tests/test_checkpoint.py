@@ -15,9 +15,9 @@ from typing import Any
 
 import pytest
 
-from tests.handshake import GATED_SLOW_FNS, gate_env
+from tests.handshake import gate_env
+from tests.helpers import committed_lines, slow_config, wait_for
 from tests.reference import default_pipeline
-from tests.test_reliability import default_with, fn_config, wait_for
 
 #: As GATED_SLOW_FNS, but the gate opens once the checkpoint at ``GATE_CHECKPOINT`` holds lines.
 CHECKPOINT_GATED_FNS = """
@@ -39,17 +39,6 @@ def slow(lines):
     return lines
 """
 COUNTS = ("lines_in", "lines_out", "errors", "batches")
-
-
-def slow_config(tmp_path: Path, delay: float = 0.01, fns: str = GATED_SLOW_FNS) -> Path:
-    """The default pipeline, ``delay`` s slower per batch: long enough to be killed part way. With the
-    environment of ``gate_env``, no batch from a given line on ends before the test lets it."""
-    return fn_config(
-        tmp_path,
-        "ckfns",
-        fns.format(delay=delay),
-        default_with({"type": "python", "id": "slow", "function": "ckfns:slow", "batch": True}),
-    )
 
 
 def exact(metrics: dict[str, Any]) -> dict[str, Any]:
@@ -93,14 +82,6 @@ def command(tmp_path: Path, inputs: list[Path], workers: int, config: Path, *ext
     ]
 
 
-def committed(tmp_path: Path) -> int:
-    """Lines the checkpoint says are in the output (-1: none yet)."""
-    try:
-        return int(json.loads((tmp_path / "ck.json").read_text())["lines"])
-    except (OSError, ValueError, KeyError):
-        return -1
-
-
 def kill_part_way(cmd: list[str], tmp_path: Path, after_lines: int) -> None:
     """Start the run; SIGKILL its whole process group once the checkpoint holds ``after_lines`` lines or more.
 
@@ -109,7 +90,7 @@ def kill_part_way(cmd: list[str], tmp_path: Path, after_lines: int) -> None:
     env = {**os.environ, **gate_env(after_lines + 4000, tmp_path / "never-opened")}
     proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, start_new_session=True, env=env)
     try:
-        wait_for(lambda: committed(tmp_path) >= after_lines or proc.poll() is not None, 60)
+        wait_for(lambda: committed_lines(tmp_path / "ck.json") >= after_lines or proc.poll() is not None, 60)
         assert proc.poll() is None, f"it finished before it could be killed: {proc.stderr.read().decode()}"
     finally:
         try:
@@ -167,7 +148,7 @@ def test_sigint_writes_a_checkpoint_the_next_run_resumes_from(tmp_path: Path, ma
     cmd = command(tmp_path, [log], 2, config)
     # From line 15,000 on batches wait at a gate that never opens: the SIGINT always comes part way.
     proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, env={**os.environ, **gate_env(15_000, tmp_path / "never")})
-    wait_for(lambda: committed(tmp_path) > 0, 60)
+    wait_for(lambda: committed_lines(tmp_path / "ck.json") > 0, 60)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err.decode()
@@ -204,7 +185,8 @@ def test_two_runs_cannot_share_a_checkpoint(tmp_path: Path, make_log: Any) -> No
     # the checkpoint) when the second starts, and when it gets its SIGINT.
     first = subprocess.Popen(cmd, stderr=subprocess.PIPE, env={**os.environ, **gate_env(20_000, tmp_path / "never")})
     try:
-        wait_for(lambda: committed(tmp_path) >= 0, 60)  # it holds the lock once its first checkpoint is out
+        # It holds the lock once its first checkpoint is out.
+        wait_for(lambda: committed_lines(tmp_path / "ck.json") >= 0, 60)
         second = subprocess.run(cmd, capture_output=True, timeout=60)
         err = second.stderr.decode()
         assert second.returncode == 2 and "is in use by another mpobs run" in err and str(first.pid) in err, err

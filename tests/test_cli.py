@@ -9,6 +9,8 @@ from typing import Any
 
 import pytest
 
+from tests.helpers import fn_config
+
 
 @pytest.mark.parametrize(
     ("args", "says"),
@@ -95,8 +97,6 @@ def test_max_errors_says_what_it_counted_and_what_the_output_holds(
     """Errors counted in tasks still running pass the limit; the output and the summary hold only finished
     tasks. The closing line gives both, and its second figure is the summary's and the saved metrics'."""
     import re
-
-    from tests.test_reliability import fn_config
 
     log = make_log(20_000)
     fns = "def f(line):\n    if 'ERROR' in line:\n        raise ValueError('bad')\n    return line\n"

@@ -7,10 +7,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest_dashboard import XSS_LINE, SmallRun, small_run
 
 from dashboard_app import create_app
 from dashboard_app.sources import LiveSource, SavedSource
+from tests.helpers import XSS_LINE, SmallRun, small_run
 
 
 @pytest.fixture

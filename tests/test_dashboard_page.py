@@ -10,9 +10,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest_dashboard import (
+
+from dashboard_app.sources import LiveSource
+from tests.helpers import (
     XSS_LINE,
     big_log,
+    fn_config,
     free_port,
     get_json,
     kill_if_running,
@@ -24,8 +27,6 @@ from conftest_dashboard import (
     stop_cli,
     wait_for,
 )
-
-from dashboard_app.sources import LiveSource
 
 pytestmark = pytest.mark.browser
 
@@ -204,8 +205,6 @@ groups:
 
 
 def test_page_shows_the_alerts_of_a_followed_run(tmp_path: Path, browser_page: tuple[Any, list[str]]) -> None:
-    from tests.test_reliability import fn_config
-
     page, problems = browser_page
     log = tmp_path / "app.log"
     log.write_text("".join(f"line {i} {'BAD' if i % 10 == 0 else 'ok'}\n" for i in range(100)))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import shutil
 import signal
 import subprocess
@@ -11,7 +10,8 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from conftest_dashboard import big_log, free_port, get_json, start_cli, stop_cli, wait_for
+
+from tests.helpers import big_log, free_port, get_json, prom_query, start_cli, stop_cli, wait_for
 
 pytestmark = pytest.mark.prometheus
 LINES = 400_000
@@ -21,14 +21,6 @@ def _metrics(url: str) -> str:
     with urllib.request.urlopen(f"{url}/metrics", timeout=5) as r:
         assert r.headers["Content-Type"].startswith("text/plain; version=0.0.4")
         return r.read().decode()
-
-
-def _query(prom: str, expr: str) -> list[dict]:
-    q = urllib.parse.urlencode({"query": expr})
-    with urllib.request.urlopen(f"{prom}/api/v1/query?{q}", timeout=5) as r:
-        doc = json.loads(r.read())
-    assert doc["status"] == "success"
-    return doc["data"]["result"]
 
 
 def test_prometheus_scrapes_the_line_count(tmp_path: Path) -> None:
@@ -84,15 +76,18 @@ def test_prometheus_scrapes_the_line_count(tmp_path: Path) -> None:
             log_file.close()
 
         def scraped_all() -> bool:  # the last line may be counted in a scrape made before the run was done
-            got, done = _query(prom, "mpobs_lines_processed_total"), _query(prom, "mpobs_run_state{state='done'}")
+            got, done = (
+                prom_query(prom, "mpobs_lines_processed_total")["result"],
+                prom_query(prom, "mpobs_run_state{state='done'}")["result"],
+            )
             return bool(got) and got[0]["value"][1] == str(LINES) and bool(done) and done[0]["value"][1] == "1"
 
         wait_for(scraped_all, 60, interval=0.5, what="Prometheus to hold the final line count and state")
-        per_proc = _query(prom, "mpobs_processor_lines_in_total")
+        per_proc = prom_query(prom, "mpobs_processor_lines_in_total")["result"]
         assert {r["metric"]["processor"]: r["value"][1] for r in per_proc}["line_counter"] == str(LINES)
         assert all(r["metric"]["job"] == "mpobs" for r in per_proc)
-        assert _query(prom, "up{job='mpobs'}")[0]["value"][1] == "1"
-        done = _query(prom, "mpobs_run_state{state='done'}")
+        assert prom_query(prom, "up{job='mpobs'}")["result"][0]["value"][1] == "1"
+        done = prom_query(prom, "mpobs_run_state{state='done'}")["result"]
         assert done and done[0]["value"][1] == "1"
     finally:
         if server is not None:

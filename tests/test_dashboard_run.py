@@ -11,7 +11,8 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from conftest_dashboard import big_log, free_port, get_json, kill_if_running, start_cli, stop_cli, wait_for
+
+from tests.helpers import big_log, free_port, get_json, kill_if_running, start_cli, stop_cli, wait_for
 
 COMPARE = ("lines_in", "lines_out", "errors", "processing_time_ms", "batches", "share_of_time")
 

@@ -11,7 +11,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -24,10 +23,8 @@ import pytest
 
 from tests.dask_faults import PLAN_ENV
 from tests.handshake import WAIT_FOR_FILE
+from tests.helpers import fn_config, free_port, get_json, saved_traces, wait_for, write_dag
 from tests.shared_procs import SHARED_PIDS
-from tests.test_engine import write_dag
-from tests.test_executor_seam import _traces as traces
-from tests.test_reliability import wait_for
 
 pytest.importorskip("distributed", reason="needs Dask distributed (pip install 'mpobs[dask]')")
 pytestmark = pytest.mark.dask
@@ -64,12 +61,6 @@ def hold_at(log: Path, *line_numbers: int) -> Path:
 
 
 COUNTS = ("lines_in", "lines_out", "errors", "batches")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class CliCluster:
@@ -243,7 +234,7 @@ def both(
         got[name] = json.loads(m.read_text())
     assert (tmp_path / "dask.out").read_bytes() == (tmp_path / "local.out").read_bytes()
     assert comparable(got["dask"], stdin is None) == comparable(got["local"], stdin is None)
-    assert traces(tmp_path / "dask.jsonl") == traces(tmp_path / "local.jsonl")
+    assert saved_traces(tmp_path / "dask.jsonl") == saved_traces(tmp_path / "local.jsonl")
     assert errors(got["dask"]) == errors(got["local"]) and got["local"]["system"]["total_errors"] > 0
     assert got["dask"]["meta"]["executor"] == "dask" and got["local"]["meta"]["executor"] == "local"
     return got["local"], got["dask"]
@@ -305,7 +296,6 @@ STAGES = [
 def slow_job(tmp_path_factory: pytest.TempPathFactory) -> tuple[list[str], Path, dict[str, Any]]:
     """A run of about 45 tasks of 0.1 s each: its arguments, and the local pool's output and counts."""
     from mpobs.inputs.loggen import generate_file
-    from tests.test_reliability import fn_config
 
     folder = tmp_path_factory.mktemp("slow-job")
     log = folder / "in.log"
@@ -432,8 +422,6 @@ def test_without_dask_installed_the_dask_executor_says_how_to_install_it(tmp_pat
 
 
 def test_the_scheduler_going_away_fails_the_run_with_exit_1(tmp_path: Path, make_log: Any) -> None:
-    from tests.test_reliability import fn_config
-
     log = hold_at(make_log(40_000), 20_000)  # the run is still going when the scheduler goes
     gate = tmp_path / "gate"
     config = fn_config(
@@ -482,8 +470,6 @@ def test_the_scheduler_going_away_fails_the_run_with_exit_1(tmp_path: Path, make
 
 
 def test_ctrl_c_cancels_closes_the_cluster_and_exits_130(tmp_path: Path, make_log: Any) -> None:
-    from tests.test_reliability import fn_config
-
     log = hold_at(make_log(40_000), 20_000)  # the run is still going when Ctrl-C comes
     gate = tmp_path / "gate"
     config = fn_config(
@@ -536,8 +522,6 @@ def test_ctrl_c_cancels_closes_the_cluster_and_exits_130(tmp_path: Path, make_lo
 def watched_dashboard_run(args: list[str], watch: Any, gate: Path, timeout: float = 60) -> tuple[Any, str]:
     """``mpobs process ARGS --dashboard``: what ``watch(stats)`` returned first that was truthy while it ran, and its
     stderr. The run's held task (``held_slow_fns``) goes on once the watch has seen it: ``gate`` is made then."""
-    from tests.conftest_dashboard import get_json
-
     port = free_port()
     proc = subprocess.Popen(
         [
@@ -578,8 +562,6 @@ def watched_dashboard_run(args: list[str], watch: Any, gate: Path, timeout: floa
 def test_stats_and_saved_metrics_show_the_dask_workers(tmp_path: Path, make_log: Any) -> None:
     """/stats (and --save-metrics) carry the cluster's workers: address, tasks and lines each ran for
     us, CPU and memory as its scheduler sees them, and a link to Dask's own dashboard."""
-    from tests.test_reliability import fn_config
-
     # A task near the end waits until the watch has seen the cluster busy: the run is still going then.
     log = hold_at(make_log(20_000), 18_000)
     gate = tmp_path / "gate"
@@ -630,8 +612,6 @@ def test_stats_and_saved_metrics_show_the_dask_workers(tmp_path: Path, make_log:
 def test_a_running_task_shows_its_counts_before_it_is_done(tmp_path: Path, make_log: Any) -> None:
     """Live progress: tasks of a few seconds each show their lines in /stats while they run (no task is
     done yet); when the run ends, the counts are exact (what was shown live never counts twice)."""
-    from tests.test_reliability import fn_config
-
     # Each task waits half way (lines 2,000 and 6,000: after 19 batches, 0.05 s each, so past the
     # first live report at 0.5 s) until the watch has seen it: no task can be done by then.
     log = hold_at(make_log(8_000), 2_000, 6_000)

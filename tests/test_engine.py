@@ -13,9 +13,10 @@ from typing import Any
 
 import pytest
 
+from mpobs.pipeline.config import DEFAULT_CONFIG
+from mpobs.testing import run_pipeline
+from tests.helpers import DAG_CONFIG, DAG_FNS, expected_dag, segments_of
 from tests.reference import default_pipeline, split_lines
-
-SMALL_TASKS = ("--task-size", "1024", "--batch-lines", "7")  # many tasks and batches on small inputs
 
 AWKWARD_INPUTS = {
     "no-multiple-of-task-size": b"".join(b"2026 INFO line %d padding %s\n" % (i, b"x" * (i % 37)) for i in range(700)),
@@ -32,16 +33,12 @@ AWKWARD_INPUTS = {
 
 
 @pytest.mark.parametrize("name", list(AWKWARD_INPUTS))
-def test_default_pipeline_matches_one_plain_process(tmp_path: Path, cli: Any, workers: int, name: str) -> None:
+def test_default_pipeline_matches_one_plain_process(workers: int, name: str) -> None:
     data = AWKWARD_INPUTS[name]
-    log = tmp_path / "in.log"
-    log.write_bytes(data)
-    out, metrics = tmp_path / "out.txt", tmp_path / "m.json"
-    res = cli("process", str(log), "-w", str(workers), "-o", str(out), "--save-metrics", str(metrics), *SMALL_TASKS)
-    assert res.returncode == 0, res.stderr.decode()
+    result = run_pipeline(DEFAULT_CONFIG, data, workers=workers)  # many tasks and batches (SMALL_TASKS)
     expected, tags = default_pipeline(data)
-    assert out.read_bytes() == expected
-    stats = json.loads(metrics.read_text())
+    assert result.output == expected
+    stats = result.stats
     n = len(split_lines(data))
     assert stats["system"]["total_lines"] == n
     assert stats["system"]["bytes_done"] == stats["system"]["bytes_total"] == len(data)
@@ -73,96 +70,14 @@ def test_generated_log_same_with_1_2_3_workers(tmp_path: Path, cli: Any, make_lo
     assert results[0][0] == default_pipeline(log.read_bytes())[0]
 
 
-def write_dag(tmp_path: Path) -> Path:
-    (tmp_path / "dagfns.py").write_text(
-        "def annotate(line):\n"
-        "    if 'explode' in line:\n"
-        "        raise RuntimeError('cannot annotate')\n"
-        "    return [line + ' [a]', line + ' [b]'] if 'dup' in line else line + ' [a]'\n"
-    )
-    config = {
-        "processors": [
-            {"type": "tag_extractor", "id": "tags"},
-            {
-                "type": "router",
-                "id": "route",
-                "routes": {"err": {"tag": "error"}, "warn": {"tag": "warn"}},
-                "default": "rest",
-            },
-            {"type": "uppercase", "id": "up", "inputs": ["route.err"]},
-            {"type": "python", "id": "annotate", "function": "dagfns:annotate", "inputs": ["route.warn"]},
-            {"type": "counter", "id": "services", "by": r"\[(\w+)\]", "inputs": ["route.rest"]},
-            {"type": "filter", "id": "no_debug", "tag": "debug", "invert": True, "inputs": ["services"]},
-            {
-                "type": "line_counter",
-                "id": "number",
-                "format": "{count}|{line}",
-                "inputs": ["up", "annotate", "no_debug"],
-            },
-            {"type": "filter", "id": "audit", "pattern": "login", "inputs": ["tags"]},
-        ]
-    }
-    path = tmp_path / "dag.json"
-    path.write_text(json.dumps(config))
-    return path
-
-
-def expected_dag(lines: list[str]) -> tuple[list[str], dict[str, int], int]:
-    """The DAG of write_dag, computed line by line by hand."""
-    import re
-
-    level = re.compile(r"\b(ERROR|WARN|WARNING|INFO|DEBUG)\b")
-    tag_of = {"ERROR": "error", "WARN": "warn", "WARNING": "warn", "INFO": "info", "DEBUG": "debug"}
-    out: list[str] = []
-    services: dict[str, int] = {}
-    errors = 0
-    for n, line in enumerate(lines, 1):
-        m = level.search(line)
-        tag = tag_of[m.group(1)] if m else None
-        here: list[str] = []
-        if tag == "error":
-            here.append(f"{n}|{line.upper()}")
-        elif tag == "warn":
-            if "explode" in line:
-                errors += 1
-            else:
-                here += [f"{n}|{line} [a]", f"{n}|{line} [b]"] if "dup" in line else [f"{n}|{line} [a]"]
-        else:
-            s = re.search(r"\[(\w+)\]", line)
-            if s:
-                services[s.group(1)] = services.get(s.group(1), 0) + 1
-            if tag != "debug":
-                here.append(f"{n}|{line}")
-        out += here  # sink "number"
-        if "login" in line:
-            out.append(line)  # sink "audit", after "number" (config order)
-    return out, services, errors
-
-
-def test_dag_with_fan_out_router_fan_in_and_python(tmp_path: Path, cli: Any, workers: int, make_log: Any) -> None:
+def test_dag_with_fan_out_router_fan_in_and_python(workers: int, make_log: Any) -> None:
     log = make_log(4000, awkward=0.01)
-    extra = b"x WARN explode\nx WARN dup me\nERROR [api] user login failed\n[db] no level\n"
-    log.write_bytes(log.read_bytes() + extra)
-    config = write_dag(tmp_path)
-    out, m = tmp_path / "out.txt", tmp_path / "m.json"
-    res = cli(
-        "process",
-        str(log),
-        "-c",
-        str(config),
-        "-w",
-        str(workers),
-        "-o",
-        str(out),
-        "--save-metrics",
-        str(m),
-        *SMALL_TASKS,
-    )
-    assert res.returncode == 0, res.stderr.decode()
-    lines = split_lines(log.read_bytes())
+    data = log.read_bytes() + b"x WARN explode\nx WARN dup me\nERROR [api] user login failed\n[db] no level\n"
+    result = run_pipeline(DAG_CONFIG, data, workers=workers, functions={"dagfns": DAG_FNS})
+    lines = split_lines(data)
     want, services, errors = expected_dag(lines)
-    assert out.read_bytes() == "".join(x + "\n" for x in want).encode("utf-8", "surrogateescape")
-    stats = json.loads(m.read_text())
+    assert result.output == "".join(x + "\n" for x in want).encode("utf-8", "surrogateescape")
+    stats = result.stats
     assert stats["counters"]["services"] == services
     assert stats["processors"]["annotate"]["errors"] == errors >= 1
     assert stats["processors"]["number"]["lines_out"] == len(want) - stats["processors"]["audit"]["lines_out"]
@@ -196,8 +111,6 @@ def test_closed_stdout_pipe_ends_quietly(tmp_path: Path, make_log: Any) -> None:
 
 
 def test_no_shared_memory_left_after_runs(tmp_path: Path, cli: Any) -> None:
-    from tests.conftest import shm_segments
-
     log = tmp_path / "in.log"
     log.write_bytes(b"ERROR x\n" * 1000)
     (tmp_path / "failfns.py").write_text("def fail(line):\n    raise ValueError('no')\n")
@@ -215,7 +128,7 @@ def test_no_shared_memory_left_after_runs(tmp_path: Path, cli: Any) -> None:
             stderr=subprocess.DEVNULL,
         )
         assert proc.wait(timeout=60) == code
-        assert not [n for n in shm_segments() if n.startswith(f"mpobs_{proc.pid}_")]
+        assert not segments_of(proc.pid)
 
 
 def test_sample_log_when_no_input_given(tmp_path: Path, cli: Any) -> None:

@@ -8,10 +8,11 @@ from typing import Any
 
 import pytest
 
-from mpobs.tracing.tracefile import read_traces
-from tests.adversarial import AdversarialExecutor
+from mpobs.executors.testing import AdversarialExecutor
+from mpobs.pipeline.config import DEFAULT_CONFIG
+from mpobs.testing import PipelineResult, run_pipeline
+from tests.helpers import SMALL_TASKS, expected_dag, saved_traces, write_dag
 from tests.reference import default_pipeline, split_lines
-from tests.test_engine import SMALL_TASKS, expected_dag, write_dag
 
 COUNT_FIELDS = ("lines_in", "lines_out", "errors", "batches")
 
@@ -30,30 +31,9 @@ def _comparable(stats: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _traces(path: Path) -> list[dict[str, Any]]:
-    """Saved traces without their timestamps, in line order."""
-    out = []
-    for t in read_traces(str(path)):
-        for step in t["path"]:
-            step.pop("timestamp")
-        out.append(t)
-    return sorted(out, key=lambda t: t["line_number"])
-
-
-def _run_inline(log: Path, config: Path, out: Path, traces: Path, executor: AdversarialExecutor) -> Any:
-    from mpobs.pipeline.config import load_config
-    from mpobs.run.coordinator import Coordinator
-    from mpobs.run.options import RunOptions, Tracing
-
-    opts = RunOptions(
-        str(log),
-        str(out),
-        workers=executor.capacity,
-        task_bytes=1024,
-        batch_lines=7,
-        tracing=Tracing(0.05, save=str(traces)),
-    )
-    return Coordinator(load_config(config), opts, executor=executor).run()
+def _run_inline(log: Path, config: Path, executor: AdversarialExecutor) -> PipelineResult:
+    """The run the CLI made, with ``executor`` in this process (SMALL_TASKS, traces saved at 0.05)."""
+    return run_pipeline(config, log, executor=executor, task_bytes=1024, batch_lines=7, trace=0.05, save_traces=True)
 
 
 @pytest.mark.parametrize("writes_output", [False, True], ids=["results-carry-output", "executor-writes-output"])
@@ -85,44 +65,37 @@ def test_an_adversarial_executor_gives_the_local_pools_answer(
     assert res.returncode == 0, res.stderr.decode()
 
     executor = AdversarialExecutor(capacity=4, seed=seed, lose=0.2, writes_output=writes_output)
-    out, traces = tmp_path / "adv.txt", tmp_path / "adv.jsonl"
-    outcome = _run_inline(log, config, out, traces, executor)
+    result = _run_inline(log, config, executor)
 
-    assert outcome.exit_code == 0, outcome.message
     assert executor.started and executor.stopped
     # Live /stats never counted a lost task: once all is committed, nothing is pending or in flight.
     assert executor.live_at_end == executor.committed_at_end
-    assert executor.losses > 0 and executor.runs > outcome.stats["system"]["tasks_done"]  # it really lost some
-    assert out.read_bytes() == local_out.read_bytes()
+    assert executor.losses > 0 and executor.runs > result.stats["system"]["tasks_done"]  # it really lost some
+    assert result.output == local_out.read_bytes()
     want, _, _ = expected_dag(split_lines(log.read_bytes()))
-    assert out.read_bytes() == "".join(x + "\n" for x in want).encode("utf-8", "surrogateescape")
-    assert _comparable(outcome.metrics) == _comparable(json.loads(local_m.read_text()))
-    assert _traces(traces) == _traces(local_t)  # every sampled line once, though its task ran again
-    assert outcome.metrics["meta"]["executor"] == "adversarial"
+    assert result.output == "".join(x + "\n" for x in want).encode("utf-8", "surrogateescape")
+    assert _comparable(result.stats) == _comparable(json.loads(local_m.read_text()))
+    assert result.traces == saved_traces(local_t)  # every sampled line once, though its task ran again
+    assert result.stats["meta"]["executor"] == "adversarial"
 
 
-def test_a_task_lost_three_times_fails_the_run_after_the_tasks_before_it(tmp_path: Path, make_log: Any) -> None:
+def test_a_task_lost_three_times_fails_the_run_after_the_tasks_before_it(make_log: Any) -> None:
     from mpobs.inputs.inputset import open_inputs
-    from mpobs.pipeline.config import load_config
-    from mpobs.run.coordinator import Coordinator
-    from mpobs.run.options import RunOptions
 
     log = make_log(2000)
     source = open_inputs([str(log)])
     tasks = list(source.tasks(4096))
     source.close()
     assert len(tasks) > 5
-    out = tmp_path / "out.txt"
     executor = AdversarialExecutor(capacity=3, seed=5, lose=0.0, always_lose=frozenset({3}))
-    opts = RunOptions(str(log), str(out), workers=3, task_bytes=4096)
-    outcome = Coordinator(load_config(None), opts, executor=executor).run()
+    result = run_pipeline(DEFAULT_CONFIG, log, executor=executor, task_bytes=4096, batch_lines=5000, check=False)
 
-    assert outcome.exit_code == 1
-    assert outcome.message == f"{tasks[3].describe()} killed its worker 3 times; giving up"
+    assert result.exit_code == 1
+    assert result.message == f"{tasks[3].describe()} killed its worker 3 times; giving up"
     data = log.read_bytes()
     before = data[: tasks[3].start]  # tasks 0-2, whole; nothing of task 3 or after
-    assert out.read_bytes() == default_pipeline(before)[0]
-    stats = outcome.metrics
+    assert result.output == default_pipeline(before)[0]
+    stats = result.stats
     assert stats["system"]["state"] == "failed"
     assert stats["system"]["total_lines"] == tasks[2].last_line
     assert stats["system"]["bytes_done"] == tasks[3].start
@@ -156,20 +129,18 @@ def test_an_adversarial_executor_runs_blocks_of_a_compressed_input(
     assert res.returncode == 0, res.stderr.decode()
 
     executor = AdversarialExecutor(capacity=3, seed=seed, lose=0.25)
-    out, traces = tmp_path / "adv.txt", tmp_path / "adv.jsonl"
-    outcome = _run_inline(gz, config, out, traces, executor)
+    result = _run_inline(gz, config, executor)
 
-    assert outcome.exit_code == 0, outcome.message
     assert executor.losses > 0
-    assert out.read_bytes() == local_out.read_bytes()
-    got, want = _comparable(outcome.metrics), _comparable(json.loads(local_m.read_text()))
+    assert result.output == local_out.read_bytes()
+    got, want = _comparable(result.stats), _comparable(json.loads(local_m.read_text()))
     for doc in (got, want):  # bytes are compressed bytes for the .gz; tasks (so batches) are its blocks
         for k in ("bytes_done", "bytes_total", "tasks_done"):
             doc["system"].pop(k)
         for p in doc["processors"].values():
             p.pop("batches")
     assert got == want
-    assert outcome.metrics["inputs"][0] | {"bytes_read": 0} == {
+    assert result.stats["inputs"][0] | {"bytes_read": 0} == {
         "name": str(gz),
         "kind": "file",
         "compression": "gzip",
@@ -179,4 +150,4 @@ def test_an_adversarial_executor_runs_blocks_of_a_compressed_input(
         "lines_done": 3000,
         "state": "done",
     }
-    assert outcome.metrics["system"]["bytes_done"] == gz.stat().st_size
+    assert result.stats["system"]["bytes_done"] == gz.stat().st_size

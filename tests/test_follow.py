@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -14,10 +13,21 @@ from typing import Any
 
 import pytest
 
-from tests.test_reliability import wait_for
-
-LOGROTATE = shutil.which("logrotate") or "/usr/sbin/logrotate"
-NUMBERED = {"processors": [{"type": "line_counter", "id": "n", "format": "{count}|{file_line}|{line}"}]}
+from tests.helpers import (
+    LOGROTATE,
+    NUMBERED,
+    append,
+    committed_lines,
+    free_port,
+    get_json,
+    info_lines,
+    lines_out,
+    numbered,
+    rotate_output,
+    stop_following,
+    wait_for,
+    whole_output,
+)
 
 pytestmark = pytest.mark.skipif(not Path(LOGROTATE).exists(), reason="needs Debian logrotate (scripts/setup.sh)")
 
@@ -28,21 +38,6 @@ def rotate(tmp_path: Path, log: Path, mode: str) -> None:
     conf.write_text(f"{log} {{\n  rotate 9\n  {mode}\n  missingok\n  nocompress\n}}\n")
     res = subprocess.run([LOGROTATE, "-f", "-s", str(tmp_path / "logrotate.state"), str(conf)], capture_output=True)
     assert res.returncode == 0, res.stderr.decode()
-
-
-def rotate_output(tmp_path: Path, out: Path, pid: int | None) -> None:
-    """logrotate our output as a user would: ``create``, then ``kill -HUP`` in postrotate (none if ``pid`` is None)."""
-    conf = tmp_path / "out-logrotate.conf"
-    hup = f"  postrotate\n    kill -HUP {pid}\n  endscript\n" if pid is not None else ""
-    conf.write_text(f"{out} {{\n  rotate 9\n  create\n  missingok\n  nocompress\n{hup}}}\n")
-    res = subprocess.run([LOGROTATE, "-f", "-s", str(tmp_path / "out-logrotate.state"), str(conf)], capture_output=True)
-    assert res.returncode == 0, res.stderr.decode()
-
-
-def whole_output(out: Path) -> bytes:
-    """The rotated generations, oldest first (out.9 ... out.1), then the file at the path."""
-    olds = sorted(out.parent.glob(out.name + ".*"), key=lambda p: -int(p.suffix[1:]))
-    return b"".join(p.read_bytes() for p in olds) + out.read_bytes()
 
 
 def hangup_is_handled(pid: int) -> bool:
@@ -64,18 +59,6 @@ def read_offset(pid: int, path: Path) -> int | None:
     except (OSError, ValueError, IndexError):
         pass
     return None
-
-
-def append(log: Path, data: bytes) -> None:
-    with open(log, "ab") as f:
-        f.write(data)
-
-
-def lines_out(out: Path) -> int:
-    try:
-        return out.read_bytes().count(b"\n")
-    except FileNotFoundError:
-        return 0
 
 
 def follow(tmp_path: Path, log: Path, workers: int) -> subprocess.Popen[bytes]:
@@ -103,32 +86,10 @@ def follow(tmp_path: Path, log: Path, workers: int) -> subprocess.Popen[bytes]:
     )
 
 
-def stop_following(proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM) -> str:
-    """Send ``sig`` and wait for the run to end (killed if it does not); its stderr."""
-    err = b""
-    try:
-        if proc.poll() is None:
-            proc.send_signal(sig)
-        _, err = proc.communicate(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    return err.decode()
-
-
-def expected(texts: list[str]) -> bytes:
-    return "".join(f"{n}|{n}|{t}\n" for n, t in enumerate(texts, 1)).encode()
-
-
-def batch(n: int, start: int) -> list[str]:
-    return [f"INFO line {k} of the log" for k in range(start, start + n)]
-
-
 @pytest.mark.parametrize("mode", ["create", "copytruncate"])
 def test_a_followed_log_through_rotations_comes_out_exactly_once(tmp_path: Path, fault_workers: int, mode: str) -> None:
     log = tmp_path / "app.log"
-    written = batch(2000, 0)
+    written = info_lines(2000, 0)
     log.write_text("".join(t + "\n" for t in written))
     out = tmp_path / "out"
     proc = follow(tmp_path, log, fault_workers)
@@ -143,13 +104,13 @@ def test_a_followed_log_through_rotations_comes_out_exactly_once(tmp_path: Path,
         append(log, b" and the rest\n")
         written.append("INFO half and the rest")
         for r in range(3):
-            more = batch(500, len(written))
+            more = info_lines(500, len(written))
             append(log, "".join(t + "\n" for t in more).encode())
             written += more
             if mode == "copytruncate":  # what is copied away unread is the method's loss: read it first
                 wait_for(lambda: lines_out(out) == len(written), 30)
             rotate(tmp_path, log, mode)
-            after = batch(300 + r, len(written))
+            after = info_lines(300 + r, len(written))
             append(log, "".join(t + "\n" for t in after).encode())
             written += after
         wait_for(lambda: lines_out(out) == len(written), 30)
@@ -157,7 +118,7 @@ def test_a_followed_log_through_rotations_comes_out_exactly_once(tmp_path: Path,
         err = stop_following(proc, signal.SIGTERM)
     assert proc.returncode == 0, err
     assert "stopped following (SIGTERM)" in err
-    assert out.read_bytes() == expected(written)
+    assert out.read_bytes() == numbered(written)
     m = json.loads((tmp_path / "m.json").read_text())
     assert m["processors"]["n"]["lines_in"] == len(written)
     (inp,) = m["inputs"]
@@ -178,7 +139,7 @@ def test_a_rotated_last_line_without_newline_is_complete(tmp_path: Path) -> None
     finally:
         err = stop_following(proc, signal.SIGINT)
     assert proc.returncode == 0, err
-    assert out.read_bytes() == expected(["INFO one", "INFO two without newline", "INFO three"])
+    assert out.read_bytes() == numbered(["INFO one", "INFO two without newline", "INFO three"])
 
 
 def test_a_deleted_and_recreated_file_is_followed_and_a_second_sigint_stops_at_once(tmp_path: Path) -> None:
@@ -191,7 +152,7 @@ def test_a_deleted_and_recreated_file_is_followed_and_a_second_sigint_stops_at_o
         log.unlink()
         log.write_text("INFO b\n")
         wait_for(lambda: lines_out(out) == 2, 30)
-        assert out.read_bytes() == expected(["INFO a", "INFO b"])
+        assert out.read_bytes() == numbered(["INFO a", "INFO b"])
     finally:
         proc.send_signal(signal.SIGINT)
         proc.send_signal(signal.SIGINT)
@@ -242,13 +203,6 @@ def test_generations_before_the_followed_file_are_read_first(tmp_path: Path) -> 
         err = stop_following(proc, signal.SIGTERM)
     assert proc.returncode == 0, err
     assert out.read_bytes() == b"1|1|INFO old 1\n2|2|INFO old 2\n3|1|INFO new 1\n"
-
-
-def committed_lines(ck: Path) -> int:
-    try:
-        return json.loads(ck.read_text())["lines"]
-    except (OSError, ValueError, KeyError):
-        return -1
 
 
 @pytest.mark.parametrize("seed", [int(s) for s in os.environ.get("MPOBS_FOLLOW_SEEDS", "1,2").split(",")])
@@ -340,7 +294,7 @@ def test_kills_and_rotations_while_following_lose_nothing_and_repeat_nothing(
     finally:
         err = stop_following(proc, signal.SIGTERM)
     assert proc.returncode == 0, err
-    assert whole_output(out) == expected(written)
+    assert whole_output(out) == numbered(written)
     m = json.loads((tmp_path / "m.json").read_text())
     assert m["processors"]["n"]["lines_in"] == m["processors"]["n"]["lines_out"] == len(written)
     assert m["system"]["total_lines"] == len(written)
@@ -350,8 +304,6 @@ def test_kills_and_rotations_while_following_lose_nothing_and_repeat_nothing(
 
 def test_stats_and_healthz_while_a_followed_file_is_quiet(tmp_path: Path) -> None:
     """/stats shows the followed input (following, lag, rotations, last line); /healthz stays OK while it is quiet."""
-    from tests.conftest_dashboard import free_port, get_json
-
     log = tmp_path / "app.log"
     log.write_text("INFO a\nINFO b\n")
     config = tmp_path / "numbered.json"
@@ -435,7 +387,7 @@ def test_a_stopped_followed_run_restarted_follows_on(tmp_path: Path) -> None:
         finally:
             err = stop_following(proc, signal.SIGTERM)
         assert proc.returncode == 0, err
-    assert out.read_bytes() == expected(["INFO a", "INFO b", "INFO c"])
+    assert out.read_bytes() == numbered(["INFO a", "INFO b", "INFO c"])
     res = subprocess.run([a for a in cmd if a != "-F"], capture_output=True, timeout=60)
     assert res.returncode == 2 and "was made with --follow" in res.stderr.decode(), res.stderr.decode()
 
@@ -518,4 +470,4 @@ def test_sigterm_stops_a_followed_run_still_reading_an_open_stream_before_it(tmp
         stop_following(proc, signal.SIGKILL)
     assert proc.returncode == 0, err
     assert "stopped following (SIGTERM)" in err
-    assert out.read_bytes() == expected(["INFO one", "INFO two", "INFO three"])
+    assert out.read_bytes() == numbered(["INFO one", "INFO two", "INFO three"])

@@ -13,8 +13,8 @@ from typing import Any
 
 import pytest
 
+from tests.helpers import fn_config, free_port, get_json, wait_for
 from tests.reference import split_lines
-from tests.test_reliability import fn_config
 
 EXIT_FNS = """
 import sys
@@ -151,8 +151,6 @@ def _hang_log(make_log: Any, at: int = 1500) -> tuple[Path, list[str]]:
 def test_a_stalled_call_is_named_on_stderr_in_healthz_and_in_metrics(tmp_path: Path, make_log: Any) -> None:
     """A call running past --stall-after: /healthz says degraded naming processor, function and line, /metrics
     has its gauge, stderr says so once; when it returns the run ends as usual, nothing lost."""
-    from tests.conftest_dashboard import free_port, get_json, wait_for
-
     log, lines = _hang_log(make_log)
     config = fn_config(tmp_path, "hangfns", HANG_FNS, [{"type": "python", "id": "hang", "function": "hangfns:hang"}])
     release = tmp_path / "release"

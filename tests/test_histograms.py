@@ -14,8 +14,9 @@ from typing import Any
 import pytest
 
 from mpobs.metrics.histogram import BUCKETS, LE_LABELS, LE_NS, bucket_of, quantile
-from tests.conftest import run_cli
-from tests.test_engine import SMALL_TASKS, write_dag
+from mpobs.testing import run_pipeline
+from tests.handshake import pipe_is_full, run_is_asleep
+from tests.helpers import DAG_CONFIG, DAG_FNS, SMALL_TASKS, fn_config, wait_for
 
 BATCH_FNS = "def shout(lines):\n    return [line.upper() for line in lines]\n"
 
@@ -41,42 +42,24 @@ def test_quantiles_interpolate_within_a_bucket_as_prometheus_does() -> None:
     assert quantile(counts, 0.99) == pytest.approx(LE_NS[-1] / 1e9)
 
 
-def _config(tmp_path: Path) -> Path:
-    """The engine tests' DAG (a per-line python function among others), plus a batch function."""
-    (tmp_path / "histfns.py").write_text(BATCH_FNS)
-    config = json.loads(write_dag(tmp_path).read_text())
-    config["processors"].append(
-        {"type": "python", "id": "shout", "function": "histfns:shout", "batch": True, "inputs": ["audit"]}
-    )
-    path = tmp_path / "hist.json"
-    path.write_text(json.dumps(config))
-    return path
+#: The engine tests' DAG (a per-line python function among others), plus a batch function.
+HIST_CONFIG = {
+    "processors": [
+        *DAG_CONFIG["processors"],
+        {"type": "python", "id": "shout", "function": "histfns:shout", "batch": True, "inputs": ["audit"]},
+    ]
+}
 
 
-def _run(tmp_path: Path, cli: Any, log: Path, config: Path, workers: int) -> dict[str, Any]:
-    m = tmp_path / f"m{workers}.json"
-    res = cli(
-        "process",
-        str(log),
-        "-c",
-        str(config),
-        "-w",
-        str(workers),
-        "-o",
-        str(tmp_path / "out"),
-        "-q",
-        "--save-metrics",
-        str(m),
-        *SMALL_TASKS,
-    )
-    assert res.returncode == 0, res.stderr.decode()
-    return json.loads(m.read_text())
+def _run(data: bytes, workers: int) -> dict[str, Any]:
+    """HIST_CONFIG over ``data`` in-process (many tasks and batches); the final stats."""
+    functions = {"dagfns": DAG_FNS, "histfns": BATCH_FNS}
+    return run_pipeline(HIST_CONFIG, data, workers=workers, functions=functions).stats
 
 
-def test_buckets_sum_to_the_batches_and_calls_counted(tmp_path: Path, cli: Any, workers: int, make_log: Any) -> None:
-    log = make_log(6000, awkward=0.01)
-    log.write_bytes(log.read_bytes() + b"x WARN explode\nERROR [api] user login failed\n")
-    stats = _run(tmp_path, cli, log, _config(tmp_path), workers)
+def test_buckets_sum_to_the_batches_and_calls_counted(workers: int, make_log: Any) -> None:
+    data = make_log(6000, awkward=0.01).read_bytes() + b"x WARN explode\nERROR [api] user login failed\n"
+    stats = _run(data, workers)
     procs = stats["processors"]
     for pid, row in procs.items():
         h = row["batch_latency"]
@@ -95,13 +78,12 @@ def test_buckets_sum_to_the_batches_and_calls_counted(tmp_path: Path, cli: Any, 
     assert procs["shout"]["call_latency"]["count"] == procs["shout"]["batches"] > 0
 
 
-def test_the_same_counts_at_every_worker_count(tmp_path: Path, cli: Any, make_log: Any) -> None:
+def test_the_same_counts_at_every_worker_count(make_log: Any) -> None:
     """Durations differ from run to run; how many of them there are does not."""
-    log = make_log(6000, awkward=0.01)
-    config = _config(tmp_path)
+    data = make_log(6000, awkward=0.01).read_bytes()
     got = []
     for w in (1, 2, 3):
-        procs = _run(tmp_path, cli, log, config, w)["processors"]
+        procs = _run(data, w)["processors"]
         got.append(
             {
                 pid: (row["batch_latency"]["count"], row.get("call_latency", {}).get("count"))
@@ -111,15 +93,14 @@ def test_the_same_counts_at_every_worker_count(tmp_path: Path, cli: Any, make_lo
     assert got[0] == got[1] == got[2]
 
 
-def test_metrics_expose_prometheus_histograms(tmp_path: Path, make_log: Any) -> None:
+def test_metrics_expose_prometheus_histograms(make_log: Any) -> None:
     """/metrics of the final stats: cumulative buckets, +Inf = _count = batches, _sum = processing time."""
     from prometheus_client import generate_latest
     from prometheus_client.parser import text_string_to_metric_families
 
     from dashboard_app.metrics import make_registry
 
-    log = make_log(3000)
-    stats = _run(tmp_path, run_cli, log, _config(tmp_path), 2)
+    stats = _run(make_log(3000).read_bytes(), 2)
 
     class Source:
         def stats(self) -> dict[str, Any]:
@@ -199,7 +180,6 @@ def test_task_durations_show_the_task_with_the_slow_route(
     call until every other task is done, and then longer than the longest of them took (read from the
     task histogram while the run goes on), so that no fast task held up for a while can overtake it."""
     from mpobs.inputs.inputset import open_inputs
-    from tests.test_reliability import fn_config
 
     log = make_log(6000)
     source = open_inputs([str(log)])
@@ -263,9 +243,6 @@ def test_worker_time_shares_show_a_slow_output(tmp_path: Path, fault_workers: in
     import subprocess
     import sys
     import time
-
-    from tests.conftest_dashboard import wait_for
-    from tests.handshake import pipe_is_full, run_is_asleep
 
     log = make_log(100_000)
     m = tmp_path / "m.json"

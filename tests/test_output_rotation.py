@@ -11,19 +11,19 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_follow import (
+from tests.helpers import (
     LOGROTATE,
     NUMBERED,
     append,
-    batch,
     committed_lines,
-    expected,
+    info_lines,
     lines_out,
+    numbered,
     rotate_output,
     stop_following,
+    wait_for,
     whole_output,
 )
-from tests.test_reliability import wait_for
 
 pytestmark = pytest.mark.skipif(not Path(LOGROTATE).exists(), reason="needs Debian logrotate (scripts/setup.sh)")
 
@@ -55,14 +55,14 @@ def test_sighup_after_logrotate_goes_on_in_the_new_output(tmp_path: Path, fault_
     """Three rotations of the output with logrotate's ``create`` and postrotate ``kill -HUP``: the
     generations put together are the whole output, each line once, and each generation holds whole tasks."""
     log, out = tmp_path / "app.log", tmp_path / "out"
-    written = batch(3000, 0)
+    written = info_lines(3000, 0)
     log.write_text("".join(t + "\n" for t in written))
     proc = subprocess.Popen(service(tmp_path, log, fault_workers), stderr=subprocess.PIPE, start_new_session=True)
     try:
         wait_for(lambda: lines_out(out) == len(written), 30)
         for r in range(3):
             rotate_output(tmp_path, out, proc.pid)
-            more = batch(400 + r, len(written))
+            more = info_lines(400 + r, len(written))
             append(log, "".join(t + "\n" for t in more).encode())
             written += more
             wait_for(lambda: lines_out(out) == len(more), 30)  # in the new file, not the renamed one
@@ -70,7 +70,7 @@ def test_sighup_after_logrotate_goes_on_in_the_new_output(tmp_path: Path, fault_
         err = stop_following(proc)
     assert proc.returncode == 0, err
     assert err.count("SIGHUP: reopened the output") == 3, err
-    assert whole_output(out) == expected(written)
+    assert whole_output(out) == numbered(written)
     assert (tmp_path / "out.1").read_bytes().endswith(b"\n")
     m = json.loads((tmp_path / "m.json").read_text())
     assert m["system"]["output_reopens"] == 3 and m["processors"]["n"]["lines_out"] == len(written)
@@ -88,14 +88,14 @@ def test_sighup_without_a_rotation_changes_nothing(tmp_path: Path) -> None:
     finally:
         err = stop_following(proc)
     assert proc.returncode == 0, err
-    assert "reopened" not in err and out.read_bytes() == expected(["INFO a", "INFO b"])
+    assert "reopened" not in err and out.read_bytes() == numbered(["INFO a", "INFO b"])
 
 
 def test_an_output_rotated_while_the_run_was_down_is_cut_where_it_was_renamed(tmp_path: Path) -> None:
     """SIGKILL, then logrotate renames the output (no one to HUP): the restarted run finds the old file
     by inode next to the path, cuts it back to the checkpoint, and goes on in the new one."""
     log, out, ck = tmp_path / "app.log", tmp_path / "out", tmp_path / "ck.json"
-    written = batch(2000, 0)
+    written = info_lines(2000, 0)
     log.write_text("".join(t + "\n" for t in written))
     cmd = service(tmp_path, log, 2, "--checkpoint", str(ck), "--checkpoint-every", "30")
     proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, start_new_session=True)
@@ -107,7 +107,7 @@ def test_an_output_rotated_while_the_run_was_down_is_cut_where_it_was_renamed(tm
         assert committed_lines(ck) < len(written)
         rotate_output(tmp_path, out, None)
         assert out.stat().st_size == 0
-        more = batch(100, len(written))
+        more = info_lines(100, len(written))
         append(log, "".join(t + "\n" for t in more).encode())
         written += more
         proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, start_new_session=True)
@@ -115,7 +115,7 @@ def test_an_output_rotated_while_the_run_was_down_is_cut_where_it_was_renamed(tm
     finally:
         err = stop_following(proc)
     assert proc.returncode == 0, err
-    assert whole_output(out) == expected(written)
+    assert whole_output(out) == numbered(written)
     # Killed again, the checkpoint names the new file: the old one is not cut twice.
     assert json.loads(ck.read_text())["output_id"][1] == out.stat().st_ino
 
@@ -125,7 +125,7 @@ def test_a_kill_inside_a_checkpoint_write_loses_nothing(tmp_path: Path, fault_wo
     state is in place. A FIFO at its temp file's name holds the write there (open blocks until a
     reader comes). The restarted run resumes from the last good checkpoint, exactly."""
     log, out, ck = tmp_path / "app.log", tmp_path / "out", tmp_path / "ck.json"
-    written = batch(1000, 0)
+    written = info_lines(1000, 0)
     log.write_text("".join(t + "\n" for t in written))
     cmd = service(tmp_path, log, fault_workers, "--checkpoint", str(ck), "--checkpoint-every", "0.1")
     proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, start_new_session=True)
@@ -133,7 +133,7 @@ def test_a_kill_inside_a_checkpoint_write_loses_nothing(tmp_path: Path, fault_wo
         wait_for(lambda: committed_lines(ck) == len(written), 30)
         tmp = tmp_path / f".ck.json.{proc.pid}.tmp"
         os.mkfifo(tmp)
-        more = batch(500, len(written))
+        more = info_lines(500, len(written))
         append(log, "".join(t + "\n" for t in more).encode())
         written += more
         wchan = Path(f"/proc/{proc.pid}/wchan")
@@ -148,6 +148,6 @@ def test_a_kill_inside_a_checkpoint_write_loses_nothing(tmp_path: Path, fault_wo
     finally:
         err = stop_following(proc)
     assert proc.returncode == 0, err
-    assert out.read_bytes() == expected(written)
+    assert out.read_bytes() == numbered(written)
     m = json.loads((tmp_path / "m.json").read_text())
     assert m["processors"]["n"]["lines_in"] == len(written)

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from typing import Any
 
 from hypothesis import HealthCheck, assume, given, settings
@@ -12,8 +10,7 @@ from hypothesis import strategies as st
 
 from mpobs.errors import ConfigError
 from mpobs.pipeline.config import DEFAULT_CONFIG, compile_config
-from mpobs.run.coordinator import Coordinator
-from mpobs.run.options import RunOptions
+from mpobs.testing import run_pipeline
 from tests.reference import default_pipeline
 
 LOG_BYTES = st.lists(
@@ -31,15 +28,8 @@ def test_random_bytes_give_the_single_process_output(data: bytes, workers: int, 
     from mpobs.inputs.decoders import sniff
 
     assume(sniff(data[:6]) is None)  # bytes that start like gzip, bzip2, xz or zstd are read as such (test_inputs)
-    with tempfile.TemporaryDirectory() as tmp:
-        log, out = os.path.join(tmp, "in.log"), os.path.join(tmp, "out")
-        with open(log, "wb") as f:
-            f.write(data)
-        opts = RunOptions(log, out, workers=workers, task_bytes=task, batch_lines=3)
-        outcome = Coordinator(compile_config(DEFAULT_CONFIG), opts).run()
-        assert outcome.exit_code == 0
-        with open(out, "rb") as f:
-            assert f.read() == default_pipeline(data)[0]
+    result = run_pipeline(DEFAULT_CONFIG, data, workers=workers, task_bytes=task, batch_lines=3)
+    assert result.output == default_pipeline(data)[0]
 
 
 PROC_TYPES = [

@@ -11,12 +11,22 @@ import time
 from pathlib import Path
 from typing import Any
 
-import psutil
 import pytest
 
+from mpobs.testing import run_pipeline
 from mpobs.tracing.tracefile import read_traces
-from tests.conftest import shm_segments
-from tests.handshake import GATED_SLOW_FNS, WAIT_FOR_FILE, gate_env
+from tests.handshake import WAIT_FOR_FILE, gate_env
+from tests.helpers import (
+    fn_config,
+    free_port,
+    get_json,
+    processes_using,
+    segments_of,
+    shm_segments,
+    slow_config,
+    wait_for,
+    workers_of,
+)
 from tests.reference import default_pipeline
 
 KILL_FNS = """
@@ -33,14 +43,6 @@ def maybe_die(line):
 """
 
 
-def fn_config(tmp_path: Path, module: str, source: str, processors: list[dict[str, Any]]) -> Path:
-    """A config using functions of a module written next to it."""
-    (tmp_path / f"{module}.py").write_text(source)
-    config = tmp_path / f"{module}.json"
-    config.write_text(json.dumps({"processors": processors}))
-    return config
-
-
 def kill_config(tmp_path: Path) -> Path:
     return fn_config(
         tmp_path,
@@ -52,28 +54,6 @@ def kill_config(tmp_path: Path) -> Path:
             {"type": "python", "id": "die", "function": "killfns:maybe_die"},
             {"type": "filter", "id": "errors", "tag": "error"},
         ],
-    )
-
-
-def default_with(step: dict[str, Any]) -> list[dict[str, Any]]:
-    """The default pipeline with ``step`` after its line counter: same output, plus what the step does."""
-    return [
-        {"type": "line_counter", "id": "line_counter"},
-        step,
-        {"type": "tag_extractor", "id": "tag_extractor"},
-        {"type": "filter", "id": "error_filter", "tag": "error", "inputs": ["tag_extractor"]},
-        {"type": "filter", "id": "warn_filter", "tag": "warn", "inputs": ["tag_extractor"]},
-        {"type": "filter", "id": "info_filter", "tag": "info", "inputs": ["tag_extractor"]},
-    ]
-
-
-def slow_config(tmp_path: Path) -> Path:
-    """The default pipeline with a pause per batch (and the gate of GATED_SLOW_FNS): long enough to be interrupted."""
-    return fn_config(
-        tmp_path,
-        "slowfns",
-        GATED_SLOW_FNS.format(delay=0.01),
-        default_with({"type": "python", "id": "slow", "function": "slowfns:slow", "batch": True}),
     )
 
 
@@ -109,33 +89,6 @@ def start_slow_run(
 def open_gate(tmp_path: Path) -> None:
     """Let the batches held by ``start_slow_run(gate_at=...)`` go on."""
     (tmp_path / "gate-open").touch()
-
-
-def processes_using(path: Path) -> list[psutil.Process]:
-    """Live processes whose command line names ``path`` (our runs and their workers)."""
-    found = []
-    for p in psutil.process_iter(["cmdline", "status"]):
-        try:
-            if p.info["status"] != psutil.STATUS_ZOMBIE and any(str(path) in a for a in p.info["cmdline"] or []):
-                found.append(p)
-        except (psutil.NoSuchProcess, psutil.AccessDenied):
-            pass
-    return found
-
-
-def workers_of(proc: subprocess.Popen[bytes]) -> list[psutil.Process]:
-    kids = psutil.Process(proc.pid).children()
-    return [k for k in kids if not any("resource_tracker" in a for a in k.cmdline())]
-
-
-def wait_for(cond: Any, timeout: float = 20.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = cond()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError("condition not met in time")
 
 
 def run_killing(
@@ -280,7 +233,6 @@ def release_stall(tmp_path: Path) -> None:
 
 def settled_while_stalled(tmp_path: Path, port: int) -> dict[str, Any]:
     """/stats once task 0 stalls and the other worker has stopped taking tasks (two reads 0.3 s apart agree)."""
-    from conftest_dashboard import get_json
 
     def stats() -> dict[str, Any] | None:
         try:
@@ -304,8 +256,6 @@ def settled_while_stalled(tmp_path: Path, port: int) -> dict[str, Any]:
 
 
 def test_worker_killed_holding_finished_output_runs_those_tasks_again(tmp_path: Path, make_log: Any) -> None:
-    from conftest_dashboard import free_port
-
     log = make_log(60_000)
     m, port = tmp_path / "m.json", free_port()
     proc = start_stalled_run(tmp_path, log, port, "--save-metrics", str(m))
@@ -322,8 +272,6 @@ def test_worker_killed_holding_finished_output_runs_those_tasks_again(tmp_path: 
 
 
 def test_a_stalled_task_stops_the_others_from_running_far_ahead(tmp_path: Path, make_log: Any) -> None:
-    from conftest_dashboard import free_port
-
     from mpobs.defaults import BACKLOG_PER_WORKER
 
     log = make_log(60_000)
@@ -408,18 +356,18 @@ def test_signal_stops_cleanly_with_a_complete_prefix(
     sinks = ("error_filter", "warn_filter", "info_filter")
     assert got.count(b"\n") == sum(stats["processors"][s]["lines_out"] for s in sinks)
     assert not processes_using(log)
-    assert not [n for n in shm_segments() if n.startswith(f"mpobs_{proc.pid}_")]
+    assert not segments_of(proc.pid)
 
 
 def test_coordinator_killed_outright_leaves_nothing_behind(tmp_path: Path, cli: Any, make_log: Any) -> None:
     log = make_log(200_000)
     proc = start_slow_run(tmp_path, log)
     wait_for(lambda: len(workers_of(proc)) == 2)
-    wait_for(lambda: [n for n in shm_segments() if n.startswith(f"mpobs_{proc.pid}_")])
+    wait_for(lambda: segments_of(proc.pid))
     proc.kill()
     proc.communicate(timeout=30)
     wait_for(lambda: not processes_using(log), timeout=10)  # workers exit by themselves
-    wait_for(lambda: not [n for n in shm_segments() if n.startswith(f"mpobs_{proc.pid}_")], timeout=10)
+    wait_for(lambda: not segments_of(proc.pid), timeout=10)
     res = cli("process", str(log), "-w", "2", "-o", str(tmp_path / "again"))  # the next run is not hindered
     assert res.returncode == 0, res.stderr.decode()
     assert (tmp_path / "again").read_bytes() == default_pipeline(log.read_bytes())[0]
@@ -434,31 +382,13 @@ BAD_BYTES = {
 
 
 @pytest.mark.parametrize("name", list(BAD_BYTES))
-def test_bad_bytes_lose_no_line(tmp_path: Path, cli: Any, name: str) -> None:
+def test_bad_bytes_lose_no_line(workers: int, name: str) -> None:
     data = BAD_BYTES[name]
-    log = tmp_path / "in.log"
-    log.write_bytes(data)
-    config = tmp_path / "all.json"
-    config.write_text(json.dumps({"processors": [{"type": "line_counter", "id": "n", "format": "{line}"}]}))
-    out, m = tmp_path / "out", tmp_path / "m.json"
-    res = cli(
-        "process",
-        str(log),
-        "-c",
-        str(config),
-        "-w",
-        "2",
-        "-o",
-        str(out),
-        "--save-metrics",
-        str(m),
-        "--task-size",
-        "1024",
-    )
-    assert res.returncode == 0, res.stderr.decode()
+    everything = {"processors": [{"type": "line_counter", "id": "n", "format": "{line}"}]}
+    result = run_pipeline(everything, data, workers=workers, batch_lines=5000)
     # every input line comes out unchanged: the same bytes, plus a final "\n" if missing
-    assert out.read_bytes() == (data if data.endswith(b"\n") else data + b"\n")
-    assert json.loads(m.read_text())["system"]["total_lines"] == out.read_bytes().count(b"\n")
+    assert result.output == (data if data.endswith(b"\n") else data + b"\n")
+    assert result.stats["system"]["total_lines"] == result.output.count(b"\n")
 
 
 def test_a_100_mb_line_without_newline(tmp_path: Path, cli: Any) -> None:
@@ -496,7 +426,8 @@ def die_holding_stats_lock(line):
     if line.startswith(os.environ["KILL_AT"]) and not os.path.exists(os.environ["KILL_MARK"]):
         open(os.environ["KILL_MARK"], "w").close()
         seg = _find("StatsSegment")
-        seg.held().__enter__()
+        held = seg.held()  # kept: dropped at once, the context manager would give the lock back as it goes
+        held.__enter__()
         os.kill(os.getpid(), signal.SIGKILL)
     return line
 
@@ -596,7 +527,7 @@ def test_leftovers_of_a_killed_process_group_are_removed_by_the_next_run(
     log = make_log(200_000)
     proc = start_slow_run(tmp_path, log, session=True, gate_at=100_000)  # not done before it is killed
     wait_for(lambda: len(workers_of(proc)) == 2)
-    mine = wait_for(lambda: [n for n in shm_segments() if n.startswith(f"mpobs_{proc.pid}_")])
+    mine = wait_for(lambda: segments_of(proc.pid))
     os.killpg(proc.pid, signal.SIGKILL)  # everything at once, the resource tracker too
     proc.communicate(timeout=30)
     wait_for(lambda: not processes_using(log), timeout=10)

@@ -9,13 +9,16 @@ from typing import Any
 
 import pytest
 
+from mpobs.cli.report import summary
 from mpobs.metrics.layout import PROC_WIDTH
-from mpobs.pipeline.config import compile_config
+from mpobs.pipeline.config import DEFAULT_CONFIG, compile_config
 from mpobs.run.coordinator import Coordinator
 from mpobs.run.options import RunOptions, Tracing
+from mpobs.testing import run_pipeline
 from mpobs.tracing.records import EventCollector
 from mpobs.tracing.tracefile import read_traces
 from mpobs.tracing.traces import is_sampled
+from tests.helpers import write_dag
 from tests.reference import split_lines
 
 ROUTER_DAG = {
@@ -28,46 +31,13 @@ ROUTER_DAG = {
 }
 
 
-def saved_traces(path: Path) -> dict[int, dict[str, Any]]:
-    """The --save-traces file's traces by line number, timestamps checked and taken out."""
-    traces = {}
-    for t in read_traces(str(path)):
-        for step in t["path"]:
-            assert isinstance(step.pop("timestamp"), float)
-        traces[t["line_number"]] = t
-    return traces
-
-
-def test_router_traces_follow_each_branch_and_match_across_workers(tmp_path: Path, cli: Any, make_log: Any) -> None:
-    log = make_log(3000, awkward=0.01)
-    config = tmp_path / "dag.json"
-    config.write_text(json.dumps(ROUTER_DAG))
-    runs = []
-    for w in (1, 2):
-        saved = tmp_path / f"traces{w}.jsonl"
-        res = cli(
-            "process",
-            str(log),
-            "-c",
-            str(config),
-            "-w",
-            str(w),
-            "-o",
-            str(tmp_path / "out"),
-            "--trace-sample",
-            "1",
-            "--save-traces",
-            str(saved),
-            "--task-size",
-            "4096",
-            "--batch-lines",
-            "50",
-        )
-        assert res.returncode == 0, res.stderr.decode()
-        runs.append(saved_traces(saved))
-    assert runs[0] == runs[1]
-    lines = split_lines(log.read_bytes())
-    traces = runs[0]
+def test_router_traces_follow_each_branch_at_any_worker_count(workers: int, make_log: Any) -> None:
+    data = make_log(3000, awkward=0.01).read_bytes()
+    result = run_pipeline(
+        ROUTER_DAG, data, workers=workers, trace=1.0, save_traces=True, task_bytes=4096, batch_lines=50
+    )
+    lines = split_lines(data)
+    traces = {t["line_number"]: t for t in result.traces}
     assert sorted(traces) == list(range(1, len(lines) + 1))
     import re
 
@@ -91,78 +61,38 @@ def test_router_traces_follow_each_branch_and_match_across_workers(tmp_path: Pat
             assert t["outputs"] == []
 
 
-def test_default_sample_is_a_function_of_the_line_number(tmp_path: Path, cli: Any, make_log: Any) -> None:
-    log = make_log(20_000)
-    seen = []
-    for w in (1, 2):
-        saved = tmp_path / f"t{w}.jsonl"
-        res = cli(
-            "process",
-            str(log),
-            "-w",
-            str(w),
-            "-o",
-            str(tmp_path / "o"),
-            "--trace",
-            "--save-traces",
-            str(saved),
-            "--task-size",
-            "65536",
-        )
-        assert res.returncode == 0, res.stderr.decode()
-        seen.append(sorted(saved_traces(saved)))
-    assert seen[0] == seen[1] == [n for n in range(1, 20_001) if is_sampled(n, 0.01)]
-    assert 120 < len(seen[0]) < 280  # about 1 %
+def test_default_sample_is_a_function_of_the_line_number(workers: int, make_log: Any) -> None:
+    data = make_log(20_000).read_bytes()
+    result = run_pipeline(DEFAULT_CONFIG, data, workers=workers, trace=True, save_traces=True, task_bytes=65536)
+    seen = [t["line_number"] for t in result.traces]
+    assert seen == [n for n in range(1, 20_001) if is_sampled(n, 0.01)]
+    assert 120 < len(seen) < 280  # about 1 %
 
 
-def write_failing_fn(tmp_path: Path) -> Path:
-    (tmp_path / "failfns.py").write_text(
-        "def check(line):\n"
-        "    if 'ERROR' in line:\n"
-        "        raise ValueError('refusing ' + line[:10])\n"
-        "    if 'WARN' in line:\n"
-        "        return {}['missing']\n"
-        "    return line\n"
-    )
-    config = tmp_path / "fail.json"
-    config.write_text(
-        json.dumps(
-            {
-                "processors": [
-                    {"type": "line_counter", "id": "num"},
-                    {"type": "python", "id": "check", "function": "failfns:check"},
-                ]
-            }
-        )
-    )
-    return config
+FAILING_FNS = (
+    "def check(line):\n"
+    "    if 'ERROR' in line:\n"
+    "        raise ValueError('refusing ' + line[:10])\n"
+    "    if 'WARN' in line:\n"
+    "        return {}['missing']\n"
+    "    return line\n"
+)
+#: Numbers lines, then fails ERROR lines (ValueError) and WARN lines (KeyError).
+FAILING = {
+    "processors": [
+        {"type": "line_counter", "id": "num"},
+        {"type": "python", "id": "check", "function": "failfns:check"},
+    ]
+}
 
 
-def test_processor_errors_are_counted_exactly_and_recorded(
-    tmp_path: Path, cli: Any, workers: int, make_log: Any
-) -> None:
-    log = make_log(5000)
-    lines = split_lines(log.read_bytes())
-    config = write_failing_fn(tmp_path)
-    m = tmp_path / "m.json"
-    res = cli(
-        "process",
-        str(log),
-        "-c",
-        str(config),
-        "-w",
-        str(workers),
-        "-o",
-        str(tmp_path / "o"),
-        "--save-metrics",
-        str(m),
-        "--task-size",
-        "8192",
-    )
-    assert res.returncode == 0, res.stderr.decode()
+def test_processor_errors_are_counted_exactly_and_recorded(workers: int, make_log: Any) -> None:
+    data = make_log(5000).read_bytes()
+    lines = split_lines(data)
+    result = run_pipeline(FAILING, data, workers=workers, task_bytes=8192, functions={"failfns": FAILING_FNS})
     value_errors = [n for n, x in enumerate(lines, 1) if "ERROR" in x]
     key_errors = [n for n, x in enumerate(lines, 1) if "WARN" in x and "ERROR" not in x]
-    stats = json.loads(m.read_text())
+    stats = result.stats
     assert stats["processors"]["check"]["errors"] == len(value_errors) + len(key_errors)
     assert stats["processors"]["check"]["lines_out"] == len(lines) - len(value_errors) - len(key_errors)
     assert stats["system"]["total_errors"] == len(value_errors) + len(key_errors)
@@ -177,44 +107,31 @@ def test_processor_errors_are_counted_exactly_and_recorded(
         assert rec["line"] == f"Line {n}: {lines[n - 1]}"[:200]
         assert rec["error_type"] == ("ValueError" if n in value_errors else "KeyError")
         assert set(rec) >= {"message", "timestamp", "worker"}
-    err = res.stderr.decode()
-    assert "errors by processor and type:" in err and "check  ValueError" in err
+    assert [e["line_number"] for e in result.errors] == sorted(value_errors + key_errors)  # every one recorded
+    text = summary(stats)  # what the command line writes on stderr at the end
+    assert "errors by processor and type:" in text and "check  ValueError" in text
 
 
-def test_max_errors_stops_the_run_with_exit_3(tmp_path: Path, cli: Any, make_log: Any, workers: int) -> None:
-    log = make_log(200_000)
-    config = write_failing_fn(tmp_path)
-    m = tmp_path / "m.json"
-    out = tmp_path / "o"
-    res = cli(
-        "process",
-        str(log),
-        "-c",
-        str(config),
-        "-w",
-        str(workers),
-        "-o",
-        str(out),
-        "--max-errors",
-        "50",
-        "--save-metrics",
-        str(m),
-    )
-    err = res.stderr.decode()
-    assert res.returncode == 3, err
-    assert "Traceback" not in err
-    assert "--max-errors 50" in err and "last: check on in.log:" in err
-    stats = json.loads(m.read_text())
+def test_max_errors_stops_the_run_with_exit_3(make_log: Any, workers: int) -> None:
+    data = make_log(20_000).read_bytes()
+    fns = {"failfns": FAILING_FNS}
+    result = run_pipeline(FAILING, data, workers=workers, max_errors=50, functions=fns, check=False)
+    assert result.exit_code == 3, result.message
+    assert result.message is not None
+    assert "--max-errors 50" in result.message and "last: check on in.log:" in result.message
+    stats = result.stats
     assert stats["system"]["state"] == "failed"
-    assert stats["system"]["total_lines"] < 200_000
+    assert stats["system"]["total_lines"] < 20_000
     # the output holds whole tasks, in order, matching the committed counts
-    assert out.read_bytes().count(b"\n") == stats["processors"]["check"]["lines_out"]
+    lines = split_lines(data)
+    kept = [f"Line {n}: {x}" for n, x in enumerate(lines, 1) if "ERROR" not in x and "WARN" not in x]
+    assert result.lines == kept[: len(result.lines)] and len(result.lines) == stats["processors"]["check"]["lines_out"]
 
 
-def test_without_max_errors_errors_never_stop_a_run(tmp_path: Path, cli: Any, make_log: Any, workers: int) -> None:
-    log = make_log(20_000)
-    res = cli("process", str(log), "-c", str(write_failing_fn(tmp_path)), "-w", str(workers), "-o", str(tmp_path / "o"))
-    assert res.returncode == 0
+def test_without_max_errors_errors_never_stop_a_run(make_log: Any, workers: int) -> None:
+    data = make_log(20_000).read_bytes()
+    result = run_pipeline(FAILING, data, workers=workers, functions={"failfns": FAILING_FNS}, task_bytes=65536)
+    assert result.exit_code == 0 and result.stats["system"]["total_lines"] == 20_000
 
 
 class SlowCollector(EventCollector):
@@ -284,24 +201,8 @@ def test_save_traces_waits_instead_of_dropping(tmp_path: Path, make_log: Any, wo
     assert sorted(t["line_number"] for t in read_traces(str(saved))) == list(range(1, 20_001))
 
 
-def test_metrics_hold_recent_traces_and_errors(tmp_path: Path, cli: Any, make_log: Any) -> None:
-    log = make_log(5000)
-    m = tmp_path / "m.json"
-    res = cli(
-        "process",
-        str(log),
-        "-w",
-        "2",
-        "-o",
-        str(tmp_path / "o"),
-        "--trace",
-        "--trace-sample",
-        "0.5",
-        "--save-metrics",
-        str(m),
-    )
-    assert res.returncode == 0
-    stats = json.loads(m.read_text())
+def test_metrics_hold_recent_traces_and_errors(make_log: Any) -> None:
+    stats = run_pipeline(DEFAULT_CONFIG, make_log(5000).read_bytes(), workers=2, trace=0.5, task_bytes=65536).stats
     assert len(stats["recent_traces"]) == 100
     assert stats["recent_errors"] == []
     assert stats["system"]["trace"] is True
@@ -375,7 +276,6 @@ def test_batch_trace_matches_a_slow_scan_through_router_fan_in_copies_and_errors
 ) -> None:
     from mpobs.pipeline.batch import Batch
     from mpobs.tracing.traces import BatchTrace
-    from tests.test_engine import write_dag
 
     config = json.loads(write_dag(tmp_path).read_text())
     # Steps after a filter and after a step that copies lines: they take batches whose traced
@@ -425,7 +325,8 @@ def test_every_line_sampled_builds_only_the_traces_that_can_be_shown(
     tmp_path: Path, cli: Any, make_log: Any, workers: int
 ) -> None:
     """--trace-sample 1 without --save-traces: each task builds the traces of its last 1,000 lines (only the
-    most recent 1,000 can be shown); the others are counted as skipped, and the newest line is traced."""
+    most recent 1,000 can be shown); the others are counted as skipped, and the newest line is traced.
+    The real pool: traces sent are counted by its workers."""
     log = make_log(20_000)
     m = tmp_path / "m.json"
     res = cli(
@@ -490,7 +391,6 @@ def test_saved_records_replay_to_the_live_traces(tmp_path: Path, monkeypatch: An
     """A --save-traces record (mpobs.tracing.tracefile), read back, gives each line the trace BatchTrace builds live:
     through a router, fan-in, copies, changed texts and tags, and errors; every line or only some traced."""
     from mpobs.tracing.tracefile import TraceReader
-    from tests.test_engine import write_dag
 
     config = json.loads(write_dag(tmp_path).read_text())
     config["processors"] += [
@@ -571,13 +471,9 @@ def test_a_batch_function_that_changes_its_list_changes_no_other_branch(
     assert live[0]["original_content"] == "an error here"
     assert live[0]["outputs"] == ["AN ERROR HERE", "an error here"]  # the filter saw the line as it came in
     assert [s.get("text") for s in live[0]["path"]] == ["AN ERROR HERE", None]
-    log = tmp_path / "in.log"
-    log.write_text("".join(t + "\n" for t in texts * 1000))
-    out = tmp_path / "out"
-    opts = RunOptions(str(log), str(out), workers=workers, batch_lines=100, task_bytes=4096)
-    assert Coordinator(compile_config(config), opts).run().exit_code == 0
-    want = "".join(f"{t.upper()}\n" + (f"{t}\n" if "error" in t else "") for t in texts * 1000)
-    assert out.read_text() == want
+    result = run_pipeline(config, texts * 1000, workers=workers, batch_lines=100, task_bytes=4096)
+    want = [x for t in texts * 1000 for x in [t.upper()] + ([t] if "error" in t else [])]
+    assert result.lines == want
 
 
 def test_mpobs_traces_prints_picks_and_refuses(tmp_path: Path, cli: Any, make_log: Any) -> None:

@@ -1,11 +1,11 @@
-"""An executor for tests: runs tasks in this process, and finishes, loses and reorders them adversarially.
+"""The test executor: runs tasks in this process, and finishes, loses and reorders them adversarially.
 
 It implements the Executor seam and nothing else: the real coordinator, scheduler and
 ordered output drive it, with no process, queue or in-flight row involved. Results
 carry their counts and records. With ``writes_output`` it also plays an executor
 that writes tasks' output itself (as the local pool does): it keeps finished output
 until the task is placed, writes it later, and sometimes loses a finished task whose
-output it still holds.
+output it still holds. ``mpobs.testing`` runs pipelines on it, for tests.
 """
 
 from __future__ import annotations
