@@ -111,7 +111,8 @@ def run_pipeline(
     """Run ``config`` over ``data`` in this process with the test executor; see the module docstring.
 
     ``workers``: tasks run at once. ``trace``: True traces at the default rate, a number at that rate.
-    ``save_traces``: the run writes a --save-traces file, and ``traces`` are read from it.
+    ``save_traces``: the run writes a --save-traces file, and ``traces`` are read from it (it implies
+    ``trace``, as --save-traces does).
     ``functions``: modules for the run's python processors, name -> source. ``lose``: the chance
     that a task's run is lost (``seed`` seeds the executor's choices). ``executor``: another
     executor than the test executor. ``check``: raise RunFailed unless the run ends with exit
@@ -135,6 +136,7 @@ def run_pipeline(
         folders = [str(d) for d in (fn_folder, config_dir) if d is not None]
         if executor is None:
             executor = AdversarialExecutor(capacity=workers, seed=seed, lose=lose)
+        trace = trace or save_traces  # as on the command line: saving traces is asking for them
         rate = (TRACE_SAMPLE if trace is True else float(trace)) if trace else 0.0
         out, saved = folder / "out", folder / "traces.jsonl" if save_traces else None
         opts = _options(inputs, out, executor.capacity, task_bytes, batch_lines, rate, saved, max_errors)

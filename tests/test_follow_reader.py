@@ -15,7 +15,7 @@ import pytest
 
 from mpobs.inputs.base import NOT_READY
 from mpobs.inputs.blockstore import BlockStore
-from mpobs.inputs.follow import FollowSource, find_generation, successor
+from mpobs.inputs.follow import FollowSource, Generation, find_generation, successor
 from tests.helpers import append, wait_for
 
 
@@ -232,7 +232,7 @@ def test_find_generation_by_inode_and_first_bytes_or_first_bytes_alone(tmp_path:
     log.write_bytes(b"generation one\nmore\n")
     st = log.stat()
     head = b"generation one\n"
-    where = [st.st_dev, st.st_ino, len(head), hashlib.sha256(head).hexdigest(), 20]
+    where = Generation(st.st_dev, st.st_ino, len(head), hashlib.sha256(head).hexdigest(), 20)
     assert find_generation(str(log), where) == str(log)
     log.rename(tmp_path / "app.log.1")
     log.write_bytes(b"generation two\n")
@@ -240,8 +240,8 @@ def test_find_generation_by_inode_and_first_bytes_or_first_bytes_alone(tmp_path:
     shutil.copyfile(tmp_path / "app.log.1", tmp_path / "app.log.2")
     (tmp_path / "app.log.1").unlink()
     assert find_generation(str(log), where) == str(tmp_path / "app.log.2")  # copied: by its first bytes
-    where[4] = 10_000  # the copy is shorter than where the checkpoint stood: not it
+    where = where._replace(offset=10_000)  # the copy is shorter than where the checkpoint stood: not it
     assert find_generation(str(log), where) is None
-    where[4] = 20
+    where = where._replace(offset=20)
     copy = (tmp_path / "app.log.2").stat()
     assert find_generation(str(log), where, exclude=(copy.st_dev, copy.st_ino)) is None

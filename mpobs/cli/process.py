@@ -220,7 +220,7 @@ def process(
         runner = _executor(executor, scheduler, workers or default_workers(), call_timeout)
         if runner is not None and "task_size" not in given:
             task_size = _dask_task_bytes(inputs, runner.capacity)
-        tracing = trace or "trace_sample" in given or save_traces is not None  # asking for either is asking
+        tracing = trace or "trace_sample" in given or bool(save_traces)  # asking for either is asking
         opts = RunOptions(
             list(inputs),
             output,

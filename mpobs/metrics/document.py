@@ -118,8 +118,8 @@ class Parts:
 
     The coordinator knows the counter keys, errors by type, the slowest tasks, the
     alerts' state, what the executor last saw and the recent records; the dashboard
-    measures worker CPU and memory and the rates, and says what it is. ``place`` puts
-    each where it belongs in the document: a new field is added here and nowhere else.
+    measures worker CPU and memory and the rates, and says what it is. ``build_stats``
+    and ``place`` put each where it belongs: a new part is added here and nowhere else.
     """
 
     __slots__ = (

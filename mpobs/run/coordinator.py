@@ -295,6 +295,8 @@ class Coordinator:
             for event in executor.poll(0.1, wake):
                 self._handle(event, sched, output)
             source.drain()
+            for watcher in self._watchers:
+                watcher.before_output()
             self.output_wait.hold()  # a slow output (a pipe's reader) stops the run here
             output.advance()
             self.output_wait.release()

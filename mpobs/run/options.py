@@ -48,7 +48,7 @@ class Checkpointing:
 
 
 class RunOptions:
-    """Everything ``mpobs process`` can be told, in groups; the CLI builds it in one place (``run_options``).
+    """Everything ``mpobs process`` can be told, in groups; the CLI builds it in one place (mpobs.cli.process).
 
     A plain class (see mpobs.executors.task.TaskSettings): it is made at every run's start.
     The optional parts are None when not asked for: ``tracing``, ``checkpoint``,

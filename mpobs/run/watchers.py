@@ -9,7 +9,6 @@ finished ones into the output (``mpobs.run.coordinator``).
 from __future__ import annotations
 
 import signal
-import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -41,11 +40,14 @@ class Stop(Exception):
 
 
 class Watcher:
-    """One side job of the run's loop."""
+    """One side job of the run's loop. Each round (about every 0.1 s): ``before_output``, then the finished
+    tasks go into the output, then ``tick``. Either may raise Stop."""
+
+    def before_output(self) -> None:
+        """At this round's task boundary, before finished tasks go into the output."""
 
     def tick(self, now: float) -> None:
-        """After every round of events (about every 0.1 s): act, or raise Stop."""
-        raise NotImplementedError
+        """After the finished tasks went into the output."""
 
 
 class Interruptions(Watcher):
@@ -85,9 +87,9 @@ class Reopening(Watcher):
     def __init__(self, signals: RunSignals, output: OrderedOutput) -> None:
         self.signals, self.output = signals, output
 
-    def tick(self, now: float) -> None:
+    def before_output(self) -> None:
         if self.signals.take_reopen():
-            self.output.reopen_asked = True
+            self.output.reopen_asked = True  # done by this round's advance, when no task is being placed
 
 
 class Checkpoints(Watcher):
@@ -130,7 +132,8 @@ class Alerts(Watcher):
 
     Live counts include finished tasks not yet in the output: once a --fail-on-alert
     alert fires, no task starts (``ending``), and the run ends when every finished task
-    is in the output (within ENDING_WAIT): the output holds what the alert counted.
+    is in the output (within ENDING_WAIT): the output holds what the alert counted. It is
+    the first watcher ticked, so that such an ending is told before any other stop.
     """
 
     def __init__(
@@ -140,14 +143,14 @@ class Alerts(Watcher):
         self.ending: tuple[Stop, float] | None = None
 
     def tick(self, now: float) -> None:
-        if self.ending is not None and (not self.output.waiting or time.monotonic() > self.ending[1]):
+        if self.ending is not None and (not self.output.waiting or now > self.ending[1]):
             raise self.ending[0]  # no finished task is left out of the output
         if not self.alerts.tick(self.live_stats):
             return
         if self.dashboard is not None:
             self.dashboard.publish_alerts(self.alerts.doc())
         if self.alerts.failed is not None and self.ending is None:
-            self.ending = (Stop("failed", EXIT_ALERT, self.alerts.failed), time.monotonic() + ENDING_WAIT)
+            self.ending = (Stop("failed", EXIT_ALERT, self.alerts.failed), now + ENDING_WAIT)
 
 
 class Stalls(Watcher):
@@ -169,7 +172,10 @@ def watchers_for(run: Coordinator, output: OrderedOutput) -> list[Watcher]:
     """The side jobs of this run, in the order the loop ticks them."""
     assert run.seg is not None and run.source is not None
     opts, seg = run.opts, run.seg
-    watchers: list[Watcher] = [Reopening(run.signals, output)]
+    watchers: list[Watcher] = []
+    if run.alerts is not None:
+        watchers.append(Alerts(run.alerts, run.live_stats, run.dashboard, output))
+    watchers.append(Reopening(run.signals, output))
     if run.checkpoints is not None:
         watchers.append(Checkpoints(run.checkpoints, lambda: run.save_checkpoint(output.sink)))
     if opts.follow:
@@ -177,8 +183,6 @@ def watchers_for(run: Coordinator, output: OrderedOutput) -> list[Watcher]:
     watchers.append(Interruptions(run.signals, run.collector, seg, opts.max_errors, lambda: run.limit_reached))
     if run.dashboard is not None:
         watchers.append(Dashboard(run.dashboard, run.executor, run.collector, seg))
-    if run.alerts is not None:
-        watchers.append(Alerts(run.alerts, run.live_stats, run.dashboard, output))
     on_tick = opts.on_tick
     watchers.append(Stalls(run.stalls, None if on_tick is None else lambda: on_tick(run)))
     return watchers
