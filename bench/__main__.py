@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -15,7 +16,7 @@ from bench import alerts_cost as bench_alerts
 from bench import dask_rows as bench_dask
 from bench import follow as bench_follow
 from bench import inputs as bench_inputs
-from bench.rows import Row, build_rows, command, free_port, mpobs_command, run_row
+from bench.rows import Row, build_rows, command, free_port, mpobs_command, processor_reference, run_row
 from bench.rss import measure_tree
 
 EXTRAS = ("startup", "small", "inputs", "follow", "stats", "alerts_cost", "rss", "dask")
@@ -83,6 +84,12 @@ def run_rounds(rows: list[Row], log: Path, work: Path, rounds: int, timeout: flo
         for rnd in range(1, rounds + 1)
         for row in group
     ]
+    own_refs: dict[str, str] = {}  # a processor row's reference: per_line.py's output for its type
+    for row in rows:
+        if row.processor is not None:
+            own = work / f"reference-{row.processor}.out"
+            subprocess.run(processor_reference(row.processor, log, own), check=True, timeout=timeout)
+            own_refs[row.key] = data.sha256_file(own)
     for rnd, row in schedule:
         out = work / f"{row.key}.out"
         out.unlink(missing_ok=True)
@@ -93,6 +100,14 @@ def run_rounds(rows: list[Row], log: Path, work: Path, rounds: int, timeout: flo
         shown = f"{got.seconds:.3f} s" if got.seconds is not None else f"n/a ({got.error})"
         say(f"  round {rnd}/{rounds}  {row.label:<40} {shown}")
         if got.seconds is None:
+            continue
+        if row.key in own_refs:
+            if data.sha256_file(out) != own_refs[row.key]:
+                own = work / f"reference-{row.processor}.out"
+                sys.exit(
+                    f"bench: OUTPUT MISMATCH: '{row.label}' differs from per_line.py {row.processor} "
+                    f"on {log}\n  {first_difference(own, out)}"
+                )
             continue
         if ref_sha is None:  # the plain loop runs first: its output is the reference
             shutil.copyfile(out, ref)

@@ -23,7 +23,7 @@ class Row:
 
     key: str
     label: str
-    kind: str  # "script" (a baseline in bench/baselines) or "mpobs"
+    kind: str  # "script" (a baseline in bench/baselines), "peer" (another program: its stdout) or "mpobs"
     args: tuple[str, ...] = ()
     dashboard: bool = False
     # Its rounds run after the others': its long full load on every core left the next run
@@ -32,6 +32,22 @@ class Row:
     checkpoint: bool = False  # with --checkpoint (removed before each run, so that it never resumes)
     save_traces: bool = False  # with --save-traces into a file beside the output
     alerts: bool = False  # with --alerts on the shipped default rules (mpobs/alerts/defaults.yml)
+    # A processor alone (PROCESSOR_CONFIGS): its output is checked against per_line.py's for that type,
+    # not against the plain loop's default pipeline.
+    processor: str | None = None
+
+
+#: One built-in processor alone, per type: what its bench row runs (``--workers 1``), and what
+#: bench/baselines/per_line.py does line by line for the reference output.
+PROCESSOR_CONFIGS: dict[str, dict[str, object]] = {
+    "line_counter": {"type": "line_counter", "id": "p"},
+    "uppercase": {"type": "uppercase", "id": "p"},
+    "lowercase": {"type": "lowercase", "id": "p"},
+    "filter": {"type": "filter", "id": "p", "pattern": "ERROR|WARN"},
+    "tag_extractor": {"type": "tag_extractor", "id": "p"},
+    "counter": {"type": "counter", "id": "p", "by": r"\[(\w+)\]"},
+    "router": {"type": "router", "id": "p", "routes": {"errors": "ERROR"}, "default": "rest"},
+}
 
 
 @dataclass
@@ -63,6 +79,7 @@ def build_rows(cpus: int) -> list[Row]:
     """Every timed row, in the order each round runs them."""
     rows = [
         Row("plain", "plain loop", "script", ("plain.py",)),
+        Row("mawk", "mawk (the default job in awk, one core)", "peer", ("mawk", "-f", "default.awk")),
         Row("instrumented", "per-line instrumented", "script", ("instrumented.py",)),
         Row("pool", "multiprocessing.Pool script (2 procs)", "script", ("pool.py",)),
         Row("w1", "mpobs --workers 1" + (" (= cpu count)" if cpus == 1 else ""), "mpobs", ("--workers", "1")),
@@ -98,7 +115,25 @@ def build_rows(cpus: int) -> list[Row]:
             alerts=True,
         ),
     ]
+    rows += [
+        Row(f"p_{kind}", f"mpobs w1, {kind} alone", "mpobs", ("--workers", "1"), processor=kind)
+        for kind in PROCESSOR_CONFIGS
+    ]
     return rows
+
+
+def processor_config(work: Path, kind: str) -> Path:
+    """The config file of ``kind``'s row, written into the bench's work folder."""
+    import json
+
+    path = work / f"processor-{kind}.json"
+    path.write_text(json.dumps({"processors": [PROCESSOR_CONFIGS[kind]]}))
+    return path
+
+
+def processor_reference(kind: str, src: Path, out: Path) -> list[str]:
+    """The per-line reference of ``kind``'s row: bench/baselines/per_line.py."""
+    return [sys.executable, str(BASELINES_DIR / "per_line.py"), kind, str(src), str(out)]
 
 
 def free_port() -> int:
@@ -110,7 +145,11 @@ def free_port() -> int:
 def command(row: Row, src: Path, out: Path, port: int | None = None) -> list[str]:
     if row.kind == "script":
         return [sys.executable, str(BASELINES_DIR / row.args[0]), str(src), str(out), *row.args[1:]]
+    if row.kind == "peer":  # its output is its stdout (run_row)
+        return [row.args[0], *row.args[1:-1], str(BASELINES_DIR / row.args[-1]), str(src)]
     argv = [*mpobs_command(), "process", str(src), *row.args, "-q", "-o", str(out)]
+    if row.processor is not None:
+        argv += ["-c", str(processor_config(out.parent, row.processor))]
     if row.dashboard:
         argv += ["--dashboard", "--dashboard-port", str(port), "--linger", "0"]
     if row.checkpoint:
@@ -210,9 +249,11 @@ def run_row(row: Row, src: Path, out: Path, timeout: float) -> RunResult:
         out.with_suffix(".ckpt").unlink(missing_ok=True)  # a fresh run each time, never a resumed one
     out.with_suffix(".traces.jsonl").unlink(missing_ok=True)  # the last row's traces: 500 MB at 2M lines
     os.sync()
-    with open(out.with_suffix(".stderr"), "w+b") as err:
+    if row.kind == "peer" and shutil.which(argv[0]) is None:
+        return RunResult(None, f"{argv[0]} is not installed")
+    with open(out.with_suffix(".stderr"), "w+b") as err, open(out if row.kind == "peer" else os.devnull, "wb") as so:
         t0 = time.perf_counter()
-        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err)
+        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=so, stderr=err)
         if poller is not None:
             poller.start()
         # A plain wait() blocks in waitpid and sees the exit at once; wait(timeout=...) polls,

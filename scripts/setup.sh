@@ -25,6 +25,8 @@ if [ "${1:-}" = "--test" ]; then
   command -v zstd >/dev/null 2>&1 || need+=(zstd)
   # Follow-mode tests rotate their log with the real logrotate (its own config and state file).
   command -v logrotate >/dev/null 2>&1 || [ -x /usr/sbin/logrotate ] || need+=(logrotate)
+  # The bench (CI's smoke run) times mawk as a peer of the default job.
+  command -v mawk >/dev/null 2>&1 || need+=(mawk)
   # Alert tests post to a real Alertmanager (its own temp storage, on 127.0.0.1).
   command -v prometheus-alertmanager >/dev/null 2>&1 || need+=(prometheus-alertmanager)
   if [ ${#need[@]} -gt 0 ]; then
