@@ -15,7 +15,8 @@ import pytest
 
 from mpobs.inputs.base import NOT_READY
 from mpobs.inputs.blockstore import BlockStore
-from mpobs.inputs.follow import FollowSource, Generation, find_generation, successor
+from mpobs.inputs.follow import FollowSource, find_generation, successor
+from mpobs.inputs.generation import Generation
 from tests.helpers import append, wait_for
 
 

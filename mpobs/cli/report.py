@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Callable
 from typing import Any
 
 import click
@@ -26,10 +27,10 @@ class Progress:
         self.shown = 0
         self.rate = 0.0
 
-    def tick(self, coord: Any) -> None:
+    def tick(self, live_stats: Callable[[], dict[str, Any]]) -> None:
         if not self.enabled:
             return
-        doc = coord.live_stats()
+        doc = live_stats()
         stats = doc["system"]
         followed = [i for i in doc.get("inputs", []) if i.get("following")]
         if followed or stats["bytes_total"] is None:

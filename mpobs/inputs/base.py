@@ -15,7 +15,7 @@ from mpobs.errors import InputError
 
 if TYPE_CHECKING:
     from mpobs.inputs.blockstore import BlockStore
-    from mpobs.inputs.follow import Generation
+    from mpobs.inputs.generation import Generation
 
 
 class _NotReady:

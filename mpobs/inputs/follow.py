@@ -29,33 +29,14 @@ from __future__ import annotations
 import hashlib
 import os
 import time
-from typing import Any, NamedTuple
+from typing import Any
 
 from mpobs.defaults import FOLLOW_POLL, READ_BYTES
+from mpobs.inputs.generation import Generation
 from mpobs.inputs.streams import BlockReader, StreamSource
 
 #: Bytes of a file's start whose hash tells it from another file (a rewritten one, another at its path).
 HEAD_BYTES = 4096
-
-
-class Generation(NamedTuple):
-    """One generation of a followed file and a place in it: where a task ends, where a checkpoint resumes.
-
-    The file is the one on device ``dev`` with inode ``ino`` whose first ``head_len`` bytes
-    hash to ``head_sha256``; ``offset`` is a byte offset in it. ``find_generation`` finds it
-    again next to the followed path, by inode, or by its head alone once copytruncate has
-    copied it away. A checkpoint keeps it as the JSON list ``[dev, ino, head_len,
-    head_sha256, offset]`` (``mpobs.run.checkpoint``).
-
-    A named tuple: compared by value (a checkpoint is written only when the positions
-    changed), and this module is imported only by runs that follow or checkpoint.
-    """
-
-    dev: int
-    ino: int
-    head_len: int
-    head_sha256: str
-    offset: int
 
 
 class FollowSource(StreamSource):

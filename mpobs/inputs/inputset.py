@@ -26,7 +26,8 @@ from mpobs.metrics.layout import COMPRESSIONS, INPUT_STATES, UNKNOWN
 
 if TYPE_CHECKING:
     from mpobs.inputs.blockstore import BlockStore
-    from mpobs.inputs.follow import FollowSource, Generation
+    from mpobs.inputs.follow import FollowSource
+    from mpobs.inputs.generation import Generation
     from mpobs.metrics.segment import StatsSegment
 
 

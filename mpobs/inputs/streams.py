@@ -30,7 +30,7 @@ from mpobs.inputs.blockstore import BlockStore, StoreClosed
 from mpobs.inputs.decoders import SNIFF_BYTES, Decoder, decoder_for, sniff
 
 if TYPE_CHECKING:
-    from mpobs.inputs.follow import Generation
+    from mpobs.inputs.generation import Generation
 
 _END = object()
 

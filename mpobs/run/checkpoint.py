@@ -32,7 +32,8 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from mpobs.errors import InputError, MpobsError
-from mpobs.inputs.follow import GENERATIONS, HEAD_BYTES, Generation, find_generation, head_is
+from mpobs.inputs.follow import GENERATIONS, HEAD_BYTES, find_generation, head_is
+from mpobs.inputs.generation import Generation
 from mpobs.lifeline import remove_left_over
 from mpobs.output.resume import check_output, resume_output
 

@@ -14,12 +14,11 @@ from mpobs.defaults import SAVED_RECENT
 from mpobs.errors import EXIT_ALERT, EXIT_FAILED, EXIT_MAX_ERRORS, EXIT_OK, EXIT_SIGINT, EXIT_SIGTERM
 from mpobs.metrics.document import Parts, place
 from mpobs.run.options import RunOutcome
-from mpobs.run.watchers import Stop
+from mpobs.run.watchers import RunParts, Stop
 
 if TYPE_CHECKING:
     from mpobs.metrics.segment import StatsSegment
     from mpobs.output.joiner import OutputJoiner
-    from mpobs.run.coordinator import Coordinator
 
 Outcome = tuple[str, int, str | None]  # the run's end state, exit code and message
 
@@ -51,11 +50,8 @@ class Ending:
                 f"before the stop ({system['total_errors']:,} errors among them)"
             )
 
-    def outcome(self) -> Outcome:
-        return self.state, self.code, self.message
 
-
-def wind_down(run: Coordinator, end: Ending, sink: OutputJoiner | None, report: bool = True) -> RunOutcome | None:
+def wind_down(run: RunParts, end: Ending, sink: OutputJoiner | None, report: bool = True) -> RunOutcome | None:
     """Stop the executor, close the outputs (their failures fail the run), publish the final state.
 
     Returns the outcome, or None when the run ended before its stats segment existed.
@@ -85,7 +81,7 @@ def wind_down(run: Coordinator, end: Ending, sink: OutputJoiner | None, report: 
     return outcome
 
 
-def _publish_final(run: Coordinator, seg: StatsSegment, end: Ending, report: bool) -> RunOutcome:
+def _publish_final(run: RunParts, seg: StatsSegment, end: Ending, report: bool) -> RunOutcome:
     """The last alert evaluation, the final counts and state: to the report, the dashboard, --save-metrics."""
     if run.alerts is not None:  # a last evaluation; what still fires stays firing (AlertWatch.finish)
         run.alerts.finish(run.live_stats)

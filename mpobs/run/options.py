@@ -25,7 +25,6 @@ from mpobs.output.joiner import check_writable
 if TYPE_CHECKING:
     from dashboard_app.process import DashboardOptions, DashboardProcess
     from mpobs.alerts.watch import AlertOptions
-    from mpobs.run.coordinator import Coordinator
 
 
 class Tracing:
@@ -74,7 +73,7 @@ class RunOptions:
         dashboard: DashboardOptions | None = None,
         dashboard_process: DashboardProcess | None = None,  # forked early by the CLI (prestart)
         alerts: AlertOptions | None = None,  # rules evaluated during the run (--alerts)
-        on_tick: Callable[[Coordinator], None] | None = None,  # progress display
+        on_tick: Callable[[Callable[[], dict[str, Any]]], None] | None = None,  # progress: given live_stats
         on_end: Callable[[RunOutcome], None] | None = None,  # the run is over (before the dashboard lingers)
     ) -> None:
         self.inputs, self.output_path = inputs, output_path

@@ -10,25 +10,52 @@ from __future__ import annotations
 
 import signal
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from mpobs.defaults import ENDING_WAIT
 from mpobs.errors import EXIT_ALERT, EXIT_FAILED, EXIT_MAX_ERRORS, EXIT_SIGINT, EXIT_SIGTERM
 
 if TYPE_CHECKING:
+    from dashboard_app.process import DashboardProcess
     from mpobs.alerts.watch import AlertWatch
     from mpobs.executors.base import Executor
+    from mpobs.inputs.blockstore import BlockStore
     from mpobs.inputs.inputset import InputSet
     from mpobs.metrics.activity import StallWatch
     from mpobs.metrics.segment import StatsSegment
+    from mpobs.output.joiner import OutputJoiner
     from mpobs.run.checkpoint import Checkpointer
-    from mpobs.run.coordinator import Coordinator
+    from mpobs.run.options import RunOptions
     from mpobs.run.ordered_output import OrderedOutput
     from mpobs.run.signals import RunSignals
     from mpobs.tracing.records import EventCollector
 
 #: How often the slow side jobs run (stalled calls, the progress line).
 TICK_S = 0.2
+
+
+class RunParts(Protocol):
+    """What the side jobs and the end of a run (``mpobs.run.ending``) use of it: the Coordinator's parts."""
+
+    opts: RunOptions
+    executor: Executor
+    source: InputSet | None
+    store: BlockStore | None
+    seg: StatsSegment | None
+    checkpoints: Checkpointer | None
+    collector: EventCollector
+    signals: RunSignals
+    stalls: StallWatch
+    alerts: AlertWatch | None
+    dashboard: Any
+    dash_proc: DashboardProcess | None
+    limit_reached: bool
+
+    def save_checkpoint(self, sink: OutputJoiner, force: bool = False) -> None: ...
+
+    def live_stats(self) -> dict[str, Any]: ...
+
+    def final_stats(self, live: bool = False, executor: dict[str, Any] | None = None) -> dict[str, Any]: ...
 
 
 class Stop(Exception):
@@ -168,7 +195,7 @@ class Stalls(Watcher):
                 self.on_tick()
 
 
-def watchers_for(run: Coordinator, output: OrderedOutput) -> list[Watcher]:
+def watchers_for(run: RunParts, output: OrderedOutput) -> list[Watcher]:
     """The side jobs of this run, in the order the loop ticks them."""
     assert run.seg is not None and run.source is not None
     opts, seg = run.opts, run.seg
@@ -184,5 +211,5 @@ def watchers_for(run: Coordinator, output: OrderedOutput) -> list[Watcher]:
     if run.dashboard is not None:
         watchers.append(Dashboard(run.dashboard, run.executor, run.collector, seg))
     on_tick = opts.on_tick
-    watchers.append(Stalls(run.stalls, None if on_tick is None else lambda: on_tick(run)))
+    watchers.append(Stalls(run.stalls, None if on_tick is None else lambda: on_tick(run.live_stats)))
     return watchers
