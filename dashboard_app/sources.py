@@ -208,18 +208,20 @@ class LiveSource(Source):
                 "traces_received": self.received["traces"],
                 "errors_received": self.received["errors"],
             }
-        parts = Parts(
-            counters,
-            usage=usage,
-            slowest=slowest,
-            alerts=alerts,
-            executor=executor if final is None else None,  # a final document has its own, as last seen
-            rates=(self.hist.rates(10), self.hist.rates(60)),
-            dashboard=dict(kept, source=self.kind, final=final is not None, pid=os.getpid()),
-        )
-        if final is not None:
-            doc = with_workers_now(final, snap, Parts(usage=usage, rates=parts.rates, dashboard=parts.dashboard))
+        rates = (self.hist.rates(10), self.hist.rates(60))
+        dashboard = dict(kept, source=self.kind, final=final is not None, pid=os.getpid())
+        if final is not None:  # it has its own counters, alerts and executor view, as last seen
+            doc = with_workers_now(final, snap, Parts(usage=usage, rates=rates, dashboard=dashboard))
         else:
+            parts = Parts(
+                counters,
+                usage=usage,
+                slowest=slowest,
+                alerts=alerts,
+                executor=executor,
+                rates=rates,
+                dashboard=dashboard,
+            )
             doc = build_stats(snap, self.meta, parts, live=True)
         self._cache = (now, doc)
         self._json = None

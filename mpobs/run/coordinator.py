@@ -93,7 +93,7 @@ class Coordinator:
         try:
             output = self._start(source)
             self._loop(Scheduler(source.tasks(self.opts.task_bytes, self.store), self._backlog()), output)
-            outcome = self._read_all(source)
+            outcome = self._how_it_ended(source)
         except Stop as stop:
             outcome = (stop.state, stop.code, stop.message)
         except OutputClosed:
@@ -175,7 +175,7 @@ class Coordinator:
     def _backlog(self) -> int:
         return BACKLOG_PER_WORKER * self.executor.capacity
 
-    def _read_all(self, source: InputSet) -> Outcome:
+    def _how_it_ended(self, source: InputSet) -> Outcome:
         """Every task is in the output: how the run ends."""
         if self._alerting is not None and self._alerting.ending is not None:  # every task ended meanwhile
             raise self._alerting.ending[0]
